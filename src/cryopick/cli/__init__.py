@@ -1,0 +1,1 @@
+"""Command-line interface: one module per subcommand, each with ``add_args(parser)`` and ``main(args)``."""

@@ -1,0 +1,80 @@
+"""``cryopick`` entry point.
+
+Every module in this package that defines ``add_args(parser)`` and ``main(args)`` is a subcommand
+named after the module (underscores become hyphens); its docstring's first line is the help text.
+User errors (:class:`cryopick.errors.CryopickError`) print one line and exit non-zero, without a
+traceback; set ``CRYOPICK_DEBUG=1`` to see tracebacks anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import pkgutil
+import sys
+import warnings
+
+import cryopick
+import cryopick.cli
+from cryopick.errors import CryopickError
+
+
+def _command_modules() -> dict[str, str]:
+    names = {}
+    for info in pkgutil.iter_modules(cryopick.cli.__path__):
+        if info.name.startswith("_") or info.name == "main":
+            continue
+        names[info.name.replace("_", "-")] = f"cryopick.cli.{info.name}"
+    return dict(sorted(names.items()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cryopick",
+        description="Few-shot particle picking for cryo-EM micrographs and cryo-ET tomograms.",
+    )
+    parser.add_argument("--version", action="version", version=f"cryopick {cryopick.__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in _command_modules().items():
+        module = importlib.import_module(module_name)
+        if not (hasattr(module, "add_args") and hasattr(module, "main")):
+            continue
+        doc = (module.__doc__ or "").strip().split("\n")[0]
+        p = sub.add_parser(name, help=doc, description=(module.__doc__ or "").strip(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_args(p)
+        p.set_defaults(_run=module.main)
+    return parser
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    return f"cryopick: warning: {message}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if not os.environ.get("CRYOPICK_DEBUG"):
+        warnings.formatwarning = _format_warning
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 1
+    try:
+        result = args._run(args)
+    except CryopickError as exc:
+        if os.environ.get("CRYOPICK_DEBUG"):
+            raise
+        print(f"cryopick {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"cryopick {args.command}: interrupted; finished outputs are kept, rerun to resume", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+"""User-facing errors.
+
+Anything the user can fix (a wrong file, a missing pixel size, a bad option) is raised as
+:class:`CryopickError`. The CLI prints its message on one line and exits with a non-zero code,
+without a traceback. Programming errors stay ordinary exceptions and do show a traceback.
+"""
+
+from __future__ import annotations
+
+
+class CryopickError(Exception):
+    """An error caused by user input, with a message that names the file and the fix."""
+
+    exit_code = 2
