@@ -73,10 +73,34 @@ def match_points(pred: np.ndarray, truth: np.ndarray, tolerance: float) -> Match
     pred = np.asarray(pred, dtype=np.float64).reshape(len(pred), -1) if len(pred) else np.zeros((0, 2))
     truth = np.asarray(truth, dtype=np.float64).reshape(len(truth), -1) if len(truth) else np.zeros((0, 2))
     n, m = len(pred), len(truth)
-    empty = np.zeros(0, dtype=np.int64)
     if n == 0 or m == 0:
+        empty = np.zeros(0, dtype=np.int64)
         return MatchResult(empty, empty, np.zeros(0), n, m)
     rows, cols, dist = _candidate_pairs(pred, truth, tolerance)
+    return match_candidates(rows, cols, dist, n, m)
+
+
+def match_candidates(rows: np.ndarray, cols: np.ndarray, cost: np.ndarray, n_pred: int, n_truth: int) -> MatchResult:
+    """Optimal one-to-one matching restricted to given candidate pairs.
+
+    Maximises the number of matched pairs, then minimises the summed ``cost`` among maximum
+    matchings. Any pair criterion (distance, box IoU, ...) reduces to this: list the admissible
+    pairs and give each a cost (lower is better, e.g. distance or ``1 - IoU``).
+
+    Parameters
+    ----------
+    rows, cols
+        ``(E,)`` indices of admissible ``(pred, truth)`` pairs.
+    cost
+        ``(E,)`` non-negative costs; reported back as ``MatchResult.distances``.
+    n_pred, n_truth
+        Total numbers of predictions and truths (unmatched ones count as FP / FN).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    cost = np.asarray(cost, dtype=np.float64)
+    n, m = int(n_pred), int(n_truth)
+    empty = np.zeros(0, dtype=np.int64)
     if len(rows) == 0:
         return MatchResult(empty, empty, np.zeros(0), n, m)
     # Solve each connected component of the candidate graph separately: small dense problems.
@@ -84,19 +108,19 @@ def match_points(pred: np.ndarray, truth: np.ndarray, tolerance: float) -> Match
     _, component = connected_components(graph, directed=False)
     pred_out, truth_out, dist_out = [], [], []
     order = np.argsort(component[rows], kind="stable")
-    rows, cols, dist = rows[order], cols[order], dist[order]
+    rows, cols, dist = rows[order], cols[order], cost[order]
     bounds = np.flatnonzero(np.diff(component[rows])) + 1
     for r, c, d in zip(np.split(rows, bounds), np.split(cols, bounds), np.split(dist, bounds)):
         ur, ri = np.unique(r, return_inverse=True)
         uc, ci = np.unique(c, return_inverse=True)
-        big = (tolerance + 1.0) * (len(ur) + len(uc) + 1)  # any real pair beats any number of non-pairs
-        cost = np.full((len(ur), len(uc)), 2 * big)
-        cost[ri, ci] = d - big
-        a, b = linear_sum_assignment(cost)
-        ok = cost[a, b] < 0
+        big = (float(d.max()) + 1.0) * (len(ur) + len(uc) + 1)  # any real pair beats any number of non-pairs
+        cost_m = np.full((len(ur), len(uc)), 2 * big)
+        cost_m[ri, ci] = d - big
+        a, b = linear_sum_assignment(cost_m)
+        ok = cost_m[a, b] < 0
         pred_out.append(ur[a[ok]])
         truth_out.append(uc[b[ok]])
-        dist_out.append(cost[a[ok], b[ok]] + big)
+        dist_out.append(cost_m[a[ok], b[ok]] + big)
     return MatchResult(
         np.concatenate(pred_out).astype(np.int64),
         np.concatenate(truth_out).astype(np.int64),
