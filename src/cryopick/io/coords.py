@@ -1,0 +1,368 @@
+"""Read and write particle coordinates in every supported format.
+
+>>> picks = read_picks("AutoPick/job006/autopick.star")           # format from extension / content
+>>> picks = read_picks("coordinates/", format="cryoppp", flip_y=True, height=4096)
+>>> write_picks(picks, "out/", "relion")                          # <mic>_autopick.star + autopick.star
+
+Each format lives in ``cryopick.io.formats.<name>`` with ``read(path, **opts) -> Picks`` and
+``write(picks, path, **opts)``; format modules never convert frames. The explicit conversions a user
+may ask for are applied here, by :func:`apply_options`, in this fixed order:
+
+1. ``pixel_size`` — state the Å/px of the coordinates (when the file does not);
+2. ``swap_xy`` — exchange x and y;
+3. ``flip_y`` — ``y -> height - 1 - y`` (needs ``height``, the image height in pixels of the frame
+   the coordinates are in at this step);
+4. ``scale`` (multiply coordinates and diameters) or ``to_pixel_size`` (rescale to that Å/px);
+5. ``min_score`` — drop picks scoring below it (picks without a score are kept).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import warnings
+from collections import Counter
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from types import ModuleType
+from typing import Iterable, Mapping
+
+from cryopick import picks as P
+from cryopick.errors import CryopickError
+from cryopick.io.formats._common import COORD_EXTENSIONS, NAME_SUFFIXES
+from cryopick.io.images import IMAGE_SUFFIXES
+from cryopick.picks import Picks
+
+#: format name -> (module, one-line description)
+FORMATS: dict[str, str] = {
+    "relion": "RELION STAR: 3.x per-micrograph _autopick.star, 4+/5 autopick.star index, particles, RELION 5 tomo",
+    "cryoppp": "CryoPPP CSV: X-Coordinate,Y-Coordinate,Diameter (y from the top of the JPEG)",
+    "eman2": "EMAN2 .box: lower-left corner x, y, box width, height",
+    "cryolo": "crYOLO .cbox: STAR-like, lower-left corner, _EstWidth/_EstHeight/_Confidence",
+    "topaz": "Topaz txt: image_name x_coord y_coord score (tab separated)",
+    "imod": "IMOD text .coords: x y z per line (model2point)",
+    "copick": "copick picks JSON: locations in Å (needs the pixel size)",
+}
+
+ALIASES = {"star": "relion", "csv": "cryoppp", "box": "eman2", "cbox": "cryolo", "txt": "topaz",
+           "coords": "imod", "json": "copick", "crYOLO": "cryolo", "eman": "eman2"}
+
+_BY_EXTENSION = {".star": "relion", ".csv": "cryoppp", ".box": "eman2", ".cbox": "cryolo", ".txt": "topaz",
+                 ".tsv": "topaz", ".coords": "imod", ".json": "copick"}
+
+
+def format_module(name: str) -> ModuleType:
+    """The module implementing format ``name`` (aliases such as ``star`` or ``box`` accepted)."""
+    key = ALIASES.get(name, ALIASES.get(name.lower(), name.lower()))
+    if key not in FORMATS:
+        raise CryopickError(f"unknown coordinate format {name!r}; choose one of {', '.join(FORMATS)}")
+    return importlib.import_module(f"cryopick.io.formats.{key}")
+
+
+def guess_format(path: str | os.PathLike) -> str:
+    """Format name from a file's extension (and, for ``.txt``, its first line) or a directory's files."""
+    path = Path(path)
+    if path.is_dir():
+        files = [p for p in _files(path) if p.suffix.lower() in _BY_EXTENSION]
+        if not files:
+            raise CryopickError(f"{path}: no coordinate files found (looked for {', '.join(_BY_EXTENSION)})")
+        ext = Counter(p.suffix.lower() for p in files).most_common(1)[0][0]
+        return guess_format(next(p for p in files if p.suffix.lower() == ext))
+    ext = path.suffix.lower()
+    if ext not in _BY_EXTENSION:
+        raise CryopickError(
+            f"{path}: unknown coordinate file extension {ext or '(none)'!r}; give the format "
+            f"(--from / format=) as one of {', '.join(FORMATS)}"
+        )
+    if ext in (".txt", ".tsv") and path.is_file():
+        first = _first_data_line(path)
+        if first is not None and "image_name" not in first and re.fullmatch(r"[\s\d.eE+-]+", first):
+            return "imod"
+    return _BY_EXTENSION[ext]
+
+
+def _first_data_line(path: Path) -> str | None:
+    try:
+        with open(path, errors="replace") as fh:
+            for line in fh:
+                if line.strip() and not line.lstrip().startswith("#"):
+                    return line.strip()
+    except OSError:
+        return None
+    return None
+
+
+def _files(directory: Path) -> list[Path]:
+    top = sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
+    if any(p.suffix.lower() in _BY_EXTENSION for p in top):
+        return top
+    return sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+# -- options ---------------------------------------------------------------------------------
+def apply_options(picks: Picks, *, pixel_size: float | None = None, swap_xy: bool = False, flip_y: bool = False,
+                  height: float | None = None, scale: float | None = None, to_pixel_size: float | None = None,
+                  min_score: float | None = None, source: str = "picks") -> Picks:
+    """Apply the explicit conversions in the documented order (see module docstring)."""
+    if pixel_size is not None:
+        picks = picks._with(picks.table, pixel_size=float(pixel_size))
+    if swap_xy:
+        picks = P.swap_xy(picks)
+    if flip_y:
+        if height is None:
+            raise CryopickError(f"{source}: flipping y needs the image height in pixels (--height H / height=)")
+        picks = P.flip_y(picks, height)
+    if scale is not None and to_pixel_size is not None:
+        raise CryopickError(f"{source}: give either a scale factor or a target pixel size, not both")
+    if scale is not None:
+        picks = P.scale(picks, float(scale))
+    if to_pixel_size is not None:
+        picks = P.to_pixel_size(picks, float(to_pixel_size))
+    if min_score is not None:
+        picks = P.filter_score(picks, float(min_score))
+    return picks
+
+
+_OPTION_KEYS = ("swap_xy", "flip_y", "height", "scale", "to_pixel_size", "min_score")
+
+
+def _split_options(opts: dict) -> tuple[dict, dict]:
+    conv = {k: opts.pop(k) for k in _OPTION_KEYS if k in opts}
+    return conv, opts
+
+
+# -- reading ---------------------------------------------------------------------------------
+def read_picks(path_or_dir: str | os.PathLike, format: str | None = None, **opts) -> Picks:
+    """Read coordinates from a file, or from a directory of per-micrograph files.
+
+    Parameters
+    ----------
+    path_or_dir
+        A coordinate file, or a directory whose coordinate files (of one format) are read and
+        concatenated; each file's micrograph name is its stem without ``_autopick`` /
+        ``_manualpick`` / ``_particles`` (formats that name the micrograph inside keep that name).
+    format
+        Format name (see :data:`FORMATS`, aliases like ``star``, ``box`` accepted); default: guessed
+        from the extension (``.txt`` content decides between Topaz and IMOD).
+    **opts
+        Conversion options (``pixel_size``, ``swap_xy``, ``flip_y`` + ``height``, ``scale`` or
+        ``to_pixel_size``, ``min_score``; see :func:`apply_options`) and format options passed to the
+        format's ``read`` (e.g. ``diameter``, ``tomo_size``, ``voxel_size``, ``micrograph``).
+
+    Returns
+    -------
+    Picks
+        With ``meta["source"]`` set to the path read.
+
+    Raises
+    ------
+    CryopickError
+        Missing file, unknown format, missing columns, non-numeric or NaN coordinates.
+    """
+    path = Path(path_or_dir)
+    if not path.exists():
+        raise CryopickError(f"{path}: no such file or directory")
+    conv, fmt_opts = _split_options(dict(opts))
+    pixel_size = fmt_opts.get("pixel_size")
+    name = format or guess_format(path)
+    module = format_module(name)
+    if path.is_dir():
+        picks = _read_directory(path, module, fmt_opts)
+    else:
+        picks = module.read(path, **fmt_opts)
+    if pixel_size is not None and picks.pixel_size is None:
+        conv["pixel_size"] = pixel_size
+    picks = apply_options(picks, source=str(path), **conv)
+    picks.meta["source"] = str(path)
+    picks.meta["format"] = module.NAME
+    return picks
+
+
+def _read_directory(directory: Path, module: ModuleType, opts: dict) -> Picks:
+    if hasattr(module, "read_directory"):
+        return module.read_directory(directory, **opts)
+    files = [p for p in _files(directory) if p.suffix.lower() in module.EXTENSIONS]
+    if not files:
+        raise CryopickError(
+            f"{directory}: no {module.NAME} coordinate files ({', '.join(module.EXTENSIONS)}) in this directory"
+        )
+    if hasattr(module, "is_index"):
+        indexes = [p for p in files if module.is_index(p)]
+        if indexes:  # an index already lists the per-micrograph files; reading both would duplicate
+            files = indexes
+    return P.concat([module.read(p, **opts) for p in files])
+
+
+# -- writing ---------------------------------------------------------------------------------
+def write_picks(picks: Picks, path_or_dir: str | os.PathLike, format: str | None = None,
+                per_micrograph: bool = True, **opts) -> list[Path]:
+    """Write picks, atomically (an interrupted write never leaves a half-written file).
+
+    Parameters
+    ----------
+    picks
+        The picks to write (conversion options, if any, are applied first; see :func:`apply_options`).
+    path_or_dir
+        A file path with the format's extension writes one file (formats that hold one micrograph per
+        file need ``per_micrograph=True`` and picks of one micrograph, or see below). Any other path is
+        a directory that receives one file per micrograph, ``<name><suffix>`` (RELION also gets an
+        ``autopick.star`` index; copick gets its ``ExperimentRuns/<run>/Picks/`` tree).
+    format
+        Format name; default: guessed from the file extension.
+    per_micrograph
+        ``True`` (split): one file per micrograph when ``path_or_dir`` is a directory.
+        ``False`` (merge): a single file holding all micrographs (RELION particles table, Topaz txt,
+        CryoPPP CSV with a ``Micrograph`` column); formats that cannot hold several micrographs refuse.
+    **opts
+        Conversion options and format options (e.g. ``diameter``/``box_size``, ``tomo_size``,
+        ``voxel_size``, ``micrograph_paths``, ``decimals``).
+
+    Returns
+    -------
+    list of Path
+        The files written (the index last, for RELION).
+    """
+    path = Path(path_or_dir)
+    conv, fmt_opts = _split_options(dict(opts))
+    picks = apply_options(picks, source=str(path), **conv)
+    module = format_module(format or guess_format(path))
+    is_file = _is_file_target(path, module)
+    if not per_micrograph and not is_file:
+        raise CryopickError(
+            f"{path}: merging into one file needs a file name ending in {' or '.join(module.EXTENSIONS)}"
+        )
+    if is_file:
+        if len(picks.micrographs) > 1 and not module.MULTI_MICROGRAPH:
+            merge_option = getattr(module, "MERGE_OPTION", None)
+            if per_micrograph or merge_option is None:
+                raise CryopickError(
+                    f"{path}: {len(picks.micrographs)} micrographs cannot go into one {module.NAME} file; give a "
+                    "directory to write one file per micrograph (--split)"
+                    + (" or merge them into one file (--merge)" if merge_option else "")
+                )
+            fmt_opts.setdefault(merge_option, True)
+        module.write(picks, path, **fmt_opts)
+        return [path]
+    if hasattr(module, "write_directory"):
+        return module.write_directory(picks, path, **fmt_opts)
+    path.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for name, sub in picks.split():
+        out = path / f"{name}{module.DEFAULT_SUFFIX}"
+        module.write(sub, out, **fmt_opts)
+        written[name] = out
+    files = list(written.values())
+    if hasattr(module, "write_index"):
+        files.append(module.write_index(written, path, **fmt_opts))
+    return files
+
+
+def _is_file_target(path: Path, module: ModuleType) -> bool:
+    if path.is_dir():
+        return False
+    return path.suffix.lower() in module.EXTENSIONS
+
+
+# -- micrograph names -------------------------------------------------------------------------
+def _basename(name: str) -> str:
+    return PureWindowsPath(PurePosixPath(str(name)).name).name
+
+
+def _image_key(name: str | os.PathLike) -> str:
+    """Image name as cryopick names micrographs: base name without an image extension."""
+    base = _basename(str(name))
+    lower = base.lower()
+    for ext in sorted(IMAGE_SUFFIXES | {".ome.zarr", ".zarr"}, key=len, reverse=True):
+        if lower.endswith(ext) and len(base) > len(ext):
+            return base[: -len(ext)]
+    return base
+
+
+def normalise_name(name: str) -> str:
+    """Loose key for matching: base name without image/coordinate extensions or picker suffixes."""
+    base = _basename(name)
+    changed = True
+    while changed:
+        changed = False
+        lower = base.lower()
+        for ext in sorted(IMAGE_SUFFIXES | set(COORD_EXTENSIONS) | {".ome.zarr", ".zarr", ".mrc.gz"},
+                          key=len, reverse=True):
+            if lower.endswith(ext) and len(base) > len(ext):
+                base, changed = base[: -len(ext)], True
+                break
+        for suffix in NAME_SUFFIXES:
+            if base.endswith(suffix) and len(base) > len(suffix):
+                base, changed = base[: -len(suffix)], True
+                break
+    return base
+
+
+def match_micrograph_names(picks: Picks, image_names: Iterable[str | os.PathLike],
+                           allow_unmatched: bool = False, source: str | None = None) -> Picks:
+    """Rename the picks' micrographs to the given image names, matching robustly.
+
+    A pick name matches an image when they are equal, or equal after removing directories, image and
+    coordinate extensions and the suffixes ``_autopick``, ``_manualpick``, ``_particles``, ``_picks``,
+    ``_coords`` (case-insensitive as a last resort, when that is unambiguous).
+
+    Parameters
+    ----------
+    picks
+        Picks whose ``micrograph`` column is to be matched.
+    image_names
+        Image names or paths (paths are reduced with :func:`cryopick.io.images.image_name`).
+    allow_unmatched
+        Drop picks of micrographs with no image (with a warning) instead of raising.
+    source
+        File the picks came from, for messages (default: ``picks.meta["source"]``).
+
+    Returns
+    -------
+    Picks
+        Same picks, ``micrograph`` set to the matching image name.
+
+    Raises
+    ------
+    CryopickError
+        Listing the names that match no image (or match several) and how to fix it.
+    """
+    source = source or picks.meta.get("source", "picks")
+    images = [_image_key(n) for n in image_names]
+    exact = set(images)
+    loose: dict[str, list[str]] = {}
+    folded: dict[str, list[str]] = {}
+    for img in images:
+        loose.setdefault(normalise_name(img), []).append(img)
+        folded.setdefault(normalise_name(img).lower(), []).append(img)
+    mapping: dict[str, str] = {}
+    unmatched, ambiguous = [], []
+    for name in picks.micrographs:
+        if name in exact:
+            mapping[name] = name
+            continue
+        key = normalise_name(name)
+        candidates = loose.get(key) or folded.get(key.lower()) or []
+        candidates = list(dict.fromkeys(candidates))
+        if len(candidates) == 1:
+            mapping[name] = candidates[0]
+        elif candidates:
+            ambiguous.append(f"{name} -> {' / '.join(candidates[:3])}")
+        else:
+            unmatched.append(name)
+    if ambiguous:
+        raise CryopickError(
+            f"{source}: micrograph name(s) match several images: {'; '.join(ambiguous[:5])}; "
+            "give each image a distinct name"
+        )
+    if unmatched:
+        shown = ", ".join(unmatched[:5]) + (f" (+{len(unmatched) - 5} more)" if len(unmatched) > 5 else "")
+        example = ", ".join(images[:3]) or "none"
+        message = (f"{source}: {len(unmatched)} of {len(picks.micrographs)} micrograph name(s) match no image: "
+                   f"{shown} (images are named like: {example}); rename the coordinate files to the image "
+                   "file stems or pass the matching images")
+        if not allow_unmatched:
+            raise CryopickError(message)
+        warnings.warn(message + "; their picks are dropped", stacklevel=2)
+    keep = picks.table["micrograph"].isin(mapping.keys())
+    out = picks._with(picks.table[keep])
+    return P.rename_micrographs(out, mapping)
