@@ -92,3 +92,270 @@ def test_match_micrograph_names(tmp_path):
     assert out.micrographs == ["mic_000", "mic_001"]
     with pytest.raises(CryopickError, match=r"picks.star: 2 of 2 micrograph name\(s\) match no image.*rename"):
         match_micrograph_names(p, ["other.mrc"], source="picks.star")
+
+
+def _picks3d(n_tomos: int = 2, per: int = 4, seed: int = 1, pixel_size: float | None = 10.0) -> Picks:
+    rng = np.random.default_rng(seed)
+    parts = []
+    for t in range(n_tomos):
+        xyz = np.round(rng.uniform(20, 400, size=(per, 3)), 2)
+        parts.append(pd.DataFrame({"micrograph": f"TS_{t:03d}", "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2],
+                                   "score": np.round(rng.uniform(0, 1, per), 4), "diameter": 24.0,
+                                   "label": "ribosome"}))
+    return Picks(pd.concat(parts, ignore_index=True), pixel_size=pixel_size, ndim=3)
+
+
+# -- round trips of every format (write -> read gives the same picks) ---------------------------
+def test_eman2_round_trip(tmp_path):
+    p = _picks2d()
+    write_picks(p, tmp_path / "box", "eman2")
+    _same(read_picks(tmp_path / "box"), p, score=False)  # .box keeps no score; box size = diameter
+    write_picks(p, tmp_path / "box220", "eman2", box_size=220)
+    q = read_picks(tmp_path / "box220", diameter=108)
+    _same(q, p, score=False)
+
+
+def test_cryolo_round_trip_2d_and_3d(tmp_path):
+    p = _picks2d()
+    write_picks(p, tmp_path / "cbox", "cryolo", box_size=160)
+    _same(read_picks(tmp_path / "cbox"), p)  # diameter round-trips through _EstWidth/_EstHeight
+    p3 = _picks3d()
+    write_picks(p3, tmp_path / "cbox3d", "cryolo")
+    q3 = read_picks(tmp_path / "cbox3d")
+    assert q3.ndim == 3
+    _same(q3, p3._with(p3.table.assign(label="")))
+
+
+def test_topaz_round_trip(tmp_path):
+    p = _picks2d(3)
+    write_picks(p, tmp_path / "particles.txt", "topaz")
+    _same(read_picks(tmp_path / "particles.txt"), p, diameter=False)
+    write_picks(p, tmp_path / "per_mic", "topaz")
+    _same(read_picks(tmp_path / "per_mic", format="topaz"), p, diameter=False)
+
+
+def test_imod_round_trip(tmp_path):
+    p3 = _picks3d()
+    write_picks(p3, tmp_path / "coords", "imod")
+    assert sorted(f.name for f in (tmp_path / "coords").iterdir()) == ["TS_000.coords", "TS_001.coords"]
+    _same(read_picks(tmp_path / "coords"), p3, score=False, diameter=False)
+    write_picks(p3.for_micrograph("TS_000"), tmp_path / "one.coords", origin=1)
+    assert (tmp_path / "one.coords").read_text().split()[0] == f"{p3.coords[0, 0] + 1:g}"
+    _same(read_picks(tmp_path / "one.coords", origin=1, micrograph="TS_000"), p3.for_micrograph("TS_000"),
+          score=False, diameter=False)
+
+
+def test_copick_round_trip(tmp_path):
+    p3 = _picks3d()
+    files = write_picks(p3, tmp_path / "project", "copick")
+    assert files[0] == tmp_path / "project/ExperimentRuns/TS_000/Picks/cryopick_0_ribosome.json"
+    q = read_picks(tmp_path / "project", format="copick")
+    assert q.pixel_size == 10.0 and set(q.table["label"]) == {"ribosome"}
+    _same(q, p3, diameter=False)
+    # locations are stored in Å
+    import json
+
+    doc = json.loads(files[0].read_text())
+    assert doc["unit"] == "angstrom"
+    np.testing.assert_allclose(doc["points"][0]["location"]["x"], p3.coords[0, 0] * 10.0)
+
+
+def test_relion5_tomo_round_trip(tmp_path):
+    p3 = _picks3d()
+    write_picks(p3, tmp_path / "particles.star", "relion", tomo_size=(464, 464, 200))
+    q = read_picks(tmp_path / "particles.star", tomo_size=(464, 464, 200), voxel_size=10.0)
+    _same(q, p3._with(p3.table.assign(label="")), diameter=False)
+
+
+# -- files laid out the way the tools write them -----------------------------------------------
+def test_read_relion31_autopick_file():
+    p = read_picks(DATA / "relion31/mic_0001_autopick.star")
+    assert p.micrographs == ["mic_0001"]
+    np.testing.assert_allclose(p.coords, [[1234.5, 678.25], [512, 1024], [3001, 97]])
+    np.testing.assert_allclose(p.scores, [2.31845, 1.024, -0.25])
+
+
+def test_read_relion4_index_with_project_relative_paths():
+    p = read_picks(DATA / "relion4/AutoPick/job006/autopick.star")
+    assert p.micrographs == ["mic_0001", "mic_0002"]
+    np.testing.assert_allclose(p.coords, [[1234.5, 678.25], [100, 200], [300, 400]])
+    assert p.scores[0] == 3.5 and np.isnan(p.scores[1:]).all()  # -999 = no score (manual picks)
+
+
+def test_read_relion5_tomography_particles():
+    kw = dict(tomo_size=(928, 928, 464), voxel_size=10.0)
+    p = read_picks(DATA / "relion5_tomo/particles.star", **kw)
+    assert p.ndim == 3 and p.pixel_size == 10.0 and p.micrographs == ["TS_001", "TS_002"]
+    np.testing.assert_allclose(p.coords, [[100, 200, 50], [587.5, 472.25, 243.75], [464, 464, 232]])
+    q = read_picks(DATA / "relion5_tomo/particles.star", tomograms_star=DATA / "relion5_tomo/tomograms.star")
+    np.testing.assert_allclose(q.coords, p.coords)  # 3712/4 = 928 voxels of 2.5*4 = 10 Å
+    with pytest.raises(CryopickError, match=r"particles.star.*--tomo-size X,Y,Z --voxel-size"):
+        read_picks(DATA / "relion5_tomo/particles.star")
+
+
+def test_read_cryolo_cbox():
+    p = read_picks(DATA / "cryolo/mic_0001.cbox")
+    assert p.ndim == 2 and p.micrographs == ["mic_0001"]
+    np.testing.assert_allclose(p.coords, [[1234.5, 678.25], [512, 1024]])  # corner + 220/2
+    np.testing.assert_allclose(p.scores, [0.91, 0.35])
+    np.testing.assert_allclose(p.table["diameter"], [148, 220])  # mean(EstWidth, EstHeight), else box
+    p3 = read_picks(DATA / "cryolo/TS_001.cbox")
+    assert p3.ndim == 3
+    np.testing.assert_allclose(p3.coords, [[100, 200, 50]])  # z is the centre slice, not a corner
+
+
+def test_read_eman2_box():
+    p = read_picks(DATA / "eman2/mic_0001.box")
+    np.testing.assert_allclose(p.coords, [[1234, 678], [512, 1024]])
+    assert (p.table["diameter"] == 220).all()
+
+
+def test_read_topaz_txt():
+    p = read_picks(DATA / "topaz/predicted_particles_all_upsampled.txt")
+    assert p.micrographs == ["mic_0001", "mic_0002"]
+    np.testing.assert_allclose(p.coords, [[1234, 678], [512, 1024], [100, 200]])
+    np.testing.assert_allclose(p.scores, [3.125, -0.5, 1.0])
+    assert len(read_picks(DATA / "topaz/predicted_particles_all_upsampled.txt", min_score=0)) == 2
+
+
+def test_read_imod_coords():
+    p = read_picks(DATA / "imod/TS_001.coords")
+    assert p.ndim == 3 and p.micrographs == ["TS_001"]
+    np.testing.assert_allclose(p.coords, [[100, 200, 50], [1234.5, 678.25, 87.75]])
+    q = read_picks(DATA / "imod/TS_001_objects.txt", format="imod", micrograph="TS_001")
+    assert q.table["label"].tolist() == ["1", "1", "2"]
+    np.testing.assert_allclose(q.coords[:2], p.coords)
+
+
+def test_read_copick_json_needs_voxel_size():
+    path = DATA / "copick/ExperimentRuns/TS_001/Picks/alice_1_ribosome.json"
+    with pytest.raises(CryopickError, match=r"alice_1_ribosome.json: copick locations are in Å.*--voxel-size"):
+        read_picks(path)
+    p = read_picks(path, voxel_size=10.0)
+    assert p.micrographs == ["TS_001"] and p.table["label"].tolist() == ["ribosome"] * 2
+    np.testing.assert_allclose(p.coords, [[100, 200, 50], [1234.5, 678.25, 87.75]])
+
+
+# -- one known particle through every conversion chain ------------------------------------------
+def test_one_particle_survives_every_2d_conversion_chain(tmp_path):
+    """x=1234.5, y=678.25 in a CryoPPP CSV (JPEG frame, 4096 px high) -> RELION -> EMAN2 -> crYOLO ->
+    Topaz (binned 4x, axes swapped) -> IMOD -> CryoPPP, every frame change inverted on the way back."""
+    H = 4096
+    start = Picks.from_arrays("mic_0001", [[1234.5, 678.25]], score=0.75, diameter=108)
+    write_picks(start, tmp_path / "a.csv", "cryoppp")
+    p = read_picks(tmp_path / "a.csv", flip_y=True, height=H)  # JPEG rows -> MRC rows
+    np.testing.assert_allclose(p.coords, [[1234.5, H - 1 - 678.25]])
+    write_picks(p, tmp_path / "b.star", "relion")
+    p = read_picks(tmp_path / "b.star", micrograph="mic_0001")
+    write_picks(p, tmp_path / "c.box", "eman2", diameter=108)
+    p = read_picks(tmp_path / "c.box", micrograph="mic_0001")
+    write_picks(p, tmp_path / "d.cbox", "cryolo", box_size=216)
+    p = read_picks(tmp_path / "d.cbox", micrograph="mic_0001")
+    write_picks(p, tmp_path / "e.txt", "topaz", scale=0.25, swap_xy=True)  # Topaz on a 4x-binned micrograph
+    p = read_picks(tmp_path / "e.txt", swap_xy=True, scale=4.0)
+    write_picks(p, tmp_path / "f.coords", "imod")
+    p = read_picks(tmp_path / "f.coords", micrograph="mic_0001")
+    write_picks(p, tmp_path / "g.csv", "cryoppp", flip_y=True, height=H, diameter=108)
+    end = read_picks(tmp_path / "g.csv", micrograph="mic_0001")
+    np.testing.assert_allclose(end.coords, [[1234.5, 678.25]], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(end.table["diameter"], [108], atol=1e-6)
+
+
+def test_one_particle_survives_every_3d_conversion_chain(tmp_path):
+    """(1234.5, 678.25, 87.75) voxels -> RELION 5 centred Å -> copick Å (other pixel size) -> IMOD ->
+    crYOLO 3D -> back."""
+    start = Picks.from_arrays("TS_001", [[1234.5, 678.25, 87.75]], score=0.5, diameter=24, pixel_size=7.84)
+    geometry = dict(tomo_size=(2048, 2048, 512), voxel_size=7.84)
+    write_picks(start, tmp_path / "a.star", "relion", **geometry)
+    p = read_picks(tmp_path / "a.star", **geometry)
+    write_picks(p, tmp_path / "b.json", "copick", to_pixel_size=15.68)  # 2x binned tomogram
+    p = read_picks(tmp_path / "b.json", to_pixel_size=7.84)
+    assert p.pixel_size == 7.84
+    write_picks(p, tmp_path / "c.coords", "imod")
+    p = read_picks(tmp_path / "c.coords", micrograph="TS_001")
+    write_picks(p, tmp_path / "d.cbox", "cryolo", box_size=32)
+    end = read_picks(tmp_path / "d.cbox", micrograph="TS_001")
+    np.testing.assert_allclose(end.coords, [[1234.5, 678.25, 87.75]], atol=1e-6, rtol=0)
+
+
+# -- bad input -----------------------------------------------------------------------------------
+def test_unknown_extension(tmp_path):
+    f = tmp_path / "picks.xyz"
+    f.write_text("1 2 3\n")
+    with pytest.raises(CryopickError, match=r"picks.xyz: unknown coordinate file extension '.xyz'"):
+        read_picks(f)
+
+
+@pytest.mark.parametrize("name, text, pattern", [
+    ("m.csv", "X-Coordinate,Diameter\n1,108\n", r"m.csv: .*missing column\(s\) Y-Coordinate"),
+    ("m.star", "data_\n\nloop_\n_rlnAnglePsi #1\n1.0\n", r"m.star: no RELION coordinate columns"),
+    ("m.txt", "image_name\tx_coord\nm\t1\n", r"m.txt: .*missing column\(s\) y_coord"),
+    ("m.cbox", "data_cryolo\n\nloop_\n_CoordinateX #1\n_CoordinateY #2\n1 2\n", r"m.cbox: .*missing column\(s\) Width"),
+    ("m.box", "10\n", r"m.box: EMAN .box rows need at least x and y"),
+    ("m.coords", "1 2 3 4 5 6\n", r"m.coords: 6 values per line"),
+    ("m.json", '{"a": 1}', r"m.json: not a copick picks file"),
+])
+def test_missing_columns(tmp_path, name, text, pattern):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(CryopickError, match=pattern):
+        read_picks(tmp_path / name, voxel_size=1.0)
+
+
+@pytest.mark.parametrize("name, text", [
+    ("n.csv", "X-Coordinate,Y-Coordinate,Diameter\n1,2,108\nnan,4,108\n"),
+    ("n.star", "data_\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n1 2\n3 nan\n"),
+    ("n.box", "1\t2\t10\t10\nNaN\t2\t10\t10\n"),
+    ("n.coords", "1 2 3\n4 inf 6\n"),
+    ("n.txt", "image_name\tx_coord\ty_coord\nn\t1\t\n"),
+])
+def test_nan_coordinates_rejected(tmp_path, name, text):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(CryopickError, match=rf"{name}: 1 coordinate\(s\) are NaN or infinite \(first at row 2|"
+                                           rf"{name}: 1 coordinate\(s\) are NaN or infinite \(first at row 1"):
+        read_picks(tmp_path / name)
+
+
+def test_non_numeric_value_named(tmp_path):
+    (tmp_path / "t.csv").write_text("X-Coordinate,Y-Coordinate\n1,2\nabc,3\n")
+    with pytest.raises(CryopickError, match=r"t.csv: column 'X-Coordinate' has a non-numeric value 'abc'"):
+        read_picks(tmp_path / "t.csv")
+
+
+def test_missing_file_and_empty_directory(tmp_path):
+    with pytest.raises(CryopickError, match=r"nope.star: no such file"):
+        read_picks(tmp_path / "nope.star")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CryopickError, match=r"empty: no coordinate files found"):
+        read_picks(tmp_path / "empty")
+
+
+def test_names_that_match_no_micrograph_name_the_file():
+    p = read_picks(DATA / "relion4/AutoPick/job006/autopick.star")
+    with pytest.raises(CryopickError, match=r"autopick.star: 1 of 2 micrograph name\(s\) match no image: mic_0002"):
+        match_micrograph_names(p, ["MotionCorr/job002/Movies/mic_0001.mrc", "mic_0003.mrc"])
+    with pytest.warns(UserWarning, match="dropped"):
+        kept = match_micrograph_names(p, ["mic_0001.mrc"], allow_unmatched=True)
+    assert kept.micrographs == ["mic_0001"]
+
+
+def test_writers_are_atomic_and_refuse_impossible_output(tmp_path, monkeypatch):
+    p = _picks2d(2)
+    with pytest.raises(CryopickError, match=r"x.box: 2 micrographs cannot go into one eman2 file"):
+        write_picks(p, tmp_path / "x.box", "eman2")
+    with pytest.raises(CryopickError, match=r"x.box: the EMAN2 .box format needs a box size"):
+        write_picks(Picks.from_arrays("m", [[1.0, 2.0]]), tmp_path / "x.box", "eman2")
+    with pytest.raises(CryopickError, match=r"x.json: copick stores Å"):
+        write_picks(Picks.from_arrays("m", [[1.0, 2.0, 3.0]]), tmp_path / "x.json", "copick")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+    # an interrupted writer leaves the previous file intact and no temporary behind
+    target = tmp_path / "keep.csv"
+    target.write_text("old\n")
+    import cryopick.io.formats.cryoppp as cryoppp
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cryoppp, "format_number", boom)
+    with pytest.raises(KeyboardInterrupt):
+        write_picks(p.for_micrograph("mic_000"), target, "cryoppp")
+    assert target.read_text() == "old\n" and [f.name for f in tmp_path.iterdir()] == ["keep.csv"]

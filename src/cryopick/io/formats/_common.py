@@ -61,14 +61,17 @@ def require_columns(table: pd.DataFrame, columns: Sequence[str], path: str | os.
         )
 
 
+_MISSING = {"<na>", "none", "", "na", "nan", "-nan", "+nan", "null"}
+
+
 def numeric(values, path: str | os.PathLike, column: str) -> np.ndarray:
     """Column as float64; text that is not a number raises an error naming the file and column.
 
     Empty cells and ``<NA>`` / ``None`` / ``nan`` become NaN (callers decide whether NaN is allowed).
     """
     series = pd.Series(values)
-    if series.dtype == object:
-        series = series.replace({"<NA>": np.nan, "None": np.nan, "": np.nan, "NA": np.nan})
+    if not pd.api.types.is_numeric_dtype(series):
+        series = series.astype(object).map(lambda v: np.nan if isinstance(v, str) and v.strip().lower() in _MISSING else v)
     out = pd.to_numeric(series, errors="coerce")
     bad = out.isna() & series.notna()
     if bad.any():

@@ -1,0 +1,162 @@
+"""copick picks JSON (one pickable object in one run), locations in **Ångström**.
+
+Layout (copick ``CopickPicksFile``)::
+
+    {"pickable_object_name": "ribosome", "user_id": "cryopick", "session_id": "0",
+     "run_name": "TS_001", "voxel_spacing": 10.0, "unit": "angstrom",
+     "points": [{"location": {"x": 1234.5, "y": 678.25, "z": 310.0},
+                 "transformation_": [[1,0,0,0],[0,1,0,0],[0,0,1,0],[0,0,0,1]],
+                 "instance_id": 0, "score": 0.87}],
+     "trust_orientation": false}
+
+stored in a project as ``ExperimentRuns/<run>/Picks/<user_id>_<session_id>_<object>.json``.
+
+Convention
+----------
+- ``location`` is the particle centre in Å: voxel index × voxel size (x = column, y = row,
+  z = section; no half-voxel offset). Converting to voxels needs the voxel size: ``voxel_size``
+  (or ``pixel_size``) option, else the file's ``voxel_spacing``; neither -> a clear error.
+- The run name is the tomogram name; ``pickable_object_name`` becomes the label.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cryopick.errors import CryopickError
+from cryopick.io.atomic import write_text
+from cryopick.io.formats._common import finish, read_text
+from cryopick.picks import Picks, concat
+
+NAME = "copick"
+EXTENSIONS = (".json",)
+DEFAULT_SUFFIX = ".json"
+MULTI_MICROGRAPH = False
+NDIM = (3,)
+_IDENTITY = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+_UNIT_TO_ANGSTROM = {"angstrom": 1.0, "a": 1.0, "å": 1.0, "nanometer": 10.0, "nm": 10.0}
+
+
+def _run_from_path(path: Path) -> str:
+    parts = path.parts
+    if len(parts) >= 3 and parts[-2] == "Picks":
+        return parts[-3]
+    return path.stem
+
+
+def read(path: str | os.PathLike, voxel_size: float | None = None, pixel_size: float | None = None,
+         micrograph: str | None = None, diameter: float | None = None, **_: object) -> Picks:
+    """Read one copick picks JSON into 3D picks in voxels.
+
+    Parameters
+    ----------
+    voxel_size
+        Å per voxel of the tomogram the picks should be expressed in (``pixel_size`` is a synonym).
+        Default: the file's ``voxel_spacing``.
+    micrograph
+        Tomogram name (default: ``run_name``, else the run directory, else the file stem).
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise CryopickError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    if not isinstance(doc, dict) or "points" not in doc:
+        raise CryopickError(f"{path}: not a copick picks file (no 'points' list)")
+    spacing = voxel_size if voxel_size is not None else pixel_size
+    if spacing is None:
+        spacing = doc.get("voxel_spacing")
+    if spacing is None or not float(spacing) > 0:
+        raise CryopickError(
+            f"{path}: copick locations are in Å; give the tomogram voxel size to convert them to voxels "
+            "(--voxel-size A / voxel_size=)"
+        )
+    unit = str(doc.get("unit", "angstrom")).lower()
+    if unit not in _UNIT_TO_ANGSTROM:
+        raise CryopickError(f"{path}: unknown unit {doc.get('unit')!r}; expected 'angstrom'")
+    factor = _UNIT_TO_ANGSTROM[unit] / float(spacing)
+    points = doc.get("points") or []
+    xyz = np.full((len(points), 3), np.nan)
+    score = np.full(len(points), np.nan)
+    for i, point in enumerate(points):
+        loc = point.get("location") if isinstance(point, dict) else None
+        if not isinstance(loc, dict) or not all(k in loc for k in "xyz"):
+            raise CryopickError(f"{path}: point {i + 1} has no location with x, y, z")
+        try:
+            xyz[i] = [float(loc[k]) if loc[k] is not None else math.nan for k in "xyz"]
+        except (TypeError, ValueError) as exc:
+            raise CryopickError(f"{path}: point {i + 1} has a non-numeric location {loc}") from exc
+        if point.get("score") is not None:
+            score[i] = float(point["score"])
+    name = micrograph or doc.get("run_name") or _run_from_path(path)
+    frame = pd.DataFrame({"micrograph": str(name), "x": xyz[:, 0] * factor, "y": xyz[:, 1] * factor,
+                          "z": xyz[:, 2] * factor, "score": score,
+                          "diameter": np.nan if diameter is None else float(diameter),
+                          "label": str(doc.get("pickable_object_name", ""))}, index=range(len(points)))
+    return finish(Picks(frame, pixel_size=float(spacing), ndim=3), path)
+
+
+def read_directory(directory: str | os.PathLike, **opts) -> Picks:
+    """All picks JSONs under a copick project (or any directory), concatenated."""
+    directory = Path(directory)
+    files = sorted(p for p in directory.rglob("*.json") if p.name != "copick_config.json"
+                   and not p.name.startswith("."))
+    if not files:
+        raise CryopickError(f"{directory}: no copick picks JSON files found")
+    return concat([read(p, **opts) for p in files])
+
+
+def write(picks: Picks, path: str | os.PathLike, voxel_size: float | None = None, object_name: str | None = None,
+          user_id: str = "cryopick", session_id: str = "0", **_: object) -> None:
+    """Write the picks of one tomogram and one label as a copick picks JSON, atomically.
+
+    Parameters
+    ----------
+    voxel_size
+        Å per voxel of the picks' frame (default: ``picks.pixel_size``); required.
+    object_name
+        ``pickable_object_name`` (default: the picks' label, else ``"particle"``).
+    """
+    if picks.ndim != 3:
+        raise CryopickError(f"{path}: copick picks are 3D; these picks are 2D")
+    spacing = voxel_size if voxel_size is not None else picks.pixel_size
+    if spacing is None:
+        raise CryopickError(f"{path}: copick stores Å; give the voxel size of the picks (--voxel-size A)")
+    names = picks.micrographs
+    labels = list(dict.fromkeys(picks.table["label"].tolist()))
+    if len(names) > 1 or len(labels) > 1:
+        raise CryopickError(
+            f"{path}: a copick picks file holds one run and one object; these picks have {len(names)} "
+            f"tomogram(s) and {len(labels)} label(s); write to a directory instead"
+        )
+    obj = object_name or (labels[0] if labels and labels[0] else "particle")
+    points = []
+    for (x, y, z), s in zip(picks.coords * float(spacing), picks.scores):
+        points.append({"location": {"x": float(x), "y": float(y), "z": float(z)},
+                       "transformation_": _IDENTITY, "instance_id": 0,
+                       "score": float(s) if np.isfinite(s) else None})
+    doc = {"pickable_object_name": obj, "user_id": user_id, "session_id": str(session_id),
+           "run_name": names[0] if names else None, "voxel_spacing": float(spacing), "unit": "angstrom",
+           "points": points, "trust_orientation": False}
+    write_text(Path(path), json.dumps(doc, indent=1) + "\n")
+
+
+def write_directory(picks: Picks, directory: str | os.PathLike, user_id: str = "cryopick",
+                    session_id: str = "0", object_name: str | None = None, **opts) -> list[Path]:
+    """Write a copick overlay tree: ``ExperimentRuns/<run>/Picks/<user>_<session>_<object>.json``."""
+    directory = Path(directory)
+    written = []
+    for run, sub in picks.split():
+        for label in dict.fromkeys(sub.table["label"].tolist()):
+            part = sub._with(sub.table[sub.table["label"] == label])
+            obj = object_name or label or "particle"
+            out = directory / "ExperimentRuns" / run / "Picks" / f"{user_id}_{session_id}_{obj}.json"
+            write(part, out, object_name=obj, user_id=user_id, session_id=session_id, **opts)
+            written.append(out)
+    return written
