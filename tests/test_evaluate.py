@@ -1,0 +1,174 @@
+"""Evaluation on small synthetic cases whose scores are computed by hand in the comments."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cryopick.evaluate.curves import average_precision, pr_curve, pr_curve_arrays
+from cryopick.evaluate.matching import match_points
+from cryopick.evaluate.metrics import box_iou, evaluate_picks, f_beta, match
+from cryopick.evaluate.pixel import disk_mask, evaluate_pixels, mask_scores
+from cryopick.evaluate.report import evaluate_methods, write_report
+from cryopick.picks import Picks, concat
+
+TRUTH = np.array([[0.0, 0.0], [100.0, 0.0], [0.0, 100.0]])
+# distances to their nearest truth: 5, 9, far, 6
+PICKS = np.array([[3.0, 4.0], [100.0, 9.0], [50.0, 50.0], [0.0, 106.0]])
+
+
+def test_radius_rule_hand_computed():
+    # diameter 20 -> radius 10. Tolerance 1.0 (10 px): picks 0, 1, 3 match -> TP 3, FP 1, FN 0.
+    r = match(PICKS, TRUTH, diameter=20, rule="radius", tolerance=1.0)
+    assert (r.tp, r.fp, r.fn) == (3, 1, 0)
+    assert r.precision == pytest.approx(3 / 4) and r.recall == 1.0
+    assert r.f1 == pytest.approx(2 * 0.75 / 1.75)
+    assert sorted(zip(r.pred_index.tolist(), r.truth_index.tolist())) == [(0, 0), (1, 1), (3, 2)]
+    # Tolerance 0.5 (5 px, inclusive): only pick 0 (distance exactly 5) -> P 1/4, R 1/3, F1 2/7.
+    r = match(PICKS, TRUTH, diameter=20, rule="radius", tolerance=0.5)
+    assert r.tp == 1
+    assert (r.precision, r.recall, r.f1) == pytest.approx((1 / 4, 1 / 3, 2 / 7))
+
+
+def test_one_to_one_optimal_not_greedy():
+    truth = np.array([[0.0, 0.0], [12.0, 0.0]])
+    # pick 0 is 5 px from truth 0 and 7 px from truth 1; pick 1 only reaches truth 0 (4 px).
+    # Greedy nearest-first from pick 0 gets 1 TP; the optimal assignment gets 2.
+    pred = np.array([[5.0, 0.0], [-4.0, 0.0]])
+    r = match(pred, truth, diameter=20)
+    assert r.tp == 2 and dict(zip(r.pred_index.tolist(), r.truth_index.tolist())) == {0: 1, 1: 0}
+    # duplicates: three picks on one particle -> 1 TP, 2 FP
+    r = match(np.array([[0.0, 0], [1, 0], [0, 1]]), truth[:1], diameter=20)
+    assert (r.tp, r.fp, r.fn) == (1, 2, 0)
+    # agrees with the core matcher
+    assert match_points(pred, truth, 10).tp == 2
+
+
+def test_iou3d_rule_hand_computed():
+    # Cubes of edge 10: offset (1,1,1): 9^3 / (2000 - 729) = 0.574 (no); (1,1,0): 810/1190 = 0.681 (yes);
+    # (2,0,0): 800/1200 = 0.667 (yes); (3,0,0): 700/1300 = 0.538 (no).
+    assert box_iou(np.array([[1, 1, 1], [1, 1, 0], [2, 0, 0], [3, 0, 0]]), 10) == pytest.approx(
+        [729 / 1271, 810 / 1190, 800 / 1200, 700 / 1300])
+    truth = np.array([[0, 0, 0], [50, 0, 0], [0, 50, 0], [0, 0, 50]], float)
+    pred = truth + np.array([[1, 1, 1], [1, 1, 0], [2, 0, 0], [3, 0, 0]])
+    r = match(pred, truth, diameter=10, rule="iou3d")
+    assert r.tp == 2 and sorted(r.pred_index.tolist()) == [1, 2]
+
+
+def test_czii_rule_and_fbeta():
+    # radius 10 -> 0.5 x radius = 5 px. Picks at 4 px (yes), 6 px (no), far (no): TP 1 of 2 truths.
+    truth = np.array([[0.0, 0.0, 0.0], [40.0, 0.0, 0.0]])
+    pred = np.array([[4.0, 0.0, 0.0], [40.0, 6.0, 0.0], [90.0, 90.0, 90.0]])
+    t = Picks.from_arrays("tomo", truth)
+    p = Picks.from_arrays("tomo", pred)
+    ev = evaluate_picks(p, t, diameter=20, rule="czii")
+    assert ev.pooled["tp"] == 1
+    # P 1/3, R 1/2, F4 = 17 * (1/6) / (16/3 + 1/2) = 17/35
+    assert ev.pooled["fbeta"] == pytest.approx(17 / 35)
+    assert ev.settings["beta"] == 4.0
+    assert f_beta(0.5, 0.5, 1) == pytest.approx(0.5)
+
+
+def test_per_micrograph_and_pooled():
+    truth = concat([Picks.from_arrays("a", TRUTH, diameter=20), Picks.from_arrays("b", TRUTH[:2], diameter=20)])
+    pred = concat([Picks.from_arrays("a", PICKS), Picks.from_arrays("b", np.zeros((0, 2))),
+                   Picks.from_arrays("c", TRUTH)])  # "c" has no truth: ignored with a warning
+    with pytest.warns(UserWarning, match="no ground truth"):
+        ev = evaluate_picks(pred, truth)  # diameter from the truth table
+    per = ev.per_micrograph.set_index("micrograph")
+    assert per.loc["a", "tp"] == 3 and per.loc["a", "f1"] == pytest.approx(6 / 7)
+    assert per.loc["b", "tp"] == 0 and per.loc["b", "precision"] == 1.0 and per.loc["b", "recall"] == 0
+    # pooled: TP 3, 4 picks, 5 truths -> P 0.75, R 0.6, F1 2/3
+    assert (ev.pooled["precision"], ev.pooled["recall"], ev.pooled["f1"]) == pytest.approx((0.75, 0.6, 2 / 3))
+    assert ev.pooled["mean_f1"] == pytest.approx((6 / 7 + 0) / 2)
+
+
+def test_pr_curve_known_steps():
+    truth = Picks.from_arrays("m", TRUTH)
+    # scores 0.9 TP, 0.8 FP, 0.7 TP, 0.6 FP, 0.5 TP
+    pred = Picks.from_arrays("m", np.array([[0, 1], [60, 60], [100, 2], [40, 40], [1, 99.0]]),
+                             score=[0.9, 0.8, 0.7, 0.6, 0.5])
+    c = pr_curve(pred, truth, diameter=20)
+    assert c.thresholds.tolist() == [0.9, 0.8, 0.7, 0.6, 0.5]
+    assert c.precision == pytest.approx([1, 1 / 2, 2 / 3, 2 / 4, 3 / 5])
+    assert c.recall == pytest.approx([1 / 3, 1 / 3, 2 / 3, 2 / 3, 1])
+    # AP = 1/3 * 1 + 1/3 * 2/3 + 1/3 * 3/5 = 34/45
+    assert c.auprc == pytest.approx(34 / 45)
+    best = c.best()
+    assert best["threshold"] == 0.5 and best["f1"] == pytest.approx(0.75)
+    assert c.at_threshold(0.65)["f1"] == pytest.approx(2 / 3)
+    assert c.at_threshold(0.95)["recall"] == 0
+    assert average_precision([1.0, 0.5], [0.5, 1.0]) == pytest.approx(0.75)
+
+
+def test_pr_curve_ties_and_augmenting_path():
+    truth = np.array([[0.0, 0.0], [12.0, 0.0]])
+    # pick 0 (score 0.9) reaches both truths, pick 1 (0.8) only truth 0: the exact matching at
+    # threshold 0.8 has 2 TP (a nearest-first assignment would leave pick 1 unmatched).
+    c = pr_curve_arrays([(np.array([[5.0, 0.0], [-4.0, 0.0]]), np.array([0.9, 0.8]), truth)], diameter=20)
+    assert c.tp.tolist() == [1, 2]
+    # tied scores give one point
+    c = pr_curve_arrays([(np.array([[0.0, 0], [50, 50], [12, 0]]), np.array([0.5, 0.5, 0.2]), truth)], diameter=20)
+    assert c.thresholds.tolist() == [0.5, 0.2] and c.tp.tolist() == [1, 2] and c.n_pred.tolist() == [2, 3]
+
+
+def test_pr_curve_equals_rematching_every_prefix():
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0, 100, (40, 2))
+    pred = rng.uniform(0, 100, (60, 2))
+    score = rng.uniform(size=60)
+    c = pr_curve_arrays([(pred, score, truth)], diameter=20)
+    order = np.argsort(-score)
+    assert c.tp.tolist() == [match_points(pred[order[: k + 1]], truth, 10).tp for k in range(60)]
+
+
+def test_disks_and_pixel_scores():
+    assert disk_mask(np.array([[5.0, 5.0]]), (11, 11), 2).sum() == 13  # 5 + 2*3 + 2 lattice points
+    a = disk_mask(np.array([[5.0, 5.0]]), (11, 11), 1)
+    b = disk_mask(np.array([[6.0, 5.0]]), (11, 11), 1)
+    assert a.sum() == 5 and b.sum() == 5
+    # overlap {(5,5), (6,5)}: Dice 2*2/10, IoU 2/8
+    s = mask_scores(b, a)
+    assert (s["dice"], s["iou"], s["precision"], s["recall"]) == pytest.approx((0.4, 0.25, 0.4, 0.4))
+    assert disk_mask(np.array([[1.0, 1.0, 1.0]]), (3, 3, 3), 1).sum() == 7  # a 3D ball of radius 1
+    truth = Picks.from_arrays("m", np.array([[5.0, 5.0]]))
+    # a given predicted mask: the full 3x3 square around the centre (9 px) vs the 5-px disk
+    pred = np.zeros((11, 11), bool)
+    pred[4:7, 4:7] = True
+    table, pooled = evaluate_pixels({"m": pred}, truth, {"m": (11, 11)}, diameter=2)
+    assert pooled["precision"] == pytest.approx(5 / 9) and pooled["recall"] == 1.0
+    assert pooled["dice"] == pytest.approx(10 / 14)
+
+
+def test_report_renders(tmp_path):
+    truth = concat([Picks.from_arrays("a", TRUTH + 20, diameter=20), Picks.from_arrays("b", TRUTH + 20, diameter=20)])
+    good = concat([Picks.from_arrays("a", PICKS + 20, score=[0.9, 0.8, 0.1, 0.7]),
+                   Picks.from_arrays("b", TRUTH + 21, score=[0.5, 0.6, 0.7])])
+    bad = concat([Picks.from_arrays("a", np.array([[70.0, 70.0]]), score=0.3),
+                  Picks.from_arrays("b", TRUTH[:1] + 20, score=0.2)])
+    methods = {"good": good, "bad": bad}
+    summary = evaluate_methods(methods, truth, shapes={"a": (140, 140), "b": (140, 140)})
+    images = {"a": np.random.default_rng(0).normal(size=(140, 140))}
+    paths = write_report(summary, tmp_path, images=images, methods=methods, truth=truth)
+    for name in ("report.md", "report.json", "pr_curves.png", "per_micrograph_boxplot.png", "grouped_bars.png",
+                 "overlay_a.png"):
+        assert (tmp_path / name).stat().st_size > 500, name
+    data = json.loads((tmp_path / "report.json").read_text())
+    g = data["methods"]["good"]["pooled"]["radius@1"]
+    # a: TP 3 of 4 picks; b: TP 3 of 3 -> pooled P 6/7, R 1
+    assert (g["tp"], g["n_pred"], g["n_truth"]) == (6, 7, 6)
+    assert g["precision"] == pytest.approx(6 / 7) and g["recall"] == 1.0
+    # at tolerance 0.5 (5 px): a: only the pick at 5 px; b: all three (1.4 px) -> TP 4
+    assert data["methods"]["good"]["pooled"]["radius@0.5"]["tp"] == 4
+    b = data["methods"]["bad"]["pooled"]["radius@1"]
+    assert (b["tp"], b["n_pred"]) == (1, 2)
+    assert data["methods"]["good"]["recall_success_rate"] == {"0.6": 1.0, "0.8": 1.0}
+    assert data["methods"]["bad"]["recall_success_rate"]["0.6"] == 0.0
+    # best F1 of "good" drops the 0.1-scored false pick: 6 TP / 6 picks
+    assert data["methods"]["good"]["curve"]["best"]["f1"] == pytest.approx(1.0)
+    assert data["methods"]["good"]["curve"]["best"]["threshold"] == pytest.approx(0.5)
+    assert len(data["statistics"]) == 3 and data["statistics"][0]["n"] == 2
+    assert "| good | 7 |" in (tmp_path / "report.md").read_text()
+    assert set(data["figures"].values()) >= {"pr_curves.png", "overlay_a.png"}
