@@ -80,8 +80,13 @@ def load_into(model: torch.nn.Module, path: str | os.PathLike) -> str:
     Raises :class:`CryopickError` when the file is not a SAM2 checkpoint, or its tensors do not
     match the model's configuration (the message names the config the file does match).
     """
-    path = Path(path)
-    sd = find_state_dict(read_checkpoint(path))
+    return load_state(model, read_checkpoint(path), source=str(path))
+
+
+def load_state(model: torch.nn.Module, obj: Any, source: str = "checkpoint") -> str:
+    """Like :func:`load_into`, for an already ``torch.load``-ed checkpoint object ``obj``."""
+    path = source
+    sd = find_state_dict(obj)
     if sd is None or not any(k.startswith("image_encoder.trunk.") for k in sd):
         raise CryopickError(f"{path} is not a SAM2 checkpoint (no 'image_encoder.trunk.*' tensors under "
                             f"its 'model' key); use an official sam2_hiera_*.pt / sam2.1_hiera_*.pt file")
