@@ -167,6 +167,16 @@ def test_relion5_tomo_round_trip(tmp_path):
     _same(q, p3._with(p3.table.assign(label="")), diameter=False)
 
 
+def test_relion5_tomo_size_follows_rescaling(tmp_path):
+    geometry = dict(tomo_size=(928, 928, 464), voxel_size=10.0)
+    p = read_picks(DATA / "relion5_tomo/particles.star", **geometry)
+    write_picks(p, tmp_path / "bin2.star", "relion", to_pixel_size=20.0, tomo_size=geometry["tomo_size"])
+    q = read_picks(tmp_path / "bin2.star", tomo_size=(464, 464, 232), voxel_size=20.0)
+    np.testing.assert_allclose(q.coords, p.coords / 2)  # same Å, half the voxels
+    with pytest.raises(CryopickError, match=r"voxel size 10 Å given but the picks are at 20 Å/px"):
+        write_picks(q, tmp_path / "x.star", "relion", tomo_size=(464, 464, 232), voxel_size=10.0)
+
+
 # -- files laid out the way the tools write them -----------------------------------------------
 def test_read_relion31_autopick_file():
     p = read_picks(DATA / "relion31/mic_0001_autopick.star")

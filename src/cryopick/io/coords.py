@@ -224,7 +224,12 @@ def write_picks(picks: Picks, path_or_dir: str | os.PathLike, format: str | None
     """
     path = Path(path_or_dir)
     conv, fmt_opts = _split_options(dict(opts))
+    before = picks
     picks = apply_options(picks, source=str(path), **conv)
+    if fmt_opts.get("tomo_size") is not None and (conv.get("scale") or conv.get("to_pixel_size")):
+        # the tomogram size is given in the frame before rescaling, like the picks
+        factor = conv.get("scale") or before.pixel_size / conv["to_pixel_size"]
+        fmt_opts["tomo_size"] = _scale_size(fmt_opts["tomo_size"], factor)
     module = format_module(format or guess_format(path))
     is_file = _is_file_target(path, module)
     if not per_micrograph and not is_file:
@@ -243,18 +248,43 @@ def write_picks(picks: Picks, path_or_dir: str | os.PathLike, format: str | None
             fmt_opts.setdefault(merge_option, True)
         module.write(picks, path, **fmt_opts)
         return [path]
-    if hasattr(module, "write_directory"):
-        return module.write_directory(picks, path, **fmt_opts)
-    path.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    for name, sub in picks.split():
-        out = path / f"{name}{module.DEFAULT_SUFFIX}"
-        module.write(sub, out, **fmt_opts)
-        written[name] = out
-    files = list(written.values())
-    if hasattr(module, "write_index"):
-        files.append(module.write_index(written, path, **fmt_opts))
-    return files
+    existed = path.exists()
+    before = set(path.rglob("*")) if existed else set()
+    try:
+        if hasattr(module, "write_directory"):
+            return module.write_directory(picks, path, **fmt_opts)
+        path.mkdir(parents=True, exist_ok=True)
+        written: dict[str, Path] = {}
+        for name, sub in picks.split():
+            out = path / f"{name}{module.DEFAULT_SUFFIX}"
+            module.write(sub, out, **fmt_opts)
+            written[name] = out
+        files = list(written.values())
+        if hasattr(module, "write_index"):
+            files.append(module.write_index(written, path, **fmt_opts))
+        return files
+    except BaseException:
+        _remove_new(path, before, existed)  # all or nothing: no partial set of files from this call
+        raise
+
+
+def _remove_new(directory: Path, before: set[Path], existed: bool) -> None:
+    if not directory.exists():
+        return
+    new = sorted(set(directory.rglob("*")) - before, key=lambda p: len(p.parts), reverse=True)
+    for p in new:
+        if p.is_file() or p.is_symlink():
+            p.unlink(missing_ok=True)
+        elif p.is_dir() and not any(p.iterdir()):
+            p.rmdir()
+    if not existed and not any(directory.iterdir()):
+        directory.rmdir()
+
+
+def _scale_size(size, factor: float):
+    if isinstance(size, Mapping):
+        return {k: tuple(float(v) * factor for v in s) for k, s in size.items()}
+    return tuple(float(v) * factor for v in size)
 
 
 def _is_file_target(path: Path, module: ModuleType) -> bool:

@@ -128,7 +128,7 @@ def diameters_or(picks: Picks, default: float | None, path, fmt: str, what: str 
         if default is None:
             raise CryopickError(
                 f"{path}: the {fmt} format needs a {what} but {int(missing.sum())} pick(s) have no diameter; "
-                "give one (--diameter D, or box_size=... / diameter=...)"
+                "give one (--diameter D or --box-size B; box_size= / diameter= in Python)"
             )
         d[missing] = float(default)
     return d
@@ -136,3 +136,18 @@ def diameters_or(picks: Picks, default: float | None, path, fmt: str, what: str 
 
 def flatten(items: Iterable) -> list:
     return [i for group in items for i in group]
+
+
+def voxel_size_for(picks: Picks, voxel_size: float | None, path, fmt: str) -> float:
+    """Å per pixel of the picks' frame for a format that stores Å: the picks' own pixel size, or
+    ``voxel_size`` when they have none; a disagreement between the two is an error."""
+    own = picks.pixel_size
+    if own is not None and voxel_size is not None and abs(own - float(voxel_size)) > 1e-6 * max(own, 1.0):
+        raise CryopickError(
+            f"{path}: voxel size {float(voxel_size):g} Å given but the picks are at {own:g} Å/px; "
+            "rescale the picks explicitly (to_pixel_size / --to-pixel-size) instead"
+        )
+    value = own if own is not None else voxel_size
+    if value is None:
+        raise CryopickError(f"{path}: {fmt} stores Å; give the voxel size of the picks (--voxel-size A)")
+    return float(value)

@@ -31,7 +31,7 @@ import pandas as pd
 
 from cryopick.errors import CryopickError
 from cryopick.io.atomic import write_text
-from cryopick.io.formats._common import finish, read_text
+from cryopick.io.formats._common import finish, read_text, voxel_size_for
 from cryopick.picks import Picks, concat
 
 NAME = "copick"
@@ -119,15 +119,14 @@ def write(picks: Picks, path: str | os.PathLike, voxel_size: float | None = None
     Parameters
     ----------
     voxel_size
-        Å per voxel of the picks' frame (default: ``picks.pixel_size``); required.
+        Å per voxel of the picks' frame, when ``picks.pixel_size`` is unknown (must agree with it
+        otherwise).
     object_name
         ``pickable_object_name`` (default: the picks' label, else ``"particle"``).
     """
     if picks.ndim != 3:
         raise CryopickError(f"{path}: copick picks are 3D; these picks are 2D")
-    spacing = voxel_size if voxel_size is not None else picks.pixel_size
-    if spacing is None:
-        raise CryopickError(f"{path}: copick stores Å; give the voxel size of the picks (--voxel-size A)")
+    spacing = voxel_size_for(picks, voxel_size, path, "copick")
     names = picks.micrographs
     labels = list(dict.fromkeys(picks.table["label"].tolist()))
     if len(names) > 1 or len(labels) > 1:

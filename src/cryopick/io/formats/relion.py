@@ -36,6 +36,7 @@ from cryopick.io.formats._common import (
     micrograph_name_from_path,
     numeric,
     single_micrograph,
+    voxel_size_for,
 )
 from cryopick.io.images import image_name
 from cryopick.picks import Picks, concat
@@ -271,7 +272,7 @@ def write(picks: Picks, path: str | os.PathLike, micrograph_paths: Mapping[str, 
     - 2D picks of several micrographs (or ``micrograph_column=True``): one ``data_particles`` table
       with ``_rlnMicrographName`` = ``micrograph_paths[name]`` or ``name + micrograph_suffix``.
     - 3D picks: RELION 5 tomography particles (``_rlnTomoName``, ``_rlnCenteredCoordinate{X,Y,Z}Angst``),
-      which needs ``tomo_size`` (voxels) and ``voxel_size`` (Å; default: the picks' pixel size).
+      which needs ``tomo_size`` (voxels) and the voxel size (the picks' pixel size, else ``voxel_size``).
     """
     fmt = f"%.{decimals}f"
     if picks.ndim == 3:
@@ -294,7 +295,7 @@ def write(picks: Picks, path: str | os.PathLike, micrograph_paths: Mapping[str, 
 
 
 def _write_centred(picks: Picks, path, tomo_size, voxel_size, fmt: str) -> None:
-    voxel_size = voxel_size if voxel_size is not None else picks.pixel_size
+    voxel_size = voxel_size_for(picks, voxel_size, path, "RELION 5 tomography STAR")
     names = picks.table["micrograph"].astype(str).tolist()
     geometry = _tomo_geometry(list(dict.fromkeys(names)), Path(path), tomo_size, voxel_size, None)
     coords = picks.coords
