@@ -1,0 +1,402 @@
+"""Simulated cryo-ET tomograms with ground truth: picks, instance and class occupancy masks.
+
+Image model (a reconstructed, binned tomogram)
+----------------------------------------------
+1. The scattering potential is built in a ``(D, H, W)`` volume (numpy ``[z][y][x]``; z is the
+   beam direction at zero tilt): particles of several classes at uniformly random orientations,
+   non-overlapping, from sparse to touching (``crowding``), plus distractors that are **not**
+   picks: lipid vesicles (bilayer shells) and gold fiducials (very dense small spheres).
+   Protein density is 1.0 (relative to ice), gold 8.0.
+2. The potential is filtered in Fourier space by the 3D CTF ``CTF(|k|)`` (phase flipped by default,
+   as in most cryo-ET pipelines) and by the missing wedge of a single-axis tilt series about the
+   y axis: a 3D frequency with components ``(kx, kz)`` is measured iff the plane of some tilt
+   ``theta`` in ``tilt_range`` contains it (``kz / kx = -tan(theta)``).
+3. Gaussian noise, also missing the wedge (it is reconstructed from the noisy tilt images), is
+   added at the requested SNR, then the volume is normalised to zero mean and unit variance.
+
+Contrast: like real reconstructions, **protein is dark** (negative values) on brighter ice; gold is
+darkest. Multiply by -1 for tools (e.g. TomoTwin) that want bright particles.
+
+SNR definition: mean squared deviation of the noiseless filtered signal from its median, over the
+particle occupancy mask, divided by the noise variance.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import scipy.fft
+
+from cryopick.errors import CryopickError
+from cryopick.picks import Picks
+from cryopick.simulate import ctf as ctf_mod
+from cryopick.simulate import rotations
+from cryopick.simulate.densities import ParticleClass, random_particle_classes
+
+__all__ = ["ParticleClass", "Tomogram", "random_particle_classes", "simulate_tomogram", "missing_wedge_mask"]
+
+log = logging.getLogger(__name__)
+
+GOLD_DENSITY = 8.0
+
+
+@dataclass
+class Tomogram:
+    """A simulated tomogram and its ground truth.
+
+    Attributes
+    ----------
+    volume
+        float32 ``(D, H, W)``, zero mean, unit variance; protein dark (negative contrast).
+    picks
+        ``Picks`` (ndim 3): ``x, y, z`` particle centres in voxels, ``diameter`` in voxels,
+        ``label`` = class name.
+    instance_mask
+        int32 ``(D, H, W)``: 0 background, ``k`` = particle ``k - 1`` (row of :attr:`picks`),
+        voxels where that particle's density exceeds ``mask_threshold`` of its maximum.
+    class_mask
+        int16 ``(D, H, W)``: 0 background, ``c`` = ``class_names[c - 1]``.
+    class_names
+        Names of all classes given (also those with no particle placed).
+    voxel_size
+        Å per voxel.
+    orientations
+        ``(N, 3, 3)`` rotation applied to each particle's class model.
+    distractors
+        One dict per vesicle / gold bead: ``kind``, ``centre`` (x, y, z voxels), ``radius`` (voxels).
+    params
+        The parameters drawn for this tomogram (snr, defocus, ...).
+    clean
+        The noiseless filtered volume (same scaling as :attr:`volume`) when requested, else None.
+    """
+
+    volume: np.ndarray
+    picks: Picks
+    instance_mask: np.ndarray
+    class_mask: np.ndarray
+    class_names: list[str]
+    voxel_size: float
+    orientations: np.ndarray
+    distractors: list[dict] = field(default_factory=list)
+    params: dict = field(default_factory=dict)
+    clean: np.ndarray | None = None
+    name: str = "tomogram"
+
+
+def _draw(value: float | Sequence[float], rng: np.random.Generator) -> float:
+    """A scalar, or a value drawn uniformly from a ``(low, high)`` range."""
+    if np.ndim(value) == 0:
+        return float(value)
+    lo, hi = value
+    return float(rng.uniform(lo, hi))
+
+
+def simulate_tomogram(
+    classes: Sequence[ParticleClass],
+    shape: tuple[int, int, int] = (128, 256, 256),
+    voxel_size: float = 10.0,
+    seed: int = 0,
+    n_particles: int = 100,
+    tilt_range: tuple[float, float] = (-60.0, 60.0),
+    snr: float | tuple[float, float] = 0.5,
+    defocus_um: float | tuple[float, float] = 4.0,
+    membranes: int = 2,
+    gold_beads: int = 5,
+    crowding: float = 0.3,
+    class_weights: Sequence[float] | None = None,
+    min_gap_A: float = 0.0,
+    mask_threshold: float = 0.25,
+    ctf_correction: str = "phaseflip",
+    voltage_kv: float = 300.0,
+    cs_mm: float = 2.7,
+    amplitude_contrast: float = 0.07,
+    bfactor: float = 100.0,
+    name: str = "tomogram",
+    keep_clean: bool = False,
+    max_attempts_per_particle: int = 200,
+) -> Tomogram:
+    """Simulate one tomogram; deterministic for a given ``seed`` and arguments.
+
+    Parameters
+    ----------
+    classes
+        Particle classes (e.g. from :func:`random_particle_classes`); any voxel size.
+    shape
+        ``(D, H, W)`` voxels; D is the thickness along the beam.
+    voxel_size
+        Å per voxel.
+    n_particles
+        Wanted number of particles; fewer are placed (with a log message) when they do not fit.
+    tilt_range
+        ``(min, max)`` tilt angles in degrees; tilt axis = y. ``(-90, 90)`` means no missing wedge.
+    snr
+        Signal-to-noise ratio (see module docstring), or a ``(low, high)`` range to draw from.
+        ``float('inf')`` gives no noise.
+    defocus_um
+        Defocus in µm (positive = underfocus) or a range. 0 disables the CTF.
+    membranes, gold_beads
+        Numbers of vesicles and gold fiducials (distractors, not in picks).
+    crowding
+        Probability in [0, 1] that a particle is placed touching an already placed one
+        (0 = uniformly scattered, 1 = tight clusters).
+    class_weights
+        Relative abundance of each class (default equal).
+    min_gap_A
+        Minimum surface-to-surface gap between particles' bounding spheres, Å.
+    mask_threshold
+        Fraction of a particle's maximum density that defines its occupancy mask.
+    ctf_correction
+        ``"phaseflip"`` (transfer ``-|CTF|``) or ``"none"`` (raw CTF, contrast reverses between zeros).
+    bfactor
+        Envelope B-factor (Å²) of the CTF.
+    keep_clean
+        Also return the noiseless filtered volume in :attr:`Tomogram.clean`.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 8:
+        raise CryopickError(f"tomogram shape must be 3 sizes >= 8 voxels, got {shape}")
+    if not classes:
+        raise CryopickError("give at least one particle class")
+    if ctf_correction not in ("phaseflip", "none"):
+        raise CryopickError(f"ctf_correction must be 'phaseflip' or 'none', got {ctf_correction!r}")
+    ss = np.random.SeedSequence([int(seed), 31337])
+    rng_place, rng_noise, rng_params = (np.random.default_rng(s) for s in ss.spawn(3))
+    snr_value = _draw(snr, rng_params)
+    defocus_A = _draw(defocus_um, rng_params) * 1e4
+
+    # -- layout ---------------------------------------------------------------------------------
+    layout = _Layout(shape)
+    distractors = []
+    for _ in range(int(membranes)):
+        v = _place_vesicle(layout, voxel_size, rng_place)
+        if v:
+            distractors.append(v)
+    for _ in range(int(gold_beads)):
+        b = _place_bead(layout, voxel_size, rng_place)
+        if b:
+            distractors.append(b)
+    radii = np.array([c.diameter / 2.0 / voxel_size for c in classes])
+    weights = np.ones(len(classes)) if class_weights is None else np.asarray(class_weights, float)
+    if len(weights) != len(classes) or (weights < 0).any() or weights.sum() <= 0:
+        raise CryopickError("class_weights must have one non-negative weight per class")
+    weights = weights / weights.sum()
+    gap = min_gap_A / voxel_size
+    centres, labels = [], []
+    attempts = 0
+    while len(centres) < n_particles and attempts < max_attempts_per_particle * max(n_particles, 1):
+        attempts += 1
+        c = int(rng_place.choice(len(classes), p=weights))
+        r = radii[c]
+        if centres and rng_place.uniform() < crowding:
+            j = int(rng_place.integers(len(centres)))
+            u = rng_place.normal(size=3)
+            u /= np.linalg.norm(u)
+            d = layout.particle_r[j] + r + gap + rng_place.uniform(0.0, 0.15) * r
+            pos = layout.particle_c[j] + u * d
+        else:
+            pos = np.array([rng_place.uniform(r, n - 1 - r) for n in shape[::-1]])
+        if layout.free(pos, r, gap):
+            layout.add_particle(pos, r)
+            centres.append(pos)
+            labels.append(c)
+    if len(centres) < n_particles:
+        log.info("%s: placed %d of %d particles (no room for more)", name, len(centres), n_particles)
+    rots = rotations.random_rotations(len(centres), rng_place)
+
+    # -- potential and masks ----------------------------------------------------------------------
+    potential = np.zeros(shape, np.float32)
+    instance = np.zeros(shape, np.int32)
+    class_mask = np.zeros(shape, np.int16)
+    for k, (pos, c, rot) in enumerate(zip(centres, labels, rots)):
+        cls = classes[c]
+        box = cls.box_size(voxel_size)
+        ipos = np.round(pos).astype(int)
+        local = cls.render(voxel_size, rotation=rot, offset=pos - ipos, box=box)
+        dst, src = _overlap(ipos, box, shape)
+        if dst is None:
+            continue
+        piece = local[src]
+        potential[dst] += piece
+        occupied = (piece > mask_threshold * local.max()) & (instance[dst] == 0)
+        instance[dst][occupied] = k + 1
+        class_mask[dst][occupied] = c + 1
+    for d in distractors:
+        _render_distractor(potential, d, voxel_size)
+
+    # -- image formation --------------------------------------------------------------------------
+    spectrum = scipy.fft.rfftn(potential, workers=1)
+    wedge = missing_wedge_mask(shape, tilt_range)
+    transfer = wedge.astype(np.float32)
+    if defocus_A > 0:
+        ctf = ctf_mod.ctf_3d(shape, voxel_size, defocus_A, voltage_kv, cs_mm, amplitude_contrast, bfactor)
+        transfer = transfer * (ctf_mod.phase_flip(ctf) if ctf_correction == "phaseflip" else ctf)
+    else:
+        transfer = -transfer  # no CTF: still dark protein
+    signal = scipy.fft.irfftn(spectrum * transfer, s=shape, workers=1).astype(np.float32)
+    del spectrum
+    reference = float(np.median(signal))
+    inside = instance > 0
+    power = float(np.mean((signal[inside] - reference) ** 2)) if inside.any() else float(np.var(signal))
+    if np.isfinite(snr_value) and snr_value > 0:
+        white = rng_noise.standard_normal(shape, dtype=np.float32)
+        noise = scipy.fft.irfftn(scipy.fft.rfftn(white, workers=1) * wedge, s=shape, workers=1).astype(np.float32)
+        del white
+        noise *= np.float32(math.sqrt(power / snr_value) / max(float(noise.std()), 1e-12))
+        volume = signal + noise
+        del noise
+    else:
+        volume = signal.copy()
+    mean, std = float(volume.mean()), float(volume.std()) or 1.0
+    volume = ((volume - mean) / std).astype(np.float32)
+    clean = ((signal - mean) / std).astype(np.float32) if keep_clean else None
+
+    coords = np.array(centres, dtype=np.float64).reshape(-1, 3)
+    picks = Picks.from_arrays(
+        name, coords,
+        diameter=np.array([classes[c].diameter / voxel_size for c in labels]),
+        label=[classes[c].name for c in labels], pixel_size=voxel_size,
+    )
+    params = dict(snr=snr_value, defocus_um=defocus_A / 1e4, tilt_range=tuple(tilt_range), seed=int(seed),
+                  voxel_size=voxel_size, n_requested=int(n_particles), n_placed=len(centres),
+                  crowding=crowding, ctf_correction=ctf_correction, signal_power=power)
+    return Tomogram(volume=volume, picks=picks, instance_mask=instance, class_mask=class_mask,
+                    class_names=[c.name for c in classes], voxel_size=float(voxel_size),
+                    orientations=rots.reshape(-1, 3, 3), distractors=distractors, params=params,
+                    clean=clean, name=name)
+
+
+def missing_wedge_mask(shape: tuple[int, int, int], tilt_range: tuple[float, float] = (-60.0, 60.0)) -> np.ndarray:
+    """Boolean ``rfftn``-layout mask of the frequencies a single-axis tilt series (axis y) measures.
+
+    A frequency ``(kz, ky, kx)`` lies in the plane of tilt ``theta`` when ``kz / kx = -tan(theta)``;
+    it is measured if that ``theta`` (taken modulo 180°) is inside ``tilt_range`` (degrees).
+    The ``ky`` axis (``kx = kz = 0``) is always measured.
+    """
+    lo, hi = sorted(float(t) for t in tilt_range)
+    if hi - lo >= 180.0:
+        return np.ones((shape[0], shape[1], shape[2] // 2 + 1), bool)
+    kz = np.fft.fftfreq(shape[0]).reshape(-1, 1, 1)
+    kx = np.fft.rfftfreq(shape[2]).reshape(1, 1, -1)
+    phi = np.arctan2(kz, kx)  # direction of (kx, kz), in (-pi, pi]
+    phi = np.where(phi > np.pi / 2, phi - np.pi, phi)
+    phi = np.where(phi <= -np.pi / 2, phi + np.pi, phi)
+    theta = np.degrees(-phi)
+    tol = 1e-6
+    ok = ((theta >= lo - tol) & (theta <= hi + tol)) | ((kz == 0) & (kx == 0))
+    # 90° is the same plane as -90°.
+    if hi >= 90.0 - tol or lo <= -90.0 + tol:
+        ok |= np.isclose(np.abs(theta), 90.0)
+    return np.broadcast_to(ok, (shape[0], shape[1], shape[2] // 2 + 1)).copy()
+
+
+# -- placement ------------------------------------------------------------------------------------
+class _Layout:
+    """Occupied space: particle and bead spheres, vesicle shells (voxel units, ``x, y, z`` order)."""
+
+    def __init__(self, shape):
+        self.shape = shape
+        self.particle_c = np.zeros((0, 3))
+        self.particle_r = np.zeros(0)
+        self.shells: list[tuple[np.ndarray, float, float]] = []  # centre, inner, outer radius
+
+    def inside_volume(self, pos, r) -> bool:
+        upper = np.asarray(self.shape[::-1], float) - 1
+        return bool(np.all(pos >= r) and np.all(pos <= upper - r))
+
+    def free(self, pos, r, gap=0.0) -> bool:
+        if not self.inside_volume(pos, r):
+            return False
+        if len(self.particle_r):
+            d = np.sqrt(((self.particle_c - pos) ** 2).sum(1))
+            if np.any(d < self.particle_r + r + gap):
+                return False
+        for centre, inner, outer in self.shells:
+            d = float(np.linalg.norm(centre - pos))
+            if not (d + r + gap <= inner or d - r - gap >= outer):
+                return False
+        return True
+
+    def add_particle(self, pos, r):
+        self.particle_c = np.vstack([self.particle_c, pos])
+        self.particle_r = np.r_[self.particle_r, r]
+
+
+def _place_vesicle(layout: _Layout, voxel_size: float, rng: np.random.Generator, tries: int = 50):
+    half_thickness = 30.0 / voxel_size  # bilayer (~40 Å) plus margin
+    r_max = max(250.0, 0.45 * min(layout.shape[1:]) * voxel_size)
+    for _ in range(tries):
+        radius = rng.uniform(200.0, r_max) / voxel_size
+        centre = np.array([rng.uniform(0, n - 1) for n in layout.shape[::-1]])
+        inner, outer = radius - half_thickness, radius + half_thickness
+        ok = True
+        for c, i, o in layout.shells:
+            d = float(np.linalg.norm(c - centre))
+            ok &= d >= o + outer or d + outer <= i or d + o <= inner  # disjoint or nested in a lumen
+        if ok:
+            layout.shells.append((centre, inner, outer))
+            axes = rng.uniform(0.85, 1.15, 3)
+            return dict(kind="vesicle", centre=centre, radius=radius, axes=axes / np.cbrt(np.prod(axes)))
+    return None
+
+
+def _place_bead(layout: _Layout, voxel_size: float, rng: np.random.Generator, tries: int = 100):
+    for _ in range(tries):
+        radius = rng.uniform(25.0, 50.0) / voxel_size
+        pos = np.array([rng.uniform(radius, n - 1 - radius) for n in layout.shape[::-1]])
+        if rng.uniform() < 0.7:  # fiducials mostly sit on the ice surfaces
+            pos[2] = radius + rng.uniform(0, 2) if rng.uniform() < 0.5 else layout.shape[0] - 1 - radius - rng.uniform(0, 2)
+        if layout.free(pos, radius, 1.0):
+            layout.add_particle(pos, radius)  # occupied like a particle, but never a pick
+            return dict(kind="gold", centre=pos, radius=radius)
+    return None
+
+
+def _overlap(ipos: np.ndarray, box: int, shape: tuple[int, int, int]):
+    """Slices of the volume (dst) and of a ``box``-cube centred at ``ipos`` (x, y, z) (src) that overlap."""
+    dst, src = [], []
+    for axis, n in enumerate(shape):
+        start = int(ipos[2 - axis]) - box // 2
+        lo, hi = max(start, 0), min(start + box, n)
+        if hi <= lo:
+            return None, None
+        dst.append(slice(lo, hi))
+        src.append(slice(lo - start, hi - start))
+    return tuple(dst), tuple(src)
+
+
+def _render_distractor(potential: np.ndarray, d: dict, voxel_size: float) -> None:
+    centre = np.asarray(d["centre"], float)
+    if d["kind"] == "gold":
+        reach = d["radius"] + 3
+    else:
+        reach = d["radius"] * float(np.max(d["axes"])) + 50.0 / voxel_size
+    box = int(2 * math.ceil(reach) + 1)
+    dst, _ = _overlap(np.round(centre).astype(int), box, potential.shape)
+    if dst is None:
+        return
+    z, y, x = np.ogrid[dst[0], dst[1], dst[2]]
+    if d["kind"] == "gold":
+        r = np.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2)
+        potential[dst] += (GOLD_DENSITY * 0.5 * (1 - np.tanh((r - d["radius"]) / 0.5))).astype(np.float32)
+        return
+    a = d["axes"]
+    r = np.sqrt(((x - centre[0]) / a[0]) ** 2 + ((y - centre[1]) / a[1]) ** 2 + ((z - centre[2]) / a[2]) ** 2)
+    potential[dst] += _bilayer_profile((r - d["radius"]) * voxel_size, voxel_size).astype(np.float32)
+
+
+def _bilayer_profile(distance_A: np.ndarray, voxel_size: float) -> np.ndarray:
+    """Density across a lipid bilayer at signed distance (Å) from its mid-plane.
+
+    Two head-group layers (~10 Å thick, protein-like density, 38 Å apart) and a slightly
+    under-dense hydrocarbon core; Gaussians widened to the voxel size keep the projected mass.
+    """
+    s = math.sqrt(4.0**2 + (0.5 * voxel_size) ** 2)
+    head = 10.0 / (s * math.sqrt(2 * math.pi))
+    st = math.sqrt(8.0**2 + (0.5 * voxel_size) ** 2)
+    tail = -0.1 * 20.0 / (st * math.sqrt(2 * math.pi))
+    g = lambda mu, sig: np.exp(-((distance_A - mu) ** 2) / (2 * sig * sig))
+    return head * (g(-19.0, s) + g(19.0, s)) + tail * g(0.0, st)
