@@ -1,0 +1,246 @@
+"""ProPicker's promptable segmentation network: a FiLM-conditioned residual 3D U-Net.
+
+:class:`PromptableUNet3d` maps a tomogram window ``x`` of shape ``(B, 1, D, H, W)`` (float32, z-scored
+per window; D, H, W multiples of ``2 ** (levels - 1)``, 64 by default) and prompt embeddings ``z`` of
+shape ``(P, 32)`` (same prompts for every window) or ``(B, P, 32)`` to logits ``(B, P, D, H, W)``:
+one occupancy map per prompt. The encoder runs once per window; the decoder runs once per prompt.
+
+Architecture (after the ProPicker repository): residual blocks (two 3³ convs, GroupNorm with 4
+channels per group — instance-norm-like — LeakyReLU, 1³ projection on the skip when widths change),
+CoordConv (3 channels of normalised window coordinates concatenated before every block), AvgPool3d
+downsampling with the pooled raw input concatenated at every encoder level, ConvTranspose3d
+upsampling, skip connections summed, and FiLM after every upsampling:
+``h -> h * (1 + A z) + B z`` with ``A, B`` of shape ``(C, 32)`` (the ``1 +`` starts training at the
+identity; it is the paper's ``h * (A' z) + B z`` with ``A' z = 1 + A z``).
+
+:class:`ProPicker` bundles a prompt encoder and the segmenter in one module and one checkpoint.
+Registered names: ``"propicker-small"`` (default, CPU-sized widths 8-16-32-64 + small prompt encoder)
+and ``"propicker-paper"`` (widths 108-216-432-864 + the TomoTwin encoder, for GPU users).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cryopick.errors import CryopickError
+from cryopick.models.prompt_encoder import EMBED_DIM, SmallPromptEncoder, TomoTwinEncoder, load_tomotwin
+from cryopick.models.registry import register_model
+
+CHECKPOINT_FORMAT = "cryopick-propicker-v1"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "propicker_small.pt"
+
+
+def _groups(channels: int) -> int:
+    return max(1, channels // 4)
+
+
+_COORD_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def coord_channels(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """``(1, 3, D, H, W)`` grid of z, y, x window coordinates in [-1, 1] (cached per shape/dtype)."""
+    key = (tuple(shape), like.device, like.dtype)
+    grid = _COORD_CACHE.get(key)
+    if grid is None:
+        axes = [torch.linspace(-1.0, 1.0, n, device=like.device, dtype=like.dtype) for n in shape]
+        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))[None]
+        if len(_COORD_CACHE) > 32:
+            _COORD_CACHE.clear()
+        _COORD_CACHE[key] = grid
+    return grid
+
+
+class ResBlock3d(nn.Module):
+    """Two 3³ convs with GroupNorm and LeakyReLU, a residual connection, CoordConv inputs."""
+
+    def __init__(self, cin: int, cout: int, coord: bool = True) -> None:
+        super().__init__()
+        self.coord = coord
+        extra = 3 if coord else 0
+        self.conv1 = nn.Conv3d(cin + extra, cout, 3, padding=1)
+        self.norm1 = nn.GroupNorm(_groups(cout), cout)
+        self.conv2 = nn.Conv3d(cout + extra, cout, 3, padding=1)
+        self.norm2 = nn.GroupNorm(_groups(cout), cout)
+        self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def _cat(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.coord:
+            return x
+        grid = coord_channels(x.shape[2:], x).expand(x.shape[0], -1, -1, -1, -1)
+        return torch.cat([x, grid], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.leaky_relu(self.norm1(self.conv1(self._cat(x))), 0.1)
+        h = self.norm2(self.conv2(self._cat(h)))
+        return F.leaky_relu(h + self.skip(x), 0.1)
+
+
+class FiLM(nn.Module):
+    """``h * (1 + A z) + B z`` per channel; ``z`` is ``(B, 32)``."""
+
+    def __init__(self, channels: int, embed_dim: int = EMBED_DIM) -> None:
+        super().__init__()
+        self.scale = nn.Linear(embed_dim, channels, bias=False)
+        self.shift = nn.Linear(embed_dim, channels, bias=False)
+        nn.init.normal_(self.scale.weight, std=0.02)
+        nn.init.normal_(self.shift.weight, std=0.02)
+
+    def forward(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        shape = (z.shape[0], -1) + (1,) * (h.ndim - 2)
+        return h * (1 + self.scale(z).view(shape)) + self.shift(z).view(shape)
+
+
+class PromptableUNet3d(nn.Module):
+    """FiLM-conditioned residual 3D U-Net (see module docstring for shapes).
+
+    Parameters
+    ----------
+    widths
+        Channels per level, top to bottom; ``len(widths)`` levels, ``len(widths) - 1`` poolings.
+    embed_dim
+        Prompt embedding size.
+    coord
+        CoordConv channels before every block.
+    """
+
+    def __init__(self, widths: Sequence[int] = (8, 16, 32, 64), embed_dim: int = EMBED_DIM, coord: bool = True) -> None:
+        super().__init__()
+        self.widths = list(widths)
+        self.embed_dim = embed_dim
+        self.down = nn.ModuleList()
+        cin = 1
+        for i, w in enumerate(self.widths):
+            self.down.append(ResBlock3d(cin + (1 if i > 0 else 0), w, coord))
+            cin = w
+        self.up = nn.ModuleList()
+        self.film = nn.ModuleList()
+        self.dec = nn.ModuleList()
+        for i in range(len(self.widths) - 1, 0, -1):
+            self.up.append(nn.ConvTranspose3d(self.widths[i], self.widths[i - 1], 2, stride=2))
+            self.film.append(FiLM(self.widths[i - 1], embed_dim))
+            self.dec.append(ResBlock3d(self.widths[i - 1], self.widths[i - 1], coord))
+        self.bottom_film = FiLM(self.widths[-1], embed_dim)
+        self.head = nn.Conv3d(self.widths[0], 1, 1)
+
+    @property
+    def input_multiple(self) -> int:
+        return 2 ** (len(self.widths) - 1)
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(B, 1, D, H, W)`` -> feature maps of every level (top first)."""
+        feats = []
+        raw, h = x, x
+        for i, block in enumerate(self.down):
+            if i > 0:
+                h = F.avg_pool3d(h, 2)
+                raw = F.avg_pool3d(raw, 2)
+                h = torch.cat([h, raw], dim=1)
+            h = block(h)
+            feats.append(h)
+        return feats
+
+    def decode(self, feats: list[torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+        """Features of a batch and one embedding per window ``(B, 32)`` -> logits ``(B, 1, D, H, W)``."""
+        h = self.bottom_film(feats[-1], z)
+        for k, (up, film, dec) in enumerate(zip(self.up, self.film, self.dec)):
+            h = up(h) + feats[-2 - k]
+            h = dec(film(h, z))
+        return self.head(h)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, P, D, H, W)`` for windows ``x`` and prompts ``z`` ``(P, 32)`` or ``(B, P, 32)``."""
+        m = self.input_multiple
+        if any(s % m for s in x.shape[2:]):
+            raise ValueError(f"window shape {tuple(x.shape[2:])} must be a multiple of {m}")
+        if z.ndim == 2:
+            z = z[None].expand(x.shape[0], -1, -1)
+        feats = self.encode(x)
+        z = z.to(feats[0].dtype)
+        return torch.cat([self.decode(feats, z[:, p]) for p in range(z.shape[1])], dim=1)
+
+
+class ProPicker(nn.Module):
+    """Prompt encoder + promptable segmenter, saved and loaded as one checkpoint.
+
+    ``model.embed(subvolumes)`` turns raw ``(P, 37, 37, 37)`` prompt sub-volumes into ``(P, 32)``
+    embeddings; ``model.segmenter(windows, z)`` gives logits ``(B, P, D, H, W)``.
+    """
+
+    def __init__(self, encoder: nn.Module, segmenter: PromptableUNet3d, name: str = "", config: dict | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.segmenter = segmenter
+        self.name = name
+        self.config = dict(config or {})
+        self.meta: dict = {}
+
+    def embed(self, subvolumes) -> torch.Tensor:
+        return self.encoder.embed(subvolumes)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.segmenter(x, z)
+
+    def save(self, path: str | os.PathLike, meta: dict | None = None, half: bool = False) -> None:
+        """Write a self-describing checkpoint atomically (``half``: store float16 weights)."""
+        from cryopick.io.atomic import atomic_path
+
+        state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in self.state_dict().items()}
+        payload = {"format": CHECKPOINT_FORMAT, "name": self.name, "config": self.config,
+                   "state_dict": state, "meta": dict(meta if meta is not None else self.meta)}
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+
+
+def _build(name: str, config: dict) -> ProPicker:
+    if name == "propicker-paper":
+        encoder = TomoTwinEncoder()
+        widths = config.get("widths", (108, 216, 432, 864))
+    else:
+        encoder = SmallPromptEncoder(widths=config.get("encoder_widths", (16, 32, 64, 64)))
+        widths = config.get("widths", (8, 16, 32, 64))
+    segmenter = PromptableUNet3d(widths=widths, coord=config.get("coord", True))
+    full = {"widths": list(widths), "coord": config.get("coord", True)}
+    if name != "propicker-paper":
+        full["encoder_widths"] = list(config.get("encoder_widths", (16, 32, 64, 64)))
+    return ProPicker(encoder, segmenter, name=name, config=full)
+
+
+def load_propicker(checkpoint: str | os.PathLike | None = None) -> ProPicker:
+    """Load a ProPicker checkpoint written by :meth:`ProPicker.save` (``None``: the shipped weights)."""
+    path = Path(checkpoint) if checkpoint else DEFAULT_WEIGHTS
+    if not path.exists():
+        raise CryopickError(f"{path}: no such ProPicker checkpoint" + (
+            "; the package was installed without its default weights" if checkpoint is None else ""))
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CryopickError(f"{path}: cannot load as a cryopick ProPicker checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CryopickError(f"{path}: not a cryopick ProPicker checkpoint (train one with `cryopick train3d`)")
+    model = _build(payload["name"], payload["config"])
+    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    model.load_state_dict(state)
+    model.meta = dict(payload.get("meta", {}))
+    return model.eval()
+
+
+@register_model("propicker-small", task="promptable3d", description="CPU-sized ProPicker (widths 8-16-32-64, small prompt encoder)")
+def build_propicker_small(checkpoint: str | None = None, **config) -> ProPicker:
+    return load_propicker(checkpoint) if checkpoint else _build("propicker-small", config)
+
+
+@register_model("propicker-paper", task="promptable3d", description="paper-size ProPicker (widths 108-216-432-864, TomoTwin encoder)")
+def build_propicker_paper(checkpoint: str | None = None, tomotwin: str | None = None, **config) -> ProPicker:
+    """``checkpoint``: a cryopick ProPicker checkpoint; ``tomotwin``: a TomoTwin .pth for the encoder."""
+    if checkpoint:
+        return load_propicker(checkpoint)
+    model = _build("propicker-paper", config)
+    if tomotwin:
+        load_tomotwin(tomotwin, model.encoder)
+    return model

@@ -1,0 +1,176 @@
+"""ProPicker building blocks: window blending, clustering, TomoTwin layout, network shapes."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cryopick import CryopickError
+from cryopick.models.prompt_encoder import SmallPromptEncoder, TomoTwinEncoder, load_tomotwin
+from cryopick.models.promptable3d import PromptableUNet3d
+from cryopick.postprocess.cluster3d import cluster_picks, default_size_limits, sphere_volume
+from cryopick.predict3d import predict_tomogram, ramp, reflect_index, window_starts
+
+DATA = Path(__file__).parent / "data" / "tomotwin"
+
+
+class ConstantModel(torch.nn.Module):
+    """Logits = logit(value) everywhere, one channel per prompt."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.logit = torch.nn.Parameter(torch.tensor(float(np.log(value / (1 - value)))))
+
+    def forward(self, x, z):
+        return self.logit.expand(x.shape[0], z.shape[0], *x.shape[2:]).clone()
+
+
+class BrightModel(torch.nn.Module):
+    """Logit +10 where the z-scored window exceeds 2, -10 elsewhere (a position-faithful 'segmenter')."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, z):
+        return (torch.where(x > 2.0, 10.0, -10.0) + 0 * self.dummy).expand(-1, z.shape[0], -1, -1, -1)
+
+
+def test_window_grid_covers_and_reflects():
+    for n in (1, 20, 64, 65, 100, 200):
+        s = window_starts(n, 64, 32)
+        assert s[0] <= 0 and s[-1] + 64 >= n
+        assert np.all(np.diff(s) == 32)
+    np.testing.assert_array_equal(reflect_index(np.arange(-3, 8), 5), [3, 2, 1, 0, 1, 2, 3, 4, 3, 2, 1])
+    w = ramp(64)
+    assert w.min() > 0 and w[31] == w[32] == w.max()
+
+
+@pytest.mark.parametrize("shape,stride", [((40, 70, 90), 32), ((64, 64, 64), 16), ((17, 100, 33), 24)])
+def test_constant_map_blends_to_the_same_constant(shape, stride):
+    vol = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    prob = predict_tomogram(ConstantModel(0.3), vol, torch.zeros(2, 32), window=64, stride=stride,
+                            bf16=False, progress=False)
+    assert prob.shape == (2,) + shape
+    np.testing.assert_allclose(prob, 0.3, atol=1e-5)
+
+
+def test_blending_keeps_positions(tmp_path):
+    vol = np.zeros((50, 90, 110), np.float32)
+    zz, yy, xx = np.indices(vol.shape)
+    centres = [(10, 20, 30), (40, 70, 100), (25, 45, 5)]
+    for c in centres:
+        vol[(zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= 9] = 1.0
+    # Also through the memory-mapped output path.
+    prob = predict_tomogram(BrightModel(), vol, torch.zeros(1, 32), stride=32, bf16=False, progress=False,
+                            in_memory_limit_gb=0.0, scratch=tmp_path)
+    inside = vol > 0.5
+    assert prob[0][inside].min() > 0.5
+    assert prob[0][~inside].max() < 0.5
+
+
+def _spheres(shape, centres, radius):
+    zz, yy, xx = np.indices(shape)
+    vol = np.zeros(shape, np.float32)
+    for x, y, z in centres:
+        vol[(xx - x) ** 2 + (yy - y) ** 2 + (zz - z) ** 2 <= radius**2] = 0.9
+    return vol
+
+
+def test_clustering_finds_sphere_centres_and_applies_size_limits():
+    rng = np.random.default_rng(3)
+    centres = np.array([[12, 15, 10], [40, 20, 30], [25, 50, 22], [60, 60, 12], [10, 55, 35]], float)
+    prob = _spheres((48, 72, 72), centres, 5)
+    prob[20:23, 5:8, 60:63] = 0.95  # a 27-voxel blob, far below 0.1 x sphere volume (d = 10 -> 52)
+    prob += rng.uniform(0, 0.2, prob.shape).astype(np.float32)
+    coords, scores = cluster_picks(prob, threshold=0.5, diameter=10)
+    assert len(coords) == len(centres)
+    order = np.lexsort(coords.T[::-1])
+    np.testing.assert_allclose(coords[order], centres[np.lexsort(centres.T[::-1])], atol=0.05)
+    assert np.all(scores > 0.9)
+    # Without size limits the small blob is picked too; a max size below a sphere drops the spheres.
+    assert len(cluster_picks(prob, threshold=0.5)[0]) == len(centres) + 1
+    assert len(cluster_picks(prob, threshold=0.5, max_size=100)[0]) == 1
+    lo, hi = default_size_limits(10)
+    assert lo == pytest.approx(0.1 * sphere_volume(10)) and hi == pytest.approx(1.2 * sphere_volume(10))
+
+
+def test_clustering_nms_merges_touching_duplicates():
+    prob = _spheres((30, 40, 60), [[15, 20, 15], [27, 20, 15]], 5)
+    prob[15, 20, 21] = 0.0  # cut the bridge so two components remain
+    prob[15, 20, 20:23] = 0.0
+    coords, _ = cluster_picks(prob, threshold=0.5)
+    assert len(coords) == 2
+    assert len(cluster_picks(prob, threshold=0.5, min_distance=20)[0]) == 1
+
+
+def _tsv_shapes():
+    rows = []
+    for line in (DATA / "keys_siamese3d.tsv").read_text().splitlines():
+        key, shape = line.split("\t")
+        rows.append((key, tuple(int(s) for s in shape.strip("()").split(",") if s.strip())))
+    return rows
+
+
+def test_tomotwin_layout_matches_reference_keys():
+    rows = _tsv_shapes()
+    assert len(rows) == 46
+    model = TomoTwinEncoder()
+    state = model.state_dict()
+    assert [(k, tuple(v.shape)) for k, v in state.items()] == rows
+    assert sum(int(np.prod(s)) for _, s in rows) == 77_567_328  # counts the shared norms twice
+    shared = sum(int(np.prod(s)) for k, s in rows if k.startswith("conv_layer") and ".4." in k)
+    assert sum(p.numel() for p in model.parameters()) == 77_567_328 - shared
+
+
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_tomotwin_checkpoint_loads_unchanged(tmp_path, prefix):
+    g = torch.Generator().manual_seed(0)
+    shared = {}
+    state = {}
+    for key, shape in _tsv_shapes():
+        # TomoTwin applies one GroupNorm twice per block: keys .1 and .4 hold the same tensor.
+        norm_key = key.replace(".4.", ".1.") if ".4." in key and key.startswith("conv_layer") else key
+        if norm_key not in shared:
+            shared[norm_key] = torch.randn(shape, generator=g) * 0.01
+        state[prefix + key] = shared[norm_key]
+    config = json.loads((DATA / "tomotwin_config_example.json").read_text())
+    path = tmp_path / "tomotwin.pth"
+    torch.save({"model_state_dict": state, "tomotwin_config": config}, path)
+    model = load_tomotwin(path)
+    loaded = model.state_dict()
+    for key, value in state.items():
+        assert torch.equal(loaded[key[len(prefix):]], value)
+    # Contrast inversion: TomoTwin sees -x; embeddings are unit vectors.
+    sub = torch.randn(2, 37, 37, 37, generator=g)
+    prepared = model.prepare(sub)
+    assert torch.allclose(prepared.mean(dim=(1, 2, 3, 4)), torch.zeros(2), atol=1e-5)
+    assert torch.corrcoef(torch.stack([prepared[0].flatten(), sub[0].flatten()]))[0, 1] < -0.999
+
+
+def test_tomotwin_rejects_other_checkpoints(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"model_state_dict": {"conv.weight": torch.zeros(3)}}, path)
+    with pytest.raises(CryopickError, match="TomoTwin"):
+        load_tomotwin(path)
+
+
+def test_networks_shapes_and_prompt_conditioning():
+    torch.manual_seed(0)
+    enc = SmallPromptEncoder(widths=(4, 8, 8, 8))
+    z = enc.embed(torch.randn(3, 37, 37, 37))
+    assert z.shape == (3, 32) and torch.allclose(z.norm(dim=1), torch.ones(3), atol=1e-5)
+    net = PromptableUNet3d(widths=(4, 8, 8, 8))
+    x = torch.randn(2, 1, 32, 32, 32)
+    with torch.no_grad():
+        y = net(x, z)
+        assert y.shape == (2, 3, 32, 32, 32)
+        # Several prompts in one pass equal one prompt at a time; per-window prompts work too.
+        y1 = net(x, z[1:2])
+        assert torch.allclose(y[:, 1:2], y1, atol=1e-5)
+        yb = net(x, z[None, :2].expand(2, -1, -1))
+        assert torch.allclose(yb, y[:, :2], atol=1e-5)
+        # Different prompts give different maps.
+        assert (y[:, 0] - y[:, 1]).abs().max() > 1e-4
