@@ -131,7 +131,9 @@ def read_image(path: str | os.PathLike, mmap: bool = True) -> Image:
     except CryopickError:
         raise
     except Exception as exc:  # corrupt files surface as many different library errors
-        raise CryopickError(f"{path}: cannot read as {suffix[1:].upper()} ({exc}); is the file complete?") from exc
+        raise CryopickError(
+            f"{path}: cannot read as {suffix[1:].upper()} ({_first_line(exc)}); is the file complete and of that type?"
+        ) from exc
     raise CryopickError(
         f"{path}: unknown image format {suffix!r}; supported: {', '.join(sorted(IMAGE_SUFFIXES | ZARR_SUFFIXES))}"
     )
@@ -166,20 +168,87 @@ def _warn_missing_pixel_size(path: Path) -> None:
     )
 
 
+MRC_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
+_IMOD_STAMP = 1146047817  # "IMOD" at header byte 152; bit 0 of the flags at byte 156 set = signed bytes
+
+
+def _check_mrc_header(path: Path):
+    """Validate an MRC header against the file before memory-mapping it.
+
+    Returns the header; raises a :class:`CryopickError` naming the problem for a file that is too
+    short, has an unsupported mode, impossible dimensions or less data than the header announces.
+    """
+    import mrcfile
+
+    size = path.stat().st_size
+    if size < 1024:
+        raise CryopickError(f"{path}: only {size} bytes, shorter than the 1024-byte MRC header; the file is truncated")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with mrcfile.open(path, mode="r", header_only=True, permissive=True) as mrc:
+                header = mrc.header.copy()
+        except Exception as exc:
+            raise CryopickError(f"{path}: not a readable MRC header ({_first_line(exc)}); is it an MRC file?") from exc
+    mode = int(header.mode)
+    if mode not in MRC_MODES and bytes(header.map) != b"MAP ":
+        raise CryopickError(f"{path}: not an MRC file (no 'MAP ' identifier, invalid mode {mode}) or a corrupt header")
+    if mode not in MRC_MODES:
+        kind = {3: "complex int16", 4: "complex float32", 101: "4-bit packed"}.get(mode, "unknown")
+        raise CryopickError(
+            f"{path}: MRC mode {mode} ({kind}) is not supported (modes 0, 1, 2, 6, 12 are); the header may be "
+            "corrupt, or convert the file to float32 (mode 2)"
+        )
+    nx, ny, nz, nsymbt = (int(header.nx), int(header.ny), int(header.nz), int(header.nsymbt))
+    if min(nx, ny, nz) < 1 or nsymbt < 0:
+        raise CryopickError(f"{path}: impossible MRC dimensions {nx} x {ny} x {nz}; the header is corrupt")
+    expected = 1024 + nsymbt + nx * ny * nz * np.dtype(MRC_MODES[mode]).itemsize
+    if size < expected:
+        raise CryopickError(
+            f"{path}: truncated MRC, the header announces {nx} x {ny} x {nz} {MRC_MODES[mode]} "
+            f"({expected} bytes) but the file has {size} bytes; copy or export it again"
+        )
+    if bytes(header.map) != b"MAP ":
+        warnings.warn(f"{path}: MRC header without the 'MAP ' identifier (old MRC variant); reading it anyway",
+                      stacklevel=4)
+    return header
+
+
+def _imod_unsigned_bytes(path: Path, header) -> bool:
+    """IMOD writes mode-0 data as unsigned bytes unless its header flags say signed."""
+    with open(path, "rb") as fh:
+        fh.seek(152)
+        raw = fh.read(8)
+    stamp, flags = np.frombuffer(raw, dtype=header.nx.dtype, count=2)
+    return int(stamp) == _IMOD_STAMP and not (int(flags) & 1)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
 def _read_mrc(path: Path, mmap: bool) -> Image:
     import mrcfile
 
+    header = _check_mrc_header(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if mmap:
-            mrc = mrcfile.mmap(path, mode="r", permissive=False)
-        else:
-            mrc = mrcfile.open(path, mode="r", permissive=False)
+        opener = mrcfile.mmap if mmap else mrcfile.open
+        mrc = opener(path, mode="r", permissive=True)
     data = mrc.data
     if data is None:
         raise CryopickError(f"{path}: MRC header present but no data; the file is truncated")
+    if int(header.mode) == 0 and _imod_unsigned_bytes(path, header):
+        data = data.view(np.uint8)
+    pixel_size = None
     voxel = float(mrc.voxel_size.x)
-    pixel_size = voxel if voxel > 0 else None
+    if np.isfinite(voxel) and voxel > 0:
+        pixel_size = voxel
+        vy = float(mrc.voxel_size.y)
+        if np.isfinite(vy) and vy > 0 and abs(vy - voxel) > 1e-3 * voxel:
+            warnings.warn(f"{path}: anisotropic pixel size {voxel:g} x {vy:g} Å in the header; using {voxel:g}",
+                          stacklevel=3)
     if pixel_size is None:
         _warn_missing_pixel_size(path)
     return Image(data=data, pixel_size=pixel_size, path=path)
@@ -233,10 +302,18 @@ def _read_raster(path: Path) -> Image:
     return Image(data=data, pixel_size=None, path=path)
 
 
+_UNIT_TO_ANGSTROM = {"angstrom": 1.0, "nanometer": 10.0, "micrometer": 1e4, "millimeter": 1e7, None: 1.0}
+
+
 def _read_ome_zarr(path: Path) -> Image:
+    """OME-NGFF 0.4 (``multiscales`` in the group attributes) or 0.5 (under ``ome``); level 0 is read
+    lazily. The pixel size is the x scale (dataset scale × multiscale scale) converted to Å."""
     import zarr
 
-    group = zarr.open(str(path), mode="r")
+    try:
+        group = zarr.open(str(path), mode="r")
+    except Exception as exc:
+        raise CryopickError(f"{path}: not a Zarr store ({_first_line(exc)})") from exc
     if isinstance(group, zarr.Array):
         _warn_missing_pixel_size(path)
         return Image(data=group, pixel_size=None, path=path)
@@ -246,17 +323,24 @@ def _read_ome_zarr(path: Path) -> Image:
         raise CryopickError(f"{path}: Zarr group without OME 'multiscales' metadata; is it an OME-Zarr image?")
     ms = multiscales[0]
     dataset = ms["datasets"][0]
-    array = group[dataset["path"]]
+    if dataset["path"] not in group:
+        raise CryopickError(f"{path}: OME-Zarr level {dataset['path']!r} is missing; the store is incomplete")
+    data = group[dataset["path"]]
+    axes = [a if isinstance(a, dict) else {"name": a} for a in ms.get("axes", [])]
+    names = [a.get("name") for a in axes]
+    x_axis = names.index("x") if "x" in names else data.ndim - 1
+    unit = axes[x_axis].get("unit") if axes else None
+    scale = None
+    for transforms in (dataset.get("coordinateTransformations", []), ms.get("coordinateTransformations", [])):
+        for transform in transforms or []:
+            if transform.get("type") == "scale":
+                scale = (scale or 1.0) * float(transform["scale"][x_axis])
     pixel_size = None
-    axes = ms.get("axes", [])
-    units = [a.get("unit") if isinstance(a, dict) else None for a in axes]
-    for transform in dataset.get("coordinateTransformations", []):
-        if transform.get("type") == "scale":
-            s = float(transform["scale"][-1])
-            unit = units[-1] if units else None
-            factor = {"angstrom": 1.0, "nanometer": 10.0, "micrometer": 1e4}.get(unit, 1.0)
-            pixel_size = s * factor
-    data = array
+    if scale is not None and scale > 0:
+        if unit not in _UNIT_TO_ANGSTROM:
+            warnings.warn(f"{path}: unknown OME-Zarr unit {unit!r}; pixel size left unknown", stacklevel=3)
+        else:
+            pixel_size = scale * _UNIT_TO_ANGSTROM[unit]
     while data.ndim > 3 and data.shape[0] == 1:
         data = data[0]
     if pixel_size is None:
