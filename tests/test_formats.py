@@ -192,6 +192,13 @@ def test_read_relion4_index_with_project_relative_paths():
     assert p.scores[0] == 3.5 and np.isnan(p.scores[1:]).all()  # -999 = no score (manual picks)
 
 
+def test_read_relion31_particles_with_optics():
+    p = read_picks(DATA / "relion31_particles/particles.star")
+    assert p.micrographs == ["mic_0001", "mic_0002"] and p.pixel_size == 1.77  # _rlnMicrographPixelSize
+    np.testing.assert_allclose(p.coords, [[1234.5, 678.25], [512, 1024]])
+    assert read_picks(DATA / "relion31_particles/particles.star", pixel_size=0.885).pixel_size == 0.885
+
+
 def test_read_relion5_tomography_particles():
     kw = dict(tomo_size=(928, 928, 464), voxel_size=10.0)
     p = read_picks(DATA / "relion5_tomo/particles.star", **kw)
@@ -232,7 +239,8 @@ def test_read_imod_coords():
     p = read_picks(DATA / "imod/TS_001.coords")
     assert p.ndim == 3 and p.micrographs == ["TS_001"]
     np.testing.assert_allclose(p.coords, [[100, 200, 50], [1234.5, 678.25, 87.75]])
-    q = read_picks(DATA / "imod/TS_001_objects.txt", format="imod", micrograph="TS_001")
+    q = read_picks(DATA / "imod/TS_001_objects.txt", micrograph="TS_001")  # numbers only: IMOD, not Topaz
+    assert q.meta["format"] == "imod"
     assert q.table["label"].tolist() == ["1", "1", "2"]
     np.testing.assert_allclose(q.coords[:2], p.coords)
 

@@ -1,7 +1,7 @@
 """Convert particle coordinates between formats (RELION, CryoPPP, EMAN2, crYOLO, Topaz, IMOD, copick).
 
-Conversions are explicit and applied in this order, in the input's frame: --pixel-size (state the
-input's Å/px), --swap-xy, --flip-y (y -> H-1-y, with --height H of the input frame), --scale F or
+Conversions are explicit and applied in this order, in the input's frame: --from-pixel-size (state
+the input's Å/px), --swap-xy, --flip-y (y -> H-1-y, with --height H of the input frame), --scale F or
 --from-pixel-size A --to-pixel-size B, --min-score S.
 
 Examples:
