@@ -1,5 +1,9 @@
 """Classic template-matching picker (the correlation workflow of RELION / EMAN2 / Scipion autopick).
 
+Written for 2D micrographs; every function also accepts 3D tomograms (boxes become cubes, in-plane
+angles become the quasi-uniform SO(3) set of :func:`rotations_3d` at ``angle_step``; use a coarse
+step such as 30° on CPU).
+
 1. Templates from annotated particles: boxes around the given centres are cut from the working-scale
    micrographs (particle ``working_diameter`` pixels wide) and averaged into ``n_templates`` class
    averages by multi-reference alignment over in-plane rotations (a few rounds of: rotate every
@@ -28,6 +32,7 @@ from cryopick.postprocess.template_matching import (
     rotate_template,
     rotation_matrices,
     rotations_2d,
+    rotations_3d,
 )
 from cryopick.preprocess import downsample, factor_for_diameter, normalize
 
@@ -53,6 +58,25 @@ class TemplateSet:
     working_diameter: float
     n_particles: list = field(default_factory=list)
 
+    def save(self, path) -> None:
+        """Write an ``.npz`` (atomically)."""
+        from cryopick.io.atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, templates=self.templates, diameter=self.diameter,
+                         working_diameter=self.working_diameter, n_particles=np.asarray(self.n_particles))
+
+    @classmethod
+    def load(cls, path) -> "TemplateSet":
+        try:
+            with np.load(path) as z:
+                return cls(z["templates"].astype(np.float32), float(z["diameter"]), float(z["working_diameter"]),
+                           z["n_particles"].tolist())
+        except (OSError, KeyError, ValueError) as exc:
+            raise CryopickError(f"{path}: not a cryopick template file ({exc}); build one with "
+                                "'cryopick baseline template --coords ...'") from exc
+
 
 def prepare(image: np.ndarray, diameter: float, working_diameter: float = 24.0) -> tuple[np.ndarray, float]:
     """Fourier-crop so the particle is ``working_diameter`` px wide and normalise robustly.
@@ -75,25 +99,33 @@ def box_size(working_diameter: float, padding: float = 1.3) -> int:
     return b + 1 - b % 2
 
 
+def angle_set(angle_step: float, ndim: int) -> np.ndarray:
+    """``(A, ndim, ndim)`` rotations: in-plane angles (2D) or quasi-uniform SO(3) (3D)."""
+    return rotation_matrices(rotations_2d(angle_step), 2) if ndim == 2 else rotations_3d(angle_step)
+
+
 def extract_boxes(image: np.ndarray, coords: np.ndarray, box: int) -> np.ndarray:
-    """``(N, box, box)`` patches centred on ``coords`` (``x, y`` pixels, rounded); those not fully
-    inside the image are skipped."""
+    """``(N, box, box[, box])`` patches centred on ``coords`` (``x, y[, z]`` pixels, rounded); those
+    not fully inside the image are skipped."""
     half = box // 2
+    ndim = image.ndim
     out = []
-    for x, y in np.round(np.asarray(coords, dtype=np.float64)).astype(int):
-        if half <= y < image.shape[0] - half and half <= x < image.shape[1] - half:
-            out.append(image[y - half: y + half + 1, x - half: x + half + 1])
-    return np.stack(out).astype(np.float32) if out else np.zeros((0, box, box), np.float32)
+    for c in np.round(np.asarray(coords, dtype=np.float64).reshape(-1, ndim)).astype(int):
+        idx = c[::-1]  # array order
+        if all(half <= i < n - half for i, n in zip(idx, image.shape)):
+            out.append(image[tuple(slice(i - half, i + half + 1) for i in idx)])
+    return np.stack(out).astype(np.float32) if out else np.zeros((0,) + (box,) * ndim, np.float32)
 
 
 def _ncc_at_centre(particles: torch.Tensor, refs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``(N, R)`` normalised correlation of each particle with each reference under ``mask``."""
+    dims = tuple(range(1, particles.ndim))
 
     def norm(a):
         a = a * mask
         n = mask.sum()
-        a = a - (a.sum(dim=(-2, -1), keepdim=True) / n) * mask
-        return a / torch.sqrt((a**2).sum(dim=(-2, -1), keepdim=True)).clamp(min=1e-12)
+        a = a - (a.sum(dim=dims, keepdim=True) / n) * mask
+        return a / torch.sqrt((a**2).sum(dim=dims, keepdim=True)).clamp(min=1e-12)
 
     p = norm(particles).reshape(len(particles), -1)
     r = norm(refs).reshape(len(refs), -1)
@@ -112,7 +144,7 @@ def align_and_average(
     Parameters
     ----------
     particles
-        ``(N, b, b)`` centred boxes.
+        ``(N, b, b)`` (or ``(N, b, b, b)``) centred boxes.
     n_templates
         Number of class averages ``K``.
     angle_step
@@ -123,7 +155,7 @@ def align_and_average(
     Returns
     -------
     templates : np.ndarray
-        ``(K, b, b)``.
+        ``(K, b, b[, b])``.
     counts : list of int
         Particles in each class.
     """
@@ -132,7 +164,7 @@ def align_and_average(
     n_templates = max(1, min(n_templates, len(particles)))
     x = torch.as_tensor(particles, dtype=torch.float32)
     mask = torch.as_tensor(_default_template_mask(particles.shape[1:]))
-    mats = rotation_matrices(rotations_2d(angle_step), 2)
+    mats = angle_set(angle_step, particles.ndim - 1)
     inverse = torch.as_tensor(np.transpose(mats, (0, 2, 1)).copy())
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, n_templates, len(particles))
@@ -175,7 +207,7 @@ def build_templates(
     images
         Micrographs (original pixels).
     coords
-        Per micrograph, ``(N_i, 2)`` particle centres ``x, y`` in original pixels.
+        Per micrograph, ``(N_i, ndim)`` particle centres ``x, y[, z]`` in original pixels.
     diameter
         Particle diameter in original pixels.
     max_particles
@@ -187,7 +219,8 @@ def build_templates(
     box = box_size(working_diameter)
     for image, c in zip(images, coords):
         work, scale = prepare(image, diameter, working_diameter)
-        patches.append(extract_boxes(work, np.asarray(c, dtype=np.float64).reshape(-1, 2) * scale, box))
+        c = np.asarray(c, dtype=np.float64).reshape(-1, work.ndim)
+        patches.append(extract_boxes(work, c * scale, box))
     particles = np.concatenate(patches) if patches else np.zeros((0, box, box), np.float32)
     if len(particles) > max_particles:
         particles = particles[np.random.default_rng(seed).choice(len(particles), max_particles, replace=False)]
@@ -210,9 +243,9 @@ def template_pick(
     Parameters
     ----------
     image
-        ``(H, W)`` micrograph in original pixels.
+        ``(H, W)`` micrograph (or ``(D, H, W)`` tomogram) in original pixels.
     angle_step
-        Degrees between in-plane angles searched.
+        Degrees between in-plane angles searched (3D: SO(3) sampling step).
     min_distance
         Original pixels between picks; default ``0.5 × diameter``.
     threshold
@@ -225,12 +258,14 @@ def template_pick(
     Returns
     -------
     coords : np.ndarray
-        ``(N, 2)`` ``x, y`` in original pixels, by decreasing score.
+        ``(N, ndim)`` ``x, y[, z]`` in original pixels, by decreasing score.
     scores : np.ndarray
         ``(N,)`` NCC.
     """
     work, scale = prepare(image, templates.diameter, templates.working_diameter)
-    angles = rotations_2d(angle_step)
+    if templates.templates.ndim - 1 != work.ndim:
+        raise CryopickError(f"{templates.templates.ndim - 1}D templates cannot pick a {work.ndim}D image")
+    angles = angle_set(angle_step, work.ndim)
     best = None
     for t in templates.templates:
         s, _ = match_template(work, t, angles)
