@@ -29,7 +29,7 @@ from typing import Iterable, Mapping
 
 from cryopick import picks as P
 from cryopick.errors import CryopickError
-from cryopick.io.formats._common import COORD_EXTENSIONS, NAME_SUFFIXES
+from cryopick.io.formats._common import COORD_EXTENSIONS, NAME_SUFFIXES, split_by_micrograph
 from cryopick.io.images import IMAGE_SUFFIXES
 from cryopick.picks import Picks
 
@@ -255,7 +255,7 @@ def write_picks(picks: Picks, path_or_dir: str | os.PathLike, format: str | None
             return module.write_directory(picks, path, **fmt_opts)
         path.mkdir(parents=True, exist_ok=True)
         written: dict[str, Path] = {}
-        for name, sub in picks.split():
+        for name, sub in split_by_micrograph(picks):
             out = path / f"{name}{module.DEFAULT_SUFFIX}"
             module.write(sub, out, **fmt_opts)
             written[name] = out

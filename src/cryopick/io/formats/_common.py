@@ -45,11 +45,21 @@ def strip_name_suffixes(name: str) -> str:
 
 
 def format_number(value: float, decimals: int = 6) -> str:
-    """Shortest positional text for ``value`` with at most ``decimals`` decimals (``12.0`` -> ``"12"``)."""
+    """Positional text for ``value`` with at most ``decimals`` decimals and no trailing zeros
+    (``12.0`` -> ``"12"``, ``678.25`` -> ``"678.25"``)."""
+    value = float(value)
     if not np.isfinite(value):
         return "nan" if np.isnan(value) else ("inf" if value > 0 else "-inf")
-    text = np.format_float_positional(float(value), precision=decimals, unique=True, trim="-")
-    return "0" if text in ("-0", "-0.") else text
+    text = f"{value:.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def split_by_micrograph(picks: Picks):
+    """``(name, picks)`` per micrograph in order of appearance, in one pass (groupby)."""
+    for name, table in picks.table.groupby("micrograph", sort=False):
+        yield str(name), picks._with(table)
 
 
 def require_columns(table: pd.DataFrame, columns: Sequence[str], path: str | os.PathLike, what: str) -> None:

@@ -31,7 +31,7 @@ import pandas as pd
 
 from cryopick.errors import CryopickError
 from cryopick.io.atomic import write_text
-from cryopick.io.formats._common import finish, read_text, voxel_size_for
+from cryopick.io.formats._common import finish, read_text, split_by_micrograph, voxel_size_for
 from cryopick.picks import Picks, concat
 
 NAME = "copick"
@@ -151,9 +151,9 @@ def write_directory(picks: Picks, directory: str | os.PathLike, user_id: str = "
     """Write a copick overlay tree: ``ExperimentRuns/<run>/Picks/<user>_<session>_<object>.json``."""
     directory = Path(directory)
     written = []
-    for run, sub in picks.split():
-        for label in dict.fromkeys(sub.table["label"].tolist()):
-            part = sub._with(sub.table[sub.table["label"] == label])
+    for run, sub in split_by_micrograph(picks):
+        for label, table in sub.table.groupby("label", sort=False):
+            part = sub._with(table)
             obj = object_name or label or "particle"
             out = directory / "ExperimentRuns" / run / "Picks" / f"{user_id}_{session_id}_{obj}.json"
             write(part, out, object_name=obj, user_id=user_id, session_id=session_id, **opts)
