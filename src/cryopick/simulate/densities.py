@@ -91,7 +91,7 @@ class ParticleClass:
 
     def box_size(self, voxel_size: float) -> int:
         """Edge of a cube that holds the particle in any orientation, with a blur margin."""
-        return int(math.ceil(self.diameter / voxel_size + 2 * (3 * self.blur / voxel_size + 2)))
+        return int(math.ceil(self.diameter / voxel_size + 2 * (3 * self._sigma(voxel_size) + 2)))
 
     def render(self, voxel_size: float, rotation: np.ndarray | None = None,
                offset: np.ndarray | None = None, box: int | None = None) -> np.ndarray:
@@ -109,15 +109,14 @@ class ParticleClass:
             Cube edge in voxels (default :meth:`box_size`).
         """
         box = box or self.box_size(voxel_size)
-        pts = self._points_for(voxel_size)
+        pts, w = self._points_for(voxel_size, 3)
         if rotation is not None:
             pts = pts @ np.asarray(rotation, dtype=np.float32).T
         pts = pts / voxel_size + box // 2
         if offset is not None:
             pts = pts + np.asarray(offset, dtype=np.float32)
-        grid = splat(pts, self._weights_for(voxel_size) / voxel_size**3, (box, box, box))
-        sigma = _render_sigma(self.blur, voxel_size)
-        return ndimage.gaussian_filter(grid, sigma, mode="constant", truncate=3.0)
+        grid = splat(pts, w / voxel_size**3, (box, box, box))
+        return ndimage.gaussian_filter(grid, self._sigma(voxel_size), mode="constant", truncate=3.0)
 
     def project(self, pixel_size: float, rotation: np.ndarray | None = None,
                 offset: np.ndarray | None = None, box: int | None = None) -> np.ndarray:
@@ -126,30 +125,50 @@ class ParticleClass:
         The value is the projected thickness of protein (Å) through each pixel.
         """
         box = box or self.box_size(pixel_size)
-        pts = self._points_for(pixel_size)
+        pts, w = self._points_for(pixel_size, 2)
         if rotation is not None:
-            pts = pts @ np.asarray(rotation, dtype=np.float32).T
-        xy = pts[:, :2] / pixel_size + box // 2
+            pts = pts @ np.asarray(rotation, dtype=np.float32)[:2].T  # only x, y are needed
+        else:
+            pts = pts[:, :2]
+        xy = pts / pixel_size + box // 2
         if offset is not None:
             xy = xy + np.asarray(offset, dtype=np.float32)[:2]
-        grid = splat(xy, self._weights_for(pixel_size) / pixel_size**2, (box, box))
-        return ndimage.gaussian_filter(grid, _render_sigma(self.blur, pixel_size), mode="constant", truncate=3.0)
+        grid = splat(xy, w / pixel_size**2, (box, box))
+        return ndimage.gaussian_filter(grid, self._sigma(pixel_size), mode="constant", truncate=3.0)
+
+    @cached_property
+    def spacing(self) -> float:
+        """Typical distance between points, Å (cube root of the mean weight, 1.5 Å for atoms)."""
+        return float(np.cbrt(self.weights.mean())) if self.kind != "atomic" else 1.5
+
+    def _sigma(self, voxel_size: float) -> float:
+        """Render blur in voxels: the model's resolution, but never finer than its point spacing."""
+        return float(max(self.blur, 0.6 * self.spacing, 0.5 * voxel_size) / voxel_size)
 
     # Rendering at a coarse voxel size does not need every point: keep about 12 points per voxel
-    # of the particle's volume (a fixed pseudo-random subset, weights rescaled), which keeps 3D
-    # simulation fast without visible change after the blur.
-    def _subset(self, voxel_size: float) -> np.ndarray:
-        volume_vox = float(self.weights.sum()) / voxel_size**3
-        keep = int(min(len(self.points), max(2000, 12 * volume_vox)))
-        return np.arange(keep) if keep == len(self.points) else np.random.default_rng(0).permutation(len(self.points))[:keep]
+    # of the particle's volume (3D) or 8 per pixel of its projected area (2D) — a fixed
+    # pseudo-random subset, weights rescaled — which keeps simulation fast without visible change
+    # after the blur.
+    def _subset(self, voxel_size: float, ndim: int = 3) -> np.ndarray:
+        if ndim == 3:
+            wanted = 12 * float(self.weights.sum()) / voxel_size**3
+        else:
+            wanted = 8 * np.pi * (self.diameter / 2 / voxel_size) ** 2
+        keep = int(min(len(self.points), max(2000, wanted)))
+        if keep == len(self.points):
+            return np.arange(keep)
+        return np.random.default_rng(0).permutation(len(self.points))[:keep]
 
-    def _points_for(self, voxel_size: float) -> np.ndarray:
-        return self.points[self._subset(voxel_size)]
-
-    def _weights_for(self, voxel_size: float) -> np.ndarray:
-        idx = self._subset(voxel_size)
-        w = self.weights[idx]
-        return (w * (self.weights.sum() / max(w.sum(), 1e-12))).astype(np.float32)
+    def _points_for(self, voxel_size: float, ndim: int = 3) -> tuple[np.ndarray, np.ndarray]:
+        """Points (Å) and weights to render at ``voxel_size`` in ``ndim`` dimensions (cached)."""
+        cache = self.meta.setdefault("_render_cache", {})
+        key = (round(float(voxel_size), 6), ndim, len(self.points))
+        if key not in cache:
+            idx = self._subset(voxel_size, ndim)
+            w = self.weights[idx]
+            w = (w * (self.weights.sum() / max(w.sum(), 1e-12))).astype(np.float32)
+            cache[key] = (np.ascontiguousarray(self.points[idx]), w)
+        return cache[key]
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -195,10 +214,6 @@ class ParticleClass:
                                blur=blur, meta={"source": str(path), "n_atoms": len(coords)})
 
 
-def _render_sigma(blur_A: float, voxel_size: float) -> float:
-    return float(max(blur_A / voxel_size, 0.5))
-
-
 def splat(points: np.ndarray, weights: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Trilinear (bilinear in 2D) splatting of weighted points onto a grid.
 
@@ -216,19 +231,29 @@ def splat(points: np.ndarray, weights: np.ndarray, shape: tuple[int, ...]) -> np
     float32 array of ``shape``; points (partly) outside contribute only inside.
     """
     ndim = len(shape)
-    pts = np.asarray(points, dtype=np.float64)[:, :ndim][:, ::-1]  # -> numpy axis order
-    base = np.floor(pts).astype(np.int64)
+    pts = np.asarray(points, dtype=np.float32)[:, :ndim][:, ::-1]  # -> numpy axis order
+    # Work on a grid padded by one voxel and clip indices into it: points outside land in the
+    # padding, which is cropped away (no per-point bounds mask needed).
+    padded = np.asarray(shape) + 2
+    base = np.floor(pts)
     frac = pts - base
-    out = np.zeros(int(np.prod(shape)), dtype=np.float64)
-    strides = np.array([int(np.prod(shape[i + 1:])) for i in range(ndim)], dtype=np.int64)
-    w = np.asarray(weights, dtype=np.float64)
+    base = np.clip(base.astype(np.int64) + 1, 0, padded - 2)
+    strides = np.array([int(np.prod(padded[i + 1:])) for i in range(ndim)], dtype=np.int64)
+    flat = base @ strides
+    w = np.asarray(weights, dtype=np.float32)
+    out = np.zeros(int(np.prod(padded)), dtype=np.float64)
     for corner in range(1 << ndim):
-        bits = np.array([(corner >> (ndim - 1 - i)) & 1 for i in range(ndim)])
-        idx = base + bits
-        cw = w * np.prod(np.where(bits, frac, 1.0 - frac), axis=1)
-        ok = np.all((idx >= 0) & (idx < np.asarray(shape)), axis=1)
-        out += np.bincount(idx[ok] @ strides, weights=cw[ok], minlength=out.size)
-    return out.reshape(shape).astype(np.float32)
+        cw = w.copy()
+        offset = 0
+        for i in range(ndim):
+            if (corner >> (ndim - 1 - i)) & 1:
+                cw *= frac[:, i]
+                offset += strides[i]
+            else:
+                cw *= 1.0 - frac[:, i]
+        out += np.bincount(flat + offset, weights=cw, minlength=out.size)
+    inner = tuple(slice(1, n + 1) for n in shape)
+    return np.ascontiguousarray(out.reshape(padded)[inner], dtype=np.float32)
 
 
 # -- procedural shapes ----------------------------------------------------------------------------
