@@ -14,8 +14,9 @@ upsampling, skip connections summed, and FiLM after every upsampling:
 identity; it is the paper's ``h * (A' z) + B z`` with ``A' z = 1 + A z``).
 
 :class:`ProPicker` bundles a prompt encoder and the segmenter in one module and one checkpoint.
-Registered names: ``"propicker-small"`` (default, CPU-sized widths 8-16-32-64 + small prompt encoder)
-and ``"propicker-paper"`` (widths 108-216-432-864 + the TomoTwin encoder, for GPU users).
+Registered names: ``"propicker-small"`` (default, CPU-sized: stride-2 stem, then widths 16-32-64-64 at
+half resolution, no CoordConv, small prompt encoder) and ``"propicker-paper"`` (full resolution,
+widths 108-216-432-864, CoordConv, the TomoTwin encoder; for GPU users).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from cryopick.models.prompt_encoder import EMBED_DIM, SmallPromptEncoder, TomoTw
 from cryopick.models.registry import register_model
 
 CHECKPOINT_FORMAT = "cryopick-propicker-v1"
+SMALL_WIDTHS = (16, 32, 64, 64)
+SMALL_ENCODER_WIDTHS = (8, 16, 32, 64)
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "propicker_small.pt"
 
 
@@ -107,14 +110,23 @@ class PromptableUNet3d(nn.Module):
         Prompt embedding size.
     coord
         CoordConv channels before every block.
+    stem
+        1: the top level works at full resolution (the paper). 2: a learned stride-2 convolution
+        (4³ kernel) feeds a U-Net at half resolution and the logits are upsampled trilinearly; about
+        4x cheaper, fine for particles of 6 voxels and more.
     """
 
-    def __init__(self, widths: Sequence[int] = (8, 16, 32, 64), embed_dim: int = EMBED_DIM, coord: bool = True) -> None:
+    def __init__(self, widths: Sequence[int] = (8, 16, 32, 64), embed_dim: int = EMBED_DIM, coord: bool = True,
+                 stem: int = 1) -> None:
         super().__init__()
         self.widths = list(widths)
         self.embed_dim = embed_dim
+        self.stem_stride = int(stem)
+        if self.stem_stride not in (1, 2):
+            raise ValueError(f"stem must be 1 or 2, got {stem}")
+        self.stem = nn.Conv3d(1, self.widths[0], 4, stride=2, padding=1) if self.stem_stride == 2 else None
         self.down = nn.ModuleList()
-        cin = 1
+        cin = self.widths[0] if self.stem is not None else 1
         for i, w in enumerate(self.widths):
             self.down.append(ResBlock3d(cin + (1 if i > 0 else 0), w, coord))
             cin = w
@@ -130,12 +142,15 @@ class PromptableUNet3d(nn.Module):
 
     @property
     def input_multiple(self) -> int:
-        return 2 ** (len(self.widths) - 1)
+        return self.stem_stride * 2 ** (len(self.widths) - 1)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``(B, 1, D, H, W)`` -> feature maps of every level (top first)."""
         feats = []
-        raw, h = x, x
+        if self.stem is not None:
+            raw, h = F.avg_pool3d(x, 2), F.leaky_relu(self.stem(x), 0.1)
+        else:
+            raw, h = x, x
         for i, block in enumerate(self.down):
             if i > 0:
                 h = F.avg_pool3d(h, 2)
@@ -151,7 +166,10 @@ class PromptableUNet3d(nn.Module):
         for k, (up, film, dec) in enumerate(zip(self.up, self.film, self.dec)):
             h = up(h) + feats[-2 - k]
             h = dec(film(h, z))
-        return self.head(h)
+        out = self.head(h)
+        if self.stem is not None:
+            out = F.interpolate(out, scale_factor=self.stem_stride, mode="trilinear", align_corners=False)
+        return out
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, P, D, H, W)`` for windows ``x`` and prompts ``z`` ``(P, 32)`` or ``(B, P, 32)``."""
@@ -202,12 +220,16 @@ def _build(name: str, config: dict) -> ProPicker:
         encoder = TomoTwinEncoder()
         widths = config.get("widths", (108, 216, 432, 864))
     else:
-        encoder = SmallPromptEncoder(widths=config.get("encoder_widths", (16, 32, 64, 64)))
-        widths = config.get("widths", (8, 16, 32, 64))
-    segmenter = PromptableUNet3d(widths=widths, coord=config.get("coord", True))
-    full = {"widths": list(widths), "coord": config.get("coord", True)}
+        encoder = SmallPromptEncoder(widths=config.get("encoder_widths", SMALL_ENCODER_WIDTHS))
+        widths = config.get("widths", SMALL_WIDTHS)
+    # CoordConv ties the network to one window size; the small model trains on smaller windows
+    # than it infers on, so it goes without (translation equivariant).
+    coord = config.get("coord", name == "propicker-paper")
+    stem = config.get("stem", 1 if name == "propicker-paper" else 2)
+    segmenter = PromptableUNet3d(widths=widths, coord=coord, stem=stem)
+    full = {"widths": list(widths), "coord": coord, "stem": stem}
     if name != "propicker-paper":
-        full["encoder_widths"] = list(config.get("encoder_widths", (16, 32, 64, 64)))
+        full["encoder_widths"] = list(config.get("encoder_widths", SMALL_ENCODER_WIDTHS))
     return ProPicker(encoder, segmenter, name=name, config=full)
 
 
@@ -230,7 +252,7 @@ def load_propicker(checkpoint: str | os.PathLike | None = None) -> ProPicker:
     return model.eval()
 
 
-@register_model("propicker-small", task="promptable3d", description="CPU-sized ProPicker (widths 8-16-32-64, small prompt encoder)")
+@register_model("propicker-small", task="promptable3d", description="CPU-sized ProPicker (stride-2 stem, widths 16-32-64-64, small prompt encoder)")
 def build_propicker_small(checkpoint: str | None = None, **config) -> ProPicker:
     return load_propicker(checkpoint) if checkpoint else _build("propicker-small", config)
 

@@ -1,0 +1,496 @@
+"""Training the promptable 3D picker on simulated tomograms, and fine-tuning it on annotated ones.
+
+Data: a *pool* of simulated tomograms written to disk once (:func:`make_pool`), one folder per
+tomogram with ``volume.npy`` (float16, z-scored, protein dark), ``class_mask.npy`` (int16, 0 =
+background, ``c`` = class ``c - 1``) and ``picks.npz`` (centres ``x, y, z`` voxels, class index,
+diameters). Every ``share`` consecutive tomograms use the same freshly drawn set of
+structurally different classes (:func:`cryopick.simulate.tomogram.random_particle_classes`), so
+prompts can come from another tomogram as well as from another place in the same one.
+
+One step (:func:`sample_batch`):
+
+1. pick ``batch`` windows (``window``³ voxels, centred near a random particle, random flips and
+   90° turns about z);
+2. for each window draw up to ``prompts`` classes present in it and, with probability
+   ``negative_prompt_prob`` per slot, classes of the tomogram absent from it;
+3. the prompt of a class is the 37³ sub-volume around a **different instance** of the class (not one
+   whose centre lies in the window), from this tomogram or its sibling, randomly flipped;
+4. the target of a prompt is that class's occupancy mask in the window. Channels whose target is
+   empty are weighted by ``empty_weight``: 0 masks them out of the loss, as ProPicker does. The
+   default 0.2 keeps a little of their signal: with fully masked empty channels every window the
+   network is trained on contains the prompted class, which rewards "mark whatever looks most like
+   the prompt" — false positives in the many windows of a tomogram without that class.
+
+Loss: binary cross-entropy plus ``dice_weight`` × soft Dice on non-empty channels. The prompt encoder
+is trained jointly (``freeze_encoder=False``) or kept frozen (e.g. TomoTwin).
+
+Resumable: ``last.pt`` in the output folder holds the model, optimiser, step and log; every random
+draw of step ``k`` comes from ``default_rng([seed, k])``, so an interrupted and resumed run gives
+the same weights as an uninterrupted one (same thread count).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from cryopick.errors import CryopickError
+from cryopick.io.atomic import atomic_path, write_text
+from cryopick.models.prompt_encoder import PROMPT_SIZE, zscore_windows
+from cryopick.models.promptable3d import ProPicker, build_propicker_paper, build_propicker_small, load_propicker
+from cryopick.predict3d import read_block
+
+log = logging.getLogger(__name__)
+
+
+# -- the pool of simulated tomograms ----------------------------------------------------------------
+@dataclass
+class PoolConfig:
+    """How the simulated training tomograms are drawn (ranges are sampled per tomogram / class set)."""
+
+    shape: tuple[int, int, int] = (96, 192, 192)
+    classes_per_tomogram: int = 12
+    share: int = 2
+    voxel_size: tuple[float, float] = (9.0, 13.0)
+    diameter_A: tuple[float, float] = (70.0, 350.0)
+    max_diameter_px: float = 33.0
+    min_diameter_px: float = 6.0
+    n_particles: tuple[int, int] = (120, 200)
+    snr: tuple[float, float] = (0.2, 1.5)
+    defocus_um: tuple[float, float] = (2.0, 6.0)
+    tilt_max: tuple[float, float] = (45.0, 70.0)
+    crowding: tuple[float, float] = (0.1, 0.6)
+    membranes: tuple[int, int] = (0, 3)
+    gold_beads: tuple[int, int] = (0, 8)
+    raw_ctf_fraction: float = 0.2
+
+
+def make_pool(directory: str | os.PathLike, n_tomograms: int, seed: int = 0, config: PoolConfig | None = None,
+              progress: bool = True) -> list[Path]:
+    """Simulate ``n_tomograms`` training tomograms into ``directory`` (existing ones are kept).
+
+    Class sets come from ``random_particle_classes`` seeded by ``(seed, set index)``: use different
+    ``seed`` values for training and held-out pools so their classes never coincide.
+    """
+    from cryopick.simulate.tomogram import random_particle_classes, simulate_tomogram
+
+    cfg = config or PoolConfig()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_text(directory / "pool.json", json.dumps({"seed": seed, "config": asdict(cfg)}, indent=1))
+    paths = []
+    classes, set_id = None, -1
+    for i in tqdm(range(n_tomograms), desc="simulating pool", disable=not progress):
+        path = directory / f"tomo_{i:04d}"
+        paths.append(path)
+        rng = np.random.default_rng([seed, i, 11])
+        if i // cfg.share != set_id:
+            set_id = i // cfg.share
+            set_rng = np.random.default_rng([seed, set_id, 13])
+            voxel = float(set_rng.uniform(*cfg.voxel_size))
+            lo = max(cfg.diameter_A[0], cfg.min_diameter_px * voxel)
+            hi = min(cfg.diameter_A[1], cfg.max_diameter_px * voxel)
+            classes = None  # built lazily: skip the work when the whole set exists
+        if (path / "picks.npz").exists():
+            continue
+        if classes is None:
+            classes = random_particle_classes(cfg.classes_per_tomogram, seed=int(seed * 100_003 + set_id),
+                                              voxel_size=voxel, diameter_range_A=(lo, hi))
+        tilt = float(rng.uniform(*cfg.tilt_max))
+        tomo = simulate_tomogram(
+            classes, shape=cfg.shape, voxel_size=voxel, seed=int(rng.integers(2**31)),
+            n_particles=int(rng.integers(cfg.n_particles[0], cfg.n_particles[1] + 1)),
+            tilt_range=(-tilt, tilt), snr=tuple(cfg.snr), defocus_um=tuple(cfg.defocus_um),
+            membranes=int(rng.integers(cfg.membranes[0], cfg.membranes[1] + 1)),
+            gold_beads=int(rng.integers(cfg.gold_beads[0], cfg.gold_beads[1] + 1)),
+            crowding=float(rng.uniform(*cfg.crowding)),
+            ctf_correction="none" if rng.uniform() < cfg.raw_ctf_fraction else "phaseflip",
+            name=path.name,
+        )
+        write_tomogram(path, tomo, set_id)
+    return paths
+
+
+def write_tomogram(path: Path, tomo, set_id: int = 0) -> None:
+    """Store a simulated :class:`~cryopick.simulate.tomogram.Tomogram` in the pool layout."""
+    path.mkdir(parents=True, exist_ok=True)
+    names = list(tomo.class_names)
+    labels = np.array([names.index(n) for n in tomo.picks.table["label"]], dtype=np.int64)
+    with atomic_path(path / "volume.npy") as tmp:
+        np.save(tmp, tomo.volume.astype(np.float16))
+    with atomic_path(path / "class_mask.npy") as tmp:
+        np.save(tmp, tomo.class_mask.astype(np.int16))
+    with atomic_path(path / "picks.npz") as tmp:  # written last: marks the tomogram complete
+        np.savez(tmp, coords=tomo.picks.coords, labels=labels, diameters=tomo.picks.table["diameter"].to_numpy(),
+                 class_names=np.array(names), set_id=set_id, voxel_size=tomo.voxel_size)
+
+
+@dataclass
+class PoolTomogram:
+    volume: np.ndarray      # (D, H, W) float16 memory map
+    class_mask: np.ndarray  # (D, H, W) int16 memory map
+    coords: np.ndarray      # (N, 3) x, y, z
+    labels: np.ndarray      # (N,) class index
+    n_classes: int
+    set_id: int
+    name: str
+
+
+def load_pool(directory: str | os.PathLike) -> list[PoolTomogram]:
+    directory = Path(directory)
+    tomos = []
+    for path in sorted(directory.glob("tomo_*")):
+        if not (path / "picks.npz").exists():
+            continue
+        meta = np.load(path / "picks.npz")
+        tomos.append(PoolTomogram(
+            volume=np.load(path / "volume.npy", mmap_mode="r"),
+            class_mask=np.load(path / "class_mask.npy", mmap_mode="r"),
+            coords=meta["coords"], labels=meta["labels"], n_classes=len(meta["class_names"]),
+            set_id=int(meta["set_id"]), name=path.name,
+        ))
+    if not tomos:
+        raise CryopickError(f"{directory}: no simulated tomograms; create them with `cryopick train3d --make-pool`")
+    return tomos
+
+
+# -- sampling -----------------------------------------------------------------------------------------
+@dataclass
+class SampleConfig:
+    window: int = 48
+    batch: int = 2
+    prompts: int = 3
+    negative_prompt_prob: float = 0.25
+    jitter: float = 0.35          # window centre offset from the chosen particle, fraction of the window
+    rot90: bool = True            # random 90° turns about z (moves the tilt axis from y to x)
+
+
+def _augment(arrays: Sequence[np.ndarray], rng: np.random.Generator, rot90: bool) -> list[np.ndarray]:
+    """The same random flips (all axes) and 90° turn about z applied to every ``(D, H, W)`` array."""
+    flips = [ax for ax in range(3) if rng.uniform() < 0.5]
+    k = int(rng.integers(4)) if rot90 else 0
+    out = []
+    for a in arrays:
+        if flips:
+            a = np.flip(a, axis=flips)
+        if k:
+            a = np.rot90(a, k, axes=(1, 2))
+        out.append(np.ascontiguousarray(a))
+    return out
+
+
+def _prompt_volume(tomo: PoolTomogram, centre: np.ndarray) -> np.ndarray:
+    c = np.round(centre[::-1]).astype(int) - PROMPT_SIZE // 2  # z, y, x start
+    return read_block(tomo.volume, tuple(c), (PROMPT_SIZE,) * 3)
+
+
+def sample_batch(pool: list[PoolTomogram], rng: np.random.Generator, cfg: SampleConfig):
+    """One training batch.
+
+    Returns
+    -------
+    windows : ``(B, 1, w, w, w)`` float32 z-scored; prompts : ``(B, P, 37, 37, 37)`` float32 raw;
+    targets : ``(B, P, w, w, w)`` float32 in {0, 1}; empty : ``(B, P)`` bool (target has no voxel).
+    """
+    w = cfg.window
+    by_set: dict[int, list[PoolTomogram]] = {}
+    for t in pool:
+        by_set.setdefault(t.set_id, []).append(t)
+    windows, prompts, targets, empty = [], [], [], []
+    for _ in range(cfg.batch):
+        tomo = pool[int(rng.integers(len(pool)))]
+        shape = np.array(tomo.volume.shape)
+        if len(tomo.coords) and rng.uniform() < 0.9:
+            centre = tomo.coords[int(rng.integers(len(tomo.coords)))][::-1]  # z, y, x
+            centre = centre + rng.uniform(-cfg.jitter, cfg.jitter, 3) * w
+        else:
+            centre = rng.uniform(0, shape)
+        start = np.clip(np.round(centre - w / 2).astype(int), 0, np.maximum(shape - w, 0))
+        vol = read_block(tomo.volume, tuple(start), (w, w, w))
+        cmask = read_block(tomo.class_mask, tuple(start), (w, w, w)).astype(np.int16)
+        counts = np.bincount(cmask.ravel().astype(np.int64), minlength=tomo.n_classes + 1)[1:]
+        present = np.flatnonzero(counts > 0)
+        absent = np.setdiff1d(np.arange(tomo.n_classes), present)
+        chosen: list[int] = []
+        order = rng.permutation(present)
+        for slot in range(cfg.prompts):
+            if len(absent) and (rng.uniform() < cfg.negative_prompt_prob or slot >= len(order)):
+                chosen.append(int(absent[int(rng.integers(len(absent)))]))
+            elif slot < len(order):
+                chosen.append(int(order[slot]))
+            else:
+                chosen.append(int(rng.integers(tomo.n_classes)))
+        vol, cmask = _augment([vol, cmask], rng, cfg.rot90)
+        siblings = by_set[tomo.set_id]
+        p_list, t_list, e_list = [], [], []
+        for c in chosen:
+            sources = []
+            for sib in siblings:
+                idx = np.flatnonzero(sib.labels == c)
+                if sib is tomo:  # an instance whose centre is outside this window
+                    inside = np.all((sib.coords[idx][:, ::-1] >= start) & (sib.coords[idx][:, ::-1] < start + w), axis=1)
+                    idx = idx[~inside]
+                sources += [(sib, i) for i in idx]
+            if sources:
+                sib, i = sources[int(rng.integers(len(sources)))]
+                pv = _prompt_volume(sib, sib.coords[i])
+            else:  # the class has no other instance: the prompt is noise, the channel is down-weighted
+                pv = rng.standard_normal((PROMPT_SIZE,) * 3).astype(np.float32)
+            p_list.append(_augment([pv], rng, True)[0])
+            tgt = (cmask == c + 1).astype(np.float32)
+            t_list.append(tgt)
+            e_list.append(not tgt.any() or not sources)
+        windows.append(vol)
+        prompts.append(np.stack(p_list))
+        targets.append(np.stack(t_list))
+        empty.append(e_list)
+    x = zscore_windows(torch.from_numpy(np.stack(windows))[:, None].float())
+    return x, torch.from_numpy(np.stack(prompts)), torch.from_numpy(np.stack(targets)), torch.tensor(empty)
+
+
+# -- loss ---------------------------------------------------------------------------------------------------
+def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor, empty: torch.Tensor,
+                      empty_weight: float = 0.0, dice_weight: float = 1.0) -> torch.Tensor:
+    """BCE (empty-target channels weighted by ``empty_weight``) + ``dice_weight`` × soft Dice.
+
+    ``logits``, ``targets``: ``(B, P, D, H, W)``; ``empty``: ``(B, P)`` bool.
+    """
+    logits = logits.float()
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(dim=(2, 3, 4))
+    weight = torch.where(empty, torch.full_like(bce, empty_weight), torch.ones_like(bce))
+    loss = (bce * weight).sum() / weight.sum().clamp(min=1e-6)
+    if dice_weight and (~empty).any():
+        prob = torch.sigmoid(logits)
+        inter = (prob * targets).sum(dim=(2, 3, 4))
+        denom = prob.sum(dim=(2, 3, 4)) + targets.sum(dim=(2, 3, 4))
+        dice = 1 - (2 * inter + 1) / (denom + 1)
+        loss = loss + dice_weight * dice[~empty].mean()
+    return loss
+
+
+# -- the training loop ------------------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    model: str = "propicker-small"
+    model_kwargs: dict = field(default_factory=dict)
+    init: str | None = None        # start from this ProPicker checkpoint
+    tomotwin: str | None = None    # TomoTwin weights for the paper model's encoder
+    freeze_encoder: bool = False
+    steps: int = 20000
+    lr: float = 2e-3
+    warmup: int = 200
+    weight_decay: float = 1e-5
+    empty_weight: float = 0.2
+    dice_weight: float = 1.0
+    bf16: bool = True
+    seed: int = 0
+    checkpoint_every: int = 100
+    validate_every: int = 500
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+def _build(cfg: TrainConfig) -> ProPicker:
+    if cfg.init:
+        return load_propicker(cfg.init)
+    if cfg.model == "propicker-paper":
+        return build_propicker_paper(tomotwin=cfg.tomotwin, **cfg.model_kwargs)
+    if cfg.model == "propicker-small":
+        return build_propicker_small(**cfg.model_kwargs)
+    raise CryopickError(f"unknown 3D model {cfg.model!r}; use propicker-small or propicker-paper")
+
+
+def _lr(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def train_step(model: ProPicker, batch, cfg: TrainConfig) -> torch.Tensor:
+    """Loss of one batch (prompts encoded here, so the encoder learns unless frozen)."""
+    x, prompts, targets, empty = batch
+    b, p = prompts.shape[:2]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        if cfg.freeze_encoder:
+            with torch.no_grad():
+                z = model.encoder(model.encoder.prepare(prompts.reshape(b * p, *prompts.shape[2:])))
+        else:
+            z = model.encoder(model.encoder.prepare(prompts.reshape(b * p, *prompts.shape[2:])))
+        logits = model.segmenter(x, z.float().view(b, p, -1))
+    return segmentation_loss(logits, targets, empty, cfg.empty_weight, cfg.dice_weight)
+
+
+def validation_batches(pool: list[PoolTomogram], n: int, cfg: SampleConfig, seed: int = 12345) -> list:
+    """``n`` fixed batches from a held-out pool (same every call)."""
+    return [sample_batch(pool, np.random.default_rng([seed, i]), cfg) for i in range(n)]
+
+
+@torch.no_grad()
+def evaluate_batches(model: ProPicker, batches: list, bf16: bool = True) -> dict:
+    """Mean loss and mean Dice at 0.5 over non-empty channels; false-positive rate on empty ones."""
+    model.eval()
+    dices, losses, fp = [], [], []
+    for x, prompts, targets, empty in batches:
+        b, p = prompts.shape[:2]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            z = model.embed(prompts.reshape(b * p, *prompts.shape[2:]))
+            logits = model.segmenter(x, z.float().view(b, p, -1)).float()
+        losses.append(float(segmentation_loss(logits, targets, empty, 1.0, 1.0)))
+        pred = (logits > 0).float()
+        inter = (pred * targets).sum(dim=(2, 3, 4))
+        denom = pred.sum(dim=(2, 3, 4)) + targets.sum(dim=(2, 3, 4))
+        d = 2 * inter / denom.clamp(min=1)
+        dices += d[~empty].tolist()
+        fp += pred.mean(dim=(2, 3, 4))[empty].tolist()
+    model.train()
+    return {"val_loss": float(np.mean(losses)), "val_dice": float(np.mean(dices)) if dices else float("nan"),
+            "val_empty_fp": float(np.mean(fp)) if fp else float("nan")}
+
+
+def train(cfg: TrainConfig, pool_dir: str | os.PathLike, out_dir: str | os.PathLike,
+          val_pool_dir: str | os.PathLike | None = None, n_val_batches: int = 8,
+          stop_after: int | None = None, progress: bool = True) -> ProPicker:
+    """Train (or resume) into ``out_dir``: ``last.pt`` (resumable state), ``best.pt`` (best validation
+    Dice, a ProPicker checkpoint), ``model.pt`` (final ProPicker checkpoint), ``log.jsonl``.
+
+    ``stop_after``: stop after this many steps in this call (for tests and time-sliced runs).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pool = load_pool(pool_dir)
+    val = validation_batches(load_pool(val_pool_dir), n_val_batches, cfg.sample) if val_pool_dir else []
+    torch.manual_seed(cfg.seed)
+    model = _build(cfg)
+    params = [p for n, p in model.named_parameters() if not (cfg.freeze_encoder and n.startswith("encoder."))]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, best, history = 0, -1.0, []
+    last = out_dir / "last.pt"
+    if last.exists():
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, best, history = state["step"], state["best"], state["history"]
+        log.info("resuming %s at step %d", last, step)
+    meta = {"train_config": _jsonable(asdict(cfg)), "pool": str(pool_dir), "n_pool": len(pool),
+            "window": cfg.sample.window}
+    model.train()
+    end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
+    bar = tqdm(total=cfg.steps, initial=step, desc="training", unit="step", disable=not progress)
+    running, t0 = [], time.time()
+    log_path = out_dir / "log.jsonl"
+    while step < end:
+        for g in opt.param_groups:
+            g["lr"] = _lr(cfg, step)
+        batch = sample_batch(pool, np.random.default_rng([cfg.seed, step]), cfg.sample)
+        loss = train_step(model, batch, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+        step += 1
+        running.append(float(loss.detach()))
+        bar.update(1)
+        record = None
+        if step % cfg.checkpoint_every == 0 or step == end:
+            record = {"step": step, "loss": float(np.mean(running)), "lr": _lr(cfg, step - 1),
+                      "s_per_step": (time.time() - t0) / max(1, len(running))}
+            running, t0 = [], time.time()
+            if val and (step % cfg.validate_every == 0 or step == cfg.steps):
+                record.update(evaluate_batches(model, val, cfg.bf16))
+                if record["val_dice"] > best:
+                    best = record["val_dice"]
+                    model.save(out_dir / "best.pt", meta={**meta, **record})
+            history.append(record)
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{record['loss']:.3f}", dice=f"{record.get('val_dice', float('nan')):.3f}")
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "best": best,
+                     "history": history, "config": _jsonable(asdict(cfg))}
+            with atomic_path(last) as tmp:
+                torch.save(state, tmp)
+    bar.close()
+    if step >= cfg.steps:
+        model.save(out_dir / "model.pt", meta={**meta, "steps": step, "history_tail": history[-5:]})
+    return model
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
+# -- fine-tuning on annotated tomograms ----------------------------------------------------------------------
+def occupancy_from_picks(shape: tuple[int, int, int], coords: np.ndarray, diameter: float,
+                         fraction: float = 0.8) -> np.ndarray:
+    """``(D, H, W)`` uint8 target: balls of ``fraction × diameter`` (voxels) at ``coords`` (x, y, z)."""
+    target = np.zeros(shape, np.uint8)
+    r = max(1.0, fraction * diameter / 2)
+    ri = int(math.ceil(r))
+    g = np.arange(-ri, ri + 1)
+    ball = (g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2) <= r * r
+    for x, y, z in np.round(coords).astype(int):
+        sl, bl = [], []
+        for c, n in zip((z, y, x), shape):
+            lo, hi = c - ri, c + ri + 1
+            sl.append(slice(max(0, lo), min(n, hi)))
+            bl.append(slice(max(0, lo) - lo, (2 * ri + 1) - (hi - min(n, hi))))
+        if all(s.stop > s.start for s in sl):
+            target[tuple(sl)] |= ball[tuple(bl)]
+    return target
+
+
+def finetune(model: ProPicker, volumes: list[np.ndarray], targets: list[np.ndarray], prompt_volumes: np.ndarray,
+             out_path: str | os.PathLike, steps: int = 300, lr: float = 5e-4, window: int = 48, batch: int = 2,
+             bf16: bool = True, seed: int = 0, progress: bool = True) -> ProPicker:
+    """Fine-tune the segmenter (and FiLM) for one particle; prompt and encoder stay fixed.
+
+    ``volumes``: working-scale tomograms (contrast as in training); ``targets``: matching uint8
+    occupancy masks (e.g. :func:`occupancy_from_picks`); ``prompt_volumes``: ``(K, 37, 37, 37)``.
+    Saves a ProPicker checkpoint to ``out_path`` whose ``meta["embedding"]`` is the fixed prompt
+    embedding (mean of the ``K`` prompts, renormalised).
+    """
+    z = model.embed(prompt_volumes).mean(0, keepdim=True)
+    z = F.normalize(z, dim=1)
+    params = list(model.segmenter.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-5)
+    model.train()
+    centres = [np.argwhere(t > 0) for t in targets]
+    for step in tqdm(range(steps), desc="fine-tuning", disable=not progress):
+        rng = np.random.default_rng([seed, step])
+        xs, ts = [], []
+        for _ in range(batch):
+            i = int(rng.integers(len(volumes)))
+            vol, tgt = volumes[i], targets[i]
+            shape = np.array(vol.shape)
+            if len(centres[i]) and rng.uniform() < 0.8:
+                c = centres[i][int(rng.integers(len(centres[i])))] + rng.uniform(-0.35, 0.35, 3) * window
+            else:
+                c = rng.uniform(0, shape)
+            start = np.clip(np.round(c - window / 2).astype(int), 0, np.maximum(shape - window, 0))
+            v = read_block(vol, tuple(start), (window,) * 3)
+            t = read_block(tgt, tuple(start), (window,) * 3)
+            v, t = _augment([v, t], rng, True)
+            xs.append(v)
+            ts.append(t.astype(np.float32))
+        x = zscore_windows(torch.from_numpy(np.stack(xs))[:, None].float())
+        tt = torch.from_numpy(np.stack(ts))[:, None]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model.segmenter(x, z.detach())
+        loss = segmentation_loss(logits, tt, torch.zeros(batch, 1, dtype=torch.bool), 1.0, 1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    model.meta = {**model.meta, "finetuned": True, "embedding": z[0].tolist(), "finetune_steps": steps}
+    model.save(out_path)
+    return model
