@@ -451,13 +451,15 @@ _BUILDERS = {"globular": _globular, "elongated": _elongated, "shell": _shell, "r
 
 
 def procedural_class(name: str, kind: str, diameter_A: float, voxel_size: float, seed: int | np.random.Generator,
-                     spacing_A: float | None = None, blur: float = 2.0) -> ParticleClass:
+                     spacing_A: float | None = None, blur: float = 2.0, texture_amplitude: float = 0.45) -> ParticleClass:
     """Build one procedural particle class of ``kind`` scaled to ``diameter_A``.
 
     Parameters
     ----------
     spacing_A
         Pseudo-atom spacing in Å (jittered grid); default ``clip(0.6 * voxel_size, d / 90, d / 18)``.
+    texture_amplitude
+        Relative standard deviation of the internal mass variation (correlation length ~20 Å).
     """
     if kind not in _BUILDERS:
         raise CryopickError(f"unknown particle shape {kind!r}; choose one of {', '.join(SHAPE_KINDS)}")
@@ -472,9 +474,9 @@ def procedural_class(name: str, kind: str, diameter_A: float, voxel_size: float,
     n = int(np.clip(np.ceil(2 * bound * scale / spacing), 16, 110))
     pts = _sample(shape, bound, n, rng) * scale
     cell = (2 * bound * scale / n) ** 3
-    # Mild low-frequency mass variation (domains of unequal density), symmetric enough at 10 Å.
-    freq = rng.normal(0, 1, (4, 3)) * 3.0 / diameter_A
-    texture = 1.0 + 0.15 * np.cos(pts @ freq.T + rng.uniform(0, 2 * np.pi, 4)).mean(1)
+    # Internal mass variation on ~20 Å scales (domains, clefts, solvent channels): real proteins
+    # are not uniformly filled, and this texture is what makes projections look protein-like.
+    texture = np.clip(1.0 + texture_amplitude * _random_field(pts, 20.0, rng), 0.15, None)
     cls = ParticleClass.from_points(name, pts, np.full(len(pts), cell) * texture, voxel_size,
                                     kind=kind, symmetry=shape.symmetry, blur=blur)
     # Re-scale so the measured diameter is exactly the requested one.
@@ -483,6 +485,16 @@ def procedural_class(name: str, kind: str, diameter_A: float, voxel_size: float,
     cls.weights *= np.float32(factor**3)
     cls.diameter = float(diameter_A)
     return cls
+
+
+def _random_field(points: np.ndarray, length_A: float, rng: np.random.Generator) -> np.ndarray:
+    """Unit-variance smooth Gaussian random field (correlation length ``length_A``) at ``points`` (Å)."""
+    step = length_A / 3.0
+    lo = points.min(0) - 3 * length_A
+    n = np.ceil((points.max(0) + 3 * length_A - lo) / step).astype(int) + 1
+    grid = ndimage.gaussian_filter(rng.standard_normal(tuple(n)), 3.0 / 2.0, mode="wrap")
+    grid /= max(float(grid.std()), 1e-12)
+    return ndimage.map_coordinates(grid, ((points - lo) / step).T, order=1, mode="nearest")
 
 
 def _sample(shape: _Shape, bound: float, n: int, rng: np.random.Generator) -> np.ndarray:

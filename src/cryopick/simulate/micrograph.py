@@ -188,7 +188,7 @@ def simulate_micrograph(
     fragments = None
     for _ in range(int(aggregates)):
         if fragments is None:
-            fragments = [procedural_class(f"fragment{i}", "globular", float(rng_shapes.uniform(50, 110)), pixel_size,
+            fragments = [procedural_class(f"fragment{i}", "globular", float(rng_shapes.uniform(60, 140)), pixel_size,
                                           rng_shapes, spacing_A=max(pixel_size, 3.0)) for i in range(3)]
         _add_aggregate(projection, distractor, blocked, layout_c, layout_r, fragments, pixel_size, rng_shapes)
 
@@ -224,7 +224,7 @@ def simulate_micrograph(
         centres.append(pos)
         labels.append(c)
     if len(centres) < n_particles:
-        log.info("%s: placed %d of %d particles (no room for more)", name, len(centres), n_particles)
+        log.debug("%s: placed %d of %d particles (no room for more)", name, len(centres), n_particles)
     rots = rotations.random_rotations(len(centres), rng_place)
     mask = np.zeros(shape, np.int32)
     for k, (pos, c, rot) in enumerate(zip(centres, labels, rots)):
@@ -344,10 +344,10 @@ def _add_ice_crystal(projection, absorption, distractor, blocked, layout_c, layo
 def _add_aggregate(projection, distractor, blocked, layout_c, layout_r, fragments, pixel_size, rng) -> None:
     """A clump of denatured-protein fragments (not a particle)."""
     H, W = projection.shape
-    spread = rng.uniform(80.0, 250.0) / pixel_size
+    spread = rng.uniform(60.0, 200.0) / pixel_size
     centre = np.r_[rng.uniform(0, W), rng.uniform(0, H)]
     local_mask = np.zeros((H, W), bool)
-    for _ in range(int(rng.integers(6, 25))):
+    for _ in range(int(rng.integers(8, 30))):
         frag = fragments[int(rng.integers(len(fragments)))]
         pos = centre + rng.normal(0, spread / 2, 2)
         ipos = np.round(pos).astype(int)

@@ -204,7 +204,7 @@ def simulate_tomogram(
             centres.append(pos)
             labels.append(c)
     if len(centres) < n_particles:
-        log.info("%s: placed %d of %d particles (no room for more)", name, len(centres), n_particles)
+        log.debug("%s: placed %d of %d particles (no room for more)", name, len(centres), n_particles)
     rots = rotations.random_rotations(len(centres), rng_place)
 
     # -- potential and masks ----------------------------------------------------------------------

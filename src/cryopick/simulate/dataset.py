@@ -1,0 +1,174 @@
+"""Write simulated data sets to disk (resumable) and read their ground truth back.
+
+Layout of a 2D data set (``cryopick simulate 2d -o DIR``)::
+
+    DIR/classes.csv                      index, name, kind, symmetry, diameter_A, source
+    DIR/classes/<class>.mrc              each class's 3D density at the pixel size
+    DIR/micrographs/<name>.mrc           float32 counts, pixel size in the header
+    DIR/coordinates/<name>_autopick.star RELION per-micrograph coordinates (pixels)
+    DIR/particles/<name>.csv             full truth: x, y, diameter (px), class, Euler angles (deg)
+    DIR/masks/<name>.mrc                 uint16 particle support (0 background, k = particle k-1)
+    DIR/params/<name>.json               drawn imaging parameters
+
+A 3D data set has ``tomograms/``, ``masks/<name>_instances.mrc`` (uint16) and
+``masks/<name>_classes.mrc`` (int16, class index + 1), ``coordinates/<class>/<name>.star``
+(RELION 5 tomography STAR per class) and ``particles/<name>.csv`` with ``z`` as well.
+
+Each item is finished when its ``particles/<name>.csv`` exists (written last), so an interrupted
+run resumes where it stopped. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from cryopick.errors import CryopickError
+from cryopick.io.atomic import write_text
+from cryopick.io.images import write_mrc, write_png
+from cryopick.picks import Picks, concat
+from cryopick.simulate.densities import ParticleClass
+from cryopick.simulate.rotations import matrix_to_euler_zyz
+
+log = logging.getLogger(__name__)
+
+
+def item_seed(seed: int, index: int) -> int:
+    """Seed of item ``index`` of a data set with ``seed`` (independent streams, stable under resume)."""
+    return int(np.random.SeedSequence([int(seed), int(index), 99]).generate_state(1)[0])
+
+
+def write_classes(classes: Sequence[ParticleClass], out: Path, voxel_size: float) -> None:
+    """``classes.csv`` and ``classes/<name>.mrc`` (density at ``voxel_size``); existing files are kept."""
+    rows = []
+    for i, c in enumerate(classes):
+        rows.append(dict(index=i + 1, name=c.name, kind=c.kind, symmetry=c.symmetry,
+                         diameter_A=round(float(c.diameter), 3), source=c.meta.get("source", "procedural")))
+        path = out / "classes" / f"{c.name}.mrc"
+        if not path.exists():
+            write_mrc(path, c.render(voxel_size), pixel_size=voxel_size)
+    write_text(out / "classes.csv", pd.DataFrame(rows).to_csv(index=False))
+
+
+def _particles_table(picks: Picks, orientations: np.ndarray) -> pd.DataFrame:
+    table = picks.table.drop(columns=["score"]).rename(columns={"label": "class"})
+    angles = matrix_to_euler_zyz(orientations) if len(orientations) else np.zeros((0, 3))
+    table["rot"], table["tilt"], table["psi"] = angles[:, 0], angles[:, 1], angles[:, 2]
+    return table
+
+
+def write_micrograph_item(m, out: Path, png: bool = False) -> None:
+    """Write one simulated :class:`~cryopick.simulate.micrograph.Micrograph` (truth CSV last)."""
+    from cryopick.io.coords import write_picks
+
+    name = m.name
+    write_mrc(out / "micrographs" / f"{name}.mrc", m.image, pixel_size=m.pixel_size)
+    write_mrc(out / "masks" / f"{name}.mrc", _as_uint16(m.mask, name), pixel_size=m.pixel_size)
+    write_picks(m.picks, out / "coordinates" / f"{name}_autopick.star", "relion")
+    write_text(out / "params" / f"{name}.json", json.dumps(_jsonable(m.params), indent=1))
+    if png:
+        write_png(out / "png" / f"{name}.png", m.image)
+    write_text(out / "particles" / f"{name}.csv", _particles_table(m.picks, m.orientations).to_csv(index=False))
+
+
+def write_tomogram_item(t, out: Path, png: bool = False) -> None:
+    """Write one simulated :class:`~cryopick.simulate.tomogram.Tomogram` (truth CSV last)."""
+    from cryopick.io.coords import write_picks
+
+    name = t.name
+    D, H, W = t.volume.shape
+    write_mrc(out / "tomograms" / f"{name}.mrc", t.volume, pixel_size=t.voxel_size)
+    write_mrc(out / "masks" / f"{name}_instances.mrc", _as_uint16(t.instance_mask, name), pixel_size=t.voxel_size)
+    write_mrc(out / "masks" / f"{name}_classes.mrc", t.class_mask.astype(np.int16), pixel_size=t.voxel_size)
+    labels = t.picks.table["label"]
+    for cls in t.class_names:
+        sub = t.picks._with(t.picks.table[labels == cls])
+        write_picks(sub, out / "coordinates" / cls / f"{name}.star", "relion", tomo_size=(W, H, D))
+    write_text(out / "params" / f"{name}.json", json.dumps(_jsonable(t.params), indent=1))
+    if png:
+        write_png(out / "png" / f"{name}.png", t.volume[D // 2])
+    write_text(out / "particles" / f"{name}.csv", _particles_table(t.picks, t.orientations).to_csv(index=False))
+
+
+def is_done(out: Path, name: str) -> bool:
+    return (out / "particles" / f"{name}.csv").exists()
+
+
+def read_ground_truth(directory: str | os.PathLike) -> Picks:
+    """All particles of a simulated data set, with class labels, from ``particles/*.csv``."""
+    directory = Path(directory)
+    files = sorted((directory / "particles").glob("*.csv"))
+    if not files:
+        raise CryopickError(f"{directory}: no particles/*.csv; is it a directory written by cryopick simulate?")
+    params = json.loads((directory / "params" / f"{files[0].stem}.json").read_text())
+    pixel_size = params.get("pixel_size", params.get("voxel_size"))
+    tables = []
+    for f in files:
+        t = pd.read_csv(f, dtype={"micrograph": str, "class": str}, keep_default_na=False)
+        tables.append(Picks(t.rename(columns={"class": "label"}), pixel_size=pixel_size,
+                            ndim=3 if "z" in t.columns else 2))
+    return concat(tables)
+
+
+def _as_uint16(mask: np.ndarray, name: str) -> np.ndarray:
+    if mask.max(initial=0) > np.iinfo(np.uint16).max:
+        raise CryopickError(f"{name}: more than 65535 particles do not fit a uint16 MRC mask; simulate fewer")
+    return mask.astype(np.uint16)
+
+
+def _jsonable(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, (np.floating, np.integer)):
+            v = v.item()
+        elif isinstance(v, (tuple, np.ndarray)):
+            v = list(np.asarray(v).tolist())
+        out[k] = v
+    return out
+
+
+def simulate_dataset_2d(out: str | os.PathLike, n: int, seed: int, classes: Sequence[ParticleClass],
+                        png: bool = False, carbon_edge_fraction: float = 0.3, **kwargs) -> list[str]:
+    """Simulate ``n`` micrographs into ``out`` (skipping finished ones); returns all item names.
+
+    ``carbon_edge_fraction`` of the micrographs (chosen per item seed) get a carbon edge; other
+    keyword arguments go to :func:`~cryopick.simulate.micrograph.simulate_micrograph`.
+    """
+    from cryopick.simulate.micrograph import simulate_micrograph
+
+    out = Path(out)
+    write_classes(classes, out, kwargs.get("pixel_size", 2.0))
+    names = [f"mic_{i:05d}" for i in range(n)]
+    todo = [(i, nm) for i, nm in enumerate(names) if not is_done(out, nm)]
+    if len(todo) < n:
+        log.info("%d of %d micrographs already exist; simulating the other %d", n - len(todo), n, len(todo))
+    for i, name in tqdm(todo, desc="micrographs", unit="mic", disable=not todo):
+        s = item_seed(seed, i)
+        edge = bool(np.random.default_rng(s).uniform() < carbon_edge_fraction)
+        m = simulate_micrograph(classes, seed=s, name=name, carbon_edge=edge, **kwargs)
+        write_micrograph_item(m, out, png=png)
+    return names
+
+
+def simulate_dataset_3d(out: str | os.PathLike, n: int, seed: int, classes: Sequence[ParticleClass],
+                        png: bool = False, **kwargs) -> list[str]:
+    """Simulate ``n`` tomograms into ``out`` (skipping finished ones); returns all item names."""
+    from cryopick.simulate.tomogram import simulate_tomogram
+
+    out = Path(out)
+    write_classes(classes, out, kwargs.get("voxel_size", 10.0))
+    names = [f"tomo_{i:04d}" for i in range(n)]
+    todo = [(i, nm) for i, nm in enumerate(names) if not is_done(out, nm)]
+    if len(todo) < n:
+        log.info("%d of %d tomograms already exist; simulating the other %d", n - len(todo), n, len(todo))
+    for i, name in tqdm(todo, desc="tomograms", unit="tomo", disable=not todo):
+        t = simulate_tomogram(classes, seed=item_seed(seed, i), name=name, **kwargs)
+        write_tomogram_item(t, out, png=png)
+    return names
