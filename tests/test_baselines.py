@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -119,3 +121,50 @@ def test_template_picker_3d():
     ts = build_templates([vol], [truth], 9, working_diameter=9, angle_step=90, iterations=1)
     coords, _ = template_pick(vol, ts, angle_step=90, threshold=0.4)
     assert match(coords, truth, 9, tolerance=0.5).tp == 3
+
+
+def test_baseline_cli_template_and_dog(tmp_path):
+    from cryopick.cli.main import main
+    from cryopick.io.coords import read_picks, write_picks
+    from cryopick.io.images import write_mrc
+    from cryopick.picks import Picks, concat
+
+    mics = tmp_path / "mics"
+    truths = []
+    for i in range(3):
+        img, coords = _micrograph(16, seed=10 + i)
+        write_mrc(mics / f"mic{i}.mrc", img, pixel_size=2.0)
+        truths.append(Picks.from_arrays(f"mic{i}", coords, diameter=32))
+    write_picks(concat(truths[:1]), tmp_path / "train", "cryoppp")  # annotations on mic0 only
+    out = tmp_path / "tm"
+    args = ["baseline", "template", "--micrographs", str(mics), "--coords", str(tmp_path / "train"), "--diameter",
+            "32", "--working-diameter", "16", "--angle-step", "15", "-o", str(out)]
+    assert main(args) == 0
+    picks = read_picks(out)
+    assert sorted(picks.micrographs) == ["mic0", "mic1", "mic2"]
+    for truth in truths[1:]:
+        r = match(picks.for_micrograph(truth.micrographs[0]).coords, truth.coords, 32, tolerance=0.5)
+        assert r.recall >= 0.9 and r.precision >= 0.9
+    info = json.loads((out / "baseline.json").read_text())
+    assert info["calibration"]["micrographs"] == ["mic0"] and info["calibration"]["f1"] >= 0.95
+    assert (out / "templates.npz").exists()
+    # resumable: a rerun reuses the cached peaks (delete an image: it is not read again)
+    cached = sorted((out / ".cryopick_partial").rglob("*.npz"))
+    assert len(cached) == 3
+    assert main(args) == 0
+    # DoG with a fixed threshold, without annotations
+    assert main(["baseline", "dog", "--micrographs", str(mics), "--diameter", "32", "--working-diameter", "16",
+                 "--threshold", "3", "-o", str(tmp_path / "dog"), "--format", "topaz"]) == 0
+    dog = read_picks(tmp_path / "dog")
+    assert match(dog.for_micrograph("mic2").coords, truths[2].coords, 32, tolerance=0.5).tp >= 15
+
+
+def test_baseline_cli_errors(tmp_path, capsys):
+    from cryopick.cli.main import main
+    from cryopick.io.images import write_mrc
+
+    img, _ = _micrograph(4)
+    write_mrc(tmp_path / "m.mrc", img)
+    assert main(["baseline", "template", "--micrographs", str(tmp_path / "m.mrc"), "--diameter", "32",
+                 "-o", str(tmp_path / "o")]) == 2
+    assert "--coords" in capsys.readouterr().err

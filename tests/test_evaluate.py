@@ -97,7 +97,11 @@ def test_pr_curve_known_steps():
     # AP = 1/3 * 1 + 1/3 * 2/3 + 1/3 * 3/5 = 34/45
     assert c.auprc == pytest.approx(34 / 45)
     best = c.best()
-    assert best["threshold"] == 0.5 and best["f1"] == pytest.approx(0.75)
+    assert best["threshold"] == 0.5 and best["f1"] == pytest.approx(0.75) and best["margin_threshold"] == 0.5
+    # F-0.5 favours precision: 0.714 at 0.9 (vs 0.667 at 0.7, 0.652 at 0.5); margin halfway to 0.8
+    best = c.best(beta=0.5)
+    assert best["threshold"] == 0.9 and best["f1"] == pytest.approx(1.25 / 3 / (0.25 + 1 / 3))
+    assert best["margin_threshold"] == pytest.approx(0.85)
     assert c.at_threshold(0.65)["f1"] == pytest.approx(2 / 3)
     assert c.at_threshold(0.95)["recall"] == 0
     assert average_precision([1.0, 0.5], [0.5, 1.0]) == pytest.approx(0.75)
@@ -172,3 +176,37 @@ def test_report_renders(tmp_path):
     assert len(data["statistics"]) == 3 and data["statistics"][0]["n"] == 2
     assert "| good | 7 |" in (tmp_path / "report.md").read_text()
     assert set(data["figures"].values()) >= {"pr_curves.png", "overlay_a.png"}
+
+
+def test_evaluate_cli(tmp_path, capsys):
+    from cryopick.cli.main import main
+    from cryopick.io.coords import write_picks
+    from cryopick.io.images import write_mrc
+
+    truth = concat([Picks.from_arrays("a", TRUTH + 20, diameter=20), Picks.from_arrays("b", TRUTH + 20, diameter=20)])
+    good = concat([Picks.from_arrays("a", PICKS + 20, score=[0.9, 0.8, 0.1, 0.7]),
+                   Picks.from_arrays("b", TRUTH + 21, score=[0.5, 0.6, 0.7])])
+    write_picks(truth, tmp_path / "truth", "cryoppp")
+    write_picks(good, tmp_path / "methods" / "good", "relion")
+    write_picks(good.for_micrograph("a"), tmp_path / "methods" / "half", "topaz")  # only micrograph a
+    for name in "ab":
+        write_mrc(tmp_path / "mics" / f"{name}.mrc", np.zeros((140, 140), np.float32), pixel_size=1.0)
+    out = tmp_path / "report"
+    assert main(["evaluate", "--methods-dir", str(tmp_path / "methods"), "--truth", str(tmp_path / "truth"),
+                 "--diameter", "20", "--images", str(tmp_path / "mics"), "--pixel", "-o", str(out)]) == 0
+    data = json.loads((out / "report.json").read_text())
+    assert data["methods"]["good"]["pooled"]["radius@1"]["tp"] == 6
+    half = data["methods"]["half"]["pooled"]["radius@1"]
+    assert (half["tp"], half["n_truth"]) == (3, 6)  # micrograph b counts with recall 0
+    assert data["methods"]["good"]["pixel"]["pooled"]["dice"] > 0.5
+    assert (out / "overlay_a.png").exists() and "good" in capsys.readouterr().out
+    # --only-picked, 3D rule on 2D data is refused only by matching rules that need 3D? iou works in 2D too
+    assert main(["evaluate", "--picks", f"half={tmp_path / 'methods' / 'half'}", "--truth", str(tmp_path / "truth"),
+                 "--diameter", "20", "--only-picked", "--rule", "iou3d", "-o", str(tmp_path / "r2")]) == 0
+    data = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert data["settings"]["micrographs"] == ["a"]
+    # offsets (3,4) -> IoU 17*16/(800-272) = 0.515 (no); (0,9), (0,6): 11/29 and 14/26 (no): 0 TP
+    assert data["methods"]["half"]["pooled"]["iou3d"]["tp"] == 0
+    # user errors exit 2 with a one-line message
+    assert main(["evaluate", "--truth", str(tmp_path / "truth"), "-o", str(tmp_path / "r3")]) == 2
+    assert "--picks" in capsys.readouterr().err

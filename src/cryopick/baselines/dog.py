@@ -73,7 +73,7 @@ def dog_pick(
     min_distance: float | None = None,
     threshold: float | None = 0.0,
     max_peaks: int | None = None,
-    exclude_border: float = 0.0,
+    exclude_border: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pick particles with a difference of Gaussians.
 
@@ -97,7 +97,9 @@ def dog_pick(
         Keep at most this many (highest first); default: twice the number of particle-sized squares
         that fit in the image.
     exclude_border
-        Drop picks within this many original pixels of the border.
+        Drop picks within this many original pixels of the border; default the particle radius (a
+        particle must fit inside the micrograph, as boxes must in RELION / EMAN2; CryoPPP-style
+        annotations contain no particle closer to the edge).
 
     Returns
     -------
@@ -109,8 +111,9 @@ def dog_pick(
     work, scale = prepare(image, diameter, working_diameter, polarity)
     response = dog_map(work, diameter * scale / 2.0, sigma_ratio)
     min_distance = 0.5 * diameter if min_distance is None else min_distance
+    border = 0.5 * diameter if exclude_border is None else exclude_border
     if max_peaks is None:
         max_peaks = int(2 * np.prod(np.asarray(image.shape) / diameter)) + 1
     coords, scores = find_peaks(response, max(1.0, min_distance * scale), threshold=threshold, max_peaks=max_peaks,
-                                exclude_border=int(round(exclude_border * scale)))
+                                exclude_border=int(round(border * scale)))
     return coords / scale, scores

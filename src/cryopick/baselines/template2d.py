@@ -236,7 +236,7 @@ def template_pick(
     min_distance: float | None = None,
     threshold: float | None = 0.0,
     max_peaks: int | None = None,
-    exclude_border: float = 0.0,
+    exclude_border: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pick one micrograph with the templates.
 
@@ -253,7 +253,9 @@ def template_pick(
     max_peaks
         Default: twice the number of particle-sized squares in the image.
     exclude_border
-        Drop picks within this many original pixels of the border.
+        Drop picks within this many original pixels of the border; default the particle radius (a
+        particle must fit inside the micrograph, as boxes must in RELION / EMAN2; CryoPPP-style
+        annotations contain no particle closer to the edge).
 
     Returns
     -------
@@ -271,8 +273,9 @@ def template_pick(
         s, _ = match_template(work, t, angles)
         best = s if best is None else np.maximum(best, s)
     min_distance = 0.5 * templates.diameter if min_distance is None else min_distance
+    border = 0.5 * templates.diameter if exclude_border is None else exclude_border
     if max_peaks is None:
         max_peaks = int(2 * np.prod(np.asarray(image.shape) / templates.diameter)) + 1
     coords, scores = find_peaks(best, max(1.0, min_distance * scale), threshold=threshold, max_peaks=max_peaks,
-                                exclude_border=int(round(exclude_border * scale)))
+                                exclude_border=int(round(border * scale)))
     return coords / scale, scores

@@ -50,17 +50,22 @@ class PRCurve:
         return average_precision(self.precision, self.recall)
 
     def best(self, beta: float = 1.0) -> dict:
-        """Best F-β over thresholds: ``threshold, precision, recall, f1 (= F-β), tp, n_pred``.
+        """Best F-β over thresholds: ``threshold, precision, recall, f1 (= F-β), tp, n_pred, margin_threshold``.
 
-        Ties go to the highest threshold (fewest picks).
+        Ties go to the highest threshold (fewest picks). ``threshold`` is the lowest score kept;
+        ``margin_threshold`` is halfway between it and the next lower score, which gives the same
+        picks here and is the safer value to carry to other micrographs (a threshold calibrated on
+        a few micrographs should not sit exactly on their weakest true particle).
         """
         if len(self.thresholds) == 0:
             return dict(threshold=float("nan"), precision=1.0, recall=0.0 if self.n_truth else 1.0,
-                        f1=0.0 if self.n_truth else 1.0, tp=0, n_pred=0)
+                        f1=0.0 if self.n_truth else 1.0, tp=0, n_pred=0, margin_threshold=float("nan"))
         f = np.array([f_beta(p, r, beta) for p, r in zip(self.precision, self.recall)])
         k = int(np.argmax(f))
-        return dict(threshold=float(self.thresholds[k]), precision=float(self.precision[k]),
-                    recall=float(self.recall[k]), f1=float(f[k]), tp=int(self.tp[k]), n_pred=int(self.n_pred[k]))
+        thr = float(self.thresholds[k])
+        margin = 0.5 * (thr + float(self.thresholds[k + 1])) if k + 1 < len(self.thresholds) else thr
+        return dict(threshold=thr, precision=float(self.precision[k]), recall=float(self.recall[k]), f1=float(f[k]),
+                    tp=int(self.tp[k]), n_pred=int(self.n_pred[k]), margin_threshold=margin)
 
     def at_threshold(self, threshold: float) -> dict:
         """Scores when keeping picks with ``score >= threshold``."""
