@@ -1,0 +1,102 @@
+"""Few-shot training of the 2D picker.
+
+>>> from cryopick.train import TrainConfig, train_from_files
+>>> card = train_from_files("mics/", "manual/", diameter=108, output_dir="model/")
+
+Modules: :mod:`.data` (working scale, targets, validation split), :mod:`.augment` (patches),
+:mod:`.losses` (balanced BCE, nnPU for sparse labels), :mod:`.calibrate` (score threshold),
+:mod:`.loop` (the resumable training loop).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+from cryopick.errors import CryopickError
+from cryopick.picks import Picks
+from cryopick.train.data import TrainingMicrograph, WorkingScale, diameter_in_pixels, load_training_micrograph
+from cryopick.train.loop import TrainConfig, train_picker
+
+__all__ = ["TrainConfig", "WorkingScale", "load_training_set", "train_from_files", "train_picker"]
+
+log = logging.getLogger(__name__)
+
+
+def load_training_set(micrographs: str | os.PathLike | Sequence[str | os.PathLike], picks: Picks,
+                      scale: WorkingScale, negatives: str | os.PathLike | Sequence | None = None,
+                      progress: bool = False) -> list[TrainingMicrograph]:
+    """Read annotated micrographs (and optional particle-free ones) at the working scale.
+
+    Coordinates are matched to images by name (see :func:`cryopick.io.coords.match_micrograph_names`);
+    coordinate names matching no image are an error. Images without any coordinates are skipped with a
+    warning (give particle-free images as ``negatives`` to train on them).
+    """
+    from tqdm.auto import tqdm
+
+    from cryopick.io.coords import match_micrograph_names
+    from cryopick.io.images import image_name, list_images
+
+    paths = list_images(micrographs if isinstance(micrographs, (str, os.PathLike)) else list(micrographs))
+    names = [image_name(p) for p in paths]
+    picks = match_micrograph_names(picks, paths)
+    annotated = set(picks.micrographs)
+    missing = [n for n in names if n not in annotated]
+    if missing and len(missing) == len(names):
+        raise CryopickError("none of the micrographs has coordinates; check the coordinate files' names")
+    if missing:
+        warnings.warn(f"{len(missing)} micrograph(s) have no coordinates and are not used: "
+                      f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
+                      "(pass particle-free micrographs with --negatives)", stacklevel=2)
+    mics = []
+    items = [(p, n) for p, n in zip(paths, names) if n in annotated]
+    for p, n in tqdm(items, desc="loading", unit="mic", disable=not progress):
+        mics.append(load_training_micrograph(p, picks.for_micrograph(n).coords, scale, name=n))
+    if negatives:
+        neg_paths = list_images(negatives if isinstance(negatives, (str, os.PathLike)) else list(negatives))
+        for p in tqdm(neg_paths, desc="loading negatives", unit="mic", disable=not progress):
+            mics.append(load_training_micrograph(p, None, scale, negative=True))
+    return mics
+
+
+def train_from_files(micrographs, coords: str | os.PathLike | Picks, diameter: float, output_dir: str | os.PathLike,
+                     diameter_unit: str = "px", pixel_size: float | None = None, coords_format: str | None = None,
+                     negatives=None, config: TrainConfig | None = None, resume: bool = True, **read_opts):
+    """Read images and coordinates, choose the working scale, train, write the model directory.
+
+    Parameters
+    ----------
+    micrographs
+        Directory, glob or list of micrograph files (any supported image format).
+    coords
+        Coordinate file/directory (any supported format) or a :class:`Picks` table, in the
+        micrographs' pixels.
+    diameter
+        Particle diameter, in ``diameter_unit`` (``"px"`` of the micrographs or ``"A"``).
+    pixel_size
+        Å/px of the micrographs (overrides their headers; needed for a diameter in Å when the
+        headers do not state it).
+    **read_opts
+        Conversion options for :func:`cryopick.io.coords.read_picks` (e.g. ``flip_y=True, height=4096``).
+    """
+    from cryopick.io.coords import read_picks
+    from cryopick.io.images import list_images, read_micrograph
+
+    paths = list_images(micrographs if isinstance(micrographs, (str, os.PathLike)) else list(micrographs))
+    if pixel_size is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pixel_size = read_micrograph(paths[0]).pixel_size
+    diameter_px = diameter_in_pixels(diameter, diameter_unit, pixel_size)
+    config = config or TrainConfig()
+    scale = WorkingScale.from_diameter(diameter_px, pixel_size, config.target_diameter)
+    picks = coords if isinstance(coords, Picks) else read_picks(coords, format=coords_format, **read_opts)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*no pixel size.*")
+        mics = load_training_set(paths, picks, scale, negatives=negatives, progress=config.progress)
+    log.info("training on %d micrographs (%d particles), working scale 1/%.2f: particle %.1f px",
+             len(mics), sum(len(m.coords) for m in mics), scale.factor, scale.working_diameter)
+    return train_picker(mics, scale, output_dir, config, resume=resume)

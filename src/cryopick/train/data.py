@@ -1,0 +1,238 @@
+"""Training data for the 2D picker: micrographs at the working scale, their labels and the
+validation split.
+
+The working scale is chosen from the particle diameter: micrographs are Fourier-cropped so that a
+particle is about ``target_diameter`` working pixels wide (default 20), whatever the detector or
+pixel size. The model paints a disk of ``target_radius_fraction x`` the particle radius at every
+particle centre; small disks stay separate even when particles touch, so the post-processing
+sees one blob per particle.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from cryopick.errors import CryopickError
+from cryopick.io.images import read_micrograph
+from cryopick.preprocess import WorkingFrame, downsample, normalize
+
+
+@dataclass(frozen=True)
+class WorkingScale:
+    """How micrographs are resampled for the network.
+
+    Attributes
+    ----------
+    factor
+        Downsampling factor: original pixels per working pixel (``>= 1``).
+    diameter
+        Particle diameter in original pixels.
+    pixel_size
+        Original pixel size in Å, or ``None`` when unknown.
+    """
+
+    factor: float
+    diameter: float
+    pixel_size: float | None = None
+
+    @property
+    def working_diameter(self) -> float:
+        """Particle diameter in working pixels."""
+        return self.diameter / self.factor
+
+    @property
+    def working_pixel_size(self) -> float | None:
+        return None if self.pixel_size is None else self.pixel_size * self.factor
+
+    @classmethod
+    def from_diameter(cls, diameter: float, pixel_size: float | None = None,
+                      target_diameter: float = 20.0) -> "WorkingScale":
+        """Choose the factor so the particle is ``target_diameter`` working pixels wide (never
+        upsampling: small particles keep the original sampling)."""
+        if not diameter or diameter <= 0 or not math.isfinite(diameter):
+            raise CryopickError(f"particle diameter must be a positive number of pixels, got {diameter}")
+        return cls(factor=max(1.0, float(diameter) / float(target_diameter)), diameter=float(diameter),
+                   pixel_size=pixel_size)
+
+
+def diameter_in_pixels(diameter: float, unit: str = "px", pixel_size: float | None = None,
+                       source: str = "--diameter") -> float:
+    """Convert a user diameter to original pixels (``unit`` = ``"px"`` or ``"A"``/``"Å"``)."""
+    unit = unit.lower()
+    if unit in ("px", "pixel", "pixels"):
+        return float(diameter)
+    if unit in ("a", "å", "angstrom", "angstroms"):
+        if not pixel_size:
+            raise CryopickError(
+                f"{source} is in Å but the pixel size is unknown; give --pixel-size (Å/px) or the diameter in pixels"
+            )
+        return float(diameter) / float(pixel_size)
+    raise CryopickError(f"unknown diameter unit {unit!r}; use 'px' or 'A'")
+
+
+def prepare_image(data: np.ndarray, factor: float, clip_sigma: float = 4.0) -> tuple[np.ndarray, WorkingFrame]:
+    """Original micrograph ``(H, W)`` -> normalised working image and its frame.
+
+    Fourier-crop by ``factor`` (anti-aliased; it also averages away most shot noise), then
+    robust-normalise (median / MAD, clipped at ``clip_sigma``).
+    """
+    data = np.asarray(data, dtype=np.float32)
+    if not np.isfinite(data).all():
+        raise CryopickError("micrograph contains NaN or infinite pixel values; re-export it or mask the bad pixels")
+    small, frame = downsample(data, factor)
+    return normalize(small, clip_sigma=clip_sigma), frame
+
+
+@dataclass
+class TrainingMicrograph:
+    """One micrograph at the working scale with its labels.
+
+    Attributes
+    ----------
+    name
+        Micrograph name (file stem).
+    image
+        ``(H, W)`` float32 normalised working image.
+    coords
+        ``(N, 2)`` labelled particle centres ``x, y`` in working pixels (empty for a negative).
+    frame
+        Mapping back to the original pixels.
+    negative
+        True when the micrograph is known to contain no particles (all pixels are negatives).
+    val_box
+        ``(y0, y1, x0, x1)`` of the held-out validation strip in working pixels, or ``None``.
+    """
+
+    name: str
+    image: np.ndarray
+    coords: np.ndarray
+    frame: WorkingFrame
+    negative: bool = False
+    val_box: tuple[int, int, int, int] | None = None
+    source: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.image.shape)  # type: ignore[return-value]
+
+    def in_val(self, coords: np.ndarray, margin: float = 0.0) -> np.ndarray:
+        """Boolean ``(N,)``: which ``x, y`` working coordinates lie in the validation strip
+        (shrunk by ``margin`` pixels on its inner sides)."""
+        coords = np.asarray(coords, float).reshape(-1, 2)
+        if self.val_box is None:
+            return np.zeros(len(coords), bool)
+        y0, y1, x0, x1 = self.val_box
+        return ((coords[:, 0] >= x0 + margin) & (coords[:, 0] < x1 - margin)
+                & (coords[:, 1] >= y0 + margin) & (coords[:, 1] < y1 - margin))
+
+
+def load_training_micrograph(path: str | os.PathLike, coords: np.ndarray | None, scale: WorkingScale,
+                             negative: bool = False, name: str | None = None,
+                             clip_sigma: float = 4.0) -> TrainingMicrograph:
+    """Read a micrograph, bring it to the working scale and map its ``(N, 2)`` original-pixel
+    coordinates into the working frame. Coordinates outside the image are dropped with a note."""
+    image = read_micrograph(path)
+    data = image.load()
+    work, frame = prepare_image(data, scale.factor, clip_sigma=clip_sigma)
+    xy = np.zeros((0, 2)) if coords is None or negative else np.asarray(coords, float).reshape(-1, 2)
+    if not np.isfinite(xy).all():
+        raise CryopickError(f"coordinates for {path} contain NaN or infinite values; fix or remove those rows")
+    h, w = data.shape
+    inside = (xy[:, 0] >= -0.5) & (xy[:, 0] <= w - 0.5) & (xy[:, 1] >= -0.5) & (xy[:, 1] <= h - 0.5)
+    meta = {"n_outside": int((~inside).sum()), "original_shape": [int(h), int(w)]}
+    return TrainingMicrograph(name=name or image.name, image=work, coords=frame.to_working(xy[inside]),
+                              frame=frame, negative=negative, source=str(path), meta=meta)
+
+
+def assign_validation_strips(micrographs: list[TrainingMicrograph], fraction: float = 0.2,
+                             seed: int = 0) -> None:
+    """Hold out a strip of ``fraction`` of each micrograph's width for validation (in place).
+
+    The strip position rotates over the micrographs (left, ..., right) so the held-out data are not
+    all from one edge; with a single micrograph the split still works. ``fraction = 0`` disables it.
+    """
+    if fraction <= 0:
+        for m in micrographs:
+            m.val_box = None
+        return
+    if not 0 < fraction < 1:
+        raise CryopickError(f"validation fraction must be in [0, 1), got {fraction}")
+    slots = max(1, int(round(1 / fraction)))
+    rng = np.random.default_rng(seed)
+    offset = int(rng.integers(slots))
+    for i, m in enumerate(micrographs):
+        h, w = m.shape
+        width = max(1, int(round(w * fraction)))
+        slot = (i + offset) % slots
+        x0 = min(int(round(slot * w / slots)), w - width)
+        m.val_box = (0, h, x0, x0 + width)
+
+
+def disk_target(shape: tuple[int, int], coords: np.ndarray, radius: float) -> np.ndarray:
+    """``(H, W)`` uint8 mask: 1 within ``radius`` working pixels of any ``x, y`` centre."""
+    h, w = shape
+    mask = np.zeros((h, w), np.uint8)
+    coords = np.asarray(coords, float).reshape(-1, 2)
+    if len(coords) == 0:
+        return mask
+    r = int(math.ceil(radius))
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+    for x, y in coords:
+        cx, cy = int(round(x)), int(round(y))
+        ys, xs = cy + dy, cx + dx
+        inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w) & ((xs - x) ** 2 + (ys - y) ** 2 <= radius**2)
+        mask[ys[inside], xs[inside]] = 1
+    return mask
+
+
+def positive_prior(micrographs: list[TrainingMicrograph], radius: float, labelled_fraction: float,
+                   max_prior: float = 0.7) -> float:
+    """Expected fraction of *unlabelled* training pixels that belong to a particle disk.
+
+    With a fraction ``f`` of the particles labelled, the total number of particles is about
+    ``n_labelled / f``; each paints ``pi radius^2`` pixels. Used by the positive-unlabelled loss.
+    """
+    if labelled_fraction >= 1:
+        return 0.0
+    area = sum(m.image.size for m in micrographs if not m.negative)
+    if area == 0:
+        return 0.0
+    n_lab = sum(len(m.coords) for m in micrographs if not m.negative)
+    disk = math.pi * radius**2
+    labelled_area = n_lab * disk
+    total_pos = min(labelled_area / max(labelled_fraction, 1e-6), max_prior * area)
+    return float(np.clip((total_pos - labelled_area) / max(area - labelled_area, 1.0), 0.0, max_prior))
+
+
+def summarise(micrographs: list[TrainingMicrograph]) -> dict:
+    """Training data summary for the model card."""
+    return {
+        "n_micrographs": len(micrographs),
+        "n_negative_micrographs": sum(m.negative for m in micrographs),
+        "n_particles": int(sum(len(m.coords) for m in micrographs)),
+        "micrographs": [
+            {"name": m.name, "n_particles": int(len(m.coords)), "negative": m.negative,
+             "original_shape": m.meta.get("original_shape"), "working_shape": list(m.shape),
+             "val_box": list(m.val_box) if m.val_box else None}
+            for m in micrographs
+        ],
+    }
+
+
+def nearest_neighbour_distance(coords: np.ndarray) -> np.ndarray:
+    coords = np.asarray(coords, float).reshape(-1, 2)
+    if len(coords) < 2:
+        return np.full(len(coords), np.inf)
+    d, _ = cKDTree(coords).query(coords, k=2)
+    return d[:, 1]
+
+
+def as_path_list(paths) -> list[Path]:
+    return [Path(p) for p in paths]

@@ -1,0 +1,379 @@
+"""Training loop of the 2D picker: backbone-agnostic, time-bounded, resumable.
+
+One epoch is ``steps_per_epoch`` optimiser steps on random augmented patches, followed by a
+validation pass over the held-out strips (one per micrograph, see
+:func:`cryopick.train.data.assign_validation_strips`): the network is run on each strip (with
+context), post-processed with Algorithm S1, and matched to the labels -> best-threshold F1. The
+weights with the best validation F1 are kept (``model.pt``), training stops early after
+``patience`` epochs without improvement or when the time budget is spent, and a resumable
+checkpoint (``checkpoint.pt``: weights, optimiser, scheduler, RNG states, history) is written
+atomically after every epoch. At the end the score threshold is calibrated on the validation strips
+and the model card is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryopick.errors import CryopickError
+from cryopick.io.atomic import atomic_path
+from cryopick.model_card import CARD_NAME, WEIGHTS_NAME, ModelCard, save_card, save_weights
+from cryopick.models.registry import build_model
+from cryopick.postprocess.peaks2d import find_peaks_s1
+from cryopick.train.augment import AugmentConfig, sample_patch
+from cryopick.train.calibrate import ValidationPicks, calibrate_threshold, f1_curve
+from cryopick.train.data import (
+    TrainingMicrograph,
+    WorkingScale,
+    assign_validation_strips,
+    disk_target,
+    positive_prior,
+    summarise,
+)
+from cryopick.train.losses import nnpu_loss
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Training settings (all recorded in the model card).
+
+    Attributes
+    ----------
+    backbone, backbone_kwargs, checkpoint
+        Model name in the registry, its keyword arguments, and base weights for it (e.g. SAM2).
+    target_diameter
+        Particle diameter in working pixels; sets the downsampling factor.
+    target_radius_fraction
+        Radius of the painted target disk as a fraction of the particle radius.
+    patch_size, batch_size
+        Training patch side (working pixels) and patches per step; ``None`` = from the backbone
+        (its ``preferred_size`` and batch 2) or 192 px and 8.
+    lr, weight_decay, warmup_steps
+        AdamW settings; the learning rate follows a cosine from ``lr`` to ``lr / 100``.
+    epochs, steps_per_epoch, patience, max_minutes
+        Schedule length, early stopping patience (epochs without a better validation F1), and a
+        wall-time budget for the whole run (loading and calibration included).
+    val_fraction
+        Width fraction of each micrograph held out for validation and calibration.
+    labelled_fraction
+        Fraction of the particles that are annotated (1 = all). Below 1 the positive-unlabelled
+        loss is used and precision on validation data is estimated (see :mod:`.calibrate`).
+    bf16
+        bfloat16 autocast; ``None`` = use it when a timing probe shows it is faster.
+    mask_threshold, score_method, min_distance
+        Post-processing settings stored in the card (``min_distance`` in original pixels,
+        ``None`` = one particle radius).
+    seed, num_threads, progress
+        Reproducibility, torch CPU threads (``None`` = torch default), tqdm bar.
+    """
+
+    backbone: str = "unet"
+    backbone_kwargs: dict = field(default_factory=dict)
+    checkpoint: str | None = None
+    target_diameter: float = 20.0
+    target_radius_fraction: float = 0.5
+    patch_size: int | None = None
+    batch_size: int | None = None
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    epochs: int = 40
+    steps_per_epoch: int = 40
+    patience: int = 12
+    max_minutes: float = 9.0
+    val_fraction: float = 0.2
+    labelled_fraction: float = 1.0
+    bf16: bool | None = None
+    mask_threshold: float = 0.5
+    score_method: str = "mean_top"
+    min_distance: float | None = None
+    seed: int = 0
+    num_threads: int | None = None
+    progress: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def resume_key(self) -> dict:
+        """Settings that must match to resume a checkpoint."""
+        d = asdict(self)
+        for k in ("progress", "num_threads", "max_minutes"):
+            d.pop(k)
+        return d
+
+
+def _set_seeds(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _prepare_targets(mics: list[TrainingMicrograph], radius: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per micrograph: (target disks, loss weight with the validation strip zeroed)."""
+    out = []
+    for m in mics:
+        target = disk_target(m.shape, m.coords, radius)
+        weight = np.ones(m.shape, np.uint8)
+        if m.val_box is not None:
+            y0, y1, x0, x1 = m.val_box
+            weight[y0:y1, x0:x1] = 0
+        out.append((target, weight))
+    return out
+
+
+def _batch(mics, targets, size, batch_size, rng, augment):
+    areas = np.array([max(m.image.size, 1) for m in mics], float)
+    choice = rng.choice(len(mics), size=batch_size, p=areas / areas.sum())
+    imgs, tgts, wgts, negs = [], [], [], []
+    for k in choice:
+        img, tgt, wgt = sample_patch(mics[k].image, targets[k][0], targets[k][1], size, rng, augment)
+        imgs.append(img)
+        tgts.append(tgt)
+        wgts.append(wgt)
+        negs.append(np.full(img.shape, float(mics[k].negative), np.float32))
+    as_t = lambda xs: torch.from_numpy(np.stack(xs))[:, None]  # noqa: E731
+    return as_t(imgs), as_t(tgts), as_t(wgts), as_t(negs)
+
+
+def _loss(logits, target, weight, negative, prior):
+    """nnPU/balanced BCE on micrographs with particles; plain BCE on known-negative micrographs."""
+    import torch.nn.functional as F
+
+    pos_w = weight * (1 - negative)
+    loss = nnpu_loss(logits, target, pos_w, prior) if pos_w.sum() > 0 else logits.sum() * 0
+    neg_w = weight * negative
+    if neg_w.sum() > 0:
+        bce = F.binary_cross_entropy_with_logits(logits.float(), torch.zeros_like(logits, dtype=torch.float32),
+                                                 reduction="none")
+        frac = float(neg_w.sum() / weight.sum().clamp_min(1))
+        loss = (1 - frac) * loss + frac * 0.5 * (bce * neg_w).sum() / neg_w.sum()
+    return loss
+
+
+def validation_picks(model, mics: list[TrainingMicrograph], radius: float, context: int,
+                     bf16: bool, mask_threshold: float, score_method: str, min_distance: float,
+                     margin: float = 0.0) -> list[ValidationPicks]:
+    """Run the model on each validation strip (plus ``context`` pixels around it) and pick."""
+    from cryopick.pick2d import predict_probability
+
+    regions = []
+    was_training = model.training
+    model.eval()
+    for m in mics:
+        if m.val_box is None:
+            continue
+        y0, y1, x0, x1 = m.val_box
+        h, w = m.shape
+        cy0, cy1, cx0, cx1 = max(0, y0 - context), min(h, y1 + context), max(0, x0 - context), min(w, x1 + context)
+        prob = predict_probability(model, m.image[cy0:cy1, cx0:cx1], bf16=bf16)
+        peaks = find_peaks_s1(prob, radius, threshold=mask_threshold, score=score_method, min_distance=min_distance)
+        coords = peaks.coords + [cx0, cy0]
+        keep = m.in_val(coords, margin)
+        truth = m.coords[m.in_val(m.coords, margin)] if not m.negative else np.zeros((0, 2))
+        regions.append(ValidationPicks(coords[keep], peaks.scores[keep], truth))
+    model.train(was_training)
+    return regions
+
+
+def _cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_picker(mics: list[TrainingMicrograph], scale: WorkingScale, output_dir: str | os.PathLike,
+                 config: TrainConfig | None = None, resume: bool = True) -> ModelCard:
+    """Train a 2D picker on prepared micrographs and write ``model.pt`` + ``card.json``.
+
+    Parameters
+    ----------
+    mics
+        Micrographs at the working scale of ``scale`` with their labels (see
+        :func:`cryopick.train.data.load_training_micrograph`). Validation strips are assigned here.
+    scale
+        Working scale (factor, diameter in original pixels, pixel size).
+    output_dir
+        Model directory. An unfinished run there (``checkpoint.pt``) is resumed when ``resume``.
+    config
+        Training settings.
+
+    Returns
+    -------
+    ModelCard
+        The card written to ``output_dir/card.json``.
+    """
+    config = config or TrainConfig()
+    t_start = time.perf_counter()
+    cpu_start = time.process_time()
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not mics:
+        raise CryopickError("no training micrographs given")
+    if sum(len(m.coords) for m in mics) == 0:
+        raise CryopickError("the training micrographs have no labelled particles; annotate at least one micrograph")
+    if not 0 < config.labelled_fraction <= 1:
+        raise CryopickError(f"labelled fraction must be in (0, 1], got {config.labelled_fraction}")
+    if config.num_threads:
+        torch.set_num_threads(int(config.num_threads))
+    _set_seeds(config.seed)
+    assign_validation_strips(mics, config.val_fraction, seed=config.seed)
+
+    model = build_model(config.backbone, checkpoint=config.checkpoint, **config.backbone_kwargs)
+    preferred = getattr(model, "preferred_size", None)
+    patch = int(config.patch_size or preferred or 192)
+    multiple = int(getattr(model, "input_multiple", 1) or 1)
+    patch = int(math.ceil(patch / multiple) * multiple)
+    batch_size = int(config.batch_size or (2 if preferred and preferred >= 512 else 8))
+    params = list(model.trainable_parameters()) if hasattr(model, "trainable_parameters") else list(model.parameters())
+    optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    total_steps = config.epochs * config.steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: _cosine(s, total_steps, config.warmup_steps))
+    bf16 = config.bf16
+    if bf16 is None:
+        from cryopick.pick2d import bf16_is_faster
+
+        bf16 = bf16_is_faster(model)
+
+    radius = 0.5 * scale.working_diameter * config.target_radius_fraction
+    targets = _prepare_targets(mics, radius)
+    prior = positive_prior(mics, radius, config.labelled_fraction)
+    rng = np.random.default_rng(config.seed)
+    history: list[dict] = []
+    start_epoch, best_f1, best_epoch = 0, -1.0, -1
+    elapsed_before = 0.0
+
+    ckpt_path = out / CHECKPOINT_NAME
+    if (out / CARD_NAME).exists() and (out / WEIGHTS_NAME).exists() and not ckpt_path.exists():
+        raise CryopickError(f"{out}: already holds a trained model; choose another output directory or --overwrite")
+    if ckpt_path.exists() and resume:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if state.get("config") != config.resume_key():
+            raise CryopickError(
+                f"{ckpt_path}: an unfinished run with different settings is there; use the same settings to "
+                "resume, or --overwrite to start again"
+            )
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, best_f1, best_epoch = state["epoch"] + 1, state["best_f1"], state["best_epoch"]
+        history = state["history"]
+        elapsed_before = state.get("elapsed", 0.0)
+        log.info("resuming %s from epoch %d (best validation F1 %.3f)", out, start_epoch, best_f1)
+
+    context = int(round(2 * scale.working_diameter))
+    min_distance_w = 0.5 * scale.working_diameter if config.min_distance is None else config.min_distance / scale.factor
+    has_val = any(m.val_box is not None for m in mics)
+
+    from tqdm.auto import tqdm
+
+    budget = config.max_minutes * 60
+    epoch_seconds = 0.0
+    bar = tqdm(range(start_epoch, config.epochs), desc="training", unit="epoch", disable=not config.progress,
+               initial=start_epoch, total=config.epochs)
+    model.train()
+    stopped = "epochs"
+    for epoch in bar:
+        t_epoch = time.perf_counter()
+        losses = []
+        for _ in range(config.steps_per_epoch):
+            x, y, w, neg = _batch(mics, targets, patch, batch_size, rng, config.augment)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(x)
+            loss = _loss(logits, y, w, neg, prior)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+        val = {"f1": None}
+        if has_val:
+            regions = validation_picks(model, mics, radius, context, bf16, config.mask_threshold,
+                                       config.score_method, min_distance_w)
+            grid = np.round(np.arange(0.3, 0.951, 0.05), 3)
+            p, r, f1 = f1_curve(regions, 0.5 * scale.working_diameter, grid, config.labelled_fraction)
+            k = int(np.argmax(f1))
+            val = {"f1": float(f1[k]), "precision": float(p[k]), "recall": float(r[k]), "threshold": float(grid[k])}
+        score = val["f1"] if val["f1"] is not None else -float(np.mean(losses))
+        improved = score > best_f1
+        if improved:
+            best_f1, best_epoch = score, epoch
+            save_weights(out, model)
+        epoch_seconds = time.perf_counter() - t_epoch
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), **val,
+                        "lr": float(scheduler.get_last_lr()[0]), "seconds": round(epoch_seconds, 2)})
+        elapsed = elapsed_before + time.perf_counter() - t_start
+        _save_checkpoint(ckpt_path, model, optimiser, scheduler, rng, epoch, best_f1, best_epoch, history,
+                         config, elapsed)
+        bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_f1="-" if val["f1"] is None else f"{val['f1']:.3f}",
+                        best=f"{best_f1:.3f}")
+        if epoch - best_epoch >= config.patience:
+            stopped = "early stopping"
+            break
+        if time.perf_counter() - t_start + 1.5 * epoch_seconds > budget - 20:
+            stopped = "time budget"
+            break
+    bar.close()
+
+    # Calibrate the score threshold with the best weights on the validation strips.
+    model.load_state_dict(torch.load(out / WEIGHTS_NAME, map_location="cpu", weights_only=True))
+    calibration: dict = {"note": "no validation strip; default threshold"}
+    threshold = 0.5
+    if has_val:
+        regions = validation_picks(model, mics, radius, context, bf16, config.mask_threshold,
+                                   config.score_method, min_distance_w)
+        calibration = calibrate_threshold(regions, 0.5 * scale.working_diameter, config.labelled_fraction)
+        threshold = calibration["threshold"]
+    wall = elapsed_before + time.perf_counter() - t_start
+    card = ModelCard(
+        backbone=config.backbone,
+        backbone_kwargs=dict(getattr(model, "config", None) or config.backbone_kwargs),
+        backbone_checkpoint=config.checkpoint,
+        factor=scale.factor,
+        diameter=scale.diameter,
+        pixel_size=scale.pixel_size,
+        target_radius_fraction=config.target_radius_fraction,
+        normalisation={"method": "fourier_crop+median_mad", "clip_sigma": 4.0},
+        score_threshold=threshold,
+        mask_threshold=config.mask_threshold,
+        min_distance=config.min_distance,
+        score_method=config.score_method,
+        calibration=calibration,
+        training={
+            "config": {**asdict(config), "patch_size": patch, "batch_size": batch_size, "bf16": bool(bf16)},
+            "epochs_run": len(history), "best_epoch": best_epoch, "best_val_f1": best_f1, "stopped": stopped,
+            "wall_seconds": round(wall, 1), "cpu_seconds_this_session": round(time.process_time() - cpu_start, 1),
+            "torch_threads": torch.get_num_threads(), "positive_prior": prior,
+            "sparse_handling": ("nnPU (non-negative positive-unlabelled) loss with the class prior derived from "
+                                "labelled_fraction" if config.labelled_fraction < 1 else "balanced BCE"),
+            "history": history,
+        },
+        data=summarise(mics),
+    )
+    if config.checkpoint:
+        save_weights(out, model, trainable_only=True)
+    save_card(out, card)
+    ckpt_path.unlink(missing_ok=True)
+    return card
+
+
+def _save_checkpoint(path, model, optimiser, scheduler, rng, epoch, best_f1, best_epoch, history, config, elapsed):
+    state = {
+        "model": model.state_dict(), "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
+        "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "epoch": epoch,
+        "best_f1": best_f1, "best_epoch": best_epoch, "history": history, "config": config.resume_key(),
+        "elapsed": elapsed,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
