@@ -45,7 +45,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     g2.add_argument("--ice-crystals", type=int, default=1, help="ice crystals per micrograph (default 1)")
     g2.add_argument("--aggregates", type=int, default=2, help="aggregates per micrograph (default 2)")
     g3 = parser.add_argument_group("3d only")
-    g3.add_argument("--snr", type=float, nargs=2, metavar=("MIN", "MAX"), default=(0.3, 1.0))
+    g3.add_argument("--snr", type=float, nargs=2, metavar=("MIN", "MAX"), default=(0.5, 2.0),
+                    help="SNR range (signal power over particles / noise power), default 0.5 2")
     g3.add_argument("--tilt-range", type=float, nargs=2, metavar=("MIN", "MAX"), default=(-60.0, 60.0),
                     help="tilt range in degrees (missing wedge), default -60 60")
     g3.add_argument("--membranes", type=int, default=2, help="vesicles per tomogram (default 2)")

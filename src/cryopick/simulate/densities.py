@@ -476,7 +476,7 @@ def procedural_class(name: str, kind: str, diameter_A: float, voxel_size: float,
     cell = (2 * bound * scale / n) ** 3
     # Internal mass variation on ~20 Å scales (domains, clefts, solvent channels): real proteins
     # are not uniformly filled, and this texture is what makes projections look protein-like.
-    texture = np.clip(1.0 + texture_amplitude * _random_field(pts, 20.0, rng), 0.15, None)
+    texture = np.clip(1.0 + texture_amplitude * _random_field(pts, 20.0, rng, shape.ops), 0.15, None)
     cls = ParticleClass.from_points(name, pts, np.full(len(pts), cell) * texture, voxel_size,
                                     kind=kind, symmetry=shape.symmetry, blur=blur)
     # Re-scale so the measured diameter is exactly the requested one.
@@ -487,14 +487,23 @@ def procedural_class(name: str, kind: str, diameter_A: float, voxel_size: float,
     return cls
 
 
-def _random_field(points: np.ndarray, length_A: float, rng: np.random.Generator) -> np.ndarray:
-    """Unit-variance smooth Gaussian random field (correlation length ``length_A``) at ``points`` (Å)."""
+def _random_field(points: np.ndarray, length_A: float, rng: np.random.Generator,
+                  ops: np.ndarray | None = None) -> np.ndarray:
+    """Smooth Gaussian random field (correlation length ``length_A``, unit variance) at ``points`` (Å).
+
+    With symmetry operators ``ops`` the field is averaged over the group (then re-normalised), so it
+    has the particle's symmetry.
+    """
     step = length_A / 3.0
-    lo = points.min(0) - 3 * length_A
-    n = np.ceil((points.max(0) + 3 * length_A - lo) / step).astype(int) + 1
-    grid = ndimage.gaussian_filter(rng.standard_normal(tuple(n)), 3.0 / 2.0, mode="wrap")
-    grid /= max(float(grid.std()), 1e-12)
-    return ndimage.map_coordinates(grid, ((points - lo) / step).T, order=1, mode="nearest")
+    reach = float(np.sqrt((points**2).sum(1).max())) + 3 * length_A
+    n = int(np.ceil(2 * reach / step)) + 1
+    grid = ndimage.gaussian_filter(rng.standard_normal((n, n, n)), 1.5, mode="wrap")
+    ops = np.eye(3)[None] if ops is None else ops
+    values = np.zeros(len(points))
+    for op in ops:
+        values += ndimage.map_coordinates(grid, ((points @ op + reach) / step).T, order=1, mode="nearest")
+    values -= values.mean()
+    return values / max(float(values.std()), 1e-12)
 
 
 def _sample(shape: _Shape, bound: float, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -301,8 +301,11 @@ def _correlated_noise(shape, pixel_size, length_A, rng) -> np.ndarray:
     ky, kx = ctf_mod.frequency_grid(shape, 1.0)
     gauss = np.exp(-2.0 * (np.pi * sigma) ** 2 * (kx * kx + ky * ky))
     field_ = scipy.fft.irfftn(scipy.fft.rfftn(white, workers=1) * gauss, s=shape, workers=1)
-    field_ -= field_.mean()
-    return (field_ / max(float(field_.std()), 1e-12)).astype(np.float32)
+    # Normalise by the field's theoretical std (Parseval over the full grid), not the sample std:
+    # a correlation length longer than the image must give a gentle ramp, not amplified round-off.
+    fy, fx = ctf_mod.frequency_grid(shape, 1.0, rfft=False)
+    expected_std = math.sqrt(float(np.mean(np.exp(-4.0 * (np.pi * sigma) ** 2 * (fx * fx + fy * fy)))))
+    return (field_ / max(expected_std, 1e-12)).astype(np.float32)
 
 
 def _carbon_region(shape, pixel_size, rng) -> np.ndarray:

@@ -6,13 +6,15 @@ Image model (a reconstructed, binned tomogram)
    beam direction at zero tilt): particles of several classes at uniformly random orientations,
    non-overlapping, from sparse to touching (``crowding``), plus distractors that are **not**
    picks: lipid vesicles (bilayer shells) and gold fiducials (very dense small spheres).
-   Protein density is 1.0 (relative to ice), gold 8.0.
+   Protein density is 1.0 (relative to ice), gold 3.0.
+   Gold is an amplitude object: it is dark at every frequency (no CTF oscillation).
 2. The potential is filtered in Fourier space by the 3D CTF ``CTF(|k|)`` (phase flipped by default,
    as in most cryo-ET pipelines) and by the missing wedge of a single-axis tilt series about the
    y axis: a 3D frequency with components ``(kx, kz)`` is measured iff the plane of some tilt
    ``theta`` in ``tilt_range`` contains it (``kz / kx = -tan(theta)``).
 3. Gaussian noise, also missing the wedge (it is reconstructed from the noisy tilt images), is
    added at the requested SNR, then the volume is normalised to zero mean and unit variance.
+   Signal and noise both pass the sinc of binning by voxel averaging.
 
 Contrast: like real reconstructions, **protein is dark** (negative values) on brighter ice; gold is
 darkest. Multiply by -1 for tools (e.g. TomoTwin) that want bright particles.
@@ -41,7 +43,7 @@ __all__ = ["ParticleClass", "Tomogram", "random_particle_classes", "simulate_tom
 
 log = logging.getLogger(__name__)
 
-GOLD_DENSITY = 8.0
+GOLD_DENSITY = 3.0
 
 
 @dataclass
@@ -102,7 +104,7 @@ def simulate_tomogram(
     seed: int = 0,
     n_particles: int = 100,
     tilt_range: tuple[float, float] = (-60.0, 60.0),
-    snr: float | tuple[float, float] = 0.5,
+    snr: float | tuple[float, float] = 1.0,
     defocus_um: float | tuple[float, float] = 4.0,
     membranes: int = 2,
     gold_beads: int = 5,
@@ -224,8 +226,9 @@ def simulate_tomogram(
         occupied = (piece > mask_threshold * local.max()) & (instance[dst] == 0)
         instance[dst][occupied] = k + 1
         class_mask[dst][occupied] = c + 1
+    gold = np.zeros(shape, np.float32) if any(d["kind"] == "gold" for d in distractors) else None
     for d in distractors:
-        _render_distractor(potential, d, voxel_size)
+        _render_distractor(gold if d["kind"] == "gold" else potential, d, voxel_size)
 
     # -- image formation --------------------------------------------------------------------------
     spectrum = scipy.fft.rfftn(potential, workers=1)
@@ -236,15 +239,31 @@ def simulate_tomogram(
         transfer = transfer * (ctf_mod.phase_flip(ctf) if ctf_correction == "phaseflip" else ctf)
     else:
         transfer = -transfer  # no CTF: still dark protein
-    signal = scipy.fft.irfftn(spectrum * transfer, s=shape, workers=1).astype(np.float32)
+    # Tomograms are binned by averaging voxels: both signal and noise pass the box filter's sinc.
+    fz, fy, fx = ctf_mod.frequency_grid(shape, 1.0)
+    binning = (np.sinc(fz) * np.sinc(fy) * np.sinc(fx)).astype(np.float32)
+    wedge = wedge * binning
+    transfer = transfer * binning
+    spectrum *= transfer
+    if gold is not None:
+        # Gold scatters electrons out of the aperture: amplitude contrast, dark at all frequencies
+        # (no CTF oscillation), but still missing the wedge.
+        kz, ky, kx = ctf_mod.frequency_grid(shape, voxel_size)
+        envelope = np.exp(-bfactor * (kx * kx + ky * ky + kz * kz) / 4.0)
+        spectrum -= scipy.fft.rfftn(gold, workers=1) * (wedge * envelope)  # wedge includes the binning sinc
+        del gold
+    signal = scipy.fft.irfftn(spectrum, s=shape, workers=1).astype(np.float32)
     del spectrum
     reference = float(np.median(signal))
     inside = instance > 0
     power = float(np.mean((signal[inside] - reference) ** 2)) if inside.any() else float(np.var(signal))
     if np.isfinite(snr_value) and snr_value > 0:
-        white = rng_noise.standard_normal(shape, dtype=np.float32)
-        noise = scipy.fft.irfftn(scipy.fft.rfftn(white, workers=1) * wedge, s=shape, workers=1).astype(np.float32)
-        del white
+        # White Gaussian noise drawn directly in Fourier space (saves a transform), minus the wedge.
+        half = (shape[0], shape[1], shape[2] // 2 + 1)
+        spec = rng_noise.standard_normal(half, dtype=np.float32) + 1j * rng_noise.standard_normal(half, dtype=np.float32)
+        spec *= wedge
+        noise = scipy.fft.irfftn(spec, s=shape, workers=1).astype(np.float32)
+        del spec
         noise *= np.float32(math.sqrt(power / snr_value) / max(float(noise.std()), 1e-12))
         volume = signal + noise
         del noise

@@ -1,0 +1,325 @@
+"""Tests of the simulator: particle classes, rotations, CTF, tomograms, micrographs, the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+
+from cryopick.simulate import ctf as C
+from cryopick.simulate import rotations as R
+from cryopick.simulate.densities import ParticleClass, SHAPE_KINDS, read_atoms, splat
+from cryopick.simulate.micrograph import simulate_micrograph
+from cryopick.simulate.tomogram import missing_wedge_mask, random_particle_classes, simulate_tomogram
+
+DATA = Path(__file__).parent / "data" / "simulate"
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def classes3d():
+    return random_particle_classes(n=5, seed=0, voxel_size=10.0, diameter_range_A=(80, 240))
+
+
+@pytest.fixture(scope="module")
+def tomo(classes3d):
+    return simulate_tomogram(classes3d, shape=(48, 96, 96), voxel_size=10.0, seed=1, n_particles=25,
+                             membranes=1, gold_beads=3, snr=2.0, keep_clean=True)
+
+
+@pytest.fixture(scope="module")
+def classes2d():
+    return random_particle_classes(n=2, seed=3, voxel_size=4.0, diameter_range_A=(120, 200))
+
+
+@pytest.fixture(scope="module")
+def mic(classes2d):
+    return simulate_micrograph(classes2d, shape=(384, 384), pixel_size=4.0, seed=2, n_particles=25, dose=60.0,
+                               carbon_edge=True, ice_crystals=2, aggregates=2, keep_clean=True)
+
+
+# -- rotations ------------------------------------------------------------------------------------
+def test_random_rotations_are_proper_and_uniform():
+    rot = R.random_rotations(4000, np.random.default_rng(0))
+    eye = np.einsum("nij,nkj->nik", rot, rot)
+    assert np.allclose(eye, np.eye(3), atol=1e-10)
+    assert np.allclose(np.linalg.det(rot), 1.0)
+    # Haar measure: the mean rotation matrix is 0 and the z axis is uniform on the sphere.
+    assert np.abs(rot.mean(0)).max() < 0.05
+    cos_tilt = rot[:, 2, 2]
+    assert abs(np.mean(cos_tilt < 0.5) - 0.75) < 0.03  # P(cos < 0.5) = 3/4 for uniform directions
+
+
+def test_euler_round_trip():
+    rot = R.random_rotations(50, np.random.default_rng(1))
+    back = R.euler_zyz_to_matrix(R.matrix_to_euler_zyz(rot))
+    assert np.allclose(back, rot, atol=1e-8)
+
+
+def test_point_groups_have_the_right_order_and_closure():
+    for ops, n in ((R.cyclic_group(5), 5), (R.dihedral_group(3), 6), (R.tetrahedral_group(), 12),
+                   (R.octahedral_group(), 24)):
+        assert len(ops) == n
+        flat = ops.reshape(n, 9)
+        for a in ops[:4]:
+            for b in ops[:4]:
+                prod = (a @ b).reshape(9)
+                assert np.min(np.abs(flat - prod).max(1)) < 1e-9
+
+
+# -- particle classes -----------------------------------------------------------------------------
+def test_random_classes_are_different_and_span_sizes():
+    a = random_particle_classes(n=10, seed=0, voxel_size=10.0, diameter_range_A=(100, 350))
+    b = random_particle_classes(n=10, seed=1, voxel_size=10.0, diameter_range_A=(100, 350))
+    assert len({c.kind for c in a}) == 10 == len(SHAPE_KINDS)
+    diam = np.array([c.diameter for c in a])
+    assert diam.min() >= 100 and diam.max() <= 350 and diam.max() / diam.min() > 2.5
+    assert [c.name for c in a] != [c.name for c in b]
+    # Same seed, same classes.
+    again = random_particle_classes(n=10, seed=0, voxel_size=10.0, diameter_range_A=(100, 350))
+    assert all(np.array_equal(x.points, y.points) for x, y in zip(a, again))
+    for c in a:
+        d = c.density
+        assert d.ndim == 3 and d.shape[0] == d.shape[1] == d.shape[2]
+        # Mass is conserved by rendering (weights are Å³ of protein, density 1 = protein).
+        assert d.sum() * 10.0**3 == pytest.approx(float(c.weights.sum()), rel=0.02)
+
+
+def test_symmetric_class_is_symmetric():
+    c = random_particle_classes(n=10, seed=0, voxel_size=10.0)
+    ring = next(x for x in c if x.kind in ("ring", "cyclic", "dihedral"))
+    n = int(ring.symmetry[1:])
+    # The projection along the symmetry axis (z) is invariant under a 360/n degree rotation.
+    p0 = ring.project(5.0, box=96)
+    p1 = ring.project(5.0, rotation=R.rotation_z(2 * np.pi / n), box=96)
+    p_other = ring.project(5.0, rotation=R.rotation_z(np.pi / n / 2), box=96)
+    assert np.abs(p0 - p1).mean() < 0.5 * np.abs(p0 - p_other).mean()
+
+
+def test_splat_conserves_mass_and_places_points():
+    pts = np.array([[3.25, 4.5, 2.0], [10.0, 0.0, 5.75]])
+    grid = splat(pts, np.array([1.0, 2.0]), (8, 8, 16))
+    assert grid.sum() == pytest.approx(3.0)
+    z, y, x = np.indices(grid.shape)
+    first = grid * (x < 8)
+    assert (first * x).sum() / first.sum() == pytest.approx(3.25)
+    assert (first * y).sum() / first.sum() == pytest.approx(4.5)
+
+
+def test_read_pdb_and_mmcif_agree_and_skip_water():
+    xyz_pdb, el_pdb = read_atoms(DATA / "helix50.pdb")
+    xyz_cif, el_cif = read_atoms(DATA / "helix50.cif")
+    assert len(xyz_pdb) == len(xyz_cif) == 50
+    assert el_pdb == el_cif and el_pdb[:5] == ["N", "C", "C", "O", "C"]
+    assert np.allclose(xyz_pdb, xyz_cif, atol=1e-3)
+    cls = ParticleClass.from_atoms("helix", DATA / "helix50.pdb", voxel_size=1.0)
+    assert 14.0 < cls.diameter < 20.0  # a 10-residue helix is ~15 Å long
+    assert cls.density.sum() == pytest.approx(float(cls.weights.sum()), rel=0.02)
+
+
+def test_read_atoms_rejects_non_models(tmp_path):
+    bad = tmp_path / "x.pdb"
+    bad.write_text("HELLO\n")
+    from cryopick.errors import CryopickError
+
+    with pytest.raises(CryopickError, match="x.pdb"):
+        read_atoms(bad)
+
+
+# -- CTF ------------------------------------------------------------------------------------------
+def test_ctf_zeros_at_predicted_frequencies_and_dark_protein():
+    df = 20000.0
+    zeros = C.ctf_zeros(df, n=4)
+    assert np.abs(C.ctf_1d(zeros, df, cs_mm=0.0)).max() < 1e-9
+    # Between zeros the CTF is far from 0, and at low frequency it is negative (dark protein).
+    mids = 0.5 * (zeros[1:] + zeros[:-1])
+    assert np.abs(C.ctf_1d(mids, df, cs_mm=0.0)).min() > 0.5
+    assert C.ctf_1d(np.array([1e-4]), df)[0] < 0
+
+
+def test_ctf_2d_astigmatism_axes():
+    du, dv, angle = 25000.0, 15000.0, 30.0
+    ctf = C.ctf_2d((512, 512), 1.0, du, dv, angle, cs_mm=0.0, rfft=False)
+    k_u = C.ctf_zeros(du, 1)[0]
+    k_v = C.ctf_zeros(dv, 1)[0]
+    a = np.radians(angle)
+    # Sample along the u axis at k_u and along v at k_v (nearest grid point is enough with a tolerance).
+    def at(k, theta):
+        x, y = k * np.cos(theta) * 512, k * np.sin(theta) * 512
+        return ctf[int(round(y)) % 512, int(round(x)) % 512]
+    assert abs(at(k_u, a)) < 0.15 and abs(at(k_v, a + np.pi / 2)) < 0.15
+    assert abs(at(k_u, a + np.pi / 2)) > 0.5  # the v direction is not at a zero there
+
+
+# -- tomograms ------------------------------------------------------------------------------------
+def test_tomogram_api_and_determinism(tomo, classes3d):
+    assert tomo.volume.shape == (48, 96, 96) and tomo.volume.dtype == np.float32
+    assert tomo.instance_mask.dtype == np.int32 and tomo.class_mask.dtype == np.int16
+    assert tomo.picks.ndim == 3 and tomo.picks.pixel_size == 10.0
+    assert len(tomo.picks) == tomo.params["n_placed"] > 10
+    assert tomo.class_names == [c.name for c in classes3d]
+    assert set(tomo.picks.table["label"]) <= set(tomo.class_names)
+    again = simulate_tomogram(classes3d, shape=(48, 96, 96), voxel_size=10.0, seed=1, n_particles=25,
+                              membranes=1, gold_beads=3, snr=2.0)
+    assert np.array_equal(again.volume, tomo.volume)
+    assert np.array_equal(again.instance_mask, tomo.instance_mask)
+    other = simulate_tomogram(classes3d, shape=(48, 96, 96), voxel_size=10.0, seed=2, n_particles=25,
+                              membranes=1, gold_beads=3, snr=2.0)
+    assert not np.allclose(other.picks.coords[:5], tomo.picks.coords[:5])
+
+
+def test_tomogram_picks_sit_on_dark_density(tomo):
+    from scipy import ndimage
+
+    background = tomo.clean[tomo.instance_mask == 0]
+    x, y, z = np.round(tomo.picks.coords).astype(int).T
+    # Protein is dark: every particle's mean over its occupancy is well below the background, and
+    # the occupancy sits at the pick (checked in test_tomogram_masks_match_picks).
+    means = ndimage.mean(tomo.clean, tomo.instance_mask, index=np.arange(1, len(tomo.picks) + 1))
+    assert (means < np.median(background) - 0.5 * background.std()).all()
+    # Same in the noisy volume, on a ball of half the radius around each pick (hollow classes aside).
+    zz, yy, xx = np.indices(tomo.volume.shape)
+    solid = [k for k, lab in enumerate(tomo.picks.table["label"]) if not lab.startswith(("shell", "ring", "cage"))]
+    ball_means = []
+    for k in solid:
+        r = tomo.picks.table["diameter"][k] / 4
+        ball = (xx - x[k]) ** 2 + (yy - y[k]) ** 2 + (zz - z[k]) ** 2 <= max(r, 1.0) ** 2
+        ball_means.append(tomo.volume[ball].mean())
+    assert np.median(ball_means) < np.median(tomo.volume[tomo.instance_mask == 0]) - 0.2
+    # Particles lie fully inside the volume.
+    coords = tomo.picks.coords
+    assert (coords >= 0).all() and (coords <= np.array([95, 95, 47])).all()
+
+
+def test_tomogram_masks_match_picks(tomo):
+    names = tomo.class_names
+    coords = tomo.picks.coords
+    for k in range(len(tomo.picks)):
+        zz, yy, xx = np.nonzero(tomo.instance_mask == k + 1)
+        assert len(xx) > 0
+        centroid = np.array([xx.mean(), yy.mean(), zz.mean()])
+        radius = tomo.picks.table["diameter"][k] / 2
+        assert np.linalg.norm(centroid - coords[k]) < max(1.5, 0.35 * radius)
+        cls = np.unique(tomo.class_mask[zz, yy, xx])
+        assert cls.tolist() == [names.index(tomo.picks.table["label"][k]) + 1]
+    assert np.array_equal(tomo.instance_mask > 0, tomo.class_mask > 0)
+
+
+def test_tomogram_distractors_are_not_picks(tomo):
+    beads = [d for d in tomo.distractors if d["kind"] == "gold"]
+    vesicles = [d for d in tomo.distractors if d["kind"] == "vesicle"]
+    assert beads and vesicles
+    coords = tomo.picks.coords
+    radii = tomo.picks.table["diameter"].to_numpy() / 2
+    for b in beads:
+        d = np.linalg.norm(coords - b["centre"], axis=1)
+        assert (d >= radii + b["radius"] - 1e-6).all()
+        cx, cy, cz = np.round(b["centre"]).astype(int)
+        assert tomo.instance_mask[cz, cy, cx] == 0
+        # Gold is much darker than protein.
+        assert tomo.clean[cz, cy, cx] < tomo.clean[tomo.instance_mask > 0].min()
+
+
+def test_missing_wedge_in_fourier_transform(tomo):
+    power = np.abs(np.fft.rfftn(tomo.volume)) ** 2
+    kz = np.fft.fftfreq(48)[:, None, None]
+    kx = np.fft.rfftfreq(96)[None, None, :]
+    k = np.sqrt(kz**2 + kx**2)
+    angle = np.degrees(np.arctan2(np.abs(kz), kx))  # from the kx axis
+    in_wedge = (angle > 60.0 + 3) & (k > 0.05) & np.ones_like(power, bool)
+    measured = (angle < 60.0 - 3) & (k > 0.05) & np.ones_like(power, bool)
+    assert power[in_wedge].mean() < 1e-8 * power[measured].mean()
+    # The mask function itself: full range means no wedge; the ky axis is always measured.
+    assert missing_wedge_mask((8, 8, 8), (-90, 90)).all()
+    assert missing_wedge_mask((8, 8, 8), (-30, 30))[0, :, 0].all()
+
+
+# -- micrographs ----------------------------------------------------------------------------------
+def test_micrograph_api_and_determinism(mic, classes2d):
+    assert mic.image.shape == (384, 384) and mic.image.dtype == np.float32
+    assert mic.picks.ndim == 2 and mic.pixel_size == 4.0 and len(mic.picks) > 5
+    again = simulate_micrograph(classes2d, shape=(384, 384), pixel_size=4.0, seed=2, n_particles=25, dose=60.0,
+                                carbon_edge=True, ice_crystals=2, aggregates=2)
+    assert np.array_equal(again.image, mic.image)
+    assert (mic.image >= 0).all() and np.allclose(mic.image, np.round(mic.image))  # counts
+
+
+def test_micrograph_picks_dark_and_distractors_unlabelled(mic):
+    from scipy import ndimage
+
+    smooth = ndimage.gaussian_filter(mic.clean, 2.0)
+    x, y = np.round(mic.picks.coords).astype(int).T
+    free = (mic.mask == 0) & (mic.distractor_mask == 0)
+    assert np.median(smooth[y, x]) < np.median(smooth[free])
+    # No pick lies on carbon, an ice crystal or an aggregate.
+    assert (mic.distractor_mask[y, x] == 0).all()
+    assert {1, 2, 3} <= set(np.unique(mic.distractor_mask).tolist())
+    # The particle support mask is centred on its pick.
+    for k in range(len(mic.picks)):
+        yy, xx = np.nonzero(mic.mask == k + 1)
+        assert np.hypot(xx.mean() - mic.picks.coords[k, 0], yy.mean() - mic.picks.coords[k, 1]) < 0.3 * mic.picks.table["diameter"][k]
+
+
+def test_micrograph_shot_noise_is_poisson():
+    cls = random_particle_classes(1, seed=0, voxel_size=2.0, diameter_range_A=(100, 100))
+    m = simulate_micrograph(cls, shape=(128, 128), pixel_size=2.0, seed=0, n_particles=0, dose=20.0,
+                            ice_noise=0.0, ice_gradient=0.0, keep_clean=True)
+    residual = m.image - m.clean
+    assert residual.var() / m.clean.mean() == pytest.approx(1.0, abs=0.1)
+    assert m.image.mean() == pytest.approx(20.0 * 4 * np.exp(-m.params["ice_thickness_A"] / 3800), rel=0.05)
+
+
+def test_micrograph_thon_rings_at_ctf_zeros():
+    cls = random_particle_classes(1, seed=0, voxel_size=2.0, diameter_range_A=(100, 100))
+    m = simulate_micrograph(cls, shape=(512, 512), pixel_size=2.0, seed=0, n_particles=0, dose=2000.0,
+                            defocus_um=2.0, astigmatism_um=0.0, ice_gradient=0.0, bfactor=0.0)
+    power = np.abs(np.fft.fftshift(np.fft.fft2(m.image - m.image.mean()))) ** 2
+    k, prof = C.radial_profile(power, 2.0, n_bins=256)
+    zeros = C.ctf_zeros(2e4, n=4)
+    at_zero = np.array([prof[np.argmin(np.abs(k - z))] for z in zeros])
+    maxima = np.sqrt(0.5 * (zeros[1:] ** 2 + zeros[:-1] ** 2))  # CTF maxima lie midway in k^2
+    at_max = np.array([prof[np.argmin(np.abs(k - q))] for q in maxima])
+    assert (at_zero[1:] < 0.6 * at_max).all()
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+def test_cli_2d_writes_resumes_and_reads_back(tmp_path):
+    from cryopick.cli.main import main
+    from cryopick.io.coords import read_picks
+    from cryopick.io.images import read_micrograph
+    from cryopick.simulate.dataset import read_ground_truth
+
+    out = tmp_path / "sim2d"
+    args = ["simulate", "2d", "-o", str(out), "--n", "2", "--seed", "0", "--shape", "192", "192",
+            "--pixel-size", "4", "--particles", "10"]
+    assert main(args) == 0
+    mrc = out / "micrographs" / "mic_00000.mrc"
+    image = read_micrograph(mrc)
+    assert image.shape == (192, 192) and image.pixel_size == pytest.approx(4.0)
+    truth = read_ground_truth(out)
+    star = read_picks(out / "coordinates" / "mic_00000_autopick.star")
+    first = truth.for_micrograph("mic_00000")
+    assert np.allclose(star.coords, first.coords, atol=1e-4)
+    assert set(truth.table["label"]) <= set(np.loadtxt(out / "classes.csv", delimiter=",", skiprows=1, dtype=str, usecols=1, ndmin=1))
+    stamp = mrc.stat().st_mtime_ns
+    assert main(args[:5] + ["3"] + args[6:]) == 0  # resume: one more, the first untouched
+    assert mrc.stat().st_mtime_ns == stamp
+    assert (out / "micrographs" / "mic_00002.mrc").exists()
+
+
+def test_cli_3d_writes_masks_and_per_class_coordinates(tmp_path):
+    from cryopick.cli.main import main
+    from cryopick.simulate.dataset import read_ground_truth
+
+    out = tmp_path / "sim3d"
+    assert main(["simulate", "3d", "-o", str(out), "--n", "1", "--shape", "32", "64", "64", "--classes", "3",
+                 "--diameter", "60", "150", "--particles", "8"]) == 0
+    with mrcfile.open(out / "masks" / "tomo_0000_instances.mrc") as f:
+        inst = f.data.copy()
+        assert float(f.voxel_size.x) == pytest.approx(10.0)
+    truth = read_ground_truth(out)
+    assert truth.ndim == 3 and inst.max() == len(truth)
+    class_dirs = sorted(p.name for p in (out / "coordinates").iterdir())
+    assert class_dirs == sorted(np.loadtxt(out / "classes.csv", delimiter=",", skiprows=1, dtype=str, usecols=1))
