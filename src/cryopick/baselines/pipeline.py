@@ -9,6 +9,7 @@ either given, or calibrated as the best-F1 threshold on the annotated micrograph
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,26 +62,34 @@ def pick_all(
     progress: bool = True,
     load: Callable[[Path], np.ndarray] | None = None,
 ) -> Picks:
-    """Apply ``picker(image) -> (coords, scores)`` to every image, caching results in ``cache_dir``."""
+    """Apply ``picker(image) -> (coords, scores)`` to every image, caching results in ``cache_dir``.
+
+    ``picks.meta["seconds"]`` holds each micrograph's read + pick time (from the run that computed it).
+    """
     from tqdm.auto import tqdm
 
     load = load or load_image
-    tables = []
+    tables, seconds = [], {}
     for path in tqdm(paths, desc="picking", unit="micrograph", disable=not progress):
         name = image_name(path)
         cached = cache_dir / f"{name}.npz" if cache_dir is not None else None
         if cached is not None and cached.exists():
             with np.load(cached) as z:
                 coords, scores = z["coords"], z["scores"]
+                seconds[name] = float(z["seconds"]) if "seconds" in z.files else float("nan")
         else:
+            t0 = time.perf_counter()
             coords, scores = picker(load(path))
+            seconds[name] = time.perf_counter() - t0
             if cached is not None:
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_path(cached) as tmp:
                     with open(tmp, "wb") as fh:
-                        np.savez(fh, coords=coords, scores=scores)
+                        np.savez(fh, coords=coords, scores=scores, seconds=seconds[name])
         tables.append(Picks.from_arrays(name, coords, score=scores, diameter=diameter))
-    return concat(tables)
+    picks = concat(tables)
+    picks.meta["seconds"] = seconds
+    return picks
 
 
 def calibrate_threshold(picks: Picks, truth: Picks, diameter: float, tolerance: float = 1.0) -> dict:

@@ -37,7 +37,7 @@ def evaluate_methods(
     rule: str = "radius",
     tolerance: float = 1.0,
     extra_tolerances: tuple[float, ...] = (0.5,),
-    min_score: float | None = None,
+    min_score: float | dict[str, float] | None = None,
     shapes: dict[str, tuple[int, ...]] | None = None,
     reference: str | None = None,
     micrographs: list[str] | None = None,
@@ -57,8 +57,9 @@ def evaluate_methods(
     extra_tolerances
         Further tolerances reported for the ``radius`` rule (default 0.5).
     min_score
-        Threshold applied to every method's picks for the fixed-threshold scores (the PR curve
-        always uses all picks).
+        Threshold applied to the picks for the fixed-threshold scores, one for all methods or
+        ``{method: threshold}`` (e.g. each calibrated on training data); the PR curve always uses
+        all picks.
     shapes
         ``{micrograph: image shape}``; when given, pixel-level scores (disks vs disks) are added (2D only).
     reference
@@ -78,14 +79,17 @@ def evaluate_methods(
         methods={}, statistics=[], _tables={},
     )
     long_rows = []
+    thresholds = min_score if isinstance(min_score, dict) else {m: min_score for m in methods}
     for method, picks in methods.items():
-        ev = evaluate_picks(picks, truth, diameter, rule, tolerance, min_score=min_score, micrographs=names)
-        entry: dict = dict(n_picks=int(len(picks)), pooled={_tol_key(rule, tolerance): ev.pooled},
+        thr = thresholds.get(method)
+        ev = evaluate_picks(picks, truth, diameter, rule, tolerance, min_score=thr, micrographs=names)
+        entry: dict = dict(n_picks=int(len(picks)), min_score=thr, pooled={_tol_key(rule, tolerance): ev.pooled},
                            per_micrograph=ev.per_micrograph.to_dict(orient="records"), settings=ev.settings)
         if rule == "radius":
             for tol in extra_tolerances:
-                extra = evaluate_picks(picks, truth, diameter, rule, tol, min_score=min_score, micrographs=names)
+                extra = evaluate_picks(picks, truth, diameter, rule, tol, min_score=thr, micrographs=names)
                 entry["pooled"][_tol_key(rule, tol)] = extra.pooled
+        entry["n_kept"] = int(ev.pooled["n_pred"])
         entry["recall_success_rate"] = {str(k): v for k, v in
                                         recall_success_rate(ev.per_micrograph["recall"]).items()}
         scores = picks.scores
@@ -98,7 +102,7 @@ def evaluate_methods(
             entry["curve"] = None
             entry["curve_note"] = "some picks have no score; no PR curve"
         if shapes is not None and truth.ndim == 2:
-            table, pooled = evaluate_pixels(picks if min_score is None else _filter(picks, min_score), truth,
+            table, pooled = evaluate_pixels(picks if thr is None else _filter(picks, thr), truth,
                                             shapes, diameter, micrographs=names)
             entry["pixel"] = dict(pooled=pooled, per_micrograph=table.to_dict(orient="records"))
         summary["methods"][method] = entry
@@ -219,7 +223,7 @@ def _markdown(summary: dict, paths: dict[str, Path], title: str) -> str:
             "czii": "centre within 0.5 × radius, F-β β=4 (CZII)"}[rule]
     lines += [f"{s['n_micrographs']} {'tomograms' if s['ndim'] == 3 else 'micrographs'}, "
               f"{s['n_truth']} true particles, diameter {s['diameter']:g} px, one-to-one matching: {desc}"
-              + (f", picks with score ≥ {s['min_score']:g}" if s.get("min_score") is not None else "") + ".", ""]
+              + _threshold_note(summary) + ".", ""]
     key = _tol_key(rule, s["tolerance"])
     head = "| method | picks | precision | recall | F1 |" + (" F-β |" if rule == "czii" else "")
     extra_keys = [k for k in next(iter(summary["methods"].values()), {}).get("pooled", {}) if k != key]
@@ -228,7 +232,7 @@ def _markdown(summary: dict, paths: dict[str, Path], title: str) -> str:
     lines += ["## Particle level (pooled over micrographs)", "", head, "|" + "---|" * (head.count("|") - 1)]
     for method, e in summary["methods"].items():
         p = e["pooled"][key]
-        row = f"| {method} | {e['n_picks']} | {_fmt(p['precision'])} | {_fmt(p['recall'])} | {_fmt(p['f1'])} |"
+        row = f"| {method} | {e['n_kept']} | {_fmt(p['precision'])} | {_fmt(p['recall'])} | {_fmt(p['f1'])} |"
         if rule == "czii":
             row += f" {_fmt(p['fbeta'])} |"
         row += "".join(f" {_fmt(e['pooled'][k]['f1'])} |" for k in extra_keys)
@@ -271,6 +275,16 @@ def _markdown(summary: dict, paths: dict[str, Path], title: str) -> str:
         lines += ["## Figures", ""] + [f"![{k}]({p.name})" for k, p in figs] + [""]
     lines += ["Machine-readable: `report.json`.", ""]
     return "\n".join(lines)
+
+
+def _threshold_note(summary: dict) -> str:
+    thr = {m: e.get("min_score") for m, e in summary["methods"].items()}
+    if all(v is None for v in thr.values()):
+        return ""
+    if len(set(thr.values())) == 1:
+        return f"; fixed-threshold scores use picks with score ≥ {next(iter(thr.values())):g}"
+    return "; fixed-threshold scores use picks with score ≥ " + ", ".join(
+        f"{v:.4g} ({m})" for m, v in thr.items() if v is not None)
 
 
 def _save(fig, path: Path) -> Path:
@@ -385,8 +399,9 @@ def _plot_overlay(name: str, image: np.ndarray, methods: dict[str, Picks], truth
     for ax, (method, picks) in zip(axes[0], methods.items()):
         ax.imshow(disp, cmap="gray", interpolation="nearest")
         p = picks.for_micrograph(name)
-        if summary["settings"].get("min_score") is not None:
-            p = _filter(p, summary["settings"]["min_score"])
+        thr = summary["methods"][method].get("min_score")
+        if thr is not None:
+            p = _filter(p, thr)
         pc = p.coords
         result = matches.get(method, {}).get(name)
         tp = np.zeros(len(pc), bool)
