@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cryopick import CryopickError
-from cryopick.models.prompt_encoder import SmallPromptEncoder, TomoTwinEncoder, load_tomotwin
+from cryopick.models.prompt_encoder import SmallPromptEncoder, TomoTwinEncoder, load_tomotwin, tomotwin_state_dict
 from cryopick.models.promptable3d import PromptableUNet3d
 from cryopick.postprocess.cluster3d import cluster_picks, default_size_limits, sphere_volume
 from cryopick.predict3d import predict_tomogram, ramp, reflect_index, window_starts
@@ -117,7 +117,8 @@ def _tsv_shapes():
 def test_tomotwin_layout_matches_reference_keys():
     rows = _tsv_shapes()
     assert len(rows) == 46
-    model = TomoTwinEncoder()
+    with torch.device("meta"):
+        model = TomoTwinEncoder()
     state = model.state_dict()
     assert [(k, tuple(v.shape)) for k, v in state.items()] == rows
     assert sum(int(np.prod(s)) for _, s in rows) == 77_567_328  # counts the shared norms twice
@@ -125,8 +126,8 @@ def test_tomotwin_layout_matches_reference_keys():
     assert sum(p.numel() for p in model.parameters()) == 77_567_328 - shared
 
 
-@pytest.mark.parametrize("prefix", ["", "module."])
-def test_tomotwin_checkpoint_loads_unchanged(tmp_path, prefix):
+def test_tomotwin_checkpoint_loads_unchanged(tmp_path):
+    prefix = "module."  # multi-GPU checkpoints; bare keys are checked at the end
     g = torch.Generator().manual_seed(0)
     shared = {}
     state = {}
@@ -148,6 +149,8 @@ def test_tomotwin_checkpoint_loads_unchanged(tmp_path, prefix):
     prepared = model.prepare(sub)
     assert torch.allclose(prepared.mean(dim=(1, 2, 3, 4)), torch.zeros(2), atol=1e-5)
     assert torch.corrcoef(torch.stack([prepared[0].flatten(), sub[0].flatten()]))[0, 1] < -0.999
+    bare = tomotwin_state_dict({"model_state_dict": {k[len(prefix):]: v for k, v in state.items()}})
+    assert list(bare) == [k[len(prefix):] for k in state]
 
 
 def test_tomotwin_rejects_other_checkpoints(tmp_path):
@@ -163,10 +166,10 @@ def test_networks_shapes_and_prompt_conditioning():
     z = enc.embed(torch.randn(3, 37, 37, 37))
     assert z.shape == (3, 32) and torch.allclose(z.norm(dim=1), torch.ones(3), atol=1e-5)
     net = PromptableUNet3d(widths=(4, 8, 8, 8))
-    x = torch.randn(2, 1, 32, 32, 32)
+    x = torch.randn(2, 1, 16, 16, 16)
     with torch.no_grad():
         y = net(x, z)
-        assert y.shape == (2, 3, 32, 32, 32)
+        assert y.shape == (2, 3, 16, 16, 16)
         # Several prompts in one pass equal one prompt at a time; per-window prompts work too.
         y1 = net(x, z[1:2])
         assert torch.allclose(y[:, 1:2], y1, atol=1e-5)

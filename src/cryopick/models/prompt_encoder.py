@@ -169,7 +169,10 @@ def tomotwin_state_dict(checkpoint: dict | str | os.PathLike) -> dict[str, torch
 def load_tomotwin(checkpoint: dict | str | os.PathLike, model: TomoTwinEncoder | None = None) -> TomoTwinEncoder:
     """Load TomoTwin weights into ``model`` (a new :class:`TomoTwinEncoder` when ``None``), strictly."""
     state = tomotwin_state_dict(checkpoint)
-    model = model or TomoTwinEncoder()
+    if model is None:  # allocate without the (slow, 78 M parameter) random initialisation
+        with torch.device("meta"):
+            model = TomoTwinEncoder()
+        model = model.to_empty(device="cpu")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CryopickError(
@@ -181,8 +184,7 @@ def load_tomotwin(checkpoint: dict | str | os.PathLike, model: TomoTwinEncoder |
 
 @register_model("tomotwin", task="prompt-encoder3d", description="TomoTwin SiameseNet3D encoder (loads TomoTwin .pth checkpoints)")
 def build_tomotwin(checkpoint: str | None = None, **kwargs) -> TomoTwinEncoder:
-    model = TomoTwinEncoder(**kwargs)
-    return load_tomotwin(checkpoint, model) if checkpoint else model
+    return load_tomotwin(checkpoint) if checkpoint else TomoTwinEncoder(**kwargs)
 
 
 @register_model("prompt-encoder-small", task="prompt-encoder3d", description="small CPU prompt encoder (trained with propicker-small)")

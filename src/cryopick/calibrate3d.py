@@ -1,0 +1,191 @@
+"""Calibration of ProPicker post-processing on an annotated tomogram.
+
+*Best-case F1* (the paper's protocol): the best F1 over a grid of threshold × minimum component size ×
+maximum component size, on the tomogram being scored. *Fair protocol*: calibrate on one annotated
+tomogram, save the best settings (:func:`save_settings`, a small JSON file ``pick3d --settings``
+reads) and apply them unchanged to the others.
+
+A pick is correct when it lies within ``tolerance`` voxels (default: one particle radius) of a
+ground-truth centre, matched one-to-one (:func:`cryopick.evaluate.matching.match_points`).
+All sizes and distances are in working voxels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from cryopick.evaluate.matching import match_points
+from cryopick.io.atomic import write_text
+from cryopick.postprocess.cluster3d import components, select, sphere_volume
+from cryopick.postprocess.nms import nms_points
+
+DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.1, 0.951, 0.05), 3))
+DEFAULT_MIN_FACTORS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
+DEFAULT_MAX_FACTORS = (0.8, 1.0, 1.2, 1.5, 2.0, 3.0, np.inf)
+
+
+@dataclass
+class SweepResult:
+    """All grid points (``table``: threshold, min_size, max_size, precision, recall, f1, n_pred) and the best."""
+
+    table: pd.DataFrame
+    best: dict
+
+
+def sweep_cluster(prob: np.ndarray, truth: np.ndarray, diameter: float, *,
+                  thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+                  min_factors: Sequence[float] = DEFAULT_MIN_FACTORS,
+                  max_factors: Sequence[float] = DEFAULT_MAX_FACTORS,
+                  min_distance: float | None = None, tolerance: float | None = None) -> SweepResult:
+    """Best-case F1 sweep of ProPicker-C on one ``(D, H, W)`` probability map.
+
+    Parameters
+    ----------
+    truth
+        ``(M, 3)`` true centres ``x, y, z`` (working voxels).
+    diameter
+        Particle diameter (working voxels); size limits are ``factor × sphere volume``.
+    min_distance
+        NMS distance applied to the picks (default: the radius, as :func:`cryopick.pick3d.pick_tomogram`).
+    tolerance
+        Match distance (default: the radius).
+    """
+    radius = diameter / 2.0
+    tolerance = radius if tolerance is None else tolerance
+    min_distance = radius if min_distance is None else min_distance
+    vol = sphere_volume(diameter)
+    rows = []
+    prob = np.asarray(prob)
+    for t in thresholds:
+        comp = components(prob, float(t))
+        for fmin in min_factors:
+            for fmax in max_factors:
+                if fmax <= fmin:
+                    continue
+                keep = select(comp, fmin * vol, fmax * vol)
+                coords, scores = comp.centroids[keep], comp.scores[keep]
+                if min_distance and len(coords):
+                    k = nms_points(coords, scores, min_distance)
+                    coords = coords[k]
+                m = match_points(coords, truth, tolerance)
+                rows.append({"threshold": float(t), "min_size": fmin * vol, "max_size": fmax * vol,
+                             "min_factor": fmin, "max_factor": fmax, "precision": m.precision, "recall": m.recall,
+                             "f1": m.f1, "n_pred": len(coords), "n_truth": len(truth)})
+    table = pd.DataFrame(rows)
+    best = table.sort_values(["f1", "threshold"], ascending=[False, True], kind="stable").iloc[0].to_dict()
+    return SweepResult(table, best)
+
+
+def sweep_scores(coords: np.ndarray, scores: np.ndarray, truth: np.ndarray, tolerance: float,
+                 thresholds: Sequence[float] | None = None) -> SweepResult:
+    """Best F1 over minimum-score thresholds of scored picks (ProPicker-TM, exhaustive TM)."""
+    if thresholds is None:
+        thresholds = np.unique(np.quantile(scores, np.linspace(0, 1, 101))) if len(scores) else [0.0]
+    rows = []
+    for t in thresholds:
+        keep = scores >= t
+        m = match_points(coords[keep], truth, tolerance)
+        rows.append({"tm_threshold": float(t), "precision": m.precision, "recall": m.recall, "f1": m.f1,
+                     "n_pred": int(keep.sum()), "n_truth": len(truth)})
+    table = pd.DataFrame(rows)
+    return SweepResult(table, table.sort_values("f1", ascending=False, kind="stable").iloc[0].to_dict())
+
+
+def evaluate_picks(coords: np.ndarray, truth: np.ndarray, tolerance: float) -> dict:
+    m = match_points(coords, truth, tolerance)
+    return {"precision": m.precision, "recall": m.recall, "f1": m.f1, "n_pred": len(coords), "n_truth": len(truth)}
+
+
+def settings_from_best(best: dict, mode: str = "cluster") -> dict:
+    """The keys of :class:`cryopick.pick3d.PickSettings` from a sweep's best row."""
+    if mode == "cluster":
+        return {"mode": "cluster", "threshold": best["threshold"], "min_size": best["min_size"],
+                "max_size": None if not np.isfinite(best["max_size"]) else best["max_size"]}
+    return {"mode": "tm", "tm_threshold": best["tm_threshold"]}
+
+
+def save_settings(path: str | os.PathLike, settings: dict, **info) -> Path:
+    """Write ``{"settings": {...}, ...info}`` as JSON, atomically (what ``pick3d --settings`` reads)."""
+    path = Path(path)
+    payload = {"settings": settings, **{k: _plain(v) for k, v in info.items()}}
+    write_text(path, json.dumps(payload, indent=1, default=_plain) + "\n")
+    return path
+
+
+def _plain(v):
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    return v
+
+
+# -- one annotated tomogram, end to end ----------------------------------------------------------------
+def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "cluster", stride: int = 32,
+                       tolerance: float | None = None, tm_angle: float = 30.0, bf16: bool = True,
+                       progress: bool = True) -> tuple[SweepResult, dict]:
+    """Segment ``tomogram`` for ``prompt`` and sweep the post-processing against ``truth``.
+
+    Parameters
+    ----------
+    tomogram
+        Path or :class:`~cryopick.io.images.Image`.
+    truth
+        :class:`~cryopick.picks.Picks` of the prompted particle in this tomogram (voxels of the
+        tomogram as stored, or any pixel size stated in ``truth.pixel_size``).
+    mode
+        ``"cluster"``: threshold × min size × max size; ``"tm"``: ProPicker-TM NCC threshold (mask
+        threshold 0.5).
+
+    Returns
+    -------
+    The sweep and the settings dict for :func:`save_settings` (with ``info``: F1, tomogram, prompt).
+    """
+    import torch
+
+    from cryopick import picks as P
+    from cryopick.errors import CryopickError
+    from cryopick.io.images import Image, read_tomogram
+    from cryopick.models.promptable3d import load_propicker
+    from cryopick.pick3d import prompt_embedding, working_tomogram
+    from cryopick.predict3d import predict_tomogram
+
+    model = model or load_propicker()
+    image = tomogram if isinstance(tomogram, Image) else read_tomogram(tomogram)
+    if truth.pixel_size and image.pixel_size and abs(truth.pixel_size - image.pixel_size) > 1e-3 * image.pixel_size:
+        truth = P.to_pixel_size(truth, image.pixel_size)
+    if len(truth) == 0:
+        raise CryopickError(f"no ground-truth picks for tomogram {image.name}")
+    if prompt.diameter is None:
+        raise CryopickError("the prompt has no particle diameter; remake it with --diameter")
+    work = working_tomogram(image, binning=prompt.binning, voxel_size=prompt.voxel_size, invert=prompt.invert)
+    truth_w = work.to_working(truth.coords)
+    z = prompt_embedding(model, prompt)[None]
+    prob = predict_tomogram(model.segmenter, work.volume, z, stride=stride, bf16=bf16, progress=progress)[0]
+    tol = prompt.diameter / 2 if tolerance is None else tolerance
+    if mode == "cluster":
+        result = sweep_cluster(prob, truth_w, prompt.diameter, tolerance=tol)
+    elif mode == "tm":
+        from cryopick.postprocess.propicker_tm import tm_in_mask
+
+        coords, scores = tm_in_mask(work.volume, prob, prompt.subvolumes, diameter=prompt.diameter,
+                                    angle_step=tm_angle, min_score=None, progress=progress)
+        result = sweep_scores(coords, scores, truth_w, tol)
+    else:
+        raise CryopickError(f"unknown mode {mode!r}; use cluster or tm")
+    settings = settings_from_best(result.best, mode)
+    if mode == "tm":
+        settings["tm_angle"] = tm_angle
+    info = {"tomogram": image.name, "prompt": prompt.label, "best_case": {k: result.best[k] for k in
+            ("precision", "recall", "f1", "n_pred", "n_truth")}, "diameter_working_voxels": prompt.diameter,
+            "tolerance_working_voxels": tol, "stride": stride}
+    return result, {"settings": settings, "info": info}

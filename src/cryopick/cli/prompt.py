@@ -1,0 +1,80 @@
+"""Make a 3D prompt: cut the sub-volume around one (or a few) clicked example particle(s).
+
+Examples:
+  cryopick prompt --tomogram TS_01.mrc --at 412,388,96 -o ribosome.prompt
+  cryopick prompt --tomogram TS_01.mrc --at 412,388,96 --at 120,80,60 --diameter 280 -o ribosome.prompt
+  cryopick prompt --tomogram TS_01.mrc --coords examples.star -o ribosome.prompt
+Positions are x,y,z in voxels of the tomogram as stored (0-based). Without --diameter the particle
+diameter is estimated from the segmentation around the examples (stored in the prompt file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def _xyz(text: str) -> tuple[float, float, float]:
+    parts = text.replace(" ", "").split(",")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected x,y,z (three numbers), got {text!r}")
+    try:
+        return tuple(float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected x,y,z numbers, got {text!r}") from None
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tomogram", required=True, help="tomogram (MRC or OME-Zarr) holding the example(s)")
+    parser.add_argument("--at", type=_xyz, action="append", default=[], metavar="X,Y,Z",
+                        help="example centre in voxels (repeat for several examples)")
+    parser.add_argument("--coords", help="coordinate file with example centres (any supported 3D format)")
+    parser.add_argument("-o", "--output", required=True, help="prompt file to write (e.g. ribosome.prompt)")
+    parser.add_argument("--label", help="class name used in outputs (default: the output file stem)")
+    scale = parser.add_mutually_exclusive_group()
+    scale.add_argument("--binning", type=float, default=1.0, help="work on the tomogram binned by this factor")
+    scale.add_argument("--voxel-size", type=float, help="work at this voxel size (Å), Fourier-cropping the tomogram")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--diameter", type=float, help="particle diameter in Å")
+    size.add_argument("--diameter-px", type=float, help="particle diameter in voxels of the tomogram as stored")
+    parser.add_argument("--invert", action="store_true", help="the tomogram has bright particles (multiply by -1)")
+    parser.add_argument("--model", help="ProPicker checkpoint for the diameter estimate (default: shipped weights)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+
+
+def main(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from cryopick.errors import CryopickError
+    from cryopick.models.promptable3d import load_propicker
+    from cryopick.pick3d import make_prompt, save_prompt
+
+    torch.set_num_threads(args.threads)
+    positions = list(args.at)
+    if args.coords:
+        from cryopick.io.coords import read_picks
+
+        picks = read_picks(args.coords)
+        if picks.ndim != 3:
+            raise CryopickError(f"{args.coords}: 2D coordinates; a 3D prompt needs x, y, z")
+        positions += picks.coords.tolist()
+    if not positions:
+        raise CryopickError("give at least one example with --at x,y,z or --coords FILE")
+    model = load_propicker(args.model) if (args.diameter is None and args.diameter_px is None) else None
+    prompt = make_prompt(args.tomogram, positions, label=args.label or Path(args.output).stem,
+                         binning=args.binning, voxel_size=args.voxel_size, diameter_A=args.diameter,
+                         diameter_px=args.diameter_px, invert=args.invert, model=model)
+    if prompt.diameter is None:
+        log.warning("could not estimate the particle diameter from the examples; size limits need it: "
+                    "remake the prompt with --diameter (Å) or --diameter-px")
+    save_prompt(prompt, args.output)
+    d = "unknown" if prompt.diameter is None else f"{prompt.diameter:.1f} working voxels" + (
+        " (estimated)" if prompt.meta.get("diameter_estimated") else "")
+    vs = "unknown" if prompt.voxel_size is None else f"{prompt.voxel_size:g} Å"
+    log.info("%s: %d example(s) of %r, working voxel size %s, diameter %s", args.output, len(positions),
+             prompt.label, vs, d)
+    return 0
