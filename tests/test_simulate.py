@@ -264,11 +264,13 @@ def test_micrograph_picks_dark_and_distractors_unlabelled(mic):
 
 def test_micrograph_shot_noise_is_poisson():
     cls = random_particle_classes(1, seed=0, voxel_size=2.0, diameter_range_A=(100, 100))
-    m = simulate_micrograph(cls, shape=(128, 128), pixel_size=2.0, seed=0, n_particles=0, dose=20.0,
-                            ice_noise=0.0, ice_gradient=0.0, keep_clean=True)
-    residual = m.image - m.clean
-    assert residual.var() / m.clean.mean() == pytest.approx(1.0, abs=0.1)
-    assert m.image.mean() == pytest.approx(20.0 * 4 * np.exp(-m.params["ice_thickness_A"] / 3800), rel=0.05)
+    for dqe in (1.0, 0.5):
+        m = simulate_micrograph(cls, shape=(128, 128), pixel_size=2.0, seed=0, n_particles=0, dose=20.0,
+                                ice_noise=0.0, clutter_A=0.0, ice_gradient=0.0, dqe=dqe, keep_clean=True)
+        residual = m.image - m.clean
+        assert residual.var() / m.clean.mean() == pytest.approx(1.0, abs=0.1)
+        expected = 20.0 * dqe * 4 * np.exp(-m.params["ice_thickness_A"] / 3800)
+        assert m.image.mean() == pytest.approx(expected, rel=0.05)
 
 
 def test_micrograph_thon_rings_at_ctf_zeros():

@@ -79,6 +79,10 @@ class ParticleClass:
     blur: float = 2.0
     meta: dict = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        return (f"ParticleClass({self.name!r}, kind={self.kind}, symmetry={self.symmetry}, "
+                f"diameter={self.diameter:.1f} Å, {len(self.points)} points, voxel_size={self.voxel_size:g} Å)")
+
     @cached_property
     def density(self) -> np.ndarray:
         """Cubic float32 ``(n, n, n)`` density at :attr:`voxel_size`, centre at index ``n // 2``."""

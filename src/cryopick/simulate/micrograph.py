@@ -10,7 +10,8 @@ Image model (weak-phase approximation, energy-filtered, counting detector)
 2. Phase ``phi = phase_per_A * projection``; image ``I = A(x) * (1 + 2 * CTF (x) phi)`` with the 2D
    CTF (defocus, astigmatism, amplitude contrast, B-factor envelope) and the detector MTF, where the
    amplitude ``A(x) = exp(-t(x) / mfp)`` falls with ice thickness (gradient), carbon and crystals.
-3. Shot noise: ``counts ~ Poisson(dose * pixel_size^2 * I)``.
+3. Shot noise: ``counts ~ Poisson(dose * dqe * pixel_size^2 * I)`` (the detector's DQE lowers the
+   effective dose).
 
 Contrast: protein is **dark** on a bright background (underfocus, as in raw micrographs). The image
 is returned in electron counts per pixel (float32). Picks are the particles only: aggregates,
@@ -97,6 +98,8 @@ def simulate_micrograph(
     ice_thickness_A: float | tuple[float, float] = (300.0, 600.0),
     ice_gradient: float | tuple[float, float] = (0.0, 0.5),
     ice_noise: float = 1.0,
+    clutter_A: float = 25.0,
+    dqe: float = 0.5,
     carbon_edge: bool = False,
     ice_crystals: int = 0,
     aggregates: int = 0,
@@ -133,6 +136,13 @@ def simulate_micrograph(
         Mean ice thickness (Å) and its relative linear change across the image (0.5 = ±25%).
     ice_noise
         Scale of the vitreous ice's structural (phase) noise; 0 removes the Thon rings of the ice.
+    clutter_A
+        Standard deviation (Å of protein-equivalent thickness) of background clutter on 10-40 Å
+        scales: small contaminants, buffer components and ice surface roughness, the blob-like
+        background of real micrographs. 0 disables it.
+    dqe
+        Detector quantum efficiency: the shot noise is that of ``dose * dqe`` electrons (counts are
+        returned at that effective dose).
     carbon_edge
         Put a curved edge of the support film's hole across the image; the carbon side has no particles.
     ice_crystals, aggregates
@@ -243,6 +253,9 @@ def simulate_micrograph(
     # -- image formation --------------------------------------------------------------------------
     # Structural noise of vitreous ice: white phase noise whose variance grows with thickness
     # (scaled so that 500 Å of ice gives clear Thon rings at 30 e/Å², as in real data).
+    if clutter_A > 0:
+        clutter = sum(_correlated_noise(shape, pixel_size, length, rng_noise) for length in (6.0, 12.0, 24.0))
+        projection += np.float32(clutter_A / math.sqrt(3.0)) * clutter * np.sqrt(thickness / 500.0).astype(np.float32)
     if ice_noise > 0:
         ice = rng_noise.standard_normal(shape, dtype=np.float32)
         ice *= np.float32(ice_noise * 25.0 * (2.0 / pixel_size)) * np.sqrt(thickness / 500.0).astype(np.float32)
@@ -263,7 +276,7 @@ def simulate_micrograph(
     contrast = scipy.fft.irfftn(scipy.fft.rfftn(padded, workers=1) * (ctf * mtf), s=pshape, workers=1)
     contrast = contrast[pad:pad + H, pad:pad + W]
     amplitude = np.exp(-thickness / ICE_MFP_A - absorption)
-    expected = (params["dose"] * pixel_size**2) * amplitude * np.clip(1.0 + 2.0 * contrast, 0.05, None)
+    expected = (params["dose"] * dqe * pixel_size**2) * amplitude * np.clip(1.0 + 2.0 * contrast, 0.05, None)
     image = rng_noise.poisson(expected).astype(np.float32)
 
     coords = np.array(centres, dtype=np.float64).reshape(-1, 2)
