@@ -210,3 +210,23 @@ def test_evaluate_cli(tmp_path, capsys):
     # user errors exit 2 with a one-line message
     assert main(["evaluate", "--truth", str(tmp_path / "truth"), "-o", str(tmp_path / "r3")]) == 2
     assert "--picks" in capsys.readouterr().err
+
+
+def test_report_3d_iou_and_czii(tmp_path):
+    rng = np.random.default_rng(5)
+    truth_xyz = rng.uniform(10, 54, (12, 3))
+    truth = Picks.from_arrays("tomo", truth_xyz, diameter=10)
+    pred = Picks.from_arrays("tomo", np.concatenate([truth_xyz[:9] + 1.0, rng.uniform(0, 64, (3, 3))]),
+                             score=np.r_[np.linspace(0.9, 0.5, 9), [0.3, 0.2, 0.1]])
+    for rule, key in (("iou3d", "iou3d"), ("czii", "czii")):
+        summary = evaluate_methods({"m": pred}, truth, rule=rule)
+        pooled = summary["methods"]["m"]["pooled"][key]
+        # offset (1,1,1) in a 10-px cube: IoU 729/1271 < 0.6 -> no match; distance 1.73 <= 2.5 -> CZII match
+        assert pooled["tp"] == (0 if rule == "iou3d" else 9)
+        out = tmp_path / rule
+        write_report(summary, out, images={"tomo": rng.normal(size=(64, 64, 64))}, methods={"m": pred}, truth=truth)
+        assert (out / "overlay_tomo.png").exists() and (out / "report.md").exists()
+    data = json.loads((tmp_path / "czii" / "report.json").read_text())
+    p = data["methods"]["m"]["pooled"]["czii"]
+    assert p["fbeta"] == pytest.approx(f_beta(9 / 12, 9 / 12, 4))
+    assert "F-β" in (tmp_path / "czii" / "report.md").read_text()
