@@ -5,8 +5,9 @@
 
 The realism check compares the rotationally averaged power spectrum of a simulated 1.77 Å/px
 micrograph (a 190 Å D2 particle, like beta-galactosidase) with a real EMPIAR-10017 micrograph in the
-40–400 Å band: log-log slope of each. The real JPEGs were published denoised, so frequencies
-beyond ~1/30 Å are not comparable and are not used.
+40–400 Å band: log-log slope of each. The real JPEGs were published denoised (blur, non-local means,
+Wiener, CLAHE), so the raw simulation is expected to be flatter; the slope of the simulation after a
+Gaussian low-pass (σ = 7 px, roughly that denoising) is reported too.
 """
 
 from __future__ import annotations
@@ -96,7 +97,11 @@ def main(argv=None) -> int:
         sim = simulate_micrograph([bgal], shape=(2048, 2048), pixel_size=1.77, seed=0, n_particles=150,
                                   crowding=0.5, dose=40.0)
         slope_sim = psd_slope(sim.image, 1.77)
-        rows.append(("PSD slope 40-400 Å real / sim", f"{slope_real:.2f} / {slope_sim:.2f}"))
+        from scipy import ndimage
+
+        slope_sim_lp = psd_slope(ndimage.gaussian_filter(sim.image, 7.0), 1.77)
+        rows.append(("PSD slope 40-400 Å real(denoised) / sim raw / sim low-passed σ=7 px",
+                     f"{slope_real:.2f} / {slope_sim:.2f} / {slope_sim_lp:.2f}"))
 
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
@@ -108,6 +113,7 @@ def main(argv=None) -> int:
     if slope_real is not None:
         summary["psd_slope_real"] = round(slope_real, 3)
         summary["psd_slope_sim"] = round(slope_sim, 3)
+        summary["psd_slope_sim_lowpass7"] = round(slope_sim_lp, 3)
     result = {"benchmark": "simulate", "quick": args.quick, "summary": summary,
               "peak_memory_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
               "threads": os.environ.get("OMP_NUM_THREADS")}
