@@ -157,3 +157,33 @@ def test_find_peaks_min_distance_and_order():
     assert scores.tolist() == pytest.approx([0.9, 0.7])
     coords, _ = find_peaks(s, min_distance=3, threshold=0.75)
     assert coords.tolist() == [[10, 10], [14, 10]]
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_score_is_masked_pearson_correlation(ndim):
+    """Brute force: at every tested position the score is the Pearson correlation, under the
+    template mask, of the (rotated) template and the image patch centred there."""
+    rng = np.random.default_rng(6)
+    shape, tshape = ((40, 44), (9, 9)) if ndim == 2 else ((20, 22, 18), (7, 7, 7))
+    vol = rng.normal(size=shape).astype(np.float32) + 5.0
+    t = rng.normal(size=tshape).astype(np.float32)
+    grids = np.meshgrid(*[np.arange(n) - n // 2 for n in tshape], indexing="ij")
+    radius = 3.2 if ndim == 2 else 2.9  # a ball that fits in the box: rotations map it onto itself
+    sphere = (sum(g**2 for g in grids) <= radius**2).astype(np.float32)
+    rot = rotation_matrices([30.0], 2) if ndim == 2 else rotations_3d(60)[[5]]
+    s, _ = match_template(vol, t, rot, template_mask=sphere)
+    rt = rotate_template(t, rot)[0].numpy()
+    m = sphere > 0
+    for _ in range(5):
+        c = [int(rng.integers(n // 2, size - n // 2)) for n, size in zip(tshape, shape)]
+        patch = vol[tuple(slice(ci - n // 2, ci - n // 2 + n) for ci, n in zip(c, tshape))]
+        expected = np.corrcoef(patch[m], rt[m])[0, 1]
+        assert s[tuple(c)] == pytest.approx(expected, abs=1e-4)
+    # a non-invariant mask is rotated with the template: scores use the rotated mask
+    half = sphere.copy()
+    half[(slice(None),) * (ndim - 1) + (slice(0, tshape[-1] // 2),)] = 0
+    s_half, _ = match_template(vol, t, rot, template_mask=half)
+    rm = rotate_template(half, rot, order="nearest")[0].numpy() > 0.5
+    c = tuple(n // 2 + 3 for n in shape)
+    patch = vol[tuple(slice(ci - n // 2, ci - n // 2 + n) for ci, n in zip(c, tshape))]
+    assert s_half[c] == pytest.approx(np.corrcoef(patch[rm], rt[rm])[0, 1], abs=1e-4)

@@ -172,6 +172,19 @@ def _default_template_mask(shape: Sequence[int]) -> np.ndarray:
     return (sum(g.astype(np.float64) ** 2 for g in grids) <= (radius - 0.5) ** 2 + 1e-9).astype(np.float32)
 
 
+def _is_centred_ball(mask: np.ndarray) -> bool:
+    """True when ``mask`` is exactly the lattice points within some radius of ``shape // 2`` and that
+    ball fits inside the box (so every rotation maps it onto itself)."""
+    if not mask.any():
+        return False
+    grids = np.meshgrid(*[np.arange(n) - n // 2 for n in mask.shape], indexing="ij")
+    d2 = sum(g.astype(np.float64) ** 2 for g in grids)
+    r2_in = d2[mask].max()
+    r2_out = d2[~mask].min() if (~mask).any() else np.inf
+    room = min(min(n // 2, n - 1 - n // 2) for n in mask.shape)
+    return bool(r2_in < r2_out and r2_in <= room**2)
+
+
 def _auto_tile(shape: Sequence[int], tshape: Sequence[int]) -> tuple[int, ...]:
     base = 64 if len(shape) == 3 else 256
     return tuple(int(min(n, max(base, 2 * t))) for n, t in zip(shape, tshape))
@@ -209,7 +222,8 @@ def match_template(
         computed, so a sparse mask is proportionally cheaper.
     template_mask
         Optional array of the template's shape (nonzero = inside); default: the inscribed disk/ball.
-        A non-default mask is rotated with the template (nearest neighbour).
+        A non-default mask is rotated with the template (nearest neighbour); if every rotation
+        maps it onto itself (a centred sphere) the local statistics are shared over rotations.
     batch_size
         Rotations per batch; default from ``memory_mb``.
     tile
@@ -249,6 +263,16 @@ def match_template(
     if tmask.shape != tshape:
         raise ValueError(f"template_mask shape {tmask.shape} != template shape {tshape}")
     tmask_t = torch.as_tensor(tmask > 0, dtype=torch.float32, device=device)
+    if custom_mask:
+        # A mask that every rotation maps onto itself (a centred lattice ball, or any mask that the
+        # given rotations map exactly onto itself) shares the local statistics over rotations:
+        # 3x less work than recomputing them per rotation, and a ball stays a ball.
+        same = _is_centred_ball(tmask > 0) or all(
+            bool(torch.equal((rotate_template(tmask_t, mats[i: i + 256], order="nearest") > 0.5).float(),
+                             tmask_t.expand(len(mats[i: i + 256]), *tshape)))
+            for i in range(0, len(mats), 256)
+        )
+        custom_mask = not same
 
     if mask is not None:
         mask_np = np.asarray(mask.cpu() if torch.is_tensor(mask) else mask).astype(bool)
