@@ -8,7 +8,8 @@ Algorithm S1 (CryoFSL supplement), for a particle of radius ``r`` pixels in the 
 2. Euclidean distance transform of the mask;
 3. local maxima of the distance map for every distance threshold in ``r x (0.05 ... 0.25)`` and
    every minimum separation in ``r x (0.3, 0.4, 0.5)``;
-4. extra seeds: centroids of the blobs of the mask eroded by a disk of diameter ``0.8 r``;
+4. extra seeds: centroids of the blobs of the mask eroded by a disk of diameter ``0.8 r`` that
+   hold no seed from step 3;
 5. merge all seeds, strongest (largest distance) first, dropping any within ``0.5 r`` of a kept one;
 6. marker watershed of ``-distance`` inside the mask;
 7. keep a region when ``0.05 E <= area <= 2.5 E`` and (circularity ``4 pi A / P^2 > 0.4`` or
@@ -175,12 +176,19 @@ def find_peaks_s1(
     seeds = []
     for md in min_distances:
         seeds.extend(_local_maxima(dist, max(1, int(round(md * r))), [t * r for t in distance_thresholds]))
+    seeds = np.unique(np.concatenate(seeds), axis=0) if seeds else np.zeros((0, 2), np.int64)
     eroded = ndi.binary_erosion(mask, structure=_disk(erosion_diameter * r / 2))
     if eroded.any():
+        # Extra seeds for cores the peak finder missed: eroded blobs holding no seed yet contribute
+        # their centroid. (Adding the centroid of *every* eroded blob would put a spurious seed in
+        # the neck between two touching particles whose cores stay connected after erosion.)
         eroded_labels, n_eroded = ndi.label(eroded)
-        centres = np.asarray(ndi.center_of_mass(eroded, eroded_labels, range(1, n_eroded + 1)))
-        seeds.append(np.round(centres).astype(np.int64).reshape(-1, 2))
-    seeds = np.unique(np.concatenate(seeds), axis=0) if seeds else np.zeros((0, 2), np.int64)
+        has_seed = np.zeros(n_eroded + 1, bool)
+        has_seed[eroded_labels[seeds[:, 0], seeds[:, 1]]] = True
+        missing = np.flatnonzero(~has_seed[1:]) + 1
+        if len(missing):
+            centres = np.asarray(ndi.center_of_mass(eroded, eroded_labels, missing)).reshape(-1, 2)
+            seeds = np.concatenate([seeds, np.round(centres).astype(np.int64)])
     seeds = seeds[mask[seeds[:, 0], seeds[:, 1]]] if len(seeds) else seeds
     seeds = _merge_seeds(seeds, dist[seeds[:, 0], seeds[:, 1]] if len(seeds) else np.zeros(0),
                          seed_separation * r)
