@@ -177,3 +177,33 @@ def test_networks_shapes_and_prompt_conditioning():
         assert torch.allclose(yb, y[:, :2], atol=1e-5)
         # Different prompts give different maps.
         assert (y[:, 0] - y[:, 1]).abs().max() > 1e-4
+
+
+def test_propicker_tm_searches_only_inside_the_mask():
+    from cryopick.postprocess.propicker_tm import prompt_template, tm_in_mask, tm_pick
+
+    rng = np.random.default_rng(4)
+    shape = (40, 56, 56)
+    # An asymmetric particle: a ball with a knob, copies in two orientations (x-mirror = 180° about z).
+    g = np.indices((11, 11, 11)) - 5
+    particle = ((g ** 2).sum(0) <= 9).astype(np.float32)
+    particle[5, 5, 8:10] = 1.0
+    vol = rng.normal(0, 0.3, shape).astype(np.float32)
+    centres = [(12, 14, 10), (40, 20, 28), (20, 42, 30)]  # x, y, z
+    for i, (x, y, z) in enumerate(centres):
+        p = particle if i != 1 else particle[:, ::-1, ::-1]
+        vol[z - 5 : z + 6, y - 5 : y + 6, x - 5 : x + 6] += p
+    sub = np.zeros((1, 37, 37, 37), np.float32)
+    sub[0, 13:24, 13:24, 13:24] = particle
+    template = prompt_template(sub, diameter=8)
+    assert template.shape == (11, 11, 11)
+    coords, scores = tm_pick(vol, template, angle_step=90, min_distance=6, min_score=0.5)
+    assert len(coords) == 3
+    # A mask around the first two particles only: the third is never searched.
+    prob = np.zeros(shape, np.float32)
+    for x, y, z in centres[:2]:
+        prob[z - 2 : z + 3, y - 2 : y + 3, x - 2 : x + 3] = 0.9
+    c2, s2 = tm_in_mask(vol, prob, sub, threshold=0.5, diameter=8, angle_step=90, min_score=0.5)
+    assert len(c2) == 2
+    found = sorted(map(tuple, np.round(c2).astype(int).tolist()))
+    assert found == sorted(centres[:2])

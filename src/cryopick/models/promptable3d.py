@@ -213,6 +213,7 @@ class ProPicker(nn.Module):
                    "state_dict": state, "meta": dict(meta if meta is not None else self.meta)}
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
+            os.chmod(tmp, 0o644)  # readable like any package / data file (temp files start as 0600)
 
 
 def _build(name: str, config: dict) -> ProPicker:
