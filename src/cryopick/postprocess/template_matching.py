@@ -185,9 +185,24 @@ def _is_centred_ball(mask: np.ndarray) -> bool:
     return bool(r2_in < r2_out and r2_in <= room**2)
 
 
-def _auto_tile(shape: Sequence[int], tshape: Sequence[int]) -> tuple[int, ...]:
-    base = 64 if len(shape) == 3 else 256
-    return tuple(int(min(n, max(base, 2 * t))) for n, t in zip(shape, tshape))
+def _auto_tile(mask: np.ndarray, tshape: Sequence[int], overhead_voxels: float = 2e4) -> tuple[int, ...]:
+    """Tile edge minimising the estimated work for ``mask``: (tiles touching the mask) × (FFT size
+    of a tile plus its template halo, plus a fixed per-tile overhead). Sparse masks get small
+    tiles, dense ones large tiles (up to the whole volume)."""
+    shape = mask.shape
+    best, best_cost = tuple(shape), None
+    for edge in (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, max(shape)):
+        tiles = tuple(min(edge, n) for n in shape)
+        counts = [math.ceil(n / t) for n, t in zip(shape, tiles)]
+        padded = np.zeros([c * t for c, t in zip(counts, tiles)], dtype=bool)
+        padded[tuple(slice(0, n) for n in shape)] = mask
+        blocks = padded.reshape([x for c, t in zip(counts, tiles) for x in (c, t)])
+        touched = int(blocks.any(axis=tuple(range(1, 2 * len(shape), 2))).sum())
+        fft = float(np.prod([scipy.fft.next_fast_len(t + k - 1, real=True) for t, k in zip(tiles, tshape)]))
+        cost = touched * (fft * math.log2(max(fft, 2.0)) + overhead_voxels)
+        if best_cost is None or cost < best_cost:
+            best, best_cost = tiles, cost
+    return best
 
 
 def match_template(
@@ -228,7 +243,7 @@ def match_template(
         Rotations per batch; default from ``memory_mb``.
     tile
         Tile edge in voxels (int or per-axis); default: the whole volume without ``mask``, else
-        ``max(2 × template, 256 (2D) / 64 (3D))``.
+        the edge that minimises the estimated work for that mask (small tiles for sparse masks).
     device
         Torch device; default the volume's device if it is a tensor, else CPU.
     fill_value
@@ -282,7 +297,7 @@ def match_template(
         mask_np = None
 
     if tile is None:
-        tiles = shape if mask_np is None else _auto_tile(shape, tshape)
+        tiles = shape if mask_np is None else _auto_tile(mask_np, tshape)
     else:
         tiles = tuple(int(tile) for _ in shape) if np.isscalar(tile) else tuple(int(t) for t in tile)
         tiles = tuple(min(max(1, t), n) for t, n in zip(tiles, shape))
