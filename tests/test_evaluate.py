@@ -230,3 +230,27 @@ def test_report_3d_iou_and_czii(tmp_path):
     p = data["methods"]["m"]["pooled"]["czii"]
     assert p["fbeta"] == pytest.approx(f_beta(9 / 12, 9 / 12, 4))
     assert "F-β" in (tmp_path / "czii" / "report.md").read_text()
+
+
+def test_evaluate_cli_3d_formats_and_scale(tmp_path):
+    from cryopick.cli.main import main
+    from cryopick.io.coords import write_picks
+    from cryopick.picks import scale
+
+    rng = np.random.default_rng(7)
+    xyz = rng.uniform(20, 180, (10, 3))
+    truth = Picks.from_arrays("tomo1", xyz, diameter=20)
+    picks = Picks.from_arrays("tomo1", np.concatenate([xyz[:8] + [3.0, 0, 0], [[100.0, 5, 5]]]),
+                              score=np.linspace(1, 0.2, 9), pixel_size=10.0)
+    write_picks(truth, tmp_path / "truth", "imod")
+    # picks on 2x binned 100^3 tomograms (20 Å voxels), RELION 5 centred Å coordinates
+    write_picks(scale(picks, 0.5), tmp_path / "binned", "relion", tomo_size=(100, 100, 100))
+    out = tmp_path / "r"
+    assert main(["evaluate", "--picks", f"bin2={tmp_path / 'binned'}", "--picks-scale", "2", "--truth",
+                 str(tmp_path / "truth"), "--diameter", "20", "--rule", "czii", "--tomo-size", "100,100,100", "--voxel-size", "20",
+                 "-o", str(out)]) == 0
+    data = json.loads((out / "report.json").read_text())
+    p = data["methods"]["bin2"]["pooled"]["czii"]
+    # offsets of 3 px <= 0.5 x radius (5 px): 8 TP of 9 picks, 10 truths; F-beta with beta 4
+    assert (p["tp"], p["n_pred"], p["n_truth"]) == (8, 9, 10)
+    assert p["fbeta"] == pytest.approx(f_beta(8 / 9, 8 / 10, 4))

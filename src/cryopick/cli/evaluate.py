@@ -49,7 +49,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flip-y-picks", action="store_true", help="y -> H-1-y on the picks (needs --height or --images)")
     parser.add_argument("--flip-y-truth", action="store_true", help="y -> H-1-y on the truth (needs --height or --images)")
     parser.add_argument("--height", type=float, help="image height in pixels for the --flip-y options")
+    parser.add_argument("--picks-scale", type=float,
+                        help="multiply pick coordinates by F to reach the truth's frame (e.g. 4 for picks on 4x binned data)")
     parser.add_argument("--title", default="cryopick evaluation", help="report title")
+    f = parser.add_argument_group("format details (passed to the coordinate readers)")
+    f.add_argument("--voxel-size", type=float, metavar="A",
+                   help="voxel/pixel size in Å for formats in Å (copick, RELION 5 centred coordinates)")
+    f.add_argument("--tomo-size", metavar="X,Y,Z", help="tomogram size in voxels (RELION 5 centred coordinates)")
+    f.add_argument("--tomograms-star", help="RELION 5 tomograms.star giving sizes and voxel sizes")
     parser.add_argument("-o", "--output", required=True, help="report directory")
 
 
@@ -91,7 +98,17 @@ def _main(args: argparse.Namespace) -> int:
     from cryopick.io.images import image_name, list_images, read_image
     from cryopick.picks import concat, flip_y
 
-    truth = read_picks(args.truth, format=args.truth_format)
+    opts = {}
+    if args.voxel_size is not None:
+        opts["voxel_size"] = args.voxel_size
+    if args.tomo_size:
+        try:
+            opts["tomo_size"] = tuple(float(v) for v in args.tomo_size.replace("x", ",").split(","))
+        except ValueError:
+            raise CryopickError(f"--tomo-size: expected X,Y,Z in voxels, got {args.tomo_size!r}") from None
+    if args.tomograms_star:
+        opts["tomograms_star"] = args.tomograms_star
+    truth = read_picks(args.truth, format=args.truth_format, **opts)
     if len(truth) == 0:
         raise CryopickError(f"{args.truth}: the ground truth holds no particle")
     image_paths = {image_name(p): p for p in list_images(args.images)} if args.images else {}
@@ -113,7 +130,8 @@ def _main(args: argparse.Namespace) -> int:
         truth = flip(truth, heights())
     methods = {}
     for name, path in _method_sources(args).items():
-        picks = read_picks(path, format=args.picks_format)
+        picks = read_picks(path, format=args.picks_format, **opts,
+                           **({"scale": args.picks_scale} if args.picks_scale else {}))
         if picks.ndim != truth.ndim:
             raise CryopickError(f"{path}: picks are {picks.ndim}D but the truth ({args.truth}) is {truth.ndim}D")
         picks = match_micrograph_names(picks, truth.micrographs, allow_unmatched=True, source=str(path))
