@@ -377,3 +377,13 @@ def test_writers_are_atomic_and_refuse_impossible_output(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         write_picks(p.for_micrograph("mic_000"), target, "cryoppp")
     assert target.read_text() == "old\n" and [f.name for f in tmp_path.iterdir()] == ["keep.csv"]
+
+
+def test_relion5_tomo_directory_with_index_uses_geometry(tmp_path):
+    """A directory of per-tomogram RELION 5 files plus its autopick.star index reads back with the geometry."""
+    p3 = _picks3d()
+    out = tmp_path / "picks"
+    write_picks(p3, out, "relion", tomo_size=(464, 464, 200))
+    assert (out / "autopick.star").exists()
+    q = read_picks(out, format="relion", tomo_size=(464, 464, 200), voxel_size=10.0)
+    np.testing.assert_allclose(np.sort(q.coords, axis=0), np.sort(p3.coords, axis=0), atol=1e-6)

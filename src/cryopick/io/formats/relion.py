@@ -115,7 +115,8 @@ def read(path: str | os.PathLike, micrograph: str | None = None, pixel_size: flo
     blocks = _read_blocks(path)
     index = _find_block(blocks, "rlnMicrographName", "rlnMicrographCoordinates")
     if index is not None:
-        return _read_index(path, index, pixel_size=pixel_size, project_dir=project_dir, diameter=diameter)
+        return _read_index(path, index, pixel_size=pixel_size, project_dir=project_dir, diameter=diameter,
+                           tomo_size=tomo_size, voxel_size=voxel_size, tomograms_star=tomograms_star)
     tomo = _find_block(blocks, "rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst",
                        "rlnCenteredCoordinateZAngst")
     if tomo is not None:
@@ -174,7 +175,8 @@ def _resolve(entry: str, index_path: Path, project_dir: str | os.PathLike | None
     return None
 
 
-def _read_index(path: Path, index: pd.DataFrame, pixel_size, project_dir, diameter) -> Picks:
+def _read_index(path: Path, index: pd.DataFrame, pixel_size, project_dir, diameter, **tomo_opts) -> Picks:
+    """Read every coordinate file an index lists; ``tomo_opts`` reach RELION 5 tomography files."""
     parts = []
     for mic, coord in zip(index["rlnMicrographName"].astype(str), index["rlnMicrographCoordinates"].astype(str)):
         resolved = _resolve(coord, path, project_dir)
@@ -183,7 +185,8 @@ def _read_index(path: Path, index: pd.DataFrame, pixel_size, project_dir, diamet
                 f"{path}: coordinate file {coord!r} listed for {mic!r} not found; run from the RELION project "
                 "directory or give project_dir (--project-dir)"
             )
-        parts.append(read(resolved, micrograph=image_name(mic), pixel_size=pixel_size, diameter=diameter))
+        parts.append(read(resolved, micrograph=image_name(mic), pixel_size=pixel_size, diameter=diameter,
+                          **tomo_opts))
     if not parts:
         return Picks.empty(pixel_size=pixel_size)
     return concat(parts)
