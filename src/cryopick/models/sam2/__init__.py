@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 
+from cryopick.errors import CryopickError
 from cryopick.models.registry import register_model
 from cryopick.models.sam2.checkpoint import load_into
 from cryopick.models.sam2.configs import ALL_CONFIGS, OFFICIAL_CONFIGS, TEST_TINY, SAM2Config, get_config
@@ -37,7 +38,6 @@ def build_sam2_picker(name: str, checkpoint: str | None = None, image_size: int 
     cfg = get_config(name)
     if image_size is not None:
         if int(image_size) % 32 or int(image_size) <= 0:
-            from cryopick.errors import CryopickError
             raise CryopickError(f"--image-size {image_size} for {name} must be a positive multiple of 32")
         cfg = cfg.with_image_size(int(image_size))
     model = CryoFSL(cfg, **kwargs)

@@ -103,7 +103,7 @@ def load_state(model: torch.nn.Module, obj: Any, source: str = "checkpoint") -> 
     unexpected = sorted(set(selected) - wanted)
     mismatched = sorted(k for k in wanted & set(selected) if tuple(selected[k].shape) != tuple(own[k].shape))
     if missing or unexpected or mismatched:
-        name = getattr(getattr(model, "config", None), "name", "this model")
+        name = getattr(getattr(model, "sam2_config", None), "name", "this model")
         details = []
         if mismatched:
             k = mismatched[0]

@@ -12,7 +12,7 @@ Parameter names match Meta's checkpoints (``patch_embed.proj``, ``blocks.N.attn.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -232,7 +232,3 @@ class _HookedBlock:
             x = self.hook(self.index, x)
         return self.block(x)
 
-
-def stage_of_blocks(cfg: HieraConfig) -> Sequence[int]:
-    """Hiera stage (0-based) of every block, e.g. ``[0, 0, 1, 1, ...]``."""
-    return [s for s, n in enumerate(cfg.stages) for _ in range(n)]

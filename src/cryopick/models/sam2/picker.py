@@ -96,7 +96,11 @@ class CryoFSL(nn.Module):
             raise ValueError("neck.d_model must equal decoder.transformer_dim")
         if intensity_clip <= 0:
             raise ValueError("intensity_clip must be positive")
-        self.config = cfg
+        self.sam2_config = cfg
+        # Registry convention: ``config`` holds the builder keyword arguments that define the
+        # weights' meaning, so a trained model can be rebuilt from its model card.
+        self.config = {"image_size": cfg.image_size, "adapter_reduction": adapter_reduction,
+                       "intensity_clip": float(intensity_clip)}
         self.image_encoder = ImageEncoder(cfg)
         self.sam_prompt_encoder = PromptFreeEmbeddings(cfg.decoder.transformer_dim, cfg.embedding_size)
         self.sam_mask_decoder = MaskDecoder(cfg.decoder)
@@ -115,7 +119,7 @@ class CryoFSL(nn.Module):
     @property
     def preferred_size(self) -> int:
         """Square training patch size in pixels (the encoder's working size)."""
-        return self.config.image_size
+        return self.sam2_config.image_size
 
     @property
     def input_multiple(self) -> int:
@@ -152,7 +156,7 @@ class CryoFSL(nn.Module):
             x = F.pad(x, (0, side - w, 0, side - h))  # z = 0: median grey
         c = self.intensity_clip
         v = (x.clamp(-c, c) + c) / (2 * c)
-        s = self.config.image_size
+        s = self.sam2_config.image_size
         if side != s:
             v = F.interpolate(v, size=(s, s), mode="bilinear", align_corners=False, antialias=side > s)
         return (v.expand(-1, 3, -1, -1) - self.pixel_mean) / self.pixel_std
@@ -188,4 +192,4 @@ class CryoFSL(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("adapters.")}
 
     def extra_repr(self) -> str:
-        return f"config={self.config.name!r}, image_size={self.config.image_size}"
+        return f"config={self.sam2_config.name!r}, image_size={self.sam2_config.image_size}"
