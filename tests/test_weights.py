@@ -187,3 +187,16 @@ def test_official_table_and_cli(tmp_path, monkeypatch, capsys):
     assert cli_main(["weights", "path", "sam2-hiera-large"]) == 2
     assert "cryopick weights download sam2-hiera-large" in capsys.readouterr().err
     assert cli_main(["weights", "download", "no-such-model"]) == 2
+
+
+def test_checkpoint_by_name_uses_the_cache(tmp_path, monkeypatch):
+    from cryopick.models.registry import build_model
+    from cryopick.models.sam2 import resolve_checkpoint
+
+    monkeypatch.setenv("CRYOPICK_CACHE", str(tmp_path))
+    with pytest.raises(CryopickError, match="not downloaded.*cryopick weights download sam2.1-hiera-tiny"):
+        build_model("sam2.1-hiera-tiny", checkpoint="sam2.1-hiera-tiny", image_size=64)
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "sam2.1_hiera_tiny.pt").write_bytes(b"x")
+    assert resolve_checkpoint("sam2.1-hiera-tiny") == str(tmp_path / "weights" / "sam2.1_hiera_tiny.pt")
+    assert resolve_checkpoint("some/file.pt") == "some/file.pt"

@@ -7,7 +7,9 @@ Registered ``picker2d`` models: ``sam2-hiera-{tiny,small,base-plus,large}``,
 
 from __future__ import annotations
 
+import os
 import warnings
+from pathlib import Path
 
 from cryopick.errors import CryopickError
 from cryopick.models.registry import register_model
@@ -15,7 +17,7 @@ from cryopick.models.sam2.checkpoint import load_into
 from cryopick.models.sam2.configs import ALL_CONFIGS, OFFICIAL_CONFIGS, TEST_TINY, SAM2Config, get_config
 from cryopick.models.sam2.picker import CryoFSL
 
-__all__ = ["CryoFSL", "SAM2Config", "build_sam2_picker", "get_config", "ALL_CONFIGS", "OFFICIAL_CONFIGS"]
+__all__ = ["CryoFSL", "SAM2Config", "build_sam2_picker", "resolve_checkpoint", "get_config", "ALL_CONFIGS", "OFFICIAL_CONFIGS"]
 
 
 def build_sam2_picker(name: str, checkpoint: str | None = None, image_size: int | None = None,
@@ -28,7 +30,8 @@ def build_sam2_picker(name: str, checkpoint: str | None = None, image_size: int 
         A key of :data:`ALL_CONFIGS`.
     checkpoint
         An official SAM2/SAM2.1 ``.pt`` file (encoder, decoder and prompt embeddings are loaded;
-        adapters start at zero) or a cryopick CryoFSL checkpoint (everything is loaded).
+        adapters start at zero), a cryopick CryoFSL checkpoint (everything is loaded), or the
+        name of a downloaded official file (``sam2.1-hiera-large``: taken from the weights cache).
     image_size
         Working size in pixels (multiple of 32); ``None`` keeps the config's (1024 for official models).
     **kwargs
@@ -42,6 +45,7 @@ def build_sam2_picker(name: str, checkpoint: str | None = None, image_size: int 
         cfg = cfg.with_image_size(int(image_size))
     model = CryoFSL(cfg, **kwargs)
     if checkpoint is not None:
+        checkpoint = resolve_checkpoint(checkpoint)
         load_into(model, checkpoint)
     elif name in OFFICIAL_CONFIGS:
         warnings.warn(
@@ -51,6 +55,19 @@ def build_sam2_picker(name: str, checkpoint: str | None = None, image_size: int 
             UserWarning, stacklevel=2,
         )
     return model
+
+
+def resolve_checkpoint(checkpoint: str | os.PathLike) -> str:
+    """A path as given, or, for a weights name such as ``sam2.1-hiera-large``, its file in the cache."""
+    from cryopick.weights import OFFICIAL_WEIGHTS, weights_path
+
+    if Path(checkpoint).exists() or str(checkpoint) not in OFFICIAL_WEIGHTS:
+        return str(checkpoint)
+    cached = weights_path(str(checkpoint))
+    if not cached.is_file():
+        raise CryopickError(f"checkpoint {checkpoint} is not downloaded ({cached} missing); run "
+                            f"`cryopick weights download {checkpoint}`")
+    return str(cached)
 
 
 def _register(name: str, default_size: int) -> None:
