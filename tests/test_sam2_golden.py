@@ -185,3 +185,15 @@ def test_non_square_input_keeps_aspect_ratio():
         a = model(x)
         b = model(padded)[..., :64]
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_each_image_uses_its_own_high_res_features():
+    """Batch items are independent (the authors' code took high-res features from the last image)."""
+    torch.manual_seed(0)
+    model = CryoFSL(TEST_TINY).eval()
+    x = torch.randn(3, 1, 128, 128)
+    with torch.no_grad():
+        batch = model(x)
+        single = torch.cat([model(x[i:i + 1]) for i in range(3)])
+    assert torch.allclose(batch, single, atol=1e-5)
+    assert not torch.allclose(batch[0], batch[2], atol=1e-3)
