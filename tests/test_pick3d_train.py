@@ -23,14 +23,29 @@ def test_batches_have_prompts_of_present_classes(pool_dir):
     pool = load_pool(pool_dir)
     assert len(pool) == 2 and pool[0].set_id == pool[1].set_id  # siblings share classes
     cfg = SampleConfig(window=16, batch=3, prompts=2, negative_prompt_prob=0.0)
-    x, prompts, targets, empty = sample_batch(pool, np.random.default_rng(0), cfg)
-    assert x.shape == (3, 1, 16, 16, 16) and prompts.shape == (3, 2, 37, 37, 37) and targets.shape == (3, 2, 16, 16, 16)
+    batch = sample_batch(pool, np.random.default_rng(0), cfg)
+    x, targets = batch.windows, batch.targets
+    assert x.shape == (3, 1, 16, 16, 16) and targets.shape == (3, 2, 16, 16, 16)
+    assert batch.prompts.shape == batch.positives.shape == (3, 2, 37, 37, 37)
     assert torch.allclose(x.mean(dim=(1, 2, 3, 4)), torch.zeros(3), atol=1e-4)
     assert set(torch.unique(targets).tolist()) <= {0.0, 1.0}
-    assert torch.equal(empty, targets.sum(dim=(2, 3, 4)) == 0) or empty.any()
+    # The first prompt of a window is a class present in it; "empty" flags exactly the empty targets.
+    assert not batch.empty[:, 0].any()
+    assert torch.all((batch.class_ids >= 0) & (batch.class_ids % 1000 < 3))
+    assert torch.equal(batch.empty, targets.sum(dim=(2, 3, 4)) == 0)
     # Same seed, same batch (resume relies on it).
     again = sample_batch(pool, np.random.default_rng(0), cfg)
-    assert torch.equal(again[0], x) and torch.equal(again[2], targets)
+    assert torch.equal(again.windows, x) and torch.equal(again.targets, targets)
+    assert torch.equal(again.positives, batch.positives)
+
+
+def test_contrastive_loss_prefers_class_clusters():
+    from cryopick.train3d import contrastive_loss
+
+    ids = torch.tensor([0, 0, 1, 1, -1])
+    good = torch.nn.functional.normalize(torch.tensor([[1.0, 0], [0.9, 0.1], [0, 1.0], [0.1, 0.9], [1, 1]]), dim=1)
+    bad = good[[0, 2, 1, 3, 4]]
+    assert float(contrastive_loss(good, ids)) < float(contrastive_loss(bad, ids))
 
 
 def test_resume_gives_the_same_weights(pool_dir, tmp_path):

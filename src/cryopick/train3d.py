@@ -17,12 +17,17 @@ One step (:func:`sample_batch`):
    whose centre lies in the window), from this tomogram or its sibling, randomly flipped;
 4. the target of a prompt is that class's occupancy mask in the window. Channels whose target is
    empty are weighted by ``empty_weight``: 0 masks them out of the loss, as ProPicker does. The
-   default 0.2 keeps a little of their signal: with fully masked empty channels every window the
+   default 0.5 keeps half of their signal: with fully masked empty channels every window the
    network is trained on contains the prompted class, which rewards "mark whatever looks most like
    the prompt" — false positives in the many windows of a tomogram without that class.
 
-Loss: binary cross-entropy plus ``dice_weight`` × soft Dice on non-empty channels. The prompt encoder
-is trained jointly (``freeze_encoder=False``) or kept frozen (e.g. TomoTwin).
+Loss: binary cross-entropy plus ``dice_weight`` × soft Dice on non-empty channels, plus
+``contrastive_weight`` × a supervised contrastive (InfoNCE) loss on the prompt embeddings: each prompt
+comes with a second, independently drawn instance of its class, and embeddings of the same class are
+pulled together, of different classes pushed apart (TomoTwin trains its encoder by metric learning
+for the same purpose). Without it the segmenter first learns a generic "any particle" detector and the
+FiLM conditioning stays unused for thousands of steps. The prompt encoder is trained jointly
+(``freeze_encoder=False``) or kept frozen (e.g. TomoTwin; the contrastive term is then skipped).
 
 Resumable: ``last.pt`` in the output folder holds the model, optimiser, step and log; every random
 draw of step ``k`` comes from ``default_rng([seed, k])``, so an interrupted and resumed run gives
@@ -176,6 +181,24 @@ class SampleConfig:
     rot90: bool = True            # random 90° turns about z (moves the tilt axis from y to x)
 
 
+@dataclass
+class Batch:
+    """One training batch (shapes: B windows, P prompts per window, w = window edge).
+
+    ``windows`` ``(B, 1, w, w, w)`` z-scored; ``prompts`` and ``positives`` ``(B, P, 37, 37, 37)`` raw
+    (``positives``: another instance of the same class); ``targets`` ``(B, P, w, w, w)`` in {0, 1};
+    ``empty`` ``(B, P)`` bool; ``class_ids`` ``(B, P)`` int64, unique per class across the pool (-1:
+    the class had no instance to cut a prompt from).
+    """
+
+    windows: torch.Tensor
+    prompts: torch.Tensor
+    targets: torch.Tensor
+    empty: torch.Tensor
+    positives: torch.Tensor
+    class_ids: torch.Tensor
+
+
 def _augment(arrays: Sequence[np.ndarray], rng: np.random.Generator, rot90: bool) -> list[np.ndarray]:
     """The same random flips (all axes) and 90° turn about z applied to every ``(D, H, W)`` array."""
     flips = [ax for ax in range(3) if rng.uniform() < 0.5]
@@ -195,19 +218,13 @@ def _prompt_volume(tomo: PoolTomogram, centre: np.ndarray) -> np.ndarray:
     return read_block(tomo.volume, tuple(c), (PROMPT_SIZE,) * 3)
 
 
-def sample_batch(pool: list[PoolTomogram], rng: np.random.Generator, cfg: SampleConfig):
-    """One training batch.
-
-    Returns
-    -------
-    windows : ``(B, 1, w, w, w)`` float32 z-scored; prompts : ``(B, P, 37, 37, 37)`` float32 raw;
-    targets : ``(B, P, w, w, w)`` float32 in {0, 1}; empty : ``(B, P)`` bool (target has no voxel).
-    """
+def sample_batch(pool: list[PoolTomogram], rng: np.random.Generator, cfg: SampleConfig) -> Batch:
+    """One training batch (see :class:`Batch`); deterministic for a given ``rng`` state."""
     w = cfg.window
     by_set: dict[int, list[PoolTomogram]] = {}
     for t in pool:
         by_set.setdefault(t.set_id, []).append(t)
-    windows, prompts, targets, empty = [], [], [], []
+    windows, prompts, targets, empty, positives, ids = [], [], [], [], [], []
     for _ in range(cfg.batch):
         tomo = pool[int(rng.integers(len(pool)))]
         shape = np.array(tomo.volume.shape)
@@ -233,7 +250,7 @@ def sample_batch(pool: list[PoolTomogram], rng: np.random.Generator, cfg: Sample
                 chosen.append(int(rng.integers(tomo.n_classes)))
         vol, cmask = _augment([vol, cmask], rng, cfg.rot90)
         siblings = by_set[tomo.set_id]
-        p_list, t_list, e_list = [], [], []
+        p_list, t_list, e_list, q_list, i_list = [], [], [], [], []
         for c in chosen:
             sources = []
             for sib in siblings:
@@ -243,11 +260,17 @@ def sample_batch(pool: list[PoolTomogram], rng: np.random.Generator, cfg: Sample
                     idx = idx[~inside]
                 sources += [(sib, i) for i in idx]
             if sources:
-                sib, i = sources[int(rng.integers(len(sources)))]
+                pick = rng.permutation(len(sources))[:2]
+                sib, i = sources[int(pick[0])]
                 pv = _prompt_volume(sib, sib.coords[i])
-            else:  # the class has no other instance: the prompt is noise, the channel is down-weighted
-                pv = rng.standard_normal((PROMPT_SIZE,) * 3).astype(np.float32)
+                sib2, i2 = sources[int(pick[-1])]  # the same instance when it is the only one
+                qv = _prompt_volume(sib2, sib2.coords[i2])
+                i_list.append(tomo.set_id * 1000 + c)
+            else:  # the class has no other instance: the prompt is noise, the channel is masked
+                pv = qv = rng.standard_normal((PROMPT_SIZE,) * 3).astype(np.float32)
+                i_list.append(-1)
             p_list.append(_augment([pv], rng, True)[0])
+            q_list.append(_augment([qv], rng, True)[0])
             tgt = (cmask == c + 1).astype(np.float32)
             t_list.append(tgt)
             e_list.append(not tgt.any() or not sources)
@@ -255,8 +278,11 @@ def sample_batch(pool: list[PoolTomogram], rng: np.random.Generator, cfg: Sample
         prompts.append(np.stack(p_list))
         targets.append(np.stack(t_list))
         empty.append(e_list)
+        positives.append(np.stack(q_list))
+        ids.append(i_list)
     x = zscore_windows(torch.from_numpy(np.stack(windows))[:, None].float())
-    return x, torch.from_numpy(np.stack(prompts)), torch.from_numpy(np.stack(targets)), torch.tensor(empty)
+    return Batch(x, torch.from_numpy(np.stack(prompts)), torch.from_numpy(np.stack(targets)), torch.tensor(empty),
+                 torch.from_numpy(np.stack(positives)), torch.tensor(ids, dtype=torch.int64))
 
 
 # -- loss ---------------------------------------------------------------------------------------------------
@@ -279,6 +305,24 @@ def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor, empty: torch.
     return loss
 
 
+def contrastive_loss(z: torch.Tensor, ids: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Supervised InfoNCE over unit embeddings ``z`` ``(N, d)`` with class ``ids`` ``(N,)`` (-1 ignored)."""
+    keep = ids >= 0
+    z, ids = z[keep].float(), ids[keep]
+    if len(z) < 2:
+        return z.sum() * 0
+    sim = z @ z.T / temperature
+    self_mask = torch.eye(len(z), dtype=torch.bool)
+    sim = sim.masked_fill(self_mask, -1e9)
+    pos = (ids[:, None] == ids[None, :]) & ~self_mask
+    has = pos.any(dim=1)
+    if not has.any():
+        return z.sum() * 0
+    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    per_anchor = -(log_prob * pos).sum(dim=1) / pos.sum(dim=1).clamp(min=1)
+    return per_anchor[has].mean()
+
+
 # -- the training loop ------------------------------------------------------------------------------------------
 @dataclass
 class TrainConfig:
@@ -291,8 +335,10 @@ class TrainConfig:
     lr: float = 2e-3
     warmup: int = 200
     weight_decay: float = 1e-5
-    empty_weight: float = 0.2
+    empty_weight: float = 0.5
     dice_weight: float = 1.0
+    contrastive_weight: float = 0.5
+    conditioning_lr_mult: float = 3.0  # learning-rate factor of the prompt encoder and FiLM layers
     bf16: bool = True
     seed: int = 0
     checkpoint_every: int = 100
@@ -317,18 +363,26 @@ def _lr(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
-def train_step(model: ProPicker, batch, cfg: TrainConfig) -> torch.Tensor:
+def train_step(model: ProPicker, batch: Batch, cfg: TrainConfig) -> torch.Tensor:
     """Loss of one batch (prompts encoded here, so the encoder learns unless frozen)."""
-    x, prompts, targets, empty = batch
-    b, p = prompts.shape[:2]
+    b, p = batch.prompts.shape[:2]
+    flat = batch.prompts.reshape(b * p, *batch.prompts.shape[2:])
+    contrast = cfg.contrastive_weight > 0 and not cfg.freeze_encoder
+    if contrast:
+        flat = torch.cat([flat, batch.positives.reshape(b * p, *batch.positives.shape[2:])])
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
         if cfg.freeze_encoder:
             with torch.no_grad():
-                z = model.encoder(model.encoder.prepare(prompts.reshape(b * p, *prompts.shape[2:])))
+                z_all = model.encoder(model.encoder.prepare(flat))
         else:
-            z = model.encoder(model.encoder.prepare(prompts.reshape(b * p, *prompts.shape[2:])))
-        logits = model.segmenter(x, z.float().view(b, p, -1))
-    return segmentation_loss(logits, targets, empty, cfg.empty_weight, cfg.dice_weight)
+            z_all = model.encoder(model.encoder.prepare(flat))
+        z = z_all[: b * p].float()
+        logits = model.segmenter(batch.windows, z.view(b, p, -1))
+    loss = segmentation_loss(logits, batch.targets, batch.empty, cfg.empty_weight, cfg.dice_weight)
+    if contrast:
+        ids = batch.class_ids.reshape(-1)
+        loss = loss + cfg.contrastive_weight * contrastive_loss(z_all.float(), torch.cat([ids, ids]))
+    return loss
 
 
 def validation_batches(pool: list[PoolTomogram], n: int, cfg: SampleConfig, seed: int = 12345) -> list:
@@ -337,25 +391,37 @@ def validation_batches(pool: list[PoolTomogram], n: int, cfg: SampleConfig, seed
 
 
 @torch.no_grad()
-def evaluate_batches(model: ProPicker, batches: list, bf16: bool = True) -> dict:
-    """Mean loss and mean Dice at 0.5 over non-empty channels; false-positive rate on empty ones."""
+def evaluate_batches(model: ProPicker, batches: list[Batch], bf16: bool = True) -> dict:
+    """Validation metrics over non-empty channels: loss, Dice at 0.5 (``val_dice``), the same Dice when
+    each channel is given the prompt of another class present in the window (``val_dice_wrong``; equal
+    to ``val_dice`` when the prompt is ignored), and the false-positive voxel rate on empty channels."""
     model.eval()
-    dices, losses, fp = [], [], []
-    for x, prompts, targets, empty in batches:
-        b, p = prompts.shape[:2]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            z = model.embed(prompts.reshape(b * p, *prompts.shape[2:]))
-            logits = model.segmenter(x, z.float().view(b, p, -1)).float()
-        losses.append(float(segmentation_loss(logits, targets, empty, 1.0, 1.0)))
+    dices, wrong, losses, fp = [], [], [], []
+
+    def dice(logits, targets):
         pred = (logits > 0).float()
         inter = (pred * targets).sum(dim=(2, 3, 4))
-        denom = pred.sum(dim=(2, 3, 4)) + targets.sum(dim=(2, 3, 4))
-        d = 2 * inter / denom.clamp(min=1)
-        dices += d[~empty].tolist()
-        fp += pred.mean(dim=(2, 3, 4))[empty].tolist()
+        return 2 * inter / (pred.sum(dim=(2, 3, 4)) + targets.sum(dim=(2, 3, 4))).clamp(min=1), pred
+
+    for batch in batches:
+        b, p = batch.prompts.shape[:2]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            z = model.embed(batch.prompts.reshape(b * p, *batch.prompts.shape[2:])).float().view(b, p, -1)
+            logits = model.segmenter(batch.windows, z).float()
+            rolled = model.segmenter(batch.windows, z.roll(1, dims=1)).float() if p > 1 else None
+        losses.append(float(segmentation_loss(logits, batch.targets, batch.empty, 1.0, 1.0)))
+        d, pred = dice(logits, batch.targets)
+        dices += d[~batch.empty].tolist()
+        fp += pred.mean(dim=(2, 3, 4))[batch.empty].tolist()
+        if rolled is not None:
+            dw, _ = dice(rolled, batch.targets)
+            other = batch.class_ids.roll(1, dims=1) != batch.class_ids
+            wrong += dw[~batch.empty & other].tolist()
     model.train()
-    return {"val_loss": float(np.mean(losses)), "val_dice": float(np.mean(dices)) if dices else float("nan"),
-            "val_empty_fp": float(np.mean(fp)) if fp else float("nan")}
+    nan = float("nan")
+    return {"val_loss": float(np.mean(losses)), "val_dice": float(np.mean(dices)) if dices else nan,
+            "val_dice_wrong": float(np.mean(wrong)) if wrong else nan,
+            "val_empty_fp": float(np.mean(fp)) if fp else nan}
 
 
 def train(cfg: TrainConfig, pool_dir: str | os.PathLike, out_dir: str | os.PathLike,
@@ -372,8 +438,13 @@ def train(cfg: TrainConfig, pool_dir: str | os.PathLike, out_dir: str | os.PathL
     val = validation_batches(load_pool(val_pool_dir), n_val_batches, cfg.sample) if val_pool_dir else []
     torch.manual_seed(cfg.seed)
     model = _build(cfg)
-    params = [p for n, p in model.named_parameters() if not (cfg.freeze_encoder and n.startswith("encoder."))]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    named = [(n, p) for n, p in model.named_parameters() if not (cfg.freeze_encoder and n.startswith("encoder."))]
+    conditioning = [p for n, p in named if n.startswith("encoder.") or "film" in n]
+    rest = [p for n, p in named if not (n.startswith("encoder.") or "film" in n)]
+    params = conditioning + rest
+    opt = torch.optim.AdamW([{"params": rest, "lr_mult": 1.0},
+                             {"params": conditioning, "lr_mult": cfg.conditioning_lr_mult}],
+                            lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, best, history = 0, -1.0, []
     last = out_dir / "last.pt"
     if last.exists():
@@ -391,7 +462,7 @@ def train(cfg: TrainConfig, pool_dir: str | os.PathLike, out_dir: str | os.PathL
     log_path = out_dir / "log.jsonl"
     while step < end:
         for g in opt.param_groups:
-            g["lr"] = _lr(cfg, step)
+            g["lr"] = _lr(cfg, step) * g.get("lr_mult", 1.0)
         batch = sample_batch(pool, np.random.default_rng([cfg.seed, step]), cfg.sample)
         loss = train_step(model, batch, cfg)
         opt.zero_grad(set_to_none=True)

@@ -32,8 +32,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=48, help="training window edge, voxels")
     parser.add_argument("--batch", type=int, default=2, help="windows per step")
     parser.add_argument("--prompts", type=int, default=3, help="prompts per window")
-    parser.add_argument("--empty-weight", type=float, default=0.2,
+    parser.add_argument("--empty-weight", type=float, default=0.5,
                         help="loss weight of prompts absent from the window (0 = masked out, as ProPicker)")
+    parser.add_argument("--contrastive-weight", type=float, default=0.5,
+                        help="weight of the metric-learning loss on prompt embeddings (0 = off)")
     parser.add_argument("--no-bf16", action="store_true", help="train in float32 (bf16 autocast is the default)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
@@ -57,7 +59,8 @@ def main(args: argparse.Namespace) -> int:
         make_pool(args.val_pool, args.make_val_pool, seed=args.val_seed)
     cfg = TrainConfig(
         model=args.model, init=args.init, tomotwin=args.tomotwin, freeze_encoder=args.model == "propicker-paper",
-        steps=args.steps, lr=args.lr, empty_weight=args.empty_weight, bf16=not args.no_bf16, seed=args.seed,
+        steps=args.steps, lr=args.lr, empty_weight=args.empty_weight, contrastive_weight=args.contrastive_weight,
+        bf16=not args.no_bf16, seed=args.seed,
         checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
         sample=SampleConfig(window=args.window, batch=args.batch, prompts=args.prompts),
     )
