@@ -56,8 +56,9 @@ TINY = dict(backbone="unet-small", target_diameter=12.0, patch_size=64, batch_si
 
 def test_working_scale_from_diameter():
     s = WorkingScale.from_diameter(108, pixel_size=1.77)
-    assert s.factor == pytest.approx(5.4) and s.working_diameter == pytest.approx(20.0)
-    assert s.working_pixel_size == pytest.approx(1.77 * 5.4)
+    assert s.factor == pytest.approx(6.75) and s.working_diameter == pytest.approx(16.0)
+    assert s.working_pixel_size == pytest.approx(1.77 * 6.75)
+    assert WorkingScale.from_diameter(108, target_diameter=20).factor == pytest.approx(5.4)
     assert WorkingScale.from_diameter(10).factor == 1.0  # never upsample
     with pytest.raises(CryopickError):
         WorkingScale.from_diameter(0)

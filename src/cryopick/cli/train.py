@@ -37,11 +37,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="fraction of the particles that are annotated (default 1: all)")
     parser.add_argument("--backbone", default="unet", help="model from the registry (default: unet)")
     parser.add_argument("--checkpoint", help="base weights for the backbone (e.g. a SAM2 checkpoint)")
-    parser.add_argument("--target-diameter", type=float, default=20.0,
-                        help="particle diameter at the working scale, px (sets the downsampling; default 20)")
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--target-diameter", type=float, default=16.0,
+                        help="particle diameter at the working scale, px (sets the downsampling; default 16)")
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--steps-per-epoch", type=int, default=40)
-    parser.add_argument("--patience", type=int, default=12, help="early stopping: epochs without improvement")
+    parser.add_argument("--patience", type=int, default=10, help="early stopping: epochs without improvement")
     parser.add_argument("--max-minutes", type=float, default=9.0, help="wall-time budget for the whole run")
     parser.add_argument("--batch-size", type=int, help="patches per step (default: 8, or 2 for large backbones)")
     parser.add_argument("--patch-size", type=int, help="training patch side in working px (default 192)")

@@ -3,7 +3,7 @@
 The network maps a robust-normalised micrograph at the working scale to per-pixel particle
 logits of the same size (see the picker contract in :mod:`cryopick.models.registry`). With the
 default 16 base channels and 3 poolings it has ~0.47 M parameters and a receptive field of about
-70 working pixels, i.e. 3-4 particle diameters at the default working scale (~20 px per particle).
+70 working pixels, i.e. about 4 particle diameters at the default working scale (16 px per particle).
 """
 
 from __future__ import annotations

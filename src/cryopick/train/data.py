@@ -2,7 +2,7 @@
 validation split.
 
 The working scale is chosen from the particle diameter: micrographs are Fourier-cropped so that a
-particle is about ``target_diameter`` working pixels wide (default 20), whatever the detector or
+particle is about ``target_diameter`` working pixels wide (default 16), whatever the detector or
 pixel size. The model paints a disk of ``target_radius_fraction x`` the particle radius at every
 particle centre; small disks stay separate even when particles touch, so the post-processing
 sees one blob per particle.
@@ -52,7 +52,7 @@ class WorkingScale:
 
     @classmethod
     def from_diameter(cls, diameter: float, pixel_size: float | None = None,
-                      target_diameter: float = 20.0) -> "WorkingScale":
+                      target_diameter: float = 16.0) -> "WorkingScale":
         """Choose the factor so the particle is ``target_diameter`` working pixels wide (never
         upsampling: small particles keep the original sampling)."""
         if not diameter or diameter <= 0 or not math.isfinite(diameter):

@@ -82,16 +82,16 @@ class TrainConfig:
     backbone: str = "unet"
     backbone_kwargs: dict = field(default_factory=dict)
     checkpoint: str | None = None
-    target_diameter: float = 20.0
+    target_diameter: float = 16.0
     target_radius_fraction: float = 0.5
     patch_size: int | None = None
     batch_size: int | None = None
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 50
-    epochs: int = 40
+    epochs: int = 30
     steps_per_epoch: int = 40
-    patience: int = 12
+    patience: int = 10
     max_minutes: float = 9.0
     val_fraction: float = 0.2
     labelled_fraction: float = 1.0
