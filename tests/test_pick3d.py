@@ -207,3 +207,18 @@ def test_propicker_tm_searches_only_inside_the_mask():
     assert len(c2) == 2
     found = sorted(map(tuple, np.round(c2).astype(int).tolist()))
     assert found == sorted(centres[:2])
+
+
+def test_registry_builds_both_sizes():
+    from cryopick.models.registry import available_models, build_model
+
+    names = available_models()
+    assert {"propicker-small", "propicker-paper", "tomotwin", "prompt-encoder-small"} <= set(names)
+    small = build_model("propicker-small")
+    assert small.segmenter.widths == [16, 32, 64, 64] and small.segmenter.stem_stride == 2
+    with torch.device("meta"):  # shapes only: the paper-size network has ~100 M parameters
+        paper = build_model("propicker-paper")
+        y = paper.segmenter(torch.zeros(1, 1, 64, 64, 64), torch.zeros(2, 32))
+    assert paper.segmenter.widths == [108, 216, 432, 864] and isinstance(paper.encoder, TomoTwinEncoder)
+    assert y.shape == (1, 2, 64, 64, 64)
+    assert any("film" in n for n, _ in paper.segmenter.named_parameters())

@@ -329,6 +329,7 @@ class TrainConfig:
     model: str = "propicker-small"
     model_kwargs: dict = field(default_factory=dict)
     init: str | None = None        # start from this ProPicker checkpoint
+    reinit: tuple[str, ...] = ()   # parameter-name prefixes to re-initialise after loading ``init``
     tomotwin: str | None = None    # TomoTwin weights for the paper model's encoder
     freeze_encoder: bool = False
     steps: int = 20000
@@ -338,7 +339,7 @@ class TrainConfig:
     empty_weight: float = 0.5
     dice_weight: float = 1.0
     contrastive_weight: float = 0.5
-    conditioning_lr_mult: float = 3.0  # learning-rate factor of the prompt encoder and FiLM layers
+    conditioning_lr_mult: float = 2.0  # learning-rate factor of the prompt encoder and FiLM layers
     bf16: bool = True
     seed: int = 0
     checkpoint_every: int = 100
@@ -347,6 +348,15 @@ class TrainConfig:
 
 
 def _build(cfg: TrainConfig) -> ProPicker:
+    if cfg.init and cfg.reinit:  # keep the other weights; the re-initialised part may differ in layout
+        payload = torch.load(cfg.init, map_location="cpu", weights_only=True)
+        model = _build(TrainConfig(model=payload["name"], model_kwargs=dict(payload["config"])))
+        state = model.state_dict()
+        for name, value in payload["state_dict"].items():
+            if not any(name.startswith(p) for p in cfg.reinit):
+                state[name] = value.float() if value.is_floating_point() else value
+        model.load_state_dict(state)
+        return model
     if cfg.init:
         return load_propicker(cfg.init)
     if cfg.model == "propicker-paper":

@@ -26,6 +26,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, help="output folder (checkpoints, log)")
     parser.add_argument("--model", default="propicker-small", choices=["propicker-small", "propicker-paper"])
     parser.add_argument("--init", help="start from this ProPicker checkpoint")
+    parser.add_argument("--reinit", nargs="+", default=[], metavar="PREFIX",
+                        help="re-initialise parameters with these name prefixes after --init "
+                             "(e.g. encoder. segmenter.film segmenter.bottom_film)")
     parser.add_argument("--tomotwin", help="TomoTwin .pth for the propicker-paper prompt encoder (kept frozen)")
     parser.add_argument("--steps", type=int, default=10000)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -58,7 +61,8 @@ def main(args: argparse.Namespace) -> int:
     if args.val_pool and args.make_val_pool:
         make_pool(args.val_pool, args.make_val_pool, seed=args.val_seed)
     cfg = TrainConfig(
-        model=args.model, init=args.init, tomotwin=args.tomotwin, freeze_encoder=args.model == "propicker-paper",
+        model=args.model, init=args.init, reinit=tuple(args.reinit), tomotwin=args.tomotwin,
+        freeze_encoder=args.model == "propicker-paper",
         steps=args.steps, lr=args.lr, empty_weight=args.empty_weight, contrastive_weight=args.contrastive_weight,
         bf16=not args.no_bf16, seed=args.seed,
         checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,

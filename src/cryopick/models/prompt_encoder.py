@@ -56,10 +56,15 @@ class _PromptEncoderBase(nn.Module):
         return zscore_windows(x)
 
     def embed(self, subvolumes: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Raw ``(B, 37, 37, 37)`` sub-volumes -> ``(B, 32)`` unit embeddings (no gradient)."""
+        """Raw ``(B, 37, 37, 37)`` sub-volumes -> ``(B, 32)`` unit embeddings (no gradient, eval mode)."""
         param = next(self.parameters())
-        with torch.no_grad():
-            return self(self.prepare(subvolumes).to(param.device))
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                return self(self.prepare(subvolumes).to(param.device))
+        finally:
+            self.train(was_training)
 
 
 class TomoTwinEncoder(_PromptEncoderBase):
@@ -112,8 +117,10 @@ class SmallPromptEncoder(_PromptEncoderBase):
     """A small 3D CNN (about 0.2 M parameters at the defaults) for CPU training and inference.
 
     37³ input, zero-padded to 40³; stages of two padded 3³ convs (GroupNorm, LeakyReLU) with widths
-    ``widths``, MaxPool(2) between stages (40 -> 20 -> 10 -> 5); global average and max pooling
-    concatenated; a two-layer head to ``output_channels``; L2 normalisation.
+    ``widths``, MaxPool(2) between stages (40 -> 20 -> 10 -> 5); adaptive average pooling to 2³ (as
+    TomoTwin; a *global* pool after GroupNorm would average every channel to nearly the same value
+    for any input, and the embedding would collapse); a two-layer head to ``output_channels``; L2
+    normalisation. Use it in ``eval()`` mode for inference (BatchNorm running statistics).
     """
 
     def __init__(self, widths: Sequence[int] = (16, 32, 64, 64), output_channels: int = EMBED_DIM) -> None:
@@ -129,12 +136,16 @@ class SmallPromptEncoder(_PromptEncoderBase):
             ]
             cin = w
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Linear(2 * cin, 2 * cin), nn.LeakyReLU(0.1), nn.Linear(2 * cin, output_channels))
+        self.pool = nn.AdaptiveAvgPool3d(2)
+        # BatchNorm centres the features over the batch of prompts. Without it the features of all
+        # prompts share a large common component, the embeddings start almost identical (cosine
+        # ~0.99) and metric-learning training collapses them to one point within a few steps.
+        self.head = nn.Sequential(nn.Linear(8 * cin, 128), nn.BatchNorm1d(128), nn.LeakyReLU(0.1),
+                                  nn.Linear(128, output_channels, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(F.pad(x, (1, 2, 1, 2, 1, 2)))
-        pooled = torch.cat([x.mean(dim=(2, 3, 4)), x.amax(dim=(2, 3, 4))], dim=1)
-        return F.normalize(self.head(pooled), p=2, dim=1)
+        x = self.pool(self.features(F.pad(x, (1, 2, 1, 2, 1, 2))))
+        return F.normalize(self.head(x.flatten(1)), p=2, dim=1)
 
 
 # -- TomoTwin checkpoints ----------------------------------------------------------------------
