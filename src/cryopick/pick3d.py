@@ -17,7 +17,9 @@ Frames and units
   reconstruction). For tomograms with bright particles give ``invert=True`` when making the prompt.
 
 Settings (thresholds and size limits) come from :mod:`cryopick.calibrate3d` JSON files, from
-arguments, or default to threshold 0.5 and 0.1×/1.2× the sphere volume of the prompt's diameter.
+arguments, or default to the model's recommended threshold (``model.meta["default_threshold"]``,
+measured on held-out classes when the weights were made; 0.5 when absent) and 0.1×/1.2× the sphere
+volume of the prompt's diameter.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -226,7 +228,7 @@ def prompt_embedding(model: ProPicker, prompt: Prompt) -> torch.Tensor:
     return torch.nn.functional.normalize(z, dim=0)
 
 
-def estimate_diameter(model: ProPicker, prompt: Prompt, work: WorkingTomogram, threshold: float = 0.5,
+def estimate_diameter(model: ProPicker, prompt: Prompt, work: WorkingTomogram, threshold: float | None = None,
                       window: int = 64) -> float | None:
     """Diameter (working voxels) of the sphere with the volume of the segmented component under each
     example (median over examples), segmenting a ``window``³ block around each example in ``work``,
@@ -235,6 +237,7 @@ def estimate_diameter(model: ProPicker, prompt: Prompt, work: WorkingTomogram, t
     from scipy import ndimage
 
     z = prompt_embedding(model, prompt)[None]
+    threshold = default_threshold(model) if threshold is None else threshold
     sizes = []
     for c in work.to_working(prompt.positions):
         prob = predict_tomogram(model.segmenter, _Crop(work.volume, c, window), z, window=window, stride=window,
@@ -270,13 +273,14 @@ class _Crop:
 class PickSettings:
     """Post-processing settings (a calibration JSON file holds these keys).
 
-    ``threshold``: probability for ProPicker-C / mask for ProPicker-TM; ``min_size``, ``max_size``:
+    ``threshold``: probability for ProPicker-C / mask for ProPicker-TM (``None``: the model's
+    recommended value, :func:`default_threshold`); ``min_size``, ``max_size``:
     component size limits in working voxels (``None``: from the diameter); ``min_distance``: NMS
     distance in working voxels (``None``: the particle radius); ``tm_threshold``: minimum NCC score
     of a ProPicker-TM pick; ``tm_angle``: angular step (degrees) of its rotational search.
     """
 
-    threshold: float = 0.5
+    threshold: float | None = None
     min_size: float | None = None
     max_size: float | None = None
     min_distance: float | None = None
@@ -294,6 +298,11 @@ class PickSettings:
         data = data.get("settings", data)
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
+
+
+def default_threshold(model: ProPicker) -> float:
+    """The probability threshold recommended with ``model`` (``meta["default_threshold"]``, else 0.5)."""
+    return float(model.meta.get("default_threshold", 0.5))
 
 
 # -- picking ------------------------------------------------------------------------------------------------------
@@ -328,6 +337,8 @@ def pick_tomogram(
         if (p.voxel_size or 0) != (first.voxel_size or 0) or p.invert != first.invert:
             raise CryopickError("all prompts of one run must share the working voxel size and contrast; run them separately")
     settings_list = list(settings) if isinstance(settings, (list, tuple)) else [settings or PickSettings()] * len(prompts)
+    settings_list = [s if s.threshold is not None else replace(s, threshold=default_threshold(model))
+                     for s in settings_list]
     image = tomogram if isinstance(tomogram, Image) else read_tomogram(tomogram)
     work = working_tomogram(image, binning=first.binning, voxel_size=first.voxel_size, invert=first.invert)
     z = torch.stack([prompt_embedding(model, p) for p in prompts])
@@ -359,6 +370,8 @@ def postprocess(prob: np.ndarray, volume, prompt: Prompt, settings: PickSettings
                 diameter: float | None) -> tuple[np.ndarray, np.ndarray]:
     """Probability map -> ``(N, 3)`` working-voxel ``x, y, z`` picks and scores (cluster or TM mode)."""
     radius = diameter / 2 if diameter else None
+    if settings.threshold is None:
+        raise ValueError("settings.threshold must be resolved before post-processing (see default_threshold)")
     min_distance = settings.min_distance if settings.min_distance is not None else radius
     if settings.mode == "cluster":
         return cluster_picks(np.asarray(prob), threshold=settings.threshold, diameter=diameter,

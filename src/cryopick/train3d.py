@@ -413,6 +413,9 @@ def evaluate_batches(model: ProPicker, batches: list[Batch], bf16: bool = True) 
         inter = (pred * targets).sum(dim=(2, 3, 4))
         return 2 * inter / (pred.sum(dim=(2, 3, 4)) + targets.sum(dim=(2, 3, 4))).clamp(min=1), pred
 
+    grid = torch.arange(0.1, 0.951, 0.05)
+    best_inter = torch.zeros(len(grid))
+    best_denom = torch.zeros(len(grid))
     for batch in batches:
         b, p = batch.prompts.shape[:2]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -421,6 +424,12 @@ def evaluate_batches(model: ProPicker, batches: list[Batch], bf16: bool = True) 
             rolled = model.segmenter(batch.windows, z.roll(1, dims=1)).float() if p > 1 else None
         losses.append(float(segmentation_loss(logits, batch.targets, batch.empty, 1.0, 1.0)))
         d, pred = dice(logits, batch.targets)
+        prob = torch.sigmoid(logits)[~batch.empty]  # (n, w, w, w) channels with a target
+        tgt = batch.targets[~batch.empty]
+        for i, t in enumerate(grid):
+            on = (prob > t).float()
+            best_inter[i] += (on * tgt).sum()
+            best_denom[i] += on.sum() + tgt.sum()
         dices += d[~batch.empty].tolist()
         fp += pred.mean(dim=(2, 3, 4))[batch.empty].tolist()
         if rolled is not None:
@@ -429,7 +438,10 @@ def evaluate_batches(model: ProPicker, batches: list[Batch], bf16: bool = True) 
             wrong += dw[~batch.empty & other].tolist()
     model.train()
     nan = float("nan")
+    pooled = 2 * best_inter / best_denom.clamp(min=1)
+    k = int(pooled.argmax())
     return {"val_loss": float(np.mean(losses)), "val_dice": float(np.mean(dices)) if dices else nan,
+            "val_best_threshold": round(float(grid[k]), 2), "val_pooled_dice_best": float(pooled[k]),
             "val_dice_wrong": float(np.mean(wrong)) if wrong else nan,
             "val_empty_fp": float(np.mean(fp)) if fp else nan}
 
@@ -491,7 +503,8 @@ def train(cfg: TrainConfig, pool_dir: str | os.PathLike, out_dir: str | os.PathL
                 record.update(evaluate_batches(model, val, cfg.bf16))
                 if record["val_dice"] > best:
                     best = record["val_dice"]
-                    model.save(out_dir / "best.pt", meta={**meta, **record})
+                    model.save(out_dir / "best.pt",
+                               meta={**meta, **record, "default_threshold": record["val_best_threshold"]})
             history.append(record)
             with open(log_path, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
@@ -574,4 +587,18 @@ def finetune(model: ProPicker, volumes: list[np.ndarray], targets: list[np.ndarr
     model.eval()
     model.meta = {**model.meta, "finetuned": True, "embedding": z[0].tolist(), "finetune_steps": steps}
     model.save(out_path)
+    return model
+
+
+def export_weights(checkpoint: str | os.PathLike, out_path: str | os.PathLike, val_pool_dir: str | os.PathLike | None = None,
+                   n_val_batches: int = 8, window: int = 48) -> ProPicker:
+    """Write ``checkpoint`` as compact float16 weights; with ``val_pool_dir`` (held-out classes) first
+    measure the validation metrics and the recommended threshold (``meta["default_threshold"]``: the
+    probability threshold with the best pooled voxel Dice over the validation windows)."""
+    model = load_propicker(checkpoint)
+    if val_pool_dir:
+        cfg = SampleConfig(window=window)
+        record = evaluate_batches(model, validation_batches(load_pool(val_pool_dir), n_val_batches, cfg))
+        model.meta = {**model.meta, **record, "default_threshold": record["val_best_threshold"]}
+    model.save(out_path, half=True)
     return model
