@@ -198,6 +198,10 @@ class Batch:
     positives: torch.Tensor
     class_ids: torch.Tensor
 
+    def to(self, device: str | torch.device) -> "Batch":
+        return Batch(*(getattr(self, f).to(device) for f in
+                       ("windows", "prompts", "targets", "empty", "positives", "class_ids")))
+
 
 def _augment(arrays: Sequence[np.ndarray], rng: np.random.Generator, rot90: bool) -> list[np.ndarray]:
     """The same random flips (all axes) and 90° turn about z applied to every ``(D, H, W)`` array."""
@@ -312,7 +316,7 @@ def contrastive_loss(z: torch.Tensor, ids: torch.Tensor, temperature: float = 0.
     if len(z) < 2:
         return z.sum() * 0
     sim = z @ z.T / temperature
-    self_mask = torch.eye(len(z), dtype=torch.bool)
+    self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
     sim = sim.masked_fill(self_mask, -1e9)
     pos = (ids[:, None] == ids[None, :]) & ~self_mask
     has = pos.any(dim=1)
@@ -341,6 +345,7 @@ class TrainConfig:
     contrastive_weight: float = 0.5
     conditioning_lr_mult: float = 2.0  # learning-rate factor of the prompt encoder and FiLM layers
     bf16: bool = True
+    device: str = "cpu"
     seed: int = 0
     checkpoint_every: int = 100
     validate_every: int = 500
@@ -375,12 +380,13 @@ def _lr(cfg: TrainConfig, step: int) -> float:
 
 def train_step(model: ProPicker, batch: Batch, cfg: TrainConfig) -> torch.Tensor:
     """Loss of one batch (prompts encoded here, so the encoder learns unless frozen)."""
+    batch = batch.to(cfg.device)
     b, p = batch.prompts.shape[:2]
     flat = batch.prompts.reshape(b * p, *batch.prompts.shape[2:])
     contrast = cfg.contrastive_weight > 0 and not cfg.freeze_encoder
     if contrast:
         flat = torch.cat([flat, batch.positives.reshape(b * p, *batch.positives.shape[2:])])
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+    with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
         if cfg.freeze_encoder:
             with torch.no_grad():
                 z_all = model.encoder(model.encoder.prepare(flat))
@@ -416,21 +422,23 @@ def evaluate_batches(model: ProPicker, batches: list[Batch], bf16: bool = True) 
     grid = torch.arange(0.1, 0.951, 0.05)
     best_inter = torch.zeros(len(grid))
     best_denom = torch.zeros(len(grid))
+    device = next(model.parameters()).device
     for batch in batches:
+        batch = batch.to(device)
         b, p = batch.prompts.shape[:2]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             z = model.embed(batch.prompts.reshape(b * p, *batch.prompts.shape[2:])).float().view(b, p, -1)
             logits = model.segmenter(batch.windows, z).float()
             rolled = model.segmenter(batch.windows, z.roll(1, dims=1)).float() if p > 1 else None
         losses.append(float(segmentation_loss(logits, batch.targets, batch.empty, 1.0, 1.0)))
         d, pred = dice(logits, batch.targets)
-        prob = torch.sigmoid(logits)[~batch.empty]  # (n, w, w, w) channels with a target
-        tgt = batch.targets[~batch.empty]
+        prob = torch.sigmoid(logits)[~batch.empty].cpu()  # (n, w, w, w) channels with a target
+        tgt = batch.targets[~batch.empty].cpu()
         for i, t in enumerate(grid):
             on = (prob > t).float()
             best_inter[i] += (on * tgt).sum()
             best_denom[i] += on.sum() + tgt.sum()
-        dices += d[~batch.empty].tolist()
+        dices += d[~batch.empty].tolist()  # .tolist() also moves to the CPU
         fp += pred.mean(dim=(2, 3, 4))[batch.empty].tolist()
         if rolled is not None:
             dw, _ = dice(rolled, batch.targets)
@@ -459,7 +467,7 @@ def train(cfg: TrainConfig, pool_dir: str | os.PathLike, out_dir: str | os.PathL
     pool = load_pool(pool_dir)
     val = validation_batches(load_pool(val_pool_dir), n_val_batches, cfg.sample) if val_pool_dir else []
     torch.manual_seed(cfg.seed)
-    model = _build(cfg)
+    model = _build(cfg).to(cfg.device)
     named = [(n, p) for n, p in model.named_parameters() if not (cfg.freeze_encoder and n.startswith("encoder."))]
     conditioning = [p for n, p in named if n.startswith("encoder.") or "film" in n]
     rest = [p for n, p in named if not (n.startswith("encoder.") or "film" in n)]
@@ -470,7 +478,7 @@ def train(cfg: TrainConfig, pool_dir: str | os.PathLike, out_dir: str | os.PathL
     step, best, history = 0, -1.0, []
     last = out_dir / "last.pt"
     if last.exists():
-        state = torch.load(last, map_location="cpu", weights_only=False)
+        state = torch.load(last, map_location=cfg.device, weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, best, history = state["step"], state["best"], state["history"]

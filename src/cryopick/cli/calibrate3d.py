@@ -28,6 +28,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tm-angle", type=float, default=30.0, help="ProPicker-TM angular step, degrees")
     parser.add_argument("--model", help="ProPicker checkpoint (default: shipped weights)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -46,7 +47,8 @@ def main(args: argparse.Namespace) -> int:
     prompt = load_prompt(args.prompt)
     image = read_tomogram(args.tomogram)
     truth = read_truth(args.truth, image, args.truth_label)
-    result, payload = calibrate_tomogram(image, truth, prompt, load_propicker(args.model), mode=args.mode,
+    model = load_propicker(args.model).to(args.device)
+    result, payload = calibrate_tomogram(image, truth, prompt, model, mode=args.mode,
                                          stride=args.stride, tolerance=args.tolerance, tm_angle=args.tm_angle)
     out = Path(args.output) if args.output else Path(args.prompt).with_name(Path(args.prompt).stem + "_settings.json")
     save_settings(out, payload["settings"], **payload["info"])

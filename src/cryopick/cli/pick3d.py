@@ -40,6 +40,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-bf16", action="store_true", help="float32 inference (bf16 is the default)")
     parser.add_argument("--save-maps", action="store_true", help="also write probability maps (MRC) to OUT/maps")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     parser.add_argument("--overwrite", action="store_true", help="redo tomograms that are already finished")
 
 
@@ -73,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
                  if v is not None}
     settings = [replace(s, **overrides) for s in base]
     paths = list_images(args.tomograms[0] if len(args.tomograms) == 1 else args.tomograms)
-    model = load_propicker(args.model)
+    model = load_propicker(args.model).to(args.device)
     out = Path(args.output)
     done_dir = out / ".done"
     for path in paths:

@@ -41,6 +41,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="weight of the metric-learning loss on prompt embeddings (0 = off)")
     parser.add_argument("--no-bf16", action="store_true", help="train in float32 (bf16 autocast is the default)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (the paper-size model wants a GPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--validate-every", type=int, default=500)
@@ -64,7 +65,7 @@ def main(args: argparse.Namespace) -> int:
         model=args.model, init=args.init, reinit=tuple(args.reinit), tomotwin=args.tomotwin,
         freeze_encoder=args.model == "propicker-paper",
         steps=args.steps, lr=args.lr, empty_weight=args.empty_weight, contrastive_weight=args.contrastive_weight,
-        bf16=not args.no_bf16, seed=args.seed,
+        bf16=not args.no_bf16, device=args.device, seed=args.seed,
         checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
         sample=SampleConfig(window=args.window, batch=args.batch, prompts=args.prompts),
     )
