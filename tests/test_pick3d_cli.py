@@ -22,8 +22,9 @@ def tomo_dir(tmp_path_factory):
         t = simulate_tomogram(classes, shape=(64, 96, 96), voxel_size=10.0, seed=k, n_particles=24, snr=3.0,
                               membranes=0, gold_beads=0, name=f"ts{k}")
         write_mrc(root / "tomos" / f"ts{k}.mrc", t.volume, pixel_size=10.0)
-        sub = t.picks._with(t.picks.table[t.picks.table["label"] == classes[0].name])
-        write_picks(sub, root / f"truth_ts{k}.coords", "imod")
+        for c, suffix in ((0, ""), (1, "_other")):
+            sub = t.picks._with(t.picks.table[t.picks.table["label"] == classes[c].name])
+            write_picks(sub, root / f"truth_ts{k}{suffix}.coords", "imod")
     return root, classes[0]
 
 
@@ -41,10 +42,16 @@ def test_prompt_pick3d_calibrate3d_cli(tomo_dir):
                 "--truth", str(root / "truth_ts0.coords"), "-o", str(settings), "--threads", "1"]) == 0
     calib = json.loads(settings.read_text())
     assert calib["settings"]["mode"] == "cluster" and 0 < calib["settings"]["threshold"] < 1
+    # A second prompt (another class): one pass, one output folder per class.
+    other = root / "other.prompt"
+    at_other = ",".join(f"{v:.1f}" for v in read_picks(root / "truth_ts0_other.coords").coords[0])
+    assert cli(["prompt", "--tomogram", str(root / "tomos" / "ts0.mrc"), "--at", at_other, "--diameter", "200",
+                "--label", "other", "-o", str(other), "--threads", "1"]) == 0
     out = root / "picks"
-    args = ["pick3d", "--prompt", str(prompt), "--tomograms", str(root / "tomos"), "-o", str(out), "--settings",
-            str(settings), "--format", "imod", "relion5", "--threads", "1"]
+    args = ["pick3d", "--prompt", str(prompt), "--prompt", str(other), "--tomograms", str(root / "tomos"),
+            "-o", str(out), "--settings", str(settings), "--format", "imod", "relion5", "--threads", "1"]
     assert cli(args) == 0
+    assert (out / "imod" / "other").is_dir()
     picks = read_picks(out / "imod" / "target" / "ts1.coords").coords
     radius = cls.diameter / 10.0 / 2
     f1 = match_points(picks, truth1, radius).f1

@@ -106,8 +106,8 @@ def evaluate_picks(coords: np.ndarray, truth: np.ndarray, tolerance: float) -> d
 def settings_from_best(best: dict, mode: str = "cluster") -> dict:
     """The keys of :class:`cryopick.pick3d.PickSettings` from a sweep's best row."""
     if mode == "cluster":
-        return {"mode": "cluster", "threshold": best["threshold"], "min_size": best["min_size"],
-                "max_size": None if not np.isfinite(best["max_size"]) else best["max_size"]}
+        return {"mode": "cluster", "threshold": best["threshold"], "min_factor": best["min_factor"],
+                "max_factor": None if not np.isfinite(best["max_factor"]) else best["max_factor"]}
     return {"mode": "tm", "tm_threshold": best["tm_threshold"]}
 
 

@@ -42,7 +42,7 @@ from cryopick.io.images import Image, image_name, read_tomogram
 from cryopick.models.prompt_encoder import PROMPT_SIZE
 from cryopick.models.promptable3d import ProPicker, load_propicker
 from cryopick.picks import Picks
-from cryopick.postprocess.cluster3d import cluster_picks, components, default_size_limits
+from cryopick.postprocess.cluster3d import cluster_picks, sphere_volume
 from cryopick.predict3d import predict_tomogram, read_block
 
 log = logging.getLogger(__name__)
@@ -274,8 +274,10 @@ class PickSettings:
     """Post-processing settings (a calibration JSON file holds these keys).
 
     ``threshold``: probability for ProPicker-C / mask for ProPicker-TM (``None``: the model's
-    recommended value, :func:`default_threshold`); ``min_size``, ``max_size``:
-    component size limits in working voxels (``None``: from the diameter); ``min_distance``: NMS
+    recommended value, :func:`default_threshold`); ``min_size``, ``max_size``: component size limits
+    in working voxels; ``min_factor``, ``max_factor``: the same as multiples of the volume of a sphere
+    of the prompt's diameter, used where ``min_size`` / ``max_size`` are not set (defaults 0.1 and
+    1.2; calibration files store factors, so one file serves prompts of any size); ``min_distance``: NMS
     distance in working voxels (``None``: the particle radius); ``tm_threshold``: minimum NCC score
     of a ProPicker-TM pick; ``tm_angle``: angular step (degrees) of its rotational search.
     """
@@ -283,6 +285,8 @@ class PickSettings:
     threshold: float | None = None
     min_size: float | None = None
     max_size: float | None = None
+    min_factor: float = 0.1
+    max_factor: float | None = 1.2
     min_distance: float | None = None
     tm_threshold: float = 0.15
     tm_angle: float = 30.0
@@ -374,8 +378,13 @@ def postprocess(prob: np.ndarray, volume, prompt: Prompt, settings: PickSettings
         raise ValueError("settings.threshold must be resolved before post-processing (see default_threshold)")
     min_distance = settings.min_distance if settings.min_distance is not None else radius
     if settings.mode == "cluster":
-        return cluster_picks(np.asarray(prob), threshold=settings.threshold, diameter=diameter,
-                             min_size=settings.min_size, max_size=settings.max_size, min_distance=min_distance)
+        lo, hi = settings.min_size, settings.max_size
+        if diameter:
+            vol = sphere_volume(diameter)
+            lo = settings.min_factor * vol if lo is None else lo
+            hi = (np.inf if settings.max_factor is None else settings.max_factor * vol) if hi is None else hi
+        return cluster_picks(np.asarray(prob), threshold=settings.threshold, min_size=lo, max_size=hi,
+                             min_distance=min_distance)
     if settings.mode == "tm":
         from cryopick.postprocess.propicker_tm import tm_in_mask
 

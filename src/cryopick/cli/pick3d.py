@@ -31,6 +31,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, help="probability threshold (overrides settings)")
     parser.add_argument("--min-size", type=float, help="minimum component size, working voxels")
     parser.add_argument("--max-size", type=float, help="maximum component size, working voxels")
+    parser.add_argument("--min-factor", type=float,
+                        help="minimum component size as a multiple of the particle's sphere volume (default 0.1)")
+    parser.add_argument("--max-factor", type=float,
+                        help="maximum component size as a multiple of the particle's sphere volume (default 1.2)")
     parser.add_argument("--min-distance", type=float, help="NMS distance, working voxels (default: radius)")
     parser.add_argument("--tm-threshold", type=float, help="minimum NCC of a ProPicker-TM pick")
     parser.add_argument("--tm-angle", type=float, help="ProPicker-TM angular step, degrees (default 30)")
@@ -69,7 +73,8 @@ def main(args: argparse.Namespace) -> int:
     if len(base) == 1:
         base = base * len(prompts)
     overrides = {k: v for k, v in {"mode": args.mode, "threshold": args.threshold, "min_size": args.min_size,
-                                   "max_size": args.max_size, "min_distance": args.min_distance,
+                                   "max_size": args.max_size, "min_factor": args.min_factor,
+                                   "max_factor": args.max_factor, "min_distance": args.min_distance,
                                    "tm_threshold": args.tm_threshold, "tm_angle": args.tm_angle}.items()
                  if v is not None}
     settings = [replace(s, **overrides) for s in base]
