@@ -87,7 +87,7 @@ def generalisation(model, args, quick: bool) -> tuple[list[dict], dict]:
             diameters.append(c.diameter / tomos[0].voxel_size)
         if not labels:
             continue
-        z = torch.nn.functional.normalize(model.embed(np.stack(prompts)), dim=1)
+        z = model.embed(np.stack(prompts))
         probs = [predict_tomogram(model.segmenter, t.volume, z, stride=args.stride, progress=False) for t in tomos]
         for k, (label, d) in enumerate(zip(labels, diameters)):
             truths = [t.picks.coords[(t.picks.table["label"] == label).to_numpy()] for t in tomos]
@@ -193,7 +193,7 @@ def tm_comparison(model, cache: dict, args, quick: bool) -> list[dict]:
         t_tm = time.time() - t0
         f1_tm = sweep_scores(coords, scores, truth, d / 2).best["f1"]
         t0 = time.time()
-        z = torch.nn.functional.normalize(model.embed(sub[None]), dim=1)
+        z = model.embed(sub[None])
         prob = predict_tomogram(model.segmenter, volume, z, stride=args.stride, progress=False)[0]
         t_seg = time.time() - t0
         t0 = time.time()

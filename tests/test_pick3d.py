@@ -222,3 +222,23 @@ def test_registry_builds_both_sizes():
     assert paper.segmenter.widths == [108, 216, 432, 864] and isinstance(paper.encoder, TomoTwinEncoder)
     assert y.shape == (1, 2, 64, 64, 64)
     assert any("film" in n for n, _ in paper.segmenter.named_parameters())
+
+
+def test_prototype_mode_and_warm_start_from_a_plain_network():
+    from cryopick.models.promptable3d import _build
+    from cryopick.train3d import load_compatible
+
+    torch.manual_seed(1)
+    plain = _build("propicker-small", {"widths": [4, 8], "encoder_widths": [4, 4]})
+    grown = _build("propicker-small", {"widths": [4, 8], "encoder_widths": [4, 4], "prototype": True})
+    assert grown.segmenter.code_dim == 32 + 4
+    load_compatible(grown, plain.state_dict())
+    prompts = torch.randn(2, 37, 37, 37)
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        codes = grown.embed(prompts)
+        assert codes.shape == (2, 36)
+        # The grown network starts exactly as the plain one (new similarity channels weighted 0).
+        assert torch.allclose(grown.segmenter(x, codes), plain.segmenter(x, plain.embed(prompts)), atol=1e-5)
+        combined = grown.combine(codes)
+        assert combined.shape == (36,) and torch.isclose(combined[:32].norm(), torch.tensor(1.0))

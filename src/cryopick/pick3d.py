@@ -221,11 +221,11 @@ def cut_prompt(volume, centre_xyz: Sequence[float]) -> np.ndarray:
 
 
 def prompt_embedding(model: ProPicker, prompt: Prompt) -> torch.Tensor:
-    """``(32,)`` embedding: the mean of the examples' embeddings, renormalised."""
+    """``(code_dim,)`` conditioning code of a prompt: its examples' codes combined (:meth:`ProPicker.combine`);
+    a fine-tuned model's own fixed code."""
     if "embedding" in model.meta and model.meta.get("finetuned"):
         return torch.tensor(model.meta["embedding"], dtype=torch.float32)
-    z = model.embed(prompt.subvolumes).mean(0)
-    return torch.nn.functional.normalize(z, dim=0)
+    return model.combine(model.embed(prompt.subvolumes))
 
 
 def estimate_diameter(model: ProPicker, prompt: Prompt, work: WorkingTomogram, threshold: float | None = None,

@@ -353,22 +353,54 @@ class TrainConfig:
 
 
 def _build(cfg: TrainConfig) -> ProPicker:
-    if cfg.init and cfg.reinit:  # keep the other weights; the re-initialised part may differ in layout
+    if cfg.init:  # warm start; model_kwargs may change the architecture (see load_compatible)
+        load_propicker(cfg.init)  # validates the file
         payload = torch.load(cfg.init, map_location="cpu", weights_only=True)
-        model = _build(TrainConfig(model=payload["name"], model_kwargs=dict(payload["config"])))
-        state = model.state_dict()
-        for name, value in payload["state_dict"].items():
-            if not any(name.startswith(p) for p in cfg.reinit):
-                state[name] = value.float() if value.is_floating_point() else value
-        model.load_state_dict(state)
+        model = _build(TrainConfig(model=payload["name"], model_kwargs={**payload["config"], **cfg.model_kwargs}))
+        load_compatible(model, payload["state_dict"], skip=cfg.reinit)
         return model
-    if cfg.init:
-        return load_propicker(cfg.init)
     if cfg.model == "propicker-paper":
         return build_propicker_paper(tomotwin=cfg.tomotwin, **cfg.model_kwargs)
     if cfg.model == "propicker-small":
         return build_propicker_small(**cfg.model_kwargs)
     raise CryopickError(f"unknown 3D model {cfg.model!r}; use propicker-small or propicker-paper")
+
+
+def load_compatible(model: torch.nn.Module, state: dict, skip: Sequence[str] = ()) -> None:
+    """Copy ``state`` into ``model`` where it fits, so a grown network starts as the old one.
+
+    Same-shape tensors are copied; convolutions that gained input channels get the old weights on
+    the old channels and zeros on the new ones; new 1³ skip projections (a block whose input grew)
+    start as the identity on the old channels. Names starting with a ``skip`` prefix keep their
+    fresh initialisation. Anything else that does not fit raises ``ValueError``.
+    """
+    own = model.state_dict()
+    for name, new in own.items():
+        if any(name.startswith(p) for p in skip):
+            continue
+        old = state.get(name)
+        if old is None:
+            if name.endswith("skip.weight"):
+                eye = torch.zeros_like(new)
+                for i in range(new.shape[0]):
+                    eye[i, i] = 1.0
+                own[name] = eye
+            elif name.endswith("skip.bias"):
+                own[name] = torch.zeros_like(new)
+            else:
+                raise ValueError(f"{name}: not in the initial checkpoint")
+            continue
+        old = old.float() if old.is_floating_point() else old
+        if old.shape == new.shape:
+            own[name] = old
+        elif old.ndim == new.ndim >= 2 and old.shape[0] == new.shape[0] and old.shape[2:] == new.shape[2:] \
+                and old.shape[1] < new.shape[1]:
+            grown = torch.zeros_like(new)
+            grown[:, : old.shape[1]] = old
+            own[name] = grown
+        else:
+            raise ValueError(f"{name}: shape {tuple(old.shape)} does not fit {tuple(new.shape)}")
+    model.load_state_dict(own)
 
 
 def _lr(cfg: TrainConfig, step: int) -> float:
@@ -393,6 +425,8 @@ def train_step(model: ProPicker, batch: Batch, cfg: TrainConfig) -> torch.Tensor
         else:
             z_all = model.encoder(model.encoder.prepare(flat))
         z = z_all[: b * p].float()
+        if model.segmenter.prototype:
+            z = torch.cat([z, model.prototypes(batch.prompts.reshape(b * p, *batch.prompts.shape[2:])).float()], 1)
         logits = model.segmenter(batch.windows, z.view(b, p, -1))
     loss = segmentation_loss(logits, batch.targets, batch.empty, cfg.empty_weight, cfg.dice_weight)
     if contrast:
@@ -561,8 +595,7 @@ def finetune(model: ProPicker, volumes: list[np.ndarray], targets: list[np.ndarr
     Saves a ProPicker checkpoint to ``out_path`` whose ``meta["embedding"]`` is the fixed prompt
     embedding (mean of the ``K`` prompts, renormalised).
     """
-    z = model.embed(prompt_volumes).mean(0, keepdim=True)
-    z = F.normalize(z, dim=1)
+    z = model.combine(model.embed(prompt_volumes))[None]
     params = list(model.segmenter.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-5)
     model.train()

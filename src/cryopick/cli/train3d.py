@@ -29,6 +29,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reinit", nargs="+", default=[], metavar="PREFIX",
                         help="re-initialise parameters with these name prefixes after --init "
                              "(e.g. encoder. segmenter.film segmenter.bottom_film)")
+    parser.add_argument("--prototype", action="store_true",
+                        help="prototype matching in the decoder (feature-space similarity to the prompt)")
     parser.add_argument("--tomotwin", help="TomoTwin .pth for the propicker-paper prompt encoder (kept frozen)")
     parser.add_argument("--steps", type=int, default=10000)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -62,7 +64,8 @@ def main(args: argparse.Namespace) -> int:
     if args.val_pool and args.make_val_pool:
         make_pool(args.val_pool, args.make_val_pool, seed=args.val_seed)
     cfg = TrainConfig(
-        model=args.model, init=args.init, reinit=tuple(args.reinit), tomotwin=args.tomotwin,
+        model=args.model, model_kwargs={"prototype": True} if args.prototype else {}, init=args.init,
+        reinit=tuple(args.reinit), tomotwin=args.tomotwin,
         freeze_encoder=args.model == "propicker-paper",
         steps=args.steps, lr=args.lr, empty_weight=args.empty_weight, contrastive_weight=args.contrastive_weight,
         bf16=not args.no_bf16, device=args.device, seed=args.seed,

@@ -114,13 +114,20 @@ class PromptableUNet3d(nn.Module):
         1: the top level works at full resolution (the paper). 2: a learned stride-2 convolution
         (4³ kernel) feeds a U-Net at half resolution and the logits are upsampled trilinearly; about
         4x cheaper, fine for particles of 6 voxels and more.
+    prototype
+        Also match the prompt in feature space: the prompt sub-volume goes through this network's
+        encoder once (:meth:`prompt_features`), its centre features at every decoder level are the
+        level's *prototype*, and each decoder block receives one extra input channel, the cosine
+        similarity of the window's features with the prototype (few-shot segmentation by prototype
+        matching). The conditioning code is then ``[z (32), prototypes]`` (:attr:`code_dim`).
     """
 
     def __init__(self, widths: Sequence[int] = (8, 16, 32, 64), embed_dim: int = EMBED_DIM, coord: bool = True,
-                 stem: int = 1) -> None:
+                 stem: int = 1, prototype: bool = False) -> None:
         super().__init__()
         self.widths = list(widths)
         self.embed_dim = embed_dim
+        self.prototype = bool(prototype)
         self.stem_stride = int(stem)
         if self.stem_stride not in (1, 2):
             raise ValueError(f"stem must be 1 or 2, got {stem}")
@@ -136,13 +143,36 @@ class PromptableUNet3d(nn.Module):
         for i in range(len(self.widths) - 1, 0, -1):
             self.up.append(nn.ConvTranspose3d(self.widths[i], self.widths[i - 1], 2, stride=2))
             self.film.append(FiLM(self.widths[i - 1], embed_dim))
-            self.dec.append(ResBlock3d(self.widths[i - 1], self.widths[i - 1], coord))
+            self.dec.append(ResBlock3d(self.widths[i - 1] + int(self.prototype), self.widths[i - 1], coord))
         self.bottom_film = FiLM(self.widths[-1], embed_dim)
         self.head = nn.Conv3d(self.widths[0], 1, 1)
 
     @property
     def input_multiple(self) -> int:
         return self.stem_stride * 2 ** (len(self.widths) - 1)
+
+    @property
+    def code_dim(self) -> int:
+        """Length of the conditioning code: the embedding, plus the prototypes when ``prototype``."""
+        return self.embed_dim + (sum(self.widths[:-1]) if self.prototype else 0)
+
+    def prompt_features(self, prompts: torch.Tensor) -> torch.Tensor:
+        """``(P, 1, s, s, s)`` z-scored prompt sub-volumes -> ``(P, sum(widths[:-1]))`` prototypes.
+
+        The sub-volume is zero-padded (zero = its mean) to the next multiple of :attr:`input_multiple`;
+        a level's prototype is the mean feature over the central 2³ voxels of that level.
+        """
+        m = self.input_multiple
+        size = prompts.shape[-1]
+        total = -(-size // m) * m
+        lo = (total - size) // 2
+        x = F.pad(prompts, (lo, total - size - lo) * 3)
+        feats = self.encode(x)
+        protos = []
+        for f in feats[:-1]:
+            c = f.shape[-1] // 2
+            protos.append(f[..., c - 1 : c + 1, c - 1 : c + 1, c - 1 : c + 1].mean(dim=(2, 3, 4)))
+        return torch.cat(protos, dim=1)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``(B, 1, D, H, W)`` -> feature maps of every level (top first)."""
@@ -160,19 +190,29 @@ class PromptableUNet3d(nn.Module):
             feats.append(h)
         return feats
 
-    def decode(self, feats: list[torch.Tensor], z: torch.Tensor) -> torch.Tensor:
-        """Features of a batch and one embedding per window ``(B, 32)`` -> logits ``(B, 1, D, H, W)``."""
+    def decode(self, feats: list[torch.Tensor], code: torch.Tensor) -> torch.Tensor:
+        """Features of a batch and one code per window ``(B, code_dim)`` -> logits ``(B, 1, D, H, W)``."""
+        z = code[:, : self.embed_dim]
+        protos = None
+        if self.prototype:
+            protos = torch.split(code[:, self.embed_dim :], self.widths[:-1], dim=1)
         h = self.bottom_film(feats[-1], z)
         for k, (up, film, dec) in enumerate(zip(self.up, self.film, self.dec)):
-            h = up(h) + feats[-2 - k]
-            h = dec(film(h, z))
+            skip = feats[-2 - k]
+            h = film(up(h) + skip, z)
+            if protos is not None:
+                proto = protos[-1 - k].to(skip.dtype)
+                sim = F.cosine_similarity(skip, proto[:, :, None, None, None], dim=1, eps=1e-6)[:, None]
+                h = torch.cat([h, sim.to(h.dtype)], dim=1)
+            h = dec(h)
         out = self.head(h)
         if self.stem is not None:
             out = F.interpolate(out, scale_factor=self.stem_stride, mode="trilinear", align_corners=False)
         return out
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, P, D, H, W)`` for windows ``x`` and prompts ``z`` ``(P, 32)`` or ``(B, P, 32)``."""
+        """Logits ``(B, P, D, H, W)`` for windows ``x`` and prompt codes ``z`` ``(P, code_dim)`` or
+        ``(B, P, code_dim)`` (``code_dim`` = 32 without ``prototype``)."""
         m = self.input_multiple
         if any(s % m for s in x.shape[2:]):
             raise ValueError(f"window shape {tuple(x.shape[2:])} must be a multiple of {m}")
@@ -186,8 +226,9 @@ class PromptableUNet3d(nn.Module):
 class ProPicker(nn.Module):
     """Prompt encoder + promptable segmenter, saved and loaded as one checkpoint.
 
-    ``model.embed(subvolumes)`` turns raw ``(P, 37, 37, 37)`` prompt sub-volumes into ``(P, 32)``
-    embeddings; ``model.segmenter(windows, z)`` gives logits ``(B, P, D, H, W)``.
+    ``model.embed(subvolumes)`` turns raw ``(P, 37, 37, 37)`` prompt sub-volumes into ``(P, code_dim)``
+    conditioning codes (the 32-d encoder embedding, plus prototypes for a ``prototype`` segmenter);
+    ``model.segmenter(windows, codes)`` gives logits ``(B, P, D, H, W)``.
     """
 
     def __init__(self, encoder: nn.Module, segmenter: PromptableUNet3d, name: str = "", config: dict | None = None) -> None:
@@ -199,7 +240,26 @@ class ProPicker(nn.Module):
         self.meta: dict = {}
 
     def embed(self, subvolumes) -> torch.Tensor:
-        return self.encoder.embed(subvolumes)
+        """Raw ``(P, 37, 37, 37)`` sub-volumes -> ``(P, code_dim)`` codes (no gradient)."""
+        z = self.encoder.embed(subvolumes)
+        if not self.segmenter.prototype:
+            return z
+        with torch.no_grad():
+            return torch.cat([z, self.prototypes(subvolumes)], dim=1)
+
+    def prototypes(self, subvolumes) -> torch.Tensor:
+        """The segmenter's prompt prototypes of raw sub-volumes (differentiable)."""
+        from cryopick.models.prompt_encoder import zscore_windows
+
+        x = torch.as_tensor(subvolumes, dtype=torch.float32)
+        x = x.reshape(-1, 1, *x.shape[-3:]).to(next(self.segmenter.parameters()).device)
+        return self.segmenter.prompt_features(zscore_windows(x))
+
+    def combine(self, codes: torch.Tensor) -> torch.Tensor:
+        """One code from several examples' codes ``(K, code_dim)``: the mean, embedding renormalised."""
+        code = codes.mean(0)
+        e = self.segmenter.embed_dim
+        return torch.cat([F.normalize(code[:e], dim=0), code[e:]])
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.segmenter(x, z)
@@ -227,8 +287,9 @@ def _build(name: str, config: dict) -> ProPicker:
     # than it infers on, so it goes without (translation equivariant).
     coord = config.get("coord", name == "propicker-paper")
     stem = config.get("stem", 1 if name == "propicker-paper" else 2)
-    segmenter = PromptableUNet3d(widths=widths, coord=coord, stem=stem)
-    full = {"widths": list(widths), "coord": coord, "stem": stem}
+    prototype = bool(config.get("prototype", False))
+    segmenter = PromptableUNet3d(widths=widths, coord=coord, stem=stem, prototype=prototype)
+    full = {"widths": list(widths), "coord": coord, "stem": stem, "prototype": prototype}
     if name != "propicker-paper":
         full["encoder_widths"] = list(config.get("encoder_widths", SMALL_ENCODER_WIDTHS))
     return ProPicker(encoder, segmenter, name=name, config=full)
