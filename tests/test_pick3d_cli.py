@@ -83,7 +83,7 @@ def test_finetune3d_cli_writes_a_usable_checkpoint(tomo_dir):
     assert cli(["finetune3d", "--tomograms", str(root / "tomos" / "ts0.mrc"), "--coords", str(root / "truth_ts0.coords"),
                 "--prompt", str(prompt), "-o", str(ckpt), "--steps", "2", "--window", "32", "--threads", "1"]) == 0
     model = load_propicker(ckpt)
-    assert model.meta["finetuned"] and len(model.meta["embedding"]) == 32
+    assert model.meta["finetuned"] and len(model.meta["embedding"]) == model.segmenter.code_dim
     base = load_propicker()
     changed = [k for k, v in model.segmenter.state_dict().items() if not np.allclose(v, base.segmenter.state_dict()[k])]
     assert changed
