@@ -66,7 +66,7 @@ def generalisation(model, args, quick: bool) -> tuple[list[dict], dict]:
     import torch
 
     from cryopick.calibrate3d import evaluate_picks, sweep_cluster
-    from cryopick.pick3d import cut_prompt, default_threshold
+    from cryopick.pick3d import cut_prompt, default_threshold, flipped_views
     from cryopick.postprocess.cluster3d import cluster_picks, default_size_limits
     from cryopick.predict3d import predict_tomogram
 
@@ -87,7 +87,8 @@ def generalisation(model, args, quick: bool) -> tuple[list[dict], dict]:
             diameters.append(c.diameter / tomos[0].voxel_size)
         if not labels:
             continue
-        z = model.embed(np.stack(prompts))
+        z = torch.stack([model.combine(model.embed(flipped_views(p[None]) if args.prompt_flips else p[None]))
+                         for p in prompts])
         probs = [predict_tomogram(model.segmenter, t.volume, z, stride=args.stride, progress=False) for t in tomos]
         for k, (label, d) in enumerate(zip(labels, diameters)):
             truths = [t.picks.coords[(t.picks.table["label"] == label).to_numpy()] for t in tomos]
@@ -176,6 +177,7 @@ def tm_comparison(model, cache: dict, args, quick: bool) -> list[dict]:
     import torch
 
     from cryopick.calibrate3d import sweep_cluster, sweep_scores
+    from cryopick.pick3d import flipped_views
     from cryopick.postprocess.propicker_tm import prompt_template, tm_in_mask, tm_pick
     from cryopick.predict3d import predict_tomogram
 
@@ -194,7 +196,7 @@ def tm_comparison(model, cache: dict, args, quick: bool) -> list[dict]:
         t_tm = time.time() - t0
         f1_tm = sweep_scores(coords, scores, truth, d / 2).best["f1"]
         t0 = time.time()
-        z = model.embed(sub[None])
+        z = model.combine(model.embed(flipped_views(sub[None]) if args.prompt_flips else sub[None]))[None]
         prob = predict_tomogram(model.segmenter, volume, z, stride=args.stride, progress=False)[0]
         t_seg = time.time() - t0
         t0 = time.time()
@@ -230,7 +232,10 @@ def main() -> int:
     parser.add_argument("--stride", type=int, default=32)
     parser.add_argument("--tm-angle", type=float, default=30.0)
     parser.add_argument("--tm-classes", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on this shared 2-core machine 2 threads are slower)")
+    parser.add_argument("--no-prompt-flips", dest="prompt_flips", action="store_false",
+                        help="encode the prompt as is (default: averaged over its 8 mirror views, as pick3d)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["generalisation", "speed", "tm"])
     parser.add_argument("--cache", default="benchmarks/results/propicker/bench_cache")
     parser.add_argument("--speed-child", help=argparse.SUPPRESS)

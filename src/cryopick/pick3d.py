@@ -220,12 +220,23 @@ def cut_prompt(volume, centre_xyz: Sequence[float]) -> np.ndarray:
     return read_block(volume, tuple(c), (PROMPT_SIZE,) * 3)
 
 
-def prompt_embedding(model: ProPicker, prompt: Prompt) -> torch.Tensor:
-    """``(code_dim,)`` conditioning code of a prompt: its examples' codes combined (:meth:`ProPicker.combine`);
-    a fine-tuned model's own fixed code."""
+def prompt_embedding(model: ProPicker, prompt: Prompt, flips: bool = True) -> torch.Tensor:
+    """``(code_dim,)`` conditioning code of a prompt: its examples' codes combined (:meth:`ProPicker.combine`),
+    each example also seen mirrored along every combination of axes when ``flips`` (8 views; makes the
+    code less dependent on the example's orientation); a fine-tuned model's own fixed code."""
     if "embedding" in model.meta and model.meta.get("finetuned"):
         return torch.tensor(model.meta["embedding"], dtype=torch.float32)
-    return model.combine(model.embed(prompt.subvolumes))
+    return model.combine(model.embed(flipped_views(prompt.subvolumes) if flips else prompt.subvolumes))
+
+
+def flipped_views(subvolumes: np.ndarray) -> np.ndarray:
+    """``(K, s, s, s)`` -> ``(8K, s, s, s)``: each sub-volume mirrored along every subset of its axes."""
+    subvolumes = np.asarray(subvolumes, dtype=np.float32).reshape(-1, *np.shape(subvolumes)[-3:])
+    views = []
+    for mask in range(8):
+        axes = tuple(1 + a for a in range(3) if mask >> a & 1)
+        views.append(np.flip(subvolumes, axis=axes) if axes else subvolumes)
+    return np.ascontiguousarray(np.concatenate(views))
 
 
 def estimate_diameter(model: ProPicker, prompt: Prompt, work: WorkingTomogram, threshold: float | None = None,

@@ -631,15 +631,55 @@ def finetune(model: ProPicker, volumes: list[np.ndarray], targets: list[np.ndarr
     return model
 
 
+def recommend_threshold(model: ProPicker, val_pool_dir: str | os.PathLike, min_instances: int = 5,
+                        stride: int = 32, progress: bool = False) -> dict:
+    """Picking threshold to use without calibration: the median over held-out classes of the
+    best-case ProPicker-C threshold, each class prompted from one tomogram of its set and scored on
+    the sibling tomogram. Returns ``{"default_threshold", "val_pick_best_f1_mean", "val_pick_classes"}``."""
+    from cryopick.calibrate3d import sweep_cluster
+    from cryopick.pick3d import cut_prompt, flipped_views
+    from cryopick.predict3d import predict_tomogram
+
+    pool = load_pool(val_pool_dir)
+    by_set: dict[int, list[PoolTomogram]] = {}
+    for t in pool:
+        by_set.setdefault(t.set_id, []).append(t)
+    thresholds, f1s = [], []
+    for tomos in by_set.values():
+        if len(tomos) < 2:
+            continue
+        src, dst = tomos[0], tomos[1]
+        diam = np.load(Path(val_pool_dir) / src.name / "picks.npz")["diameters"]
+        classes, codes, diameters = [], [], []
+        for c in range(src.n_classes):
+            idx = np.flatnonzero(src.labels == c)
+            if len(idx) == 0 or (dst.labels == c).sum() < min_instances:
+                continue
+            sub = cut_prompt(src.volume, src.coords[idx[0]])
+            codes.append(model.combine(model.embed(flipped_views(sub[None]))))
+            classes.append(c)
+            diameters.append(float(diam[idx[0]]))
+        if not classes:
+            continue
+        prob = predict_tomogram(model.segmenter, dst.volume, torch.stack(codes), stride=stride, progress=progress)
+        for k, (c, d) in enumerate(zip(classes, diameters)):
+            best = sweep_cluster(prob[k], dst.coords[dst.labels == c], d).best
+            thresholds.append(best["threshold"])
+            f1s.append(best["f1"])
+    if not thresholds:
+        raise CryopickError(f"{val_pool_dir}: no class with enough instances to recommend a threshold")
+    return {"default_threshold": float(np.median(thresholds)), "val_pick_best_f1_mean": float(np.mean(f1s)),
+            "val_pick_classes": len(f1s)}
+
+
 def export_weights(checkpoint: str | os.PathLike, out_path: str | os.PathLike, val_pool_dir: str | os.PathLike | None = None,
                    n_val_batches: int = 8, window: int = 48) -> ProPicker:
     """Write ``checkpoint`` as compact float16 weights; with ``val_pool_dir`` (held-out classes) first
-    measure the validation metrics and the recommended threshold (``meta["default_threshold"]``: the
-    probability threshold with the best pooled voxel Dice over the validation windows)."""
+    measure the validation metrics and the recommended threshold (:func:`recommend_threshold`)."""
     model = load_propicker(checkpoint)
     if val_pool_dir:
         cfg = SampleConfig(window=window)
         record = evaluate_batches(model, validation_batches(load_pool(val_pool_dir), n_val_batches, cfg))
-        model.meta = {**model.meta, **record, "default_threshold": record["val_best_threshold"]}
+        model.meta = {**model.meta, **record, **recommend_threshold(model, val_pool_dir)}
     model.save(out_path, half=True)
     return model
