@@ -36,6 +36,7 @@ the same weights as an uninterrupted one (same thread count).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -344,6 +345,8 @@ class TrainConfig:
     dice_weight: float = 1.0
     contrastive_weight: float = 0.5
     conditioning_lr_mult: float = 2.0  # learning-rate factor of the prompt encoder and FiLM layers
+    ema: float = 0.999             # exponential moving average of the weights (0 = off); validated and saved
+    snapshot_every: int = 1000     # also keep snap_<step>.pt (averaged weights) every this many steps
     bf16: bool = True
     device: str = "cpu"
     seed: int = 0
@@ -492,7 +495,9 @@ def train(cfg: TrainConfig, pool_dir: str | os.PathLike, out_dir: str | os.PathL
           val_pool_dir: str | os.PathLike | None = None, n_val_batches: int = 8,
           stop_after: int | None = None, progress: bool = True) -> ProPicker:
     """Train (or resume) into ``out_dir``: ``last.pt`` (resumable state), ``best.pt`` (best validation
-    Dice, a ProPicker checkpoint), ``model.pt`` (final ProPicker checkpoint), ``log.jsonl``.
+    Dice, a ProPicker checkpoint), ``snap_<step>.pt`` snapshots, ``model.pt`` (final ProPicker
+    checkpoint), ``log.jsonl``. With ``cfg.ema`` the saved, validated and returned weights are the
+    exponential moving average of the trained ones (steadier on small, noisy batches).
 
     ``stop_after``: stop after this many steps in this call (for tests and time-sliced runs).
     """
@@ -510,11 +515,14 @@ def train(cfg: TrainConfig, pool_dir: str | os.PathLike, out_dir: str | os.PathL
                              {"params": conditioning, "lr_mult": cfg.conditioning_lr_mult}],
                             lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, best, history = 0, -1.0, []
+    ema = copy.deepcopy(model) if cfg.ema else model
     last = out_dir / "last.pt"
     if last.exists():
         state = torch.load(last, map_location=cfg.device, weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        if cfg.ema:
+            ema.load_state_dict(state["ema"])
         step, best, history = state["step"], state["best"], state["history"]
         log.info("resuming %s at step %d", last, step)
     meta = {"train_config": _jsonable(asdict(cfg)), "pool": str(pool_dir), "n_pool": len(pool),
@@ -533,6 +541,12 @@ def train(cfg: TrainConfig, pool_dir: str | os.PathLike, out_dir: str | os.PathL
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)
         opt.step()
+        if cfg.ema:
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.mul_(cfg.ema).add_(pm.detach(), alpha=1 - cfg.ema)
+                for be, bm in zip(ema.buffers(), model.buffers()):
+                    be.copy_(bm)
         step += 1
         running.append(float(loss.detach()))
         bar.update(1)
@@ -542,23 +556,27 @@ def train(cfg: TrainConfig, pool_dir: str | os.PathLike, out_dir: str | os.PathL
                       "s_per_step": (time.time() - t0) / max(1, len(running))}
             running, t0 = [], time.time()
             if val and (step % cfg.validate_every == 0 or step == cfg.steps):
-                record.update(evaluate_batches(model, val, cfg.bf16))
+                record.update(evaluate_batches(ema, val, cfg.bf16))
                 if record["val_dice"] > best:
                     best = record["val_dice"]
-                    model.save(out_dir / "best.pt",
-                               meta={**meta, **record, "default_threshold": record["val_best_threshold"]})
+                    ema.save(out_dir / "best.pt",
+                             meta={**meta, **record, "default_threshold": record["val_best_threshold"]})
+            if cfg.snapshot_every and step % cfg.snapshot_every == 0:
+                ema.save(out_dir / f"snap_{step:06d}.pt", meta={**meta, **record})
             history.append(record)
             with open(log_path, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
             bar.set_postfix(loss=f"{record['loss']:.3f}", dice=f"{record.get('val_dice', float('nan')):.3f}")
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "best": best,
                      "history": history, "config": _jsonable(asdict(cfg))}
+            if cfg.ema:
+                state["ema"] = ema.state_dict()
             with atomic_path(last) as tmp:
                 torch.save(state, tmp)
     bar.close()
     if step >= cfg.steps:
-        model.save(out_dir / "model.pt", meta={**meta, "steps": step, "history_tail": history[-5:]})
-    return model
+        ema.save(out_dir / "model.pt", meta={**meta, "steps": step, "history_tail": history[-5:]})
+    return ema
 
 
 def _jsonable(obj):

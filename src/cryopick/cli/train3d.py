@@ -41,6 +41,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="loss weight of prompts absent from the window (0 = masked out, as ProPicker)")
     parser.add_argument("--contrastive-weight", type=float, default=0.5,
                         help="weight of the metric-learning loss on prompt embeddings (0 = off)")
+    parser.add_argument("--ema", type=float, default=0.999, help="weight averaging decay (0 = off)")
     parser.add_argument("--no-bf16", action="store_true", help="train in float32 (bf16 autocast is the default)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (the paper-size model wants a GPU)")
@@ -68,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
         reinit=tuple(args.reinit), tomotwin=args.tomotwin,
         freeze_encoder=args.model == "propicker-paper",
         steps=args.steps, lr=args.lr, empty_weight=args.empty_weight, contrastive_weight=args.contrastive_weight,
-        bf16=not args.no_bf16, device=args.device, seed=args.seed,
+        bf16=not args.no_bf16, device=args.device, seed=args.seed, ema=args.ema,
         checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
         sample=SampleConfig(window=args.window, batch=args.batch, prompts=args.prompts),
     )
