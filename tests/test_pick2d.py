@@ -171,3 +171,14 @@ def test_bad_input_errors(workspace, tmp_path, capsys):
     write_mrc(bad / "nan.mrc", data, pixel_size=3.0)
     with pytest.raises(CryopickError, match="NaN"):
         Picker(root / "model").pick(bad / "nan.mrc")
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path):
+    """README command 1 on the bundled data, with a short schedule (about a minute on 2 cores)."""
+    out = tmp_path / "demo"
+    assert cli(["demo", "-o", str(out), "--epochs", "3", "--steps-per-epoch", "10", "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["f1"] > 0.5 and len(report["per_micrograph"]) == 3
+    assert (out / "picks" / "autopick.star").exists() and (out / "report.md").exists()
+    assert len(list((out / "picks" / "overlays").glob("*.png"))) == 3

@@ -17,6 +17,7 @@ from cryopick.train.data import (
     TrainingMicrograph,
     assign_validation_strips,
     diameter_in_pixels,
+    assign_validation,
     disk_target,
     positive_prior,
 )
@@ -83,6 +84,21 @@ def test_disk_target_and_validation_strips():
     inside = mics[0].in_val(mics[0].coords)
     x0, x1 = boxes[0][2], boxes[0][3]
     np.testing.assert_array_equal(inside, (mics[0].coords[:, 0] >= x0) & (mics[0].coords[:, 0] < x1))
+
+
+def test_whole_micrographs_held_out_when_there_are_enough():
+    mics = training_micrographs(5, size=100, n=5)
+    assert assign_validation(mics, 0.2, seed=0) == "micrographs"
+    held = [m for m in mics if m.val_box is not None]
+    assert len(held) == 1 and held[0].val_box == (0, 100, 0, 100)
+    targets = train_loop._prepare_targets(mics, 3.0)
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # the held-out micrograph never feeds training (its weight is all zero)
+        _, _, w, _ = train_loop._batch(mics, targets, 32, 4, rng, None)
+        assert w.sum() > 0
+    assert targets[mics.index(held[0])][1].sum() == 0
+    two = training_micrographs(2, size=100, n=5)
+    assert assign_validation(two, 0.2) == "strips" and all(m.val_box[3] - m.val_box[2] == 20 for m in two)
 
 
 def test_balanced_bce_weights_classes_equally():
@@ -208,3 +224,52 @@ def test_no_labels_is_an_error(tmp_path):
     mics[0].coords = np.zeros((0, 2))
     with pytest.raises(CryopickError, match="no labelled particles"):
         train_picker(mics, WorkingScale.from_diameter(12.0, target_diameter=12.0), tmp_path / "m", TrainConfig(**TINY))
+
+
+class _FixedSizeBackbone(torch.nn.Module):
+    """A stand-in for a large backbone (e.g. SAM2): fixed square input, frozen encoder from a
+    checkpoint, small trainable head."""
+
+    preferred_size = 64
+    input_multiple = 16
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.head = torch.nn.Conv2d(4, 1, 1)
+        for p in self.encoder.parameters():
+            p.requires_grad = False
+
+    def forward(self, x):
+        assert x.shape[-2:] == (64, 64), x.shape  # the loop and inference must honour preferred_size
+        return self.head(torch.relu(self.encoder(x)))
+
+    def trainable_parameters(self):
+        return list(self.head.parameters())
+
+
+def test_backbone_contract_fixed_size_and_frozen_checkpoint(tmp_path):
+    from cryopick.models.registry import register_model
+    from cryopick.pick2d import Picker
+
+    base = tmp_path / "base.pt"
+    torch.save(_FixedSizeBackbone().state_dict(), base)
+
+    @register_model("test-fixed-size", task="picker2d")
+    def build(checkpoint=None):
+        model = _FixedSizeBackbone()
+        if checkpoint:
+            model.load_state_dict(torch.load(checkpoint, weights_only=True))
+        return model
+
+    config = TrainConfig(**dict(TINY, backbone="test-fixed-size", checkpoint=str(base), patch_size=None, batch_size=None,
+                                epochs=1, steps_per_epoch=2))
+    card = train_picker(training_micrographs(1, size=100, n=8), WorkingScale.from_diameter(12.0, target_diameter=12.0),
+                        tmp_path / "model", config)
+    assert card.training["config"]["patch_size"] == 64
+    saved = torch.load(tmp_path / "model" / "model.pt", weights_only=True)
+    assert set(saved) == {"head.weight", "head.bias"}  # frozen weights come from the base checkpoint
+    picker = Picker(tmp_path / "model", num_threads=1, bf16=False)
+    frozen = torch.load(base, weights_only=True)["encoder.weight"]
+    assert torch.equal(picker.model.encoder.weight, frozen)
+    assert picker.pick(np.random.default_rng(0).normal(size=(100, 100)).astype(np.float32)) is not None

@@ -5,9 +5,9 @@ particle radius; the threshold that maximises F1 is kept in the model card.
 
 With sparse labels (a known fraction ``f`` of the particles annotated) precision cannot be
 measured against the labels. Assuming the labelled particles are a random sample of all particles,
-the recall measured on the labelled ones estimates the true recall ``R``, the true number of
-particles is ``n_labelled / f``, hence the number of correct picks is ``R n_labelled / f`` and
-``precision = min(1, R n_labelled / (f n_picks))``.
+the recall ``R(t)`` measured on the held-out labelled particles estimates the true recall at
+threshold ``t``; the held-out data contain about ``N = n_labelled / f`` particles, so with ``n(t)``
+picks there the estimated precision is ``min(1, R(t) N / n(t))``.
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ def f1_curve(regions: list[ValidationPicks], tolerance: float, thresholds: np.nd
              labelled_fraction: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Precision, recall and F1 (pooled over regions) at each score threshold.
 
-    A pick at threshold ``t`` is kept when ``score >= t``. Matching is done once per region at the
-    lowest threshold would over-count, so it is redone per threshold (regions are small).
+    A pick is kept at threshold ``t`` when ``score >= t``; matching is redone per threshold.
     """
     thresholds = np.asarray(thresholds, float)
     tp = np.zeros(len(thresholds))
@@ -45,16 +44,12 @@ def f1_curve(regions: list[ValidationPicks], tolerance: float, thresholds: np.nd
             n_pred[k] += keep.sum()
             if keep.any() and len(region.truth):
                 tp[k] += match_points(region.coords[keep], region.truth, tolerance).tp
-    return _prf(tp, n_pred, n_truth, labelled_fraction)
-
-
-def _prf(tp: np.ndarray, n_pred: np.ndarray, n_truth: int, labelled_fraction: float):
     recall = tp / n_truth if n_truth else np.ones_like(tp)
     if labelled_fraction >= 1:
         precision = np.where(n_pred > 0, tp / np.maximum(n_pred, 1), 1.0)
     else:
-        est_correct = recall * n_truth / max(labelled_fraction, 1e-6)
-        precision = np.where(n_pred > 0, np.minimum(1.0, est_correct / np.maximum(n_pred, 1)), 1.0)
+        n_particles = n_truth / labelled_fraction
+        precision = np.where(n_pred > 0, np.minimum(1.0, recall * n_particles / np.maximum(n_pred, 1)), 1.0)
     denom = precision + recall
     f1 = np.where(denom > 0, 2 * precision * recall / np.where(denom > 0, denom, 1), 0.0)
     return precision, recall, f1
@@ -69,7 +64,7 @@ def calibrate_threshold(regions: list[ValidationPicks], tolerance: float, labell
     the middle is the most robust choice). Without any validation labels ``default`` is returned.
     """
     if grid is None:
-        grid = np.round(np.arange(0.30, 0.951, 0.025), 4)
+        grid = np.round(np.arange(0.30, 0.971, 0.01), 4)
     n_truth = sum(len(r.truth) for r in regions)
     if not regions or n_truth == 0:
         return {"threshold": float(default), "f1": None, "precision": None, "recall": None,
@@ -85,6 +80,8 @@ def calibrate_threshold(regions: list[ValidationPicks], tolerance: float, labell
         "recall": float(recall[k]),
         "labelled_fraction": float(labelled_fraction),
         "n_validation_particles": int(n_truth),
+        "precision_estimate": ("measured" if labelled_fraction >= 1 else
+                               "estimated from recall on held-out labels and the expected particle count"),
         "curve": {"threshold": grid.tolist(), "f1": f1.round(4).tolist(),
                   "precision": precision.round(4).tolist(), "recall": recall.round(4).tolist()},
     }

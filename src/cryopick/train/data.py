@@ -151,6 +151,31 @@ def load_training_micrograph(path: str | os.PathLike, coords: np.ndarray | None,
                               frame=frame, negative=negative, source=str(path), meta=meta)
 
 
+def assign_validation(micrographs: list[TrainingMicrograph], fraction: float = 0.2, seed: int = 0,
+                      min_micrographs: int = 3) -> str:
+    """Choose the held-out validation data (in place); returns ``"micrographs"`` or ``"strips"``.
+
+    With at least ``min_micrographs`` annotated micrographs, ``round(fraction x n)`` (at least one)
+    whole micrographs are held out and never seen in training: the score threshold is then
+    calibrated on micrographs as unseen as the ones to be picked (a network is more confident on
+    images it was trained on, even in regions without labels, which biases a threshold chosen
+    there). With fewer micrographs, a strip of each is held out instead
+    (:func:`assign_validation_strips`).
+    """
+    annotated = [m for m in micrographs if not m.negative]
+    if fraction <= 0 or len(annotated) < min_micrographs:
+        assign_validation_strips(micrographs, fraction, seed)
+        return "strips"
+    for m in micrographs:
+        m.val_box = None
+    rng = np.random.default_rng(seed)
+    k = max(1, int(round(fraction * len(annotated))))
+    for i in rng.choice(len(annotated), size=k, replace=False):
+        h, w = annotated[i].shape
+        annotated[i].val_box = (0, h, 0, w)
+    return "micrographs"
+
+
 def assign_validation_strips(micrographs: list[TrainingMicrograph], fraction: float = 0.2,
                              seed: int = 0) -> None:
     """Hold out a strip of ``fraction`` of each micrograph's width for validation (in place).

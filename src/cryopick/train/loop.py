@@ -1,9 +1,9 @@
 """Training loop of the 2D picker: backbone-agnostic, time-bounded, resumable.
 
 One epoch is ``steps_per_epoch`` optimiser steps on random augmented patches, followed by a
-validation pass over the held-out strips (one per micrograph, see
-:func:`cryopick.train.data.assign_validation_strips`): the network is run on each strip (with
-context), post-processed with Algorithm S1, and matched to the labels -> best-threshold F1. The
+validation pass over the held-out data (whole micrographs when there are at least 3, else a strip
+of each; see :func:`cryopick.train.data.assign_validation`): the network is run on it,
+post-processed with Algorithm S1, and matched to the labels -> best-threshold F1. The
 weights with the best validation F1 are kept (``model.pt``), training stops early after
 ``patience`` epochs without improvement or when the time budget is spent, and a resumable
 checkpoint (``checkpoint.pt``: weights, optimiser, scheduler, RNG states, history) is written
@@ -33,7 +33,7 @@ from cryopick.train.calibrate import ValidationPicks, calibrate_threshold, f1_cu
 from cryopick.train.data import (
     TrainingMicrograph,
     WorkingScale,
-    assign_validation_strips,
+    assign_validation,
     disk_target,
     positive_prior,
     summarise,
@@ -131,7 +131,8 @@ def _prepare_targets(mics: list[TrainingMicrograph], radius: float) -> list[tupl
 
 
 def _batch(mics, targets, size, batch_size, rng, augment):
-    areas = np.array([max(m.image.size, 1) for m in mics], float)
+    # Area-proportional sampling over the trainable pixels (held-out micrographs get none).
+    areas = np.array([float(t[1].sum()) for t in targets])
     choice = rng.choice(len(mics), size=batch_size, p=areas / areas.sum())
     imgs, tgts, wgts, negs = [], [], [], []
     for k in choice:
@@ -162,7 +163,7 @@ def _loss(logits, target, weight, negative, prior):
 def validation_picks(model, mics: list[TrainingMicrograph], radius: float, context: int,
                      bf16: bool, mask_threshold: float, score_method: str, min_distance: float,
                      margin: float = 0.0) -> list[ValidationPicks]:
-    """Run the model on each validation strip (plus ``context`` pixels around it) and pick."""
+    """Run the model on each validation region (plus ``context`` pixels around it) and pick."""
     from cryopick.pick2d import predict_probability
 
     regions = []
@@ -226,7 +227,7 @@ def train_picker(mics: list[TrainingMicrograph], scale: WorkingScale, output_dir
     if config.num_threads:
         torch.set_num_threads(int(config.num_threads))
     _set_seeds(config.seed)
-    assign_validation_strips(mics, config.val_fraction, seed=config.seed)
+    validation_mode = assign_validation(mics, config.val_fraction, seed=config.seed)
 
     model = build_model(config.backbone, checkpoint=config.checkpoint, **config.backbone_kwargs)
     preferred = getattr(model, "preferred_size", None)
@@ -301,7 +302,7 @@ def train_picker(mics: list[TrainingMicrograph], scale: WorkingScale, output_dir
         if has_val:
             regions = validation_picks(model, mics, radius, context, bf16, config.mask_threshold,
                                        config.score_method, min_distance_w)
-            grid = np.round(np.arange(0.3, 0.951, 0.05), 3)
+            grid = np.round(np.arange(0.3, 0.971, 0.025), 3)
             p, r, f1 = f1_curve(regions, 0.5 * scale.working_diameter, grid, config.labelled_fraction)
             k = int(np.argmax(f1))
             val = {"f1": float(f1[k]), "precision": float(p[k]), "recall": float(r[k]), "threshold": float(grid[k])}
@@ -353,6 +354,7 @@ def train_picker(mics: list[TrainingMicrograph], scale: WorkingScale, output_dir
         training={
             "config": {**asdict(config), "patch_size": patch, "batch_size": batch_size, "bf16": bool(bf16)},
             "epochs_run": len(history), "best_epoch": best_epoch, "best_val_f1": best_f1, "stopped": stopped,
+            "validation": validation_mode,
             "wall_seconds": round(wall, 1), "cpu_seconds_this_session": round(time.process_time() - cpu_start, 1),
             "torch_threads": torch.get_num_threads(), "positive_prior": prior,
             "sparse_handling": ("nnPU (non-negative positive-unlabelled) loss with the class prior derived from "
