@@ -71,7 +71,10 @@ class TrainConfig:
         Fraction of the particles that are annotated (1 = all). Below 1 the positive-unlabelled
         loss is used and precision on validation data is estimated (see :mod:`.calibrate`).
     bf16
-        bfloat16 autocast; ``None`` = use it when a timing probe shows it is faster.
+        bfloat16 autocast; ``None`` = use it when the CPU has native bf16 arithmetic.
+    ema_decay
+        Validate, keep and ship an exponential moving average of the trainable weights (smoother
+        than the last iterate with noisy few-shot gradients); ``0`` disables it.
     mask_threshold, score_method, min_distance
         Post-processing settings stored in the card (``min_distance`` in original pixels,
         ``None`` = one particle radius).
@@ -99,6 +102,7 @@ class TrainConfig:
     mask_threshold: float = 0.5
     score_method: str = "mean_top"
     min_distance: float | None = None
+    ema_decay: float = 0.99
     seed: int = 0
     num_threads: int | None = None
     progress: bool = True
@@ -185,6 +189,40 @@ def validation_picks(model, mics: list[TrainingMicrograph], radius: float, conte
     return regions
 
 
+class WeightAverage:
+    """Exponential moving average of the trainable parameters and float buffers.
+
+    Kept as a dict of tensors (no second model: a frozen multi-GB backbone is not duplicated);
+    :meth:`swap` exchanges the averaged and live values in place, and swapping twice restores.
+    The decay ramps up as ``min(decay, (1 + t) / (10 + t))`` so early steps are not over-weighted.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        named.update({n: b for n, b in model.named_buffers() if b.is_floating_point()})
+        self.names = list(named)
+        self.shadow = {n: t.detach().clone() for n, t in named.items()}
+
+    def _live(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        tensors = dict(model.named_parameters())
+        tensors.update(dict(model.named_buffers()))
+        return {n: tensors[n] for n in self.names}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for n, t in self._live(model).items():
+            self.shadow[n].mul_(d).add_(t.detach(), alpha=1 - d)
+
+    @torch.no_grad()
+    def swap(self, model: torch.nn.Module) -> None:
+        for n, t in self._live(model).items():
+            tmp = t.detach().clone()
+            t.copy_(self.shadow[n])
+            self.shadow[n].copy_(tmp)
+
+
 def _cosine(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -245,6 +283,7 @@ def train_picker(mics: list[TrainingMicrograph], scale: WorkingScale, output_dir
 
         bf16 = bf16_is_faster(model)
 
+    ema = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
     radius = 0.5 * scale.working_diameter * config.target_radius_fraction
     targets = _prepare_targets(mics, radius)
     prior = positive_prior(mics, radius, config.labelled_fraction)
@@ -264,6 +303,8 @@ def train_picker(mics: list[TrainingMicrograph], scale: WorkingScale, output_dir
                 "resume, or --overwrite to start again"
             )
         model.load_state_dict(state["model"])
+        if ema is not None:
+            ema.shadow = state["ema"]
         optimiser.load_state_dict(state["optimiser"])
         scheduler.load_state_dict(state["scheduler"])
         rng.bit_generator.state = state["rng"]
@@ -297,7 +338,11 @@ def train_picker(mics: list[TrainingMicrograph], scale: WorkingScale, output_dir
             loss.backward()
             optimiser.step()
             scheduler.step()
+            if ema is not None:
+                ema.update(model, scheduler.last_epoch)
             losses.append(float(loss.detach()))
+        if ema is not None:
+            ema.swap(model)  # validate and keep the averaged weights
         val = {"f1": None}
         if has_val:
             regions = validation_picks(model, mics, radius, context, bf16, config.mask_threshold,
@@ -311,12 +356,14 @@ def train_picker(mics: list[TrainingMicrograph], scale: WorkingScale, output_dir
         if improved:
             best_f1, best_epoch = score, epoch
             save_weights(out, model)
+        if ema is not None:
+            ema.swap(model)  # back to the live weights for training and the checkpoint
         epoch_seconds = time.perf_counter() - t_epoch
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), **val,
                         "lr": float(scheduler.get_last_lr()[0]), "seconds": round(epoch_seconds, 2)})
         elapsed = elapsed_before + time.perf_counter() - t_start
         _save_checkpoint(ckpt_path, model, optimiser, scheduler, rng, epoch, best_f1, best_epoch, history,
-                         config, elapsed)
+                         config, elapsed, ema)
         bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_f1="-" if val["f1"] is None else f"{val['f1']:.3f}",
                         best=f"{best_f1:.3f}")
         if epoch - best_epoch >= config.patience:
@@ -370,8 +417,10 @@ def train_picker(mics: list[TrainingMicrograph], scale: WorkingScale, output_dir
     return card
 
 
-def _save_checkpoint(path, model, optimiser, scheduler, rng, epoch, best_f1, best_epoch, history, config, elapsed):
+def _save_checkpoint(path, model, optimiser, scheduler, rng, epoch, best_f1, best_epoch, history, config, elapsed,
+                     ema=None):
     state = {
+        "ema": ema.shadow if ema is not None else None,
         "model": model.state_dict(), "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
         "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "epoch": epoch,
         "best_f1": best_f1, "best_epoch": best_epoch, "history": history, "config": config.resume_key(),
