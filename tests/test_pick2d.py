@@ -182,3 +182,17 @@ def test_demo_runs_end_to_end(tmp_path):
     assert report["f1"] > 0.5 and len(report["per_micrograph"]) == 3
     assert (out / "picks" / "autopick.star").exists() and (out / "report.md").exists()
     assert len(list((out / "picks" / "overlays").glob("*.png"))) == 3
+
+
+def test_sparse_annotation_trains_with_the_pu_loss(workspace, tmp_path):
+    root, _ = workspace
+    # Keep a third of the particles of each training micrograph.
+    for i in range(2):
+        picks = read_picks(root / "coords" / f"train{i}_manualpick.star")
+        write_picks(picks._with(picks.table.iloc[::3]), tmp_path / "sparse" / f"train{i}.star", "relion")
+    assert cli(["train", "--micrographs", str(root / "train"), "--coords", str(tmp_path / "sparse"), "--diameter",
+                "24", "--particles-per-micrograph", "28", "-o", str(tmp_path / "m"), *TRAIN_ARGS]) == 0
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    assert card["training"]["config"]["labelled_fraction"] == pytest.approx(20 / 56)
+    assert card["training"]["sparse_handling"].startswith("nnPU") and card["training"]["positive_prior"] > 0
+    assert card["calibration"]["precision_estimate"].startswith("estimated")

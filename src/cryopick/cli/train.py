@@ -2,8 +2,8 @@
 
 The working scale is chosen from the particle diameter (about --target-diameter px per particle).
 A strip of each micrograph is held out for validation, early stopping and the score threshold.
-With only some particles annotated, give --labelled-fraction: unlabelled pixels are then treated
-as positive-unlabelled (nnPU loss), not as background.
+With only some particles annotated, give --labelled-fraction (or --particles-per-micrograph):
+unlabelled pixels are then treated as positive-unlabelled (nnPU loss), not as background.
 
 Examples:
   cryopick train --micrographs mics/ --coords manual/ --diameter 108 -o model/
@@ -35,6 +35,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--negatives", help="micrographs without particles (ice, carbon) to learn background from")
     parser.add_argument("--labelled-fraction", type=float, default=1.0,
                         help="fraction of the particles that are annotated (default 1: all)")
+    parser.add_argument("--particles-per-micrograph", type=float,
+                        help="sparse annotation: expected particles per micrograph (sets the labelled fraction)")
     parser.add_argument("--backbone", default="unet", help="model from the registry (default: unet)")
     parser.add_argument("--checkpoint", help="base weights for the backbone (e.g. a SAM2 checkpoint)")
     parser.add_argument("--target-diameter", type=float, default=16.0,
@@ -82,7 +84,8 @@ def main(args: argparse.Namespace) -> int:
     )
     card = train_from_files(args.micrographs, args.coords, args.diameter, out, diameter_unit=args.diameter_unit,
                             pixel_size=args.pixel_size, coords_format=args.coords_format,
-                            negatives=args.negatives, config=config, **read_opts)
+                            negatives=args.negatives, config=config,
+                            particles_per_micrograph=args.particles_per_micrograph, **read_opts)
     cal = card.calibration
     f1 = cal.get("f1")
     print(f"model written to {out}: backbone {card.backbone}, working scale 1/{card.factor:.2f} "

@@ -64,7 +64,8 @@ def load_training_set(micrographs: str | os.PathLike | Sequence[str | os.PathLik
 
 def train_from_files(micrographs, coords: str | os.PathLike | Picks, diameter: float, output_dir: str | os.PathLike,
                      diameter_unit: str = "px", pixel_size: float | None = None, coords_format: str | None = None,
-                     negatives=None, config: TrainConfig | None = None, resume: bool = True, **read_opts):
+                     negatives=None, config: TrainConfig | None = None, resume: bool = True,
+                     particles_per_micrograph: float | None = None, **read_opts):
     """Read images and coordinates, choose the working scale, train, write the model directory.
 
     Parameters
@@ -79,6 +80,9 @@ def train_from_files(micrographs, coords: str | os.PathLike | Picks, diameter: f
     pixel_size
         Å/px of the micrographs (overrides their headers; needed for a diameter in Å when the
         headers do not state it).
+    particles_per_micrograph
+        Expected number of particles per annotated micrograph, for sparse annotation when the
+        labelled fraction is not known: it becomes ``labelled / (this x micrographs)``.
     **read_opts
         Conversion options for :func:`cryopick.io.coords.read_picks` (e.g. ``flip_y=True, height=4096``).
     """
@@ -97,6 +101,12 @@ def train_from_files(micrographs, coords: str | os.PathLike | Picks, diameter: f
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*no pixel size.*")
         mics = load_training_set(paths, picks, scale, negatives=negatives, progress=config.progress)
+    if particles_per_micrograph:
+        annotated = [m for m in mics if not m.negative]
+        n_lab = sum(len(m.coords) for m in annotated)
+        config.labelled_fraction = float(min(1.0, n_lab / (particles_per_micrograph * len(annotated))))
+        log.info("labelled fraction %.3f (%d labelled, %g expected per micrograph)", config.labelled_fraction,
+                 n_lab, particles_per_micrograph)
     log.info("training on %d micrographs (%d particles), working scale 1/%.2f: particle %.1f px",
              len(mics), sum(len(m.coords) for m in mics), scale.factor, scale.working_diameter)
     return train_picker(mics, scale, output_dir, config, resume=resume)

@@ -82,10 +82,11 @@ def prepare_image(data: np.ndarray, factor: float, clip_sigma: float = 4.0) -> t
     Fourier-crop by ``factor`` (anti-aliased; it also averages away most shot noise), then
     robust-normalise (median / MAD, clipped at ``clip_sigma``).
     """
-    data = np.asarray(data, dtype=np.float32)
-    if not np.isfinite(data).all():
+    small, frame = downsample(np.asarray(data, dtype=np.float32), factor)
+    # Any NaN or inf in the input spreads over the whole Fourier-cropped image: checking the small
+    # image is enough and cheap.
+    if not np.isfinite(small).all():
         raise CryopickError("micrograph contains NaN or infinite pixel values; re-export it or mask the bad pixels")
-    small, frame = downsample(data, factor)
     return normalize(small, clip_sigma=clip_sigma), frame
 
 
