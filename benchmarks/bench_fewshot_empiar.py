@@ -167,8 +167,27 @@ def main(argv: list[str] | None = None) -> int:
               f"(4096^2 float32 MRC, end to end, {args.threads} threads)", flush=True)
     results["peak_memory_gb"] = round(peak_rss_gb(), 2)
     print(f"peak memory {results['peak_memory_gb']} GB", flush=True)
+    results["targets"] = check_targets(results)
+    for name, (value, target, ok) in results["targets"].items():
+        print(f"  {'PASS' if ok else 'FAIL'}  {name}: {value} (target {target})")
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return 0
+
+
+def check_targets(results: dict) -> dict:
+    """The issue's targets: name -> (measured, target, met)."""
+    targets = {}
+    if "test" in results:
+        need = 0.85 if results["labelled_fraction"] >= 1 else 0.80
+        f1 = round(results["test"]["f1"], 3)
+        targets["test F1 at the calibrated threshold"] = (f1, f">= {need}", f1 >= need)
+    if "train_seconds" in results:
+        targets["training wall time, s"] = (results["train_seconds"], "<= 600", results["train_seconds"] <= 600)
+    targets["peak memory, GB"] = (results["peak_memory_gb"], "<= 4", results["peak_memory_gb"] <= 4)
+    if "speed" in results:
+        rate = results["speed"]["micrographs_per_second"]
+        targets["picking speed, micrographs/s"] = (rate, ">= 1", rate >= 1)
+    return targets
 
 
 if __name__ == "__main__":

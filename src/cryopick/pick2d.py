@@ -30,7 +30,7 @@ from cryopick.errors import CryopickError
 from cryopick.io.atomic import write_text
 from cryopick.io.images import image_name, list_images, read_micrograph
 from cryopick.model_card import ModelCard, load_model
-from cryopick.picks import Picks, concat
+from cryopick.picks import Picks
 from cryopick.postprocess.peaks2d import Peaks2d, find_peaks_s1
 from cryopick.preprocess import WorkingFrame
 
@@ -187,10 +187,6 @@ class Picker:
         self._image: PreparedImage | None = None
 
     # -- SAM-style two-step interface --
-    @property
-    def card_dict(self) -> dict:
-        return self.card.to_dict()
-
     def factor_for(self, pixel_size: float | None) -> float:
         """Downsampling factor for a micrograph of ``pixel_size`` Å/px (see class docstring)."""
         ps = self.pixel_size or pixel_size

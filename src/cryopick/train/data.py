@@ -13,10 +13,8 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from cryopick.errors import CryopickError
 from cryopick.io.images import read_micrograph
@@ -250,15 +248,3 @@ def summarise(micrographs: list[TrainingMicrograph]) -> dict:
             for m in micrographs
         ],
     }
-
-
-def nearest_neighbour_distance(coords: np.ndarray) -> np.ndarray:
-    coords = np.asarray(coords, float).reshape(-1, 2)
-    if len(coords) < 2:
-        return np.full(len(coords), np.inf)
-    d, _ = cKDTree(coords).query(coords, k=2)
-    return d[:, 1]
-
-
-def as_path_list(paths) -> list[Path]:
-    return [Path(p) for p in paths]
