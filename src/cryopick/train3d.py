@@ -346,6 +346,8 @@ class TrainConfig:
     contrastive_weight: float = 0.5
     conditioning_lr_mult: float = 2.0  # learning-rate factor of the prompt encoder and FiLM layers
     ema: float = 0.999             # exponential moving average of the weights (0 = off); validated and saved
+    freeze_bn_after: int | None = 1000  # from this step on, BatchNorm layers use (and keep) their running
+                                        # statistics, as at inference (None = never)
     snapshot_every: int = 1000     # also keep snap_<step>.pt (averaged weights) every this many steps
     bf16: bool = True
     device: str = "cpu"
@@ -533,6 +535,8 @@ def train(cfg: TrainConfig, pool_dir: str | os.PathLike, out_dir: str | os.PathL
     running, t0 = [], time.time()
     log_path = out_dir / "log.jsonl"
     while step < end:
+        if cfg.freeze_bn_after is not None and step >= cfg.freeze_bn_after:
+            _freeze_batchnorm(model)
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step) * g.get("lr_mult", 1.0)
         batch = sample_batch(pool, np.random.default_rng([cfg.seed, step]), cfg.sample)
@@ -577,6 +581,19 @@ def train(cfg: TrainConfig, pool_dir: str | os.PathLike, out_dir: str | os.PathL
     if step >= cfg.steps:
         ema.save(out_dir / "model.pt", meta={**meta, "steps": step, "history_tail": history[-5:]})
     return ema
+
+
+def _freeze_batchnorm(model: torch.nn.Module) -> None:
+    """Put BatchNorm layers in eval mode: normalise with the running statistics and stop updating them.
+
+    The prompt encoder needs batch statistics early on (see :class:`SmallPromptEncoder`), but a
+    network trained only with them depends on the composition of its training batches: at inference
+    (one prompt, running statistics) its codes are off-distribution. Training the rest with frozen
+    statistics removes the mismatch.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
 
 
 def _jsonable(obj):

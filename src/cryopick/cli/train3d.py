@@ -42,6 +42,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contrastive-weight", type=float, default=0.5,
                         help="weight of the metric-learning loss on prompt embeddings (0 = off)")
     parser.add_argument("--ema", type=float, default=0.999, help="weight averaging decay (0 = off)")
+    parser.add_argument("--freeze-bn-after", type=int, default=1000,
+                        help="step from which BatchNorm uses its running statistics, as at inference (-1 = never)")
     parser.add_argument("--no-bf16", action="store_true", help="train in float32 (bf16 autocast is the default)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (the paper-size model wants a GPU)")
@@ -70,6 +72,7 @@ def main(args: argparse.Namespace) -> int:
         freeze_encoder=args.model == "propicker-paper",
         steps=args.steps, lr=args.lr, empty_weight=args.empty_weight, contrastive_weight=args.contrastive_weight,
         bf16=not args.no_bf16, device=args.device, seed=args.seed, ema=args.ema,
+        freeze_bn_after=None if args.freeze_bn_after < 0 else args.freeze_bn_after,
         checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
         sample=SampleConfig(window=args.window, batch=args.batch, prompts=args.prompts),
     )
