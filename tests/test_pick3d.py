@@ -242,3 +242,26 @@ def test_prototype_mode_and_warm_start_from_a_plain_network():
         assert torch.allclose(grown.segmenter(x, codes), plain.segmenter(x, plain.embed(prompts)), atol=1e-5)
         combined = grown.combine(codes)
         assert combined.shape == (36,) and torch.isclose(combined[:32].norm(), torch.tensor(1.0))
+
+
+def test_calibration_sweep_finds_settings_that_pick3d_reads(tmp_path):
+    from cryopick.calibrate3d import save_settings, settings_from_best, sweep_cluster
+    from cryopick.pick3d import PickSettings, postprocess
+
+    rng = np.random.default_rng(7)
+    centres = np.array([[12, 15, 10], [40, 20, 30], [25, 50, 22], [60, 60, 12]], float)
+    prob = _spheres((48, 72, 72), centres, 5) * 0.7  # true particles at p = 0.7
+    # Brighter than the particles, but smaller (216 and 8 voxels; a d = 10 sphere has 524): only a
+    # minimum size (>= 0.5 x the sphere volume) separates them, which the sweep has to find.
+    prob[20:26, 40:46, 8:14] = 0.95
+    prob[5:7, 5:7, 60:62] = 0.95
+    prob += rng.uniform(0, 0.2, prob.shape).astype(np.float32)
+    result = sweep_cluster(prob, centres, diameter=10)
+    assert result.best["f1"] == 1.0
+    assert len(result.table) > 50 and result.table["f1"].min() < 1.0
+    settings = settings_from_best(result.best)
+    path = save_settings(tmp_path / "s.json", settings, tomogram="t")
+    loaded = PickSettings.load(path)
+    assert loaded.threshold == settings["threshold"] and loaded.min_factor == settings["min_factor"]
+    coords, _ = postprocess(prob, None, None, loaded, diameter=10)
+    assert len(coords) == 4

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -150,8 +150,6 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
     -------
     The sweep and the settings dict for :func:`save_settings` (with ``info``: F1, tomogram, prompt).
     """
-    import torch
-
     from cryopick import picks as P
     from cryopick.errors import CryopickError
     from cryopick.io.images import Image, read_tomogram

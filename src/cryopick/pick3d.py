@@ -2,7 +2,7 @@
 
 >>> prompt = make_prompt("TS_01.mrc", [(412, 388, 96)], label="ribosome")     # x, y, z voxels
 >>> save_prompt(prompt, "ribosome.prompt")
->>> picks = pick_tomogram("TS_02.mrc", [load_prompt("ribosome.prompt")], mode="cluster")
+>>> picks = pick_tomogram("TS_02.mrc", [load_prompt("ribosome.prompt")], settings=PickSettings(mode="cluster"))
 
 Frames and units
 ----------------
@@ -38,7 +38,7 @@ import torch
 
 from cryopick.errors import CryopickError
 from cryopick.io.atomic import atomic_path
-from cryopick.io.images import Image, image_name, read_tomogram
+from cryopick.io.images import Image, read_tomogram
 from cryopick.models.prompt_encoder import PROMPT_SIZE
 from cryopick.models.promptable3d import ProPicker, load_propicker
 from cryopick.picks import Picks
