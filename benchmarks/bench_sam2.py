@@ -10,7 +10,8 @@ with disk labels. The first step (allocator warm-up) is reported separately.
 Variants: ``fp32`` (plain), ``ckpt`` (activation checkpointing of Hiera blocks), ``bf16``
 (autocast bfloat16), ``bf16+ckpt``.
 
-Example (this machine's CPU; results are appended to the JSON and finished runs are skipped)::
+Example (this machine's CPU; measurements are appended to --cache and finished runs are skipped;
+``--quick`` measures only Hiera-tiny, bf16 + checkpointing, at 512²)::
 
     python benchmarks/bench_sam2.py --models sam2.1-hiera-tiny sam2.1-hiera-large \
         --variants fp32 ckpt bf16+ckpt --size 1024 --batch 1 --steps 3 --threads 2
@@ -27,6 +28,9 @@ import sys
 import time
 import warnings
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import add_common_args, print_table, write_result  # noqa: E402
 
 VARIANTS = {"fp32": {}, "ckpt": {"activation_checkpointing": True}, "bf16": {"bf16": True},
             "bf16+ckpt": {"bf16": True, "activation_checkpointing": True}}
@@ -96,10 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3, help="training steps per run (first is warm-up)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="benchmarks/results/sam2_bench.json")
+    p.add_argument("--cache", default="benchmarks/results/sam2_bench.json",
+                   help="every measurement made so far (finished runs are skipped)")
+    add_common_args(p, "benchmarks/results/sam2.json")
     p.add_argument("--force", action="store_true", help="rerun finished measurements")
     p.add_argument("--child", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.quick:  # run_all's size: the smallest model, one memory-saving variant, 512², 2 steps
+        args.models, args.variants, args.size, args.steps = ["sam2.1-hiera-tiny"], ["bf16+ckpt"], 512, 2
 
     if args.child:
         res = child(args.child[0], args.child[1], args.size, args.batch, args.steps, args.threads, args.device)
@@ -108,14 +116,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from cryopick.io.atomic import write_text
 
-    out = Path(args.out)
+    out = Path(args.cache)
     results = json.loads(out.read_text()) if out.is_file() else []
+    measured = []
     for model in args.models:
         for variant in args.variants:
             key = dict(model=model, variant=variant, size=args.size, batch=args.batch, steps=args.steps,
                        threads=args.threads, device=args.device)
             if not args.force and any(all(r.get(k) == v for k, v in key.items()) for r in results):
                 print(f"skip {model} {variant} (done)")
+                measured += [r for r in results if all(r.get(k) == v for k, v in key.items())]
                 continue
             cmd = [sys.executable, __file__, "--child", model, variant, "--size", str(args.size),
                    "--batch", str(args.batch), "--steps", str(args.steps), "--threads", str(args.threads),
@@ -129,8 +139,18 @@ def main(argv: list[str] | None = None) -> int:
             res = json.loads(line[0][7:])
             results = [r for r in results if not all(r.get(k) == v for k, v in key.items())] + [res]
             write_text(out, json.dumps(results, indent=1) + "\n")
+            measured.append(res)
             print(f"{model:22s} {variant:10s} {args.size}² b{args.batch}: {res['step_s']:8.2f} s/step "
                   f"(first {res['first_step_s']:.2f} s), peak RSS {res['peak_rss_gb']} GB", flush=True)
+    if not measured:
+        return 1
+    summary = {}
+    for r in measured:
+        tag = f"{r['model']}_{r['variant']}_{r['size']}"
+        summary[f"{tag}_s_per_step"] = r["step_s"]
+        summary[f"{tag}_peak_rss_gb"] = r["peak_rss_gb"]
+    write_result(args.out, "sam2", args.quick, summary, runs=measured)
+    print_table(measured, ["model", "variant", "size", "batch", "step_s", "first_step_s", "peak_rss_gb"])
     return 0
 
 
