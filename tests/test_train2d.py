@@ -158,6 +158,10 @@ def test_calibration_picks_the_f1_optimum():
     cal = calibrate_threshold([ValidationPicks(coords, scores, truth)], tolerance=3.0,
                               grid=np.array([0.3, 0.5, 0.75, 0.85]))
     assert cal["threshold"] == 0.5 and cal["f1"] == pytest.approx(1.0)
+    # Near-optimal thresholds: the lowest one is taken (F1 at 0.3 is 0.857, within 0.2 of 1).
+    lenient = calibrate_threshold([ValidationPicks(coords, scores, truth)], tolerance=3.0,
+                                  grid=np.array([0.3, 0.5, 0.75, 0.85]), tolerance_f1=0.2)
+    assert lenient["threshold"] == 0.3
     # Sparse labels: 2 of 6 particles labelled; precision is estimated from the recall on them.
     truth6 = np.array([[10.0 * i, 50.0] for i in range(1, 7)])
     picks = np.concatenate([truth6, [[200.0, 200.0], [250.0, 250.0]]])

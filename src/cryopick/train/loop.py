@@ -1,8 +1,8 @@
 """Training loop of the 2D picker: backbone-agnostic, time-bounded, resumable.
 
 One epoch is ``steps_per_epoch`` optimiser steps on random augmented patches, followed by a
-validation pass over the held-out data (whole micrographs when there are at least 3, else a strip
-of each; see :func:`cryopick.train.data.assign_validation`): the network is run on it,
+validation pass over the held-out data (a strip of every micrograph, or whole micrographs; see
+:func:`cryopick.train.data.assign_validation`): the network is run on it,
 post-processed with Algorithm S1, and matched to the labels -> best-threshold F1. The
 weights with the best validation F1 are kept (``model.pt``), training stops early after
 ``patience`` epochs without improvement or when the time budget is spent, and a resumable
@@ -65,11 +65,18 @@ class TrainConfig:
     epochs, steps_per_epoch, patience, max_minutes
         Schedule length, early stopping patience (epochs without a better validation F1), and a
         wall-time budget for the whole run (loading and calibration included).
-    val_fraction
-        Width fraction of each micrograph held out for validation and calibration.
+    val_fraction, val_mode
+        Fraction of the annotated data held out for validation and calibration: a strip of each
+        micrograph (``"strips"``, default: the held-out labels span every micrograph, so one
+        atypical micrograph cannot set the threshold) or whole micrographs (``"micrographs"``,
+        when at least 3 are annotated; they are then entirely unseen in training).
     labelled_fraction
         Fraction of the particles that are annotated (1 = all). Below 1 the positive-unlabelled
         loss is used and precision on validation data is estimated (see :mod:`.calibrate`).
+    pu_loss
+        With sparse labels, use the nnPU loss (default); ``False`` trains labelled-vs-unlabelled
+        with balanced BCE, whose scores rank particles like the true posterior under random
+        labelling (Elkan & Noto 2008), and relies on the threshold calibration alone.
     bf16
         bfloat16 autocast; ``None`` = use it when the CPU has native bf16 arithmetic.
     ema_decay
@@ -97,7 +104,9 @@ class TrainConfig:
     patience: int = 10
     max_minutes: float = 9.0
     val_fraction: float = 0.2
+    val_mode: str = "strips"
     labelled_fraction: float = 1.0
+    pu_loss: bool = True
     bf16: bool | None = None
     mask_threshold: float = 0.5
     score_method: str = "mean_top"
@@ -265,7 +274,10 @@ def train_picker(mics: list[TrainingMicrograph], scale: WorkingScale, output_dir
     if config.num_threads:
         torch.set_num_threads(int(config.num_threads))
     _set_seeds(config.seed)
-    validation_mode = assign_validation(mics, config.val_fraction, seed=config.seed)
+    if config.val_mode not in ("strips", "micrographs"):
+        raise CryopickError(f"val_mode must be 'strips' or 'micrographs', got {config.val_mode!r}")
+    validation_mode = assign_validation(mics, config.val_fraction, seed=config.seed,
+                                        min_micrographs=3 if config.val_mode == "micrographs" else 10**9)
 
     model = build_model(config.backbone, checkpoint=config.checkpoint, **config.backbone_kwargs)
     preferred = getattr(model, "preferred_size", None)
@@ -286,7 +298,7 @@ def train_picker(mics: list[TrainingMicrograph], scale: WorkingScale, output_dir
     ema = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
     radius = 0.5 * scale.working_diameter * config.target_radius_fraction
     targets = _prepare_targets(mics, radius)
-    prior = positive_prior(mics, radius, config.labelled_fraction)
+    prior = positive_prior(mics, radius, config.labelled_fraction) if config.pu_loss else 0.0
     rng = np.random.default_rng(config.seed)
     history: list[dict] = []
     start_epoch, best_f1, best_epoch = 0, -1.0, -1
@@ -404,8 +416,11 @@ def train_picker(mics: list[TrainingMicrograph], scale: WorkingScale, output_dir
             "validation": validation_mode,
             "wall_seconds": round(wall, 1), "cpu_seconds_this_session": round(time.process_time() - cpu_start, 1),
             "torch_threads": torch.get_num_threads(), "positive_prior": prior,
-            "sparse_handling": ("nnPU (non-negative positive-unlabelled) loss with the class prior derived from "
-                                "labelled_fraction" if config.labelled_fraction < 1 else "balanced BCE"),
+            "sparse_handling": (
+                "balanced BCE" if config.labelled_fraction >= 1 else
+                "nnPU (non-negative positive-unlabelled) loss with the class prior derived from labelled_fraction; "
+                "threshold from the PU-corrected F1" if config.pu_loss else
+                "labelled-vs-unlabelled balanced BCE; threshold from the PU-corrected F1"),
             "history": history,
         },
         data=summarise(mics),
