@@ -166,7 +166,7 @@ class Picker:
         the card's training pixel size are known, micrographs are resampled to the training working
         pixel size; otherwise the training downsampling factor is reused.
     bf16
-        bfloat16 autocast for inference; ``None`` = decide by timing once.
+        bfloat16 autocast for inference; ``None`` = when the CPU has native bf16 (AVX512-BF16/AMX).
     num_threads
         Torch CPU threads (``None`` leaves torch's default).
     """
@@ -191,7 +191,14 @@ class Picker:
         """Downsampling factor for a micrograph of ``pixel_size`` Å/px (see class docstring)."""
         ps = self.pixel_size or pixel_size
         if ps and self.card.working_pixel_size:
-            return max(1.0, self.card.working_pixel_size / ps)
+            factor = self.card.working_pixel_size / ps
+            if factor < 0.95:
+                import warnings
+
+                warnings.warn(f"micrographs at {ps:g} Å/px are coarser than the model's working scale "
+                              f"({self.card.working_pixel_size:g} Å/px); particles will look smaller than in "
+                              "training", stacklevel=2)
+            return max(1.0, factor)
         return self.card.factor
 
     def prepare(self, image: np.ndarray | str | os.PathLike, name: str | None = None,
