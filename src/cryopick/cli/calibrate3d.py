@@ -27,7 +27,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, help="match distance in working voxels (default: the radius)")
     parser.add_argument("--tm-angle", type=float, default=30.0, help="ProPicker-TM angular step, degrees")
     parser.add_argument("--model", help="ProPicker checkpoint (default: shipped weights)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (0 = torch's default; one thread is fastest on a shared machine)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
 
 

@@ -27,7 +27,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--window", type=int, default=48)
     parser.add_argument("--no-bf16", action="store_true")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (0 = torch's default; one thread is fastest on a shared machine)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -43,7 +43,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=4, help="windows per forward pass")
     parser.add_argument("--no-bf16", action="store_true", help="float32 inference (bf16 is the default)")
     parser.add_argument("--save-maps", action="store_true", help="also write probability maps (MRC) to OUT/maps")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (0 = torch's default; one thread is fastest on a shared machine)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     parser.add_argument("--overwrite", action="store_true", help="redo tomograms that are already finished")
 
