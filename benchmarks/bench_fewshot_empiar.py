@@ -105,7 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed-n", type=int, default=10, help="micrographs for the speed test (0 = skip)")
     ap.add_argument("--speed-only", action="store_true")
     ap.add_argument("--model", default=None, help="use this trained model instead of training")
+    ap.add_argument("--quick", action="store_true",
+                    help="run_all size: at most 5 minutes of training, speed on 3 micrographs")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.max_minutes = args.max_minutes or 5.0
+        args.speed_n = min(args.speed_n, 3)
 
     import torch
 
@@ -170,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     results["targets"] = check_targets(results)
     for name, (value, target, ok) in results["targets"].items():
         print(f"  {'PASS' if ok else 'FAIL'}  {name}: {value} (target {target})")
+    results["quick"] = args.quick
+    results["summary"] = {name: value for name, (value, _, _) in results["targets"].items()}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return 0
 
