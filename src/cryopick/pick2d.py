@@ -296,7 +296,8 @@ def pick_micrographs(picker: Picker, micrographs, output_dir: str | os.PathLike,
     then a small record ``.cryopick/<name>.json`` (counts, scores, timing) that marks it finished.
     On rerun, micrographs with a record and their output are skipped. At the end: the RELION
     ``autopick.star`` index over all finished micrographs (RELION format), ``summary.json``,
-    ``summary.csv`` (picks per micrograph), ``score_histogram.png`` and overlay PNGs of the first
+    ``summary.csv`` (picks per micrograph), ``score_histogram.png`` (all candidates, with the
+    threshold) and overlay PNGs of the first
     ``overlays`` micrographs (or the ones named in ``overlay_names``) in ``overlays/``.
     All files are written atomically.
     """
@@ -341,13 +342,16 @@ def pick_micrographs(picker: Picker, micrographs, output_dir: str | os.PathLike,
             if prefetch and i + 1 < len(todo):
                 future = pool.submit(picker.prepare, todo[i + 1][0], todo[i + 1][1])
             picker.set_image(prepared)
-            picks = picker.predict(threshold=threshold, min_distance=min_distance)
+            # All candidates (for the score histogram), then the ones above the threshold.
+            candidates = picker.predict(threshold=0.0, min_distance=min_distance)
+            thr = picker.threshold if threshold is None else threshold
+            picks = candidates._with(candidates.table[candidates.table["score"] >= thr])
             module.write(picks if len(picks) else Picks.empty(pixel_size=picks.pixel_size), out_file(name))
             if name in wanted_overlays:
                 write_overlay(prepared, picks, output_dir / "overlays" / f"{name}.png", picker.card)
-            record = {"micrograph": name, "path": str(path), "n_picks": len(picks),
-                      "scores": np.round(picks.scores, 4).tolist(), "seconds": round(time.perf_counter() - t0, 3),
-                      "threshold": picker.threshold if threshold is None else threshold}
+            record = {"micrograph": name, "path": str(path), "n_picks": len(picks), "threshold": thr,
+                      "candidate_scores": np.round(candidates.scores, 3).tolist(),
+                      "seconds": round(time.perf_counter() - t0, 3)}
             write_text(_state_path(output_dir, name), json.dumps(record) + "\n")
             total_picks += len(picks)
             bar.set_postfix(picks=len(picks))
@@ -411,7 +415,7 @@ def write_summary(output_dir: Path, paths: list[Path], names: list[str], module,
         state = _state_path(output_dir, name)
         if state.exists():
             records.append(json.loads(state.read_text()))
-    scores = np.concatenate([np.asarray(r["scores"], float) for r in records]) if records else np.zeros(0)
+    scores = np.concatenate([np.asarray(r["candidate_scores"], float) for r in records]) if records else np.zeros(0)
     counts = [r["n_picks"] for r in records]
     if module.NAME == "relion":
         from cryopick.io.formats.relion import write_autopick_index
@@ -426,7 +430,8 @@ def write_summary(output_dir: Path, paths: list[Path], names: list[str], module,
     ax.axvline(picker.threshold, color="#cc3311", lw=1, label=f"threshold {picker.threshold:.3f}")
     ax.set_xlabel("pick score")
     ax.set_ylabel("picks")
-    ax.set_title(f"{len(scores)} picks in {len(records)} micrographs")
+    ax.set_title(f"{int(sum(counts))} picks kept of {len(scores)} candidates in {len(records)} micrographs",
+                 fontsize=9)
     ax.legend(frameon=False)
     fig.tight_layout()
     with atomic_path(output_dir / "score_histogram.png") as tmp:
