@@ -195,32 +195,46 @@ def test_tiny_training_run_learns_and_writes_a_model(tmp_path):
         train_picker(training_micrographs(2), scale, tmp_path / "model", TrainConfig(**TINY))
 
 
-def test_interrupted_training_resumes_exactly(tmp_path, monkeypatch):
+@pytest.mark.parametrize("labelled_fraction, crash_at", [(1.0, 2), (0.5, 4)])
+def test_interrupted_training_resumes_exactly(tmp_path, monkeypatch, labelled_fraction, crash_at):
+    """Ctrl-C after a checkpoint, rerun: the same losses as an uninterrupted run. With sparse labels
+    the crash happens in the second (self-training) stage, after the pseudo-labels were written."""
     scale = WorkingScale.from_diameter(12.0, target_diameter=12.0)
-    config = dict(TINY, epochs=3, steps_per_epoch=4)
-    reference = train_picker(training_micrographs(2), scale, tmp_path / "ref", TrainConfig(**config))
+    config = dict(TINY, epochs=3, steps_per_epoch=4, labelled_fraction=labelled_fraction)
 
+    def mics():
+        m = training_micrographs(2)
+        if labelled_fraction < 1:
+            for x in m:
+                x.coords = x.coords[::2]
+        return m
+
+    reference = train_picker(mics(), scale, tmp_path / "ref", TrainConfig(**config))
     original = train_loop._save_checkpoint
     calls = {"n": 0}
 
     def save_then_crash(*args, **kwargs):
         original(*args, **kwargs)
         calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # the user pressed Ctrl-C after epoch 2
+        if calls["n"] == crash_at:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C after this epoch
 
     monkeypatch.setattr(train_loop, "_save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        train_picker(training_micrographs(2), scale, tmp_path / "run", TrainConfig(**config))
+        train_picker(mics(), scale, tmp_path / "run", TrainConfig(**config))
     monkeypatch.setattr(train_loop, "_save_checkpoint", original)
     assert (tmp_path / "run" / "checkpoint.pt").exists()
     with pytest.raises(CryopickError, match="different settings"):
-        train_picker(training_micrographs(2), scale, tmp_path / "run", TrainConfig(**dict(config, lr=1e-3)))
-    resumed = train_picker(training_micrographs(2), scale, tmp_path / "run", TrainConfig(**config))
+        train_picker(mics(), scale, tmp_path / "run", TrainConfig(**dict(config, lr=1e-3)))
+    resumed = train_picker(mics(), scale, tmp_path / "run", TrainConfig(**config))
+    assert resumed.training["stages"] == reference.training["stages"]
+    assert len(resumed.training["stages"]) == (1 if labelled_fraction == 1 else 2)
     ref_loss = [h["loss"] for h in reference.training["history"]]
     res_loss = [h["loss"] for h in resumed.training["history"]]
     assert len(res_loss) == 3
     np.testing.assert_allclose(res_loss, ref_loss, rtol=1e-5)
+    assert resumed.score_threshold == pytest.approx(reference.score_threshold)
+    assert not (tmp_path / "run" / "pseudo_labels.npz").exists()
 
 
 def test_no_labels_is_an_error(tmp_path):

@@ -106,6 +106,9 @@ class TrainingMicrograph:
         True when the micrograph is known to contain no particles (all pixels are negatives).
     val_box
         ``(y0, y1, x0, x1)`` of the held-out validation strip in working pixels, or ``None``.
+    train_coords
+        Training targets when they differ from the labels (self-training pseudo-labels); the
+        validation always uses ``coords``.
     """
 
     name: str
@@ -114,6 +117,7 @@ class TrainingMicrograph:
     frame: WorkingFrame
     negative: bool = False
     val_box: tuple[int, int, int, int] | None = None
+    train_coords: np.ndarray | None = None
     source: str = ""
     meta: dict = field(default_factory=dict)
 

@@ -13,6 +13,7 @@ and the model card is written.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -43,6 +44,7 @@ from cryopick.train.losses import nnpu_loss
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
+PSEUDO_NAME = "pseudo_labels.npz"
 
 
 @dataclass
@@ -77,6 +79,9 @@ class TrainConfig:
         With sparse labels, use the nnPU loss (default); ``False`` trains labelled-vs-unlabelled
         with balanced BCE, whose scores rank particles like the true posterior under random
         labelling (Elkan & Noto 2008), and relies on the threshold calibration alone.
+    self_training
+        With sparse labels, train a second network on the first one's calibrated picks plus the
+        labels (dense pseudo-labels, balanced BCE); validation still uses the true labels only.
     bf16
         bfloat16 autocast; ``None`` = use it when the CPU has native bf16 arithmetic.
     ema_decay
@@ -107,6 +112,7 @@ class TrainConfig:
     val_mode: str = "strips"
     labelled_fraction: float = 1.0
     pu_loss: bool = True
+    self_training: bool = True
     bf16: bool | None = None
     mask_threshold: float = 0.5
     score_method: str = "mean_top"
@@ -134,7 +140,7 @@ def _prepare_targets(mics: list[TrainingMicrograph], radius: float) -> list[tupl
     """Per micrograph: (target disks, loss weight with the validation strip zeroed)."""
     out = []
     for m in mics:
-        target = disk_target(m.shape, m.coords, radius)
+        target = disk_target(m.shape, m.coords if m.train_coords is None else m.train_coords, radius)
         weight = np.ones(m.shape, np.uint8)
         if m.val_box is not None:
             y0, y1, x0, x1 = m.val_box
@@ -243,11 +249,16 @@ def train_picker(mics: list[TrainingMicrograph], scale: WorkingScale, output_dir
                  config: TrainConfig | None = None, resume: bool = True) -> ModelCard:
     """Train a 2D picker on prepared micrographs and write ``model.pt`` + ``card.json``.
 
+    Fully annotated data: one stage (balanced BCE). Sparse annotation (``labelled_fraction < 1``):
+    stage 1 trains with the nnPU loss and calibrates a threshold; with ``self_training`` its picks
+    above that threshold (plus the labels) become dense pseudo-labels for stage 2, a fresh network
+    trained with balanced BCE, validated and calibrated against the true sparse labels only.
+
     Parameters
     ----------
     mics
         Micrographs at the working scale of ``scale`` with their labels (see
-        :func:`cryopick.train.data.load_training_micrograph`). Validation strips are assigned here.
+        :func:`cryopick.train.data.load_training_micrograph`). Validation data are assigned here.
     scale
         Working scale (factor, diameter in original pixels, pixel size).
     output_dir
@@ -261,185 +272,295 @@ def train_picker(mics: list[TrainingMicrograph], scale: WorkingScale, output_dir
         The card written to ``output_dir/card.json``.
     """
     config = config or TrainConfig()
-    t_start = time.perf_counter()
-    cpu_start = time.process_time()
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if not mics:
-        raise CryopickError("no training micrographs given")
-    if sum(len(m.coords) for m in mics) == 0:
-        raise CryopickError("the training micrographs have no labelled particles; annotate at least one micrograph")
-    if not 0 < config.labelled_fraction <= 1:
-        raise CryopickError(f"labelled fraction must be in (0, 1], got {config.labelled_fraction}")
-    if config.num_threads:
-        torch.set_num_threads(int(config.num_threads))
-    _set_seeds(config.seed)
-    if config.val_mode not in ("strips", "micrographs"):
-        raise CryopickError(f"val_mode must be 'strips' or 'micrographs', got {config.val_mode!r}")
-    validation_mode = assign_validation(mics, config.val_fraction, seed=config.seed,
-                                        min_micrographs=3 if config.val_mode == "micrographs" else 10**9)
+    run = _Run(mics, scale, Path(output_dir), config, resume)
+    return run.train()
 
-    model = build_model(config.backbone, checkpoint=config.checkpoint, **config.backbone_kwargs)
-    preferred = getattr(model, "preferred_size", None)
-    patch = int(config.patch_size or preferred or 192)
-    multiple = int(getattr(model, "input_multiple", 1) or 1)
-    patch = int(math.ceil(patch / multiple) * multiple)
-    batch_size = int(config.batch_size or (2 if preferred and preferred >= 512 else 8))
-    params = list(model.trainable_parameters()) if hasattr(model, "trainable_parameters") else list(model.parameters())
-    optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    total_steps = config.epochs * config.steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: _cosine(s, total_steps, config.warmup_steps))
-    bf16 = config.bf16
-    if bf16 is None:
-        from cryopick.pick2d import bf16_is_faster
 
-        bf16 = bf16_is_faster(model)
+class _Run:
+    """State shared by the stages of one training run (see :func:`train_picker`)."""
 
-    ema = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
-    radius = 0.5 * scale.working_diameter * config.target_radius_fraction
-    targets = _prepare_targets(mics, radius)
-    prior = positive_prior(mics, radius, config.labelled_fraction) if config.pu_loss else 0.0
-    rng = np.random.default_rng(config.seed)
-    history: list[dict] = []
-    start_epoch, best_f1, best_epoch = 0, -1.0, -1
-    elapsed_before = 0.0
+    def __init__(self, mics, scale, out: Path, config: TrainConfig, resume: bool) -> None:
+        self.t_start = time.perf_counter()
+        self.cpu_start = time.process_time()
+        self.mics, self.scale, self.out, self.config = mics, scale, out, config
+        out.mkdir(parents=True, exist_ok=True)
+        if not mics:
+            raise CryopickError("no training micrographs given")
+        if sum(len(m.coords) for m in mics) == 0:
+            raise CryopickError("the training micrographs have no labelled particles; annotate at least one micrograph")
+        if not 0 < config.labelled_fraction <= 1:
+            raise CryopickError(f"labelled fraction must be in (0, 1], got {config.labelled_fraction}")
+        if config.val_mode not in ("strips", "micrographs"):
+            raise CryopickError(f"val_mode must be 'strips' or 'micrographs', got {config.val_mode!r}")
+        if config.num_threads:
+            torch.set_num_threads(int(config.num_threads))
+        _set_seeds(config.seed)
+        self.validation_mode = assign_validation(mics, config.val_fraction, seed=config.seed,
+                                                 min_micrographs=3 if config.val_mode == "micrographs" else 10**9)
+        self.sparse = config.labelled_fraction < 1
+        self.stages = ["pu" if self.sparse and config.pu_loss else "bce"]
+        if self.sparse and config.self_training:
+            self.stages.append("self-training")
+        self.radius = 0.5 * scale.working_diameter * config.target_radius_fraction
+        self.context = int(round(2 * scale.working_diameter))
+        self.min_distance_w = (0.5 * scale.working_diameter if config.min_distance is None
+                               else config.min_distance / scale.factor)
+        self.has_val = any(m.val_box is not None for m in mics)
+        self.rng = np.random.default_rng(config.seed)
+        self.ckpt_path = out / CHECKPOINT_NAME
+        self.pseudo_path = out / PSEUDO_NAME
+        self.state = None
+        if (out / CARD_NAME).exists() and (out / WEIGHTS_NAME).exists() and not self.ckpt_path.exists():
+            raise CryopickError(f"{out}: already holds a trained model; choose another output directory or --overwrite")
+        if self.ckpt_path.exists() and resume:
+            self.state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
+            if self.state.get("config") != config.resume_key():
+                raise CryopickError(
+                    f"{self.ckpt_path}: an unfinished run with different settings is there; use the same settings "
+                    "to resume, or --overwrite to start again"
+                )
+        self.elapsed_before = self.state.get("elapsed", 0.0) if self.state else 0.0
 
-    ckpt_path = out / CHECKPOINT_NAME
-    if (out / CARD_NAME).exists() and (out / WEIGHTS_NAME).exists() and not ckpt_path.exists():
-        raise CryopickError(f"{out}: already holds a trained model; choose another output directory or --overwrite")
-    if ckpt_path.exists() and resume:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if state.get("config") != config.resume_key():
-            raise CryopickError(
-                f"{ckpt_path}: an unfinished run with different settings is there; use the same settings to "
-                "resume, or --overwrite to start again"
-            )
-        model.load_state_dict(state["model"])
-        if ema is not None:
-            ema.shadow = state["ema"]
-        optimiser.load_state_dict(state["optimiser"])
-        scheduler.load_state_dict(state["scheduler"])
-        rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch, best_f1, best_epoch = state["epoch"] + 1, state["best_f1"], state["best_epoch"]
-        history = state["history"]
-        elapsed_before = state.get("elapsed", 0.0)
-        log.info("resuming %s from epoch %d (best validation F1 %.3f)", out, start_epoch, best_f1)
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t_start
 
-    context = int(round(2 * scale.working_diameter))
-    min_distance_w = 0.5 * scale.working_diameter if config.min_distance is None else config.min_distance / scale.factor
-    has_val = any(m.val_box is not None for m in mics)
+    def build(self):
+        config = self.config
+        model = build_model(config.backbone, checkpoint=config.checkpoint, **config.backbone_kwargs)
+        preferred = getattr(model, "preferred_size", None)
+        patch = int(config.patch_size or preferred or 192)
+        multiple = int(getattr(model, "input_multiple", 1) or 1)
+        self.patch = int(math.ceil(patch / multiple) * multiple)
+        self.batch_size = int(config.batch_size or (2 if preferred and preferred >= 512 else 8))
+        params = (list(model.trainable_parameters()) if hasattr(model, "trainable_parameters")
+                  else list(model.parameters()))
+        optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        total = config.epochs * config.steps_per_epoch
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: _cosine(s, total, config.warmup_steps))
+        if config.bf16 is None:
+            from cryopick.pick2d import bf16_is_faster
 
-    from tqdm.auto import tqdm
+            self.bf16 = bf16_is_faster(model)
+        else:
+            self.bf16 = bool(config.bf16)
+        ema = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
+        return model, optimiser, scheduler, ema
 
-    budget = config.max_minutes * 60
-    epoch_seconds = 0.0
-    bar = tqdm(range(start_epoch, config.epochs), desc="training", unit="epoch", disable=not config.progress,
-               initial=start_epoch, total=config.epochs)
-    model.train()
-    stopped = "epochs"
-    for epoch in bar:
-        t_epoch = time.perf_counter()
-        losses = []
-        for _ in range(config.steps_per_epoch):
-            x, y, w, neg = _batch(mics, targets, patch, batch_size, rng, config.augment)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                logits = model(x)
-            loss = _loss(logits, y, w, neg, prior)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            scheduler.step()
+    def train(self) -> ModelCard:
+        config = self.config
+        start_stage = self.state["stage"] if self.state else 0
+        records: list[dict] = list(self.state.get("stage_records", [])) if self.state else []
+        if start_stage > 0 or (self.state is None and self.pseudo_path.exists() and len(self.stages) > 1):
+            records = self._load_pseudo_labels() or records
+            start_stage = max(start_stage, 1)
+        for index in range(start_stage, len(self.stages)):
+            kind = self.stages[index]
+            model, optimiser, scheduler, ema = self.build()
+            state = self.state if (self.state and self.state["stage"] == index) else None
+            prior = (positive_prior(self.mics, self.radius, config.labelled_fraction) if kind == "pu" else 0.0)
+            fit = self._fit(index, kind, model, optimiser, scheduler, ema, prior, state, records)
+            model.load_state_dict(torch.load(self.out / WEIGHTS_NAME, map_location="cpu", weights_only=True))
+            calibration, threshold = self._calibrate(model)
+            records.append({"stage": kind, "prior": prior, **fit, "calibration": calibration})
+            if index + 1 < len(self.stages):
+                self._make_pseudo_labels(model, threshold, records)
+        return self._finish(model, records)
+
+    # -- one stage --
+    def _fit(self, index, kind, model, optimiser, scheduler, ema, prior, state, records) -> dict:
+        config = self.config
+        targets = _prepare_targets(self.mics, self.radius)
+        history: list[dict] = []
+        start_epoch, best_f1, best_epoch = 0, -1.0, -1
+        if state is not None:
+            model.load_state_dict(state["model"])
             if ema is not None:
-                ema.update(model, scheduler.last_epoch)
-            losses.append(float(loss.detach()))
-        if ema is not None:
-            ema.swap(model)  # validate and keep the averaged weights
-        val = {"f1": None}
-        if has_val:
-            regions = validation_picks(model, mics, radius, context, bf16, config.mask_threshold,
-                                       config.score_method, min_distance_w)
-            grid = np.round(np.arange(0.3, 0.971, 0.025), 3)
-            p, r, f1 = f1_curve(regions, 0.5 * scale.working_diameter, grid, config.labelled_fraction)
-            k = int(np.argmax(f1))
-            val = {"f1": float(f1[k]), "precision": float(p[k]), "recall": float(r[k]), "threshold": float(grid[k])}
-        score = val["f1"] if val["f1"] is not None else -float(np.mean(losses))
-        improved = score > best_f1
-        if improved:
-            best_f1, best_epoch = score, epoch
-            save_weights(out, model)
-        if ema is not None:
-            ema.swap(model)  # back to the live weights for training and the checkpoint
-        epoch_seconds = time.perf_counter() - t_epoch
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), **val,
-                        "lr": float(scheduler.get_last_lr()[0]), "seconds": round(epoch_seconds, 2)})
-        elapsed = elapsed_before + time.perf_counter() - t_start
-        _save_checkpoint(ckpt_path, model, optimiser, scheduler, rng, epoch, best_f1, best_epoch, history,
-                         config, elapsed, ema)
-        bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_f1="-" if val["f1"] is None else f"{val['f1']:.3f}",
-                        best=f"{best_f1:.3f}")
-        if epoch - best_epoch >= config.patience:
-            stopped = "early stopping"
-            break
-        if time.perf_counter() - t_start + 1.5 * epoch_seconds > budget - 20:
-            stopped = "time budget"
-            break
-    bar.close()
+                ema.shadow = state["ema"]
+            optimiser.load_state_dict(state["optimiser"])
+            scheduler.load_state_dict(state["scheduler"])
+            self.rng.bit_generator.state = state["rng"]
+            torch.set_rng_state(state["torch_rng"])
+            start_epoch, best_f1, best_epoch = state["epoch"] + 1, state["best_f1"], state["best_epoch"]
+            history = state["history"]
+            log.info("resuming %s at stage %d, epoch %d (best validation F1 %.3f)", self.out, index + 1,
+                     start_epoch, best_f1)
 
-    # Calibrate the score threshold with the best weights on the validation strips.
-    model.load_state_dict(torch.load(out / WEIGHTS_NAME, map_location="cpu", weights_only=True))
-    calibration: dict = {"note": "no validation strip; default threshold"}
-    threshold = 0.5
-    if has_val:
-        regions = validation_picks(model, mics, radius, context, bf16, config.mask_threshold,
-                                   config.score_method, min_distance_w)
-        calibration = calibrate_threshold(regions, 0.5 * scale.working_diameter, config.labelled_fraction)
-        threshold = calibration["threshold"]
-    wall = elapsed_before + time.perf_counter() - t_start
-    card = ModelCard(
-        backbone=config.backbone,
-        backbone_kwargs=dict(getattr(model, "config", None) or config.backbone_kwargs),
-        backbone_checkpoint=config.checkpoint,
-        factor=scale.factor,
-        diameter=scale.diameter,
-        pixel_size=scale.pixel_size,
-        target_radius_fraction=config.target_radius_fraction,
-        normalisation={"method": "fourier_crop+median_mad", "clip_sigma": 4.0},
-        score_threshold=threshold,
-        mask_threshold=config.mask_threshold,
-        min_distance=config.min_distance,
-        score_method=config.score_method,
-        calibration=calibration,
-        training={
-            "config": {**asdict(config), "patch_size": patch, "batch_size": batch_size, "bf16": bool(bf16)},
-            "epochs_run": len(history), "best_epoch": best_epoch, "best_val_f1": best_f1, "stopped": stopped,
-            "validation": validation_mode,
-            "wall_seconds": round(wall, 1), "cpu_seconds_this_session": round(time.process_time() - cpu_start, 1),
-            "torch_threads": torch.get_num_threads(), "positive_prior": prior,
-            "sparse_handling": (
-                "balanced BCE" if config.labelled_fraction >= 1 else
-                "nnPU (non-negative positive-unlabelled) loss with the class prior derived from labelled_fraction; "
-                "threshold from the PU-corrected F1" if config.pu_loss else
-                "labelled-vs-unlabelled balanced BCE; threshold from the PU-corrected F1"),
-            "history": history,
-        },
-        data=summarise(mics),
-    )
-    if config.checkpoint:
-        save_weights(out, model, trainable_only=True)
-    save_card(out, card)
-    ckpt_path.unlink(missing_ok=True)
-    return card
+        from tqdm.auto import tqdm
+
+        budget = config.max_minutes * 60
+        label = "training" if len(self.stages) == 1 else f"stage {index + 1}/{len(self.stages)} ({kind})"
+        bar = tqdm(range(start_epoch, config.epochs), desc=label, unit="epoch", disable=not config.progress,
+                   initial=start_epoch, total=config.epochs)
+        model.train()
+        stopped = "epochs"
+        for epoch in bar:
+            t_epoch = time.perf_counter()
+            losses = []
+            for _ in range(config.steps_per_epoch):
+                x, y, w, neg = _batch(self.mics, targets, self.patch, self.batch_size, self.rng, config.augment)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                    logits = model(x)
+                loss = _loss(logits, y, w, neg, prior)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                scheduler.step()
+                if ema is not None:
+                    ema.update(model, scheduler.last_epoch)
+                losses.append(float(loss.detach()))
+            if ema is not None:
+                ema.swap(model)  # validate and keep the averaged weights
+            val = self._validate(model) if self.has_val else {"f1": None}
+            score = val["f1"] if val["f1"] is not None else -float(np.mean(losses))
+            if score > best_f1:
+                best_f1, best_epoch = score, epoch
+                save_weights(self.out, model)
+            if ema is not None:
+                ema.swap(model)  # back to the live weights for training and the checkpoint
+            epoch_seconds = time.perf_counter() - t_epoch
+            history.append({"epoch": epoch, "loss": float(np.mean(losses)), **val,
+                            "lr": float(scheduler.get_last_lr()[0]), "seconds": round(epoch_seconds, 2)})
+            _save_checkpoint(self.ckpt_path, {
+                "stage": index, "stage_records": records, "ema": ema.shadow if ema is not None else None,
+                "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": self.rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(), "epoch": epoch, "best_f1": best_f1, "best_epoch": best_epoch,
+                "history": history, "config": config.resume_key(), "elapsed": self.elapsed()})
+            bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_f1="-" if val["f1"] is None else f"{val['f1']:.3f}",
+                            best=f"{best_f1:.3f}")
+            if epoch - best_epoch >= config.patience:
+                stopped = "early stopping"
+                break
+            # Leave room for the remaining stages: each later stage gets an equal share of what is left.
+            stages_left = len(self.stages) - index
+            stage_budget = (budget - self.elapsed()) / stages_left + (time.perf_counter() - t_epoch)
+            if 1.5 * epoch_seconds > stage_budget - 20 or self.elapsed() + 1.5 * epoch_seconds > budget - 20:
+                stopped = "time budget"
+                break
+        bar.close()
+        return {"epochs_run": len(history), "best_epoch": best_epoch, "best_val_f1": best_f1, "stopped": stopped,
+                "history": history}
+
+    def _validate(self, model) -> dict:
+        config = self.config
+        regions = validation_picks(model, self.mics, self.radius, self.context, self.bf16, config.mask_threshold,
+                                   config.score_method, self.min_distance_w)
+        grid = _score_grid(regions)
+        p, r, f1 = f1_curve(regions, 0.5 * self.scale.working_diameter, grid, config.labelled_fraction)
+        k = int(np.argmax(f1))
+        return {"f1": float(f1[k]), "precision": float(p[k]), "recall": float(r[k]), "threshold": float(grid[k])}
+
+    def _calibrate(self, model) -> tuple[dict, float]:
+        if not self.has_val:
+            return {"note": "no validation data; default threshold"}, 0.5
+        config = self.config
+        regions = validation_picks(model, self.mics, self.radius, self.context, self.bf16, config.mask_threshold,
+                                   config.score_method, self.min_distance_w)
+        calibration = calibrate_threshold(regions, 0.5 * self.scale.working_diameter, config.labelled_fraction,
+                                          grid=_score_grid(regions, fine=True))
+        return calibration, calibration["threshold"]
+
+    # -- self-training --
+    def _make_pseudo_labels(self, model, threshold: float, records: list[dict]) -> None:
+        """Picks above ``threshold`` on every training micrograph, plus the labels, become the
+        training targets of the next stage (validation keeps the true labels)."""
+        from cryopick.pick2d import predict_probability
+
+        model.eval()
+        coords = {}
+        for m in self.mics:
+            if m.negative:
+                continue
+            prob = predict_probability(model, m.image, bf16=self.bf16)
+            peaks = find_peaks_s1(prob, self.radius, threshold=self.config.mask_threshold,
+                                  score=self.config.score_method, min_distance=self.min_distance_w,
+                                  min_score=threshold)
+            pseudo = peaks.coords
+            if len(pseudo) and len(m.coords):
+                from scipy.spatial import cKDTree
+
+                d, _ = cKDTree(m.coords).query(pseudo)
+                pseudo = pseudo[d > 0.5 * self.scale.working_diameter / 2]
+            coords[m.name] = np.concatenate([m.coords, pseudo.reshape(-1, 2)])
+        with atomic_path(self.pseudo_path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, records=json.dumps(records, default=float), **{f"mic:{k}": v for k, v in coords.items()})
+        self._apply_pseudo(coords)
+
+    def _apply_pseudo(self, coords: dict) -> None:
+        for m in self.mics:
+            if m.name in coords:
+                m.train_coords = coords[m.name]
+
+    def _load_pseudo_labels(self) -> list[dict] | None:
+        if not self.pseudo_path.exists():
+            return None
+        with np.load(self.pseudo_path, allow_pickle=False) as data:
+            coords = {k[4:]: data[k] for k in data.files if k.startswith("mic:")}
+            records = json.loads(str(data["records"]))
+        self._apply_pseudo(coords)
+        return records
+
+    # -- card --
+    def _finish(self, model, records: list[dict]) -> ModelCard:
+        config, scale = self.config, self.scale
+        last = records[-1]
+        n_pseudo = sum(len(m.train_coords) for m in self.mics if m.train_coords is not None)
+        handling = ("balanced BCE" if not self.sparse else
+                    ("nnPU (non-negative positive-unlabelled) loss with the class prior derived from "
+                     "labelled_fraction" if config.pu_loss else "labelled-vs-unlabelled balanced BCE")
+                    + ("; then self-training: a fresh network on its calibrated picks + the labels "
+                       "(balanced BCE)" if len(self.stages) > 1 else "")
+                    + "; thresholds from the PU-corrected F1 on held-out labels")
+        card = ModelCard(
+            backbone=config.backbone,
+            backbone_kwargs=dict(getattr(model, "config", None) or config.backbone_kwargs),
+            backbone_checkpoint=config.checkpoint,
+            factor=scale.factor,
+            diameter=scale.diameter,
+            pixel_size=scale.pixel_size,
+            target_radius_fraction=config.target_radius_fraction,
+            normalisation={"method": "fourier_crop+median_mad", "clip_sigma": 4.0},
+            score_threshold=last["calibration"].get("threshold", 0.5),
+            mask_threshold=config.mask_threshold,
+            min_distance=config.min_distance,
+            score_method=config.score_method,
+            calibration=last["calibration"],
+            training={
+                "config": {**asdict(config), "patch_size": self.patch, "batch_size": self.batch_size,
+                           "bf16": bool(self.bf16)},
+                "epochs_run": sum(r["epochs_run"] for r in records), "best_epoch": last["best_epoch"],
+                "best_val_f1": last["best_val_f1"], "stopped": last["stopped"],
+                "validation": self.validation_mode, "stages": [r["stage"] for r in records],
+                "wall_seconds": round(self.elapsed(), 1),
+                "cpu_seconds_this_session": round(time.process_time() - self.cpu_start, 1),
+                "torch_threads": torch.get_num_threads(), "positive_prior": records[0]["prior"],
+                "sparse_handling": handling,
+                "n_pseudo_labels": n_pseudo if len(self.stages) > 1 else None,
+                "history": last["history"],
+                "earlier_stages": [{k: v for k, v in r.items()} for r in records[:-1]],
+            },
+            data=summarise(self.mics),
+        )
+        if config.checkpoint:
+            save_weights(self.out, model, trainable_only=True)
+        save_card(self.out, card)
+        self.ckpt_path.unlink(missing_ok=True)
+        self.pseudo_path.unlink(missing_ok=True)
+        return card
 
 
-def _save_checkpoint(path, model, optimiser, scheduler, rng, epoch, best_f1, best_epoch, history, config, elapsed,
-                     ema=None):
-    state = {
-        "ema": ema.shadow if ema is not None else None,
-        "model": model.state_dict(), "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
-        "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "epoch": epoch,
-        "best_f1": best_f1, "best_epoch": best_epoch, "history": history, "config": config.resume_key(),
-        "elapsed": elapsed,
-    }
+def _score_grid(regions: list[ValidationPicks], fine: bool = False) -> np.ndarray:
+    """Candidate thresholds: quantiles of the validation pick scores (scores of well-trained
+    networks crowd near 1, so a fixed grid would be too coarse there), at least 0.3."""
+    scores = np.concatenate([r.scores for r in regions]) if regions else np.zeros(0)
+    scores = scores[scores >= 0.3]
+    if len(scores) == 0:
+        return np.array([0.5])
+    q = np.quantile(scores, np.linspace(0, 0.995, 200 if fine else 40))
+    return np.unique(np.round(np.concatenate([[0.3], q]), 4))
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
