@@ -7,8 +7,8 @@ Measures, on simulated tomograms whose particle classes were never seen in train
    instance; segmentation of tomograms A and B (all classes in one pass, stride 32); best-case F1
    (threshold × min size × max size on the tomogram scored) on A and B; *fair* F1: the settings
    calibrated on A applied to B and those from B applied to A; F1 with the default settings
-   (the model's recommended threshold, sizes 0.1×/1.2× the sphere of the true diameter). A pick is correct within one
-   radius of a true centre, one-to-one.
+   (`cryopick.pick3d.default_settings`: the threshold and size factors recommended with the weights,
+   applied to the true diameter). A pick is correct within one radius of a true centre, one-to-one.
 2. *speed* — one prompt on a 200×512×512 tomogram at stride 32 (2 threads), in a child process: wall
    time and peak resident memory.
 3. *template matching* — on a 128-voxel-wide corner of tomogram B of the first set, for a few
@@ -66,8 +66,8 @@ def generalisation(model, args, quick: bool) -> tuple[list[dict], dict]:
     import torch
 
     from cryopick.calibrate3d import evaluate_picks, sweep_cluster
-    from cryopick.pick3d import cut_prompt, default_threshold, flipped_views
-    from cryopick.postprocess.cluster3d import cluster_picks, default_size_limits
+    from cryopick.pick3d import cut_prompt, default_settings, flipped_views
+    from cryopick.postprocess.cluster3d import cluster_picks, sphere_volume
     from cryopick.predict3d import predict_tomogram
 
     rows = []
@@ -100,9 +100,11 @@ def generalisation(model, args, quick: bool) -> tuple[list[dict], dict]:
                 coords, _ = cluster_picks(probs[dst][k], threshold=b["threshold"], min_size=b["min_size"],
                                           max_size=b["max_size"], min_distance=d / 2)
                 row[name] = evaluate_picks(coords, truths[dst], d / 2)["f1"]
-            lo, hi = default_size_limits(d)
-            coords, _ = cluster_picks(probs[1][k], threshold=default_threshold(model), min_size=lo, max_size=hi,
-                                      min_distance=d / 2)
+            dflt = default_settings(model)
+            vol = sphere_volume(d)
+            hi = np.inf if dflt.max_factor is None else dflt.max_factor * vol
+            coords, _ = cluster_picks(probs[1][k], threshold=dflt.threshold, min_size=dflt.min_factor * vol,
+                                      max_size=hi, min_distance=d / 2)
             row["default_B"] = evaluate_picks(coords, truths[1], d / 2)["f1"]
             row["thr_A"] = sweeps[0].best["threshold"]
             rows.append(row)

@@ -265,3 +265,16 @@ def test_calibration_sweep_finds_settings_that_pick3d_reads(tmp_path):
     assert loaded.threshold == settings["threshold"] and loaded.min_factor == settings["min_factor"]
     coords, _ = postprocess(prob, None, None, loaded, diameter=10)
     assert len(coords) == 4
+
+
+def test_default_settings_come_from_the_model_meta():
+    from cryopick.models.promptable3d import build_propicker_small
+    from cryopick.pick3d import default_settings
+
+    model = build_propicker_small()
+    model.meta = {}
+    bare = default_settings(model)
+    assert (bare.threshold, bare.min_factor, bare.max_factor) == (0.5, 0.1, 1.2)
+    model.meta = {"default_threshold": 0.4, "default_min_factor": 0.2, "default_max_factor": None}
+    s = default_settings(model)
+    assert (s.threshold, s.min_factor, s.max_factor, s.mode) == (0.4, 0.2, None, "cluster")

@@ -69,3 +69,37 @@ def test_occupancy_targets_are_balls():
     t = occupancy_from_picks((20, 30, 40), np.array([[10.0, 15.0, 5.0], [0.0, 0.0, 0.0]]), diameter=10, fraction=1.0)
     assert t[5, 15, 10] == 1 and t[5, 15, 15] == 1 and t[5, 15, 16] == 0
     assert t[0, 0, 0] == 1 and t.sum() == pytest.approx(515 + 515 / 8, rel=0.2)
+
+
+def test_export_records_settings_with_the_best_mean_f1(pool_dir, tmp_path, monkeypatch):
+    import pandas as pd
+
+    import cryopick.calibrate3d as cal
+    from cryopick.models.promptable3d import build_propicker_small, load_propicker
+    from cryopick.pick3d import default_settings
+    from cryopick.train3d import export_weights, recommend_settings
+
+    torch.set_num_threads(1)
+    model = build_propicker_small(**TINY_MODEL)
+    ckpt = tmp_path / "m.pt"
+    model.save(ckpt)
+    # Two classes whose per-class optima differ: the recommendation is the best *mean*, not either optimum.
+    grid = [(0.3, 0.1, 1.2), (0.5, 0.1, 1.2), (0.5, 0.0, np.inf)]
+    f1_by_call = iter([[0.9, 0.8, 0.7], [0.1, 0.7, 0.6]] * 10)  # class A alone would choose grid[0]
+
+    def fake_sweep(prob, truth, diameter, **kw):
+        rows = [{"threshold": t, "min_factor": a, "max_factor": b, "f1": f} for (t, a, b), f in zip(grid, next(f1_by_call))]
+        table = pd.DataFrame(rows)
+        return cal.SweepResult(table, table.iloc[int(table["f1"].idxmax())].to_dict())
+
+    monkeypatch.setattr(cal, "sweep_cluster", fake_sweep)
+    rec = recommend_settings(model, pool_dir, min_instances=1)
+    assert rec["val_pick_classes"] >= 2
+    assert (rec["default_threshold"], rec["default_min_factor"], rec["default_max_factor"]) == (0.5, 0.1, 1.2)
+    exported = export_weights(ckpt, tmp_path / "small.pt", pool_dir, n_val_batches=1, window=16, min_instances=1)
+    loaded = load_propicker(tmp_path / "small.pt")
+    assert loaded.meta["default_threshold"] == exported.meta["default_threshold"]
+    s = default_settings(loaded)
+    assert (s.threshold, s.min_factor, s.max_factor) == (loaded.meta["default_threshold"],
+                                                         loaded.meta["default_min_factor"],
+                                                         loaded.meta["default_max_factor"])

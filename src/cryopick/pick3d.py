@@ -17,9 +17,9 @@ Frames and units
   reconstruction). For tomograms with bright particles give ``invert=True`` when making the prompt.
 
 Settings (thresholds and size limits) come from :mod:`cryopick.calibrate3d` JSON files, from
-arguments, or default to the model's recommended threshold (``model.meta["default_threshold"]``,
-measured on held-out classes when the weights were made; 0.5 when absent) and 0.1×/1.2× the sphere
-volume of the prompt's diameter.
+arguments, or default to the model's recommended settings (:func:`default_settings`: threshold and
+size limits as multiples of the sphere volume of the prompt's diameter, chosen on held-out classes when
+the weights were made; 0.5, 0.1× and 1.2× when the weights carry none).
 """
 
 from __future__ import annotations
@@ -320,6 +320,19 @@ def default_threshold(model: ProPicker) -> float:
     return float(model.meta.get("default_threshold", 0.5))
 
 
+def default_settings(model: ProPicker) -> PickSettings:
+    """ProPicker-C settings recommended with ``model``, for picking without a calibration file.
+
+    ``meta["default_threshold"]``, ``meta["default_min_factor"]`` and ``meta["default_max_factor"]``
+    are the single setting with the best mean F1 over held-out classes when the weights were made
+    (:func:`cryopick.train3d.recommend_settings`); absent keys fall back to 0.5, 0.1 and 1.2.
+    """
+    meta = model.meta
+    max_factor = meta.get("default_max_factor", 1.2)
+    return PickSettings(threshold=default_threshold(model), min_factor=float(meta.get("default_min_factor", 0.1)),
+                        max_factor=None if max_factor is None or not math.isfinite(max_factor) else float(max_factor))
+
+
 # -- picking ------------------------------------------------------------------------------------------------------
 def pick_tomogram(
     tomogram: str | os.PathLike | Image,
@@ -351,7 +364,8 @@ def pick_tomogram(
     for p in prompts[1:]:
         if (p.voxel_size or 0) != (first.voxel_size or 0) or p.invert != first.invert:
             raise CryopickError("all prompts of one run must share the working voxel size and contrast; run them separately")
-    settings_list = list(settings) if isinstance(settings, (list, tuple)) else [settings or PickSettings()] * len(prompts)
+    settings_list = (list(settings) if isinstance(settings, (list, tuple))
+                     else [settings or default_settings(model)] * len(prompts))
     settings_list = [s if s.threshold is not None else replace(s, threshold=default_threshold(model))
                      for s in settings_list]
     image = tomogram if isinstance(tomogram, Image) else read_tomogram(tomogram)

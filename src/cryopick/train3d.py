@@ -666,11 +666,22 @@ def finetune(model: ProPicker, volumes: list[np.ndarray], targets: list[np.ndarr
     return model
 
 
-def recommend_threshold(model: ProPicker, val_pool_dir: str | os.PathLike, min_instances: int = 5,
-                        stride: int = 32, progress: bool = False) -> dict:
-    """Picking threshold to use without calibration: the median over held-out classes of the
-    best-case ProPicker-C threshold, each class prompted from one tomogram of its set and scored on
-    the sibling tomogram. Returns ``{"default_threshold", "val_pick_best_f1_mean", "val_pick_classes"}``."""
+def recommend_settings(model: ProPicker, val_pool_dir: str | os.PathLike, min_instances: int = 5,
+                       stride: int = 32, progress: bool = False) -> dict:
+    """ProPicker-C settings to use without calibration, chosen on held-out classes.
+
+    Every class of the validation pool is prompted from one tomogram of its set and picked on the
+    sibling tomogram over the :func:`cryopick.calibrate3d.sweep_cluster` grid (threshold × minimum ×
+    maximum size factor). The default is the one grid point with the best *mean* F1 over classes
+    (what a user who cannot calibrate gets on average), not a per-class optimum.
+
+    Returns
+    -------
+    dict
+        ``default_threshold``, ``default_min_factor``, ``default_max_factor`` (``None`` = no upper
+        limit), ``val_pick_default_f1_mean`` (mean F1 at those settings), ``val_pick_best_f1_mean``
+        (mean best-case F1) and ``val_pick_classes``.
+    """
     from cryopick.calibrate3d import sweep_cluster
     from cryopick.pick3d import cut_prompt, flipped_views
     from cryopick.predict3d import predict_tomogram
@@ -679,7 +690,7 @@ def recommend_threshold(model: ProPicker, val_pool_dir: str | os.PathLike, min_i
     by_set: dict[int, list[PoolTomogram]] = {}
     for t in pool:
         by_set.setdefault(t.set_id, []).append(t)
-    thresholds, f1s = [], []
+    tables = []
     for tomos in by_set.values():
         if len(tomos) < 2:
             continue
@@ -698,23 +709,31 @@ def recommend_threshold(model: ProPicker, val_pool_dir: str | os.PathLike, min_i
             continue
         prob = predict_tomogram(model.segmenter, dst.volume, torch.stack(codes), stride=stride, progress=progress)
         for k, (c, d) in enumerate(zip(classes, diameters)):
-            best = sweep_cluster(prob[k], dst.coords[dst.labels == c], d).best
-            thresholds.append(best["threshold"])
-            f1s.append(best["f1"])
-    if not thresholds:
-        raise CryopickError(f"{val_pool_dir}: no class with enough instances to recommend a threshold")
-    return {"default_threshold": float(np.median(thresholds)), "val_pick_best_f1_mean": float(np.mean(f1s)),
-            "val_pick_classes": len(f1s)}
+            table = sweep_cluster(prob[k], dst.coords[dst.labels == c], d).table
+            tables.append(table.assign(cls=len(tables)))
+    if not tables:
+        raise CryopickError(f"{val_pool_dir}: no class with enough instances to recommend settings")
+    import pandas as pd
+
+    grid = ["threshold", "min_factor", "max_factor"]
+    allrows = pd.concat(tables, ignore_index=True)
+    mean_f1 = allrows.groupby(grid, sort=True)["f1"].mean()
+    threshold, min_factor, max_factor = mean_f1.idxmax()
+    best_per_class = allrows.groupby("cls")["f1"].max()
+    return {"default_threshold": float(threshold), "default_min_factor": float(min_factor),
+            "default_max_factor": None if not np.isfinite(max_factor) else float(max_factor),
+            "val_pick_default_f1_mean": float(mean_f1.max()), "val_pick_best_f1_mean": float(best_per_class.mean()),
+            "val_pick_classes": int(len(tables))}
 
 
 def export_weights(checkpoint: str | os.PathLike, out_path: str | os.PathLike, val_pool_dir: str | os.PathLike | None = None,
-                   n_val_batches: int = 8, window: int = 48) -> ProPicker:
+                   n_val_batches: int = 8, window: int = 48, min_instances: int = 5) -> ProPicker:
     """Write ``checkpoint`` as compact float16 weights; with ``val_pool_dir`` (held-out classes) first
-    measure the validation metrics and the recommended threshold (:func:`recommend_threshold`)."""
+    measure the validation metrics and the recommended picking settings (:func:`recommend_settings`)."""
     model = load_propicker(checkpoint)
     if val_pool_dir:
         cfg = SampleConfig(window=window)
         record = evaluate_batches(model, validation_batches(load_pool(val_pool_dir), n_val_batches, cfg))
-        model.meta = {**model.meta, **record, **recommend_threshold(model, val_pool_dir)}
+        model.meta = {**model.meta, **record, **recommend_settings(model, val_pool_dir, min_instances)}
     model.save(out_path, half=True)
     return model

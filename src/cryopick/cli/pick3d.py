@@ -28,13 +28,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=64, help="window edge in voxels")
     parser.add_argument("--settings", action="append", default=[],
                         help="calibration JSON from `cryopick calibrate3d` (one, or one per --prompt)")
-    parser.add_argument("--threshold", type=float, help="probability threshold (overrides settings)")
+    parser.add_argument("--threshold", type=float, help="probability threshold (overrides settings; default: the model's recommended value)")
     parser.add_argument("--min-size", type=float, help="minimum component size, working voxels")
     parser.add_argument("--max-size", type=float, help="maximum component size, working voxels")
     parser.add_argument("--min-factor", type=float,
-                        help="minimum component size as a multiple of the particle's sphere volume (default 0.1)")
+                        help="minimum component size as a multiple of the particle's sphere volume "
+                        "(default: the model's recommended value)")
     parser.add_argument("--max-factor", type=float,
-                        help="maximum component size as a multiple of the particle's sphere volume (default 1.2)")
+                        help="maximum component size as a multiple of the particle's sphere volume "
+                        "(default: the model's recommended value)")
     parser.add_argument("--min-distance", type=float, help="NMS distance, working voxels (default: radius)")
     parser.add_argument("--tm-threshold", type=float, help="minimum NCC of a ProPicker-TM pick")
     parser.add_argument("--tm-angle", type=float, help="ProPicker-TM angular step, degrees (default 30)")
@@ -60,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
     from cryopick.io.atomic import write_text
     from cryopick.io.images import list_images, read_tomogram
     from cryopick.models.promptable3d import load_propicker
-    from cryopick.pick3d import PickSettings, load_prompt, pick_tomogram, write_picks3d
+    from cryopick.pick3d import PickSettings, default_settings, load_prompt, pick_tomogram, write_picks3d
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -70,7 +72,8 @@ def main(args: argparse.Namespace) -> int:
         raise CryopickError(f"prompts share a label ({labels}); give distinct --label values when making them")
     if len(args.settings) not in (0, 1, len(prompts)):
         raise CryopickError("give one --settings file, or one per --prompt in the same order")
-    base = [PickSettings.load(s) for s in args.settings] or [PickSettings()]
+    model = load_propicker(args.model).to(args.device)
+    base = [PickSettings.load(s) for s in args.settings] or [default_settings(model)]
     if len(base) == 1:
         base = base * len(prompts)
     overrides = {k: v for k, v in {"mode": args.mode, "threshold": args.threshold, "min_size": args.min_size,
@@ -80,7 +83,6 @@ def main(args: argparse.Namespace) -> int:
                  if v is not None}
     settings = [replace(s, **overrides) for s in base]
     paths = list_images(args.tomograms[0] if len(args.tomograms) == 1 else args.tomograms)
-    model = load_propicker(args.model).to(args.device)
     out = Path(args.output)
     done_dir = out / ".done"
     for path in paths:

@@ -3,7 +3,9 @@
 The working scale is chosen from the particle diameter (about --target-diameter px per particle).
 A strip of each micrograph is held out for validation, early stopping and the score threshold.
 With only some particles annotated, give --labelled-fraction (or --particles-per-micrograph):
-unlabelled pixels are then treated as positive-unlabelled (nnPU loss), not as background.
+unlabelled pixels are then treated as positive-unlabelled (nnPU loss), not as background, and a second
+network is trained on the first one's calibrated picks plus the labels (self-training; --no-self-training
+skips it). The wall-time budget (--max-minutes) is shared by the stages.
 
 Examples:
   cryopick train --micrographs mics/ --coords manual/ --diameter 108 -o model/
@@ -37,6 +39,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="fraction of the particles that are annotated (default 1: all)")
     parser.add_argument("--particles-per-micrograph", type=float,
                         help="sparse annotation: expected particles per micrograph (sets the labelled fraction)")
+    parser.add_argument("--no-self-training", action="store_true",
+                        help="sparse annotation: stop after the positive-unlabelled stage")
     parser.add_argument("--backbone", default="unet", help="model from the registry (default: unet)")
     parser.add_argument("--checkpoint", help="base weights for the backbone (e.g. a SAM2 checkpoint)")
     parser.add_argument("--target-diameter", type=float, default=16.0,
@@ -79,6 +83,7 @@ def main(args: argparse.Namespace) -> int:
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, patience=args.patience,
         max_minutes=args.max_minutes, batch_size=args.batch_size, patch_size=args.patch_size, lr=args.lr,
         val_fraction=args.val_fraction, labelled_fraction=args.labelled_fraction,
+        self_training=not args.no_self_training,
         bf16={"auto": None, "on": True, "off": False}[args.bf16], min_distance=args.min_distance,
         seed=args.seed, num_threads=args.threads, progress=not args.no_progress,
     )
