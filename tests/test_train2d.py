@@ -158,10 +158,14 @@ def test_calibration_picks_the_f1_optimum():
     cal = calibrate_threshold([ValidationPicks(coords, scores, truth)], tolerance=3.0,
                               grid=np.array([0.3, 0.5, 0.75, 0.85]))
     assert cal["threshold"] == 0.5 and cal["f1"] == pytest.approx(1.0)
-    # Near-optimal thresholds: the lowest one is taken (F1 at 0.3 is 0.857, within 0.2 of 1).
+    # Near-optimal thresholds (F1 within 0.2 of the best: 0.857 at 0.3, 1 at 0.5, 0.8 at 0.75; 0.5 at
+    # 0.85 is not): the middle of that plateau is taken, not an end of it.
     lenient = calibrate_threshold([ValidationPicks(coords, scores, truth)], tolerance=3.0,
                                   grid=np.array([0.3, 0.5, 0.75, 0.85]), tolerance_f1=0.2)
-    assert lenient["threshold"] == 0.3
+    assert lenient["threshold"] == 0.5
+    wide = calibrate_threshold([ValidationPicks(coords, scores, truth)], tolerance=3.0,
+                               grid=np.array([0.2, 0.3, 0.5, 0.75, 0.85]), tolerance_f1=0.2)
+    assert wide["threshold"] == 0.5 and wide["f1"] == pytest.approx(1.0)
     # Sparse labels: 2 of 6 particles labelled; precision is estimated from the recall on them.
     truth6 = np.array([[10.0 * i, 50.0] for i in range(1, 7)])
     picks = np.concatenate([truth6, [[200.0, 200.0], [250.0, 250.0]]])
