@@ -199,12 +199,14 @@ def test_tiny_training_run_learns_and_writes_a_model(tmp_path):
         train_picker(training_micrographs(2), scale, tmp_path / "model", TrainConfig(**TINY))
 
 
-@pytest.mark.parametrize("labelled_fraction, crash_at", [(1.0, 2), (0.5, 4)])
-def test_interrupted_training_resumes_exactly(tmp_path, monkeypatch, labelled_fraction, crash_at):
+@pytest.mark.parametrize("labelled_fraction, crash_at, init", [(1.0, 2, "fresh"), (0.5, 4, "fresh"),
+                                                               (0.5, 4, "previous"), (0.5, 5, "previous")])
+def test_interrupted_training_resumes_exactly(tmp_path, monkeypatch, labelled_fraction, crash_at, init):
     """Ctrl-C after a checkpoint, rerun: the same losses as an uninterrupted run. With sparse labels
-    the crash happens in the second (self-training) stage, after the pseudo-labels were written."""
+    the crash happens in the second (self-training) stage, after the pseudo-labels were written
+    (and, when the second network starts from the first, after its weights were saved)."""
     scale = WorkingScale.from_diameter(12.0, target_diameter=12.0)
-    config = dict(TINY, epochs=3, steps_per_epoch=4, labelled_fraction=labelled_fraction)
+    config = dict(TINY, epochs=3, steps_per_epoch=4, labelled_fraction=labelled_fraction, self_training_init=init)
 
     def mics():
         m = training_micrographs(2)
@@ -239,6 +241,7 @@ def test_interrupted_training_resumes_exactly(tmp_path, monkeypatch, labelled_fr
     np.testing.assert_allclose(res_loss, ref_loss, rtol=1e-5)
     assert resumed.score_threshold == pytest.approx(reference.score_threshold)
     assert not (tmp_path / "run" / "pseudo_labels.npz").exists()
+    assert not (tmp_path / "run" / "previous_stage.pt").exists()
 
 
 def test_no_labels_is_an_error(tmp_path):

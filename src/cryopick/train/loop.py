@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 PSEUDO_NAME = "pseudo_labels.npz"
+PREVIOUS_STAGE_NAME = "previous_stage.pt"
 
 
 @dataclass
@@ -82,6 +83,10 @@ class TrainConfig:
     self_training
         With sparse labels, train a second network on the first one's calibrated picks plus the
         labels (dense pseudo-labels, balanced BCE); validation still uses the true labels only.
+    self_training_init
+        Starting weights of that second network: ``"fresh"`` (a new initialisation, so it does not
+        inherit the first network's mistakes) or ``"previous"`` (the first network's weights;
+        converges in fewer epochs when the time budget is tight).
     bf16
         bfloat16 autocast; ``None`` = use it when the CPU has native bf16 arithmetic.
     ema_decay
@@ -113,6 +118,7 @@ class TrainConfig:
     labelled_fraction: float = 1.0
     pu_loss: bool = True
     self_training: bool = True
+    self_training_init: str = "fresh"
     bf16: bool | None = None
     mask_threshold: float = 0.5
     score_method: str = "mean_top"
@@ -290,6 +296,8 @@ class _Run:
             raise CryopickError("the training micrographs have no labelled particles; annotate at least one micrograph")
         if not 0 < config.labelled_fraction <= 1:
             raise CryopickError(f"labelled fraction must be in (0, 1], got {config.labelled_fraction}")
+        if config.self_training_init not in ("fresh", "previous"):
+            raise CryopickError(f"self_training_init must be 'fresh' or 'previous', got {config.self_training_init!r}")
         if config.val_mode not in ("strips", "micrographs"):
             raise CryopickError(f"val_mode must be 'strips' or 'micrographs', got {config.val_mode!r}")
         if config.num_threads:
@@ -357,12 +365,17 @@ class _Run:
             kind = self.stages[index]
             model, optimiser, scheduler, ema = self.build()
             state = self.state if (self.state and self.state["stage"] == index) else None
+            if state is None and index > 0 and config.self_training_init == "previous":
+                model.load_state_dict(torch.load(self.out / PREVIOUS_STAGE_NAME, map_location="cpu",
+                                                 weights_only=True))
             prior = (positive_prior(self.mics, self.radius, config.labelled_fraction) if kind == "pu" else 0.0)
             fit = self._fit(index, kind, model, optimiser, scheduler, ema, prior, state, records)
             model.load_state_dict(torch.load(self.out / WEIGHTS_NAME, map_location="cpu", weights_only=True))
             calibration, threshold = self._calibrate(model)
             records.append({"stage": kind, "prior": prior, **fit, "calibration": calibration})
             if index + 1 < len(self.stages):
+                if config.self_training_init == "previous":
+                    _save_checkpoint(self.out / PREVIOUS_STAGE_NAME, model.state_dict())
                 self._make_pseudo_labels(model, threshold, records)
         return self._finish(model, records)
 
@@ -547,6 +560,7 @@ class _Run:
         save_card(self.out, card)
         self.ckpt_path.unlink(missing_ok=True)
         self.pseudo_path.unlink(missing_ok=True)
+        (self.out / PREVIOUS_STAGE_NAME).unlink(missing_ok=True)
         return card
 
 
