@@ -26,7 +26,8 @@ from cryopick.io.atomic import write_text
 from cryopick.postprocess.cluster3d import components, select, sphere_volume
 from cryopick.postprocess.nms import nms_points
 
-DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.1, 0.951, 0.05), 3))
+# Up to 0.99: well-trained segmenters are confident, and their best threshold can sit above 0.95.
+DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.1, 0.951, 0.05), 3)) + (0.97, 0.98, 0.99)
 DEFAULT_MIN_FACTORS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 DEFAULT_MAX_FACTORS = (0.8, 1.0, 1.2, 1.5, 2.0, 3.0, np.inf)
 
