@@ -67,9 +67,10 @@ def generalisation(model, args, quick: bool) -> tuple[list[dict], dict]:
 
     from cryopick.calibrate3d import evaluate_picks, sweep_cluster
     from cryopick.pick3d import cut_prompt, default_settings, flipped_views
-    from cryopick.postprocess.cluster3d import cluster_picks, sphere_volume
+    from cryopick.postprocess.cluster3d import cluster_picks
     from cryopick.predict3d import predict_tomogram
 
+    defaults = default_settings(model)
     rows = []
     cache = {}
     for s in range(args.sets):
@@ -100,11 +101,9 @@ def generalisation(model, args, quick: bool) -> tuple[list[dict], dict]:
                 coords, _ = cluster_picks(probs[dst][k], threshold=b["threshold"], min_size=b["min_size"],
                                           max_size=b["max_size"], min_distance=d / 2)
                 row[name] = evaluate_picks(coords, truths[dst], d / 2)["f1"]
-            dflt = default_settings(model)
-            vol = sphere_volume(d)
-            hi = np.inf if dflt.max_factor is None else dflt.max_factor * vol
-            coords, _ = cluster_picks(probs[1][k], threshold=dflt.threshold, min_size=dflt.min_factor * vol,
-                                      max_size=hi, min_distance=d / 2)
+            lo, hi = defaults.size_limits(d)
+            coords, _ = cluster_picks(probs[1][k], threshold=defaults.threshold, min_size=lo, max_size=hi,
+                                      min_distance=d / 2)
             row["default_B"] = evaluate_picks(coords, truths[1], d / 2)["f1"]
             row["thr_A"] = sweeps[0].best["threshold"]
             rows.append(row)

@@ -1,6 +1,7 @@
 """ProPicker building blocks: window blending, clustering, TomoTwin layout, network shapes."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -278,3 +279,8 @@ def test_default_settings_come_from_the_model_meta():
     model.meta = {"default_threshold": 0.4, "default_min_factor": 0.2, "default_max_factor": None}
     s = default_settings(model)
     assert (s.threshold, s.min_factor, s.max_factor, s.mode) == (0.4, 0.2, None, "cluster")
+    vol = np.pi / 6 * 10.0**3
+    assert s.size_limits(10.0) == (pytest.approx(0.2 * vol), np.inf)
+    assert bare.size_limits(10.0) == (pytest.approx(0.1 * vol), pytest.approx(1.2 * vol))
+    assert bare.size_limits(None) == (None, None)
+    assert replace(bare, min_size=5.0).size_limits(10.0) == (5.0, pytest.approx(1.2 * vol))

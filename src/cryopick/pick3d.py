@@ -303,6 +303,17 @@ class PickSettings:
     tm_angle: float = 30.0
     mode: str = "cluster"
 
+    def size_limits(self, diameter: float | None) -> tuple[float | None, float | None]:
+        """``(min_size, max_size)`` in working voxels: the explicit sizes where set, else the factors
+        times the sphere volume of ``diameter`` (no diameter: only explicit sizes; ``None`` = no limit
+        from this side, and ``max_factor=None`` means no upper limit)."""
+        lo, hi = self.min_size, self.max_size
+        if diameter:
+            vol = sphere_volume(diameter)
+            lo = self.min_factor * vol if lo is None else lo
+            hi = (np.inf if self.max_factor is None else self.max_factor * vol) if hi is None else hi
+        return lo, hi
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PickSettings":
         path = Path(path)
@@ -327,9 +338,10 @@ def default_settings(model: ProPicker) -> PickSettings:
     are the single setting with the best mean F1 over held-out classes when the weights were made
     (:func:`cryopick.train3d.recommend_settings`); absent keys fall back to 0.5, 0.1 and 1.2.
     """
-    meta = model.meta
-    max_factor = meta.get("default_max_factor", 1.2)
-    return PickSettings(threshold=default_threshold(model), min_factor=float(meta.get("default_min_factor", 0.1)),
+    meta, fallback = model.meta, PickSettings()
+    max_factor = meta.get("default_max_factor", fallback.max_factor)
+    return PickSettings(threshold=default_threshold(model),
+                        min_factor=float(meta.get("default_min_factor", fallback.min_factor)),
                         max_factor=None if max_factor is None or not math.isfinite(max_factor) else float(max_factor))
 
 
@@ -403,11 +415,7 @@ def postprocess(prob: np.ndarray, volume, prompt: Prompt, settings: PickSettings
         raise ValueError("settings.threshold must be resolved before post-processing (see default_threshold)")
     min_distance = settings.min_distance if settings.min_distance is not None else radius
     if settings.mode == "cluster":
-        lo, hi = settings.min_size, settings.max_size
-        if diameter:
-            vol = sphere_volume(diameter)
-            lo = settings.min_factor * vol if lo is None else lo
-            hi = (np.inf if settings.max_factor is None else settings.max_factor * vol) if hi is None else hi
+        lo, hi = settings.size_limits(diameter)
         return cluster_picks(np.asarray(prob), threshold=settings.threshold, min_size=lo, max_size=hi,
                              min_distance=min_distance)
     if settings.mode == "tm":

@@ -28,7 +28,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=64, help="window edge in voxels")
     parser.add_argument("--settings", action="append", default=[],
                         help="calibration JSON from `cryopick calibrate3d` (one, or one per --prompt)")
-    parser.add_argument("--threshold", type=float, help="probability threshold (overrides settings; default: the model's recommended value)")
+    parser.add_argument("--threshold", type=float,
+                        help="probability threshold (overrides settings; default: the model's recommended value)")
     parser.add_argument("--min-size", type=float, help="minimum component size, working voxels")
     parser.add_argument("--max-size", type=float, help="maximum component size, working voxels")
     parser.add_argument("--min-factor", type=float,
