@@ -35,6 +35,7 @@ from cryopick.train.data import (
     TrainingMicrograph,
     WorkingScale,
     assign_validation,
+    assign_validation_strips,
     disk_target,
     positive_prior,
     summarise,
@@ -303,14 +304,18 @@ class _Run:
         if config.num_threads:
             torch.set_num_threads(int(config.num_threads))
         _set_seeds(config.seed)
-        self.validation_mode = assign_validation(mics, config.val_fraction, seed=config.seed,
-                                                 min_micrographs=3 if config.val_mode == "micrographs" else 10**9)
+        if config.val_mode == "micrographs":
+            self.validation_mode = assign_validation(mics, config.val_fraction, seed=config.seed)
+        else:
+            assign_validation_strips(mics, config.val_fraction, seed=config.seed)
+            self.validation_mode = "strips"
         self.sparse = config.labelled_fraction < 1
         self.stages = ["pu" if self.sparse and config.pu_loss else "bce"]
         if self.sparse and config.self_training:
             self.stages.append("self-training")
         self.radius = 0.5 * scale.working_diameter * config.target_radius_fraction
         self.context = int(round(2 * scale.working_diameter))
+        self.match_tolerance = 0.5 * scale.working_diameter  # a pick is correct within one particle radius
         self.min_distance_w = (0.5 * scale.working_diameter if config.min_distance is None
                                else config.min_distance / scale.factor)
         self.has_val = any(m.val_box is not None for m in mics)
@@ -454,22 +459,23 @@ class _Run:
         return {"epochs_run": len(history), "best_epoch": best_epoch, "best_val_f1": best_f1, "stopped": stopped,
                 "history": history}
 
-    def _validate(self, model) -> dict:
+    def _validation_regions(self, model) -> list[ValidationPicks]:
         config = self.config
-        regions = validation_picks(model, self.mics, self.radius, self.context, self.bf16, config.mask_threshold,
-                                   config.score_method, self.min_distance_w)
+        return validation_picks(model, self.mics, self.radius, self.context, self.bf16, config.mask_threshold,
+                                config.score_method, self.min_distance_w)
+
+    def _validate(self, model) -> dict:
+        regions = self._validation_regions(model)
         grid = _score_grid(regions)
-        p, r, f1 = f1_curve(regions, 0.5 * self.scale.working_diameter, grid, config.labelled_fraction)
+        p, r, f1 = f1_curve(regions, self.match_tolerance, grid, self.config.labelled_fraction)
         k = int(np.argmax(f1))
         return {"f1": float(f1[k]), "precision": float(p[k]), "recall": float(r[k]), "threshold": float(grid[k])}
 
     def _calibrate(self, model) -> tuple[dict, float]:
         if not self.has_val:
             return {"note": "no validation data; default threshold"}, 0.5
-        config = self.config
-        regions = validation_picks(model, self.mics, self.radius, self.context, self.bf16, config.mask_threshold,
-                                   config.score_method, self.min_distance_w)
-        calibration = calibrate_threshold(regions, 0.5 * self.scale.working_diameter, config.labelled_fraction,
+        regions = self._validation_regions(model)
+        calibration = calibrate_threshold(regions, self.match_tolerance, self.config.labelled_fraction,
                                           grid=_score_grid(regions, fine=True))
         return calibration, calibration["threshold"]
 
@@ -493,7 +499,7 @@ class _Run:
                 from scipy.spatial import cKDTree
 
                 d, _ = cKDTree(m.coords).query(pseudo)
-                pseudo = pseudo[d > 0.5 * self.scale.working_diameter / 2]
+                pseudo = pseudo[d > self.match_tolerance / 2]
             coords[m.name] = np.concatenate([m.coords, pseudo.reshape(-1, 2)])
         with atomic_path(self.pseudo_path) as tmp:
             with open(tmp, "wb") as fh:
@@ -551,7 +557,7 @@ class _Run:
                 "sparse_handling": handling,
                 "n_pseudo_labels": n_pseudo if len(self.stages) > 1 else None,
                 "history": last["history"],
-                "earlier_stages": [{k: v for k, v in r.items()} for r in records[:-1]],
+                "earlier_stages": records[:-1],
             },
             data=summarise(self.mics),
         )
