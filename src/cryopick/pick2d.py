@@ -30,7 +30,7 @@ from cryopick.errors import CryopickError
 from cryopick.io.atomic import write_text
 from cryopick.io.images import image_name, list_images, read_micrograph
 from cryopick.model_card import ModelCard, load_model
-from cryopick.picks import Picks
+from cryopick.picks import Picks, filter_score
 from cryopick.postprocess.peaks2d import Peaks2d, find_peaks_s1
 from cryopick.preprocess import WorkingFrame
 
@@ -345,7 +345,7 @@ def pick_micrographs(picker: Picker, micrographs, output_dir: str | os.PathLike,
             # All candidates (for the score histogram), then the ones above the threshold.
             candidates = picker.predict(threshold=0.0, min_distance=min_distance)
             thr = picker.threshold if threshold is None else threshold
-            picks = candidates._with(candidates.table[candidates.table["score"] >= thr])
+            picks = filter_score(candidates, thr)
             module.write(picks if len(picks) else Picks.empty(pixel_size=picks.pixel_size), out_file(name))
             if name in wanted_overlays:
                 write_overlay(prepared, picks, output_dir / "overlays" / f"{name}.png", picker.card)

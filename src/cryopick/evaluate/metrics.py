@@ -30,7 +30,7 @@ from scipy.spatial import cKDTree
 
 from cryopick.errors import CryopickError
 from cryopick.evaluate.matching import MatchResult, match_candidates, precision_recall_f1
-from cryopick.picks import Picks
+from cryopick.picks import Picks, filter_score
 
 RULES = ("radius", "iou3d", "czii")
 CZII_TOLERANCE = 0.5
@@ -210,8 +210,7 @@ def evaluate_picks(
     if beta is None:
         beta = CZII_BETA if rule == "czii" else 1.0
     if min_score is not None:
-        s = pred.table["score"]
-        pred = pred._with(pred.table[(s >= min_score) | s.isna()])
+        pred = filter_score(pred, min_score)
     names = list(micrographs) if micrographs is not None else truth.micrographs
     extra = sorted(set(pred.micrographs) - set(names))
     if extra and micrographs is None:

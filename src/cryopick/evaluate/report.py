@@ -23,7 +23,7 @@ from cryopick.evaluate.metrics import evaluate_picks, resolve_diameter
 from cryopick.evaluate.pixel import evaluate_pixels
 from cryopick.evaluate.stats import compare_methods, recall_success_rate
 from cryopick.io.atomic import atomic_path, write_text
-from cryopick.picks import Picks
+from cryopick.picks import Picks, filter_score
 
 METRICS = ("precision", "recall", "f1")
 #: colour per role in overlays
@@ -102,7 +102,7 @@ def evaluate_methods(
             entry["curve"] = None
             entry["curve_note"] = "some picks have no score; no PR curve"
         if shapes is not None and truth.ndim == 2:
-            table, pooled = evaluate_pixels(picks if thr is None else _filter(picks, thr), truth,
+            table, pooled = evaluate_pixels(picks if thr is None else filter_score(picks, thr), truth,
                                             shapes, diameter, micrographs=names)
             entry["pixel"] = dict(pooled=pooled, per_micrograph=table.to_dict(orient="records"))
         summary["methods"][method] = entry
@@ -116,11 +116,6 @@ def evaluate_methods(
         tests = compare_methods(long, METRICS, reference=reference)
         summary["statistics"] = tests.to_dict(orient="records")
     return summary
-
-
-def _filter(picks: Picks, min_score: float) -> Picks:
-    s = picks.table["score"]
-    return picks._with(picks.table[(s >= min_score) | s.isna()])
 
 
 def _tol_key(rule: str, tolerance: float) -> str:
@@ -401,7 +396,7 @@ def _plot_overlay(name: str, image: np.ndarray, methods: dict[str, Picks], truth
         p = picks.for_micrograph(name)
         thr = summary["methods"][method].get("min_score")
         if thr is not None:
-            p = _filter(p, thr)
+            p = filter_score(p, thr)
         pc = p.coords
         result = matches.get(method, {}).get(name)
         tp = np.zeros(len(pc), bool)
