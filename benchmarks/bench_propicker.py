@@ -65,8 +65,10 @@ def choose_prompt(tomo, label: str, rng: np.random.Generator) -> np.ndarray | No
 def generalisation(model, args, quick: bool) -> tuple[list[dict], dict]:
     import torch
 
-    from cryopick.calibrate3d import evaluate_picks, sweep_cluster
-    from cryopick.pick3d import cut_prompt, default_settings, flipped_views
+    from dataclasses import replace
+
+    from cryopick.calibrate3d import evaluate_picks, settings_from_best, sweep_cluster
+    from cryopick.pick3d import PromptSimilarity, cut_prompt, default_settings, flipped_views
     from cryopick.postprocess.cluster3d import cluster_picks
     from cryopick.predict3d import predict_tomogram
 
@@ -93,18 +95,25 @@ def generalisation(model, args, quick: bool) -> tuple[list[dict], dict]:
         probs = [predict_tomogram(model.segmenter, t.volume, z, stride=args.stride, progress=False) for t in tomos]
         for k, (label, d) in enumerate(zip(labels, diameters)):
             truths = [t.picks.coords[(t.picks.table["label"] == label).to_numpy()] for t in tomos]
-            sweeps = [sweep_cluster(p[k], tr, d) for p, tr in zip(probs, truths)]
+            sims = [PromptSimilarity(model, t.volume, z[k]) if args.similarity else None for t in tomos]
+            sweeps = [sweep_cluster(p[k], tr, d, similarity=sm) for p, tr, sm in zip(probs, truths, sims)]
             row = {"set": s, "class": label, "diameter_px": round(d, 1), "n_A": len(truths[0]), "n_B": len(truths[1]),
                    "best_A": sweeps[0].best["f1"], "best_B": sweeps[1].best["f1"]}
+            if args.similarity:  # the same sweep restricted to no similarity check
+                plain = [sw.table[sw.table["min_similarity"].isna()]["f1"].max() for sw in sweeps]
+                row.update({"best_A_nosim": plain[0], "best_B_nosim": plain[1]})
             for src, dst, name in ((0, 1, "fair_A_to_B"), (1, 0, "fair_B_to_A")):
-                b = sweeps[src].best
-                coords, _ = cluster_picks(probs[dst][k], threshold=b["threshold"], min_size=b["min_size"],
-                                          max_size=b["max_size"], min_distance=d / 2)
+                b = settings_from_best(sweeps[src].best)
+                lo, hi = replace(defaults, **b).size_limits(d)
+                coords, _ = cluster_picks(probs[dst][k], threshold=b["threshold"], min_size=lo, max_size=hi,
+                                          min_distance=d / 2, similarity=sims[dst], min_similarity=b["min_similarity"])
                 row[name] = evaluate_picks(coords, truths[dst], d / 2)["f1"]
             lo, hi = defaults.size_limits(d)
             coords, _ = cluster_picks(probs[1][k], threshold=defaults.threshold, min_size=lo, max_size=hi,
-                                      min_distance=d / 2)
+                                      min_distance=d / 2, similarity=sims[1] or PromptSimilarity(model, tomos[1].volume, z[k]),
+                                      min_similarity=defaults.min_similarity)
             row["default_B"] = evaluate_picks(coords, truths[1], d / 2)["f1"]
+            row["smin_A"] = sweeps[0].best.get("min_similarity", np.nan)
             row["thr_A"] = sweeps[0].best["threshold"]
             rows.append(row)
         print(f"set {s}: {len(labels)} classes, {time.time() - t0:.0f} s", flush=True)
@@ -115,6 +124,8 @@ def generalisation(model, args, quick: bool) -> tuple[list[dict], dict]:
         "mean_best_case_f1": float(np.mean([(r["best_A"] + r["best_B"]) / 2 for r in rows])),
         "mean_calibrated_f1": float(np.mean([(r["fair_A_to_B"] + r["fair_B_to_A"]) / 2 for r in rows])),
         "mean_default_settings_f1": float(np.mean([r["default_B"] for r in rows])),
+        **({"mean_best_case_f1_without_similarity": float(np.mean([(r["best_A_nosim"] + r["best_B_nosim"]) / 2
+                                                                    for r in rows]))} if args.similarity else {}),
         "n_classes": len(rows),
     }
     return rows, summary, cache
@@ -246,6 +257,8 @@ def main() -> int:
                         help="torch threads (1: on this shared 2-core machine 2 threads are slower)")
     parser.add_argument("--no-prompt-flips", dest="prompt_flips", action="store_false",
                         help="encode the prompt as is (default: averaged over its 8 mirror views, as pick3d)")
+    parser.add_argument("--no-similarity", dest="similarity", action="store_false",
+                        help="sweep without the minimum prompt similarity (the post-processing before it existed)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["generalisation", "speed", "tm"])
     parser.add_argument("--cache", default="benchmarks/results/propicker/bench_cache")
     parser.add_argument("--speed-child", help=argparse.SUPPRESS)

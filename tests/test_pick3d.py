@@ -284,3 +284,57 @@ def test_default_settings_come_from_the_model_meta():
     assert bare.size_limits(10.0) == (pytest.approx(0.1 * vol), pytest.approx(1.2 * vol))
     assert bare.size_limits(None) == (None, None)
     assert replace(bare, min_size=5.0).size_limits(10.0) == (5.0, pytest.approx(1.2 * vol))
+
+
+def test_clustering_drops_components_dissimilar_to_the_prompt():
+    centres = np.array([[12, 15, 10], [40, 20, 30], [25, 50, 22], [60, 60, 12]], float)
+    prob = _spheres((48, 72, 72), centres, 5)
+
+    def similarity(coords):  # particles left of x = 30 look like the prompt
+        return np.where(np.asarray(coords)[:, 0] < 30, 0.9, 0.2)
+
+    coords, _ = cluster_picks(prob, threshold=0.5, diameter=10, similarity=similarity, min_similarity=0.5)
+    assert len(coords) == 2 and np.all(coords[:, 0] < 30)
+    assert len(cluster_picks(prob, threshold=0.5, diameter=10, similarity=similarity)[0]) == 4  # no minimum: no check
+    with pytest.raises(ValueError):
+        cluster_picks(prob, threshold=0.5, min_similarity=0.5)
+
+
+def test_calibration_sweep_finds_the_similarity_that_removes_other_particles(tmp_path):
+    from cryopick.calibrate3d import save_settings, settings_from_best, sweep_cluster
+    from cryopick.pick3d import PickSettings, postprocess
+
+    true = np.array([[12, 15, 10], [40, 20, 30], [25, 50, 22]], float)
+    other = np.array([[60, 60, 12], [60, 15, 36]], float)  # same size and probability: only similarity tells
+    prob = _spheres((48, 72, 72), np.concatenate([true, other]), 5) * 0.8
+    far = lambda c: np.linalg.norm(np.asarray(c)[:, None] - other[None], axis=2).min(1) < 3  # noqa: E731
+    similarity = lambda c: np.where(far(c), 0.35, 0.75)  # noqa: E731
+    plain = sweep_cluster(prob, true, diameter=10)
+    assert plain.best["f1"] == pytest.approx(0.75)
+    result = sweep_cluster(prob, true, diameter=10, similarity=similarity)
+    assert result.best["f1"] == 1.0 and 0.35 < result.best["min_similarity"] <= 0.75
+    assert result.table["min_similarity"].isna().any()  # the sweep includes "no check"
+    settings = settings_from_best(result.best)
+    loaded = PickSettings.load(save_settings(tmp_path / "s.json", settings))
+    assert loaded.min_similarity == settings["min_similarity"]
+    coords, _ = postprocess(prob, None, None, loaded, diameter=10, similarity=similarity)
+    assert len(coords) == 3
+    assert settings_from_best(plain.best)["min_similarity"] is None
+
+
+def test_prompt_similarity_of_the_prompt_itself_is_one_and_is_cached():
+    from cryopick.models.promptable3d import build_propicker_small
+    from cryopick.pick3d import PromptSimilarity, cut_prompt
+
+    torch.manual_seed(0)
+    model = build_propicker_small(widths=[4, 8], encoder_widths=[4, 4]).eval()
+    volume = np.random.default_rng(1).normal(size=(48, 60, 60)).astype(np.float32)
+    at = np.array([[30.0, 25.0, 20.0], [12.0, 40.0, 30.0]])
+    code = model.combine(model.embed(cut_prompt(volume, at[0])[None]))
+    sim = PromptSimilarity(model, volume, code, bf16=False)
+    values = sim(at)
+    assert values[0] == pytest.approx(1.0, abs=1e-5) and -1.0 <= values[1] < values[0]
+    calls = []
+    sim._similarity = lambda subs: calls.append(len(subs)) or np.zeros(len(subs))
+    np.testing.assert_allclose(sim(at[::-1] + 0.2), values[::-1])  # same voxels: from the cache
+    assert calls == []

@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,8 @@ from cryopick.postprocess.nms import nms_points
 DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.1, 0.951, 0.05), 3)) + (0.97, 0.98, 0.99)
 DEFAULT_MIN_FACTORS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 DEFAULT_MAX_FACTORS = (0.8, 1.0, 1.2, 1.5, 2.0, 3.0, np.inf)
+#: Minimum prompt similarities swept when a similarity function is given (``None``: no check).
+DEFAULT_MIN_SIMILARITIES = (None,) + tuple(np.round(np.arange(0.0, 0.91, 0.1), 2))
 
 
 @dataclass
@@ -44,7 +46,9 @@ def sweep_cluster(prob: np.ndarray, truth: np.ndarray, diameter: float, *,
                   thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
                   min_factors: Sequence[float] = DEFAULT_MIN_FACTORS,
                   max_factors: Sequence[float] = DEFAULT_MAX_FACTORS,
-                  min_distance: float | None = None, tolerance: float | None = None) -> SweepResult:
+                  min_distance: float | None = None, tolerance: float | None = None,
+                  similarity: Callable[[np.ndarray], np.ndarray] | None = None,
+                  min_similarities: Sequence[float | None] = DEFAULT_MIN_SIMILARITIES) -> SweepResult:
     """Best-case F1 sweep of ProPicker-C on one ``(D, H, W)`` probability map.
 
     Parameters
@@ -57,6 +61,9 @@ def sweep_cluster(prob: np.ndarray, truth: np.ndarray, diameter: float, *,
         NMS distance applied to the picks (default: the radius, as :func:`cryopick.pick3d.pick_tomogram`).
     tolerance
         Match distance (default: the radius).
+    similarity
+        Prompt similarity of component centroids (:class:`cryopick.pick3d.PromptSimilarity`); when
+        given, ``min_similarities`` is swept too (column ``min_similarity``, NaN = no check).
     """
     radius = diameter / 2.0
     tolerance = radius if tolerance is None else tolerance
@@ -72,13 +79,17 @@ def sweep_cluster(prob: np.ndarray, truth: np.ndarray, diameter: float, *,
                     continue
                 keep = select(comp, fmin * vol, fmax * vol)
                 coords, scores = comp.centroids[keep], comp.scores[keep]
-                if min_distance and len(coords):
-                    k = nms_points(coords, scores, min_distance)
-                    coords = coords[k]
-                m = match_points(coords, truth, tolerance)
-                rows.append({"threshold": float(t), "min_size": fmin * vol, "max_size": fmax * vol,
-                             "min_factor": fmin, "max_factor": fmax, "precision": m.precision, "recall": m.recall,
-                             "f1": m.f1, "n_pred": len(coords), "n_truth": len(truth)})
+                sims = similarity(coords) if similarity is not None and len(coords) else np.zeros(len(coords))
+                for smin in (min_similarities if similarity is not None else (None,)):
+                    c = coords if smin is None else coords[sims >= smin]
+                    if min_distance and len(c):
+                        c = c[nms_points(c, scores if smin is None else scores[sims >= smin], min_distance)]
+                    m = match_points(c, truth, tolerance)
+                    rows.append({"threshold": float(t), "min_size": fmin * vol, "max_size": fmax * vol,
+                                 "min_factor": fmin, "max_factor": fmax,
+                                 "min_similarity": np.nan if smin is None else float(smin),
+                                 "precision": m.precision, "recall": m.recall, "f1": m.f1, "n_pred": len(c),
+                                 "n_truth": len(truth)})
     table = pd.DataFrame(rows)
     best = table.sort_values(["f1", "threshold"], ascending=[False, True], kind="stable").iloc[0].to_dict()
     return SweepResult(table, best)
@@ -107,8 +118,10 @@ def evaluate_picks(coords: np.ndarray, truth: np.ndarray, tolerance: float) -> d
 def settings_from_best(best: dict, mode: str = "cluster") -> dict:
     """The keys of :class:`cryopick.pick3d.PickSettings` from a sweep's best row."""
     if mode == "cluster":
+        smin = best.get("min_similarity", np.nan)
         return {"mode": "cluster", "threshold": best["threshold"], "min_factor": best["min_factor"],
-                "max_factor": None if not np.isfinite(best["max_factor"]) else best["max_factor"]}
+                "max_factor": None if not np.isfinite(best["max_factor"]) else best["max_factor"],
+                "min_similarity": None if smin is None or not np.isfinite(smin) else float(smin)}
     return {"mode": "tm", "tm_threshold": best["tm_threshold"]}
 
 
@@ -133,7 +146,7 @@ def _plain(v):
 # -- one annotated tomogram, end to end ----------------------------------------------------------------
 def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "cluster", stride: int = 32,
                        tolerance: float | None = None, tm_angle: float = 30.0, bf16: bool = True,
-                       progress: bool = True) -> tuple[SweepResult, dict]:
+                       similarity: bool = True, progress: bool = True) -> tuple[SweepResult, dict]:
     """Segment ``tomogram`` for ``prompt`` and sweep the post-processing against ``truth``.
 
     Parameters
@@ -144,8 +157,9 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
         :class:`~cryopick.picks.Picks` of the prompted particle in this tomogram (voxels of the
         tomogram as stored, or any pixel size stated in ``truth.pixel_size``).
     mode
-        ``"cluster"``: threshold × min size × max size; ``"tm"``: ProPicker-TM NCC threshold (mask
-        threshold 0.5).
+        ``"cluster"``: threshold × min size × max size (× minimum prompt similarity when
+        ``similarity``, see :class:`cryopick.pick3d.PromptSimilarity`); ``"tm"``: ProPicker-TM NCC
+        threshold (mask threshold 0.5).
 
     Returns
     -------
@@ -155,7 +169,7 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
     from cryopick.errors import CryopickError
     from cryopick.io.images import Image, read_tomogram
     from cryopick.models.promptable3d import load_propicker
-    from cryopick.pick3d import prompt_embedding, working_tomogram
+    from cryopick.pick3d import PromptSimilarity, prompt_embedding, working_tomogram
     from cryopick.predict3d import predict_tomogram
 
     model = model or load_propicker()
@@ -172,7 +186,8 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
     prob = predict_tomogram(model.segmenter, work.volume, z, stride=stride, bf16=bf16, progress=progress)[0]
     tol = prompt.diameter / 2 if tolerance is None else tolerance
     if mode == "cluster":
-        result = sweep_cluster(prob, truth_w, prompt.diameter, tolerance=tol)
+        sim = PromptSimilarity(model, work.volume, z[0], bf16=bf16) if similarity else None
+        result = sweep_cluster(prob, truth_w, prompt.diameter, tolerance=tol, similarity=sim)
     elif mode == "tm":
         from cryopick.postprocess.propicker_tm import tm_in_mask
 

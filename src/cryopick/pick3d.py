@@ -279,6 +279,57 @@ class _Crop:
         return self._data[item]
 
 
+class PromptSimilarity:
+    """How much the particle at a candidate position looks like the prompt, in the model's own terms.
+
+    For each candidate centre, the 37³ sub-volume around it (working voxels) is encoded as the
+    prompt was, and its similarity is the cosine between its code and the prompt's code: the mean
+    of the cosines of the prompt-encoder embeddings and, for a prototype-matching segmenter, of the
+    segmenter's prototype features. Range -1..1; the segmentation map localises particles, this
+    tells the prompted particle from others the map also lights up. Results are cached per voxel, so
+    a threshold sweep that revisits a component pays once.
+
+    Parameters
+    ----------
+    model
+        The :class:`ProPicker` that made the map.
+    volume
+        ``(D, H, W)`` working-scale tomogram (dark particles), array or memory map.
+    code
+        ``(code_dim,)`` prompt code (:func:`prompt_embedding`).
+    """
+
+    def __init__(self, model: ProPicker, volume, code: torch.Tensor, batch_size: int = 64, bf16: bool = True):
+        self.model, self.volume, self.batch_size, self.bf16 = model, volume, batch_size, bf16
+        code = torch.as_tensor(code, dtype=torch.float32).reshape(-1)
+        e = model.segmenter.embed_dim
+        self._embedding = torch.nn.functional.normalize(code[:e], dim=0)
+        self._prototypes = code[e:] if model.segmenter.prototype and code.numel() > e else None
+        self._cache: dict[tuple[int, int, int], float] = {}
+
+    def __call__(self, coords: np.ndarray) -> np.ndarray:
+        """``(N, 3)`` ``x, y, z`` working voxels -> ``(N,)`` similarities."""
+        keys = [tuple(int(v) for v in np.round(c)) for c in np.asarray(coords, float).reshape(-1, 3)]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._cache))
+        for i in range(0, len(missing), self.batch_size):
+            batch = missing[i : i + self.batch_size]
+            subs = np.stack([cut_prompt(self.volume, k) for k in batch])
+            for k, v in zip(batch, self._similarity(subs)):
+                self._cache[k] = float(v)
+        return np.asarray([self._cache[k] for k in keys], dtype=np.float64)
+
+    def _similarity(self, subs: np.ndarray) -> np.ndarray:
+        F = torch.nn.functional
+        device = next(self.model.parameters()).device.type
+        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=self.bf16):
+            emb = self.model.encoder.embed(subs)
+            proto = self.model.prototypes(subs) if self._prototypes is not None else None
+        sim = F.normalize(emb.float().cpu(), dim=1) @ self._embedding
+        if proto is not None:
+            sim = 0.5 * (sim + F.cosine_similarity(proto.float().cpu(), self._prototypes[None], dim=1))
+        return sim.numpy()
+
+
 # -- settings ---------------------------------------------------------------------------------------------------
 @dataclass
 class PickSettings:
@@ -288,7 +339,9 @@ class PickSettings:
     recommended value, :func:`default_threshold`); ``min_size``, ``max_size``: component size limits
     in working voxels; ``min_factor``, ``max_factor``: the same as multiples of the volume of a sphere
     of the prompt's diameter, used where ``min_size`` / ``max_size`` are not set (defaults 0.1 and
-    1.2; calibration files store factors, so one file serves prompts of any size); ``min_distance``: NMS
+    1.2; calibration files store factors, so one file serves prompts of any size); ``min_similarity``:
+    cluster mode drops components whose :class:`PromptSimilarity` to the prompt (cosine, -1..1) is
+    below this (``None``: no such check); ``min_distance``: NMS
     distance in working voxels (``None``: the particle radius); ``tm_threshold``: minimum NCC score
     of a ProPicker-TM pick; ``tm_angle``: angular step (degrees) of its rotational search.
     """
@@ -298,6 +351,7 @@ class PickSettings:
     max_size: float | None = None
     min_factor: float = 0.1
     max_factor: float | None = 1.2
+    min_similarity: float | None = None
     min_distance: float | None = None
     tm_threshold: float = 0.15
     tm_angle: float = 30.0
@@ -335,14 +389,17 @@ def default_settings(model: ProPicker) -> PickSettings:
     """ProPicker-C settings recommended with ``model``, for picking without a calibration file.
 
     ``meta["default_threshold"]``, ``meta["default_min_factor"]`` and ``meta["default_max_factor"]``
-    are the single setting with the best mean F1 over held-out classes when the weights were made
-    (:func:`cryopick.train3d.recommend_settings`); absent keys fall back to 0.5, 0.1 and 1.2.
+    (and ``meta["default_min_similarity"]``) are the single setting with the best mean F1 over
+    held-out classes when the weights were made (:func:`cryopick.train3d.recommend_settings`); absent
+    keys fall back to 0.5, 0.1, 1.2 and no similarity check.
     """
     meta, fallback = model.meta, PickSettings()
     max_factor = meta.get("default_max_factor", fallback.max_factor)
+    min_similarity = meta.get("default_min_similarity")
     return PickSettings(threshold=default_threshold(model),
                         min_factor=float(meta.get("default_min_factor", fallback.min_factor)),
-                        max_factor=None if max_factor is None or not math.isfinite(max_factor) else float(max_factor))
+                        max_factor=None if max_factor is None or not math.isfinite(max_factor) else float(max_factor),
+                        min_similarity=None if min_similarity is None else float(min_similarity))
 
 
 # -- picking ------------------------------------------------------------------------------------------------------
@@ -397,7 +454,8 @@ def pick_tomogram(
             diameter = estimate_diameter(model, p, work) if p.tomogram == work.name else None
             if diameter is not None:
                 log.info("%s: estimated diameter of %s: %.1f working voxels", work.name, p.label, diameter)
-        coords, scores = postprocess(prob[k], work.volume, p, s, diameter)
+        similarity = PromptSimilarity(model, work.volume, z[k], bf16=bf16) if s.min_similarity is not None else None
+        coords, scores = postprocess(prob[k], work.volume, p, s, diameter, similarity)
         src = work.to_source(coords) if len(coords) else np.zeros((0, 3))
         d_src = None if diameter is None else diameter * work.binning
         tables.append(Picks.from_arrays(work.name, src, score=scores, diameter=d_src, label=p.label,
@@ -408,8 +466,10 @@ def pick_tomogram(
 
 
 def postprocess(prob: np.ndarray, volume, prompt: Prompt, settings: PickSettings,
-                diameter: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """Probability map -> ``(N, 3)`` working-voxel ``x, y, z`` picks and scores (cluster or TM mode)."""
+                diameter: float | None, similarity: PromptSimilarity | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Probability map -> ``(N, 3)`` working-voxel ``x, y, z`` picks and scores (cluster or TM mode).
+
+    ``similarity`` is needed when ``settings.min_similarity`` is set (cluster mode)."""
     radius = diameter / 2 if diameter else None
     if settings.threshold is None:
         raise ValueError("settings.threshold must be resolved before post-processing (see default_threshold)")
@@ -417,7 +477,7 @@ def postprocess(prob: np.ndarray, volume, prompt: Prompt, settings: PickSettings
     if settings.mode == "cluster":
         lo, hi = settings.size_limits(diameter)
         return cluster_picks(np.asarray(prob), threshold=settings.threshold, min_size=lo, max_size=hi,
-                             min_distance=min_distance)
+                             min_distance=min_distance, similarity=similarity, min_similarity=settings.min_similarity)
     if settings.mode == "tm":
         from cryopick.postprocess.propicker_tm import tm_in_mask
 

@@ -667,23 +667,23 @@ def finetune(model: ProPicker, volumes: list[np.ndarray], targets: list[np.ndarr
 
 
 def recommend_settings(model: ProPicker, val_pool_dir: str | os.PathLike, min_instances: int = 5,
-                       stride: int = 32, progress: bool = False) -> dict:
+                       stride: int = 32, similarity: bool = True, progress: bool = False) -> dict:
     """ProPicker-C settings to use without calibration, chosen on held-out classes.
 
     Every class of the validation pool is prompted from one tomogram of its set and picked on the
     sibling tomogram over the :func:`cryopick.calibrate3d.sweep_cluster` grid (threshold × minimum ×
-    maximum size factor). The default is the one grid point with the best *mean* F1 over classes
+    maximum size factor, × minimum prompt similarity when ``similarity``). The default is the one grid point with the best *mean* F1 over classes
     (what a user who cannot calibrate gets on average), not a per-class optimum.
 
     Returns
     -------
     dict
         ``default_threshold``, ``default_min_factor``, ``default_max_factor`` (``None`` = no upper
-        limit), ``val_pick_default_f1_mean`` (mean F1 at those settings), ``val_pick_best_f1_mean``
+        limit), ``default_min_similarity`` (``None`` = no check), ``val_pick_default_f1_mean`` (mean F1 at those settings), ``val_pick_best_f1_mean``
         (mean best-case F1) and ``val_pick_classes``.
     """
     from cryopick.calibrate3d import sweep_cluster
-    from cryopick.pick3d import cut_prompt, flipped_views
+    from cryopick.pick3d import PromptSimilarity, cut_prompt, flipped_views
     from cryopick.predict3d import predict_tomogram
 
     pool = load_pool(val_pool_dir)
@@ -709,19 +709,23 @@ def recommend_settings(model: ProPicker, val_pool_dir: str | os.PathLike, min_in
             continue
         prob = predict_tomogram(model.segmenter, dst.volume, torch.stack(codes), stride=stride, progress=progress)
         for k, (c, d) in enumerate(zip(classes, diameters)):
-            table = sweep_cluster(prob[k], dst.coords[dst.labels == c], d).table
+            sim = PromptSimilarity(model, dst.volume, codes[k]) if similarity else None
+            table = sweep_cluster(prob[k], dst.coords[dst.labels == c], d, similarity=sim).table
             tables.append(table.assign(cls=len(tables)))
     if not tables:
         raise CryopickError(f"{val_pool_dir}: no class with enough instances to recommend settings")
     import pandas as pd
 
-    grid = ["threshold", "min_factor", "max_factor"]
+    grid = ["threshold", "min_factor", "max_factor", "min_similarity"]
     allrows = pd.concat(tables, ignore_index=True)
-    mean_f1 = allrows.groupby(grid, sort=True)["f1"].mean()
-    threshold, min_factor, max_factor = mean_f1.idxmax()
+    if "min_similarity" not in allrows:
+        allrows["min_similarity"] = np.nan
+    mean_f1 = allrows.groupby(grid, sort=True, dropna=False)["f1"].mean()
+    threshold, min_factor, max_factor, min_similarity = mean_f1.idxmax()
     best_per_class = allrows.groupby("cls")["f1"].max()
     return {"default_threshold": float(threshold), "default_min_factor": float(min_factor),
             "default_max_factor": None if not np.isfinite(max_factor) else float(max_factor),
+            "default_min_similarity": None if not np.isfinite(min_similarity) else float(min_similarity),
             "val_pick_default_f1_mean": float(mean_f1.max()), "val_pick_best_f1_mean": float(best_per_class.mean()),
             "val_pick_classes": int(len(tables))}
 

@@ -2,7 +2,8 @@
 
 Example:
   cryopick calibrate3d --prompt ribosome.prompt --tomogram TS_01.mrc --truth TS_01_ribo.star
-Sweeps threshold x min size x max size (cluster mode) or the NCC threshold (--mode tm), prints the
+Sweeps threshold x min size x max size x minimum prompt similarity (cluster mode; --no-similarity
+leaves the last out) or the NCC threshold (--mode tm), prints the
 best-case F1 and writes the best settings (default: <prompt>_settings.json) and the whole sweep (.csv).
 Use the settings on other tomograms: cryopick pick3d ... --settings ribosome_settings.json
 A pick is correct within one particle radius (--tolerance, voxels of the working scale), one-to-one.
@@ -25,6 +26,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=["cluster", "tm"], default="cluster")
     parser.add_argument("--stride", type=int, default=32)
     parser.add_argument("--tolerance", type=float, help="match distance in working voxels (default: the radius)")
+    parser.add_argument("--no-similarity", dest="similarity", action="store_false",
+                        help="do not sweep the minimum prompt similarity of a pick (cluster mode)")
     parser.add_argument("--tm-angle", type=float, default=30.0, help="ProPicker-TM angular step, degrees")
     parser.add_argument("--model", help="ProPicker checkpoint (default: shipped weights)")
     parser.add_argument("--threads", type=int, default=1,
@@ -50,7 +53,8 @@ def main(args: argparse.Namespace) -> int:
     truth = read_truth(args.truth, image, args.truth_label)
     model = load_propicker(args.model).to(args.device)
     result, payload = calibrate_tomogram(image, truth, prompt, model, mode=args.mode,
-                                         stride=args.stride, tolerance=args.tolerance, tm_angle=args.tm_angle)
+                                         stride=args.stride, tolerance=args.tolerance, tm_angle=args.tm_angle,
+                                         similarity=args.similarity)
     out = Path(args.output) if args.output else Path(args.prompt).with_name(Path(args.prompt).stem + "_settings.json")
     save_settings(out, payload["settings"], **payload["info"])
     with atomic_path(out.with_suffix(".csv")) as tmp:

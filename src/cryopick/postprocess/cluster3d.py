@@ -3,7 +3,10 @@
 Threshold the map, label 6-connected components, keep those whose size in voxels lies in
 ``[min_size, max_size]`` (defaults from the particle diameter: 0.1× and 1.2× the volume of a sphere of
 that diameter), and report each component's centroid. Score = the component's mean probability.
-Optionally, non-maximum suppression at ``min_distance`` removes picks closer than that.
+Optionally, components whose *prompt similarity* (any callable of the centroids, e.g.
+:class:`cryopick.pick3d.PromptSimilarity`) is below ``min_similarity`` are dropped — this removes
+instances of other particles that the map also lights up — and non-maximum suppression at
+``min_distance`` removes picks closer than that.
 
 For sweeps (:mod:`cryopick.calibrate3d`) the labelling is split from the size filter:
 :func:`components` labels once per threshold, :func:`select` filters by size cheaply.
@@ -12,6 +15,7 @@ For sweeps (:mod:`cryopick.calibrate3d`) the labelling is split from the size fi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -85,6 +89,8 @@ def cluster_picks(
     min_size: float | None = None,
     max_size: float | None = None,
     min_distance: float | None = None,
+    similarity: Callable[[np.ndarray], np.ndarray] | None = None,
+    min_similarity: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """ProPicker-C on one ``(D, H, W)`` probability map.
 
@@ -98,6 +104,9 @@ def cluster_picks(
         Component size limits in voxels (override the diameter defaults; without either, no limit).
     min_distance
         Voxels; picks closer than this are thinned by NMS on the score (``None``: no NMS).
+    similarity, min_similarity
+        ``similarity(coords) -> (N,)`` for ``(N, 3)`` ``x, y, z`` centroids; components scoring
+        below ``min_similarity`` are dropped before NMS (``None``: no filter).
 
     Returns
     -------
@@ -109,6 +118,11 @@ def cluster_picks(
     comp = components(prob, threshold)
     keep = select(comp, lo, hi)
     coords, scores = comp.centroids[keep], comp.scores[keep]
+    if min_similarity is not None and len(coords):
+        if similarity is None:
+            raise ValueError("min_similarity needs a similarity function")
+        ok = np.asarray(similarity(coords)) >= min_similarity
+        coords, scores = coords[ok], scores[ok]
     if min_distance and len(coords):
         k = nms_points(coords, scores, min_distance)
         coords, scores = coords[k], scores[k]
