@@ -75,7 +75,7 @@ def generalisation(model, args, quick: bool) -> tuple[list[dict], dict]:
     defaults = default_settings(model)
     rows = []
     cache = {}
-    for s in range(args.sets):
+    for s in range(args.first_set, args.first_set + args.sets):
         t0 = time.time()
         classes, tomos = make_set(s, args.classes, args.shape, args.particles)
         rng = np.random.default_rng(s)
@@ -117,7 +117,7 @@ def generalisation(model, args, quick: bool) -> tuple[list[dict], dict]:
             row["thr_A"] = sweeps[0].best["threshold"]
             rows.append(row)
         print(f"set {s}: {len(labels)} classes, {time.time() - t0:.0f} s", flush=True)
-        if s == 0:
+        if not cache:
             cache = {"classes": classes, "tomos": tomos, "labels": labels, "prompts": prompts,
                      "diameters": diameters, "probs": probs}
     summary = {
@@ -246,6 +246,8 @@ def main() -> int:
     add_common_args(parser, "benchmarks/results/propicker/bench.json")
     parser.add_argument("--model", help="ProPicker checkpoint (default: shipped weights)")
     parser.add_argument("--sets", type=int, default=4, help="test class sets (2 tomograms each)")
+    parser.add_argument("--first-set", type=int, default=0,
+                        help="index of the first test set (split a run over processes: --first-set 2 --sets 2)")
     parser.add_argument("--classes", type=int, default=8, help="classes per set")
     parser.add_argument("--shape", default="128,256,256", help="test tomogram D,H,W")
     parser.add_argument("--particles", type=int, default=300, help="particles per test tomogram")

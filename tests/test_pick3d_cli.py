@@ -94,3 +94,14 @@ def test_finetune3d_cli_writes_a_usable_checkpoint(tomo_dir):
     changed = [k for k, v in model.segmenter.state_dict().items() if not np.allclose(v, base.segmenter.state_dict()[k])]
     assert changed
     assert all(np.array_equal(v, base.encoder.state_dict()[k]) for k, v in model.encoder.state_dict().items())
+
+
+def test_pick3d_rejects_contradictory_similarity_flags(tomo_dir, tmp_path, capsys):
+    root, _ = tomo_dir
+    prompt = tmp_path / "q.prompt"
+    assert cli(["prompt", "--tomogram", str(root / "tomos" / "ts0.mrc"), "--at", "40,40,30", "--diameter", "200",
+                "-o", str(prompt), "--threads", "1"]) == 0
+    code = cli(["pick3d", "--prompt", str(prompt), "--tomograms", str(root / "tomos"), "-o", str(tmp_path / "out"),
+                "--min-similarity", "0.5", "--no-similarity"])
+    assert code == 2 and "--no-similarity" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

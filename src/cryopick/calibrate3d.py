@@ -1,7 +1,8 @@
 """Calibration of ProPicker post-processing on an annotated tomogram.
 
 *Best-case F1* (the paper's protocol): the best F1 over a grid of threshold × minimum component size ×
-maximum component size, on the tomogram being scored. *Fair protocol*: calibrate on one annotated
+maximum component size (× minimum prompt similarity of a component, when a similarity function is
+given: :class:`cryopick.pick3d.PromptSimilarity`), on the tomogram being scored. *Fair protocol*: calibrate on one annotated
 tomogram, save the best settings (:func:`save_settings`, a small JSON file ``pick3d --settings``
 reads) and apply them unchanged to the others.
 

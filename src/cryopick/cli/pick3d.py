@@ -38,6 +38,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-factor", type=float,
                         help="maximum component size as a multiple of the particle's sphere volume "
                         "(default: the model's recommended value)")
+    parser.add_argument("--min-similarity", type=float,
+                        help="drop components whose sub-volume's similarity to the prompt (cosine, -1..1) is "
+                        "below this (cluster mode; default: the model's recommended value)")
+    parser.add_argument("--no-similarity", action="store_true", help="no prompt-similarity check of the components")
     parser.add_argument("--min-distance", type=float, help="NMS distance, working voxels (default: radius)")
     parser.add_argument("--tm-threshold", type=float, help="minimum NCC of a ProPicker-TM pick")
     parser.add_argument("--tm-angle", type=float, help="ProPicker-TM angular step, degrees (default 30)")
@@ -82,7 +86,11 @@ def main(args: argparse.Namespace) -> int:
                                    "max_factor": args.max_factor, "min_distance": args.min_distance,
                                    "tm_threshold": args.tm_threshold, "tm_angle": args.tm_angle}.items()
                  if v is not None}
-    settings = [replace(s, **overrides) for s in base]
+    if args.min_similarity is not None and args.no_similarity:
+        raise CryopickError("give either --min-similarity or --no-similarity")
+    if args.min_similarity is not None:
+        overrides["min_similarity"] = args.min_similarity
+    settings = [replace(s, **overrides, **({"min_similarity": None} if args.no_similarity else {})) for s in base]
     paths = list_images(args.tomograms[0] if len(args.tomograms) == 1 else args.tomograms)
     out = Path(args.output)
     done_dir = out / ".done"
