@@ -68,7 +68,7 @@ def generalisation(model, args, quick: bool) -> tuple[list[dict], dict]:
     from dataclasses import replace
 
     from cryopick.calibrate3d import evaluate_picks, settings_from_best, sweep_cluster
-    from cryopick.pick3d import PromptSimilarity, cut_prompt, default_settings, flipped_views
+    from cryopick.pick3d import Prompt, PromptSimilarity, cut_prompt, default_settings, flipped_views, refined_code
     from cryopick.postprocess.cluster3d import cluster_picks
     from cryopick.predict3d import predict_tomogram
 
@@ -93,9 +93,19 @@ def generalisation(model, args, quick: bool) -> tuple[list[dict], dict]:
         z = torch.stack([model.combine(model.embed(flipped_views(p[None]) if args.prompt_flips else p[None]))
                          for p in prompts])
         probs = [predict_tomogram(model.segmenter, t.volume, z, stride=args.stride, progress=False) for t in tomos]
+        codes = [z, z]  # per tomogram: the prompt codes its map was made with
+        if args.refine:  # self-prompting, as pick_tomogram(refine=N) with the default settings
+            codes = []
+            for t, prob in zip(tomos, probs):
+                prompts_k = [Prompt(p[None], np.zeros((1, 3)), "A", 10.0, 1.0, d, lab)
+                             for p, d, lab in zip(prompts, diameters, labels)]
+                codes.append(torch.stack([refined_code(model, t.volume, prob[k], pk, defaults, args.refine)
+                                          for k, pk in enumerate(prompts_k)]))
+            probs = [predict_tomogram(model.segmenter, t.volume, c, stride=args.stride, progress=False)
+                     for t, c in zip(tomos, codes)]
         for k, (label, d) in enumerate(zip(labels, diameters)):
             truths = [t.picks.coords[(t.picks.table["label"] == label).to_numpy()] for t in tomos]
-            sims = [PromptSimilarity(model, t.volume, z[k]) if args.similarity else None for t in tomos]
+            sims = [PromptSimilarity(model, t.volume, c[k]) if args.similarity else None for t, c in zip(tomos, codes)]
             sweeps = [sweep_cluster(p[k], tr, d, similarity=sm) for p, tr, sm in zip(probs, truths, sims)]
             row = {"set": s, "class": label, "diameter_px": round(d, 1), "n_A": len(truths[0]), "n_B": len(truths[1]),
                    "best_A": sweeps[0].best["f1"], "best_B": sweeps[1].best["f1"]}
@@ -110,7 +120,7 @@ def generalisation(model, args, quick: bool) -> tuple[list[dict], dict]:
                 row[name] = evaluate_picks(coords, truths[dst], d / 2)["f1"]
             lo, hi = defaults.size_limits(d)
             coords, _ = cluster_picks(probs[1][k], threshold=defaults.threshold, min_size=lo, max_size=hi,
-                                      min_distance=d / 2, similarity=sims[1] or PromptSimilarity(model, tomos[1].volume, z[k]),
+                                      min_distance=d / 2, similarity=sims[1] or PromptSimilarity(model, tomos[1].volume, codes[1][k]),
                                       min_similarity=defaults.min_similarity)
             row["default_B"] = evaluate_picks(coords, truths[1], d / 2)["f1"]
             row["smin_A"] = sweeps[0].best.get("min_similarity", np.nan)
@@ -261,6 +271,8 @@ def main() -> int:
                         help="encode the prompt as is (default: averaged over its 8 mirror views, as pick3d)")
     parser.add_argument("--no-similarity", dest="similarity", action="store_false",
                         help="sweep without the minimum prompt similarity (the post-processing before it existed)")
+    parser.add_argument("--refine", type=int, default=0,
+                        help="self-prompting: re-segment with the prompt plus this many first-pass picks")
     parser.add_argument("--skip", nargs="*", default=[], choices=["generalisation", "speed", "tm"])
     parser.add_argument("--cache", default="benchmarks/results/propicker/bench_cache")
     parser.add_argument("--speed-child", help=argparse.SUPPRESS)

@@ -338,3 +338,27 @@ def test_prompt_similarity_of_the_prompt_itself_is_one_and_is_cached():
     sim._similarity = lambda subs: calls.append(len(subs)) or np.zeros(len(subs))
     np.testing.assert_allclose(sim(at[::-1] + 0.2), values[::-1])  # same voxels: from the cache
     assert calls == []
+
+
+def test_refined_code_adds_the_most_similar_first_pass_picks():
+    from cryopick.models.promptable3d import build_propicker_small
+    from cryopick.pick3d import (PickSettings, Prompt, PromptSimilarity, cut_prompt, flipped_views, prompt_embedding,
+                                 refined_code)
+
+    torch.manual_seed(0)
+    model = build_propicker_small(widths=[4, 8], encoder_widths=[4, 4]).eval()
+    volume = np.random.default_rng(2).normal(size=(48, 72, 72)).astype(np.float32)
+    centres = np.array([[12, 15, 10], [40, 20, 30], [25, 50, 22], [60, 60, 12]], float)
+    prob = _spheres(volume.shape, centres, 5)
+    prompt = Prompt(cut_prompt(volume, centres[0])[None], centres[:1], "t", 10.0, 1.0, 10.0, "p")
+    code = prompt_embedding(model, prompt)
+    settings = PickSettings(threshold=0.5, min_similarity=None)
+    sim = PromptSimilarity(model, volume, code)
+    best = centres[np.argsort(-sim(centres), kind="stable")[:2]]
+    examples = np.stack([prompt.subvolumes[0]] + [cut_prompt(volume, c) for c in best])
+    expected = model.combine(model.embed(flipped_views(examples)))
+    refined = refined_code(model, volume, prob, prompt, settings, 2)
+    torch.testing.assert_close(refined, expected)
+    assert torch.isclose(refined[:32].norm(), torch.tensor(1.0))
+    # Nothing above the threshold: the prompt's own code.
+    torch.testing.assert_close(refined_code(model, volume, prob * 0, prompt, settings, 2), code)

@@ -415,8 +415,13 @@ def pick_tomogram(
     bf16: bool = True,
     progress: bool = True,
     save_maps: str | os.PathLike | None = None,
+    refine: int = 0,
 ) -> Picks:
     """Pick every prompt's particle in one tomogram.
+
+    ``refine`` > 0 segments twice: the first pass's ``refine`` picks most similar to the prompt
+    (:func:`refined_code`) join the prompt's examples, and the second pass uses the combined code
+    (self-prompting with instances from this tomogram, in their own orientations; twice the time).
 
     Returns
     -------
@@ -442,6 +447,11 @@ def pick_tomogram(
     z = torch.stack([prompt_embedding(model, p) for p in prompts])
     prob = predict_tomogram(model.segmenter, work.volume, z, window=window, stride=stride, batch_size=batch_size,
                             bf16=bf16, progress=progress)
+    if refine > 0:
+        z = torch.stack([refined_code(model, work.volume, prob[k], p, s, refine, bf16=bf16)
+                         for k, (p, s) in enumerate(zip(prompts, settings_list))])
+        prob = predict_tomogram(model.segmenter, work.volume, z, window=window, stride=stride, batch_size=batch_size,
+                                bf16=bf16, progress=progress)
     if save_maps:
         from cryopick.io.images import write_mrc
 
@@ -463,6 +473,31 @@ def pick_tomogram(
     import pandas as pd
 
     return Picks(pd.concat(tables, ignore_index=True), pixel_size=image.pixel_size, ndim=3)
+
+
+def refined_code(model: ProPicker, volume, prob: np.ndarray, prompt: Prompt, settings: PickSettings, n: int,
+                 bf16: bool = True) -> torch.Tensor:
+    """Prompt code made from the prompt's examples plus the ``n`` first-pass picks most similar to it.
+
+    Candidates are ProPicker-C components of ``prob`` under ``settings`` (threshold, size limits
+    from the prompt's diameter, minimum similarity); they are ranked by :class:`PromptSimilarity` and
+    the best ``n`` are cut from ``volume`` (working scale) and combined with the examples
+    (:meth:`ProPicker.combine`, each seen in its 8 mirror views). With no candidate, or for a
+    fine-tuned model with a fixed code, the prompt's own code is returned.
+    """
+    code = prompt_embedding(model, prompt)
+    if model.meta.get("finetuned") or n <= 0:
+        return code
+    similarity = PromptSimilarity(model, volume, code, bf16=bf16)
+    lo, hi = settings.size_limits(prompt.diameter)
+    radius = prompt.diameter / 2 if prompt.diameter else None
+    coords, _ = cluster_picks(np.asarray(prob), threshold=settings.threshold, min_size=lo, max_size=hi,
+                              min_distance=radius, similarity=similarity, min_similarity=settings.min_similarity)
+    if len(coords) == 0:
+        return code
+    best = coords[np.argsort(-similarity(coords), kind="stable")[:n]]
+    subs = np.concatenate([prompt.subvolumes, np.stack([cut_prompt(volume, c) for c in best])])
+    return model.combine(model.embed(flipped_views(subs)))
 
 
 def postprocess(prob: np.ndarray, volume, prompt: Prompt, settings: PickSettings,

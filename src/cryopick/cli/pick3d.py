@@ -45,6 +45,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-distance", type=float, help="NMS distance, working voxels (default: radius)")
     parser.add_argument("--tm-threshold", type=float, help="minimum NCC of a ProPicker-TM pick")
     parser.add_argument("--tm-angle", type=float, help="ProPicker-TM angular step, degrees (default 30)")
+    parser.add_argument("--refine", type=int, default=0, metavar="N",
+                        help="segment twice: the second time prompted with the prompt plus the N first-pass picks "
+                        "most similar to it (self-prompting; twice the time; 0 = off)")
     parser.add_argument("--format", nargs="+", default=["relion5"], choices=FORMATS, help="output formats")
     parser.add_argument("--model", help="ProPicker checkpoint (default: the shipped propicker-small weights)")
     parser.add_argument("--batch", type=int, default=4, help="windows per forward pass")
@@ -102,7 +105,7 @@ def main(args: argparse.Namespace) -> int:
             continue
         picks = pick_tomogram(image, prompts, model, settings, stride=args.stride, window=args.window,
                               batch_size=args.batch, bf16=not args.no_bf16,
-                              save_maps=out / "maps" if args.save_maps else None)
+                              save_maps=out / "maps" if args.save_maps else None, refine=args.refine)
         write_picks3d(picks, out, args.format, tomo_shape=image.shape)
         counts = picks.table["label"].value_counts().to_dict()
         write_text(marker, json.dumps({"tomogram": str(path), "picks": counts}) + "\n")
