@@ -147,7 +147,7 @@ def _plain(v):
 # -- one annotated tomogram, end to end ----------------------------------------------------------------
 def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "cluster", stride: int = 32,
                        tolerance: float | None = None, tm_angle: float = 30.0, bf16: bool = True,
-                       similarity: bool = True, progress: bool = True) -> tuple[SweepResult, dict]:
+                       similarity: bool = True, refine: int = 0, progress: bool = True) -> tuple[SweepResult, dict]:
     """Segment ``tomogram`` for ``prompt`` and sweep the post-processing against ``truth``.
 
     Parameters
@@ -161,6 +161,9 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
         ``"cluster"``: threshold × min size × max size (× minimum prompt similarity when
         ``similarity``, see :class:`cryopick.pick3d.PromptSimilarity`); ``"tm"``: ProPicker-TM NCC
         threshold (mask threshold 0.5).
+    refine
+        Segment as ``pick_tomogram(refine=refine)`` does (self-prompting with the first pass's most
+        similar picks under the model's default settings); calibrate with the value you pick with.
 
     Returns
     -------
@@ -170,7 +173,7 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
     from cryopick.errors import CryopickError
     from cryopick.io.images import Image, read_tomogram
     from cryopick.models.promptable3d import load_propicker
-    from cryopick.pick3d import PromptSimilarity, prompt_embedding, working_tomogram
+    from cryopick.pick3d import PromptSimilarity, default_settings, prompt_embedding, refined_code, working_tomogram
     from cryopick.predict3d import predict_tomogram
 
     model = model or load_propicker()
@@ -185,6 +188,9 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
     truth_w = work.to_working(truth.coords)
     z = prompt_embedding(model, prompt)[None]
     prob = predict_tomogram(model.segmenter, work.volume, z, stride=stride, bf16=bf16, progress=progress)[0]
+    if refine > 0:
+        z = refined_code(model, work.volume, prob, prompt, default_settings(model), refine, bf16=bf16)[None]
+        prob = predict_tomogram(model.segmenter, work.volume, z, stride=stride, bf16=bf16, progress=progress)[0]
     tol = prompt.diameter / 2 if tolerance is None else tolerance
     if mode == "cluster":
         sim = PromptSimilarity(model, work.volume, z[0], bf16=bf16) if similarity else None
@@ -198,6 +204,7 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
     else:
         raise CryopickError(f"unknown mode {mode!r}; use cluster or tm")
     settings = settings_from_best(result.best, mode)
+    settings["refine"] = refine
     if mode == "tm":
         settings["tm_angle"] = tm_angle
     info = {"tomogram": image.name, "prompt": prompt.label, "best_case": {k: result.best[k] for k in

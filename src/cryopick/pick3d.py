@@ -341,7 +341,8 @@ class PickSettings:
     of the prompt's diameter, used where ``min_size`` / ``max_size`` are not set (defaults 0.1 and
     1.2; calibration files store factors, so one file serves prompts of any size); ``min_similarity``:
     cluster mode drops components whose :class:`PromptSimilarity` to the prompt (cosine, -1..1) is
-    below this (``None``: no such check); ``min_distance``: NMS
+    below this (``None``: no such check); ``refine``: self-prompting with this many first-pass
+    picks (:func:`refined_code`; 0 = one pass); ``min_distance``: NMS
     distance in working voxels (``None``: the particle radius); ``tm_threshold``: minimum NCC score
     of a ProPicker-TM pick; ``tm_angle``: angular step (degrees) of its rotational search.
     """
@@ -352,6 +353,7 @@ class PickSettings:
     min_factor: float = 0.1
     max_factor: float | None = 1.2
     min_similarity: float | None = None
+    refine: int = 0
     min_distance: float | None = None
     tm_threshold: float = 0.15
     tm_angle: float = 30.0
@@ -415,11 +417,12 @@ def pick_tomogram(
     bf16: bool = True,
     progress: bool = True,
     save_maps: str | os.PathLike | None = None,
-    refine: int = 0,
+    refine: int | None = None,
 ) -> Picks:
     """Pick every prompt's particle in one tomogram.
 
-    ``refine`` > 0 segments twice: the first pass's ``refine`` picks most similar to the prompt
+    ``refine`` (default: each prompt's ``settings.refine``) > 0 segments twice: the first pass's
+    ``refine`` picks most similar to the prompt under the model's default settings
     (:func:`refined_code`) join the prompt's examples, and the second pass uses the combined code
     (self-prompting with instances from this tomogram, in their own orientations; twice the time).
 
@@ -447,9 +450,11 @@ def pick_tomogram(
     z = torch.stack([prompt_embedding(model, p) for p in prompts])
     prob = predict_tomogram(model.segmenter, work.volume, z, window=window, stride=stride, batch_size=batch_size,
                             bf16=bf16, progress=progress)
-    if refine > 0:
-        z = torch.stack([refined_code(model, work.volume, prob[k], p, s, refine, bf16=bf16)
-                         for k, (p, s) in enumerate(zip(prompts, settings_list))])
+    n_refine = [s.refine if refine is None else refine for s in settings_list]
+    if max(n_refine) > 0:
+        first_pass = default_settings(model)
+        z = torch.stack([refined_code(model, work.volume, prob[k], p, first_pass, n, bf16=bf16)
+                         for k, (p, n) in enumerate(zip(prompts, n_refine))])
         prob = predict_tomogram(model.segmenter, work.volume, z, window=window, stride=stride, batch_size=batch_size,
                                 bf16=bf16, progress=progress)
     if save_maps:

@@ -28,6 +28,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, help="match distance in working voxels (default: the radius)")
     parser.add_argument("--no-similarity", dest="similarity", action="store_false",
                         help="do not sweep the minimum prompt similarity of a pick (cluster mode)")
+    parser.add_argument("--refine", type=int, default=0, metavar="N",
+                        help="segment as `pick3d --refine N` does (calibrate with the value you will pick with)")
     parser.add_argument("--tm-angle", type=float, default=30.0, help="ProPicker-TM angular step, degrees")
     parser.add_argument("--model", help="ProPicker checkpoint (default: shipped weights)")
     parser.add_argument("--threads", type=int, default=1,
@@ -54,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
     model = load_propicker(args.model).to(args.device)
     result, payload = calibrate_tomogram(image, truth, prompt, model, mode=args.mode,
                                          stride=args.stride, tolerance=args.tolerance, tm_angle=args.tm_angle,
-                                         similarity=args.similarity)
+                                         similarity=args.similarity, refine=args.refine)
     out = Path(args.output) if args.output else Path(args.prompt).with_name(Path(args.prompt).stem + "_settings.json")
     save_settings(out, payload["settings"], **payload["info"])
     with atomic_path(out.with_suffix(".csv")) as tmp:

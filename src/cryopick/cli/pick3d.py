@@ -45,9 +45,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-distance", type=float, help="NMS distance, working voxels (default: radius)")
     parser.add_argument("--tm-threshold", type=float, help="minimum NCC of a ProPicker-TM pick")
     parser.add_argument("--tm-angle", type=float, help="ProPicker-TM angular step, degrees (default 30)")
-    parser.add_argument("--refine", type=int, default=0, metavar="N",
+    parser.add_argument("--refine", type=int, metavar="N",
                         help="segment twice: the second time prompted with the prompt plus the N first-pass picks "
-                        "most similar to it (self-prompting; twice the time; 0 = off)")
+                        "most similar to it (self-prompting; twice the time; 0 = off; default: the settings file's)")
     parser.add_argument("--format", nargs="+", default=["relion5"], choices=FORMATS, help="output formats")
     parser.add_argument("--model", help="ProPicker checkpoint (default: the shipped propicker-small weights)")
     parser.add_argument("--batch", type=int, default=4, help="windows per forward pass")
