@@ -9,8 +9,10 @@ Measures, on simulated tomograms whose particle classes were never seen in train
    calibrated on A applied to B and those from B applied to A; F1 with the default settings
    (`cryopick.pick3d.default_settings`: the threshold and size factors recommended with the weights,
    applied to the true diameter). A pick is correct within one radius of a true centre, one-to-one.
-2. *speed* — one prompt on a 200×512×512 tomogram at stride 32 (2 threads), in a child process: wall
-   time and peak resident memory.
+   The sweeps include the minimum prompt similarity (``--no-similarity``: without it; the summary
+   also gives the best case without it); ``--refine N`` segments a second time with self-prompting.
+2. *speed* — one prompt on a 200×512×512 tomogram at stride 32 (``--threads``), with the weights'
+   default settings (``--refine`` as given), in a child process: wall time and peak resident memory.
 3. *template matching* — on a 128-voxel-wide corner of tomogram B of the first set, for a few
    classes: exhaustive FFT template matching (the prompt as template, whole crop, angular step
    ``--tm-angle``) against ProPicker-C and ProPicker-TM (same template and angular step, inside the
@@ -147,7 +149,7 @@ def speed_child(args) -> None:
 
     from cryopick.io.images import read_tomogram
     from cryopick.models.promptable3d import load_propicker
-    from cryopick.pick3d import Prompt, PickSettings, cut_prompt, pick_tomogram
+    from cryopick.pick3d import Prompt, cut_prompt, default_settings, pick_tomogram
 
     torch.set_num_threads(args.threads)
     meta = json.loads(Path(args.speed_child).with_suffix(".json").read_text())
@@ -160,7 +162,8 @@ def speed_child(args) -> None:
     import resource
 
     t0, r0, load0 = time.time(), resource.getrusage(resource.RUSAGE_SELF), os.getloadavg()[0]
-    picks = pick_tomogram(image, [prompt], model, PickSettings(), stride=args.stride, progress=False)
+    picks = pick_tomogram(image, [prompt], model, default_settings(model), stride=args.stride, progress=False,
+                          refine=args.refine)
     wall = time.time() - t0
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
@@ -197,7 +200,7 @@ def speed(args, quick: bool) -> dict:
                                                           "diameter": float(first.diameter)}))
         del tomo
     cmd = [sys.executable, __file__, "--speed-child", str(path), "--threads", str(args.threads),
-           "--stride", str(args.stride)] + (["--model", args.model] if args.model else [])
+           "--stride", str(args.stride), "--refine", str(args.refine)] + (["--model", args.model] if args.model else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["shape"] = list(shape)
