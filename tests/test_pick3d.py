@@ -362,3 +362,28 @@ def test_refined_code_adds_the_most_similar_first_pass_picks():
     assert torch.isclose(refined[:32].norm(), torch.tensor(1.0))
     # Nothing above the threshold: the prompt's own code.
     torch.testing.assert_close(refined_code(model, volume, prob * 0, prompt, settings, 2), code)
+
+
+def test_pick_tomogram_refine_segments_twice_with_the_refined_code(monkeypatch):
+    import cryopick.pick3d as P
+    from cryopick.io.images import Image
+    from cryopick.models.promptable3d import build_propicker_small
+
+    torch.manual_seed(0)
+    model = build_propicker_small(widths=[4, 8], encoder_widths=[4, 4]).eval()
+    volume = np.random.default_rng(3).normal(size=(32, 48, 48)).astype(np.float32)
+    image = Image(volume, pixel_size=10.0, path=Path("t.mrc"))
+    prompt = P.Prompt(P.cut_prompt(volume, (20, 20, 16))[None], np.array([[20.0, 20.0, 16.0]]), "t", 10.0, 1.0,
+                      8.0, "p")
+    codes = []
+    real = P.predict_tomogram
+    monkeypatch.setattr(P, "predict_tomogram", lambda seg, vol, z, **kw: codes.append(z.clone()) or real(seg, vol, z, **kw))
+    refined = torch.ones(model.segmenter.code_dim)
+    monkeypatch.setattr(P, "refined_code", lambda *a, **kw: refined)
+    settings = P.PickSettings(threshold=0.5, refine=3)
+    picks = P.pick_tomogram(image, [prompt], model, settings, window=32, stride=16, progress=False)
+    assert len(codes) == 2 and torch.equal(codes[1][0], refined)
+    assert set(picks.table["label"]) <= {"p"}
+    codes.clear()
+    P.pick_tomogram(image, [prompt], model, settings, window=32, stride=16, progress=False, refine=0)
+    assert len(codes) == 1  # the argument overrides the settings
