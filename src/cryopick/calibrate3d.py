@@ -82,9 +82,10 @@ def sweep_cluster(prob: np.ndarray, truth: np.ndarray, diameter: float, *,
                 coords, scores = comp.centroids[keep], comp.scores[keep]
                 sims = similarity(coords) if similarity is not None and len(coords) else np.zeros(len(coords))
                 for smin in (min_similarities if similarity is not None else (None,)):
-                    c = coords if smin is None else coords[sims >= smin]
+                    ok = slice(None) if smin is None else sims >= smin
+                    c = coords[ok]
                     if min_distance and len(c):
-                        c = c[nms_points(c, scores if smin is None else scores[sims >= smin], min_distance)]
+                        c = c[nms_points(c, scores[ok], min_distance)]
                     m = match_points(c, truth, tolerance)
                     rows.append({"threshold": float(t), "min_size": fmin * vol, "max_size": fmax * vol,
                                  "min_factor": fmin, "max_factor": fmax,
@@ -173,8 +174,7 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
     from cryopick.errors import CryopickError
     from cryopick.io.images import Image, read_tomogram
     from cryopick.models.promptable3d import load_propicker
-    from cryopick.pick3d import PromptSimilarity, default_settings, prompt_embedding, refined_code, working_tomogram
-    from cryopick.predict3d import predict_tomogram
+    from cryopick.pick3d import PromptSimilarity, segment, working_tomogram
 
     model = model or load_propicker()
     image = tomogram if isinstance(tomogram, Image) else read_tomogram(tomogram)
@@ -186,11 +186,8 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
         raise CryopickError("the prompt has no particle diameter; remake it with --diameter")
     work = working_tomogram(image, binning=prompt.binning, voxel_size=prompt.voxel_size, invert=prompt.invert)
     truth_w = work.to_working(truth.coords)
-    z = prompt_embedding(model, prompt)[None]
-    prob = predict_tomogram(model.segmenter, work.volume, z, stride=stride, bf16=bf16, progress=progress)[0]
-    if refine > 0:
-        z = refined_code(model, work.volume, prob, prompt, default_settings(model), refine, bf16=bf16)[None]
-        prob = predict_tomogram(model.segmenter, work.volume, z, stride=stride, bf16=bf16, progress=progress)[0]
+    probs, z = segment(model, work.volume, [prompt], [refine], stride=stride, bf16=bf16, progress=progress)
+    prob = probs[0]
     tol = prompt.diameter / 2 if tolerance is None else tolerance
     if mode == "cluster":
         sim = PromptSimilarity(model, work.volume, z[0], bf16=bf16) if similarity else None

@@ -447,16 +447,9 @@ def pick_tomogram(
                      for s in settings_list]
     image = tomogram if isinstance(tomogram, Image) else read_tomogram(tomogram)
     work = working_tomogram(image, binning=first.binning, voxel_size=first.voxel_size, invert=first.invert)
-    z = torch.stack([prompt_embedding(model, p) for p in prompts])
-    prob = predict_tomogram(model.segmenter, work.volume, z, window=window, stride=stride, batch_size=batch_size,
-                            bf16=bf16, progress=progress)
     n_refine = [s.refine if refine is None else refine for s in settings_list]
-    if max(n_refine) > 0:
-        first_pass = default_settings(model)
-        z = torch.stack([refined_code(model, work.volume, prob[k], p, first_pass, n, bf16=bf16)
-                         for k, (p, n) in enumerate(zip(prompts, n_refine))])
-        prob = predict_tomogram(model.segmenter, work.volume, z, window=window, stride=stride, batch_size=batch_size,
-                                bf16=bf16, progress=progress)
+    prob, z = segment(model, work.volume, prompts, n_refine, window=window, stride=stride, batch_size=batch_size,
+                      bf16=bf16, progress=progress)
     if save_maps:
         from cryopick.io.images import write_mrc
 
@@ -480,17 +473,40 @@ def pick_tomogram(
     return Picks(pd.concat(tables, ignore_index=True), pixel_size=image.pixel_size, ndim=3)
 
 
+def segment(model: ProPicker, volume, prompts: Sequence[Prompt], refine: Sequence[int], *, window: int = 64,
+            stride: int = 32, batch_size: int = 4, bf16: bool = True,
+            progress: bool = True) -> tuple[np.ndarray, torch.Tensor]:
+    """Probability maps ``(P, D, H, W)`` of ``prompts`` in ``volume`` (working scale) and the ``(P, code_dim)``
+    codes that made them.
+
+    One pass with the prompts' codes; when any ``refine[k]`` > 0 a second pass with each prompt's
+    :func:`refined_code` (first-pass candidates under the model's :func:`default_settings`, so that
+    calibration and picking refine alike; prompts with 0 keep their code).
+    """
+    z = torch.stack([prompt_embedding(model, p) for p in prompts])
+    prob = predict_tomogram(model.segmenter, volume, z, window=window, stride=stride, batch_size=batch_size,
+                            bf16=bf16, progress=progress)
+    if max(refine, default=0) > 0:
+        first_pass = default_settings(model)
+        z = torch.stack([refined_code(model, volume, prob[k], p, first_pass, n, bf16=bf16, code=z[k])
+                         for k, (p, n) in enumerate(zip(prompts, refine))])
+        prob = predict_tomogram(model.segmenter, volume, z, window=window, stride=stride, batch_size=batch_size,
+                                bf16=bf16, progress=progress)
+    return prob, z
+
+
 def refined_code(model: ProPicker, volume, prob: np.ndarray, prompt: Prompt, settings: PickSettings, n: int,
-                 bf16: bool = True) -> torch.Tensor:
+                 bf16: bool = True, code: torch.Tensor | None = None) -> torch.Tensor:
     """Prompt code made from the prompt's examples plus the ``n`` first-pass picks most similar to it.
 
     Candidates are ProPicker-C components of ``prob`` under ``settings`` (threshold, size limits
     from the prompt's diameter, minimum similarity); they are ranked by :class:`PromptSimilarity` and
     the best ``n`` are cut from ``volume`` (working scale) and combined with the examples
     (:meth:`ProPicker.combine`, each seen in its 8 mirror views). With no candidate, or for a
-    fine-tuned model with a fixed code, the prompt's own code is returned.
+    fine-tuned model with a fixed code, the prompt's own code is returned. ``code``: the prompt's
+    code when already computed (:func:`prompt_embedding`).
     """
-    code = prompt_embedding(model, prompt)
+    code = prompt_embedding(model, prompt) if code is None else code
     if model.meta.get("finetuned") or n <= 0:
         return code
     similarity = PromptSimilarity(model, volume, code, bf16=bf16)
