@@ -70,7 +70,7 @@ def evaluate(picker, test_paths, truth, tolerance: float) -> dict:
 def speed_test(model_dir: Path, jpgs: list[Path], n: int, workdir: Path, threads: int) -> dict:
     """Pick ``n`` 4096^2 float32 MRCs end to end (read, preprocess, infer, post-process, write)."""
     from cryopick.io.images import read_image, write_mrc
-    from cryopick.pick2d import Picker
+    from cryopick.picker2d.pick import Picker
 
     mrc_dir = workdir / "mrc"
     mrc_dir.mkdir(parents=True, exist_ok=True)
@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from cryopick.io.coords import read_picks
-    from cryopick.pick2d import Picker
-    from cryopick.train import TrainConfig, train_from_files
+    from cryopick.picker2d.pick import Picker
+    from cryopick.picker2d.train import TrainConfig, train_from_files
 
     data = Path(args.data)
     jpgs = sorted((data / "micrographs").glob("*.jpg"))

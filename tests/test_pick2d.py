@@ -12,7 +12,8 @@ from cryopick.cli.main import main as cli
 from cryopick.evaluate.matching import match_points
 from cryopick.io.coords import read_picks, write_picks
 from cryopick.io.images import write_mrc, write_png
-from cryopick.pick2d import Picker, predict_probability
+from cryopick.picker2d.pick import Picker
+from cryopick.picker2d.predict import predict_probability
 
 DIAMETER = 24.0  # original pixels; trained at 12 px per particle -> working scale 1/2
 

@@ -11,8 +11,9 @@ import torch
 from cryopick import CryopickError
 from cryopick.models.prompt_encoder import SmallPromptEncoder, TomoTwinEncoder, load_tomotwin, tomotwin_state_dict
 from cryopick.models.promptable3d import PromptableUNet3d
+from cryopick.picker3d.predict import predict_tomogram, ramp, window_starts
 from cryopick.postprocess.cluster3d import cluster_picks, default_size_limits, sphere_volume
-from cryopick.predict3d import predict_tomogram, ramp, reflect_index, window_starts
+from cryopick.preprocess import reflect_index
 
 DATA = Path(__file__).parent / "data" / "tomotwin"
 
@@ -227,7 +228,7 @@ def test_registry_builds_both_sizes():
 
 def test_prototype_mode_and_warm_start_from_a_plain_network():
     from cryopick.models.promptable3d import _build
-    from cryopick.train3d import load_compatible
+    from cryopick.picker3d.train.loop import load_compatible
 
     torch.manual_seed(1)
     plain = _build("propicker-small", {"widths": [4, 8], "encoder_widths": [4, 4]})
@@ -246,8 +247,9 @@ def test_prototype_mode_and_warm_start_from_a_plain_network():
 
 
 def test_calibration_sweep_finds_settings_that_pick3d_reads(tmp_path):
-    from cryopick.calibrate3d import save_settings, settings_from_best, sweep_cluster
-    from cryopick.pick3d import PickSettings, postprocess
+    from cryopick.picker3d.calibrate import save_settings, settings_from_best, sweep_cluster
+    from cryopick.picker3d.card import PickSettings
+    from cryopick.picker3d.pick import postprocess
 
     rng = np.random.default_rng(7)
     centres = np.array([[12, 15, 10], [40, 20, 30], [25, 50, 22], [60, 60, 12]], float)
@@ -270,7 +272,7 @@ def test_calibration_sweep_finds_settings_that_pick3d_reads(tmp_path):
 
 def test_default_settings_come_from_the_model_meta():
     from cryopick.models.promptable3d import build_propicker_small
-    from cryopick.pick3d import default_settings
+    from cryopick.picker3d.card import default_settings
 
     model = build_propicker_small()
     model.meta = {}
@@ -301,8 +303,9 @@ def test_clustering_drops_components_dissimilar_to_the_prompt():
 
 
 def test_calibration_sweep_finds_the_similarity_that_removes_other_particles(tmp_path):
-    from cryopick.calibrate3d import save_settings, settings_from_best, sweep_cluster
-    from cryopick.pick3d import PickSettings, postprocess
+    from cryopick.picker3d.calibrate import save_settings, settings_from_best, sweep_cluster
+    from cryopick.picker3d.card import PickSettings
+    from cryopick.picker3d.pick import postprocess
 
     true = np.array([[12, 15, 10], [40, 20, 30], [25, 50, 22]], float)
     other = np.array([[60, 60, 12], [60, 15, 36]], float)  # same size and probability: only similarity tells
@@ -324,7 +327,8 @@ def test_calibration_sweep_finds_the_similarity_that_removes_other_particles(tmp
 
 def test_prompt_similarity_of_the_prompt_itself_is_one_and_is_cached():
     from cryopick.models.promptable3d import build_propicker_small
-    from cryopick.pick3d import PromptSimilarity, cut_prompt
+    from cryopick.picker3d.prompt import cut_prompt
+    from cryopick.picker3d.similarity import PromptSimilarity
 
     torch.manual_seed(0)
     model = build_propicker_small(widths=[4, 8], encoder_widths=[4, 4]).eval()
@@ -342,8 +346,10 @@ def test_prompt_similarity_of_the_prompt_itself_is_one_and_is_cached():
 
 def test_refined_code_adds_the_most_similar_first_pass_picks():
     from cryopick.models.promptable3d import build_propicker_small
-    from cryopick.pick3d import (PickSettings, Prompt, PromptSimilarity, cut_prompt, flipped_views, prompt_embedding,
-                                 refined_code)
+    from cryopick.picker3d.card import PickSettings
+    from cryopick.picker3d.pick import refined_code
+    from cryopick.picker3d.prompt import Prompt, cut_prompt, flipped_views, prompt_embedding
+    from cryopick.picker3d.similarity import PromptSimilarity
 
     torch.manual_seed(0)
     model = build_propicker_small(widths=[4, 8], encoder_widths=[4, 4]).eval()
@@ -365,22 +371,24 @@ def test_refined_code_adds_the_most_similar_first_pass_picks():
 
 
 def test_pick_tomogram_refine_segments_twice_with_the_refined_code(monkeypatch):
-    import cryopick.pick3d as P
+    import cryopick.picker3d.pick as P
     from cryopick.io.images import Image
     from cryopick.models.promptable3d import build_propicker_small
+    from cryopick.picker3d.card import PickSettings
+    from cryopick.picker3d.prompt import Prompt, cut_prompt
 
     torch.manual_seed(0)
     model = build_propicker_small(widths=[4, 8], encoder_widths=[4, 4]).eval()
     volume = np.random.default_rng(3).normal(size=(32, 48, 48)).astype(np.float32)
     image = Image(volume, pixel_size=10.0, path=Path("t.mrc"))
-    prompt = P.Prompt(P.cut_prompt(volume, (20, 20, 16))[None], np.array([[20.0, 20.0, 16.0]]), "t", 10.0, 1.0,
+    prompt = Prompt(cut_prompt(volume, (20, 20, 16))[None], np.array([[20.0, 20.0, 16.0]]), "t", 10.0, 1.0,
                       8.0, "p")
     codes = []
     real = P.predict_tomogram
     monkeypatch.setattr(P, "predict_tomogram", lambda seg, vol, z, **kw: codes.append(z.clone()) or real(seg, vol, z, **kw))
     refined = torch.ones(model.segmenter.code_dim)
     monkeypatch.setattr(P, "refined_code", lambda *a, **kw: refined)
-    settings = P.PickSettings(threshold=0.5, refine=3)
+    settings = PickSettings(threshold=0.5, refine=3)
     picks = P.pick_tomogram(image, [prompt], model, settings, window=32, stride=16, progress=False)
     assert len(codes) == 2 and torch.equal(codes[1][0], refined)
     assert set(picks.table["label"]) <= {"p"}

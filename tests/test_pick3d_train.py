@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from cryopick.train3d import (PoolConfig, SampleConfig, TrainConfig, load_pool, make_pool, occupancy_from_picks,
-                              sample_batch, train)
+from cryopick.picker3d.train.finetune import occupancy_from_picks
+from cryopick.picker3d.train.loop import TrainConfig, train
+from cryopick.picker3d.train.pool import PoolConfig, load_pool, make_pool
+from cryopick.picker3d.train.sampling import SampleConfig, sample_batch
 
 TINY_POOL = PoolConfig(shape=(32, 48, 48), classes_per_tomogram=3, n_particles=(6, 8), diameter_A=(60, 120),
                        membranes=(0, 0), gold_beads=(0, 1))
@@ -40,7 +42,7 @@ def test_batches_have_prompts_of_present_classes(pool_dir):
 
 
 def test_contrastive_loss_prefers_class_clusters():
-    from cryopick.train3d import contrastive_loss
+    from cryopick.picker3d.train.losses import contrastive_loss
 
     ids = torch.tensor([0, 0, 1, 1, -1])
     good = torch.nn.functional.normalize(torch.tensor([[1.0, 0], [0.9, 0.1], [0, 1.0], [0.1, 0.9], [1, 1]]), dim=1)
@@ -74,10 +76,11 @@ def test_occupancy_targets_are_balls():
 def test_export_records_settings_with_the_best_mean_f1(pool_dir, tmp_path, monkeypatch):
     import pandas as pd
 
-    import cryopick.calibrate3d as cal
+    import cryopick.picker3d.calibrate as cal
     from cryopick.models.promptable3d import build_propicker_small, load_propicker
-    from cryopick.pick3d import default_settings
-    from cryopick.train3d import export_weights, recommend_settings
+    from cryopick.picker3d.card import default_settings
+    from cryopick.picker3d.train.finetune import recommend_settings
+    from cryopick.picker3d.train.loop import export_weights
 
     torch.set_num_threads(1)
     model = build_propicker_small(**TINY_MODEL)

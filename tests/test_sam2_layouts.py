@@ -13,7 +13,7 @@ import torch
 from cryopick.errors import CryopickError
 from cryopick.models.registry import available_models, build_model
 from cryopick.models.sam2 import CryoFSL
-from cryopick.models.sam2.checkpoint import PROMPT_KEYS, load_into, load_state
+from cryopick.models.sam2.checkpoint import PROMPT_KEYS, load_state
 from cryopick.models.sam2.configs import OFFICIAL_CONFIGS, TEST_TINY
 
 DATA = Path(__file__).parent / "data" / "sam2"

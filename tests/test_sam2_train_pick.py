@@ -14,9 +14,9 @@ from cryopick.cli.main import main as cli
 from cryopick.evaluate.matching import match_points
 from cryopick.io.coords import read_picks, write_picks
 from cryopick.io.images import write_mrc
-from cryopick.model_card import load_model
 from cryopick.models.sam2 import CryoFSL
-from cryopick.pick2d import Picker
+from cryopick.picker2d.card import load_model
+from cryopick.picker2d.pick import Picker
 
 DIAMETER = 24.0  # original pixels; trained at 12 px per particle -> working scale 1/2
 

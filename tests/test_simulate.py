@@ -10,7 +10,7 @@ import pytest
 
 from cryopick.simulate import ctf as C
 from cryopick.simulate import rotations as R
-from cryopick.simulate.densities import ParticleClass, SHAPE_KINDS, read_atoms, splat
+from cryopick.simulate.densities import SHAPE_KINDS, ParticleClass, read_atoms, splat
 from cryopick.simulate.micrograph import simulate_micrograph
 from cryopick.simulate.tomogram import missing_wedge_mask, random_particle_classes, simulate_tomogram
 

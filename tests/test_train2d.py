@@ -7,21 +7,21 @@ import pytest
 import torch
 
 from cryopick import CryopickError
-from cryopick.model_card import load_card, load_model
-from cryopick.preprocess import WorkingFrame
-from cryopick.train import TrainConfig, WorkingScale, train_picker
-from cryopick.train import loop as train_loop
-from cryopick.train.augment import AugmentConfig, sample_patch
-from cryopick.train.calibrate import ValidationPicks, calibrate_threshold
-from cryopick.train.data import (
+from cryopick.picker2d.calibrate import ValidationPicks, calibrate_threshold
+from cryopick.picker2d.card import load_card, load_model
+from cryopick.picker2d.scale import diameter_in_pixels
+from cryopick.picker2d.train import TrainConfig, WorkingScale, train_picker
+from cryopick.picker2d.train import loop as train_loop
+from cryopick.picker2d.train.augment import AugmentConfig, sample_patch
+from cryopick.picker2d.train.data import (
     TrainingMicrograph,
-    assign_validation_strips,
-    diameter_in_pixels,
     assign_validation,
+    assign_validation_strips,
     disk_target,
     positive_prior,
 )
-from cryopick.train.losses import balanced_bce, nnpu_loss
+from cryopick.picker2d.train.losses import balanced_bce, nnpu_loss
+from cryopick.preprocess import WorkingFrame
 
 
 def synthetic_micrograph(seed: int, size: int = 160, n: int = 28, diameter: float = 12.0):
@@ -216,7 +216,7 @@ def test_interrupted_training_resumes_exactly(tmp_path, monkeypatch, labelled_fr
         return m
 
     reference = train_picker(mics(), scale, tmp_path / "ref", TrainConfig(**config))
-    original = train_loop._save_checkpoint
+    original = train_loop.save_checkpoint
     calls = {"n": 0}
 
     def save_then_crash(*args, **kwargs):
@@ -225,10 +225,10 @@ def test_interrupted_training_resumes_exactly(tmp_path, monkeypatch, labelled_fr
         if calls["n"] == crash_at:
             raise KeyboardInterrupt  # the user pressed Ctrl-C after this epoch
 
-    monkeypatch.setattr(train_loop, "_save_checkpoint", save_then_crash)
+    monkeypatch.setattr(train_loop, "save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         train_picker(mics(), scale, tmp_path / "run", TrainConfig(**config))
-    monkeypatch.setattr(train_loop, "_save_checkpoint", original)
+    monkeypatch.setattr(train_loop, "save_checkpoint", original)
     assert (tmp_path / "run" / "checkpoint.pt").exists()
     with pytest.raises(CryopickError, match="different settings"):
         train_picker(mics(), scale, tmp_path / "run", TrainConfig(**dict(config, lr=1e-3)))
@@ -275,7 +275,7 @@ class _FixedSizeBackbone(torch.nn.Module):
 
 def test_backbone_contract_fixed_size_and_frozen_checkpoint(tmp_path):
     from cryopick.models.registry import register_model
-    from cryopick.pick2d import Picker
+    from cryopick.picker2d.pick import Picker
 
     base = tmp_path / "base.pt"
     torch.save(_FixedSizeBackbone().state_dict(), base)

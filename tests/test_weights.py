@@ -10,9 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from cryopick import weights as W
 from cryopick.cli.main import main as cli_main
 from cryopick.errors import CryopickError
+from cryopick.models import download as W
+from cryopick.models.sam2.checkpoint import verify_sam2_checkpoint
 
 DATA = bytes((i * 7919 + i // 251) % 256 for i in range(50_000))
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -161,10 +162,10 @@ def test_sam2_verification_accepts_real_layout_and_rejects_other_files(tmp_path)
     model = build_model("sam2-test-tiny")
     torch.save({"model": model.sam2_state_dict()}, good)
     with _Server(payload=good.read_bytes()) as srv:
-        path = _get(srv.url, tmp_path / "ok.pt", verify=W.verify_sam2_checkpoint("sam2-test-tiny"))
+        path = _get(srv.url, tmp_path / "ok.pt", verify=verify_sam2_checkpoint("sam2-test-tiny"))
     assert path.is_file()
     with _Server() as srv, pytest.raises(CryopickError, match="failed verification.*not a readable PyTorch"):
-        _get(srv.url, tmp_path / "bad.pt", verify=W.verify_sam2_checkpoint("sam2-test-tiny"))
+        _get(srv.url, tmp_path / "bad.pt", verify=verify_sam2_checkpoint("sam2-test-tiny"))
     assert not (tmp_path / "bad.pt").exists() and not (tmp_path / "bad.pt.part").exists()
 
 

@@ -7,6 +7,7 @@ All functions work on 2D micrographs and 3D tomograms alike (numpy ``[z][y][x]``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -141,3 +142,36 @@ def highpass(image: np.ndarray, sigma_px: float) -> np.ndarray:
 
     image = np.asarray(image, dtype=np.float32)
     return image - gaussian_filter(image, sigma_px, mode="reflect")
+
+
+def reflect_index(index: np.ndarray, length: int) -> np.ndarray:
+    """Map any integer indices into ``[0, length)`` by mirror reflection without edge repeat."""
+    index = np.asarray(index)
+    if length == 1:
+        return np.zeros_like(index)
+    period = 2 * (length - 1)
+    index = np.mod(index, period)
+    return np.where(index >= length, period - index, index)
+
+
+def read_block(volume, starts: Sequence[int], size: Sequence[int]) -> np.ndarray:
+    """Read ``volume[s:s+n]`` on each axis with reflection outside the volume, as float32."""
+    slices, index = [], []
+    for s, n, length in zip(starts, size, volume.shape):
+        idx = reflect_index(np.arange(s, s + n), length)
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        slices.append(slice(lo, hi))
+        index.append(idx - lo)
+    block = np.asarray(volume[tuple(slices)], dtype=np.float32)
+    return block[np.ix_(*index)]
+
+
+def cut_cube(volume, centre_xyz: Sequence[float], size: int) -> np.ndarray:
+    """The ``size``³ block of ``volume`` (``(D, H, W)``) centred on the voxel nearest ``centre_xyz``.
+
+    ``centre_xyz`` is ``x, y, z`` in voxels (0-based, voxel centres); the block starts at
+    ``round(centre) - size // 2`` on each axis and is read with mirror reflection outside the volume.
+    Returns float32 ``(size, size, size)`` indexed ``[z, y, x]``.
+    """
+    start = np.round(np.asarray(centre_xyz, float)[::-1]).astype(int) - size // 2
+    return read_block(volume, tuple(int(s) for s in start), (size,) * 3)

@@ -42,11 +42,12 @@ def main(args: argparse.Namespace) -> int:
 
     import torch
 
-    from cryopick.calibrate3d import calibrate_tomogram, save_settings
     from cryopick.io.atomic import atomic_path
     from cryopick.io.images import read_tomogram
     from cryopick.models.promptable3d import load_propicker
-    from cryopick.pick3d import load_prompt, read_truth
+    from cryopick.picker3d.calibrate import calibrate_tomogram, save_settings
+    from cryopick.picker3d.pick import read_truth
+    from cryopick.picker3d.prompt import load_prompt
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -41,9 +41,9 @@ def main(args: argparse.Namespace) -> int:
     from cryopick.evaluate.matching import match_points, precision_recall_f1
     from cryopick.io.atomic import write_text
     from cryopick.io.coords import read_picks
-    from cryopick.model_card import CARD_NAME, load_card
-    from cryopick.pick2d import Picker
-    from cryopick.train import TrainConfig, train_from_files
+    from cryopick.picker2d.card import CARD_NAME, load_card
+    from cryopick.picker2d.pick import Picker
+    from cryopick.picker2d.train import TrainConfig, train_from_files
 
     data = example_dir()
     out = Path(args.output)

@@ -38,8 +38,10 @@ def main(args: argparse.Namespace) -> int:
     from cryopick.errors import CryopickError
     from cryopick.io.images import read_tomogram
     from cryopick.models.promptable3d import load_propicker
-    from cryopick.pick3d import load_prompt, read_truth, working_tomogram
-    from cryopick.train3d import finetune, occupancy_from_picks
+    from cryopick.picker3d.pick import read_truth
+    from cryopick.picker3d.prompt import load_prompt
+    from cryopick.picker3d.scale import working_tomogram
+    from cryopick.picker3d.train.finetune import finetune, occupancy_from_picks
 
     if args.threads:
         torch.set_num_threads(args.threads)

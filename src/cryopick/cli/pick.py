@@ -36,7 +36,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from cryopick.pick2d import Picker
+    from cryopick.picker2d.pick import Picker
 
     picker = Picker(args.model, threshold=args.threshold, min_distance=args.min_distance,
                     pixel_size=args.pixel_size, bf16={"auto": None, "on": True, "off": False}[args.bf16],

@@ -70,7 +70,9 @@ def main(args: argparse.Namespace) -> int:
     from cryopick.io.atomic import write_text
     from cryopick.io.images import list_images, read_tomogram
     from cryopick.models.promptable3d import load_propicker
-    from cryopick.pick3d import PickSettings, default_settings, load_prompt, pick_tomogram, write_picks3d
+    from cryopick.picker3d.card import PickSettings, default_settings
+    from cryopick.picker3d.pick import pick_tomogram, write_picks3d
+    from cryopick.picker3d.prompt import load_prompt
 
     if args.threads:
         torch.set_num_threads(args.threads)

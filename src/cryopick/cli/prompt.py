@@ -51,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
 
     from cryopick.errors import CryopickError
     from cryopick.models.promptable3d import load_propicker
-    from cryopick.pick3d import make_prompt, save_prompt
+    from cryopick.picker3d.prompt import make_prompt, save_prompt
 
     torch.set_num_threads(args.threads)
     positions = list(args.at)

@@ -66,7 +66,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from cryopick.errors import CryopickError
-    from cryopick.train import TrainConfig, train_from_files
+    from cryopick.picker2d.train import TrainConfig, train_from_files
 
     out = Path(args.output)
     if args.overwrite and out.exists():

@@ -55,7 +55,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from cryopick.train3d import SampleConfig, TrainConfig, make_pool, train
+    from cryopick.picker3d.train.loop import TrainConfig, train
+    from cryopick.picker3d.train.pool import make_pool
+    from cryopick.picker3d.train.sampling import SampleConfig
 
     torch.set_num_threads(args.threads)
     if args.val_pool and args.val_seed == args.pool_seed:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 
-from cryopick import weights as W
 from cryopick.errors import CryopickError
+from cryopick.models import download as W
+from cryopick.models.sam2.checkpoint import download
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"{row['name']:24s} {row['filename']:26s} {state}")
         return 0
     if args.weights_command == "download":
-        path = W.download(args.name, cache=args.cache, url=args.url, sha256=args.sha256, retries=args.retries)
+        path = download(args.name, cache=args.cache, url=args.url, sha256=args.sha256, retries=args.retries)
         print(path)
         return 0
     if args.weights_command == "path":

@@ -8,7 +8,7 @@ already prepared by :meth:`prepare`, returns ``(B, 32)`` unit vectors):
   unchanged. TomoTwin multiplies tomograms by −1 (dark particles become bright) and z-scores each
   window; :meth:`TomoTwinEncoder.prepare` does both.
 - ``"prompt-encoder-small"`` — :class:`SmallPromptEncoder`, the CPU-sized encoder trained jointly
-  with the segmentation network (:mod:`cryopick.train3d`). It sees the same contrast as the
+  with the segmentation network (:mod:`cryopick.picker3d.train`). It sees the same contrast as the
   segmenter (no inversion) and z-scores each window.
 """
 

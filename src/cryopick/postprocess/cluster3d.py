@@ -4,11 +4,11 @@ Threshold the map, label 6-connected components, keep those whose size in voxels
 ``[min_size, max_size]`` (defaults from the particle diameter: 0.1× and 1.2× the volume of a sphere of
 that diameter), and report each component's centroid. Score = the component's mean probability.
 Optionally, components whose *prompt similarity* (any callable of the centroids, e.g.
-:class:`cryopick.pick3d.PromptSimilarity`) is below ``min_similarity`` are dropped — this removes
+:class:`cryopick.picker3d.similarity.PromptSimilarity`) is below ``min_similarity`` are dropped — this removes
 instances of other particles that the map also lights up — and non-maximum suppression at
 ``min_distance`` removes picks closer than that.
 
-For sweeps (:mod:`cryopick.calibrate3d`) the labelling is split from the size filter:
+For sweeps (:mod:`cryopick.picker3d.calibrate`) the labelling is split from the size filter:
 :func:`components` labels once per threshold, :func:`select` filters by size cheaply.
 """
 

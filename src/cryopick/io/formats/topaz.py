@@ -20,7 +20,14 @@ import pandas as pd
 
 from cryopick.errors import CryopickError
 from cryopick.io.atomic import write_text
-from cryopick.io.formats._common import finish, format_number, micrograph_name_from_path, numeric, read_text, require_columns
+from cryopick.io.formats._common import (
+    finish,
+    format_number,
+    micrograph_name_from_path,
+    numeric,
+    read_text,
+    require_columns,
+)
 from cryopick.io.images import image_name
 from cryopick.picks import Picks
 

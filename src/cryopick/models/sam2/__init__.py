@@ -59,7 +59,7 @@ def build_sam2_picker(name: str, checkpoint: str | None = None, image_size: int 
 
 def resolve_checkpoint(checkpoint: str | os.PathLike) -> str:
     """A path as given, or, for a weights name such as ``sam2.1-hiera-large``, its file in the cache."""
-    from cryopick.weights import OFFICIAL_WEIGHTS, weights_path
+    from cryopick.models.download import OFFICIAL_WEIGHTS, weights_path
 
     if Path(checkpoint).exists() or str(checkpoint) not in OFFICIAL_WEIGHTS:
         return str(checkpoint)

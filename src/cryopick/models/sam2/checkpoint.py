@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from cryopick.errors import CryopickError
-from cryopick.models.sam2.configs import OFFICIAL_CONFIGS
+from cryopick.models.download import cache_dir, download_url, get_entry
+from cryopick.models.sam2.configs import OFFICIAL_CONFIGS, get_config
 
 SAM2_PREFIXES = ("image_encoder.", "sam_mask_decoder.")
 PROMPT_KEYS = (
@@ -120,3 +121,33 @@ def load_state(model: torch.nn.Module, obj: Any, source: str = "checkpoint") -> 
     if leftover or result.unexpected_keys:  # cannot happen after the checks above
         raise RuntimeError(f"incomplete load: {leftover[:3]} {result.unexpected_keys[:3]}")
     return kind
+
+
+def verify_sam2_checkpoint(name: str) -> Callable[[Path], None]:
+    """A ``verify`` callback: the file must load and fit config ``name`` exactly (strict key/shape check)."""
+
+    def check(path: Path) -> None:
+        from cryopick.models.sam2.picker import CryoFSL
+
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:
+            raise CryopickError(f"not a readable PyTorch checkpoint ({type(exc).__name__})") from None
+        with torch.device("meta"):
+            model = CryoFSL(get_config(name))
+        meta = {"model": {k: v.to("meta") for k, v in (obj.get("model", {}) if isinstance(obj, dict) else {}).items()}}
+        load_state(model, meta, source=path.name)
+
+    return check
+
+
+def download(name: str, cache: str | os.PathLike | None = None, url: str | None = None,
+             sha256: str | None = None, progress: bool = True, retries: int = 3) -> Path:
+    """Download the official checkpoint for model ``name`` into the cache; returns its path.
+
+    ``url`` overrides Meta's URL (a mirror); ``sha256`` overrides the (unknown) expected checksum.
+    """
+    entry = get_entry(name)
+    dest = cache_dir(cache) / entry.filename
+    return download_url(url or entry.url, dest, sha256=sha256 or entry.sha256, size=entry.size,
+                        verify=verify_sam2_checkpoint(entry.name), retries=retries, progress=progress)

@@ -13,10 +13,16 @@ picks there the estimated precision is ``min(1, R(t) N / n(t))``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cryopick.evaluate.matching import match_points
+from cryopick.picker2d.predict import predict_probability
+from cryopick.postprocess.peaks2d import find_peaks_s1
+
+if TYPE_CHECKING:
+    from cryopick.picker2d.train.data import TrainingMicrograph
 
 
 @dataclass
@@ -89,3 +95,37 @@ def calibrate_threshold(regions: list[ValidationPicks], tolerance: float, labell
         "curve": {"threshold": grid.tolist(), "f1": f1.round(4).tolist(),
                   "precision": precision.round(4).tolist(), "recall": recall.round(4).tolist()},
     }
+
+
+def validation_picks(model, mics: list[TrainingMicrograph], radius: float, context: int,
+                     bf16: bool, mask_threshold: float, score_method: str, min_distance: float,
+                     margin: float = 0.0) -> list[ValidationPicks]:
+    """Run the model on each validation region (plus ``context`` pixels around it) and pick."""
+    regions = []
+    was_training = model.training
+    model.eval()
+    for m in mics:
+        if m.val_box is None:
+            continue
+        y0, y1, x0, x1 = m.val_box
+        h, w = m.shape
+        cy0, cy1, cx0, cx1 = max(0, y0 - context), min(h, y1 + context), max(0, x0 - context), min(w, x1 + context)
+        prob = predict_probability(model, m.image[cy0:cy1, cx0:cx1], bf16=bf16)
+        peaks = find_peaks_s1(prob, radius, threshold=mask_threshold, score=score_method, min_distance=min_distance)
+        coords = peaks.coords + [cx0, cy0]
+        keep = m.in_val(coords, margin)
+        truth = m.coords[m.in_val(m.coords, margin)] if not m.negative else np.zeros((0, 2))
+        regions.append(ValidationPicks(coords[keep], peaks.scores[keep], truth))
+    model.train(was_training)
+    return regions
+
+
+def score_grid(regions: list[ValidationPicks], fine: bool = False) -> np.ndarray:
+    """Candidate thresholds: quantiles of the validation pick scores (scores of well-trained
+    networks crowd near 1, so a fixed grid would be too coarse there), at least 0.3."""
+    scores = np.concatenate([r.scores for r in regions]) if regions else np.zeros(0)
+    scores = scores[scores >= 0.3]
+    if len(scores) == 0:
+        return np.array([0.5])
+    q = np.quantile(scores, np.linspace(0, 0.995, 200 if fine else 40))
+    return np.unique(np.round(np.concatenate([[0.3], q]), 4))

@@ -18,74 +18,8 @@ import numpy as np
 
 from cryopick.errors import CryopickError
 from cryopick.io.images import read_micrograph
-from cryopick.preprocess import WorkingFrame, downsample, normalize
-
-
-@dataclass(frozen=True)
-class WorkingScale:
-    """How micrographs are resampled for the network.
-
-    Attributes
-    ----------
-    factor
-        Downsampling factor: original pixels per working pixel (``>= 1``).
-    diameter
-        Particle diameter in original pixels.
-    pixel_size
-        Original pixel size in Å, or ``None`` when unknown.
-    """
-
-    factor: float
-    diameter: float
-    pixel_size: float | None = None
-
-    @property
-    def working_diameter(self) -> float:
-        """Particle diameter in working pixels."""
-        return self.diameter / self.factor
-
-    @property
-    def working_pixel_size(self) -> float | None:
-        return None if self.pixel_size is None else self.pixel_size * self.factor
-
-    @classmethod
-    def from_diameter(cls, diameter: float, pixel_size: float | None = None,
-                      target_diameter: float = 16.0) -> "WorkingScale":
-        """Choose the factor so the particle is ``target_diameter`` working pixels wide (never
-        upsampling: small particles keep the original sampling)."""
-        if not diameter or diameter <= 0 or not math.isfinite(diameter):
-            raise CryopickError(f"particle diameter must be a positive number of pixels, got {diameter}")
-        return cls(factor=max(1.0, float(diameter) / float(target_diameter)), diameter=float(diameter),
-                   pixel_size=pixel_size)
-
-
-def diameter_in_pixels(diameter: float, unit: str = "px", pixel_size: float | None = None,
-                       source: str = "--diameter") -> float:
-    """Convert a user diameter to original pixels (``unit`` = ``"px"`` or ``"A"``/``"Å"``)."""
-    unit = unit.lower()
-    if unit in ("px", "pixel", "pixels"):
-        return float(diameter)
-    if unit in ("a", "å", "angstrom", "angstroms"):
-        if not pixel_size:
-            raise CryopickError(
-                f"{source} is in Å but the pixel size is unknown; give --pixel-size (Å/px) or the diameter in pixels"
-            )
-        return float(diameter) / float(pixel_size)
-    raise CryopickError(f"unknown diameter unit {unit!r}; use 'px' or 'A'")
-
-
-def prepare_image(data: np.ndarray, factor: float, clip_sigma: float = 4.0) -> tuple[np.ndarray, WorkingFrame]:
-    """Original micrograph ``(H, W)`` -> normalised working image and its frame.
-
-    Fourier-crop by ``factor`` (anti-aliased; it also averages away most shot noise), then
-    robust-normalise (median / MAD, clipped at ``clip_sigma``).
-    """
-    small, frame = downsample(np.asarray(data, dtype=np.float32), factor)
-    # Any NaN or inf in the input spreads over the whole Fourier-cropped image: checking the small
-    # image is enough and cheap.
-    if not np.isfinite(small).all():
-        raise CryopickError("micrograph contains NaN or infinite pixel values; re-export it or mask the bad pixels")
-    return normalize(small, clip_sigma=clip_sigma), frame
+from cryopick.picker2d.scale import WorkingScale, prepare_image
+from cryopick.preprocess import WorkingFrame
 
 
 @dataclass
@@ -252,3 +186,4 @@ def summarise(micrographs: list[TrainingMicrograph]) -> dict:
             for m in micrographs
         ],
     }
+

@@ -19,13 +19,13 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from cryopick.models.prompt_encoder import zscore_windows
+from cryopick.preprocess import read_block
 
 
 def window_starts(length: int, window: int, stride: int) -> np.ndarray:
@@ -35,16 +35,6 @@ def window_starts(length: int, window: int, stride: int) -> np.ndarray:
     n = 1 if length <= window else math.ceil((length - window) / stride) + 1
     span = (n - 1) * stride + window
     return -((span - length) // 2) + stride * np.arange(n)
-
-
-def reflect_index(index: np.ndarray, length: int) -> np.ndarray:
-    """Map any integer indices into ``[0, length)`` by mirror reflection without edge repeat."""
-    index = np.asarray(index)
-    if length == 1:
-        return np.zeros_like(index)
-    period = 2 * (length - 1)
-    index = np.mod(index, period)
-    return np.where(index >= length, period - index, index)
 
 
 def ramp(window: int) -> np.ndarray:
@@ -62,18 +52,6 @@ def weight_sum(length: int, starts: np.ndarray, window: int) -> np.ndarray:
         if hi > lo:
             total[lo:hi] += w[lo - s : hi - s]
     return total
-
-
-def read_block(volume, starts: Sequence[int], size: Sequence[int]) -> np.ndarray:
-    """Read ``volume[s:s+n]`` on each axis with reflection outside the volume, as float32."""
-    slices, index = [], []
-    for s, n, length in zip(starts, size, volume.shape):
-        idx = reflect_index(np.arange(s, s + n), length)
-        lo, hi = int(idx.min()), int(idx.max()) + 1
-        slices.append(slice(lo, hi))
-        index.append(idx - lo)
-    block = np.asarray(volume[tuple(slices)], dtype=np.float32)
-    return block[np.ix_(*index)]
 
 
 class _Output:

@@ -2,7 +2,7 @@
 
 One epoch is ``steps_per_epoch`` optimiser steps on random augmented patches, followed by a
 validation pass over the held-out data (a strip of every micrograph, or whole micrographs; see
-:func:`cryopick.train.data.assign_validation`): the network is run on it,
+:func:`cryopick.picker2d.train.data.assign_validation`): the network is run on it,
 post-processed with Algorithm S1, and matched to the labels -> best-threshold F1. The
 weights with the best validation F1 are kept (``model.pt``), training stops early after
 ``patience`` epochs without improvement or when the time budget is spent, and a resumable
@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,121 +26,34 @@ import torch
 
 from cryopick.errors import CryopickError
 from cryopick.io.atomic import atomic_path
-from cryopick.model_card import CARD_NAME, WEIGHTS_NAME, ModelCard, save_card, save_weights
 from cryopick.models.registry import build_model
-from cryopick.postprocess.peaks2d import find_peaks_s1
-from cryopick.train.augment import AugmentConfig, sample_patch
-from cryopick.train.calibrate import ValidationPicks, calibrate_threshold, f1_curve
-from cryopick.train.data import (
+from cryopick.picker2d.calibrate import ValidationPicks, calibrate_threshold, f1_curve, score_grid, validation_picks
+from cryopick.picker2d.card import CARD_NAME, WEIGHTS_NAME, ModelCard, save_card, save_weights
+from cryopick.picker2d.scale import WorkingScale
+from cryopick.picker2d.train.augment import sample_patch
+from cryopick.picker2d.train.config import TrainConfig
+from cryopick.picker2d.train.data import (
     TrainingMicrograph,
-    WorkingScale,
     assign_validation,
     assign_validation_strips,
     disk_target,
     positive_prior,
     summarise,
 )
-from cryopick.train.losses import nnpu_loss
+from cryopick.picker2d.train.losses import nnpu_loss
+from cryopick.postprocess.peaks2d import find_peaks_s1
+from cryopick.training import WeightAverage, cosine_schedule, save_checkpoint, set_seeds
 
 log = logging.getLogger(__name__)
 
+
 CHECKPOINT_NAME = "checkpoint.pt"
+
+
 PSEUDO_NAME = "pseudo_labels.npz"
+
+
 PREVIOUS_STAGE_NAME = "previous_stage.pt"
-
-
-@dataclass
-class TrainConfig:
-    """Training settings (all recorded in the model card).
-
-    Attributes
-    ----------
-    backbone, backbone_kwargs, checkpoint
-        Model name in the registry, its keyword arguments, and base weights for it (e.g. SAM2).
-    target_diameter
-        Particle diameter in working pixels; sets the downsampling factor.
-    target_radius_fraction
-        Radius of the painted target disk as a fraction of the particle radius.
-    patch_size, batch_size
-        Training patch side (working pixels) and patches per step; ``None`` = from the backbone
-        (its ``preferred_size`` and batch 2) or 192 px and 8.
-    lr, weight_decay, warmup_steps
-        AdamW settings; the learning rate follows a cosine from ``lr`` to ``lr / 100``.
-    epochs, steps_per_epoch, patience, max_minutes
-        Schedule length, early stopping patience (epochs without a better validation F1), and a
-        wall-time budget for the whole run (loading and calibration included).
-    val_fraction, val_mode
-        Fraction of the annotated data held out for validation and calibration: a strip of each
-        micrograph (``"strips"``, default: the held-out labels span every micrograph, so one
-        atypical micrograph cannot set the threshold) or whole micrographs (``"micrographs"``,
-        when at least 3 are annotated; they are then entirely unseen in training).
-    labelled_fraction
-        Fraction of the particles that are annotated (1 = all). Below 1 the positive-unlabelled
-        loss is used and precision on validation data is estimated (see :mod:`.calibrate`).
-    pu_loss
-        With sparse labels, use the nnPU loss (default); ``False`` trains labelled-vs-unlabelled
-        with balanced BCE, whose scores rank particles like the true posterior under random
-        labelling (Elkan & Noto 2008), and relies on the threshold calibration alone.
-    self_training
-        With sparse labels, train a second network on the first one's calibrated picks plus the
-        labels (dense pseudo-labels, balanced BCE); validation still uses the true labels only.
-    self_training_init
-        Starting weights of that second network: ``"fresh"`` (a new initialisation, so it does not
-        inherit the first network's mistakes) or ``"previous"`` (the first network's weights;
-        converges in fewer epochs when the time budget is tight).
-    bf16
-        bfloat16 autocast; ``None`` = use it when the CPU has native bf16 arithmetic.
-    ema_decay
-        Validate, keep and ship an exponential moving average of the trainable weights (smoother
-        than the last iterate with noisy few-shot gradients); ``0`` disables it.
-    mask_threshold, score_method, min_distance
-        Post-processing settings stored in the card (``min_distance`` in original pixels,
-        ``None`` = one particle radius).
-    seed, num_threads, progress
-        Reproducibility, torch CPU threads (``None`` = torch default), tqdm bar.
-    """
-
-    backbone: str = "unet"
-    backbone_kwargs: dict = field(default_factory=dict)
-    checkpoint: str | None = None
-    target_diameter: float = 16.0
-    target_radius_fraction: float = 0.5
-    patch_size: int | None = None
-    batch_size: int | None = None
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 50
-    epochs: int = 30
-    steps_per_epoch: int = 40
-    patience: int = 10
-    max_minutes: float = 9.0
-    val_fraction: float = 0.2
-    val_mode: str = "strips"
-    labelled_fraction: float = 1.0
-    pu_loss: bool = True
-    self_training: bool = True
-    self_training_init: str = "fresh"
-    bf16: bool | None = None
-    mask_threshold: float = 0.5
-    score_method: str = "mean_top"
-    min_distance: float | None = None
-    ema_decay: float = 0.99
-    seed: int = 0
-    num_threads: int | None = None
-    progress: bool = True
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-    def resume_key(self) -> dict:
-        """Settings that must match to resume a checkpoint."""
-        d = asdict(self)
-        for k in ("progress", "num_threads", "max_minutes"):
-            d.pop(k)
-        return d
-
-
-def _set_seeds(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
 
 
 def _prepare_targets(mics: list[TrainingMicrograph], radius: float) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -186,72 +99,6 @@ def _loss(logits, target, weight, negative, prior):
     return loss
 
 
-def validation_picks(model, mics: list[TrainingMicrograph], radius: float, context: int,
-                     bf16: bool, mask_threshold: float, score_method: str, min_distance: float,
-                     margin: float = 0.0) -> list[ValidationPicks]:
-    """Run the model on each validation region (plus ``context`` pixels around it) and pick."""
-    from cryopick.pick2d import predict_probability
-
-    regions = []
-    was_training = model.training
-    model.eval()
-    for m in mics:
-        if m.val_box is None:
-            continue
-        y0, y1, x0, x1 = m.val_box
-        h, w = m.shape
-        cy0, cy1, cx0, cx1 = max(0, y0 - context), min(h, y1 + context), max(0, x0 - context), min(w, x1 + context)
-        prob = predict_probability(model, m.image[cy0:cy1, cx0:cx1], bf16=bf16)
-        peaks = find_peaks_s1(prob, radius, threshold=mask_threshold, score=score_method, min_distance=min_distance)
-        coords = peaks.coords + [cx0, cy0]
-        keep = m.in_val(coords, margin)
-        truth = m.coords[m.in_val(m.coords, margin)] if not m.negative else np.zeros((0, 2))
-        regions.append(ValidationPicks(coords[keep], peaks.scores[keep], truth))
-    model.train(was_training)
-    return regions
-
-
-class WeightAverage:
-    """Exponential moving average of the trainable parameters and float buffers.
-
-    Kept as a dict of tensors (no second model: a frozen multi-GB backbone is not duplicated);
-    :meth:`swap` exchanges the averaged and live values in place, and swapping twice restores.
-    The decay ramps up as ``min(decay, (1 + t) / (10 + t))`` so early steps are not over-weighted.
-    """
-
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        self.decay = decay
-        named = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        named.update({n: b for n, b in model.named_buffers() if b.is_floating_point()})
-        self.names = list(named)
-        self.shadow = {n: t.detach().clone() for n, t in named.items()}
-
-    def _live(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        tensors = dict(model.named_parameters())
-        tensors.update(dict(model.named_buffers()))
-        return {n: tensors[n] for n in self.names}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        for n, t in self._live(model).items():
-            self.shadow[n].mul_(d).add_(t.detach(), alpha=1 - d)
-
-    @torch.no_grad()
-    def swap(self, model: torch.nn.Module) -> None:
-        for n, t in self._live(model).items():
-            tmp = t.detach().clone()
-            t.copy_(self.shadow[n])
-            self.shadow[n].copy_(tmp)
-
-
-def _cosine(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def train_picker(mics: list[TrainingMicrograph], scale: WorkingScale, output_dir: str | os.PathLike,
                  config: TrainConfig | None = None, resume: bool = True) -> ModelCard:
     """Train a 2D picker on prepared micrographs and write ``model.pt`` + ``card.json``.
@@ -265,7 +112,7 @@ def train_picker(mics: list[TrainingMicrograph], scale: WorkingScale, output_dir
     ----------
     mics
         Micrographs at the working scale of ``scale`` with their labels (see
-        :func:`cryopick.train.data.load_training_micrograph`). Validation data are assigned here.
+        :func:`cryopick.picker2d.train.data.load_training_micrograph`). Validation data are assigned here.
     scale
         Working scale (factor, diameter in original pixels, pixel size).
     output_dir
@@ -303,7 +150,7 @@ class _Run:
             raise CryopickError(f"val_mode must be 'strips' or 'micrographs', got {config.val_mode!r}")
         if config.num_threads:
             torch.set_num_threads(int(config.num_threads))
-        _set_seeds(config.seed)
+        set_seeds(config.seed)
         if config.val_mode == "micrographs":
             self.validation_mode = assign_validation(mics, config.val_fraction, seed=config.seed)
         else:
@@ -349,9 +196,9 @@ class _Run:
                   else list(model.parameters()))
         optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         total = config.epochs * config.steps_per_epoch
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: _cosine(s, total, config.warmup_steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: cosine_schedule(s, total, config.warmup_steps))
         if config.bf16 is None:
-            from cryopick.pick2d import bf16_is_faster
+            from cryopick.picker2d.predict import bf16_is_faster
 
             self.bf16 = bf16_is_faster(model)
         else:
@@ -380,7 +227,7 @@ class _Run:
             records.append({"stage": kind, "prior": prior, **fit, "calibration": calibration})
             if index + 1 < len(self.stages):
                 if config.self_training_init == "previous":
-                    _save_checkpoint(self.out / PREVIOUS_STAGE_NAME, model.state_dict())
+                    save_checkpoint(self.out / PREVIOUS_STAGE_NAME, model.state_dict())
                 self._make_pseudo_labels(model, threshold, records)
         return self._finish(model, records)
 
@@ -438,7 +285,7 @@ class _Run:
             epoch_seconds = time.perf_counter() - t_epoch
             history.append({"epoch": epoch, "loss": float(np.mean(losses)), **val,
                             "lr": float(scheduler.get_last_lr()[0]), "seconds": round(epoch_seconds, 2)})
-            _save_checkpoint(self.ckpt_path, {
+            save_checkpoint(self.ckpt_path, {
                 "stage": index, "stage_records": records, "ema": ema.shadow if ema is not None else None,
                 "model": model.state_dict(), "optimiser": optimiser.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": self.rng.bit_generator.state,
@@ -466,7 +313,7 @@ class _Run:
 
     def _validate(self, model) -> dict:
         regions = self._validation_regions(model)
-        grid = _score_grid(regions)
+        grid = score_grid(regions)
         p, r, f1 = f1_curve(regions, self.match_tolerance, grid, self.config.labelled_fraction)
         k = int(np.argmax(f1))
         return {"f1": float(f1[k]), "precision": float(p[k]), "recall": float(r[k]), "threshold": float(grid[k])}
@@ -476,14 +323,14 @@ class _Run:
             return {"note": "no validation data; default threshold"}, 0.5
         regions = self._validation_regions(model)
         calibration = calibrate_threshold(regions, self.match_tolerance, self.config.labelled_fraction,
-                                          grid=_score_grid(regions, fine=True))
+                                          grid=score_grid(regions, fine=True))
         return calibration, calibration["threshold"]
 
     # -- self-training --
     def _make_pseudo_labels(self, model, threshold: float, records: list[dict]) -> None:
         """Picks above ``threshold`` on every training micrograph, plus the labels, become the
         training targets of the next stage (validation keeps the true labels)."""
-        from cryopick.pick2d import predict_probability
+        from cryopick.picker2d.predict import predict_probability
 
         model.eval()
         coords = {}
@@ -569,18 +416,3 @@ class _Run:
         (self.out / PREVIOUS_STAGE_NAME).unlink(missing_ok=True)
         return card
 
-
-def _score_grid(regions: list[ValidationPicks], fine: bool = False) -> np.ndarray:
-    """Candidate thresholds: quantiles of the validation pick scores (scores of well-trained
-    networks crowd near 1, so a fixed grid would be too coarse there), at least 0.3."""
-    scores = np.concatenate([r.scores for r in regions]) if regions else np.zeros(0)
-    scores = scores[scores >= 0.3]
-    if len(scores) == 0:
-        return np.array([0.5])
-    q = np.quantile(scores, np.linspace(0, 0.995, 200 if fine else 40))
-    return np.unique(np.round(np.concatenate([[0.3], q]), 4))
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)

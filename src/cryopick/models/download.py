@@ -225,36 +225,3 @@ def _fetch(url: str, part: Path, timeout: float, progress: bool, desc: str) -> N
                 bar.update(len(chunk))
         if remaining is not None and received < remaining:
             raise _Incomplete(f"connection closed after {received} of {remaining} bytes")
-
-
-def verify_sam2_checkpoint(name: str) -> Callable[[Path], None]:
-    """A ``verify`` callback: the file must load and fit config ``name`` exactly (strict key/shape check)."""
-
-    def check(path: Path) -> None:
-        import torch
-
-        from cryopick.models.sam2 import CryoFSL, get_config
-        from cryopick.models.sam2.checkpoint import load_state
-
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as exc:
-            raise CryopickError(f"not a readable PyTorch checkpoint ({type(exc).__name__})") from None
-        with torch.device("meta"):
-            model = CryoFSL(get_config(name))
-        meta = {"model": {k: v.to("meta") for k, v in (obj.get("model", {}) if isinstance(obj, dict) else {}).items()}}
-        load_state(model, meta, source=path.name)
-
-    return check
-
-
-def download(name: str, cache: str | os.PathLike | None = None, url: str | None = None,
-             sha256: str | None = None, progress: bool = True, retries: int = 3) -> Path:
-    """Download the official checkpoint for model ``name`` into the cache; returns its path.
-
-    ``url`` overrides Meta's URL (a mirror); ``sha256`` overrides the (unknown) expected checksum.
-    """
-    entry = get_entry(name)
-    dest = cache_dir(cache) / entry.filename
-    return download_url(url or entry.url, dest, sha256=sha256 or entry.sha256, size=entry.size,
-                        verify=verify_sam2_checkpoint(entry.name), retries=retries, progress=progress)

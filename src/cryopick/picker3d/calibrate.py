@@ -174,7 +174,9 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
     from cryopick.errors import CryopickError
     from cryopick.io.images import Image, read_tomogram
     from cryopick.models.promptable3d import load_propicker
-    from cryopick.pick3d import PromptSimilarity, segment, working_tomogram
+    from cryopick.picker3d.pick import segment
+    from cryopick.picker3d.scale import working_tomogram
+    from cryopick.picker3d.similarity import PromptSimilarity
 
     model = model or load_propicker()
     image = tomogram if isinstance(tomogram, Image) else read_tomogram(tomogram)

@@ -1,6 +1,6 @@
 """Few-shot training of the 2D picker.
 
->>> from cryopick.train import TrainConfig, train_from_files
+>>> from cryopick.picker2d.train import TrainConfig, train_from_files
 >>> card = train_from_files("mics/", "manual/", diameter=108, output_dir="model/")
 
 Modules: :mod:`.data` (working scale, targets, validation split), :mod:`.augment` (patches),
@@ -16,9 +16,11 @@ import warnings
 from typing import Sequence
 
 from cryopick.errors import CryopickError
+from cryopick.picker2d.scale import WorkingScale, diameter_in_pixels
+from cryopick.picker2d.train.config import TrainConfig
+from cryopick.picker2d.train.data import TrainingMicrograph, load_training_micrograph
+from cryopick.picker2d.train.loop import train_picker
 from cryopick.picks import Picks
-from cryopick.train.data import TrainingMicrograph, WorkingScale, diameter_in_pixels, load_training_micrograph
-from cryopick.train.loop import TrainConfig, train_picker
 
 __all__ = ["TrainConfig", "WorkingScale", "load_training_set", "train_from_files", "train_picker"]
 

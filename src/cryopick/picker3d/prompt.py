@@ -1,0 +1,208 @@
+"""The prompt: one particle type given by one or more clicked examples.
+
+A :class:`Prompt` holds the example sub-volumes (``PROMPT_SIZE``³ working voxels, dark particles), the
+working voxel size and binning they were cut at, and the particle diameter (working voxels). It is saved as
+one ``.prompt`` file (``PROMPT_FORMAT``, an ``.npz``); :func:`make_prompt` cuts it from a tomogram at
+user positions (voxels of the tomogram as stored, ``x, y, z``), :func:`prompt_embedding` encodes it and
+:func:`estimate_diameter` measures the particle from the network's own segmentation.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from cryopick.errors import CryopickError
+from cryopick.io.atomic import atomic_path
+from cryopick.io.images import Image, read_tomogram
+from cryopick.models.prompt_encoder import PROMPT_SIZE
+from cryopick.models.promptable3d import ProPicker, load_propicker
+from cryopick.picker3d.card import default_threshold
+from cryopick.picker3d.predict import predict_tomogram
+from cryopick.picker3d.scale import WorkingTomogram, working_tomogram
+from cryopick.preprocess import cut_cube
+
+PROMPT_FORMAT = "cryopick-prompt3d-v1"
+
+
+# -- prompts -------------------------------------------------------------------------------------------
+@dataclass
+class Prompt:
+    """One particle type, given by one or more examples.
+
+    Attributes
+    ----------
+    subvolumes
+        ``(K, 37, 37, 37)`` float32 sub-volumes around the examples at the working voxel size, in
+        the network's contrast (dark particles).
+    positions
+        ``(K, 3)`` example centres ``x, y, z`` in voxels of the source tomogram as stored.
+    tomogram
+        Name of the source tomogram.
+    voxel_size
+        Working Å/voxel (``None`` when the source header had none).
+    binning
+        Working voxel size / source voxel size.
+    diameter
+        Particle diameter in working voxels (given, or estimated from the segmentation of the
+        examples; ``None`` if unknown).
+    label
+        Class name used in outputs.
+    invert
+        Whether tomograms are multiplied by -1 before use (bright-particle data).
+    """
+
+    subvolumes: np.ndarray
+    positions: np.ndarray
+    tomogram: str
+    voxel_size: float | None
+    binning: float = 1.0
+    diameter: float | None = None
+    label: str = "particle"
+    invert: bool = False
+    meta: dict = field(default_factory=dict)
+
+
+def save_prompt(prompt: Prompt, path: str | os.PathLike) -> Path:
+    """Write a prompt file (numpy ``.npz`` layout, any extension; ``.prompt`` by convention)."""
+    path = Path(path)
+    header = {k: v for k, v in asdict(prompt).items() if k not in ("subvolumes", "positions")}
+    header["format"] = PROMPT_FORMAT
+    buf = io.BytesIO()
+    np.savez_compressed(buf, subvolumes=prompt.subvolumes.astype(np.float32), positions=prompt.positions,
+                        header=np.array(json.dumps(header)))
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+    return path
+
+
+def load_prompt(path: str | os.PathLike) -> Prompt:
+    path = Path(path)
+    if not path.exists():
+        raise CryopickError(f"{path}: no such prompt file; make one with `cryopick prompt`")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            header = json.loads(str(data["header"]))
+            subvolumes, positions = data["subvolumes"], data["positions"]
+    except Exception as exc:
+        raise CryopickError(f"{path}: not a cryopick prompt file ({exc}); make one with `cryopick prompt`") from exc
+    if header.pop("format", None) != PROMPT_FORMAT:
+        raise CryopickError(f"{path}: not a cryopick prompt file; make one with `cryopick prompt`")
+    return Prompt(subvolumes=subvolumes, positions=positions, **header)
+
+
+def make_prompt(tomogram: str | os.PathLike | Image, positions: Sequence[Sequence[float]], label: str = "particle",
+                binning: float = 1.0, voxel_size: float | None = None, diameter_A: float | None = None,
+                diameter_px: float | None = None, invert: bool = False, model: ProPicker | None = None,
+                estimate: bool = True) -> Prompt:
+    """Cut 37³ prompt sub-volumes around ``positions`` (``x, y, z`` voxels of ``tomogram`` as stored).
+
+    Parameters
+    ----------
+    binning, voxel_size
+        Working scale: bin by ``binning`` or go to ``voxel_size`` Å/voxel.
+    diameter_A, diameter_px
+        Particle diameter, in Å or in voxels of ``tomogram`` as stored. When neither is given and
+        ``estimate`` is true, it is estimated by :func:`estimate_diameter` with ``model`` (default:
+        the shipped weights) and ``meta["diameter_estimated"]`` is set.
+    """
+    image = tomogram if isinstance(tomogram, Image) else read_tomogram(tomogram)
+    positions = np.asarray(positions, dtype=float).reshape(-1, 3)
+    if len(positions) == 0:
+        raise CryopickError("give at least one example position (--at x,y,z)")
+    shape_xyz = np.asarray(image.data.shape[::-1])
+    bad = np.any((positions < 0) | (positions > shape_xyz - 1), axis=1)
+    if bad.any():
+        raise CryopickError(
+            f"{image.path}: position {positions[bad][0].tolist()} is outside the tomogram "
+            f"(x, y, z size {shape_xyz.tolist()}); give x,y,z in voxels"
+        )
+    work = working_tomogram(image, binning=binning if voxel_size is None else None, voxel_size=voxel_size,
+                            invert=invert)
+    centres = work.to_working(positions)
+    subs = np.stack([cut_prompt(work.volume, c) for c in centres])
+    diameter = None
+    if diameter_A is not None:
+        if work.voxel_size is None:
+            raise CryopickError(f"{image.path}: no voxel size in the header; give the diameter in voxels")
+        diameter = diameter_A / work.voxel_size
+    elif diameter_px is not None:
+        diameter = diameter_px / work.binning
+    prompt = Prompt(subs, positions, image.name, work.voxel_size, work.binning, diameter, label, invert)
+    if diameter is None and estimate:
+        prompt.diameter = estimate_diameter(model or load_propicker(), prompt, work)
+        prompt.meta["diameter_estimated"] = True
+    return prompt
+
+
+def cut_prompt(volume, centre_xyz: Sequence[float]) -> np.ndarray:
+    """The 37³ sub-volume centred on the voxel nearest ``centre_xyz`` (reflection at the borders)."""
+    return cut_cube(volume, centre_xyz, PROMPT_SIZE)
+
+
+class _Crop:
+    """A ``window``³ view of ``volume`` centred on ``centre`` (x, y, z), read with reflection."""
+
+    def __init__(self, volume, centre, window: int):
+        self._data = cut_cube(volume, centre, window)
+        self.shape = self._data.shape
+
+    def __getitem__(self, item):
+        return self._data[item]
+
+
+def prompt_embedding(model: ProPicker, prompt: Prompt, flips: bool = True) -> torch.Tensor:
+    """``(code_dim,)`` conditioning code of a prompt: its examples' codes combined (:meth:`ProPicker.combine`),
+    each example also seen mirrored along every combination of axes when ``flips`` (8 views; makes the
+    code less dependent on the example's orientation); a fine-tuned model's own fixed code."""
+    if "embedding" in model.meta and model.meta.get("finetuned"):
+        return torch.tensor(model.meta["embedding"], dtype=torch.float32)
+    return model.combine(model.embed(flipped_views(prompt.subvolumes) if flips else prompt.subvolumes))
+
+
+def flipped_views(subvolumes: np.ndarray) -> np.ndarray:
+    """``(K, s, s, s)`` -> ``(8K, s, s, s)``: each sub-volume mirrored along every subset of its axes."""
+    subvolumes = np.asarray(subvolumes, dtype=np.float32).reshape(-1, *np.shape(subvolumes)[-3:])
+    views = []
+    for mask in range(8):
+        axes = tuple(1 + a for a in range(3) if mask >> a & 1)
+        views.append(np.flip(subvolumes, axis=axes) if axes else subvolumes)
+    return np.ascontiguousarray(np.concatenate(views))
+
+
+def estimate_diameter(model: ProPicker, prompt: Prompt, work: WorkingTomogram, threshold: float | None = None,
+                      window: int = 64) -> float | None:
+    """Diameter (working voxels) of the sphere with the volume of the segmented component under each
+    example (median over examples), segmenting a ``window``³ block around each example in ``work``,
+    the prompt's own tomogram at the working scale."""
+    from scipy import ndimage
+
+    from cryopick.postprocess.cluster3d import SIX_CONNECTED
+
+    z = prompt_embedding(model, prompt)[None]
+    threshold = default_threshold(model) if threshold is None else threshold
+    sizes = []
+    for c in work.to_working(prompt.positions):
+        prob = predict_tomogram(model.segmenter, _Crop(work.volume, c, window), z, window=window, stride=window,
+                                progress=False)[0]
+        labels, _ = ndimage.label(prob > threshold, structure=SIX_CONNECTED)
+        centre = window // 2
+        lab = labels[centre, centre, centre]
+        if lab == 0:  # take the nearest component within a few voxels
+            near = labels[centre - 3 : centre + 4, centre - 3 : centre + 4, centre - 3 : centre + 4]
+            vals = near[near > 0]
+            lab = int(np.bincount(vals).argmax()) if len(vals) else 0
+        if lab:
+            sizes.append(float((labels == lab).sum()))
+    if not sizes:
+        return None
+    return float((6.0 * np.median(sizes) / math.pi) ** (1.0 / 3.0))
+

@@ -1,0 +1,98 @@
+"""What the 2D and 3D trainers share: learning-rate schedule, weight averaging, seeds, atomic checkpoints.
+
+Both wings (:mod:`cryopick.picker2d.train`, :mod:`cryopick.picker3d.train`) build on these; none of
+them knows about micrographs or tomograms.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryopick.io.atomic import atomic_path
+
+
+def cosine_schedule(step: int, total: int, warmup: int, floor: float = 0.01) -> float:
+    """Learning-rate factor at ``step`` (0-based): linear warm-up over ``warmup`` steps to 1, then a
+    cosine decay to ``floor`` at ``total`` steps (held there after). Dimensionless, in (0, 1]."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1.0 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def set_seeds(seed: int) -> None:
+    """Seed torch and numpy's global generator (data sampling uses its own ``default_rng``)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
+    """``torch.save`` ``state`` to ``path`` atomically (a reader sees the old or the new file, never half)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+class WeightAverage:
+    """Exponential moving average (EMA) of a model's trainable parameters (and float buffers).
+
+    Kept as a dict of tensors (no second model: a frozen multi-GB backbone is not duplicated);
+    :meth:`swap` exchanges the averaged and live values in place, and swapping twice restores.
+
+    Parameters
+    ----------
+    decay
+        Weight of the average per update, in [0, 1).
+    ramp
+        If true the decay ramps up as ``min(decay, (1 + t) / (10 + t))`` so early steps are not
+        over-weighted (2D); if false it is constant (3D).
+    buffers
+        Average floating-point buffers (BatchNorm statistics) too; if false the live buffers are used
+        as they are.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, ramp: bool = True, buffers: bool = True) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.ramp = ramp
+        named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        if buffers:
+            named.update({n: b for n, b in model.named_buffers() if b.is_floating_point()})
+        self.names = list(named)
+        self.shadow = {n: t.detach().clone() for n, t in named.items()}
+
+    def _live(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        tensors = dict(model.named_parameters())
+        tensors.update(dict(model.named_buffers()))
+        return {n: tensors[n] for n in self.names}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step)) if self.ramp else self.decay
+        for n, t in self._live(model).items():
+            self.shadow[n].mul_(d).add_(t.detach(), alpha=1 - d)
+
+    @torch.no_grad()
+    def swap(self, model: torch.nn.Module) -> None:
+        for n, t in self._live(model).items():
+            tmp = t.detach().clone()
+            t.copy_(self.shadow[n])
+            self.shadow[n].copy_(tmp)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.shadow)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load averaged values; ``state`` may hold more entries (a whole model's state dict, as
+        older 3D checkpoints saved), only the averaged names are taken."""
+        missing = [n for n in self.names if n not in state]
+        if missing:
+            raise KeyError(f"weight average lacks {len(missing)} tensors, e.g. {missing[0]}")
+        self.shadow = {n: state[n].detach().clone().to(self.shadow[n].device) for n in self.names}
