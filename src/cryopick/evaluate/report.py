@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from cryopick.evaluate.metrics import evaluate_picks, resolve_diameter
 from cryopick.evaluate.pixel import evaluate_pixels
 from cryopick.evaluate.stats import compare_methods, recall_success_rate
 from cryopick.io.atomic import atomic_path, write_text
+from cryopick.io.jsonutil import dumps
 from cryopick.picks import Picks, filter_score
 
 METRICS = ("precision", "recall", "f1")
@@ -179,26 +179,11 @@ def write_report(
     data = {k: v for k, v in summary.items() if not k.startswith("_")}
     data["figures"] = {k: p.name for k, p in paths.items()}
     with atomic_path(out / "report.json") as tmp:
-        tmp.write_text(json.dumps(_jsonable(data), indent=1))
+        tmp.write_text(dumps(data, indent=1))
     paths["json"] = out / "report.json"
     write_text(out / "report.md", _markdown(summary, paths, title))
     paths["markdown"] = out / "report.md"
     return paths
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    return obj
 
 
 def _fmt(v, digits: int = 3) -> str:

@@ -22,6 +22,7 @@ import torch
 import cryopick
 from cryopick.errors import CryopickError
 from cryopick.io.atomic import atomic_path, write_text
+from cryopick.io.jsonutil import dumps
 
 CARD_NAME = "card.json"
 WEIGHTS_NAME = "model.pt"
@@ -77,20 +78,8 @@ class ModelCard:
 
 def save_card(directory: str | os.PathLike, card: ModelCard) -> Path:
     path = Path(directory) / CARD_NAME
-    write_text(path, json.dumps(card.to_dict(), indent=2, default=_json_default) + "\n")
+    write_text(path, dumps(card.to_dict(), indent=2, strict=False) + "\n")
     return path
-
-
-def _json_default(value):
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
 def save_weights(directory: str | os.PathLike, model: torch.nn.Module, name: str = WEIGHTS_NAME,

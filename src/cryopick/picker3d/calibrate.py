@@ -13,7 +13,6 @@ All sizes and distances are in working voxels.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import pandas as pd
 
 from cryopick.evaluate.matching import match_points
 from cryopick.io.atomic import write_text
+from cryopick.io.jsonutil import dumps
 from cryopick.postprocess.cluster3d import components, select, sphere_volume
 from cryopick.postprocess.nms import nms_points
 
@@ -130,19 +130,9 @@ def settings_from_best(best: dict, mode: str = "cluster") -> dict:
 def save_settings(path: str | os.PathLike, settings: dict, **info) -> Path:
     """Write ``{"settings": {...}, ...info}`` as JSON, atomically (what ``pick3d --settings`` reads)."""
     path = Path(path)
-    payload = {"settings": settings, **{k: _plain(v) for k, v in info.items()}}
-    write_text(path, json.dumps(payload, indent=1, default=_plain) + "\n")
+    payload = {"settings": settings, **info}
+    write_text(path, dumps(payload, indent=1) + "\n")
     return path
-
-
-def _plain(v):
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, float) and not np.isfinite(v):
-        return None
-    return v
 
 
 # -- one annotated tomogram, end to end ----------------------------------------------------------------

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from cryopick.errors import CryopickError
 from cryopick.io.atomic import write_text
 from cryopick.io.images import write_mrc, write_png
+from cryopick.io.jsonutil import dumps
 from cryopick.picks import Picks, concat
 from cryopick.simulate.densities import ParticleClass
 from cryopick.simulate.rotations import matrix_to_euler_zyz
@@ -72,7 +73,7 @@ def write_micrograph_item(m, out: Path, png: bool = False) -> None:
     write_mrc(out / "micrographs" / f"{name}.mrc", m.image, pixel_size=m.pixel_size)
     write_mrc(out / "masks" / f"{name}.mrc", _as_uint16(m.mask, name), pixel_size=m.pixel_size)
     write_picks(m.picks, out / "coordinates" / f"{name}_autopick.star", "relion")
-    write_text(out / "params" / f"{name}.json", json.dumps(_jsonable(m.params), indent=1))
+    write_text(out / "params" / f"{name}.json", dumps(m.params, indent=1, strict=False))
     if png:
         write_png(out / "png" / f"{name}.png", m.image)
     write_text(out / "particles" / f"{name}.csv", _particles_table(m.picks, m.orientations).to_csv(index=False))
@@ -91,7 +92,7 @@ def write_tomogram_item(t, out: Path, png: bool = False) -> None:
     for cls in t.class_names:
         sub = t.picks._with(t.picks.table[labels == cls])
         write_picks(sub, out / "coordinates" / cls / f"{name}.star", "relion", tomo_size=(W, H, D))
-    write_text(out / "params" / f"{name}.json", json.dumps(_jsonable(t.params), indent=1))
+    write_text(out / "params" / f"{name}.json", dumps(t.params, indent=1, strict=False))
     if png:
         write_png(out / "png" / f"{name}.png", t.volume[D // 2])
     write_text(out / "particles" / f"{name}.csv", _particles_table(t.picks, t.orientations).to_csv(index=False))
@@ -121,17 +122,6 @@ def _as_uint16(mask: np.ndarray, name: str) -> np.ndarray:
     if mask.max(initial=0) > np.iinfo(np.uint16).max:
         raise CryopickError(f"{name}: more than 65535 particles do not fit a uint16 MRC mask; simulate fewer")
     return mask.astype(np.uint16)
-
-
-def _jsonable(d: dict) -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, (np.floating, np.integer)):
-            v = v.item()
-        elif isinstance(v, (tuple, np.ndarray)):
-            v = list(np.asarray(v).tolist())
-        out[k] = v
-    return out
 
 
 def simulate_dataset_2d(out: str | os.PathLike, n: int, seed: int, classes: Sequence[ParticleClass],

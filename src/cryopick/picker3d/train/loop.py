@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cryopick.errors import CryopickError
+from cryopick.io.jsonutil import dumps
 from cryopick.models.promptable3d import ProPicker, build_propicker_paper, build_propicker_small, load_propicker
 from cryopick.picker3d.train.finetune import recommend_settings
 from cryopick.picker3d.train.losses import contrastive_loss, segmentation_loss
@@ -227,7 +228,7 @@ def train(cfg: TrainConfig, pool_dir: str | os.PathLike, out_dir: str | os.PathL
             ema.load_state_dict(state["ema"])
         step, best, history = state["step"], state["best"], state["history"]
         log.info("resuming %s at step %d", last, step)
-    meta = {"train_config": _jsonable(asdict(cfg)), "pool": str(pool_dir), "n_pool": len(pool),
+    meta = {"train_config": json.loads(dumps(cfg, strict=False)), "pool": str(pool_dir), "n_pool": len(pool),
             "window": cfg.sample.window}
     model.train()
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
@@ -270,7 +271,7 @@ def train(cfg: TrainConfig, pool_dir: str | os.PathLike, out_dir: str | os.PathL
                 fh.write(json.dumps(record) + "\n")
             bar.set_postfix(loss=f"{record['loss']:.3f}", dice=f"{record.get('val_dice', float('nan')):.3f}")
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "best": best,
-                     "history": history, "config": _jsonable(asdict(cfg))}
+                     "history": history, "config": json.loads(dumps(cfg, strict=False))}
             if ema is not None:
                 state["ema"] = ema.state_dict()
             save_checkpoint(last, state)
@@ -305,10 +306,6 @@ def _freeze_batchnorm(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.eval()
-
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=str))
 
 
 def export_weights(checkpoint: str | os.PathLike, out_path: str | os.PathLike, val_pool_dir: str | os.PathLike | None = None,

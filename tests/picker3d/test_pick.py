@@ -15,7 +15,7 @@ from cryopick.picker3d.predict import predict_tomogram, ramp, window_starts
 from cryopick.postprocess.cluster3d import cluster_picks, default_size_limits, sphere_volume
 from cryopick.preprocess import reflect_index
 
-DATA = Path(__file__).parent / "data" / "tomotwin"
+DATA = Path(__file__).parents[1] / "data" / "tomotwin"
 
 
 class ConstantModel(torch.nn.Module):

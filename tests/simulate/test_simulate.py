@@ -14,7 +14,7 @@ from cryopick.simulate.densities import SHAPE_KINDS, ParticleClass, read_atoms, 
 from cryopick.simulate.micrograph import simulate_micrograph
 from cryopick.simulate.tomogram import missing_wedge_mask, random_particle_classes, simulate_tomogram
 
-DATA = Path(__file__).parent / "data" / "simulate"
+DATA = Path(__file__).parents[1] / "data" / "simulate"
 
 
 # -- fixtures -------------------------------------------------------------------------------------

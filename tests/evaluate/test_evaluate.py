@@ -156,6 +156,7 @@ def test_report_renders(tmp_path):
     summary = evaluate_methods(methods, truth, shapes={"a": (140, 140), "b": (140, 140)})
     images = {"a": np.random.default_rng(0).normal(size=(140, 140))}
     paths = write_report(summary, tmp_path, images=images, methods=methods, truth=truth)
+    assert paths
     for name in ("report.md", "report.json", "pr_curves.png", "per_micrograph_boxplot.png", "grouped_bars.png",
                  "overlay_a.png"):
         assert (tmp_path / name).stat().st_size > 500, name

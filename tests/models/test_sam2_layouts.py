@@ -16,7 +16,7 @@ from cryopick.models.sam2 import CryoFSL
 from cryopick.models.sam2.checkpoint import PROMPT_KEYS, load_state
 from cryopick.models.sam2.configs import OFFICIAL_CONFIGS, TEST_TINY
 
-DATA = Path(__file__).parent / "data" / "sam2"
+DATA = Path(__file__).parents[1] / "data" / "sam2"
 TSV = {
     f"{fam}-hiera-{size}": DATA / f"keys_{fam}_hiera_{short}.tsv"
     for fam in ("sam2", "sam2.1")

@@ -11,7 +11,7 @@ import torch
 from cryopick.models.sam2 import CryoFSL, SAM2Config
 from cryopick.models.sam2.configs import TEST_TINY
 
-DATA = Path(__file__).parent / "data" / "sam2"
+DATA = Path(__file__).parents[1] / "data" / "sam2"
 ATOL = 1e-5
 
 

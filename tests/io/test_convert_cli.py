@@ -11,7 +11,7 @@ from cryopick import Picks
 from cryopick.cli.main import main
 from cryopick.io.coords import read_picks, write_picks
 
-DATA = Path(__file__).parent / "data" / "formats"
+DATA = Path(__file__).parents[1] / "data" / "formats"
 
 
 def _run(capsys, *argv) -> tuple[int, str]:

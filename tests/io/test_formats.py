@@ -12,7 +12,7 @@ from cryopick import CryopickError, Picks
 from cryopick.io.coords import match_micrograph_names, read_picks, write_picks
 from cryopick.io.formats import relion
 
-DATA = Path(__file__).parent / "data" / "formats"
+DATA = Path(__file__).parents[1] / "data" / "formats"
 
 
 def _picks2d(n_mics: int = 2, per_mic: int = 5, seed: int = 0, pixel_size: float | None = 1.5) -> Picks:

@@ -1,0 +1,117 @@
+"""Resumable batch runs: which inputs of an output folder are finished, and with what settings.
+
+One mechanism for 2D (``pick``) and 3D (``pick3d``) and any later batch job (the scale-out manifest
+grows from it). An output folder holds a hidden ``.cryopick/`` directory:
+
+- ``.cryopick/<name>.json`` — one record per finished input (micrograph or tomogram), written
+  atomically *after* every output file of that input, so a record means "finished";
+- ``.cryopick/run.json`` — the run's fingerprint (model, prompt, settings as a JSON-able dict).
+
+A rerun with the same fingerprint skips finished inputs; with a different one it refuses (the user
+asked for other picks than those on disk) unless told to redo them. Unreadable records (a zero-byte
+or truncated file left by a full disk) count as "not finished": the input is picked again, the
+damaged record is replaced and a warning names it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from cryopick.errors import CryopickError
+from cryopick.io.atomic import write_text
+from cryopick.io.jsonutil import dumps
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = ".cryopick"
+RUN_FILE = "run.json"
+
+
+class RunState:
+    """Finished-input records of one output folder.
+
+    Parameters
+    ----------
+    output_dir
+        The run's output folder (created if missing).
+    """
+
+    def __init__(self, output_dir: str | os.PathLike) -> None:
+        self.output_dir = Path(output_dir)
+        self.dir = self.output_dir / STATE_DIR
+
+    def path(self, name: str) -> Path:
+        """Path of the record of input ``name``."""
+        return self.dir / f"{name}.json"
+
+    def record(self, name: str) -> dict | None:
+        """The record of a finished input, or ``None`` if not finished (or its record is unreadable)."""
+        path = self.path(name)
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            log.warning("%s is damaged (e.g. an earlier run stopped on a full disk); %s will be done again",
+                        path, name)
+            return None
+        return data if isinstance(data, dict) else None
+
+    def is_done(self, name: str, *outputs: str | os.PathLike) -> bool:
+        """True if ``name`` has a valid record and every one of ``outputs`` exists."""
+        return self.record(name) is not None and all(Path(p).exists() for p in outputs)
+
+    def mark_done(self, name: str, record: dict[str, Any]) -> Path:
+        """Write the record of a finished input (atomically; call after its outputs are written)."""
+        return write_text(self.path(name), dumps(record) + "\n")
+
+    def forget(self, name: str) -> None:
+        """Remove the record of ``name`` (it will be done again)."""
+        self.path(name).unlink(missing_ok=True)
+
+    def records(self, names: list[str] | None = None) -> list[dict]:
+        """Valid records of ``names`` (in that order), or of every finished input (sorted by name)."""
+        if names is None:
+            names = sorted(p.stem for p in self.dir.glob("*.json") if p.name != RUN_FILE) if self.dir.is_dir() else []
+        out = []
+        for n in names:
+            r = self.record(n)
+            if r is not None:
+                out.append(r)
+        return out
+
+    # -- fingerprint -------------------------------------------------------------------------------
+    def check_fingerprint(self, fingerprint: dict[str, Any], redo: bool = False) -> bool:
+        """Compare this run's ``fingerprint`` with the one on disk and record it.
+
+        Returns ``True`` when earlier records are still valid (same fingerprint, or none on disk), and
+        ``False`` when ``redo`` is set and they differ (the caller then redoes every input). Without
+        ``redo`` a difference raises a :class:`CryopickError` naming what changed and the fix.
+        """
+        path = self.dir / RUN_FILE
+        new = json.loads(dumps(fingerprint))
+        old = None
+        if path.is_file():
+            try:
+                old = json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                old = None
+        has_records = bool(self.records())
+        if old is not None and has_records and old != new:
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            if not redo:
+                raise CryopickError(
+                    f"{self.output_dir} holds picks made with other {', '.join(changed)}; pick into a new "
+                    f"folder, or give --redo to replace them")
+            log.warning("%s: %s changed; redoing every input", self.output_dir, ", ".join(changed))
+            for p in self.dir.glob("*.json"):
+                if p.name != RUN_FILE:
+                    p.unlink()
+            write_text(path, dumps(new, indent=1) + "\n")
+            return False
+        write_text(path, dumps(new, indent=1) + "\n")
+        return True

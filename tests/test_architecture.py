@@ -1,0 +1,115 @@
+"""The package's shape: no import cycle, no import between the 2D and 3D wings, floors never import a
+wing or the CLI, modules stay small, and ruff's checks pass."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import cryopick
+
+ROOT = Path(cryopick.__file__).parent
+PKG = "cryopick"
+MAX_LINES = 450
+WINGS = ("cryopick.picker2d", "cryopick.picker3d")
+TOP = ("cryopick.cli", "cryopick.__main__", "cryopick.app", "cryopick.scale")  # layers above the wings
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for f in ROOT.rglob("*.py"):
+        rel = f.relative_to(ROOT.parent).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        mods[name] = f
+    return mods
+
+
+def _graph(mods: dict[str, Path]) -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, f in mods.items():
+        for node in ast.walk(ast.parse(f.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = m.split(".") if f.name == "__init__.py" else m.split(".")[:-1]
+                    parts = parts[: len(parts) - (node.level - 1)]
+                    base = ".".join(parts + ([base] if base else []))
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            graph[m].update(t for t in targets if t in mods and t != m)
+    return graph
+
+
+def _in(module: str, prefixes) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def test_no_import_cycles():
+    mods = _modules()
+    graph = _graph(mods)
+    # A package's __init__ importing its own submodules (a facade) is not a cycle.
+    edges = {a: {b for b in bs if not (mods[a].name == "__init__.py" and b.startswith(a + "."))}
+             for a, bs in graph.items()}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(v, path):
+        state[v] = 1
+        for w in edges[v]:
+            if state.get(w) == 1:
+                cycles.append(path[path.index(w):] + [w] if w in path else [v, w])
+            elif w not in state:
+                visit(w, path + [w])
+        state[v] = 2
+
+    for v in sorted(edges):
+        if v not in state:
+            visit(v, [v])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_wings_do_not_import_each_other_and_floors_do_not_import_wings():
+    graph = _graph(_modules())
+    bad = []
+    for a, bs in graph.items():
+        for b in bs:
+            if _in(a, WINGS[:1]) and _in(b, WINGS[1:]) or _in(a, WINGS[1:]) and _in(b, WINGS[:1]):
+                bad.append(f"cross-wing: {a} -> {b}")
+            floor = a != PKG and not _in(a, WINGS + TOP)
+            if floor and _in(b, WINGS + TOP):
+                bad.append(f"floor imports a higher layer: {a} -> {b}")
+    assert not bad, "\n".join(bad)
+
+
+def test_facade_lists_every_lazy_name():
+    assert set(cryopick._LAZY) <= set(cryopick.__all__)
+
+
+def test_wings_have_matching_module_names():
+    shared = {"scale", "predict", "pick", "calibrate", "card", "train"}
+    for wing in ("picker2d", "picker3d"):
+        names = {p.stem if p.is_file() else p.name for p in (ROOT / wing).iterdir() if not p.name.startswith("_")}
+        assert shared <= names, f"{wing} lacks {shared - names}"
+
+
+def test_modules_stay_small():
+    big = {m: n for m, f in _modules().items() if (n := len(f.read_text().splitlines())) > MAX_LINES}
+    assert not big, f"modules over {MAX_LINES} lines: {big}"
+
+
+def test_package_is_typed():
+    assert (ROOT / "py.typed").is_file()
+
+
+@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff not installed (pip install -e '.[test]')")
+def test_ruff_passes():
+    repo = ROOT.parents[1]
+    result = subprocess.run(["ruff", "check", "--no-cache", "src", "tests", "benchmarks"], cwd=repo,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
