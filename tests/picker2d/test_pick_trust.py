@@ -127,6 +127,7 @@ def test_damaged_weights_are_one_line_errors(ws, tmp_path, capsys, damage):
                 *PICK_ARGS]) == 2
     err = one_line_error(capsys)
     assert "model.pt" in err and "cryopick train" in err
+    assert not (tmp_path / "o").exists()  # nothing written for a run that could not start
 
 
 @pytest.mark.parametrize("card", [b"", b"\xff\xfe\x00garbage", b"{not json", b"[1, 2]", b'{"factor": "x"}',
@@ -222,6 +223,12 @@ def test_bad_numbers_are_rejected(ws, tmp_path, capsys, option, value):
              option, value, *PICK_ARGS])
     assert exc.value.code == 2 and option in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_unknown_format_fails_before_anything_is_written(ws, tmp_path, capsys):
+    assert cli(["pick", "--model", str(ws / "model"), "--micrographs", str(ws / "mics"), "-o", str(tmp_path / "o"),
+                "--format", "nonsense", *PICK_ARGS]) == 2
+    assert "nonsense" in one_line_error(capsys) and not (tmp_path / "o").exists()
 
 
 def test_library_checks_numbers_and_overlay_names(ws, tmp_path):

@@ -130,11 +130,25 @@ def write_score_histogram(scores: np.ndarray, threshold: float, n_kept: int, n_m
 
 
 # -- output folder, summary, index ----------------------------------------------------------------
-def check_output_dir(output_dir: str | os.PathLike) -> Path:
-    """Create the output folder and check that files can be written there (one-line error if not)."""
+def check_output_dir(output_dir: str | os.PathLike, create: bool = True) -> Path:
+    """Check that picks can be written to ``output_dir`` (one-line :class:`CryopickError` if not).
+
+    With ``create`` the folder is made and a probe file written and removed; without it nothing is
+    created (for checking before a long step): the folder, or its nearest existing parent, must be a
+    writable folder.
+    """
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise CryopickError(f"{out}: exists and is a file; the output (-o) must be a folder: give a new folder name")
+    if not create:
+        parent = out
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            reason = "not a folder" if not parent.is_dir() else "no write permission"
+            raise CryopickError(f"{out}: cannot write there ({parent}: {reason}); choose an output folder you "
+                                "can write to")
+        return out
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".cryopick-write-test-"):

@@ -366,12 +366,14 @@ def pick_folder(model_dir: str | os.PathLike, micrographs, output_dir: str | os.
     """What ``cryopick pick`` does: load the model, pick ``micrographs`` into ``output_dir``, summarise.
 
     Picking settings go to :class:`Picker`; ``options`` (``format``, ``overlays``, ``overlay_names``,
-    ``redo``, ``project_dir``, ``progress``) to :func:`pick_micrographs`. The output folder is checked
-    before the model is loaded, so a bad ``-o`` fails at once.
+    ``redo``, ``project_dir``, ``progress``) to :func:`pick_micrographs`. The output folder and the
+    format are checked before the model is loaded, so a bad ``-o`` fails at once and leaves nothing.
     """
+    from cryopick.io.coords import format_module
     from cryopick.picker2d.outputs import check_output_dir
 
-    check_output_dir(output_dir)
+    check_output_dir(output_dir, create=False)
+    format_module(options.get("format", "relion"))
     picker = Picker(model_dir, threshold=threshold, min_distance=min_distance, pixel_size=pixel_size,
                     border=border, detect_padding=detect_padding, bf16=bf16, num_threads=num_threads)
     return pick_micrographs(picker, micrographs, output_dir, **options)
