@@ -12,8 +12,11 @@ pixels.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
+import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -108,35 +111,104 @@ def save_model(directory: str | os.PathLike, model: torch.nn.Module, card: Model
     return directory
 
 
+def _check_card(card: ModelCard, path: Path) -> ModelCard:
+    """Reject a card whose numbers cannot describe a 2D picker (hand-edited or damaged)."""
+
+    def number(name: str, lo: float, hi: float = math.inf, optional: bool = False) -> None:
+        value = getattr(card, name)
+        if value is None and optional:
+            return
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or not lo <= value <= hi:
+            rng = f"between {lo:g} and {hi:g}" if math.isfinite(hi) else f">= {lo:g}"
+            raise CryopickError(f"{path}: {name} must be a number {rng}, found {value!r}; "
+                                "the model card is damaged: retrain with `cryopick train` or restore the file")
+
+    if card.task != "picker2d":
+        raise CryopickError(f"{path}: a model for {card.task!r}, not a 2D picker; give a folder written by "
+                            "`cryopick train`")
+    if not isinstance(card.backbone, str) or not isinstance(card.backbone_kwargs, dict) \
+            or not isinstance(card.normalisation, dict):
+        raise CryopickError(f"{path}: backbone, backbone_kwargs or normalisation has the wrong type; "
+                            "the model card is damaged: retrain with `cryopick train` or restore the file")
+    number("factor", 1e-6)
+    number("diameter", 1e-6)
+    number("pixel_size", 1e-6, optional=True)
+    number("target_radius_fraction", 1e-6)
+    number("score_threshold", 0.0, 1.0)
+    number("mask_threshold", 0.0, 1.0)
+    number("min_distance", 0.0, optional=True)
+    return card
+
+
 def load_card(directory: str | os.PathLike) -> ModelCard:
-    path = Path(directory) / CARD_NAME
-    if not path.exists():
+    """Read and check ``card.json`` of a model folder (one-line :class:`CryopickError` when missing or damaged)."""
+    directory = Path(directory)
+    path = directory / CARD_NAME
+    if not directory.is_dir():
+        raise CryopickError(f"{directory}: no such model folder; give the folder written by `cryopick train`")
+    if not path.is_file():
         raise CryopickError(f"{directory}: not a cryopick model directory (no {CARD_NAME}); train one with `cryopick train`")
     try:
-        return ModelCard.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise CryopickError(f"{path}: unreadable model card ({exc}); retrain or restore the file") from exc
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc
+        raise CryopickError(f"{path}: unreadable model card ({reason}); retrain or restore the file") from None
+    if not isinstance(data, dict):
+        raise CryopickError(f"{path}: unreadable model card (not a JSON object); retrain or restore the file")
+    try:
+        card = ModelCard.from_dict(data)
+    except TypeError as exc:  # a field of the wrong kind
+        raise CryopickError(f"{path}: unreadable model card ({exc}); retrain or restore the file") from None
+    return _check_card(card, path)
+
+
+def _load_state(weights: Path, device: str) -> dict:
+    """``model.pt`` as a state dict; a truncated, corrupt or foreign file is a one-line error (no torch advice)."""
+    hint = "retrain with `cryopick train` or restore the file from a backup"
+    if weights.stat().st_size == 0:
+        raise CryopickError(f"{weights}: empty file (an interrupted copy?); {hint}")
+    try:
+        with warnings.catch_warnings():  # torch warns with library advice ("file an issue") on odd pickles
+            warnings.simplefilter("ignore")
+            state = torch.load(weights, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises assorted errors (zip, unpickling, EOF) on damaged files
+        raise CryopickError(f"{weights}: not readable as model weights ({type(exc).__name__}: the file is "
+                            f"truncated, corrupt or not a cryopick model.pt); {hint}") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CryopickError(f"{weights}: does not hold model weights (a state dict of tensors); {hint}")
+    return dict(state)
 
 
 def load_model(directory: str | os.PathLike, device: str = "cpu") -> tuple[torch.nn.Module, ModelCard]:
     """Build the backbone named in the card and load ``model.pt``; returns ``(model in eval mode, card)``."""
-    from cryopick.models.registry import build_model
+    from cryopick.models.registry import available_models, build_model
 
     directory = Path(directory)
     card = load_card(directory)
     weights = directory / WEIGHTS_NAME
-    if not weights.exists():
+    if not weights.is_file():
         raise CryopickError(f"{directory}: {WEIGHTS_NAME} is missing; training did not finish, rerun `cryopick train` to resume")
+    known = available_models(task="picker2d")
+    if card.backbone not in known:
+        raise CryopickError(f"{directory / CARD_NAME}: backbone {card.backbone!r} is not a 2D picker of this cryopick "
+                            f"(known: {', '.join(known)}); the card is damaged or from a newer version")
+    state = _load_state(weights, device)
     kwargs = dict(card.backbone_kwargs)
     if card.backbone_checkpoint:
         kwargs["checkpoint"] = card.backbone_checkpoint
-    model = build_model(card.backbone, **kwargs)
-    state = torch.load(weights, map_location=device, weights_only=True)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        model = build_model(card.backbone, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise CryopickError(f"{directory / CARD_NAME}: backbone {card.backbone!r} cannot be built with the recorded "
+                            f"settings ({exc}); the model card is damaged: retrain or restore it") from None
+    inconsistent = (f"{weights}: weights do not fit backbone {card.backbone!r}; the model directory is "
+                    "inconsistent (model.pt and card.json from different trainings?): retrain or restore both")
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError:  # shape mismatch
+        raise CryopickError(inconsistent) from None
     if unexpected or (missing and not card.backbone_checkpoint):
-        raise CryopickError(
-            f"{weights}: weights do not fit backbone {card.backbone!r} "
-            f"(missing {len(missing)}, unexpected {len(unexpected)} keys); the model directory is inconsistent"
-        )
+        raise CryopickError(f"{inconsistent} (missing {len(missing)}, unexpected {len(unexpected)} keys)")
     model.to(device).eval()
     return model, card

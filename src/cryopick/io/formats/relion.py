@@ -312,7 +312,8 @@ def _write_centred(picks: Picks, path, tomo_size, voxel_size, fmt: str) -> None:
     _write_star({"particles": block}, path, fmt)
 
 
-def write_autopick_index(mapping: Mapping[str, str | os.PathLike], path: str | os.PathLike) -> None:
+def write_autopick_index(mapping: Mapping[str, str | os.PathLike], path: str | os.PathLike,
+                         project_dir: str | os.PathLike | None = None) -> None:
     """Write a RELION 4+/5 coordinate index (``autopick.star``), atomically.
 
     Parameters
@@ -322,9 +323,22 @@ def write_autopick_index(mapping: Mapping[str, str | os.PathLike], path: str | o
         (relative to the RELION project directory, or absolute).
     path
         Output STAR file, e.g. ``AutoPick/job010/autopick.star``.
+    project_dir
+        When given, paths (both columns) are written relative to it when they lie inside it (relative
+        paths count from the current directory), else absolute. Without it they are written as given.
+        Symbolic links are never resolved, so the names stay those of the user's RELION project.
     """
-    block = pd.DataFrame({"rlnMicrographName": [str(k) for k in mapping],
-                          "rlnMicrographCoordinates": [str(v) for v in mapping.values()]})
+
+    def in_project(p: str | os.PathLike) -> str:
+        if project_dir is None:
+            return Path(p).as_posix()
+        absolute, base = os.path.abspath(p), os.path.abspath(project_dir)
+        if os.path.commonpath([absolute, base]) == base:
+            return Path(os.path.relpath(absolute, base)).as_posix()
+        return Path(absolute).as_posix()
+
+    block = pd.DataFrame({"rlnMicrographName": [in_project(k) for k in mapping],
+                          "rlnMicrographCoordinates": [in_project(v) for v in mapping.values()]})
     _write_star({"coordinate_files": block}, path, "%.6f")
 
 
