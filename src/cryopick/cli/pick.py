@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 
+from cryopick.cli._args import add_threads
+
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model directory written by `cryopick train`")
@@ -29,7 +31,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlay", action="append", default=[], metavar="NAME",
                         help="draw an overlay for this micrograph (repeatable; replaces --overlays)")
     parser.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="bfloat16 autocast")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    add_threads(parser)
     parser.add_argument("--redo", action="store_true", help="pick again micrographs that are already done")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("-o", "--output", required=True, help="output directory")
@@ -37,10 +39,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from cryopick.picker2d.pick import Picker
+    from cryopick.runtime import configure_threads
 
     picker = Picker(args.model, threshold=args.threshold, min_distance=args.min_distance,
                     pixel_size=args.pixel_size, bf16={"auto": None, "on": True, "off": False}[args.bf16],
-                    num_threads=args.threads)
+                    num_threads=configure_threads(args.threads))
     summary = picker.pick_many(args.micrographs, args.output, format=args.format, overlays=args.overlays,
                                overlay_names=args.overlay or None, resume=not args.redo,
                                progress=not args.no_progress)
