@@ -213,7 +213,7 @@ def test_coordinates_of_other_micrographs_are_skipped_with_a_note(tmp_path, capl
     assert len(read_coordinates(str(tmp_path / "coords" / "m[01].star"), "relion").micrographs) == 2
     with pytest.raises(CryopickError, match="matches no file"):
         read_coordinates(str(tmp_path / "coords" / "*.box"))
-    with pytest.raises(CryopickError, match="none of its 2 micrograph name"):
+    with pytest.raises(CryopickError, match="its 2 micrograph name.*match no image of the 2 given"):
         load_training_set(mics, read_coordinates(str(tmp_path / "coords" / "m[23].star"), "relion"), SCALE)
 
 
@@ -302,14 +302,18 @@ def test_bad_numbers_are_rejected_by_the_train_command(tmp_path, capsys, option,
     assert option in err and "Traceback" not in err
 
 
-def test_train_command_diameter_too_large_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("diameter, unit, message", [("5000", "px", "does not fit this 384x384"),
+                                                      ("2", "px", "2 px wide is too small to pick"),
+                                                      ("6", "A", "3 px wide is too small to pick")])
+def test_train_command_diameter_that_cannot_be_right_is_one_line(tmp_path, capsys, diameter, unit, message):
     (tmp_path / "mics").mkdir()
-    write_micrograph(tmp_path / "mics" / "a.mrc", size=384)
+    write_micrograph(tmp_path / "mics" / "a.mrc", size=384)  # 2 Å/px in the header
     write_picks(Picks.from_arrays("a", np.array([[100.0, 100.0]])), tmp_path / "a.star", "relion")
     rc = cli(["train", "--micrographs", str(tmp_path / "mics"), "--coords", str(tmp_path / "a.star"),
-              "--diameter", "5000", "--no-progress", "-o", str(tmp_path / "m")])
+              "--diameter", diameter, "--diameter-unit", unit, "--no-progress", "-o", str(tmp_path / "m")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and err[-1].startswith("cryopick train: error: ") and "does not fit this 384x384" in err[-1]
+    assert rc == 2 and err[-1].startswith("cryopick train: error: ") and message in err[-1]
+    assert not (tmp_path / "m").exists()  # no partial output
 
 
 def test_demo_promises_its_epochs(monkeypatch, tmp_path):

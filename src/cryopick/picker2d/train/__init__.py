@@ -29,6 +29,8 @@ __all__ = ["TrainConfig", "WorkingScale", "load_training_set", "read_coordinates
 
 log = logging.getLogger(__name__)
 
+MIN_DIAMETER_PX = 4.0  # a smaller particle is a unit mix-up; the network could not see it
+
 
 def load_training_set(micrographs: str | os.PathLike | Sequence[str | os.PathLike], picks: Picks,
                       scale: WorkingScale, negatives: str | os.PathLike | Sequence | None = None,
@@ -56,8 +58,8 @@ def load_training_set(micrographs: str | os.PathLike | Sequence[str | os.PathLik
     annotated = set(picks.micrographs)
     if not annotated:
         raise CryopickError(
-            f"{source}: none of its {len(given)} micrograph name(s) (e.g. {', '.join(given[:3])}) matches the "
-            f"{len(names)} micrograph(s) given (e.g. {', '.join(names[:3])}); name the coordinate files after the "
+            f"{source}: its {len(given)} micrograph name(s) (e.g. {', '.join(given[:3])}) match no image of the "
+            f"{len(names)} given (named like: {', '.join(names[:3])}); name the coordinate files after the "
             "micrographs or pass the micrographs they belong to"
         )
     if len(annotated) < len(given):
@@ -136,6 +138,9 @@ def train_from_files(micrographs, coords: str | os.PathLike | Picks, diameter: f
             warnings.simplefilter("ignore")
             pixel_size = read_micrograph(paths[0]).pixel_size
     diameter_px = diameter_in_pixels(diameter, diameter_unit, pixel_size)
+    if not diameter_px >= MIN_DIAMETER_PX:  # also NaN
+        raise CryopickError(f"--diameter: a particle {diameter_px:g} px wide is too small to pick (at least "
+                            f"{MIN_DIAMETER_PX:g} px of the micrographs); check the value and its unit (--diameter-unit)")
     config = (config or TrainConfig()).validate()
     scale = WorkingScale.from_diameter(diameter_px, pixel_size, config.target_diameter)
     picks = coords if isinstance(coords, Picks) else read_coordinates(coords, coords_format, **read_opts)
