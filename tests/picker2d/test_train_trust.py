@@ -242,6 +242,8 @@ def test_garbage_base_weights_are_named(tmp_path):
     garbage.write_bytes(np.random.default_rng(0).bytes(1000))
     with pytest.raises(CryopickError, match=r"--checkpoint .*garbage\.pt: not usable as base weights of backbone"):
         run(tmp_path, checkpoint=str(garbage))
+    with pytest.raises(CryopickError, match=r"--checkpoint .*missing\.pt: no such file"):
+        run(tmp_path, checkpoint=str(tmp_path / "missing.pt"))
 
 
 def test_output_that_is_a_file_is_an_error(tmp_path):
@@ -331,3 +333,16 @@ def test_demo_promises_its_epochs(monkeypatch, tmp_path):
     assert config.max_minutes is None and config.epochs == 16 and config.patience == 16
     cli(["demo", "-o", str(tmp_path / "demo"), "--no-progress", "--max-minutes", "3", "--epochs", "4"])
     assert seen["config"].max_minutes == 3 and seen["config"].epochs == 4
+
+
+def test_thread_changes_need_a_clear_change_of_load(tmp_path, monkeypatch):
+    from cryopick import runtime
+
+    monkeypatch.setattr(runtime, "available_cores", lambda: 2)
+    monkeypatch.setattr(train_loop, "cpu_sample", lambda: None)
+    run_ = train_loop._Run(training_micrographs(1, size=100, n=8), SCALE, tmp_path / "m", TrainConfig(**TINY), True)
+    torch.set_num_threads(2)
+    for busy, expected in [(0.55, 2), (0.4, 2), (0.75, 1), (0.45, 1), (0.25, 2)]:
+        monkeypatch.setattr(train_loop, "busy_other_cores", lambda before, after, b=busy: b)
+        run_._recheck_threads(None, 0)
+        assert torch.get_num_threads() == expected, busy

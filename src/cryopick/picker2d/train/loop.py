@@ -182,6 +182,9 @@ class _Run:
         except Exception as exc:
             if not config.checkpoint:
                 raise
+            if isinstance(exc, FileNotFoundError):
+                raise CryopickError(f"--checkpoint {config.checkpoint}: no such file; give the path of the base "
+                                    "weights, or leave --checkpoint out") from None
             raise CryopickError(
                 f"--checkpoint {config.checkpoint}: not usable as base weights of backbone {config.backbone!r} "
                 f"({type(exc).__name__}); give a PyTorch state dict saved for this backbone, or leave --checkpoint out"
@@ -344,7 +347,10 @@ class _Run:
         if busy is None:
             return
         n, reason = choose_threads(None, busy=busy)
-        if n != torch.get_num_threads():
+        current = torch.get_num_threads()
+        # Hysteresis: change only when a load 0.2 cores further from the rounding edge agrees.
+        confirmed = choose_threads(None, busy=max(0.0, busy + (0.2 if n > current else -0.2)))[0]
+        if n != current and (confirmed - current) * (n - current) > 0:
             torch.set_num_threads(n)
             self._thread_note(f"after epoch {epoch + 1} the load changed: {reason}")
 
