@@ -346,3 +346,21 @@ def test_thread_changes_need_a_clear_change_of_load(tmp_path, monkeypatch):
         monkeypatch.setattr(train_loop, "busy_other_cores", lambda before, after, b=busy: b)
         run_._recheck_threads(None, 0)
         assert torch.get_num_threads() == expected, busy
+
+
+def test_the_budget_is_shared_by_the_self_training_stages(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_loop, "BudgetClock", fake_clock(wall_per_tick=1.0, cpu_per_tick=1.0))
+    mics = training_micrographs(2, size=100, n=8)
+    for m in mics:
+        m.coords = m.coords[::2]
+    config = TrainConfig(**{**TINY, "epochs": 6, "steps_per_epoch": 3, "labelled_fraction": 0.5, "max_minutes": 1.0,
+                            "min_epochs": 1})
+    with pytest.warns(UserWarning, match="stopped by the time budget") as caught:
+        card = train_picker(mics, SCALE, tmp_path / "m", config)
+    stages = card.training["earlier_stages"] + [card.training]
+    assert card.training["stages"] == ["pu", "self-training"]
+    assert [s["stopped"] for s in stages] == ["time budget", "time budget"]
+    assert "stage 1/2" in str(caught[0].message) and "stage 2/2" in str(caught[1].message)
+    first = card.training["earlier_stages"][0]["epochs_run"]
+    assert 1 <= first < 6 and card.training["epochs_run"] - first >= 1
+    assert card.training["budget"]["charged_minutes"] <= 1.1

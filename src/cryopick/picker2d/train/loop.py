@@ -414,8 +414,10 @@ class _Run:
         if config.checkpoint:
             save_weights(self.out, model, trainable_only=True)
         try:
-            title = (f"{self.out.name}: {config.backbone}, {card.training['epochs_run']} epochs "
-                     f"({', '.join(r['stopped'] for r in records)})")
+            why = {"epochs": "all done", "early stopping": "early stopping", "time budget": "stopped by the time budget"}
+            title = f"{self.out.name}: {config.backbone}; " + "; ".join(
+                f"{r['stage'] + ': ' if len(records) > 1 else ''}{r['epochs_run']} of {config.epochs} epochs "
+                f"({why.get(r['stopped'], r['stopped'])})" for r in records)
             plot_training_curve(self.out / CURVE_NAME, records, title=title)
         except Exception as exc:  # a plot must not cost the trained model
             warnings.warn(f"{self.out / CURVE_NAME}: not written ({type(exc).__name__}: {exc})", stacklevel=2)
