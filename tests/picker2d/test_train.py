@@ -13,6 +13,7 @@ from cryopick.picker2d.scale import diameter_in_pixels
 from cryopick.picker2d.train import TrainConfig, WorkingScale, train_picker
 from cryopick.picker2d.train import loop as train_loop
 from cryopick.picker2d.train.augment import AugmentConfig, sample_patch
+from cryopick.picker2d.train.batches import prepare_targets, sample_batch
 from cryopick.picker2d.train.data import (
     TrainingMicrograph,
     assign_validation,
@@ -91,10 +92,10 @@ def test_whole_micrographs_held_out_when_there_are_enough():
     assert assign_validation(mics, 0.2, seed=0) == "micrographs"
     held = [m for m in mics if m.val_box is not None]
     assert len(held) == 1 and held[0].val_box == (0, 100, 0, 100)
-    targets = train_loop._prepare_targets(mics, 3.0)
+    targets = prepare_targets(mics, 3.0)
     rng = np.random.default_rng(0)
     for _ in range(5):  # the held-out micrograph never feeds training (its weight is all zero)
-        _, _, w, _ = train_loop._batch(mics, targets, 32, 4, rng, None)
+        _, _, w, _ = sample_batch(mics, targets, 32, 4, rng, None)
         assert w.sum() > 0
     assert targets[mics.index(held[0])][1].sum() == 0
     two = training_micrographs(2, size=100, n=5)

@@ -4,6 +4,10 @@ The example data are 6 EMPIAR-10017 micrographs downsampled to 1024^2 (3 annotat
 3 held out with their expert picks for scoring; see cryopick/data/example/PROVENANCE.md). Takes a
 few minutes on 2 CPU cores and needs no download. Rerunning reuses what is finished.
 
+The demo trains every epoch it promises (16 by default): there is no time budget unless
+--max-minutes is given. After the first steps it says what an epoch costs on this machine, and
+PyTorch uses one thread per free core, so a machine busy with other work is not oversubscribed.
+
 Example:
   cryopick demo -o demo/
 """
@@ -16,9 +20,13 @@ import logging
 import warnings
 from pathlib import Path
 
+from cryopick.cli._args import add_threads, positive_float, positive_int
+
 log = logging.getLogger(__name__)
 
 EXAMPLE_DIAMETER_PX = 27.0  # 108 px at 4096^2, downsampled 4x
+DEMO_EPOCHS = 16
+DEMO_STEPS = 30
 
 
 def example_dir() -> Path:
@@ -30,10 +38,14 @@ def example_dir() -> Path:
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, help="output directory")
-    parser.add_argument("--epochs", type=int, default=16, help="training epochs (default 16, ~3 min on 2 cores)")
-    parser.add_argument("--steps-per-epoch", type=int, default=30)
-    parser.add_argument("--max-minutes", type=float, default=5.0, help="training wall-time budget")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--epochs", type=positive_int,
+                        help=f"training epochs, all of them trained (default {DEMO_EPOCHS}, ~3 min on 2 idle cores)")
+    parser.add_argument("--steps-per-epoch", type=positive_int,
+                        help=f"optimiser steps per epoch (default {DEMO_STEPS})")
+    parser.add_argument("--max-minutes", type=positive_float,
+                        help="time budget for training in minutes, which may then stop before --epochs (after at "
+                             "least 5 epochs; default: no budget, every epoch is trained)")
+    add_threads(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -44,6 +56,7 @@ def main(args: argparse.Namespace) -> int:
     from cryopick.picker2d.card import CARD_NAME, load_card
     from cryopick.picker2d.pick import Picker
     from cryopick.picker2d.train import TrainConfig, train_from_files
+    from cryopick.runtime import configure_threads
 
     data = example_dir()
     out = Path(args.output)
@@ -56,17 +69,27 @@ def main(args: argparse.Namespace) -> int:
         card = load_card(model_dir)
         print(f"[1/3] reusing the trained model in {model_dir}")
     else:
-        print(f"[1/3] training on {data / 'train'} (3 micrographs, particle diameter {EXAMPLE_DIAMETER_PX:g} px)")
-        config = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, patience=args.epochs,
-                             max_minutes=args.max_minutes, num_threads=args.threads, progress=progress)
+        epochs, steps = args.epochs or DEMO_EPOCHS, args.steps_per_epoch or DEMO_STEPS
+        budget = ("no time budget" if args.max_minutes is None else
+                  f"time budget {args.max_minutes:g} min, which may stop it earlier")
+        print(f"[1/3] training on {data / 'train'} (3 micrographs, particle diameter {EXAMPLE_DIAMETER_PX:g} px): "
+              f"{epochs} epochs of {steps} steps, {budget}")
+        config = TrainConfig(epochs=epochs, steps_per_epoch=steps, patience=epochs, max_minutes=args.max_minutes,
+                             num_threads=args.threads, progress=progress)
         card = train_from_files(data / "train" / "micrographs", data / "train" / "coordinates", EXAMPLE_DIAMETER_PX,
                                 model_dir, coords_format="cryoppp", config=config)
+    training = card.training
     print(f"      model: {card.backbone}, working scale 1/{card.factor:.2f}, calibrated threshold "
-          f"{card.score_threshold:.3f}, training {card.training['wall_seconds']:.0f} s")
+          f"{card.score_threshold:.3f}; trained {training['epochs_run']}"
+          + (f" of {training['epochs_requested']}" if training.get("epochs_requested") else "")
+          + f" epochs in {training['wall_seconds']:.0f} s")
+    if training.get("stopped") == "time budget":
+        print("      the time budget stopped training before the last epoch, so the accuracy below is that of "
+              "a shorter training; for all epochs rerun without --max-minutes (or a larger one) into a new -o folder")
 
     # 2. Pick the three held-out micrographs (resumable).
     print(f"[2/3] picking {data / 'test' / 'micrographs'} -> {picks_dir}")
-    picker = Picker(model_dir, num_threads=args.threads)
+    picker = Picker(model_dir, num_threads=configure_threads(args.threads))
     summary = picker.pick_many(data / "test" / "micrographs", picks_dir, overlays=3, progress=progress)
 
     # 3. Score the picks against the expert annotation (one particle radius, one-to-one).

@@ -22,6 +22,7 @@ import argparse
 from cryopick.cli._args import (
     add_bf16,
     add_redo,
+    add_threads,
     bf16_value,
     fraction,
     nonnegative_float,
@@ -56,7 +57,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="RELION project folder: paths in autopick.star are written relative to it (default: "
                              "as given on the command line)")
     add_bf16(parser)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    add_threads(parser)
     add_redo(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("-o", "--output", required=True, help="output directory")

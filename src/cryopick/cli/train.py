@@ -5,7 +5,11 @@ A strip of each micrograph is held out for validation, early stopping and the sc
 With only some particles annotated, give --labelled-fraction (or --particles-per-micrograph):
 unlabelled pixels are then treated as positive-unlabelled (nnPU loss), not as background, and a second
 network is trained on the first one's calibrated picks plus the labels (self-training; --no-self-training
-skips it). The wall-time budget (--max-minutes) is shared by the stages.
+skips it). The time budget (--max-minutes) is shared by the stages; it is charged as wall time less
+the time other processes kept the run off every core, never stops before --min-epochs, and the run
+says up front how many epochs fit and warns (with the fix) when the budget cuts training short.
+PyTorch uses one thread per free core (--threads to choose). Writes model.pt, card.json and
+training_curve.png.
 
 Examples:
   cryopick train --micrographs mics/ --coords manual/ --diameter 108 -o model/
@@ -21,81 +25,117 @@ import logging
 import shutil
 from pathlib import Path
 
+from cryopick.cli._args import (
+    add_bf16,
+    add_threads,
+    bf16_value,
+    fraction,
+    nonnegative_float,
+    nonnegative_int,
+    open_fraction,
+    positive_float,
+    positive_int,
+)
+
 log = logging.getLogger(__name__)
+
+# Options passed to TrainConfig when given (argparse dest -> TrainConfig field); None = the library default.
+CONFIG_OPTIONS = ("backbone", "checkpoint", "target_diameter", "epochs", "steps_per_epoch", "patience", "max_minutes",
+                  "min_epochs", "batch_size", "patch_size", "lr", "val_fraction", "labelled_fraction", "min_distance",
+                  "seed")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--micrographs", required=True, help="annotated micrographs: directory, glob or file")
-    parser.add_argument("--coords", required=True, help="their coordinates: file or directory, any supported format")
+    parser.add_argument("--coords", required=True,
+                        help="their coordinates: file, directory or glob, any supported format; coordinates of "
+                             "micrographs not in --micrographs are skipped")
     parser.add_argument("--coords-format", help="coordinate format (default: guessed from the extension)")
     parser.add_argument("--flip-y", action="store_true",
                         help="coordinates count y from the other edge (y -> H-1-y; e.g. CryoPPP CSV on MRC files)")
-    parser.add_argument("--diameter", type=float, required=True, help="particle diameter")
+    parser.add_argument("--diameter", type=positive_float, required=True, help="particle diameter (unit: --diameter-unit)")
     parser.add_argument("--diameter-unit", choices=["px", "A"], default="px",
                         help="unit of --diameter: pixels of the micrographs (default) or Å (needs the pixel size)")
-    parser.add_argument("--pixel-size", type=float, help="Å/px of the micrographs (default: from the file headers)")
+    parser.add_argument("--pixel-size", type=positive_float,
+                        help="Å/px of the micrographs (default: from the file headers)")
     parser.add_argument("--negatives", help="micrographs without particles (ice, carbon) to learn background from")
-    parser.add_argument("--labelled-fraction", type=float, default=1.0,
-                        help="fraction of the particles that are annotated (default 1: all)")
-    parser.add_argument("--particles-per-micrograph", type=float,
+    parser.add_argument("--labelled-fraction", type=open_fraction,
+                        help="fraction of the particles that are annotated, in (0, 1] (default 1: all)")
+    parser.add_argument("--particles-per-micrograph", type=positive_float,
                         help="sparse annotation: expected particles per micrograph (sets the labelled fraction)")
     parser.add_argument("--no-self-training", action="store_true",
                         help="sparse annotation: stop after the positive-unlabelled stage")
-    parser.add_argument("--backbone", default="unet", help="model from the registry (default: unet)")
-    parser.add_argument("--checkpoint", help="base weights for the backbone (e.g. a SAM2 checkpoint)")
-    parser.add_argument("--target-diameter", type=float, default=16.0,
-                        help="particle diameter at the working scale, px (sets the downsampling; default 16)")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--steps-per-epoch", type=int, default=40)
-    parser.add_argument("--patience", type=int, default=10, help="early stopping: epochs without improvement")
-    parser.add_argument("--max-minutes", type=float, default=9.0, help="wall-time budget for the whole run")
-    parser.add_argument("--batch-size", type=int, help="patches per step (default: 8, or 2 for large backbones)")
-    parser.add_argument("--patch-size", type=int, help="training patch side in working px (default 192)")
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--val-fraction", type=float, default=0.2,
-                        help="width fraction of each micrograph held out for validation (0 = none)")
-    parser.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="bfloat16 autocast")
-    parser.add_argument("--min-distance", type=float,
+    parser.add_argument("--backbone", help="model from the registry (default: unet)")
+    parser.add_argument("--checkpoint", help="base weights for the backbone (e.g. a SAM2 checkpoint; default: none)")
+    parser.add_argument("--target-diameter", type=positive_float,
+                        help="particle diameter at the working scale, working px, >= 4 (sets the downsampling; "
+                             "default 16)")
+    parser.add_argument("--epochs", type=positive_int, help="training epochs (default 30)")
+    parser.add_argument("--steps-per-epoch", type=positive_int,
+                        help="optimiser steps per epoch, each on --batch-size patches (default 40)")
+    parser.add_argument("--patience", type=positive_int,
+                        help="early stopping: epochs without a better validation F1 (default 10)")
+    parser.add_argument("--max-minutes", type=positive_float,
+                        help="time budget for the run in minutes: wall time less the time other processes kept "
+                             "it off every core (default 9)")
+    parser.add_argument("--min-epochs", type=positive_int,
+                        help="epochs trained whatever the time budget (default 5, at most --epochs)")
+    parser.add_argument("--batch-size", type=positive_int, help="patches per step (default: 8, or 2 for large backbones)")
+    parser.add_argument("--patch-size", type=positive_int,
+                        help="training patch side in working px, >= 16 (default: 192, or the backbone's size)")
+    parser.add_argument("--lr", type=positive_float,
+                        help="peak learning rate of AdamW, cosine-decayed to 1/100 of it (default 0.002)")
+    parser.add_argument("--val-fraction", type=fraction,
+                        help="width fraction of each micrograph held out for validation, in [0, 1) "
+                             "(0 = none; default 0.2)")
+    add_bf16(parser)
+    parser.add_argument("--min-distance", type=nonnegative_float,
                         help="duplicate suppression distance in micrograph px (default: one particle radius)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
+    parser.add_argument("--seed", type=nonnegative_int, help="random seed of initialisation and sampling (default 0)")
+    add_threads(parser)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing model directory (also to start over from a damaged checkpoint)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("-o", "--output", required=True, help="model directory to write")
 
 
+def config_from_args(args: argparse.Namespace):
+    """TrainConfig from the parsed options; options not given keep the library defaults."""
+    from cryopick.picker2d.train import TrainConfig
+
+    given = {k: getattr(args, k) for k in CONFIG_OPTIONS if getattr(args, k, None) is not None}
+    return TrainConfig(**given, self_training=not args.no_self_training, bf16=bf16_value(args.bf16),
+                       num_threads=args.threads, progress=not args.no_progress).validate()
+
+
+def summary_line(card, out) -> str:
+    """One line about the trained model: scale, threshold, validation scores, epochs and why it stopped."""
+    cal, training = card.calibration, card.training
+    f1 = cal.get("f1")
+    requested = training.get("epochs_requested")
+    epochs = f"{training['epochs_run']}" + (f" of {requested}" if requested else "")
+    return (f"model written to {out}: backbone {card.backbone}, working scale 1/{card.factor:.2f} "
+            f"(particle {card.working_diameter:.1f} px), score threshold {card.score_threshold:.3f}"
+            + (f" (validation F1 {f1:.3f}, precision {cal['precision']:.3f}, recall {cal['recall']:.3f})" if f1 else "")
+            + f"; {epochs} epochs in {training['wall_seconds']:.0f} s (stopped: {training['stopped']})")
+
+
 def main(args: argparse.Namespace) -> int:
-    from cryopick.errors import CryopickError
-    from cryopick.picker2d.train import TrainConfig, train_from_files
+    from cryopick.picker2d.train import train_from_files
 
     out = Path(args.output)
-    if args.overwrite and out.exists():
+    config = config_from_args(args)
+    if args.overwrite and out.is_dir():
         shutil.rmtree(out)
     read_opts = {}
     if args.flip_y:
         from cryopick.io.images import list_images, read_micrograph
 
         read_opts = {"flip_y": True, "height": read_micrograph(list_images(args.micrographs)[0]).shape[0]}
-    if args.labelled_fraction <= 0 or args.labelled_fraction > 1:
-        raise CryopickError(f"--labelled-fraction must be in (0, 1], got {args.labelled_fraction}")
-    config = TrainConfig(
-        backbone=args.backbone, checkpoint=args.checkpoint, target_diameter=args.target_diameter,
-        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, patience=args.patience,
-        max_minutes=args.max_minutes, batch_size=args.batch_size, patch_size=args.patch_size, lr=args.lr,
-        val_fraction=args.val_fraction, labelled_fraction=args.labelled_fraction,
-        self_training=not args.no_self_training,
-        bf16={"auto": None, "on": True, "off": False}[args.bf16], min_distance=args.min_distance,
-        seed=args.seed, num_threads=args.threads, progress=not args.no_progress,
-    )
     card = train_from_files(args.micrographs, args.coords, args.diameter, out, diameter_unit=args.diameter_unit,
                             pixel_size=args.pixel_size, coords_format=args.coords_format,
                             negatives=args.negatives, config=config,
                             particles_per_micrograph=args.particles_per_micrograph, **read_opts)
-    cal = card.calibration
-    f1 = cal.get("f1")
-    print(f"model written to {out}: backbone {card.backbone}, working scale 1/{card.factor:.2f} "
-          f"(particle {card.working_diameter:.1f} px), score threshold {card.score_threshold:.3f}"
-          + (f" (validation F1 {f1:.3f}, precision {cal['precision']:.3f}, recall {cal['recall']:.3f})" if f1 else "")
-          + f", {card.training['epochs_run']} epochs in {card.training['wall_seconds']:.0f} s")
+    print(summary_line(card, out))
     log.debug(json.dumps(card.training["history"][-3:]))
     return 0

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import torch
 
 from cryopick.errors import CryopickError
 from cryopick.io.images import read_micrograph
@@ -37,6 +36,7 @@ from cryopick.picker2d.predict import bf16_is_faster, fold_batchnorm, predict_pr
 from cryopick.picks import Picks, filter_score
 from cryopick.postprocess.peaks2d import Peaks2d, find_peaks_s1, valid_region
 from cryopick.preprocess import WorkingFrame
+from cryopick.runtime import configure_threads
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,7 @@ class Picker:
         self.pixel_size = check_number("pixel_size", pixel_size, 0.0, low_open=True)
         self.border = check_number("border", border, 0.0)
         self.detect_padding = bool(detect_padding)
-        if num_threads:
-            torch.set_num_threads(int(num_threads))
+        configure_threads(num_threads)  # None: as many as there are free cores now (cryopick.runtime)
         self.model_dir = Path(model_dir)
         self.model, self.card = load_model(self.model_dir, device=device)
         fold_batchnorm(self.model)

@@ -11,20 +11,25 @@ Modules: :mod:`.data` (working scale, targets, validation split), :mod:`.augment
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
+from pathlib import Path
 from typing import Sequence
 
 from cryopick.errors import CryopickError
 from cryopick.picker2d.scale import WorkingScale, diameter_in_pixels
 from cryopick.picker2d.train.config import TrainConfig
-from cryopick.picker2d.train.data import TrainingMicrograph, load_training_micrograph
+from cryopick.picker2d.train.data import TrainingMicrograph, load_training_micrograph, report_outside
 from cryopick.picker2d.train.loop import train_picker
 from cryopick.picks import Picks
 
-__all__ = ["TrainConfig", "WorkingScale", "load_training_set", "train_from_files", "train_picker"]
+__all__ = ["TrainConfig", "WorkingScale", "load_training_set", "read_coordinates", "train_from_files",
+           "train_picker"]
 
 log = logging.getLogger(__name__)
+
+MIN_DIAMETER_PX = 4.0  # a smaller particle is a unit mix-up; the network could not see it
 
 
 def load_training_set(micrographs: str | os.PathLike | Sequence[str | os.PathLike], picks: Picks,
@@ -32,22 +37,38 @@ def load_training_set(micrographs: str | os.PathLike | Sequence[str | os.PathLik
                       progress: bool = False) -> list[TrainingMicrograph]:
     """Read annotated micrographs (and optional particle-free ones) at the working scale.
 
-    Coordinates are matched to images by name (see :func:`cryopick.io.coords.match_micrograph_names`);
-    coordinate names matching no image are an error. Images without any coordinates are skipped with a
-    warning (give particle-free images as ``negatives`` to train on them).
+    Coordinates are matched to images by name (see :func:`cryopick.io.coords.match_micrograph_names`).
+    Coordinates of micrographs not given are skipped, with a note of how many (train on a subset of an
+    annotated folder by passing only those micrographs). Images without any coordinates are skipped
+    with a warning (give particle-free images as ``negatives`` to train on them). Coordinates outside
+    their image are reported per file (:func:`cryopick.picker2d.train.data.report_outside`).
     """
     from tqdm.auto import tqdm
 
-    from cryopick.io.coords import match_micrograph_names
+    from cryopick.io.coords import match_micrograph_names, normalise_name
     from cryopick.io.images import image_name, list_images
 
     paths = list_images(micrographs if isinstance(micrographs, (str, os.PathLike)) else list(micrographs))
     names = [image_name(p) for p in paths]
-    picks = match_micrograph_names(picks, paths)
+    source = picks.meta.get("source", "the coordinates")
+    given = list(picks.micrographs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        picks = match_micrograph_names(picks, paths, allow_unmatched=True)
     annotated = set(picks.micrographs)
+    if not annotated:
+        raise CryopickError(
+            f"{source}: its {len(given)} micrograph name(s) (e.g. {', '.join(given[:3])}) match no image of the "
+            f"{len(names)} given (named like: {', '.join(names[:3])}); name the coordinate files after the "
+            "micrographs or pass the micrographs they belong to"
+        )
+    if len(annotated) < len(given):
+        keys = {normalise_name(n).lower() for n in names}
+        skipped = [n for n in given if normalise_name(n).lower() not in keys]
+        log.info("%s: %d of %d annotated micrographs are not among the micrographs given and are skipped%s",
+                 source, len(given) - len(annotated), len(given),
+                 f" (e.g. {', '.join(skipped[:3])})" if skipped else "")
     missing = [n for n in names if n not in annotated]
-    if missing and len(missing) == len(names):
-        raise CryopickError("none of the micrographs has coordinates; check the coordinate files' names")
     if missing:
         warnings.warn(f"{len(missing)} micrograph(s) have no coordinates and are not used: "
                       f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
@@ -56,11 +77,30 @@ def load_training_set(micrographs: str | os.PathLike | Sequence[str | os.PathLik
     items = [(p, n) for p, n in zip(paths, names) if n in annotated]
     for p, n in tqdm(items, desc="loading", unit="mic", disable=not progress):
         mics.append(load_training_micrograph(p, picks.for_micrograph(n).coords, scale, name=n))
+    mics = report_outside(mics)
     if negatives:
         neg_paths = list_images(negatives if isinstance(negatives, (str, os.PathLike)) else list(negatives))
         for p in tqdm(neg_paths, desc="loading negatives", unit="mic", disable=not progress):
             mics.append(load_training_micrograph(p, None, scale, negative=True))
     return mics
+
+
+def read_coordinates(coords: str | os.PathLike, coords_format: str | None = None, **read_opts) -> Picks:
+    """Coordinates from a file, a directory or a glob pattern (``"manual/*.star"``)."""
+    import glob
+
+    from cryopick.io.coords import read_picks
+    from cryopick.picks import concat
+
+    text = str(coords)
+    if any(ch in text for ch in "*?[") and not Path(text).exists():
+        files = sorted(p for p in glob.glob(text) if Path(p).is_file())
+        if not files:
+            raise CryopickError(f"--coords {text!r}: the pattern matches no file")
+        picks = concat([read_picks(f, format=coords_format, **read_opts) for f in files])
+        picks.meta["source"] = text
+        return picks
+    return read_picks(coords, format=coords_format, **read_opts)
 
 
 def train_from_files(micrographs, coords: str | os.PathLike | Picks, diameter: float, output_dir: str | os.PathLike,
@@ -74,8 +114,8 @@ def train_from_files(micrographs, coords: str | os.PathLike | Picks, diameter: f
     micrographs
         Directory, glob or list of micrograph files (any supported image format).
     coords
-        Coordinate file/directory (any supported format) or a :class:`Picks` table, in the
-        micrographs' pixels.
+        Coordinate file, directory or glob pattern (any supported format) or a :class:`Picks` table,
+        in the micrographs' pixels. Coordinates of micrographs not in ``micrographs`` are skipped.
     diameter
         Particle diameter, in ``diameter_unit`` (``"px"`` of the micrographs or ``"A"``).
     pixel_size
@@ -87,18 +127,23 @@ def train_from_files(micrographs, coords: str | os.PathLike | Picks, diameter: f
     **read_opts
         Conversion options for :func:`cryopick.io.coords.read_picks` (e.g. ``flip_y=True, height=4096``).
     """
-    from cryopick.io.coords import read_picks
     from cryopick.io.images import list_images, read_micrograph
 
+    if particles_per_micrograph is not None and not (math.isfinite(particles_per_micrograph)
+                                                     and particles_per_micrograph > 0):
+        raise CryopickError(f"--particles-per-micrograph must be a number > 0, got {particles_per_micrograph}")
     paths = list_images(micrographs if isinstance(micrographs, (str, os.PathLike)) else list(micrographs))
     if pixel_size is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pixel_size = read_micrograph(paths[0]).pixel_size
     diameter_px = diameter_in_pixels(diameter, diameter_unit, pixel_size)
-    config = config or TrainConfig()
+    if not diameter_px >= MIN_DIAMETER_PX:  # also NaN
+        raise CryopickError(f"--diameter: a particle {diameter_px:g} px wide is too small to pick (at least "
+                            f"{MIN_DIAMETER_PX:g} px of the micrographs); check the value and its unit (--diameter-unit)")
+    config = (config or TrainConfig()).validate()
     scale = WorkingScale.from_diameter(diameter_px, pixel_size, config.target_diameter)
-    picks = coords if isinstance(coords, Picks) else read_picks(coords, format=coords_format, **read_opts)
+    picks = coords if isinstance(coords, Picks) else read_coordinates(coords, coords_format, **read_opts)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*no pixel size.*")
         mics = load_training_set(paths, picks, scale, negatives=negatives, progress=config.progress)

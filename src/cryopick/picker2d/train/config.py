@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
+from cryopick.errors import CryopickError
 from cryopick.picker2d.train.augment import AugmentConfig
 
 
@@ -25,9 +27,13 @@ class TrainConfig:
         (its ``preferred_size`` and batch 2) or 192 px and 8.
     lr, weight_decay, warmup_steps
         AdamW settings; the learning rate follows a cosine from ``lr`` to ``lr / 100``.
-    epochs, steps_per_epoch, patience, max_minutes
-        Schedule length, early stopping patience (epochs without a better validation F1), and a
-        wall-time budget for the whole run (loading and calibration included).
+    epochs, steps_per_epoch, patience
+        Schedule length and early stopping patience (epochs without a better validation F1).
+    max_minutes, min_epochs
+        Time budget of the run in minutes (``None``: none), counted by
+        :class:`cryopick.training.BudgetClock` (wall time, less the time other processes kept this
+        one off every core), shared by the stages; it never stops a stage before ``min_epochs``
+        epochs (or ``epochs``, when fewer). See :mod:`.budget`.
     val_fraction, val_mode
         Fraction of the annotated data held out for validation and calibration: a strip of each
         micrograph (``"strips"``, default: the held-out labels span every micrograph, so one
@@ -56,7 +62,8 @@ class TrainConfig:
         Post-processing settings stored in the card (``min_distance`` in original pixels,
         ``None`` = one particle radius).
     seed, num_threads, progress
-        Reproducibility, torch CPU threads (``None`` = torch default), tqdm bar.
+        Reproducibility, torch CPU threads (``None``: one per free core, re-checked every epoch;
+        see :mod:`cryopick.runtime`), tqdm bar.
     """
 
     backbone: str = "unet"
@@ -72,7 +79,8 @@ class TrainConfig:
     epochs: int = 30
     steps_per_epoch: int = 40
     patience: int = 10
-    max_minutes: float = 9.0
+    max_minutes: float | None = 9.0
+    min_epochs: int = 5
     val_fraction: float = 0.2
     val_mode: str = "strips"
     labelled_fraction: float = 1.0
@@ -90,9 +98,53 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def resume_key(self) -> dict:
-        """Settings that must match to resume a checkpoint."""
+        """Settings that must match to resume a checkpoint (the budget, threads and display may change)."""
         d = asdict(self)
-        for k in ("progress", "num_threads", "max_minutes"):
+        for k in ("progress", "num_threads", "max_minutes", "min_epochs"):
             d.pop(k)
         return d
+
+    def validate(self) -> "TrainConfig":
+        """Raise :class:`CryopickError` naming the option when a setting is out of range; returns self."""
+        def bad(name: str, rule: str) -> CryopickError:
+            value = getattr(self, name)
+            return CryopickError(f"{name} (--{name.replace('_', '-')}) must be {rule}, got {value!r}")
+
+        def number(name: str, low: float, high: float = math.inf, *, integer: bool = False, open_low: bool = False,
+                   open_high: bool = False, optional: bool = False) -> None:
+            value = getattr(self, name)
+            if value is None and optional:
+                return
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if ok and integer:
+                ok = float(value).is_integer()
+            if ok:
+                ok = (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
+            if not ok:
+                lo = f"> {low:g}" if open_low else f">= {low:g}"
+                hi = "" if high == math.inf else (f" and < {high:g}" if open_high else f" and <= {high:g}")
+                raise bad(name, ("a whole number " if integer else "a finite number ") + lo + hi)
+
+        for name in ("epochs", "steps_per_epoch", "patience", "min_epochs"):
+            number(name, 1, integer=True)
+        number("warmup_steps", 0, integer=True)
+        number("seed", 0, integer=True)
+        number("batch_size", 1, integer=True, optional=True)
+        number("patch_size", 16, integer=True, optional=True)
+        number("num_threads", 1, integer=True, optional=True)
+        number("max_minutes", 0, open_low=True, optional=True)
+        number("lr", 0, open_low=True)
+        number("weight_decay", 0)
+        number("target_diameter", 4)
+        number("target_radius_fraction", 0, 1, open_low=True)
+        number("val_fraction", 0, 1, open_high=True)
+        number("labelled_fraction", 0, 1, open_low=True)
+        number("mask_threshold", 0, 1, open_low=True, open_high=True)
+        number("ema_decay", 0, 1, open_high=True)
+        number("min_distance", 0, optional=True)
+        if self.val_mode not in ("strips", "micrographs"):
+            raise bad("val_mode", "'strips' or 'micrographs'")
+        if self.self_training_init not in ("fresh", "previous"):
+            raise bad("self_training_init", "'fresh' or 'previous'")
+        return self
 

@@ -74,18 +74,91 @@ def load_training_micrograph(path: str | os.PathLike, coords: np.ndarray | None,
                              negative: bool = False, name: str | None = None,
                              clip_sigma: float = 4.0) -> TrainingMicrograph:
     """Read a micrograph, bring it to the working scale and map its ``(N, 2)`` original-pixel
-    coordinates into the working frame. Coordinates outside the image are dropped with a note."""
+    coordinates into the working frame.
+
+    Coordinates outside the image are not used; how many, and how far out they reach, is recorded in
+    ``meta`` (``n_given``, ``n_outside``, ``extent``) for :func:`report_outside` to tell the user.
+
+    Raises
+    ------
+    CryopickError
+        Non-finite coordinates, or a particle diameter larger than half the micrograph's shorter side
+        (a unit mix-up; it would leave no image to train on).
+    """
     image = read_micrograph(path)
     data = image.load()
+    h, w = data.shape
+    if scale.diameter > min(h, w) / 2:
+        raise CryopickError(
+            f"{path}: a particle diameter of {scale.diameter:g} px does not fit this {w}x{h} px micrograph (it must be "
+            f"at most half the shorter side, {min(h, w) / 2:g} px); check --diameter and its unit "
+            "(--diameter-unit A with --pixel-size for Å)"
+        )
     work, frame = prepare_image(data, scale.factor, clip_sigma=clip_sigma)
     xy = np.zeros((0, 2)) if coords is None or negative else np.asarray(coords, float).reshape(-1, 2)
     if not np.isfinite(xy).all():
         raise CryopickError(f"coordinates for {path} contain NaN or infinite values; fix or remove those rows")
-    h, w = data.shape
     inside = (xy[:, 0] >= -0.5) & (xy[:, 0] <= w - 0.5) & (xy[:, 1] >= -0.5) & (xy[:, 1] <= h - 0.5)
-    meta = {"n_outside": int((~inside).sum()), "original_shape": [int(h), int(w)]}
+    meta = {"n_given": int(len(xy)), "n_outside": int((~inside).sum()), "original_shape": [int(h), int(w)],
+            "extent": [float(xy[:, 0].min()), float(xy[:, 0].max()), float(xy[:, 1].min()), float(xy[:, 1].max())]
+            if len(xy) else None}
     return TrainingMicrograph(name=name or image.name, image=work, coords=frame.to_working(xy[inside]),
                               frame=frame, negative=negative, source=str(path), meta=meta)
+
+
+def outside_hint(micrographs: list[TrainingMicrograph]) -> str:
+    """The likely cause of coordinates outside their images, from how far out they reach."""
+    ratios, below = [], False
+    for m in micrographs:
+        extent, shape = m.meta.get("extent"), m.meta.get("original_shape")
+        if not extent or not shape:
+            continue
+        x0, x1, y0, y1 = extent
+        ratios.append(max(x1 / shape[1], y1 / shape[0]))
+        below = below or x0 < -0.5 or y0 < -0.5
+    ratio = max(ratios, default=0.0)
+    hints = []
+    if ratio > 1.3:
+        hints.append(f"they reach {ratio:.1f}x the image size, as for a {ratio:.0f}x larger (unbinned) micrograph: "
+                     f"rescale them (cryopick convert --scale {1 / ratio:.2g}) or give the matching micrographs")
+    if below:
+        hints.append("some are negative: y may count from the other edge (--flip-y) or x and y be swapped")
+    hints.append("check that each coordinate file belongs to the micrograph of the same name, at the same pixel "
+                 "size (--flip-y, cryopick convert --scale / --to-pixel-size)")
+    return "; ".join(hints)
+
+
+def report_outside(micrographs: list[TrainingMicrograph]) -> list[TrainingMicrograph]:
+    """Warn, per file, about coordinates outside their image; drop micrographs whose coordinates all lie
+    outside (they are not particle-free: training on them as background would teach the network to
+    ignore particles). Returns the micrographs kept.
+
+    Raises
+    ------
+    CryopickError
+        When no annotated micrograph keeps a coordinate, naming the files and the likely cause.
+    """
+    import warnings
+
+    partial = [m for m in micrographs if not m.negative and 0 < m.meta.get("n_outside", 0) < m.meta.get("n_given", 0)]
+    lost = [m for m in micrographs if not m.negative and m.meta.get("n_given", 0)
+            and m.meta.get("n_outside", 0) == m.meta["n_given"]]
+
+    def describe(m: TrainingMicrograph) -> str:
+        h, w = m.meta["original_shape"]
+        return (f"{m.source or m.name}: {m.meta['n_outside']} of {m.meta['n_given']} coordinates lie outside the "
+                f"{w}x{h} px image")
+
+    lost_ids = {id(m) for m in lost}
+    kept = [m for m in micrographs if id(m) not in lost_ids]
+    if lost and not any(len(m.coords) for m in kept if not m.negative):
+        listing = "; ".join(describe(m) for m in lost[:5]) + (f"; (+{len(lost) - 5} more)" if len(lost) > 5 else "")
+        raise CryopickError(f"all coordinates lie outside their micrographs ({listing}); {outside_hint(lost)}")
+    for m in partial:
+        warnings.warn(f"{describe(m)} and are not used; {outside_hint([m])}", stacklevel=2)
+    for m in lost:
+        warnings.warn(f"{describe(m)}, so the micrograph is not used; {outside_hint([m])}", stacklevel=2)
+    return kept
 
 
 def assign_validation(micrographs: list[TrainingMicrograph], fraction: float = 0.2, seed: int = 0,

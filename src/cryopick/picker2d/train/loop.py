@@ -5,19 +5,21 @@ validation pass over the held-out data (a strip of every micrograph, or whole mi
 :func:`cryopick.picker2d.train.data.assign_validation`): the network is run on it,
 post-processed with Algorithm S1, and matched to the labels -> best-threshold F1. The
 weights with the best validation F1 are kept (``model.pt``), training stops early after
-``patience`` epochs without improvement or when the time budget is spent, and a resumable
-checkpoint (``checkpoint.pt``: weights, optimiser, scheduler, RNG states, history) is written
-atomically after every epoch. At the end the score threshold is calibrated on the validation strips
-and the model card is written.
+``patience`` epochs without improvement or when the time budget is spent (never before
+``min_epochs``; see :mod:`.budget`), and a resumable checkpoint (``checkpoint.pt``: weights,
+optimiser, scheduler, RNG states, history, budget used) is written atomically after every epoch.
+The progress bar counts optimiser steps. PyTorch uses one thread per free core unless told
+otherwise, re-checked after every epoch (:mod:`cryopick.runtime`). At the end the score threshold is
+calibrated on the validation data and the model card and ``training_curve.png`` are written.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,24 +27,24 @@ import numpy as np
 import torch
 
 from cryopick.errors import CryopickError
-from cryopick.io.atomic import atomic_path
 from cryopick.models.registry import build_model
 from cryopick.picker2d.calibrate import ValidationPicks, calibrate_threshold, f1_curve, score_grid, validation_picks
 from cryopick.picker2d.card import CARD_NAME, WEIGHTS_NAME, ModelCard, save_card, save_weights
 from cryopick.picker2d.scale import WorkingScale
-from cryopick.picker2d.train.augment import sample_patch
+from cryopick.picker2d.train.batches import batch_loss, prepare_targets, sample_batch
+from cryopick.picker2d.train.budget import ESTIMATE_AFTER_STEPS, StageBudget, budget_record
 from cryopick.picker2d.train.config import TrainConfig
 from cryopick.picker2d.train.data import (
     TrainingMicrograph,
     assign_validation,
     assign_validation_strips,
-    disk_target,
     positive_prior,
     summarise,
 )
-from cryopick.picker2d.train.losses import nnpu_loss
-from cryopick.postprocess.peaks2d import find_peaks_s1
-from cryopick.training import WeightAverage, cosine_schedule, save_checkpoint, set_seeds
+from cryopick.picker2d.train.pseudo import PSEUDO_NAME, load_pseudo_labels, make_pseudo_labels
+from cryopick.picker2d.train.report import CURVE_NAME, plot_training_curve, sparse_handling
+from cryopick.runtime import busy_other_cores, choose_threads, configure_threads, cpu_sample
+from cryopick.training import BudgetClock, WeightAverage, cosine_schedule, save_checkpoint, set_seeds
 
 log = logging.getLogger(__name__)
 
@@ -50,53 +52,12 @@ log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-PSEUDO_NAME = "pseudo_labels.npz"
-
-
 PREVIOUS_STAGE_NAME = "previous_stage.pt"
 
 
-def _prepare_targets(mics: list[TrainingMicrograph], radius: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per micrograph: (target disks, loss weight with the validation strip zeroed)."""
-    out = []
-    for m in mics:
-        target = disk_target(m.shape, m.coords if m.train_coords is None else m.train_coords, radius)
-        weight = np.ones(m.shape, np.uint8)
-        if m.val_box is not None:
-            y0, y1, x0, x1 = m.val_box
-            weight[y0:y1, x0:x1] = 0
-        out.append((target, weight))
-    return out
-
-
-def _batch(mics, targets, size, batch_size, rng, augment):
-    # Area-proportional sampling over the trainable pixels (held-out micrographs get none).
-    areas = np.array([float(t[1].sum()) for t in targets])
-    choice = rng.choice(len(mics), size=batch_size, p=areas / areas.sum())
-    imgs, tgts, wgts, negs = [], [], [], []
-    for k in choice:
-        img, tgt, wgt = sample_patch(mics[k].image, targets[k][0], targets[k][1], size, rng, augment)
-        imgs.append(img)
-        tgts.append(tgt)
-        wgts.append(wgt)
-        negs.append(np.full(img.shape, float(mics[k].negative), np.float32))
-    as_t = lambda xs: torch.from_numpy(np.stack(xs))[:, None]  # noqa: E731
-    return as_t(imgs), as_t(tgts), as_t(wgts), as_t(negs)
-
-
-def _loss(logits, target, weight, negative, prior):
-    """nnPU/balanced BCE on micrographs with particles; plain BCE on known-negative micrographs."""
-    import torch.nn.functional as F
-
-    pos_w = weight * (1 - negative)
-    loss = nnpu_loss(logits, target, pos_w, prior) if pos_w.sum() > 0 else logits.sum() * 0
-    neg_w = weight * negative
-    if neg_w.sum() > 0:
-        bce = F.binary_cross_entropy_with_logits(logits.float(), torch.zeros_like(logits, dtype=torch.float32),
-                                                 reduction="none")
-        frac = float(neg_w.sum() / weight.sum().clamp_min(1))
-        loss = (1 - frac) * loss + frac * 0.5 * (bce * neg_w).sum() / neg_w.sum()
-    return loss
+# Entries a checkpoint must hold to be resumed (later versions add more, read with defaults).
+_CHECKPOINT_KEYS = ("stage", "model", "optimiser", "scheduler", "rng", "torch_rng", "epoch", "best_f1", "best_epoch",
+                    "history", "config")
 
 
 def train_picker(mics: list[TrainingMicrograph], scale: WorkingScale, output_dir: str | os.PathLike,
@@ -130,6 +91,11 @@ def train_picker(mics: list[TrainingMicrograph], scale: WorkingScale, output_dir
     return run.train()
 
 
+def _shown(f1: float | None) -> str:
+    """An F1 for the progress bar ("-" before the first validation, or without validation data)."""
+    return "-" if f1 is None or f1 < 0 else f"{f1:.3f}"
+
+
 class _Run:
     """State shared by the stages of one training run (see :func:`train_picker`)."""
 
@@ -137,19 +103,22 @@ class _Run:
         self.t_start = time.perf_counter()
         self.cpu_start = time.process_time()
         self.mics, self.scale, self.out, self.config = mics, scale, out, config
-        out.mkdir(parents=True, exist_ok=True)
+        config.validate()
         if not mics:
             raise CryopickError("no training micrographs given")
         if sum(len(m.coords) for m in mics) == 0:
             raise CryopickError("the training micrographs have no labelled particles; annotate at least one micrograph")
-        if not 0 < config.labelled_fraction <= 1:
-            raise CryopickError(f"labelled fraction must be in (0, 1], got {config.labelled_fraction}")
-        if config.self_training_init not in ("fresh", "previous"):
-            raise CryopickError(f"self_training_init must be 'fresh' or 'previous', got {config.self_training_init!r}")
-        if config.val_mode not in ("strips", "micrographs"):
-            raise CryopickError(f"val_mode must be 'strips' or 'micrographs', got {config.val_mode!r}")
-        if config.num_threads:
-            torch.set_num_threads(int(config.num_threads))
+        if out.exists() and not out.is_dir():
+            raise CryopickError(f"{out}: is a file, not a model directory; choose another -o")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CryopickError(f"{out}: cannot create the model directory ({exc.strerror}); choose another -o") from None
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise CryopickError(f"{out}: the model directory is not writable; choose another -o")
+        self.thread_notes: list[str] = []
+        self.threads_auto = config.num_threads is None
+        configure_threads(config.num_threads, log=self._thread_note)
         set_seeds(config.seed)
         if config.val_mode == "micrographs":
             self.validation_mode = assign_validation(mics, config.val_fraction, seed=config.seed)
@@ -173,20 +142,53 @@ class _Run:
         if (out / CARD_NAME).exists() and (out / WEIGHTS_NAME).exists() and not self.ckpt_path.exists():
             raise CryopickError(f"{out}: already holds a trained model; choose another output directory or --overwrite")
         if self.ckpt_path.exists() and resume:
-            self.state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
+            self.state = self._read_checkpoint()
             if self.state.get("config") != config.resume_key():
                 raise CryopickError(
                     f"{self.ckpt_path}: an unfinished run with different settings is there; use the same settings "
                     "to resume, or --overwrite to start again"
                 )
         self.elapsed_before = self.state.get("elapsed", 0.0) if self.state else 0.0
+        # Checkpoints written before the budget clock existed hold only the wall time.
+        self.clock = BudgetClock(self.state.get("budget_used", self.elapsed_before) if self.state else 0.0)
+
+    def _thread_note(self, text: str) -> None:
+        self.thread_notes.append(text)
+        log.info(text)
+
+    def _start_over(self) -> str:
+        return f"to start over delete it, or rerun with --overwrite (deletes {self.out}) or another -o folder"
+
+    def _read_checkpoint(self) -> dict:
+        try:
+            state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
+            missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+            if missing:
+                raise KeyError(", ".join(missing))
+        except Exception as exc:  # any damage: truncated zip, random bytes, another program's file
+            raise CryopickError(f"{self.ckpt_path}: the checkpoint of an unfinished run is unreadable "
+                                f"({type(exc).__name__}); {self._start_over()}") from None
+        return state
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.t_start
 
     def build(self):
         config = self.config
-        model = build_model(config.backbone, checkpoint=config.checkpoint, **config.backbone_kwargs)
+        try:
+            model = build_model(config.backbone, checkpoint=config.checkpoint, **config.backbone_kwargs)
+        except CryopickError:
+            raise
+        except Exception as exc:
+            if not config.checkpoint:
+                raise
+            if isinstance(exc, FileNotFoundError):
+                raise CryopickError(f"--checkpoint {config.checkpoint}: no such file; give the path of the base "
+                                    "weights, or leave --checkpoint out") from None
+            raise CryopickError(
+                f"--checkpoint {config.checkpoint}: not usable as base weights of backbone {config.backbone!r} "
+                f"({type(exc).__name__}); give a PyTorch state dict saved for this backbone, or leave --checkpoint out"
+            ) from None
         preferred = getattr(model, "preferred_size", None)
         patch = int(config.patch_size or preferred or 192)
         multiple = int(getattr(model, "input_multiple", 1) or 1)
@@ -206,37 +208,50 @@ class _Run:
         ema = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
         return model, optimiser, scheduler, ema
 
+    def _load_weights(self, model, path: Path) -> None:
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as exc:
+            raise CryopickError(f"{path}: weights of an unfinished run are unreadable ({type(exc).__name__}); "
+                                f"{self._start_over()}") from None
+
     def train(self) -> ModelCard:
         config = self.config
         start_stage = self.state["stage"] if self.state else 0
         records: list[dict] = list(self.state.get("stage_records", [])) if self.state else []
         if start_stage > 0 or (self.state is None and self.pseudo_path.exists() and len(self.stages) > 1):
-            records = self._load_pseudo_labels() or records
+            records = load_pseudo_labels(self.pseudo_path, self.mics) or records
             start_stage = max(start_stage, 1)
         for index in range(start_stage, len(self.stages)):
             kind = self.stages[index]
             model, optimiser, scheduler, ema = self.build()
             state = self.state if (self.state and self.state["stage"] == index) else None
             if state is None and index > 0 and config.self_training_init == "previous":
-                model.load_state_dict(torch.load(self.out / PREVIOUS_STAGE_NAME, map_location="cpu",
-                                                 weights_only=True))
+                self._load_weights(model, self.out / PREVIOUS_STAGE_NAME)
             prior = (positive_prior(self.mics, self.radius, config.labelled_fraction) if kind == "pu" else 0.0)
             fit = self._fit(index, kind, model, optimiser, scheduler, ema, prior, state, records)
-            model.load_state_dict(torch.load(self.out / WEIGHTS_NAME, map_location="cpu", weights_only=True))
+            self._load_weights(model, self.out / WEIGHTS_NAME)
             calibration, threshold = self._calibrate(model)
             records.append({"stage": kind, "prior": prior, **fit, "calibration": calibration})
             if index + 1 < len(self.stages):
                 if config.self_training_init == "previous":
                     save_checkpoint(self.out / PREVIOUS_STAGE_NAME, model.state_dict())
-                self._make_pseudo_labels(model, threshold, records)
+                make_pseudo_labels(model, self.mics, threshold, records, self.pseudo_path, radius=self.radius,
+                                   mask_threshold=config.mask_threshold, score_method=config.score_method,
+                                   min_distance=self.min_distance_w, match_tolerance=self.match_tolerance,
+                                   bf16=self.bf16)
         return self._finish(model, records)
 
     # -- one stage --
     def _fit(self, index, kind, model, optimiser, scheduler, ema, prior, state, records) -> dict:
+        from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
         config = self.config
-        targets = _prepare_targets(self.mics, self.radius)
+        targets = prepare_targets(self.mics, self.radius)
         history: list[dict] = []
         start_epoch, best_f1, best_epoch = 0, -1.0, -1
+        stage_start = self.clock.tick()
         if state is not None:
             model.load_state_dict(state["model"])
             if ema is not None:
@@ -247,64 +262,97 @@ class _Run:
             torch.set_rng_state(state["torch_rng"])
             start_epoch, best_f1, best_epoch = state["epoch"] + 1, state["best_f1"], state["best_epoch"]
             history = state["history"]
+            stage_start = state.get("stage_start", stage_start)
             log.info("resuming %s at stage %d, epoch %d (best validation F1 %.3f)", self.out, index + 1,
-                     start_epoch, best_f1)
-
-        from tqdm.auto import tqdm
-
-        budget = config.max_minutes * 60
+                     start_epoch + 1, best_f1)
+        budget = StageBudget(config, self.clock, index, len(self.stages), stage_start)
         label = "training" if len(self.stages) == 1 else f"stage {index + 1}/{len(self.stages)} ({kind})"
-        bar = tqdm(range(start_epoch, config.epochs), desc=label, unit="epoch", disable=not config.progress,
-                   initial=start_epoch, total=config.epochs)
+        steps = config.steps_per_epoch
+        bar = tqdm(total=config.epochs * steps, initial=start_epoch * steps, desc=label, unit="step",
+                   disable=not config.progress)
         model.train()
-        stopped = "epochs"
-        for epoch in bar:
-            t_epoch = time.perf_counter()
-            losses = []
-            for _ in range(config.steps_per_epoch):
-                x, y, w, neg = _batch(self.mics, targets, self.patch, self.batch_size, self.rng, config.augment)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-                    logits = model(x)
-                loss = _loss(logits, y, w, neg, prior)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                scheduler.step()
+        stopped, first, epoch_cost, done = "epochs", True, 0.0, start_epoch
+        with logging_redirect_tqdm():
+            for epoch in range(start_epoch, config.epochs):
+                bar.set_description(f"{label}, epoch {epoch + 1}/{config.epochs}")
+                t_epoch, load_sample = self.clock.tick(), cpu_sample() if self.threads_auto else None
+                losses = []
+                for step in range(steps):
+                    x, y, w, neg = sample_batch(self.mics, targets, self.patch, self.batch_size, self.rng, config.augment)
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                        logits = model(x)
+                    loss = batch_loss(logits, y, w, neg, prior)
+                    optimiser.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimiser.step()
+                    scheduler.step()
+                    if ema is not None:
+                        ema.update(model, scheduler.last_epoch)
+                    losses.append(float(loss.detach()))
+                    self.clock.tick()
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{np.mean(losses):.3f}", best_f1=_shown(best_f1), refresh=False)
+                    if step == 0:
+                        t_first = self.clock.used
+                    if first and step == min(ESTIMATE_AFTER_STEPS, steps - 1):
+                        per_step = (self.clock.used - t_first) / step if step else self.clock.used - t_epoch
+                        budget.announce(per_step, torch.get_num_threads(), epoch)
+                bar.set_postfix_str("validating", refresh=True)
+                t_val = self.clock.tick()
                 if ema is not None:
-                    ema.update(model, scheduler.last_epoch)
-                losses.append(float(loss.detach()))
-            if ema is not None:
-                ema.swap(model)  # validate and keep the averaged weights
-            val = self._validate(model) if self.has_val else {"f1": None}
-            score = val["f1"] if val["f1"] is not None else -float(np.mean(losses))
-            if score > best_f1:
-                best_f1, best_epoch = score, epoch
-                save_weights(self.out, model)
-            if ema is not None:
-                ema.swap(model)  # back to the live weights for training and the checkpoint
-            epoch_seconds = time.perf_counter() - t_epoch
-            history.append({"epoch": epoch, "loss": float(np.mean(losses)), **val,
-                            "lr": float(scheduler.get_last_lr()[0]), "seconds": round(epoch_seconds, 2)})
-            save_checkpoint(self.ckpt_path, {
-                "stage": index, "stage_records": records, "ema": ema.shadow if ema is not None else None,
-                "model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": self.rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(), "epoch": epoch, "best_f1": best_f1, "best_epoch": best_epoch,
-                "history": history, "config": config.resume_key(), "elapsed": self.elapsed()})
-            bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_f1="-" if val["f1"] is None else f"{val['f1']:.3f}",
-                            best=f"{best_f1:.3f}")
-            if epoch - best_epoch >= config.patience:
-                stopped = "early stopping"
-                break
-            # Leave room for the remaining stages: each later stage gets an equal share of what is left.
-            stages_left = len(self.stages) - index
-            stage_budget = (budget - self.elapsed()) / stages_left + (time.perf_counter() - t_epoch)
-            if 1.5 * epoch_seconds > stage_budget - 20 or self.elapsed() + 1.5 * epoch_seconds > budget - 20:
-                stopped = "time budget"
-                break
+                    ema.swap(model)  # validate and keep the averaged weights
+                val = self._validate(model) if self.has_val else {"f1": None}
+                score = val["f1"] if val["f1"] is not None else -float(np.mean(losses))
+                if score > best_f1:
+                    best_f1, best_epoch = score, epoch
+                    save_weights(self.out, model)
+                if ema is not None:
+                    ema.swap(model)  # back to the live weights for training and the checkpoint
+                val_cost = self.clock.tick() - t_val
+                epoch_cost = self.clock.used - t_epoch
+                history.append({"epoch": epoch, "loss": float(np.mean(losses)), **val,
+                                "lr": float(scheduler.get_last_lr()[0]), "seconds": round(epoch_cost, 2),
+                                "threads": torch.get_num_threads()})
+                save_checkpoint(self.ckpt_path, {
+                    "stage": index, "stage_records": records, "ema": ema.shadow if ema is not None else None,
+                    "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                    "scheduler": scheduler.state_dict(), "rng": self.rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(), "epoch": epoch, "best_f1": best_f1, "best_epoch": best_epoch,
+                    "history": history, "config": config.resume_key(), "elapsed": self.elapsed(),
+                    "budget_used": self.clock.tick(), "stage_start": stage_start})
+                bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_f1=_shown(val["f1"]), best_f1=_shown(best_f1))
+                done = epoch + 1
+                reserve = 2.0 * val_cost + 2.0  # the calibration after the stage is a finer validation
+                if first:
+                    first = False
+                    budget.after_first_epoch(done, epoch_cost, reserve)
+                if epoch - best_epoch >= config.patience:
+                    stopped = "early stopping"
+                    break
+                if budget.should_stop(done, epoch_cost, reserve):
+                    stopped = "time budget"
+                    break
+                if self.threads_auto:
+                    self._recheck_threads(load_sample, epoch)
         bar.close()
+        warning = None
+        if stopped == "time budget":
+            warning = budget.cut_short(done, epoch_cost, reserve, torch.get_num_threads())
         return {"epochs_run": len(history), "best_epoch": best_epoch, "best_val_f1": best_f1, "stopped": stopped,
-                "history": history}
+                "history": history, "budget_estimate": budget.estimate, "budget_warning": warning}
+
+    def _recheck_threads(self, before, epoch: int) -> None:
+        """Follow the load: one thread per core that other processes left free during the last epoch."""
+        busy = busy_other_cores(before, cpu_sample())
+        if busy is None:
+            return
+        n, reason = choose_threads(None, busy=busy)
+        current = torch.get_num_threads()
+        # Hysteresis: change only when a load 0.2 cores further from the rounding edge agrees.
+        confirmed = choose_threads(None, busy=max(0.0, busy + (0.2 if n > current else -0.2)))[0]
+        if n != current and (confirmed - current) * (n - current) > 0:
+            torch.set_num_threads(n)
+            self._thread_note(f"after epoch {epoch + 1} the load changed: {reason}")
 
     def _validation_regions(self, model) -> list[ValidationPicks]:
         config = self.config
@@ -326,58 +374,11 @@ class _Run:
                                           grid=score_grid(regions, fine=True))
         return calibration, calibration["threshold"]
 
-    # -- self-training --
-    def _make_pseudo_labels(self, model, threshold: float, records: list[dict]) -> None:
-        """Picks above ``threshold`` on every training micrograph, plus the labels, become the
-        training targets of the next stage (validation keeps the true labels)."""
-        from cryopick.picker2d.predict import predict_probability
-
-        model.eval()
-        coords = {}
-        for m in self.mics:
-            if m.negative:
-                continue
-            prob = predict_probability(model, m.image, bf16=self.bf16)
-            peaks = find_peaks_s1(prob, self.radius, threshold=self.config.mask_threshold,
-                                  score=self.config.score_method, min_distance=self.min_distance_w,
-                                  min_score=threshold)
-            pseudo = peaks.coords
-            if len(pseudo) and len(m.coords):
-                from scipy.spatial import cKDTree
-
-                d, _ = cKDTree(m.coords).query(pseudo)
-                pseudo = pseudo[d > self.match_tolerance / 2]
-            coords[m.name] = np.concatenate([m.coords, pseudo.reshape(-1, 2)])
-        with atomic_path(self.pseudo_path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, records=json.dumps(records, default=float), **{f"mic:{k}": v for k, v in coords.items()})
-        self._apply_pseudo(coords)
-
-    def _apply_pseudo(self, coords: dict) -> None:
-        for m in self.mics:
-            if m.name in coords:
-                m.train_coords = coords[m.name]
-
-    def _load_pseudo_labels(self) -> list[dict] | None:
-        if not self.pseudo_path.exists():
-            return None
-        with np.load(self.pseudo_path, allow_pickle=False) as data:
-            coords = {k[4:]: data[k] for k in data.files if k.startswith("mic:")}
-            records = json.loads(str(data["records"]))
-        self._apply_pseudo(coords)
-        return records
-
     # -- card --
     def _finish(self, model, records: list[dict]) -> ModelCard:
         config, scale = self.config, self.scale
         last = records[-1]
         n_pseudo = sum(len(m.train_coords) for m in self.mics if m.train_coords is not None)
-        handling = ("balanced BCE" if not self.sparse else
-                    ("nnPU (non-negative positive-unlabelled) loss with the class prior derived from "
-                     "labelled_fraction" if config.pu_loss else "labelled-vs-unlabelled balanced BCE")
-                    + ("; then self-training: a fresh network on its calibrated picks + the labels "
-                       "(balanced BCE)" if len(self.stages) > 1 else "")
-                    + "; thresholds from the PU-corrected F1 on held-out labels")
         card = ModelCard(
             backbone=config.backbone,
             backbone_kwargs=dict(getattr(model, "config", None) or config.backbone_kwargs),
@@ -395,13 +396,15 @@ class _Run:
             training={
                 "config": {**asdict(config), "patch_size": self.patch, "batch_size": self.batch_size,
                            "bf16": bool(self.bf16)},
-                "epochs_run": sum(r["epochs_run"] for r in records), "best_epoch": last["best_epoch"],
-                "best_val_f1": last["best_val_f1"], "stopped": last["stopped"],
+                "epochs_run": sum(r["epochs_run"] for r in records), "epochs_requested": config.epochs,
+                "best_epoch": last["best_epoch"], "best_val_f1": last["best_val_f1"], "stopped": last["stopped"],
                 "validation": self.validation_mode, "stages": [r["stage"] for r in records],
                 "wall_seconds": round(self.elapsed(), 1),
                 "cpu_seconds_this_session": round(time.process_time() - self.cpu_start, 1),
-                "torch_threads": torch.get_num_threads(), "positive_prior": records[0]["prior"],
-                "sparse_handling": handling,
+                "budget": budget_record(config, self.clock, self.elapsed(), records),
+                "torch_threads": torch.get_num_threads(), "thread_choice": self.thread_notes,
+                "positive_prior": records[0]["prior"],
+                "sparse_handling": sparse_handling(self.sparse, config.pu_loss, len(self.stages) > 1),
                 "n_pseudo_labels": n_pseudo if len(self.stages) > 1 else None,
                 "history": last["history"],
                 "earlier_stages": records[:-1],
@@ -410,9 +413,16 @@ class _Run:
         )
         if config.checkpoint:
             save_weights(self.out, model, trainable_only=True)
+        try:
+            why = {"epochs": "all done", "early stopping": "early stopping", "time budget": "stopped by the time budget"}
+            title = f"{self.out.name}: {config.backbone}; " + "; ".join(
+                f"{r['stage'] + ': ' if len(records) > 1 else ''}{r['epochs_run']} of {config.epochs} epochs "
+                f"({why.get(r['stopped'], r['stopped'])})" for r in records)
+            plot_training_curve(self.out / CURVE_NAME, records, title=title)
+        except Exception as exc:  # a plot must not cost the trained model
+            warnings.warn(f"{self.out / CURVE_NAME}: not written ({type(exc).__name__}: {exc})", stacklevel=2)
         save_card(self.out, card)
         self.ckpt_path.unlink(missing_ok=True)
         self.pseudo_path.unlink(missing_ok=True)
         (self.out / PREVIOUS_STAGE_NAME).unlink(missing_ok=True)
         return card
-
