@@ -56,7 +56,6 @@ def main(args: argparse.Namespace) -> int:
     from cryopick.picker2d.card import CARD_NAME, load_card
     from cryopick.picker2d.pick import Picker
     from cryopick.picker2d.train import TrainConfig, train_from_files
-    from cryopick.runtime import configure_threads
 
     data = example_dir()
     out = Path(args.output)
@@ -65,6 +64,7 @@ def main(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", message=".*no pixel size.*")
 
     # 1. Train on the three annotated micrographs (skipped when a finished model is there).
+    retrained = False
     if (model_dir / CARD_NAME).exists() and not (model_dir / "checkpoint.pt").exists():
         card = load_card(model_dir)
         print(f"[1/3] reusing the trained model in {model_dir}")
@@ -78,6 +78,7 @@ def main(args: argparse.Namespace) -> int:
                              num_threads=args.threads, progress=progress)
         card = train_from_files(data / "train" / "micrographs", data / "train" / "coordinates", EXAMPLE_DIAMETER_PX,
                                 model_dir, coords_format="cryoppp", config=config)
+        retrained = True
     training = card.training
     print(f"      model: {card.backbone}, working scale 1/{card.factor:.2f}, calibrated threshold "
           f"{card.score_threshold:.3f}; trained {training['epochs_run']}"
@@ -89,8 +90,10 @@ def main(args: argparse.Namespace) -> int:
 
     # 2. Pick the three held-out micrographs (resumable).
     print(f"[2/3] picking {data / 'test' / 'micrographs'} -> {picks_dir}")
-    picker = Picker(model_dir, num_threads=configure_threads(args.threads))
-    summary = picker.pick_many(data / "test" / "micrographs", picks_dir, overlays=3, progress=progress)
+    picker = Picker(model_dir, num_threads=args.threads)
+    # Picks of an earlier model in this folder are replaced by those of the model just trained.
+    summary = picker.pick_many(data / "test" / "micrographs", picks_dir, overlays=3, progress=progress,
+                               redo=retrained)
 
     # 3. Score the picks against the expert annotation (one particle radius, one-to-one).
     picks = read_picks(picks_dir, format="relion")

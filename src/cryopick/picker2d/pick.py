@@ -102,7 +102,7 @@ class Picker:
     bf16
         bfloat16 autocast for inference; ``None`` = when the CPU has native bf16 (AVX512-BF16/AMX).
     num_threads
-        Torch CPU threads (``None`` leaves torch's default).
+        Torch CPU threads (``None``: as many as there are free cores now, see :mod:`cryopick.runtime`).
     """
 
     def __init__(self, model_dir: str | os.PathLike, threshold: float | None = None,
