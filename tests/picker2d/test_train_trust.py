@@ -85,7 +85,7 @@ def test_budget_stop_warns_with_the_fix_and_is_recorded(tmp_path, monkeypatch, c
         card = run(tmp_path, max_minutes=0.5, min_epochs=1)  # 30 charged s, ~9 s per epoch
     message = str(caught[0].message)
     need = int(re.search(r"--max-minutes (\d+)", message.split("rerun with")[1]).group(1))
-    assert need >= 1 and "--epochs" in message and "--overwrite" in message
+    assert need >= 1 and "--epochs" in message and "--redo" in message
     training = card.training
     assert 1 <= training["epochs_run"] < 6 and training["stopped"] == "time budget"
     assert training["epochs_requested"] == 6
@@ -233,7 +233,7 @@ def test_a_damaged_checkpoint_says_how_to_start_over(tmp_path):
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(b"\x00garbage" * 100)
     with pytest.raises(CryopickError, match=r"checkpoint.pt: the checkpoint of an unfinished run is unreadable .*"
-                                            r"delete it, or rerun with --overwrite"):
+                                            r"delete it, or rerun with --redo"):
         run(tmp_path)
 
 
@@ -364,3 +364,15 @@ def test_the_budget_is_shared_by_the_self_training_stages(tmp_path, monkeypatch)
     first = card.training["earlier_stages"][0]["epochs_run"]
     assert 1 <= first < 6 and card.training["epochs_run"] - first >= 1
     assert card.training["budget"]["charged_minutes"] <= 1.1
+
+
+def test_redo_replaces_only_the_training_outputs(tmp_path):
+    from cryopick.picker2d.train.loop import clear_training_outputs
+
+    keep = tmp_path / "notes.txt"
+    keep.write_text("mine")
+    for name in ("card.json", "model.pt", "checkpoint.pt", "training_curve.png"):
+        (tmp_path / name).write_text("x")
+    removed = {p.name for p in clear_training_outputs(tmp_path)}
+    assert removed == {"card.json", "model.pt", "checkpoint.pt", "training_curve.png"}
+    assert keep.read_text() == "mine"

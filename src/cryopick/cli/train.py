@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 from pathlib import Path
 
 from cryopick.cli._args import (
@@ -93,8 +92,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="duplicate suppression distance in micrograph px (default: one particle radius)")
     parser.add_argument("--seed", type=nonnegative_int, help="random seed of initialisation and sampling (default 0)")
     add_threads(parser)
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing model directory (also to start over from a damaged checkpoint)")
+    parser.add_argument("--redo", "--overwrite", dest="redo", action="store_true",
+                        help="start over: replace the model, card and checkpoints in the output folder (other files "
+                             "there are kept); also to start over from a damaged checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("-o", "--output", required=True, help="model directory to write")
 
@@ -125,8 +125,6 @@ def main(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     config = config_from_args(args)
-    if args.overwrite and out.is_dir():
-        shutil.rmtree(out)
     read_opts = {}
     if args.flip_y:
         from cryopick.io.images import list_images, read_micrograph
@@ -135,7 +133,8 @@ def main(args: argparse.Namespace) -> int:
     card = train_from_files(args.micrographs, args.coords, args.diameter, out, diameter_unit=args.diameter_unit,
                             pixel_size=args.pixel_size, coords_format=args.coords_format,
                             negatives=args.negatives, config=config,
-                            particles_per_micrograph=args.particles_per_micrograph, **read_opts)
+                            particles_per_micrograph=args.particles_per_micrograph, redo=args.redo,
+                            **read_opts)
     print(summary_line(card, out))
     log.debug(json.dumps(card.training["history"][-3:]))
     return 0

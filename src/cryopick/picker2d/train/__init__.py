@@ -21,7 +21,7 @@ from cryopick.errors import CryopickError
 from cryopick.picker2d.scale import WorkingScale, diameter_in_pixels
 from cryopick.picker2d.train.config import TrainConfig
 from cryopick.picker2d.train.data import TrainingMicrograph, load_training_micrograph, report_outside
-from cryopick.picker2d.train.loop import train_picker
+from cryopick.picker2d.train.loop import clear_training_outputs, train_picker
 from cryopick.picks import Picks
 
 __all__ = ["TrainConfig", "WorkingScale", "load_training_set", "read_coordinates", "train_from_files",
@@ -105,7 +105,7 @@ def read_coordinates(coords: str | os.PathLike, coords_format: str | None = None
 
 def train_from_files(micrographs, coords: str | os.PathLike | Picks, diameter: float, output_dir: str | os.PathLike,
                      diameter_unit: str = "px", pixel_size: float | None = None, coords_format: str | None = None,
-                     negatives=None, config: TrainConfig | None = None, resume: bool = True,
+                     negatives=None, config: TrainConfig | None = None, resume: bool = True, redo: bool = False,
                      particles_per_micrograph: float | None = None, **read_opts):
     """Read images and coordinates, choose the working scale, train, write the model directory.
 
@@ -155,4 +155,6 @@ def train_from_files(micrographs, coords: str | os.PathLike | Picks, diameter: f
                  n_lab, particles_per_micrograph)
     log.info("training on %d micrographs (%d particles), working scale 1/%.2f: particle %.1f px",
              len(mics), sum(len(m.coords) for m in mics), scale.factor, scale.working_diameter)
+    if redo:
+        clear_training_outputs(output_dir)
     return train_picker(mics, scale, output_dir, config, resume=resume)

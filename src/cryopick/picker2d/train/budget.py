@@ -140,7 +140,7 @@ class StageBudget:
         text = (f"training{self._label()} stopped by the time budget after {epochs_done} of {c.epochs} epochs "
                 f"(--max-minutes {c.max_minutes:g}; {self.clock.used / 60:.1f} min charged, ~{epoch_seconds:.0f} s "
                 f"per epoch with {_plural(threads, 'thread')}), so the model may be under-trained; to train all "
-                f"{c.epochs} epochs rerun with --overwrite --max-minutes {need}, or ask for fewer --epochs")
+                f"{c.epochs} epochs rerun with --redo --max-minutes {need}, or ask for fewer --epochs")
         warnings.warn(text, stacklevel=2)
         return text
 

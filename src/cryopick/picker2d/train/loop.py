@@ -55,6 +55,21 @@ CHECKPOINT_NAME = "checkpoint.pt"
 PREVIOUS_STAGE_NAME = "previous_stage.pt"
 
 
+def clear_training_outputs(output_dir: str | os.PathLike) -> list[Path]:
+    """Remove what a 2D training run writes in ``output_dir`` (model, card, checkpoints, pseudo-labels,
+    curve) so it can start over; any other file there is left alone. Returns the removed paths."""
+    from cryopick.picker2d.train.pseudo import PSEUDO_NAME
+    from cryopick.picker2d.train.report import CURVE_NAME
+
+    removed = []
+    for name in (CARD_NAME, WEIGHTS_NAME, CHECKPOINT_NAME, PREVIOUS_STAGE_NAME, PSEUDO_NAME, CURVE_NAME):
+        path = Path(output_dir) / name
+        if path.is_file():
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
 # Entries a checkpoint must hold to be resumed (later versions add more, read with defaults).
 _CHECKPOINT_KEYS = ("stage", "model", "optimiser", "scheduler", "rng", "torch_rng", "epoch", "best_f1", "best_epoch",
                     "history", "config")
@@ -140,13 +155,13 @@ class _Run:
         self.pseudo_path = out / PSEUDO_NAME
         self.state = None
         if (out / CARD_NAME).exists() and (out / WEIGHTS_NAME).exists() and not self.ckpt_path.exists():
-            raise CryopickError(f"{out}: already holds a trained model; choose another output directory or --overwrite")
+            raise CryopickError(f"{out}: already holds a trained model; choose another output directory or --redo")
         if self.ckpt_path.exists() and resume:
             self.state = self._read_checkpoint()
             if self.state.get("config") != config.resume_key():
                 raise CryopickError(
                     f"{self.ckpt_path}: an unfinished run with different settings is there; use the same settings "
-                    "to resume, or --overwrite to start again"
+                    "to resume, or --redo to start again"
                 )
         self.elapsed_before = self.state.get("elapsed", 0.0) if self.state else 0.0
         # Checkpoints written before the budget clock existed hold only the wall time.
@@ -157,7 +172,7 @@ class _Run:
         log.info(text)
 
     def _start_over(self) -> str:
-        return f"to start over delete it, or rerun with --overwrite (deletes {self.out}) or another -o folder"
+        return f"to start over delete it, or rerun with --redo (replaces the model files in {self.out}) or another -o folder"
 
     def _read_checkpoint(self) -> dict:
         try:

@@ -65,7 +65,7 @@ def load_pseudo_labels(path: Path, mics: list[TrainingMicrograph]) -> list[dict]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise CryopickError(
             f"{path}: the self-training labels of an unfinished run are unreadable ({type(exc).__name__}); "
-            f"rerun with --overwrite to start over (deletes {path.parent}) or write to another -o folder"
+            f"rerun with --redo to start over (replaces the model files in {path.parent}) or write to another -o folder"
         ) from None
     apply_pseudo_labels(mics, coords)
     return records
