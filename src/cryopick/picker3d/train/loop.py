@@ -41,7 +41,7 @@ class TrainConfig:
     reinit: tuple[str, ...] = ()   # parameter-name prefixes to re-initialise after loading ``init``
     tomotwin: str | None = None    # TomoTwin weights for the paper model's encoder
     freeze_encoder: bool = False
-    steps: int = 20000
+    steps: int = 10000
     lr: float = 2e-3
     warmup: int = 200
     weight_decay: float = 1e-5
