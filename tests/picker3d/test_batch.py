@@ -6,7 +6,6 @@ the picks are known exactly and the tests take seconds; the real network runs in
 """
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -206,13 +205,9 @@ def test_pick3d_refuses_bad_output_folder(env, capsys):
     (env / "file").write_text("x")
     assert pick3d(out="file") == 2
     assert "not a folder" in capsys.readouterr().err
-    if os.geteuid() != 0:  # root writes anywhere
-        ro = env / "ro"
-        ro.mkdir()
-        ro.chmod(0o500)
-        assert pick3d(out=str(ro / "sub")) == 2
-        assert "Traceback" not in capsys.readouterr().err
-
+    assert pick3d(out="file/sub") == 2
+    err = capsys.readouterr().err
+    assert "cannot create the output folder" in err and "Traceback" not in err
 
 
 def test_tomogram_without_voxel_size_fails_cleanly_for_angstrom_formats(env, capsys):

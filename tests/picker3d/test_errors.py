@@ -66,6 +66,8 @@ def test_numeric_options_of_the_other_3d_commands_are_checked(argv, option, caps
 
 def test_window_must_suit_the_network(tmp_path, prompt, capsys):
     base = ["pick3d", "--prompt", str(prompt), "--tomograms", str(tmp_path / "t.mrc"), "-o", str(tmp_path / "o")]
+    assert cli(base + ["--min-similarity", "5"]) == 2  # in range only for -1..1 (checked with the settings)
+    assert "min_similarity must be a number between -1 and 1" in capsys.readouterr().err
     assert cli(base + ["--window", "20"]) == 2
     assert "multiple of 16" in capsys.readouterr().err
     assert cli(base + ["--window", "32", "--stride", "48"]) == 2
@@ -201,3 +203,26 @@ def test_pick3d_help_states_units_files_and_defaults(capsys):
         start = text.rindex(f"{option} {option[2:].upper()} ")  # the option's help, not the usage line
         assert "default" in text[start : start + 200], option
     assert "--redo" in text and "--bf16" in text and "--overwrite" not in text and "--no-bf16" not in text
+
+
+def test_unwritable_outputs_are_one_line_errors(tmp_path, tomo, prompt, capsys):
+    (tmp_path / "file").write_text("x")  # a file where a folder should be: cannot be written into, even by root
+    assert cli(["prompt", "--tomogram", str(tomo), "--at", "20,20,16", "--diameter-px", "8",
+                "-o", str(tmp_path / "file" / "p.prompt")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the prompt file" in err and "Traceback" not in err
+
+
+def test_prompt_output_that_is_a_folder(tmp_path, tomo, capsys):
+    assert cli(["prompt", "--tomogram", str(tomo), "--at", "20,20,16", "--diameter-px", "8", "-o", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_train3d_init_from_a_damaged_checkpoint(tmp_path):
+    from cryopick.picker3d.train.loop import TrainConfig, _build
+
+    bad = tmp_path / "init.pt"
+    bad.write_bytes(b"\x80\x04garbage" * 100)
+    with pytest.raises(CryopickError) as exc:
+        _build(TrainConfig(init=str(bad)))
+    assert str(bad) in str(exc.value) and not any(leak in str(exc.value) for leak in LEAKS)

@@ -97,8 +97,6 @@ def main(args: argparse.Namespace) -> int:
     given = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731
     model = args.model or TrainConfig.model
     sample = replace(SampleConfig(), **given(window=args.window, batch=args.batch, prompts=args.prompts))
-    if sample.window % 16:
-        raise CryopickError(f"--window {sample.window}: must be a multiple of 16 voxels (e.g. 48 or 64)")
     cfg = TrainConfig(
         model=model, model_kwargs={"prototype": True} if args.prototype else {}, init=args.init,
         reinit=tuple(args.reinit), tomotwin=args.tomotwin, freeze_encoder=model == "propicker-paper",

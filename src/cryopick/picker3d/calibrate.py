@@ -159,7 +159,10 @@ def save_settings(path: str | os.PathLike, settings: dict, **info) -> Path:
     """Write ``{"settings": {...}, ...info}`` as JSON, atomically (what ``pick3d --settings`` reads)."""
     path = Path(path)
     payload = {"settings": settings, **info}
-    write_text(path, dumps(payload, indent=1) + "\n")
+    try:
+        write_text(path, dumps(payload, indent=1) + "\n")
+    except OSError as exc:
+        raise CryopickError(f"{path}: cannot write the settings ({exc.strerror or exc}); choose another -o") from None
     return path
 
 

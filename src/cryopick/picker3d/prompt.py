@@ -79,8 +79,11 @@ def save_prompt(prompt: Prompt, path: str | os.PathLike) -> Path:
     buf = io.BytesIO()
     np.savez_compressed(buf, subvolumes=prompt.subvolumes.astype(np.float32), positions=prompt.positions,
                         header=np.array(json.dumps(header)))
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(buf.getvalue())
+    except OSError as exc:
+        raise CryopickError(f"{path}: cannot write the prompt file ({exc.strerror or exc}); choose another -o") from None
     return path
 
 

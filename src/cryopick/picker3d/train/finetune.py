@@ -87,7 +87,10 @@ def finetune(model: ProPicker, volumes: list[np.ndarray], targets: list[np.ndarr
         opt.step()
     model.eval()
     model.meta = {**model.meta, "finetuned": True, "embedding": z[0].tolist(), "finetune_steps": steps}
-    model.save(out_path)
+    try:
+        model.save(out_path)
+    except OSError as exc:
+        raise CryopickError(f"{out_path}: cannot write the checkpoint ({exc.strerror or exc}); choose another -o") from None
     return model
 
 
