@@ -87,6 +87,10 @@ def test_index_lists_every_finished_tomogram_across_runs(env):
     summary = json.loads((env / "out" / "summary.json").read_text())
     assert summary["n_finished"] == 3 and summary["n_picked_this_run"] == 1 and summary["n_skipped"] == 1
     assert summary["picks"] == {"blob": _n("t0", "t1", "t2")}
+    # Index paths relative to a RELION project folder when one is given (here: OUT itself).
+    assert pick3d("--format", "relion5", "imod", "--project-dir", "out", tomos=("t2",)) == 0
+    rows = [line.split() for line in (folder / "autopick.star").read_text().splitlines() if "_autopick.star" in line]
+    assert sorted(r[1] for r in rows) == [f"relion5/blob/t{k}_autopick.star" for k in range(3)]
     # evaluate reads the folder the same way.
     assert cli(["evaluate", "--picks", str(folder), "--truth", str(folder), "--tomograms-star",
                 str(env / "out" / "relion5" / "tomograms.star"), "--diameter", "8", "-o", "report"]) == 0

@@ -106,6 +106,13 @@ def test_make_prompt_rejects_nan_positions_and_bad_diameters(tomo):
             make_prompt(tomo, [(10, 10, 10)], **{key: 0.0})
     with pytest.raises(CryopickError, match="folder name"):
         make_prompt(tomo, [(10, 10, 10)], diameter_px=8, label="../x")
+    from cryopick.io.images import Image
+
+    vol = np.random.default_rng(0).normal(size=(64, 40, 40)).astype(np.float32)
+    vol[:16] = np.nan  # a failed slab of a reconstruction
+    with pytest.raises(CryopickError, match="NaN or constant"):
+        make_prompt(Image(vol, 10.0, tomo), [(20, 20, 8)], diameter_px=8)
+    assert make_prompt(Image(vol, 10.0, tomo), [(20, 20, 50)], diameter_px=8).subvolumes.shape == (1, 37, 37, 37)
 
 
 def test_settings_files_are_checked(tmp_path):

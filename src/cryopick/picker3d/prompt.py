@@ -163,6 +163,10 @@ def make_prompt(tomogram: str | os.PathLike | Image, positions: Sequence[Sequenc
                             invert=invert)
     centres = work.to_working(positions)
     subs = np.stack([cut_prompt(work.volume, c) for c in centres])
+    for sub, at in zip(subs, positions):
+        if not np.isfinite(sub).all() or not sub.std() > 0:
+            raise CryopickError(f"{image.path}: the tomogram around {at.tolist()} holds NaN or constant voxels; "
+                                "click a particle in a region with data")
     diameter = None
     if diameter_A is not None:
         if work.voxel_size is None:
