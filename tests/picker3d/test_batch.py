@@ -223,3 +223,22 @@ def test_tomogram_without_voxel_size_fails_cleanly_for_angstrom_formats(env, cap
     assert (out / "imod" / "blob" / "t0.coords").is_file() and not (out / "imod" / "blob" / "nopx.coords").exists()
     assert pick3d("--format", "imod", tomos=("nopx",), out="out_imod") == 0
     assert len(read_picks(env / "out_imod" / "imod" / "blob" / "nopx.coords")) == 2
+
+
+def test_interrupted_run_indexes_what_finished_and_resumes(env, monkeypatch, capsys):
+    calls = []
+
+    def interrupt_second(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return fake_segment(*a, **kw)
+
+    monkeypatch.setattr(P, "segment", interrupt_second)
+    assert pick3d(tomos=("t0", "t1", "t2")) == 130
+    folder = env / "out" / "relion5" / "blob"
+    assert read_picks(folder, tomo_size=SHAPE[::-1], voxel_size=10.0).micrographs == ["t0"]
+    monkeypatch.setattr(P, "segment", fake_segment)
+    assert pick3d(tomos=("t0", "t1", "t2")) == 0
+    assert len(read_picks(folder, tomo_size=SHAPE[::-1], voxel_size=10.0)) == _n("t0", "t1", "t2")
+    assert json.loads((env / "out" / "summary.json").read_text())["n_skipped"] == 1
