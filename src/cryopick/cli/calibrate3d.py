@@ -7,12 +7,18 @@ leaves the last out) or the NCC threshold (--mode tm), prints the
 best-case F1 and writes the best settings (default: <prompt>_settings.json) and the whole sweep (.csv).
 Use the settings on other tomograms: cryopick pick3d ... --settings ribosome_settings.json
 A pick is correct within one particle radius (--tolerance, voxels of the working scale), one-to-one.
+The prompt's own example particle(s) are left out of the scoring (neither found nor false) when the
+prompt was cut from this tomogram: finding the clicked particle says little, and with few annotated
+particles it would decide the calibration. --include-prompt scores them; --exclude-prompt leaves them
+out for another tomogram too (the prompt's positions are then taken as voxels of this tomogram).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+
+from cryopick.cli._args import add_bf16, add_threads, nonnegative_int, positive_float, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -23,47 +29,66 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--truth", required=True, help="ground-truth coordinates of the prompted particle")
     parser.add_argument("--truth-label", help="use only truth rows with this label (class name)")
     parser.add_argument("-o", "--output", help="settings JSON to write (default: <prompt stem>_settings.json)")
-    parser.add_argument("--mode", choices=["cluster", "tm"], default="cluster")
-    parser.add_argument("--stride", type=int, default=32)
-    parser.add_argument("--tolerance", type=float, help="match distance in working voxels (default: the radius)")
+    parser.add_argument("--mode", choices=["cluster", "tm"], default="cluster",
+                        help="sweep ProPicker-C or ProPicker-TM settings (default: cluster)")
+    parser.add_argument("--stride", type=positive_int,
+                        help="window spacing in working voxels, as you will pick with (default: 32)")
+    parser.add_argument("--window", type=positive_int,
+                        help="window edge in working voxels, a multiple of 16, as you will pick with (default: 64)")
+    parser.add_argument("--tolerance", type=positive_float,
+                        help="match distance in working voxels (default: the particle radius)")
     parser.add_argument("--no-similarity", dest="similarity", action="store_false",
                         help="do not sweep the minimum prompt similarity of a pick (cluster mode)")
-    parser.add_argument("--refine", type=int, default=0, metavar="N",
-                        help="segment as `pick3d --refine N` does (calibrate with the value you will pick with)")
-    parser.add_argument("--tm-angle", type=float, default=30.0, help="ProPicker-TM angular step, degrees")
+    parser.add_argument("--refine", type=nonnegative_int, metavar="N",
+                        help="segment as `pick3d --refine N` does (calibrate with the value you will pick with; "
+                        "default: 0)")
+    parser.add_argument("--tm-angle", type=positive_float,
+                        help="ProPicker-TM angular step, degrees (default: 30)")
+    prompt = parser.add_mutually_exclusive_group()
+    prompt.add_argument("--exclude-prompt", dest="exclude_prompt", action="store_const", const=True,
+                        help="leave the prompt's example particle(s) out of the scoring (default when the prompt "
+                        "was cut from this tomogram)")
+    prompt.add_argument("--include-prompt", dest="exclude_prompt", action="store_const", const=False,
+                        help="score the prompt's example particle(s) like the others")
     parser.add_argument("--model", help="ProPicker checkpoint (default: shipped weights)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (0 = torch's default; one thread is fastest on a shared machine)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    add_bf16(parser)
+    add_threads(parser)
+    parser.add_argument("--device", help="torch device, e.g. cuda (default: cpu)")
 
 
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
-
+    from cryopick.cli._args import bf16_value
+    from cryopick.errors import CryopickError
     from cryopick.io.atomic import atomic_path
     from cryopick.io.images import read_tomogram
-    from cryopick.models.promptable3d import load_propicker
     from cryopick.picker3d.calibrate import calibrate_tomogram, save_settings
-    from cryopick.picker3d.pick import read_truth
+    from cryopick.picker3d.card import load_model
+    from cryopick.picker3d.outputs import read_truth
+    from cryopick.picker3d.predict import set_threads
     from cryopick.picker3d.prompt import load_prompt
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     prompt = load_prompt(args.prompt)
+    out = Path(args.output) if args.output else Path(args.prompt).with_name(Path(args.prompt).stem + "_settings.json")
+    if out.is_dir():
+        raise CryopickError(f"{out}: is a folder; give the settings file to write (-o NAME.json)")
     image = read_tomogram(args.tomogram)
     truth = read_truth(args.truth, image, args.truth_label)
-    model = load_propicker(args.model).to(args.device)
-    result, payload = calibrate_tomogram(image, truth, prompt, model, mode=args.mode,
-                                         stride=args.stride, tolerance=args.tolerance, tm_angle=args.tm_angle,
-                                         similarity=args.similarity, refine=args.refine)
-    out = Path(args.output) if args.output else Path(args.prompt).with_name(Path(args.prompt).stem + "_settings.json")
+    model = load_model(args.model, args.device)
+    opts = {k: v for k, v in {"stride": args.stride, "window": args.window, "tm_angle": args.tm_angle,
+                              "refine": args.refine}.items() if v is not None}
+    result, payload = calibrate_tomogram(image, truth, prompt, model, mode=args.mode, tolerance=args.tolerance,
+                                         similarity=args.similarity, bf16=bf16_value(args.bf16),
+                                         exclude_prompt=args.exclude_prompt, **opts)
     save_settings(out, payload["settings"], **payload["info"])
     with atomic_path(out.with_suffix(".csv")) as tmp:
         result.table.to_csv(tmp, index=False)
     b = result.best
-    log.info("best-case F1 %.3f (precision %.3f, recall %.3f; %d picks, %d true) with %s", b["f1"], b["precision"],
-             b["recall"], b["n_pred"], b["n_truth"], payload["settings"])
+    left_out = payload["info"]["n_truth_excluded"]
+    log.info("best-case F1 %.3f (precision %.3f, recall %.3f; %d picks, %d true%s) with %s", b["f1"], b["precision"],
+             b["recall"], b["n_pred"], b["n_truth"],
+             f", {left_out} prompt particle(s) left out" if left_out else "", payload["settings"])
     log.info("settings written to %s (sweep: %s)", out, out.with_suffix(".csv"))
     return 0

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from cryopick.cli._args import add_bf16, add_threads, positive_float, positive_int
+
 log = logging.getLogger(__name__)
 
 
@@ -23,28 +25,34 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, help="fine-tuned ProPicker checkpoint to write (.pt)")
     parser.add_argument("--label", help="use only coordinate rows with this label (class name)")
     parser.add_argument("--model", help="starting checkpoint (default: shipped weights)")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--window", type=int, default=48)
-    parser.add_argument("--no-bf16", action="store_true")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (0 = torch's default; one thread is fastest on a shared machine)")
+    parser.add_argument("--steps", type=positive_int, help="optimiser steps (default: 300)")
+    parser.add_argument("--lr", type=positive_float, help="learning rate (default: 5e-4)")
+    parser.add_argument("--window", type=positive_int,
+                        help="training window edge in working voxels, a multiple of 16 (default: 48)")
+    add_bf16(parser)
+    add_threads(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
+    from pathlib import Path
 
+    import numpy as np
+
+    from cryopick.cli._args import bf16_value
     from cryopick.errors import CryopickError
     from cryopick.io.images import read_tomogram
-    from cryopick.models.promptable3d import load_propicker
-    from cryopick.picker3d.pick import read_truth
+    from cryopick.picker3d.card import load_model
+    from cryopick.picker3d.outputs import read_truth
+    from cryopick.picker3d.predict import resolve_bf16, set_threads
     from cryopick.picker3d.prompt import load_prompt
-    from cryopick.picker3d.scale import working_tomogram
+    from cryopick.picker3d.scale import check_tomogram, working_tomogram
     from cryopick.picker3d.train.finetune import finetune, occupancy_from_picks
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
+    if Path(args.output).is_dir():
+        raise CryopickError(f"{args.output}: is a folder; give the checkpoint file to write (-o NAME.pt)")
+    model = load_model(args.model)
+    opts = {k: v for k, v in {"steps": args.steps, "lr": args.lr, "window": args.window}.items() if v is not None}
     prompt = load_prompt(args.prompt)
     if prompt.diameter is None:
         raise CryopickError(f"{args.prompt}: no particle diameter; remake the prompt with --diameter")
@@ -53,6 +61,7 @@ def main(args: argparse.Namespace) -> int:
     volumes, targets = [], []
     for i, path in enumerate(args.tomograms):
         image = read_tomogram(path)
+        check_tomogram(image)
         truth = read_truth(args.coords[i] if len(args.coords) > 1 else args.coords[0], image, args.label)
         if len(truth) == 0:
             raise CryopickError(f"no annotated particles for tomogram {image.name}")
@@ -61,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
         volumes.append(vol)
         targets.append(occupancy_from_picks(vol.shape, work.to_working(truth.coords), prompt.diameter))
         log.info("%s: %d annotated particles", image.name, len(truth))
-    finetune(load_propicker(args.model), volumes, targets, prompt.subvolumes, args.output, steps=args.steps,
-             lr=args.lr, window=args.window, bf16=not args.no_bf16)
+    finetune(model, volumes, targets, prompt.subvolumes, args.output, bf16=resolve_bf16(bf16_value(args.bf16)),
+             **opts)
     log.info("fine-tuned checkpoint written to %s", args.output)
     return 0

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+
+from cryopick.cli._args import add_threads, positive_float
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +24,12 @@ def _xyz(text: str) -> tuple[float, float, float]:
     if len(parts) != 3:
         raise argparse.ArgumentTypeError(f"expected x,y,z (three numbers), got {text!r}")
     try:
-        return tuple(float(p) for p in parts)
+        values = tuple(float(p) for p in parts)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected x,y,z numbers, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite x,y,z voxel numbers, got {text!r}")
+    return values
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -34,26 +40,30 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, help="prompt file to write (e.g. ribosome.prompt)")
     parser.add_argument("--label", help="class name used in outputs (default: the output file stem)")
     scale = parser.add_mutually_exclusive_group()
-    scale.add_argument("--binning", type=float, default=1.0, help="work on the tomogram binned by this factor")
-    scale.add_argument("--voxel-size", type=float, help="work at this voxel size (Å), Fourier-cropping the tomogram")
+    scale.add_argument("--binning", type=positive_float,
+                       help="work on the tomogram binned by this factor, >= 1 (default: 1, as stored)")
+    scale.add_argument("--voxel-size", type=positive_float,
+                       help="work at this voxel size (Å), Fourier-cropping the tomogram")
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--diameter", type=float, help="particle diameter in Å")
-    size.add_argument("--diameter-px", type=float, help="particle diameter in voxels of the tomogram as stored")
+    size.add_argument("--diameter", type=positive_float, help="particle diameter in Å")
+    size.add_argument("--diameter-px", type=positive_float, help="particle diameter in voxels of the tomogram as stored")
     parser.add_argument("--invert", action="store_true", help="the tomogram has bright particles (multiply by -1)")
     parser.add_argument("--model", help="ProPicker checkpoint for the diameter estimate (default: shipped weights)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    add_threads(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
-
     from cryopick.errors import CryopickError
-    from cryopick.models.promptable3d import load_propicker
+    from cryopick.picker3d.card import load_model
+    from cryopick.picker3d.predict import set_threads
     from cryopick.picker3d.prompt import make_prompt, save_prompt
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
+    out = Path(args.output)
+    if out.is_dir():
+        raise CryopickError(f"{out}: is a folder; give the prompt file to write (e.g. {out / 'particle.prompt'})")
     positions = list(args.at)
     if args.coords:
         from cryopick.io.coords import read_picks
@@ -64,9 +74,9 @@ def main(args: argparse.Namespace) -> int:
         positions += picks.coords.tolist()
     if not positions:
         raise CryopickError("give at least one example with --at x,y,z or --coords FILE")
-    model = load_propicker(args.model) if (args.diameter is None and args.diameter_px is None) else None
+    model = load_model(args.model) if (args.diameter is None and args.diameter_px is None) else None
     prompt = make_prompt(args.tomogram, positions, label=args.label or Path(args.output).stem,
-                         binning=args.binning, voxel_size=args.voxel_size, diameter_A=args.diameter,
+                         binning=args.binning or 1.0, voxel_size=args.voxel_size, diameter_A=args.diameter,
                          diameter_px=args.diameter_px, invert=args.invert, model=model)
     if prompt.diameter is None:
         log.warning("could not estimate the particle diameter from the examples; size limits need it: "

@@ -13,6 +13,7 @@ All sizes and distances are in working voxels.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,14 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from cryopick.errors import CryopickError
 from cryopick.evaluate.matching import match_points
 from cryopick.io.atomic import write_text
 from cryopick.io.jsonutil import dumps
 from cryopick.postprocess.cluster3d import components, select, sphere_volume
 from cryopick.postprocess.nms import nms_points
+
+log = logging.getLogger(__name__)
 
 # Up to 0.99: well-trained segmenters are confident, and their best threshold can sit above 0.95.
 DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.1, 0.951, 0.05), 3)) + (0.97, 0.98, 0.99)
@@ -49,7 +53,8 @@ def sweep_cluster(prob: np.ndarray, truth: np.ndarray, diameter: float, *,
                   max_factors: Sequence[float] = DEFAULT_MAX_FACTORS,
                   min_distance: float | None = None, tolerance: float | None = None,
                   similarity: Callable[[np.ndarray], np.ndarray] | None = None,
-                  min_similarities: Sequence[float | None] = DEFAULT_MIN_SIMILARITIES) -> SweepResult:
+                  min_similarities: Sequence[float | None] = DEFAULT_MIN_SIMILARITIES,
+                  ignore: np.ndarray | None = None) -> SweepResult:
     """Best-case F1 sweep of ProPicker-C on one ``(D, H, W)`` probability map.
 
     Parameters
@@ -65,9 +70,14 @@ def sweep_cluster(prob: np.ndarray, truth: np.ndarray, diameter: float, *,
     similarity
         Prompt similarity of component centroids (:class:`cryopick.pick3d.PromptSimilarity`); when
         given, ``min_similarities`` is swept too (column ``min_similarity``, NaN = no check).
+    ignore
+        ``(K, 3)`` positions (working voxels) left out of the scoring: true particles and picks within
+        ``tolerance`` of them count neither way (e.g. the prompt's own examples, see
+        :func:`calibrate_tomogram`).
     """
     radius = diameter / 2.0
     tolerance = radius if tolerance is None else tolerance
+    truth = _outside(truth, ignore, tolerance)
     min_distance = radius if min_distance is None else min_distance
     vol = sphere_volume(diameter)
     rows = []
@@ -86,6 +96,7 @@ def sweep_cluster(prob: np.ndarray, truth: np.ndarray, diameter: float, *,
                     c = coords[ok]
                     if min_distance and len(c):
                         c = c[nms_points(c, scores[ok], min_distance)]
+                    c = _outside(c, ignore, tolerance)
                     m = match_points(c, truth, tolerance)
                     rows.append({"threshold": float(t), "min_size": fmin * vol, "max_size": fmax * vol,
                                  "min_factor": fmin, "max_factor": fmax,
@@ -98,8 +109,12 @@ def sweep_cluster(prob: np.ndarray, truth: np.ndarray, diameter: float, *,
 
 
 def sweep_scores(coords: np.ndarray, scores: np.ndarray, truth: np.ndarray, tolerance: float,
-                 thresholds: Sequence[float] | None = None) -> SweepResult:
-    """Best F1 over minimum-score thresholds of scored picks (ProPicker-TM, exhaustive TM)."""
+                 thresholds: Sequence[float] | None = None, ignore: np.ndarray | None = None) -> SweepResult:
+    """Best F1 over minimum-score thresholds of scored picks (ProPicker-TM, exhaustive TM); ``ignore``
+    as in :func:`sweep_cluster`."""
+    truth = _outside(truth, ignore, tolerance)
+    keep = _outside_mask(coords, ignore, tolerance)
+    coords, scores = np.asarray(coords).reshape(-1, 3)[keep], np.asarray(scores)[keep]
     if thresholds is None:
         thresholds = np.unique(np.quantile(scores, np.linspace(0, 1, 101))) if len(scores) else [0.0]
     rows = []
@@ -110,6 +125,19 @@ def sweep_scores(coords: np.ndarray, scores: np.ndarray, truth: np.ndarray, tole
                      "n_pred": int(keep.sum()), "n_truth": len(truth)})
     table = pd.DataFrame(rows)
     return SweepResult(table, table.sort_values("f1", ascending=False, kind="stable").iloc[0].to_dict())
+
+
+def _outside_mask(points: np.ndarray, ignore: np.ndarray | None, tolerance: float) -> np.ndarray:
+    points = np.asarray(points, float).reshape(-1, 3)
+    if ignore is None or len(ignore) == 0 or len(points) == 0:
+        return np.ones(len(points), bool)
+    d = np.linalg.norm(points[:, None, :] - np.asarray(ignore, float).reshape(-1, 3)[None], axis=2)
+    return d.min(axis=1) > tolerance
+
+
+def _outside(points: np.ndarray, ignore: np.ndarray | None, tolerance: float) -> np.ndarray:
+    """``points`` farther than ``tolerance`` from every ``ignore`` position."""
+    return np.asarray(points, float).reshape(-1, 3)[_outside_mask(points, ignore, tolerance)]
 
 
 def evaluate_picks(coords: np.ndarray, truth: np.ndarray, tolerance: float) -> dict:
@@ -131,14 +159,19 @@ def save_settings(path: str | os.PathLike, settings: dict, **info) -> Path:
     """Write ``{"settings": {...}, ...info}`` as JSON, atomically (what ``pick3d --settings`` reads)."""
     path = Path(path)
     payload = {"settings": settings, **info}
-    write_text(path, dumps(payload, indent=1) + "\n")
+    try:
+        write_text(path, dumps(payload, indent=1) + "\n")
+    except OSError as exc:
+        raise CryopickError(f"{path}: cannot write the settings ({exc.strerror or exc}); choose another -o") from None
     return path
 
 
 # -- one annotated tomogram, end to end ----------------------------------------------------------------
 def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "cluster", stride: int = 32,
-                       tolerance: float | None = None, tm_angle: float = 30.0, bf16: bool = True,
-                       similarity: bool = True, refine: int = 0, progress: bool = True) -> tuple[SweepResult, dict]:
+                       window: int = 64, tolerance: float | None = None, tm_angle: float = 30.0,
+                       bf16: bool | None = None,
+                       similarity: bool = True, refine: int = 0, progress: bool = True,
+                       exclude_prompt: bool | None = None) -> tuple[SweepResult, dict]:
     """Segment ``tomogram`` for ``prompt`` and sweep the post-processing against ``truth``.
 
     Parameters
@@ -148,6 +181,9 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
     truth
         :class:`~cryopick.picks.Picks` of the prompted particle in this tomogram (voxels of the
         tomogram as stored, or any pixel size stated in ``truth.pixel_size``).
+    stride, window, bf16
+        Segmentation as :class:`~cryopick.picker3d.pick.TomogramPicker` (``bf16=None``: where the
+        device runs it natively); calibrate with the values you pick with.
     mode
         ``"cluster"``: threshold × min size × max size (× minimum prompt similarity when
         ``similarity``, see :class:`cryopick.pick3d.PromptSimilarity`); ``"tm"``: ProPicker-TM NCC
@@ -155,21 +191,31 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
     refine
         Segment as ``pick_tomogram(refine=refine)`` does (self-prompting with the first pass's most
         similar picks under the model's default settings); calibrate with the value you pick with.
+    exclude_prompt
+        Leave the prompt's own example particles out of the scoring: the truth particles at the
+        prompt's positions and any pick within the tolerance of them count neither as found nor as
+        false (finding the particle one clicked says little, and with few annotated particles it
+        decides the calibration). Default (``None``): when the prompt was cut from this tomogram.
 
     Returns
     -------
     The sweep and the settings dict for :func:`save_settings` (with ``info``: F1, tomogram, prompt).
     """
     from cryopick import picks as P
-    from cryopick.errors import CryopickError
     from cryopick.io.images import Image, read_tomogram
-    from cryopick.models.promptable3d import load_propicker
+    from cryopick.picker3d.card import load_model
     from cryopick.picker3d.pick import segment
-    from cryopick.picker3d.scale import working_tomogram
+    from cryopick.picker3d.predict import check_window, resolve_bf16
+    from cryopick.picker3d.scale import check_tomogram, working_tomogram
     from cryopick.picker3d.similarity import PromptSimilarity
 
-    model = model or load_propicker()
+    model = load_model(model)
+    check_window(model, window, stride)
+    bf16 = resolve_bf16(bf16, next(model.parameters()).device)
+    if mode not in ("cluster", "tm"):
+        raise CryopickError(f"unknown mode {mode!r}; use cluster or tm")
     image = tomogram if isinstance(tomogram, Image) else read_tomogram(tomogram)
+    check_tomogram(image)
     if truth.pixel_size and image.pixel_size and abs(truth.pixel_size - image.pixel_size) > 1e-3 * image.pixel_size:
         truth = P.to_pixel_size(truth, image.pixel_size)
     if len(truth) == 0:
@@ -178,18 +224,29 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
         raise CryopickError("the prompt has no particle diameter; remake it with --diameter")
     work = working_tomogram(image, binning=prompt.binning, voxel_size=prompt.voxel_size, invert=prompt.invert)
     truth_w = work.to_working(truth.coords)
-    probs, z = segment(model, work.volume, [prompt], [refine], stride=stride, bf16=bf16, progress=progress)
-    prob = probs[0]
     tol = prompt.diameter / 2 if tolerance is None else tolerance
+    if exclude_prompt is None:
+        exclude_prompt = prompt.tomogram == image.name
+    ignore = work.to_working(prompt.positions) if exclude_prompt else None
+    n_excluded = len(truth_w) - len(_outside(truth_w, ignore, tol))
+    if exclude_prompt and n_excluded == 0:
+        log.warning("%s: no annotated particle lies at the prompt's example(s); nothing left out of the truth",
+                    image.name)
+    if n_excluded and n_excluded == len(truth_w):
+        raise CryopickError(f"{image.name}: every annotated particle is a prompt example; annotate more particles "
+                            "or score them all (--include-prompt)")
+    probs, z = segment(model, work.volume, [prompt], [refine], window=window, stride=stride, bf16=bf16,
+                       progress=progress)
+    prob = probs[0]
     if mode == "cluster":
         sim = PromptSimilarity(model, work.volume, z[0], bf16=bf16) if similarity else None
-        result = sweep_cluster(prob, truth_w, prompt.diameter, tolerance=tol, similarity=sim)
+        result = sweep_cluster(prob, truth_w, prompt.diameter, tolerance=tol, similarity=sim, ignore=ignore)
     elif mode == "tm":
         from cryopick.postprocess.propicker_tm import tm_in_mask
 
         coords, scores = tm_in_mask(work.volume, prob, prompt.subvolumes, diameter=prompt.diameter,
                                     angle_step=tm_angle, min_score=None, progress=progress)
-        result = sweep_scores(coords, scores, truth_w, tol)
+        result = sweep_scores(coords, scores, truth_w, tol, ignore=ignore)
     else:
         raise CryopickError(f"unknown mode {mode!r}; use cluster or tm")
     settings = settings_from_best(result.best, mode)
@@ -198,5 +255,6 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
         settings["tm_angle"] = tm_angle
     info = {"tomogram": image.name, "prompt": prompt.label, "best_case": {k: result.best[k] for k in
             ("precision", "recall", "f1", "n_pred", "n_truth")}, "diameter_working_voxels": prompt.diameter,
-            "tolerance_working_voxels": tol, "stride": stride}
+            "tolerance_working_voxels": tol, "stride": stride, "window": window, "prompt_excluded": bool(exclude_prompt),
+            "n_truth_excluded": int(n_excluded)}
     return result, {"settings": settings, "info": info}

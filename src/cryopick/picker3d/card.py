@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -61,14 +62,61 @@ class PickSettings:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PickSettings":
+        """Read a settings file (``calibrate3d`` output ``{"settings": {...}, ...}`` or the bare keys).
+
+        Unknown keys are refused (a misspelt key would otherwise be ignored silently), and every value
+        is checked (:meth:`validate`)."""
         path = Path(path)
         try:
             data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise CryopickError(f"{path}: cannot read settings ({exc}); write them with `cryopick calibrate3d`") from exc
-        data = data.get("settings", data)
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a JSON file"
+            raise CryopickError(f"{path}: cannot read settings ({reason}); write them with "
+                                "`cryopick calibrate3d`") from None
+        if isinstance(data, dict) and isinstance(data.get("settings"), dict):
+            data = data["settings"]
+        if not isinstance(data, dict):
+            raise CryopickError(f"{path}: not a settings file (expected a JSON object of picking settings); "
+                                "write one with `cryopick calibrate3d`")
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise CryopickError(f"{path}: unknown setting(s) {', '.join(map(repr, unknown))}; known: "
+                                f"{', '.join(cls.__dataclass_fields__)}")
+        return cls(**data).validate(str(path))
+
+    def validate(self, source: str = "settings") -> "PickSettings":
+        """Check every value (types and ranges); raise a :class:`CryopickError` naming ``source``."""
+        def number(key: str, lo: float | None = None, hi: float | None = None, optional: bool = True,
+                   strict_lo: bool = False) -> None:
+            value = getattr(self, key)
+            if value is None and optional:
+                return
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            ok = ok and (lo is None or (value > lo if strict_lo else value >= lo)) and (hi is None or value <= hi)
+            if not ok:
+                span = f"{'>' if strict_lo else '>='} {lo:g}" if hi is None else f"between {lo:g} and {hi:g}"
+                raise CryopickError(f"{source}: {key} must be a number {span}, got {value!r}")
+
+        number("threshold", 0.0, 1.0)
+        number("min_size", 0.0)
+        number("max_size", 0.0, strict_lo=True)
+        number("min_factor", 0.0, optional=False)
+        number("max_factor", 0.0, strict_lo=True)
+        number("min_similarity", -1.0, 1.0)
+        number("min_distance", 0.0)
+        number("tm_threshold", -1.0, 1.0, optional=False)
+        number("tm_angle", 0.0, 180.0, optional=False, strict_lo=True)
+        if not isinstance(self.refine, int) or isinstance(self.refine, bool) or self.refine < 0:
+            raise CryopickError(f"{source}: refine must be a whole number >= 0, got {self.refine!r}")
+        if self.mode not in ("cluster", "tm"):
+            raise CryopickError(f"{source}: unknown picking mode {self.mode!r}; use cluster or tm")
+        if self.min_size is not None and self.max_size is not None and self.max_size <= self.min_size:
+            raise CryopickError(f"{source}: max_size ({self.max_size:g}) must be larger than min_size "
+                                f"({self.min_size:g})")
+        if self.max_factor is not None and self.max_factor <= self.min_factor:
+            raise CryopickError(f"{source}: max_factor ({self.max_factor:g}) must be larger than min_factor "
+                                f"({self.min_factor:g})")
+        return self
 
 
 def default_threshold(model: ProPicker) -> float:
@@ -92,3 +140,96 @@ def default_settings(model: ProPicker) -> PickSettings:
                         max_factor=None if max_factor is None or not math.isfinite(max_factor) else float(max_factor),
                         min_similarity=None if min_similarity is None else float(min_similarity))
 
+
+
+def resolve_settings(model: ProPicker, settings: PickSettings | str | os.PathLike | Sequence | None, n_prompts: int,
+                     overrides: Mapping[str, Any] | None = None) -> list[PickSettings]:
+    """One :class:`PickSettings` per prompt, checked, threshold resolved.
+
+    ``settings``: ``None`` (the model's :func:`default_settings`), one settings object or file (for
+    every prompt), or one per prompt. ``overrides`` (e.g. from command-line options) replace those
+    keys in each; unknown keys are refused.
+    """
+    items = list(settings) if isinstance(settings, (list, tuple)) else [settings]
+    if not items:
+        items = [None]
+    if len(items) not in (1, n_prompts):
+        raise CryopickError(f"give one settings file, or one per prompt in the same order ({n_prompts} prompts, "
+                            f"{len(items)} settings)")
+    out = []
+    for item in items:
+        if item is None:
+            s = default_settings(model)
+        elif isinstance(item, PickSettings):
+            s = item
+        else:
+            s = PickSettings.load(item)
+        out.append(s)
+    if len(out) == 1:
+        out = out * n_prompts
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(PickSettings.__dataclass_fields__))
+    if unknown:
+        raise CryopickError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(PickSettings.__dataclass_fields__)}")
+    out = [replace(s, **overrides) for s in out]
+    out = [s if s.threshold is not None else replace(s, threshold=default_threshold(model)) for s in out]
+    return [s.validate("picking settings" if not overrides else "picking settings (with the options given)")
+            for s in out]
+
+
+def load_model(model: ProPicker | str | os.PathLike | None = None, device: str | None = None) -> ProPicker:
+    """A :class:`ProPicker` from a checkpoint path (``None``: the shipped weights), or ``model`` as is.
+
+    Any unreadable file (random bytes, truncated, another program's checkpoint) gives one
+    :class:`CryopickError` naming the file and what it should be, without library advice."""
+    from cryopick.models.promptable3d import load_propicker
+
+    if model is None or isinstance(model, (str, os.PathLike)):
+        path = model
+        try:
+            model = load_propicker(path)
+        except CryopickError as exc:
+            if path is None or not Path(path).is_file():
+                raise
+            raise CryopickError(
+                f"{path}: not a readable cryopick ProPicker checkpoint (expected a .pt file written by "
+                "`cryopick train3d` or `cryopick finetune3d`); give such a file, or leave --model out for "
+                "the shipped weights") from exc.__cause__ or exc
+        except Exception as exc:  # a checkpoint with the right tag but a broken state dict
+            raise CryopickError(f"{path}: damaged ProPicker checkpoint ({type(exc).__name__}); write it again with "
+                                "`cryopick train3d` or `cryopick finetune3d`") from exc
+    if device is not None:
+        model = model.to(resolve_device(device))
+    return model
+
+
+def resolve_device(device: str | None) -> str:
+    """Check a torch device name (``cpu``, ``cuda``, ``cuda:1``, ``mps``) is usable here."""
+    import torch
+
+    name = device or "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise CryopickError(f"unknown device {name!r}; use cpu or cuda (cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CryopickError(f"device {name!r}: no CUDA GPU is available to this PyTorch; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise CryopickError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) here")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise CryopickError(f"device {name!r} is not supported; use cpu or cuda")
+    return name
+
+
+def model_fingerprint(model: ProPicker) -> str:
+    """SHA-256 of a model's weights and recommended settings (what a run's fingerprint records)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().float().numpy().tobytes())
+    h.update(json.dumps({k: v for k, v in model.meta.items() if k.startswith("default_") or k in ("finetuned",
+                                                                                                    "embedding")},
+                        sort_keys=True, default=str).encode())
+    return h.hexdigest()

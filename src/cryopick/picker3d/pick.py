@@ -1,14 +1,17 @@
 """Promptable 3D picking: one clicked example -> every instance of that particle in the tomograms.
 
 >>> prompt = make_prompt("TS_01.mrc", [(412, 388, 96)], label="ribosome")     # x, y, z voxels
->>> save_prompt(prompt, "ribosome.prompt")
->>> picks = pick_tomogram("TS_02.mrc", [load_prompt("ribosome.prompt")], settings=PickSettings(mode="cluster"))
+>>> picker = TomogramPicker()                       # the shipped weights (or a checkpoint path)
+>>> picker.set_tomogram("TS_02.mrc")                # read and check once
+>>> picks = picker.predict([prompt])                # segment, then ProPicker-C with the model's settings
+>>> picks = picker.predict([prompt], PickSettings(threshold=0.7))   # re-uses the probability map
+>>> summary = pick_tomograms("tomos/", [prompt], output_dir="picks/")   # batch, resumable, every format
 
 Frames and units
 ----------------
 - Positions given by the user (``--at``, coordinate files) and the picks returned are voxels of the
   tomogram as stored (0-based ``x, y, z`` of the voxel centre, ``x`` = column), with
-  ``Picks.pixel_size`` = its voxel size.
+  ``Picks.pixel_size`` = its voxel size. Output files convert them (RELION 5: Å from the centre).
 - The network works at the *working voxel size* of the prompt (``binning`` × the voxel size of the
   prompt's tomogram). Other tomograms are Fourier-cropped to that voxel size when their header
   states a voxel size, else binned by the prompt's ``binning``. Particle diameters and size limits
@@ -26,7 +29,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import replace
+import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -34,13 +38,21 @@ import numpy as np
 import torch
 
 from cryopick.errors import CryopickError
-from cryopick.io.atomic import atomic_path
-from cryopick.io.images import Image, read_tomogram
-from cryopick.models.promptable3d import ProPicker, load_propicker
-from cryopick.picker3d.card import PickSettings, default_settings, default_threshold
-from cryopick.picker3d.predict import predict_tomogram
-from cryopick.picker3d.prompt import Prompt, cut_prompt, estimate_diameter, flipped_views, prompt_embedding
-from cryopick.picker3d.scale import working_tomogram
+from cryopick.io.images import Image, image_name, list_images, read_tomogram
+from cryopick.models.promptable3d import ProPicker
+from cryopick.picker3d.card import PickSettings, default_settings, load_model, model_fingerprint, resolve_settings
+from cryopick.picker3d.predict import check_window, predict_tomogram, resolve_bf16
+from cryopick.picker3d.prompt import (
+    Prompt,
+    check_label,
+    cut_prompt,
+    estimate_diameter,
+    flipped_views,
+    load_prompt,
+    prompt_embedding,
+    prompt_fingerprint,
+)
+from cryopick.picker3d.scale import WorkingTomogram, check_tomogram, working_tomogram
 from cryopick.picker3d.similarity import PromptSimilarity
 from cryopick.picks import Picks
 from cryopick.postprocess.cluster3d import cluster_picks
@@ -48,7 +60,135 @@ from cryopick.postprocess.cluster3d import cluster_picks
 log = logging.getLogger(__name__)
 
 
-# -- picking ------------------------------------------------------------------------------------------------------
+# -- one tomogram -------------------------------------------------------------------------------------------------
+class TomogramPicker:
+    """Stateful 3D picker: load a model once, pick many tomograms, re-threshold without re-segmenting.
+
+    Parameters
+    ----------
+    model
+        A :class:`ProPicker`, a checkpoint path, or ``None`` for the shipped weights.
+    stride, window
+        Sliding-window spacing and edge in working voxels (``window`` a multiple of the network's
+        input multiple, 16 for the shipped weights; ``stride <= window``).
+    batch_size
+        Windows per forward pass.
+    bf16
+        bfloat16 autocast; ``None`` = where this device runs it natively (see :func:`resolve_bf16`).
+    device
+        torch device for the model (``None``: leave it where it is).
+    """
+
+    def __init__(self, model: ProPicker | str | os.PathLike | None = None, *, stride: int = 32, window: int = 64,
+                 batch_size: int = 4, bf16: bool | None = None, device: str | None = None,
+                 progress: bool = True) -> None:
+        self.model = load_model(model, device)
+        check_window(self.model, window, stride)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise CryopickError(f"batch size must be a whole number >= 1, got {batch_size!r}")
+        self.stride, self.window, self.batch_size, self.progress = stride, window, batch_size, progress
+        self.bf16 = resolve_bf16(bf16, next(self.model.parameters()).device)
+        self.image: Image | None = None
+        self.probability: np.ndarray | None = None
+        self._work: dict[tuple, WorkingTomogram] = {}
+        self._maps: dict[tuple, tuple[np.ndarray, torch.Tensor]] = {}
+
+    def set_tomogram(self, tomogram: str | os.PathLike | Image, check: bool = True) -> None:
+        """Use ``tomogram`` (path or :class:`Image`) for the next :meth:`predict` calls.
+
+        ``check``: refuse a tomogram holding NaN/infinite voxels or one constant value
+        (:func:`check_tomogram`), which would give no picks without saying why."""
+        self.image, self.probability = None, None
+        self._work.clear()
+        self._maps.clear()
+        image = tomogram if isinstance(tomogram, Image) else read_tomogram(tomogram)
+        if check:
+            check_tomogram(image)
+        self.image = image
+
+    def working(self, prompt: Prompt) -> WorkingTomogram:
+        """The current tomogram at ``prompt``'s working scale and contrast (cached)."""
+        if self.image is None:
+            raise RuntimeError("call set_tomogram() before predict()")
+        key = (prompt.binning, prompt.voxel_size, prompt.invert)
+        if key not in self._work:
+            self._work[key] = working_tomogram(self.image, binning=prompt.binning, voxel_size=prompt.voxel_size,
+                                               invert=prompt.invert)
+        return self._work[key]
+
+    def segment(self, prompts: Sequence[Prompt], refine: Sequence[int]) -> tuple[np.ndarray, torch.Tensor]:
+        """``(P, D, H, W)`` probability maps and prompt codes for ``prompts`` (cached per prompt set)."""
+        work = self.working(prompts[0])
+        key = tuple((str(sorted(prompt_fingerprint(p).items())), int(n)) for p, n in zip(prompts, refine))
+        if key not in self._maps:
+            self._maps[key] = segment(self.model, work.volume, prompts, list(refine), window=self.window,
+                                      stride=self.stride, batch_size=self.batch_size, bf16=self.bf16,
+                                      progress=self.progress)
+        return self._maps[key]
+
+    def predict(self, prompts: Prompt | Sequence[Prompt], settings: PickSettings | Sequence[PickSettings] | None = None,
+                *, refine: int | None = None, save_maps: str | os.PathLike | None = None) -> Picks:
+        """Pick every prompt's particle in the current tomogram.
+
+        ``settings``: one for all prompts or one per prompt (default: the model's recommended
+        settings); ``refine`` (default: each settings' ``refine``) > 0 segments twice, the second time
+        prompted with the prompt plus the ``refine`` first-pass picks most similar to it
+        (:func:`refined_code`).
+
+        Returns
+        -------
+        Picks
+            3D picks in voxels of the tomogram as stored (``pixel_size`` = its voxel size), ``label`` =
+            the prompt's label, ``score`` = mean probability of the component (cluster mode) or NCC
+            (TM mode), ``diameter`` in stored voxels when known.
+        """
+        import pandas as pd
+
+        prompts = [prompts] if isinstance(prompts, Prompt) else list(prompts)
+        check_prompts(prompts)
+        settings_list = resolve_settings(self.model, settings, len(prompts))
+        n_refine = [s.refine if refine is None else int(refine) for s in settings_list]
+        work = self.working(prompts[0])
+        prob, z = self.segment(prompts, n_refine)
+        self.probability = prob
+        if save_maps:
+            from cryopick.io.images import write_mrc
+
+            for p, m in zip(prompts, prob):
+                write_mrc(Path(save_maps) / f"{work.name}_{p.label}_prob.mrc", m, pixel_size=work.voxel_size)
+        tables = []
+        for k, (p, s) in enumerate(zip(prompts, settings_list)):
+            diameter = p.diameter
+            if diameter is None:
+                diameter = estimate_diameter(self.model, p, work) if p.tomogram == work.name else None
+                if diameter is not None:
+                    log.info("%s: estimated diameter of %s: %.1f working voxels", work.name, p.label, diameter)
+            similarity = (PromptSimilarity(self.model, work.volume, z[k], bf16=self.bf16)
+                          if s.min_similarity is not None else None)
+            coords, scores = postprocess(prob[k], work.volume, p, s, diameter, similarity)
+            src = work.to_original(coords) if len(coords) else np.zeros((0, 3))
+            d_src = None if diameter is None else diameter * work.binning
+            tables.append(Picks.from_arrays(work.name, src, score=scores, diameter=d_src, label=p.label,
+                                            pixel_size=self.image.pixel_size).table)
+        return Picks(pd.concat(tables, ignore_index=True), pixel_size=self.image.pixel_size, ndim=3)
+
+
+def check_prompts(prompts: Sequence[Prompt]) -> None:
+    """Prompts of one run: at least one, distinct labels usable as folder names, one working scale."""
+    if not prompts:
+        raise CryopickError("give at least one prompt")
+    labels = [p.label for p in prompts]
+    if len(set(labels)) != len(labels):
+        raise CryopickError(f"prompts share a label ({labels}); give distinct --label values when making them")
+    for label in labels:
+        if label:
+            check_label(label)
+    first = prompts[0]
+    for p in prompts[1:]:
+        if (p.voxel_size or 0) != (first.voxel_size or 0) or p.invert != first.invert or p.binning != first.binning:
+            raise CryopickError("all prompts of one run must share the working voxel size and contrast; run them separately")
+
+
 def pick_tomogram(
     tomogram: str | os.PathLike | Image,
     prompts: Sequence[Prompt],
@@ -58,63 +198,17 @@ def pick_tomogram(
     stride: int = 32,
     window: int = 64,
     batch_size: int = 4,
-    bf16: bool = True,
+    bf16: bool | None = None,
     progress: bool = True,
     save_maps: str | os.PathLike | None = None,
     refine: int | None = None,
 ) -> Picks:
-    """Pick every prompt's particle in one tomogram.
-
-    ``refine`` (default: each prompt's ``settings.refine``) > 0 segments twice: the first pass's
-    ``refine`` picks most similar to the prompt under the model's default settings
-    (:func:`refined_code`) join the prompt's examples, and the second pass uses the combined code
-    (self-prompting with instances from this tomogram, in their own orientations; twice the time).
-
-    Returns
-    -------
-    Picks
-        3D picks in voxels of the tomogram as stored (``pixel_size`` = its voxel size), ``label`` =
-        the prompt's label, ``score`` = mean probability of the component (cluster mode) or NCC
-        (TM mode), ``diameter`` in stored voxels when known.
-    """
-    model = model or load_propicker()
-    prompts = list(prompts)
-    if not prompts:
-        raise CryopickError("give at least one prompt")
-    first = prompts[0]
-    for p in prompts[1:]:
-        if (p.voxel_size or 0) != (first.voxel_size or 0) or p.invert != first.invert:
-            raise CryopickError("all prompts of one run must share the working voxel size and contrast; run them separately")
-    settings_list = (list(settings) if isinstance(settings, (list, tuple))
-                     else [settings or default_settings(model)] * len(prompts))
-    settings_list = [s if s.threshold is not None else replace(s, threshold=default_threshold(model))
-                     for s in settings_list]
-    image = tomogram if isinstance(tomogram, Image) else read_tomogram(tomogram)
-    work = working_tomogram(image, binning=first.binning, voxel_size=first.voxel_size, invert=first.invert)
-    n_refine = [s.refine if refine is None else refine for s in settings_list]
-    prob, z = segment(model, work.volume, prompts, n_refine, window=window, stride=stride, batch_size=batch_size,
-                      bf16=bf16, progress=progress)
-    if save_maps:
-        from cryopick.io.images import write_mrc
-
-        for p, m in zip(prompts, prob):
-            write_mrc(Path(save_maps) / f"{work.name}_{p.label}_prob.mrc", m, pixel_size=work.voxel_size)
-    tables = []
-    for k, (p, s) in enumerate(zip(prompts, settings_list)):
-        diameter = p.diameter
-        if diameter is None:
-            diameter = estimate_diameter(model, p, work) if p.tomogram == work.name else None
-            if diameter is not None:
-                log.info("%s: estimated diameter of %s: %.1f working voxels", work.name, p.label, diameter)
-        similarity = PromptSimilarity(model, work.volume, z[k], bf16=bf16) if s.min_similarity is not None else None
-        coords, scores = postprocess(prob[k], work.volume, p, s, diameter, similarity)
-        src = work.to_source(coords) if len(coords) else np.zeros((0, 3))
-        d_src = None if diameter is None else diameter * work.binning
-        tables.append(Picks.from_arrays(work.name, src, score=scores, diameter=d_src, label=p.label,
-                                        pixel_size=image.pixel_size).table)
-    import pandas as pd
-
-    return Picks(pd.concat(tables, ignore_index=True), pixel_size=image.pixel_size, ndim=3)
+    """Pick every prompt's particle in one tomogram (:class:`TomogramPicker` for one call; see its
+    :meth:`~TomogramPicker.predict`)."""
+    picker = TomogramPicker(model, stride=stride, window=window, batch_size=batch_size, bf16=bf16,
+                            progress=progress)
+    picker.set_tomogram(tomogram)
+    return picker.predict(prompts, settings, refine=refine, save_maps=save_maps)
 
 
 def segment(model: ProPicker, volume, prompts: Sequence[Prompt], refine: Sequence[int], *, window: int = 64,
@@ -186,80 +280,146 @@ def postprocess(prob: np.ndarray, volume, prompt: Prompt, settings: PickSettings
     raise CryopickError(f"unknown picking mode {settings.mode!r}; use cluster or tm")
 
 
-# -- outputs -------------------------------------------------------------------------------------------------------
-def write_picks3d(picks: Picks, out_dir: str | os.PathLike, formats: Iterable[str],
-                  tomo_shape: Sequence[int] | None = None) -> list[Path]:
-    """Write 3D picks per class: ``relion5`` (tomography STAR, centred Å; needs ``tomo_shape`` (D, H, W)),
-    ``relion3`` (``_rlnCoordinateX/Y/Z`` voxels + ``_rlnMicrographName``), ``copick`` (overlay tree),
-    ``imod`` (``.coords``). Files go to ``out_dir/<format>/<label>/`` (copick: its own tree)."""
-    from cryopick.io.coords import write_picks
-
-    out_dir = Path(out_dir)
-    written: list[Path] = []
-    labels = list(dict.fromkeys(picks.table["label"].tolist()))
-    for fmt in formats:
-        if fmt == "copick":
-            if len(picks):
-                written += write_picks(picks, out_dir / "copick", "copick")
-            continue
-        for label in labels:
-            sub = picks._with(picks.table[picks.table["label"] == label])
-            if not len(sub):
-                continue
-            folder = out_dir / fmt / (label or "particle")
-            if fmt == "relion5":
-                size = None if tomo_shape is None else tuple(int(s) for s in tomo_shape[::-1])
-                written += write_picks(sub, folder, "relion", tomo_size=size)
-            elif fmt == "imod":
-                written += write_picks(sub, folder, "imod")
-            elif fmt == "relion3":
-                written += _write_relion3_tomo(sub, folder)
-            else:
-                raise CryopickError(f"unknown 3D output format {fmt!r}; use relion5, relion3, copick or imod")
-    return written
 
 
-def _write_relion3_tomo(picks: Picks, folder: Path) -> list[Path]:
-    """RELION 3-style sub-tomogram picking STAR per tomogram (voxel coordinates, no centring)."""
-    import starfile
+# -- many tomograms -----------------------------------------------------------------------------------------------
+def pick_tomograms(
+    tomograms: str | os.PathLike | Sequence[str | os.PathLike],
+    prompts: Sequence[Prompt | str | os.PathLike],
+    model: ProPicker | str | os.PathLike | None = None,
+    settings: PickSettings | str | os.PathLike | Sequence | None = None,
+    output_dir: str | os.PathLike = "picks",
+    formats: Iterable[str] = ("relion5",),
+    *,
+    redo: bool = False,
+    overrides: dict | None = None,
+    stride: int = 32,
+    window: int = 64,
+    batch_size: int = 4,
+    bf16: bool | None = None,
+    device: str | None = None,
+    save_maps: bool = False,
+    montage: bool = True,
+    progress: bool = True,
+    project_dir: str | os.PathLike | None = None,
+) -> dict:
+    """Pick tomograms into ``output_dir`` (the batch behind ``cryopick pick3d``); resumable.
 
-    written = []
-    for name, sub in picks.split():
-        table = sub.table
-        import pandas as pd
+    ``tomograms``: files, a folder or a glob; ``prompts``: :class:`Prompt` objects or prompt files;
+    ``settings``: ``None`` (the model's recommended settings), one settings object/file, or one per
+    prompt; ``overrides``: settings keys replaced in each (e.g. ``{"threshold": 0.6}``). Layout of the
+    folder: :mod:`cryopick.picker3d.outputs`.
 
-        df = pd.DataFrame({"rlnMicrographName": [f"{name}.mrc"] * len(table),
-                           "rlnCoordinateX": table["x"].to_numpy(), "rlnCoordinateY": table["y"].to_numpy(),
-                           "rlnCoordinateZ": table["z"].to_numpy(),
-                           "rlnAutopickFigureOfMerit": table["score"].fillna(-999).to_numpy()})
-        path = folder / f"{name}.star"
-        with atomic_path(path) as tmp:
-            starfile.write({"particles": df}, tmp, overwrite=True)
-        written.append(path)
-    return written
+    Per tomogram: read and check it, pick every prompt, write one file per format and class (an empty
+    valid file for a class without picks), a slice montage per class (``montage``), then its record
+    ``.cryopick/<name>.json`` (:class:`~cryopick.io.resume.RunState`) that marks it finished. A rerun
+    skips finished tomograms whose files exist; a rerun with another model, prompt, settings, stride or
+    window is refused unless ``redo`` (which replaces the folder's picks). Records of earlier versions
+    (``.done/<name>.json``) count as finished. A tomogram that cannot be picked (unreadable,
+    NaN/constant voxels, ...) is skipped with a warning and listed under ``failed``; the others go on.
+    At the end (also after an interruption) the RELION indexes are rebuilt over every finished
+    tomogram of the folder, from all runs, and ``summary.json`` is written.
 
-
-def read_truth(path: str | os.PathLike, image: Image, label: str | None = None) -> Picks:
-    """Annotated 3D picks of ``image`` from any coordinate file, in voxels of ``image`` as stored.
-
-    RELION 5 centred coordinates are converted with the tomogram's size and voxel size; rows of
-    other tomograms are dropped (a file naming one other tomogram is taken as this one's); ``label``
-    keeps only rows of that class.
+    Returns
+    -------
+    dict
+        The summary: counts of tomograms (listed, finished in the folder, picked now, skipped),
+        ``failed`` (``[{"tomogram", "path", "error"}]``), picks per class over the folder, index files,
+        seconds.
     """
-    from cryopick import picks as P
-    from cryopick.io.coords import read_picks
+    from cryopick.io.jsonutil import dumps
+    from cryopick.io.resume import RunState
+    from cryopick.picker3d import outputs as O
 
-    size = tuple(int(s) for s in image.shape[::-1])
-    truth = read_picks(path, tomo_size=size, voxel_size=image.pixel_size)
-    if truth.ndim != 3:
-        raise CryopickError(f"{path}: 2D coordinates; 3D picking needs x, y, z")
-    if image.name in truth.micrographs:
-        truth = truth.for_micrograph(image.name)
-    elif len(truth.micrographs) > 1:
-        raise CryopickError(f"{path}: no rows for tomogram {image.name!r} (it names {truth.micrographs[:3]} ...)")
-    if label:
-        truth = truth._with(truth.table[truth.table["label"] == label])
-    if truth.pixel_size and image.pixel_size and abs(truth.pixel_size - image.pixel_size) > 1e-3 * image.pixel_size:
-        truth = P.to_pixel_size(truth, image.pixel_size)
-    return truth
+    formats = O.check_formats([formats] if isinstance(formats, str) else formats)
+    if isinstance(prompts, (str, os.PathLike, Prompt)):
+        prompts = [prompts]
+    prompts = [p if isinstance(p, Prompt) else load_prompt(p) for p in prompts]
+    check_prompts(prompts)
+    picker = TomogramPicker(model, stride=stride, window=window, batch_size=batch_size, bf16=bf16, device=device,
+                            progress=progress)
+    settings_list = resolve_settings(picker.model, settings, len(prompts), overrides)
+    labels = [p.label for p in prompts]
+    paths = list_images(tomograms if isinstance(tomograms, (str, os.PathLike)) else list(tomograms))
+    names = [image_name(p) for p in paths]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise CryopickError(f"several tomograms share the name(s) {', '.join(dupes[:5])}; names must be unique")
+    out = _output_folder(output_dir)
+    state = RunState(out)
+    O.migrate_legacy_markers(out, state)
+    fingerprint = {"model": model_fingerprint(picker.model), "prompts": [prompt_fingerprint(p) for p in prompts],
+                   "settings": [asdict(s) for s in settings_list], "stride": stride, "window": window}
+    before = state.records()
+    if not state.check_fingerprint(fingerprint, redo=redo):
+        n = O.remove_outputs(before, out)
+        log.info("%s: removed %d file(s) made with the earlier settings", out, n)
+    failed, n_new, start = [], 0, time.perf_counter()
+    try:
+        for i, (path, name) in enumerate(zip(paths, names)):
+            files = [O.output_path(out, f, label, name) for f in formats for label in labels]
+            if not redo and state.is_done(name, *files):
+                log.info("[%d/%d] %s: already picked in %s; skipping", i + 1, len(paths), name, out)
+                continue
+            state.forget(name)
+            t0 = time.perf_counter()
+            pngs = [out / "montage" / f"{name}_{O.label_folder(label)}.png" for label in labels] if montage else []
+            try:
+                picks, image = _pick_one(picker, path, prompts, settings_list, formats, out if save_maps else None)
+                written = O.write_tomogram_picks(picks, out, formats, name, labels, image.shape)
+                if montage:
+                    from cryopick.picker3d.montage import write_montage
 
+                    for label, png in zip(labels, pngs):
+                        written.append(write_montage(image, picks._with(picks.table[picks.table["label"] == label]),
+                                                     png, label=label))
+            except CryopickError as exc:
+                log.warning("[%d/%d] %s: not picked: %s", i + 1, len(paths), name, exc)
+                failed.append({"tomogram": name, "path": str(path), "error": str(exc)})
+                O.remove_outputs([{"files": files + pngs}])  # no partial set of files for it
+                continue
+            counts = O.picks_counts(picks, labels)
+            state.mark_done(name, {"tomogram": name, "path": str(path), "shape": list(image.shape),
+                                   "voxel_size": image.pixel_size, "picks": counts, "files": written,
+                                   "seconds": round(time.perf_counter() - t0, 2)})
+            n_new += 1
+            log.info("[%d/%d] %s: %s (%.1f s)", i + 1, len(paths), name,
+                     ", ".join(f"{counts[label]} {label or 'particle'}" for label in labels), time.perf_counter() - t0)
+    finally:
+        records = state.records()
+        index = O.rebuild_indexes(out, records, labels, formats, project_dir=project_dir)
+        totals = {label: int(sum(r.get("picks", {}).get(label, 0) for r in records)) for label in labels}
+        summary = {"n_tomograms": len(paths), "n_finished": len(records), "n_picked_this_run": n_new,
+                   "n_skipped": len(paths) - n_new - len(failed), "failed": failed, "picks": totals,
+                   "picks_per_tomogram": {r["tomogram"]: r.get("picks", {}) for r in records},
+                   "formats": formats, "index_files": index, "settings": settings_list,
+                   "seconds_this_run": round(time.perf_counter() - start, 2), "output_dir": out}
+        from cryopick.io.atomic import write_text
+
+        write_text(out / "summary.json", dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def _output_folder(output_dir: str | os.PathLike) -> Path:
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise CryopickError(f"{out}: exists and is not a folder; give a folder for the picks (-o)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CryopickError(f"{out}: cannot create the output folder ({exc.strerror}); choose another -o") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise CryopickError(f"{out}: the output folder is not writable; choose another -o")
+    return out
+
+
+def _pick_one(picker: TomogramPicker, path: Path, prompts: list[Prompt], settings: list[PickSettings],
+              formats: list[str], maps_dir: Path | None) -> tuple[Picks, Image]:
+    picker.set_tomogram(path)
+    needs_angstrom = [f for f in formats if f in ("relion5", "copick")]
+    if needs_angstrom and picker.image.pixel_size is None:
+        raise CryopickError(f"{path}: no voxel size in the header, which {' and '.join(needs_angstrom)} output "
+                            "needs (coordinates in Å); set it in the header (e.g. alterheader) or choose "
+                            "--format imod relion3")
+    picks = picker.predict(prompts, settings, save_maps=maps_dir / "maps" if maps_dir else None)
+    return picks, picker.image

@@ -79,24 +79,50 @@ def save_prompt(prompt: Prompt, path: str | os.PathLike) -> Path:
     buf = io.BytesIO()
     np.savez_compressed(buf, subvolumes=prompt.subvolumes.astype(np.float32), positions=prompt.positions,
                         header=np.array(json.dumps(header)))
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(buf.getvalue())
+    except OSError as exc:
+        raise CryopickError(f"{path}: cannot write the prompt file ({exc.strerror or exc}); choose another -o") from None
     return path
 
 
 def load_prompt(path: str | os.PathLike) -> Prompt:
+    """Read a prompt file written by :func:`save_prompt` (``cryopick prompt``)."""
     path = Path(path)
-    if not path.exists():
-        raise CryopickError(f"{path}: no such prompt file; make one with `cryopick prompt`")
+    fix = "make one with `cryopick prompt --tomogram TOMO --at X,Y,Z -o NAME.prompt`"
+    if not path.is_file():
+        raise CryopickError(f"{path}: no such prompt file; {fix}")
     try:
         with np.load(path, allow_pickle=False) as data:
             header = json.loads(str(data["header"]))
-            subvolumes, positions = data["subvolumes"], data["positions"]
-    except Exception as exc:
-        raise CryopickError(f"{path}: not a cryopick prompt file ({exc}); make one with `cryopick prompt`") from exc
-    if header.pop("format", None) != PROMPT_FORMAT:
-        raise CryopickError(f"{path}: not a cryopick prompt file; make one with `cryopick prompt`")
-    return Prompt(subvolumes=subvolumes, positions=positions, **header)
+            subvolumes, positions = np.asarray(data["subvolumes"]), np.asarray(data["positions"])
+    except Exception:  # numpy/zipfile/json raise many kinds on foreign or damaged files
+        raise CryopickError(f"{path}: not a cryopick prompt file (unreadable or damaged); {fix}") from None
+    if not isinstance(header, dict) or header.pop("format", None) != PROMPT_FORMAT:
+        raise CryopickError(f"{path}: not a cryopick prompt file ({PROMPT_FORMAT}); {fix}")
+    unknown = sorted(set(header) - set(Prompt.__dataclass_fields__))
+    if unknown:
+        raise CryopickError(f"{path}: prompt file with unknown field(s) {', '.join(unknown)} (written by a newer "
+                            f"cryopick?); {fix}")
+    try:
+        prompt = Prompt(subvolumes=subvolumes, positions=positions, **header)
+    except TypeError:
+        raise CryopickError(f"{path}: incomplete prompt file; {fix}") from None
+    if (subvolumes.ndim != 4 or subvolumes.shape[1:] != (PROMPT_SIZE,) * 3 or len(subvolumes) == 0
+            or not np.isfinite(subvolumes).all() or positions.shape != (len(subvolumes), 3)):
+        raise CryopickError(f"{path}: damaged prompt file (sub-volumes of shape {subvolumes.shape}); {fix}")
+    return prompt
+
+
+def prompt_fingerprint(prompt: Prompt) -> dict:
+    """What identifies a prompt's picks: label, scale, contrast, diameter and a hash of its examples."""
+    import hashlib
+
+    digest = hashlib.sha256(np.ascontiguousarray(prompt.subvolumes, dtype=np.float32).tobytes()).hexdigest()
+    return {"label": prompt.label, "examples_sha256": digest, "n_examples": int(len(prompt.subvolumes)),
+            "voxel_size": prompt.voxel_size, "binning": prompt.binning, "diameter": prompt.diameter,
+            "invert": prompt.invert}
 
 
 def make_prompt(tomogram: str | os.PathLike | Image, positions: Sequence[Sequence[float]], label: str = "particle",
@@ -114,10 +140,18 @@ def make_prompt(tomogram: str | os.PathLike | Image, positions: Sequence[Sequenc
         ``estimate`` is true, it is estimated by :func:`estimate_diameter` with ``model`` (default:
         the shipped weights) and ``meta["diameter_estimated"]`` is set.
     """
+    check_label(label)
     image = tomogram if isinstance(tomogram, Image) else read_tomogram(tomogram)
     positions = np.asarray(positions, dtype=float).reshape(-1, 3)
     if len(positions) == 0:
         raise CryopickError("give at least one example position (--at x,y,z)")
+    if not np.isfinite(positions).all():
+        bad = positions[~np.isfinite(positions).all(axis=1)][0].tolist()
+        raise CryopickError(f"{image.path}: example position {bad} is not a finite number; give x,y,z in voxels")
+    for key, value in (("diameter_A", diameter_A), ("diameter_px", diameter_px), ("binning", binning),
+                       ("voxel_size", voxel_size)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise CryopickError(f"{image.path}: {key} must be a number > 0, got {value!r}")
     shape_xyz = np.asarray(image.data.shape[::-1])
     bad = np.any((positions < 0) | (positions > shape_xyz - 1), axis=1)
     if bad.any():
@@ -129,6 +163,10 @@ def make_prompt(tomogram: str | os.PathLike | Image, positions: Sequence[Sequenc
                             invert=invert)
     centres = work.to_working(positions)
     subs = np.stack([cut_prompt(work.volume, c) for c in centres])
+    for sub, at in zip(subs, positions):
+        if not np.isfinite(sub).all() or not sub.std() > 0:
+            raise CryopickError(f"{image.path}: the tomogram around {at.tolist()} holds NaN or constant voxels; "
+                                "click a particle in a region with data")
     diameter = None
     if diameter_A is not None:
         if work.voxel_size is None:
@@ -141,6 +179,14 @@ def make_prompt(tomogram: str | os.PathLike | Image, positions: Sequence[Sequenc
         prompt.diameter = estimate_diameter(model or load_propicker(), prompt, work)
         prompt.meta["diameter_estimated"] = True
     return prompt
+
+
+def check_label(label: str) -> str:
+    """A class label usable as a folder and file name part (no path separators, not hidden)."""
+    if not isinstance(label, str) or "/" in label or "\\" in label or label.startswith(".") or label.strip() != label:
+        raise CryopickError(f"class label {label!r} cannot be a folder name; give another --label "
+                            "(letters, digits, - and _)")
+    return label
 
 
 def cut_prompt(volume, centre_xyz: Sequence[float]) -> np.ndarray:

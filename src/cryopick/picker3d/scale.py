@@ -1,42 +1,38 @@
 """The working frame of a tomogram: Fourier-cropped or binned to the prompt's working voxel size.
 
-:class:`WorkingTomogram` maps working voxels back to voxels of the tomogram as stored
-(``x_source = x_working * factor``, voxel centres).
+:class:`WorkingTomogram` is a :class:`cryopick.preprocess.WorkingFrame` (the one frame class of 2D and
+3D) that also carries the working volume: ``to_working`` maps voxels of the tomogram as stored to
+working voxels, ``to_original`` maps back (``x_stored = x_working / factor``, voxel centres).
+:func:`check_tomogram` refuses tomograms a network cannot pick in (non-finite or constant voxels).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from cryopick.errors import CryopickError
 from cryopick.io.images import Image, read_tomogram
+from cryopick.preprocess import WorkingFrame
 
 
 # -- tomograms at the working scale ------------------------------------------------------------------------
-@dataclass
-class WorkingTomogram:
-    """A tomogram at the working voxel size; ``binning`` = working voxel size / stored voxel size."""
+@dataclass(frozen=True, eq=False)
+class WorkingTomogram(WorkingFrame):
+    """A tomogram at the working voxel size.
 
-    volume: np.ndarray
-    name: str
-    voxel_size: float | None
-    source_voxel_size: float | None
-    binning: float
-    source_shape: tuple[int, int, int]
+    ``original_shape`` / ``working_shape``: ``(D, H, W)`` of the stored and the working tomogram;
+    ``binning`` = working voxel size / stored voxel size; ``voxel_size`` and ``source_voxel_size``
+    in Å (``None`` when the header has none).
+    """
 
-    def to_working(self, coords: np.ndarray) -> np.ndarray:
-        return np.asarray(coords, float) * self.factors
-
-    def to_source(self, coords: np.ndarray) -> np.ndarray:
-        return np.asarray(coords, float) / self.factors
-
-    @property
-    def factors(self) -> np.ndarray:
-        """Per-axis ``x, y, z`` factor (exact shape ratio after Fourier cropping)."""
-        return np.asarray(self.volume.shape[::-1], float) / np.asarray(self.source_shape[::-1], float)
+    volume: np.ndarray = field(default=None, repr=False)
+    name: str = ""
+    voxel_size: float | None = None
+    source_voxel_size: float | None = None
+    binning: float = 1.0
 
 
 def working_tomogram(image: Image | str | os.PathLike, binning: float | None = None,
@@ -54,10 +50,11 @@ def working_tomogram(image: Image | str | os.PathLike, binning: float | None = N
     else:
         factor = binning or 1.0
     if factor < 0.99:
-        raise CryopickError(
-            f"{image.path}: voxel size {src:g} Å is coarser than the prompt's working voxel size {voxel_size:g} Å; "
-            "make the prompt on a tomogram at this or a finer voxel size"
-        )
+        if voxel_size is not None and src is not None:
+            raise CryopickError(
+                f"{image.path}: voxel size {src:g} Å is coarser than the prompt's working voxel size "
+                f"{voxel_size:g} Å; make the prompt on a tomogram at this or a finer voxel size")
+        raise CryopickError(f"{image.path}: binning {factor:g} would upsample the tomogram; give a binning >= 1")
     if abs(factor - 1.0) < 0.01:
         vol = image.data
         factor = 1.0
@@ -66,5 +63,29 @@ def working_tomogram(image: Image | str | os.PathLike, binning: float | None = N
     if invert:
         vol = -np.asarray(vol, dtype=np.float32)
     work_vs = None if src is None else src * factor
-    return WorkingTomogram(vol, image.name, work_vs, src, float(factor), tuple(image.data.shape))
+    return WorkingTomogram(tuple(int(s) for s in image.data.shape), tuple(int(s) for s in vol.shape), vol,
+                           image.name, work_vs, src, float(factor))
 
+
+def check_tomogram(image: Image, slab: int = 16) -> None:
+    """Raise a :class:`CryopickError` naming the file when ``image`` holds NaN or infinite voxels or
+    is constant (an empty or failed reconstruction: nothing could be picked in it).
+
+    Reads the (memory-mapped) volume ``slab`` sections at a time, so memory stays bounded.
+    """
+    data = image.data
+    lo, hi, bad = np.inf, -np.inf, 0
+    for z in range(0, data.shape[0], slab):
+        block = np.asarray(data[z : z + slab], dtype=np.float32)
+        finite = np.isfinite(block)
+        if not finite.all():
+            bad += int(block.size - finite.sum())
+            block = block[finite]
+        if block.size:
+            lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+    if bad:
+        raise CryopickError(f"{image.path}: {bad} of {data.size} voxels are NaN or infinite; "
+                            "reconstruct the tomogram again (or fill those voxels) before picking")
+    if not hi > lo:
+        raise CryopickError(f"{image.path}: every voxel has the same value ({lo:g}); "
+                            "an empty or failed reconstruction holds nothing to pick")

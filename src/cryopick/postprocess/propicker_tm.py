@@ -34,8 +34,10 @@ def tm_pick(volume, template: np.ndarray, *, mask: np.ndarray | None = None, ang
     """Template-match ``volume`` (``(D, H, W)``, same contrast as ``template``) over rotations spaced
     ``angle_step`` degrees, inside ``mask`` (``None``: everywhere, the exhaustive baseline), and
     return peak ``x, y, z`` coordinates (voxels) with NCC scores, peaks at least ``min_distance`` apart."""
-    scores, _ = match_template(np.asarray(volume, np.float32), template, rotations_3d(angle_step), mask=mask,
-                               progress=progress)
+    # A writable float32 copy when needed: PyTorch warns about (and cannot share) read-only memory maps.
+    volume = np.require(volume, np.float32, ["C", "W"])
+    scores, _ = match_template(volume, np.require(template, np.float32, ["C", "W"]), rotations_3d(angle_step),
+                               mask=mask, progress=progress)
     return find_peaks(scores, min_distance=min_distance, threshold=min_score)
 
 

@@ -363,3 +363,21 @@ def write_index(written: Mapping[str, Path], directory: str | os.PathLike,
     out = Path(directory) / index_name
     write_autopick_index(mapping, out)
     return out
+
+
+def write_tomograms_star(geometry: Mapping[str, tuple[Sequence[float], float]], path: str | os.PathLike) -> None:
+    """Write a RELION 5-style ``tomograms.star`` describing tomograms as stored, atomically.
+
+    ``geometry``: tomogram name -> ``((X, Y, Z) size in voxels, voxel size in Å)``. Written with
+    ``_rlnTomoTomogramBinning 1`` and ``_rlnTomoTiltSeriesPixelSize`` = the voxel size, so that
+    ``read(..., tomograms_star=path)`` converts centred Å coordinates of every listed tomogram (each
+    with its own size) to its voxels.
+    """
+    names = list(geometry)
+    sizes = np.asarray([geometry[n][0] for n in names], dtype=np.float64).reshape(-1, 3)
+    block = pd.DataFrame({"rlnTomoName": names,
+                          "rlnTomoSizeX": sizes[:, 0].astype(int), "rlnTomoSizeY": sizes[:, 1].astype(int),
+                          "rlnTomoSizeZ": sizes[:, 2].astype(int),
+                          "rlnTomoTiltSeriesPixelSize": [float(geometry[n][1]) for n in names],
+                          "rlnTomoTomogramBinning": np.ones(len(names))})
+    _write_star({"global": block}, path, "%.6f")

@@ -50,6 +50,11 @@ def finetune(model: ProPicker, volumes: list[np.ndarray], targets: list[np.ndarr
     Saves a ProPicker checkpoint to ``out_path`` whose ``meta["embedding"]`` is the fixed prompt
     embedding (mean of the ``K`` prompts, renormalised).
     """
+    from cryopick.picker3d.predict import check_window
+
+    check_window(model, window)
+    if steps < 1 or not lr > 0:
+        raise CryopickError(f"fine-tuning needs steps >= 1 and a learning rate > 0 (got {steps}, {lr})")
     z = model.combine(model.embed(prompt_volumes))[None]
     params = list(model.segmenter.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-5)
@@ -82,7 +87,10 @@ def finetune(model: ProPicker, volumes: list[np.ndarray], targets: list[np.ndarr
         opt.step()
     model.eval()
     model.meta = {**model.meta, "finetuned": True, "embedding": z[0].tolist(), "finetune_steps": steps}
-    model.save(out_path)
+    try:
+        model.save(out_path)
+    except OSError as exc:
+        raise CryopickError(f"{out_path}: cannot write the checkpoint ({exc.strerror or exc}); choose another -o") from None
     return model
 
 

@@ -23,6 +23,8 @@ from tqdm.auto import tqdm
 from cryopick.errors import CryopickError
 from cryopick.io.jsonutil import dumps
 from cryopick.models.promptable3d import ProPicker, build_propicker_paper, build_propicker_small, load_propicker
+from cryopick.picker3d.card import load_model
+from cryopick.picker3d.predict import check_window
 from cryopick.picker3d.train.finetune import recommend_settings
 from cryopick.picker3d.train.losses import contrastive_loss, segmentation_loss
 from cryopick.picker3d.train.pool import PoolTomogram, load_pool
@@ -41,7 +43,7 @@ class TrainConfig:
     reinit: tuple[str, ...] = ()   # parameter-name prefixes to re-initialise after loading ``init``
     tomotwin: str | None = None    # TomoTwin weights for the paper model's encoder
     freeze_encoder: bool = False
-    steps: int = 20000
+    steps: int = 10000
     lr: float = 2e-3
     warmup: int = 200
     weight_decay: float = 1e-5
@@ -63,7 +65,7 @@ class TrainConfig:
 
 def _build(cfg: TrainConfig) -> ProPicker:
     if cfg.init:  # warm start; model_kwargs may change the architecture (see load_compatible)
-        load_propicker(cfg.init)  # validates the file
+        load_model(cfg.init)  # validates the file (one-line error for a damaged or foreign one)
         payload = torch.load(cfg.init, map_location="cpu", weights_only=True)
         model = _build(TrainConfig(model=payload["name"], model_kwargs={**payload["config"], **cfg.model_kwargs}))
         load_compatible(model, payload["state_dict"], skip=cfg.reinit)
@@ -210,6 +212,7 @@ def train(cfg: TrainConfig, pool_dir: str | os.PathLike, out_dir: str | os.PathL
     val = validation_batches(load_pool(val_pool_dir), n_val_batches, cfg.sample) if val_pool_dir else []
     torch.manual_seed(cfg.seed)
     model = _build(cfg).to(cfg.device)
+    check_window(model, cfg.sample.window)
     named = [(n, p) for n, p in model.named_parameters() if not (cfg.freeze_encoder and n.startswith("encoder."))]
     conditioning = [p for n, p in named if n.startswith("encoder.") or "film" in n]
     rest = [p for n, p in named if not (n.startswith("encoder.") or "film" in n)]
