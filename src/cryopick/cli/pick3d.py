@@ -102,7 +102,7 @@ def main(args: argparse.Namespace) -> int:
 
     if args.min_similarity is not None and args.no_similarity:
         raise CryopickError("give either --min-similarity or --no-similarity")
-    log.info("using %d CPU thread(s) for PyTorch", set_threads(args.threads))
+    set_threads(args.threads)
     overrides = {k: v for k, v in {"mode": args.mode, "threshold": args.threshold, "min_size": args.min_size,
                                    "max_size": args.max_size, "min_factor": args.min_factor,
                                    "max_factor": args.max_factor, "min_distance": args.min_distance,

@@ -198,14 +198,14 @@ def resolve_bf16(bf16: bool | None, device: str | torch.device = "cpu") -> bool:
 
 
 def set_threads(threads: int | None) -> int:
-    """Set PyTorch's CPU threads for a 3D run: ``threads``, or 1 when ``None`` (one thread per process
-    is fastest on a shared machine; a shared policy from the cores free now will replace this default).
-    Returns the number set."""
-    n = 1 if threads is None else int(threads)
-    if n < 1:
+    """Set PyTorch's CPU threads for a 3D run: ``threads``, or with ``None`` one per core that other
+    processes leave free now (the shared policy of :func:`cryopick.runtime.configure_threads`, the same
+    for 2D and 3D; the choice is logged). Returns the number set."""
+    from cryopick.runtime import configure_threads
+
+    if threads is not None and int(threads) < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    torch.set_num_threads(n)
-    return n
+    return configure_threads(threads)
 
 
 def check_window(model: torch.nn.Module, window: int, stride: int | None = None) -> None:
