@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cryopick.errors import CryopickError
-from cryopick.io.atomic import atomic_path
+from cryopick.io.atomic import atomic_path, publish
 
 MRC_SUFFIXES = {".mrc", ".mrcs", ".rec", ".st", ".map"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -385,7 +385,7 @@ def write_ome_zarr(path: str | os.PathLike, data: np.ndarray, pixel_size: float 
         ]
         if path.exists():
             shutil.rmtree(path)
-        os.replace(tmp, path)
+        publish(tmp, path)  # mkdtemp's private 0o700 -> the umask's mode
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
