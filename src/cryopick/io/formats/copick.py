@@ -158,16 +158,25 @@ def write(picks: Picks, path: str | os.PathLike, voxel_size: float | None = None
     write_text(Path(path), json.dumps(doc, indent=1) + "\n")
 
 
+def _tree(picks: Picks, directory: Path, user_id: str, session_id: str, object_name: str | None):
+    """``(output path, object name, picks)`` per run and label of a copick overlay tree."""
+    for run, sub in split_by_micrograph(picks):
+        for label, table in sub.table.groupby("label", sort=False):
+            obj = object_name or label or "particle"
+            yield directory / "ExperimentRuns" / run / "Picks" / f"{user_id}_{session_id}_{obj}.json", obj, sub._with(table)
+
+
+def directory_paths(picks: Picks, directory: str | os.PathLike, user_id: str = "cryopick", session_id: str = "0",
+                    object_name: str | None = None, **_: object) -> list[Path]:
+    """The files :func:`write_directory` would write."""
+    return [out for out, _, _ in _tree(picks, Path(directory), user_id, session_id, object_name)]
+
+
 def write_directory(picks: Picks, directory: str | os.PathLike, user_id: str = "cryopick",
                     session_id: str = "0", object_name: str | None = None, **opts) -> list[Path]:
     """Write a copick overlay tree: ``ExperimentRuns/<run>/Picks/<user>_<session>_<object>.json``."""
-    directory = Path(directory)
     written = []
-    for run, sub in split_by_micrograph(picks):
-        for label, table in sub.table.groupby("label", sort=False):
-            part = sub._with(table)
-            obj = object_name or label or "particle"
-            out = directory / "ExperimentRuns" / run / "Picks" / f"{user_id}_{session_id}_{obj}.json"
-            write(part, out, object_name=obj, user_id=user_id, session_id=session_id, **opts)
-            written.append(out)
+    for out, obj, part in _tree(picks, Path(directory), user_id, session_id, object_name):
+        write(part, out, object_name=obj, user_id=user_id, session_id=session_id, **opts)
+        written.append(out)
     return written
