@@ -34,7 +34,7 @@ from cryopick.errors import CryopickError
 from cryopick.io.formats._common import split_by_micrograph
 from cryopick.io.names import match_micrograph_names as match_micrograph_names  # re-exported
 from cryopick.io.names import normalise_name as normalise_name  # re-exported
-from cryopick.io.runinfo import run_diameter
+from cryopick.io.runinfo import run_diameter, run_threshold
 from cryopick.picks import Picks
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,9 @@ def read_picks(path_or_dir: str | os.PathLike, format: str | None = None, **opts
     Returns
     -------
     Picks
-        With ``meta["source"]`` set to the path read.
+        With ``meta["source"]`` set to the path read; picks from a cryopick output folder that states
+        them also get ``meta["written_threshold"]`` (and ``"threshold_source"``) and, when they have no
+        diameter, the folder's diameter (``meta["diameter_source"]``).
 
     Raises
     ------
@@ -189,6 +191,9 @@ def read_picks(path_or_dir: str | os.PathLike, format: str | None = None, **opts
     picks = apply_options(picks, source=str(path), **conv)
     picks.meta["source"] = str(path)
     picks.meta["format"] = module.NAME
+    written = run_threshold(path)
+    if written is not None:
+        picks.meta["written_threshold"], picks.meta["threshold_source"] = written[0], str(written[1])
     return picks
 
 

@@ -4,7 +4,8 @@ Coordinate formats such as RELION STAR store no particle size, but a folder writ
 pick`` (``summary.json`` naming the model, whose ``card.json`` holds the diameter) or ``cryopick
 baseline`` (``baseline.json``) knows it. :func:`run_diameter` finds it, so exporting those picks to a
 format that needs a box size (EMAN2 ``.box``, crYOLO ``.cbox``) does not ask for ``--diameter``
-again.
+again. :func:`run_threshold` finds the score threshold the picks were written with, so an evaluation
+can say that its precision-recall curve stops where the written picks stop.
 """
 
 from __future__ import annotations
@@ -63,4 +64,30 @@ def run_diameter(path: str | os.PathLike) -> tuple[float, Path] | None:
             found = _model_diameter(data["model"], folder)
             if found is not None:
                 return found
+    return None
+
+
+def run_threshold(path: str | os.PathLike) -> tuple[float, Path] | None:
+    """``(score threshold, file that states it)`` the picks under ``path`` were written with (only
+    picks scoring at least this are in the folder), or ``None`` when the folder does not say.
+
+    Looks at ``summary.json`` and ``baseline.json`` (``threshold``) and the finished-micrograph records
+    ``.cryopick/*.json`` of ``cryopick pick``.
+    """
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    candidates = [folder / name for name in RUN_FILES]
+    state = folder / ".cryopick"
+    if state.is_dir():
+        candidates += sorted(p for p in state.glob("*.json") if p.name != "run.json")[:1]
+    for candidate in candidates:
+        data = _load(candidate)
+        if data is None or "threshold" not in data:
+            continue
+        try:
+            value = float(data["threshold"])
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(value):
+            return value, candidate
     return None
