@@ -10,8 +10,10 @@ import pytest
 
 from cryopick.simulate import ctf as C
 from cryopick.simulate import rotations as R
-from cryopick.simulate.densities import SHAPE_KINDS, ParticleClass, read_atoms, splat
+from cryopick.simulate.atoms import read_atoms
+from cryopick.simulate.densities import ParticleClass, splat
 from cryopick.simulate.micrograph import simulate_micrograph
+from cryopick.simulate.shapes import SHAPE_KINDS
 from cryopick.simulate.tomogram import missing_wedge_mask, random_particle_classes, simulate_tomogram
 
 DATA = Path(__file__).parents[1] / "data" / "simulate"
@@ -409,3 +411,26 @@ def test_cli_inconsistent_options_leave_no_output(tmp_path, capsys, mode, argv, 
     errors = [line for line in err.splitlines() if "error:" in line]  # (other lines: the progress bar)
     assert len(errors) == 1 and re.search(pattern, errors[0]) and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("source", ["helix50.pdb", "helix50.cif"])
+def test_atom_reader_truncated_and_random_files(tmp_path, source):
+    """Truncated or garbled atomic models: atoms or a one-line error naming the file, never a traceback."""
+    from cryopick import CryopickError
+
+    data = (DATA / source).read_bytes()
+    rng = np.random.default_rng(0)
+    bad = data.replace(b"ATOM  ", b"ATOM  ", 1)
+    cases = [data[:cut] for cut in (0, 40, len(data) // 3, len(data) // 2, len(data) - 7)]
+    cases += [rng.integers(0, 256, 3000, dtype=np.uint8).tobytes(), bad.replace(b".", b"x", 40)]
+    if source.endswith(".cif"):
+        cases.append(data.replace(b"ATOM ", b"ATOM 'unclosed ", 3))
+    for k, content in enumerate(cases):
+        path = tmp_path / f"case{k}{Path(source).suffix}"
+        path.write_bytes(content)
+        try:
+            coords, elements = read_atoms(path)
+        except CryopickError as exc:
+            assert path.name in str(exc) and "\n" not in str(exc)
+        else:
+            assert np.isfinite(coords).all() and len(coords) == len(elements) > 0

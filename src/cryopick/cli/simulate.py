@@ -79,7 +79,8 @@ def _range(args, option: str, low: float | None = None, high: float | None = Non
 
 def main(args: argparse.Namespace) -> int:
     from cryopick.simulate.dataset import simulate_dataset_2d, simulate_dataset_3d
-    from cryopick.simulate.densities import ParticleClass, random_particle_classes
+    from cryopick.simulate.densities import ParticleClass
+    from cryopick.simulate.shapes import random_particle_classes
 
     is2d = args.mode == "2d"
     shape = tuple(args.shape) if args.shape else ((1024, 1024) if is2d else (128, 256, 256))

@@ -33,8 +33,9 @@ from cryopick.errors import CryopickError
 from cryopick.picks import Picks
 from cryopick.simulate import ctf as ctf_mod
 from cryopick.simulate import rotations
-from cryopick.simulate.densities import ParticleClass, procedural_class, random_particle_classes
+from cryopick.simulate.densities import ParticleClass
 from cryopick.simulate.placement import PlacementWarning, fitting_weights, shortfall_message
+from cryopick.simulate.shapes import procedural_class, random_particle_classes
 
 __all__ = ["Micrograph", "simulate_micrograph"]
 

@@ -37,8 +37,9 @@ from cryopick.errors import CryopickError
 from cryopick.picks import Picks
 from cryopick.simulate import ctf as ctf_mod
 from cryopick.simulate import rotations
-from cryopick.simulate.densities import ParticleClass, random_particle_classes
+from cryopick.simulate.densities import ParticleClass
 from cryopick.simulate.placement import PlacementWarning, fitting_weights, shortfall_message
+from cryopick.simulate.shapes import random_particle_classes
 
 __all__ = ["ParticleClass", "Tomogram", "random_particle_classes", "simulate_tomogram", "missing_wedge_mask"]
 
