@@ -16,7 +16,7 @@ from cryopick.baselines.template2d import (
     template_pick,
 )
 from cryopick.evaluate.metrics import match
-from cryopick.postprocess.template_matching import rotate_template, rotation_matrices
+from cryopick.postprocess.rotations import rotate_template, rotation_matrices
 
 torch.set_num_threads(1)
 

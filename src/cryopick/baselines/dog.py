@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from cryopick.errors import CryopickError
-from cryopick.postprocess.template_matching import find_peaks
+from cryopick.postprocess.peaks import find_peaks
 from cryopick.preprocess import downsample, factor_for_diameter, normalize
 
 

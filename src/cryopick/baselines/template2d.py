@@ -25,15 +25,9 @@ import numpy as np
 import torch
 
 from cryopick.errors import CryopickError
-from cryopick.postprocess.template_matching import (
-    _default_template_mask,
-    find_peaks,
-    match_template,
-    rotate_template,
-    rotation_matrices,
-    rotations_2d,
-    rotations_3d,
-)
+from cryopick.postprocess.peaks import find_peaks
+from cryopick.postprocess.rotations import rotate_template, rotation_matrices, rotations_2d, rotations_3d
+from cryopick.postprocess.template_matching import _default_template_mask, match_template
 from cryopick.preprocess import downsample, factor_for_diameter, normalize
 
 
