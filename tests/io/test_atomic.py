@@ -41,9 +41,10 @@ def test_written_files_respect_the_umask(tmp_path, mask):
         picks = Picks.from_arrays("mic", np.array([[1.0, 2.0], [3.0, 4.0]]), score=0.5)
         files = write_picks(picks, tmp_path / "star", "relion")
         write_ome_zarr(tmp_path / "v.zarr", np.zeros((4, 4, 4), np.float32), pixel_size=1.0)
+        write_ome_zarr(tmp_path / "new" / "w.zarr", np.zeros((4, 4, 4), np.float32))  # parent made too
     for name in ("a.txt", "b.bin", "c.npy", "m.mrc", "p.png", *[f.relative_to(tmp_path) for f in files]):
         assert _mode(tmp_path / name) == 0o666 & ~mask, name
-    assert _mode(tmp_path / "v.zarr") == 0o777 & ~mask
+    assert _mode(tmp_path / "v.zarr") == _mode(tmp_path / "new" / "w.zarr") == 0o777 & ~mask
     assert not [p for p in tmp_path.rglob(".*tmp*")], "no temporary file left behind"
 
 

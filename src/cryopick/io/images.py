@@ -382,7 +382,8 @@ def write_ome_zarr(path: str | os.PathLike, data: np.ndarray, pixel_size: float 
     import zarr
 
     path = Path(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent if path.parent.exists() else None))
+    path.parent.mkdir(parents=True, exist_ok=True)  # the temporary store must be on the same file system
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         group = zarr.open_group(str(tmp), mode="w")
         group.create_dataset("0", data=np.asarray(data), chunks=chunks[: np.ndim(data)])
