@@ -53,7 +53,7 @@ def shortfall_message(name: str, placed: int, requested: int, radii_px: np.ndarr
     share = float(unit.sum()) / float(np.prod(shape)) if len(unit) else 0.0
     size = "area" if ndim == 2 else "volume"
     diameter = 2 * float(radii_px.mean()) if len(radii_px) else float("nan")
-    blocked = (f" and carbon, ice crystals and aggregates block {blocked_share:.0%}" if blocked_share else "")
+    blocked = (f" and carbon, ice crystals and aggregates block at least {blocked_share:.0%}" if blocked_share else "")
     return (f"{name}: placed {placed} of {requested} requested particles; the {placed} particles (mean diameter "
             f"{diameter:.0f} px) fill {share:.0%} of the {what}'s {size}{blocked}, and there is no room for another "
             "without overlap; ask for fewer particles (--particles), a larger image (--shape), smaller particles "
