@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 
 from cryopick.io.atomic import write_text  # noqa: E402
 from cryopick.simulate.ctf import radial_profile  # noqa: E402
-from cryopick.simulate.densities import procedural_class, random_particle_classes  # noqa: E402
 from cryopick.simulate.micrograph import simulate_micrograph  # noqa: E402
+from cryopick.simulate.shapes import procedural_class, random_particle_classes  # noqa: E402
 from cryopick.simulate.tomogram import simulate_tomogram  # noqa: E402
 
 DEFAULT_DATA = "/work/shared/data/empiar-10017"

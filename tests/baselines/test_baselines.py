@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from cryopick.baselines.dog import dog_pick
@@ -16,7 +17,7 @@ from cryopick.baselines.template2d import (
     template_pick,
 )
 from cryopick.evaluate.metrics import match
-from cryopick.postprocess.template_matching import rotate_template, rotation_matrices
+from cryopick.postprocess.rotations import rotate_template, rotation_matrices
 
 torch.set_num_threads(1)
 
@@ -167,3 +168,76 @@ def test_baseline_cli_errors(tmp_path, capsys):
     assert main(["baseline", "template", "--micrographs", str(tmp_path / "m.mrc"), "--diameter", "32",
                  "-o", str(tmp_path / "o")]) == 2
     assert "--coords" in capsys.readouterr().err
+
+
+def _one_micrograph(tmp_path):
+    from cryopick.io.images import write_mrc
+
+    img, coords = _micrograph(8, seed=3)
+    write_mrc(tmp_path / "mics" / "m.mrc", img, pixel_size=2.0)
+    return tmp_path / "mics" / "m.mrc", coords
+
+
+def test_dog_diameter_larger_than_the_micrograph_is_an_error(tmp_path, capsys):
+    from cryopick.cli.main import main
+
+    mic, _ = _one_micrograph(tmp_path)
+    assert main(["baseline", "dog", "--micrographs", str(mic), "--diameter", "5000", "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "m.mrc: a particle of diameter 5000 px" in err and "does not fit a 384 x 384-pixel image" in err
+    assert "Traceback" not in err and not (tmp_path / "o" / "autopick.star").exists()
+
+
+def test_no_pick_above_the_threshold_is_a_warning(tmp_path):
+    from cryopick.cli.main import main
+
+    mic, _ = _one_micrograph(tmp_path)
+    with pytest.warns(UserWarning, match=r"dog: no pick scores at least 1e\+06 on 1 micrograph\(s\); the \d+ peaks"):
+        assert main(["baseline", "dog", "--micrographs", str(mic), "--diameter", "32", "--threshold", "1e6",
+                     "-o", str(tmp_path / "o")]) == 0
+
+
+@pytest.mark.parametrize("content", [b"", b"\x93NUMPY random", b"PK\x03\x04 not a zip", np.random.default_rng(0)
+                                     .integers(0, 256, 4000, dtype=np.uint8).tobytes()])
+def test_random_bytes_as_templates_give_our_message(tmp_path, capsys, content):
+    from cryopick.cli.main import main
+
+    mic, _ = _one_micrograph(tmp_path)
+    (tmp_path / "t.npz").write_bytes(content)
+    assert main(["baseline", "template", "--micrographs", str(mic), "--diameter", "32", "--templates",
+                 str(tmp_path / "t.npz"), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "t.npz: not a cryopick template file" in err and len(err.splitlines()) == 1
+    assert not any(word in err for word in ("allow_pickle", "pickle", "Traceback", "file an issue"))
+
+
+def test_damaged_peak_cache_is_recomputed(tmp_path):
+    from cryopick.baselines.pipeline import pick_all
+
+    mic, _ = _one_micrograph(tmp_path)
+    calls = []
+
+    def picker(image):
+        calls.append(1)
+        return np.array([[10.0, 20.0]]), np.array([0.5])
+
+    cache = tmp_path / "cache"
+    pick_all([mic], picker, 32, cache_dir=cache, progress=False)
+    (cache / "m.npz").write_bytes(b"")  # a zero-byte file left by a full disk
+    picks = pick_all([mic], picker, 32, cache_dir=cache, progress=False)
+    assert len(calls) == 2 and len(picks) == 1
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--diameter", "0"), ("--diameter", "nan"), ("--threshold", "nan"), ("--min-distance", "0"),
+    ("--working-diameter", "-1"), ("--exclude-border", "-1"), ("--sigma-ratio", "1"), ("--n-templates", "0"),
+    ("--angle-step", "0"), ("--angle-step", "400"), ("--max-particles", "0"),
+])
+def test_baseline_numeric_options_are_validated(tmp_path, capsys, option, value):
+    from cryopick.cli.main import main
+
+    argv = ["baseline", "dog", "--micrographs", "m.mrc", "--diameter", "32", "-o", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as info:
+        main(argv + [option, value])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and option in err and "Traceback" not in err

@@ -257,3 +257,68 @@ def test_evaluate_cli_3d_formats_and_scale(tmp_path):
     # offsets of 3 px <= 0.5 x radius (5 px): 8 TP of 9 picks, 10 truths; F-beta with beta 4
     assert (p["tp"], p["n_pred"], p["n_truth"]) == (8, 9, 10)
     assert p["fbeta"] == pytest.approx(f_beta(8 / 9, 8 / 10, 4))
+
+
+def _pick_folder(tmp_path, threshold: float):
+    """A folder laid out as `cryopick pick` writes it: RELION STAR, summary.json with the threshold."""
+    from cryopick.io.coords import write_picks
+
+    truth = Picks.from_arrays("a", TRUTH + 20, diameter=20)
+    every = Picks.from_arrays("a", PICKS + 20, score=[0.9, 0.8, 0.1, 0.3])
+    kept = every._with(every.table[every.table["score"] >= threshold])
+    folder = tmp_path / f"picks_{threshold:g}"
+    write_picks(kept, folder, "relion")
+    (folder / "summary.json").write_text(json.dumps({"threshold": threshold, "n_picks": len(kept)}))
+    write_picks(truth, tmp_path / "truth", "cryoppp", overwrite=True)
+    return folder
+
+
+def test_report_says_where_the_curve_of_thresholded_picks_stops(tmp_path, capsys, caplog):
+    from cryopick.cli.main import main
+
+    folder = _pick_folder(tmp_path, 0.5)  # the picks at 0.1 and 0.3 (one a true particle) were not written
+    out = tmp_path / "report"
+    assert main(["evaluate", "--picks", str(folder), "--truth", str(tmp_path / "truth"), "--diameter", "20",
+                 "-o", str(out)]) == 0
+    scope = json.loads((out / "report.json").read_text())["methods"][folder.name]["curve"]["scope"]
+    assert scope["written_threshold"] == 0.5 and not scope["complete"]
+    assert scope["max_recall"] == pytest.approx(2 / 3) and scope["threshold_source"].endswith("summary.json")
+    assert "not threshold-free" in scope["note"] and "--threshold 0" in scope["note"]
+    markdown = (out / "report.md").read_text()
+    assert "curve ends at recall" in markdown and "not threshold-free" in markdown
+    assert "curve ends at recall 0.667" in capsys.readouterr().out
+    assert "not threshold-free" in caplog.text
+
+
+def test_report_calls_a_curve_over_every_candidate_complete(tmp_path):
+    from cryopick.cli.main import main
+
+    folder = _pick_folder(tmp_path, 0.0)
+    out = tmp_path / "report"
+    assert main(["evaluate", "--picks", str(folder), "--truth", str(tmp_path / "truth"), "--diameter", "20",
+                 "-o", str(out)]) == 0
+    scope = json.loads((out / "report.json").read_text())["methods"][folder.name]["curve"]["scope"]
+    assert scope["complete"] and scope["max_recall"] == pytest.approx(1.0)
+    assert "covers all scores" in scope["note"]
+
+
+def test_curve_scope_of_picks_of_unknown_origin():
+    from cryopick.evaluate.curves import curve_scope
+
+    picks = Picks.from_arrays("a", PICKS, score=[0.9, 0.8, 0.1, 0.7])
+    truth = Picks.from_arrays("a", TRUTH)
+    scope = curve_scope(picks, pr_curve(picks, truth, diameter=20))
+    assert scope["written_threshold"] is None and not scope["complete"] and scope["lowest_score"] == 0.1
+    assert "if they were thresholded when written" in scope["note"]
+
+
+@pytest.mark.parametrize("option, value", [("--diameter", "0"), ("--diameter", "nan"), ("--tolerance", "-1"),
+                                           ("--min-score", "nan"), ("--height", "0"), ("--picks-scale", "0"),
+                                           ("--voxel-size", "-3"), ("--tomo-size", "1,2"), ("--tomo-size", "1,2,0")])
+def test_numeric_options_are_validated(tmp_path, capsys, option, value):
+    from cryopick.cli.main import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", "--picks", "p", "--truth", "t", "-o", str(tmp_path / "r"), option, value])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and option in err and "Traceback" not in err

@@ -90,3 +90,75 @@ def test_failed_directory_write_leaves_nothing(tmp_path, capsys):
     code, err = _run(capsys, DATA / "relion4/AutoPick/job006/autopick.star", "-o", tmp_path / "boxes", "--to", "eman2")
     assert code == 2 and "needs a box size" in err
     assert not (tmp_path / "boxes").exists()
+
+
+def _argparse_error(capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(["convert", *map(str, argv)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--scale", "0"), ("--scale", "-2"), ("--scale", "nan"), ("--height", "0"), ("--height", "inf"),
+    ("--from-pixel-size", "-1"), ("--to-pixel-size", "0"), ("--min-score", "nan"), ("--diameter", "0"),
+    ("--box-size", "-5"), ("--voxel-size", "nan"), ("--tomo-size", "10,0,10"), ("--tomo-size", "10,10"),
+])
+def test_every_numeric_option_is_validated(tmp_path, capsys, option, value):
+    err = _argparse_error(capsys, DATA / "eman2/mic_0001.box", "-o", tmp_path / "out", option, value)
+    assert option in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_outputs_are_not_replaced_without_force(tmp_path, capsys):
+    src = DATA / "eman2/mic_0001.box"
+    (tmp_path / "taken.txt").write_text("precious\n")
+    code, err = _run(capsys, src, "-o", tmp_path / "taken.txt")
+    assert code == 2 and "taken.txt: 1 output file(s) exist already" in err and "--force" in err
+    assert (tmp_path / "taken.txt").read_text() == "precious\n"
+    code, err = _run(capsys, src, "-o", tmp_path / "taken.txt", "--force")
+    assert code == 0 and "x_coord" in (tmp_path / "taken.txt").read_text()
+    code, err = _run(capsys, src, "-o", tmp_path / "star", "--to", "relion")
+    assert code == 0
+    code, err = _run(capsys, src, "-o", tmp_path / "star", "--to", "relion")
+    assert code == 2 and "2 output file(s) exist already" in err and len(err.strip().splitlines()) == 1
+    code, err = _run(capsys, src, "-o", tmp_path / "star", "--to", "relion", "--force")
+    assert code == 0
+
+
+def test_output_that_is_a_file_where_a_directory_is_needed(tmp_path, capsys):
+    (tmp_path / "existing").write_text("")
+    code, err = _run(capsys, DATA / "eman2/mic_0001.box", "-o", tmp_path / "existing", "--to", "relion")
+    assert code == 2 and "existing: is an existing file, but relion output goes into a directory" in err
+    code, err = _run(capsys, DATA / "eman2/mic_0001.box", "-o", tmp_path / "existing" / "sub", "--to", "relion")
+    assert code == 2 and "cannot write" in err and "Traceback" not in err
+
+
+def test_plain_xy_csv_converts(tmp_path, capsys):
+    (tmp_path / "mic_1.csv").write_text("x,y\n100,200\n")
+    code, err = _run(capsys, tmp_path / "mic_1.csv", "-o", tmp_path / "out", "--to", "eman2", "--diameter", "50")
+    assert code == 0, err
+    np.testing.assert_allclose(read_picks(tmp_path / "out" / "mic_1.box").coords, [[100, 200]])
+
+
+def test_box_export_of_pick_output_uses_the_models_diameter(tmp_path, capsys, monkeypatch):
+    """A `cryopick pick` folder (RELION STAR, no diameter column) names its model; the model card holds the
+    diameter, so exporting to .box / .cbox does not ask for --diameter again."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "card.json").write_text('{"diameter": 108.0, "task": "picker2d"}')
+    picks = Picks.from_arrays("mic_1", [[500.0, 600.0]], score=0.9)
+    write_picks(picks, tmp_path / "picks", "relion")
+    (tmp_path / "picks" / "summary.json").write_text('{"model": "model", "n_picks": 1}')
+    code, err = _run(capsys, tmp_path / "picks", "-o", tmp_path / "box", "--to", "eman2")
+    assert code == 0, err
+    box = read_picks(tmp_path / "box" / "mic_1.box")
+    np.testing.assert_allclose(box.table["diameter"], [108.0])
+    np.testing.assert_allclose(box.coords, [[500, 600]])
+    code, err = _run(capsys, tmp_path / "picks", "-o", tmp_path / "cbox", "--to", "cryolo")
+    assert code == 0, err
+    # an explicit --diameter still wins
+    code, err = _run(capsys, tmp_path / "picks", "-o", tmp_path / "box2", "--to", "eman2", "--diameter", "64")
+    assert code == 0 and read_picks(tmp_path / "box2" / "mic_1.box").table["diameter"].tolist() == [64.0]

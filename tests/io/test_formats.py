@@ -387,3 +387,54 @@ def test_relion5_tomo_directory_with_index_uses_geometry(tmp_path):
     assert (out / "autopick.star").exists()
     q = read_picks(out, format="relion", tomo_size=(464, 464, 200), voxel_size=10.0)
     np.testing.assert_allclose(np.sort(q.coords, axis=0), np.sort(p3.coords, axis=0), atol=1e-6)
+
+
+# -- plain CSV tables ------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, ndim, expected", [
+    ("x,y\n10,20\n30,40\n", 2, [[10, 20], [30, 40]]),                               # the hand-made table
+    ("X,Y,Score,Diameter\n10,20,0.5,108\n", 2, [[10, 20]]),                        # case, extra columns
+    (" ,X,Y,Slice\n1,10,20,1\n", 2, [[10, 20]]),                                    # Fiji / ImageJ results
+    ("x_coord\ty_coord\tscore\n10\t20\t0.9\n", 2, [[10, 20]]),                       # Topaz names, tabs
+    ("rlnCoordinateX;rlnCoordinateY;rlnAutopickFigureOfMerit\n10;20;0.3\n", 2, [[10, 20]]),  # semicolons
+    ("Coordinate X,Coordinate Y,Coordinate Z\n10,20,5\n", 3, [[10, 20, 5]]),
+    ("index,axis-0,axis-1\n0,20,10\n", 2, [[10, 20]]),                              # napari: array order
+    ("axis-0,axis-1,axis-2\n5,20,10\n", 3, [[10, 20, 5]]),
+    ("10 20\n30 40\n", 2, [[10, 20], [30, 40]]),                                    # no header: x y
+    ("10,20,5\n", 3, [[10, 20, 5]]),                                                # no header: x y z
+    ("\ufeffx,y\r\n10,20\r\n", 2, [[10, 20]]),                                       # spreadsheet BOM, CRLF
+])
+def test_plain_csv_layouts(tmp_path, text, ndim, expected):
+    (tmp_path / "mic_7.csv").write_text(text, newline="")
+    p = read_picks(tmp_path / "mic_7.csv")
+    assert p.ndim == ndim and p.micrographs == ["mic_7"]
+    np.testing.assert_allclose(p.coords, expected)
+
+
+def test_plain_csv_score_diameter_micrograph_and_class(tmp_path):
+    (tmp_path / "all.csv").write_text("image_name,x,y,score,diameter,class\nmics/a.mrc,1,2,0.5,108,ribo\n"
+                                      "b,3,4,0.25,,apo\n")
+    p = read_picks(tmp_path / "all.csv")
+    assert p.micrographs == ["a", "b"] and p.table["label"].tolist() == ["ribo", "apo"]
+    np.testing.assert_allclose(p.scores, [0.5, 0.25])
+    np.testing.assert_allclose(p.table["diameter"], [108, np.nan])
+    assert p.meta["csv_layout"] == "plain"
+    assert read_picks(DATA / "Falcon_2012_06_12-14_33_35_0.csv").meta["csv_layout"] == "cryoppp"
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("x,X\n1,2\n", r"several columns could be 'x' \(x, X\)"),
+    ("x,y,x\n1,2,3\n", r"column\(s\) x appear more than once"),
+    ("1,2,3,4\n", r"4 numbers per row and no header.*add a header line"),
+    ("a,b\n1,2\n", r"missing column\(s\) x, y \(found: a, b\)"),
+])
+def test_plain_csv_ambiguous_or_incomplete(tmp_path, text, pattern):
+    (tmp_path / "bad.csv").write_text(text)
+    with pytest.raises(CryopickError, match=rf"bad.csv: .*{pattern}"):
+        read_picks(tmp_path / "bad.csv")
+
+
+def test_star_with_a_duplicated_column_is_an_error(tmp_path):
+    (tmp_path / "dup.star").write_text("data_\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n_rlnCoordinateX #3\n"
+                                       "10 20 30\n")
+    with pytest.raises(CryopickError, match=r"dup.star: column\(s\) _rlnCoordinateX appear more than once"):
+        read_picks(tmp_path / "dup.star")

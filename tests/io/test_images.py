@@ -74,6 +74,15 @@ def test_truncated_and_corrupt_mrc(tmp_path):
         read_image(tmp_path / "complex.mrc")
 
 
+def test_mrc_header_smaller_than_the_data_is_rejected(tmp_path):
+    """A header saying 100 x 100 on a file holding 384 x 384 floats must not be read as 100 x 100."""
+    write_mrc(tmp_path / "big.mrc", np.ones((384, 384), np.float32))
+    with mrcfile.open(tmp_path / "big.mrc", mode="r+", permissive=True) as mrc:
+        mrc.header.nx, mrc.header.ny = 100, 100
+    with pytest.raises(CryopickError, match=r"big.mrc: the MRC header announces 100 x 100 x 1 float32 .* bytes more"):
+        read_micrograph(tmp_path / "big.mrc")
+
+
 def test_error_messages_are_one_line(tmp_path):
     (tmp_path / "x.mrc").write_bytes(b"\x00" * 2000)
     with pytest.raises(CryopickError) as info:

@@ -7,14 +7,9 @@ import pytest
 import torch
 from scipy import ndimage
 
-from cryopick.postprocess.template_matching import (
-    find_peaks,
-    match_template,
-    rotate_template,
-    rotation_matrices,
-    rotations_2d,
-    rotations_3d,
-)
+from cryopick.postprocess.peaks import find_peaks
+from cryopick.postprocess.rotations import rotate_template, rotation_matrices, rotations_2d, rotations_3d
+from cryopick.postprocess.template_matching import match_template
 
 torch.set_num_threads(1)
 
@@ -187,3 +182,12 @@ def test_score_is_masked_pearson_correlation(ndim):
     c = tuple(n // 2 + 3 for n in shape)
     patch = vol[tuple(slice(ci - n // 2, ci - n // 2 + n) for ci, n in zip(c, tshape))]
     assert s_half[c] == pytest.approx(np.corrcoef(patch[rm], rt[rm])[0, 1], abs=1e-4)
+
+
+def test_split_modules_are_re_exported():
+    """template_matching was split into rotations and peaks; the old import path still works."""
+    from cryopick.postprocess import peaks, rotations, template_matching
+
+    assert template_matching.find_peaks is peaks.find_peaks
+    assert template_matching.rotations_3d is rotations.rotations_3d
+    assert template_matching.rotate_template is rotations.rotate_template

@@ -10,8 +10,10 @@ import pytest
 
 from cryopick.simulate import ctf as C
 from cryopick.simulate import rotations as R
-from cryopick.simulate.densities import SHAPE_KINDS, ParticleClass, read_atoms, splat
+from cryopick.simulate.atoms import read_atoms
+from cryopick.simulate.densities import ParticleClass, splat
 from cryopick.simulate.micrograph import simulate_micrograph
+from cryopick.simulate.shapes import SHAPE_KINDS
 from cryopick.simulate.tomogram import missing_wedge_mask, random_particle_classes, simulate_tomogram
 
 DATA = Path(__file__).parents[1] / "data" / "simulate"
@@ -325,3 +327,110 @@ def test_cli_3d_writes_masks_and_per_class_coordinates(tmp_path):
     assert truth.ndim == 3 and inst.max() == len(truth)
     class_dirs = sorted(p.name for p in (out / "coordinates").iterdir())
     assert class_dirs == sorted(np.loadtxt(out / "classes.csv", delimiter=",", skiprows=1, dtype=str, usecols=1))
+
+
+# -- placement shortfall and option checks ----------------------------------------------------------
+def test_micrograph_shortfall_is_a_warning_with_the_numbers(classes2d):
+    from cryopick.simulate.placement import PlacementWarning
+
+    with pytest.warns(PlacementWarning, match=r"crowded: placed (\d+) of 400 requested particles.*fill \d+% "
+                                              r"of the micrograph's area.*--particles"):
+        m = simulate_micrograph(classes2d, shape=(128, 128), pixel_size=4.0, seed=0, n_particles=400, dose=20.0,
+                                name="crowded")
+    assert 0 < m.params["n_placed"] == len(m.picks) < m.params["n_requested"] == 400
+
+
+def test_tomogram_shortfall_is_a_warning(classes3d):
+    from cryopick.simulate.placement import PlacementWarning
+
+    with pytest.warns(PlacementWarning, match=r"tiny: placed \d+ of 300 requested particles.*tomogram's volume"):
+        t = simulate_tomogram(classes3d, shape=(32, 48, 48), voxel_size=10.0, seed=0, n_particles=300,
+                              membranes=0, gold_beads=0, name="tiny")
+    assert t.params["n_placed"] == len(t.picks) < 300
+
+
+def test_classes_larger_than_the_image_are_left_out_or_refused(classes3d):
+    from cryopick import CryopickError
+    from cryopick.simulate.placement import ClassTooLargeWarning
+
+    big = max(classes3d, key=lambda c: c.diameter)  # 226 Å = 23 voxels: does not fit 16 voxels of depth
+    with pytest.warns(ClassTooLargeWarning, match=rf"{big.name} \(23 px\).* do not fit the 16 x 48 x 48-pixel tomogram"):
+        t = simulate_tomogram(classes3d, shape=(16, 48, 48), voxel_size=10.0, seed=0, n_particles=5, membranes=0,
+                              gold_beads=0)
+    assert big.name not in set(t.picks.table["label"])
+    with pytest.raises(CryopickError, match=r"no particle class fits the 16 x 16-pixel micrograph"):
+        simulate_micrograph([big], shape=(16, 16), pixel_size=10.0, n_particles=3)
+
+
+def test_cli_reports_placed_particles_once_and_in_summary(tmp_path, capsys, recwarn):
+    import json
+
+    from cryopick.cli.main import main
+    from cryopick.simulate.placement import PlacementWarning
+
+    out = tmp_path / "full"
+    assert main(["simulate", "2d", "-o", str(out), "--n", "2", "--shape", "96", "96", "--pixel-size", "4",
+                 "--particles", "300", "--ice-crystals", "0", "--aggregates", "0"]) == 0
+    placement = [w for w in recwarn if issubclass(w.category, PlacementWarning)]
+    assert len(placement) == 1  # one warning for the data set, not one per micrograph
+    assert "2 of 2 micrographs got fewer particles than requested" in str(placement[0].message)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_requested"] == 600 and 0 < summary["n_placed"] < 600
+    assert summary["items"]["mic_00000"]["n_placed"] < 300
+    assert f"{summary['n_placed']} particles placed of 600 requested" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [
+    ["--pixel-size", "-2"], ["--pixel-size", "nan"], ["--n", "0"], ["--seed", "-1"], ["--particles", "-5"],
+    ["--shape", "0", "64"], ["--crowding", "1.5"], ["--diameter", "0", "10"], ["--defocus", "-1", "2"],
+    ["--dose", "0", "10"], ["--carbon-edge-fraction", "2"], ["--ice-crystals", "-1"], ["--classes", "-1"],
+])
+def test_cli_numeric_options_are_validated(tmp_path, capsys, argv):
+    from cryopick.cli.main import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["simulate", "2d", "-o", str(tmp_path / "out"), *argv])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and argv[0] in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("mode, argv, pattern", [
+    ("2d", ["--diameter", "300", "100"], r"--diameter MIN MAX: MIN \(300\) is larger than MAX \(100\)"),
+    ("3d", ["--tilt-range", "-100", "50"], r"--tilt-range must lie within -90 .. 90"),
+    ("2d", ["--shape", "8", "8"], r"micrograph shape must be 2 sizes >= 16 pixels"),
+    ("3d", ["--shape", "64", "64"], r"--shape needs 3 numbers"),
+])
+def test_cli_inconsistent_options_leave_no_output(tmp_path, capsys, mode, argv, pattern):
+    import re
+
+    from cryopick.cli.main import main
+
+    assert main(["simulate", mode, "-o", str(tmp_path / "out"), "--n", "1", *argv]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]  # (other lines: the progress bar)
+    assert len(errors) == 1 and re.search(pattern, errors[0]) and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("source", ["helix50.pdb", "helix50.cif"])
+def test_atom_reader_truncated_and_random_files(tmp_path, source):
+    """Truncated or garbled atomic models: atoms or a one-line error naming the file, never a traceback."""
+    from cryopick import CryopickError
+
+    data = (DATA / source).read_bytes()
+    rng = np.random.default_rng(0)
+    bad = data.replace(b"ATOM  ", b"ATOM  ", 1)
+    cases = [data[:cut] for cut in (0, 40, len(data) // 3, len(data) // 2, len(data) - 7)]
+    cases += [rng.integers(0, 256, 3000, dtype=np.uint8).tobytes(), bad.replace(b".", b"x", 40)]
+    if source.endswith(".cif"):
+        cases.append(data.replace(b"ATOM ", b"ATOM 'unclosed ", 3))
+    for k, content in enumerate(cases):
+        path = tmp_path / f"case{k}{Path(source).suffix}"
+        path.write_bytes(content)
+        try:
+            coords, elements = read_atoms(path)
+        except CryopickError as exc:
+            assert path.name in str(exc) and "\n" not in str(exc)
+        else:
+            assert np.isfinite(coords).all() and len(coords) == len(elements) > 0

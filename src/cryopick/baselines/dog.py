@@ -18,8 +18,19 @@ import numpy as np
 from scipy import ndimage
 
 from cryopick.errors import CryopickError
-from cryopick.postprocess.template_matching import find_peaks
+from cryopick.postprocess.peaks import find_peaks
 from cryopick.preprocess import downsample, factor_for_diameter, normalize
+
+
+def check_room(shape: tuple[int, ...], diameter: float, border: float) -> None:
+    """Refuse an image on which no particle of ``diameter`` px (picks ``border`` px from every edge) fits."""
+    if diameter <= 0 or not np.isfinite(diameter):
+        raise CryopickError(f"particle diameter must be a number > 0 (pixels), got {diameter}")
+    if 2 * border >= min(shape) or diameter > min(shape):
+        size = " x ".join(str(n) for n in shape)
+        raise CryopickError(
+            f"a particle of diameter {diameter:g} px (picks at least {border:g} px from the edges) does not fit a "
+            f"{size}-pixel image; give --diameter in pixels of these micrographs (or a smaller --exclude-border)")
 
 
 def prepare(image: np.ndarray, diameter: float, working_diameter: float = 24.0,
@@ -108,10 +119,11 @@ def dog_pick(
     scores : np.ndarray
         ``(N,)``.
     """
+    border = 0.5 * diameter if exclude_border is None else exclude_border
+    check_room(np.shape(image), diameter, border)
     work, scale = prepare(image, diameter, working_diameter, polarity)
     response = dog_map(work, diameter * scale / 2.0, sigma_ratio)
     min_distance = 0.5 * diameter if min_distance is None else min_distance
-    border = 0.5 * diameter if exclude_border is None else exclude_border
     if max_peaks is None:
         max_peaks = int(2 * np.prod(np.asarray(image.shape) / diameter)) + 1
     coords, scores = find_peaks(response, max(1.0, min_distance * scale), threshold=threshold, max_peaks=max_peaks,

@@ -73,13 +73,15 @@ def pick_all(
     for path in tqdm(paths, desc="picking", unit="micrograph", disable=not progress):
         name = image_name(path)
         cached = cache_dir / f"{name}.npz" if cache_dir is not None else None
-        if cached is not None and cached.exists():
-            with np.load(cached) as z:
-                coords, scores = z["coords"], z["scores"]
-                seconds[name] = float(z["seconds"]) if "seconds" in z.files else float("nan")
+        result = _read_cache(cached) if cached is not None else None
+        if result is not None:
+            coords, scores, seconds[name] = result
         else:
             t0 = time.perf_counter()
-            coords, scores = picker(load(path))
+            try:
+                coords, scores = picker(load(path))
+            except CryopickError as exc:
+                raise CryopickError(f"{path}: {exc}" if str(path) not in str(exc) else str(exc)) from exc
             seconds[name] = time.perf_counter() - t0
             if cached is not None:
                 cached.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +92,23 @@ def pick_all(
     picks = concat(tables)
     picks.meta["seconds"] = seconds
     return picks
+
+
+def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """Cached peaks of one micrograph, or ``None`` when missing or unreadable (then picked again)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            coords, scores = np.asarray(z["coords"], np.float64), np.asarray(z["scores"], np.float64)
+            secs = float(z["seconds"]) if "seconds" in z.files else float("nan")
+    except Exception:  # a zero-byte or truncated file left by a full disk or a kill
+        log.warning("%s is damaged; picking that micrograph again", path)
+        return None
+    if coords.ndim != 2 or len(coords) != len(scores):
+        log.warning("%s is damaged; picking that micrograph again", path)
+        return None
+    return coords, scores, secs
 
 
 def calibrate_threshold(picks: Picks, truth: Picks, diameter: float, tolerance: float = 1.0) -> dict:

@@ -19,21 +19,17 @@ Templates have the polarity of the normalised micrographs, so no contrast assump
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from cryopick.baselines.dog import check_room
 from cryopick.errors import CryopickError
-from cryopick.postprocess.template_matching import (
-    _default_template_mask,
-    find_peaks,
-    match_template,
-    rotate_template,
-    rotation_matrices,
-    rotations_2d,
-    rotations_3d,
-)
+from cryopick.postprocess.peaks import find_peaks
+from cryopick.postprocess.rotations import rotate_template, rotation_matrices, rotations_2d, rotations_3d
+from cryopick.postprocess.template_matching import _default_template_mask, match_template
 from cryopick.preprocess import downsample, factor_for_diameter, normalize
 
 
@@ -69,13 +65,23 @@ class TemplateSet:
 
     @classmethod
     def load(cls, path) -> "TemplateSet":
+        """Read templates written by :meth:`save`; anything else is a one-line :class:`CryopickError`."""
+        hint = "build one with 'cryopick baseline template --coords ... --templates FILE'"
+        if not os.path.isfile(path):
+            raise CryopickError(f"{path}: no such template file; {hint}")
         try:
-            with np.load(path) as z:
-                return cls(z["templates"].astype(np.float32), float(z["diameter"]), float(z["working_diameter"]),
-                           z["n_particles"].tolist())
-        except (OSError, KeyError, ValueError) as exc:
-            raise CryopickError(f"{path}: not a cryopick template file ({exc}); build one with "
-                                "'cryopick baseline template --coords ...'") from exc
+            with np.load(path, allow_pickle=False) as z:
+                if not hasattr(z, "files") or not {"templates", "diameter", "working_diameter"} <= set(z.files):
+                    raise ValueError("missing arrays")
+                templates = z["templates"].astype(np.float32)
+                diameter, working = float(z["diameter"]), float(z["working_diameter"])
+                counts = z["n_particles"].tolist() if "n_particles" in z.files else []
+        except Exception as exc:  # random bytes raise anything from zipfile, pickle or numpy
+            raise CryopickError(f"{path}: not a cryopick template file (.npz with templates, diameter, "
+                                f"working_diameter); {hint}") from exc
+        if templates.ndim not in (3, 4) or not (np.isfinite(templates).all() and diameter > 0 and working > 0):
+            raise CryopickError(f"{path}: damaged template file (shape {templates.shape}, diameter {diameter:g}); {hint}")
+        return cls(templates, diameter, working, counts)
 
 
 def prepare(image: np.ndarray, diameter: float, working_diameter: float = 24.0) -> tuple[np.ndarray, float]:
@@ -264,6 +270,8 @@ def template_pick(
     scores : np.ndarray
         ``(N,)`` NCC.
     """
+    border = 0.5 * templates.diameter if exclude_border is None else exclude_border
+    check_room(np.shape(image), templates.diameter, border)
     work, scale = prepare(image, templates.diameter, templates.working_diameter)
     if templates.templates.ndim - 1 != work.ndim:
         raise CryopickError(f"{templates.templates.ndim - 1}D templates cannot pick a {work.ndim}D image")
@@ -273,7 +281,6 @@ def template_pick(
         s, _ = match_template(work, t, angles)
         best = s if best is None else np.maximum(best, s)
     min_distance = 0.5 * templates.diameter if min_distance is None else min_distance
-    border = 0.5 * templates.diameter if exclude_border is None else exclude_border
     if max_peaks is None:
         max_peaks = int(2 * np.prod(np.asarray(image.shape) / templates.diameter)) + 1
     coords, scores = find_peaks(best, max(1.0, min_distance * scale), threshold=threshold, max_peaks=max_peaks,

@@ -4,6 +4,9 @@ Conversions are explicit and applied in this order, in the input's frame: --from
 the input's Å/px), --swap-xy, --flip-y (y -> H-1-y, with --height H of the input frame), --scale F or
 --from-pixel-size A --to-pixel-size B, --min-score S.
 
+Existing output files are never replaced unless --force is given. Picks from a `cryopick pick` or
+`cryopick baseline` folder carry the particle diameter of their model, so box formats need no --diameter.
+
 Examples:
   cryopick convert coordinates/ -o AutoPick/job100 --from cryoppp --to relion --flip-y --height 4096
   cryopick convert particles.txt -o box/ --to eman2 --scale 8 --diameter 180
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from cryopick.cli._args import finite_float, positive_float
 from cryopick.errors import CryopickError
 from cryopick.io.coords import FORMATS, read_picks, write_picks
 
@@ -22,41 +26,45 @@ log = logging.getLogger(__name__)
 
 
 def _tomo_size(text: str) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3:
+    parts = text.replace("x", ",").split(",")
+    if len(parts) != 3:
         raise argparse.ArgumentTypeError(f"expected X,Y,Z (three numbers), got {text!r}")
-    return values  # type: ignore[return-value]
+    return tuple(positive_float(v.strip()) for v in parts)  # type: ignore[return-value]
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     names = ", ".join(FORMATS)
     parser.add_argument("input", help="coordinate file or directory of per-micrograph files")
     parser.add_argument("-o", "--output", required=True,
-                        help="output file (one file) or directory (one file per micrograph)")
+                        help="output file (one file) or directory (one file per micrograph); existing files are "
+                             "not replaced unless --force")
+    parser.add_argument("--force", action="store_true", help="overwrite output files that exist already")
     parser.add_argument("--from", dest="from_format", metavar="FMT", help=f"input format ({names}); default: guessed")
     parser.add_argument("--to", dest="to_format", metavar="FMT", help=f"output format ({names}); default: from -o")
     g = parser.add_argument_group("frame conversions")
     g.add_argument("--flip-y", action="store_true", help="mirror rows: y -> H - 1 - y (needs --height)")
-    g.add_argument("--height", type=float, help="image height H in pixels of the input frame, for --flip-y")
+    g.add_argument("--height", type=positive_float, help="image height H in pixels of the input frame, for --flip-y")
     g.add_argument("--swap-xy", action="store_true", help="exchange x and y")
-    g.add_argument("--scale", type=float, help="multiply coordinates and diameters by F (0.25 = 4x binned)")
-    g.add_argument("--from-pixel-size", type=float, metavar="A", help="Å/px of the input coordinates")
-    g.add_argument("--to-pixel-size", type=float, metavar="B", help="Å/px of the output coordinates")
-    g.add_argument("--min-score", type=float, metavar="S", help="drop picks scoring below S")
+    g.add_argument("--scale", type=positive_float, metavar="F",
+                   help="multiply coordinates and diameters by F > 0 (0.25 = 4x binned; default: no scaling)")
+    g.add_argument("--from-pixel-size", type=positive_float, metavar="A",
+                   help="Å/px of the input coordinates (default: as the input file states)")
+    g.add_argument("--to-pixel-size", type=positive_float, metavar="B", help="Å/px of the output coordinates")
+    g.add_argument("--min-score", type=finite_float, metavar="S",
+                   help="drop picks scoring below S (default: keep all)")
     split = parser.add_mutually_exclusive_group()
     split.add_argument("--split", dest="per_micrograph", action="store_true", default=True,
                        help="one output file per micrograph in the -o directory (default)")
     split.add_argument("--merge", dest="per_micrograph", action="store_false",
                        help="all micrographs in one output file")
     f = parser.add_argument_group("format details")
-    f.add_argument("--diameter", type=float, metavar="D", help="particle diameter in pixels (for formats lacking it)")
-    f.add_argument("--box-size", type=float, help="box size in pixels for EMAN2 .box / crYOLO .cbox output")
+    f.add_argument("--diameter", type=positive_float, metavar="D",
+                   help="particle diameter in pixels (for formats lacking it; default: as the picks state)")
+    f.add_argument("--box-size", type=positive_float, metavar="B",
+                   help="box size in pixels for EMAN2 .box / crYOLO .cbox output (default: the particle diameter)")
     f.add_argument("--tomo-size", type=_tomo_size, metavar="X,Y,Z",
                    help="tomogram size in voxels (RELION 5 centred Å coordinates)")
-    f.add_argument("--voxel-size", type=float, metavar="A", help="tomogram voxel size in Å (RELION 5 / copick)")
+    f.add_argument("--voxel-size", type=positive_float, metavar="A", help="tomogram voxel size in Å (RELION 5 / copick)")
     f.add_argument("--tomograms-star", help="RELION 5 tomograms.star giving sizes and voxel sizes")
     f.add_argument("--project-dir", help="RELION project directory that index paths are relative to")
     f.add_argument("--micrograph-suffix", default=".mrc", help="extension of micrograph names in RELION output")
@@ -83,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
         picks = picks._with(picks.table, pixel_size=args.from_pixel_size)
     elif picks.pixel_size is None and args.voxel_size is not None:
         picks = picks._with(picks.table, pixel_size=args.voxel_size)
-    if picks.meta.get("format") == "cryoppp" and not args.flip_y:
+    if picks.meta.get("csv_layout") == "cryoppp" and not args.flip_y:
         log.info("note: CryoPPP y counts from the top of the JPEG; add --flip-y --height H to put the picks on "
                  "the MRC frame")
     n_in = len(picks)
@@ -95,7 +103,7 @@ def main(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             write_opts[key] = getattr(args, key)
     files = write_picks(picks, args.output, format=args.to_format, per_micrograph=args.per_micrograph,
-                        **{k: v for k, v in write_opts.items() if v is not None and v is not False})
+                        overwrite=args.force, **{k: v for k, v in write_opts.items() if v is not None and v is not False})
     log.info(f"read {n_in} picks ({len(picks.micrographs)} micrographs) from {args.input}; "
              f"wrote {len(files)} file(s) to {args.output}")
     return 0

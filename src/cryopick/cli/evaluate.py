@@ -4,7 +4,10 @@ Particle level: optimal one-to-one matching, per micrograph and pooled, with the
   radius  centre within --tolerance × radius (default 1.0; 0.5 is also reported)
   iou3d   axis-aligned boxes of the particle size overlap with IoU > 0.6 (TomoTwin / ProPicker)
   czii    centre within 0.5 × radius, F-beta with beta = 4 (CZII cryo-ET challenge)
-Threshold-free: precision-recall curve, AUPRC, best-case F1 and its threshold (picks with scores).
+Over the score threshold (picks with scores): precision-recall curve, AUPRC, best-case F1 and its
+threshold. These sweep the scores of the picks given, so they are threshold-free only when every
+candidate was written (e.g. cryopick pick --threshold 0); on picks written above a threshold the curve
+stops at their recall, and the report says so (and how far each curve goes).
 Pixel level (--pixel, 2D, needs --images): Dice / IoU / precision / recall of disks vs truth disks.
 Several methods (--picks NAME=PATH repeated, or --methods-dir with one subdirectory or file per
 method): paired Wilcoxon signed-rank tests per micrograph, rank-biserial effect size r = z/sqrt(N),
@@ -22,6 +25,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from cryopick.cli._args import finite_float, positive_float
 from cryopick.errors import CryopickError
 
 log = logging.getLogger(__name__)
@@ -34,11 +38,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods-dir", help="directory with one subdirectory (or file) of picks per method")
     parser.add_argument("--truth", required=True, help="ground-truth coordinates (file or directory, any format)")
     parser.add_argument("--truth-format", help="format of the ground truth (default: guessed)")
-    parser.add_argument("--diameter", type=float,
+    parser.add_argument("--diameter", type=positive_float,
                         help="particle diameter in pixels (default: the truth's diameter column)")
     parser.add_argument("--rule", choices=["radius", "iou3d", "czii"], default="radius", help="matching rule")
-    parser.add_argument("--tolerance", type=float, default=1.0, help="match distance in particle radii (radius rule)")
-    parser.add_argument("--min-score", type=float, help="ignore picks scoring below this (fixed-threshold scores)")
+    parser.add_argument("--tolerance", type=positive_float, default=None,
+                        help="match distance in particle radii, radius rule (default: 1)")
+    parser.add_argument("--min-score", type=finite_float,
+                        help="ignore picks scoring below this for the fixed-threshold scores (default: keep all; "
+                             "the PR curve always uses all picks)")
     parser.add_argument("--only-picked", action="store_true",
                         help="evaluate only micrographs that some method picked (default: every truth micrograph)")
     parser.add_argument("--reference", help="method tested against all others (default: all pairs)")
@@ -48,16 +55,24 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pixel", action="store_true", help="also compute pixel-level Dice/IoU (2D, needs --images)")
     parser.add_argument("--flip-y-picks", action="store_true", help="y -> H-1-y on the picks (needs --height or --images)")
     parser.add_argument("--flip-y-truth", action="store_true", help="y -> H-1-y on the truth (needs --height or --images)")
-    parser.add_argument("--height", type=float, help="image height in pixels for the --flip-y options")
-    parser.add_argument("--picks-scale", type=float,
+    parser.add_argument("--height", type=positive_float, help="image height in pixels for the --flip-y options")
+    parser.add_argument("--picks-scale", type=positive_float,
                         help="multiply pick coordinates by F to reach the truth's frame (e.g. 4 for picks on 4x binned data)")
     parser.add_argument("--title", default="cryopick evaluation", help="report title")
     f = parser.add_argument_group("format details (passed to the coordinate readers)")
-    f.add_argument("--voxel-size", type=float, metavar="A",
+    f.add_argument("--voxel-size", type=positive_float, metavar="A",
                    help="voxel/pixel size in Å for formats in Å (copick, RELION 5 centred coordinates)")
-    f.add_argument("--tomo-size", metavar="X,Y,Z", help="tomogram size in voxels (RELION 5 centred coordinates)")
+    f.add_argument("--tomo-size", type=_tomo_size, metavar="X,Y,Z",
+                   help="tomogram size in voxels (RELION 5 centred coordinates)")
     f.add_argument("--tomograms-star", help="RELION 5 tomograms.star giving sizes and voxel sizes")
     parser.add_argument("-o", "--output", required=True, help="report directory")
+
+
+def _tomo_size(text: str) -> tuple[float, float, float]:
+    parts = text.replace("x", ",").split(",")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected X,Y,Z (three numbers), got {text!r}")
+    return tuple(positive_float(v.strip()) for v in parts)  # type: ignore[return-value]
 
 
 def _method_sources(args) -> dict[str, Path]:
@@ -65,7 +80,8 @@ def _method_sources(args) -> dict[str, Path]:
     for item in args.picks:
         name, sep, path = item.partition("=")
         if not sep:
-            path, name = item, Path(item.rstrip("/")).stem
+            path = item
+            name = Path(item.rstrip("/")).name if Path(item).is_dir() else Path(item).stem
         sources[name] = Path(path)
     if args.methods_dir:
         root = Path(args.methods_dir)
@@ -102,10 +118,7 @@ def _main(args: argparse.Namespace) -> int:
     if args.voxel_size is not None:
         opts["voxel_size"] = args.voxel_size
     if args.tomo_size:
-        try:
-            opts["tomo_size"] = tuple(float(v) for v in args.tomo_size.replace("x", ",").split(","))
-        except ValueError:
-            raise CryopickError(f"--tomo-size: expected X,Y,Z in voxels, got {args.tomo_size!r}") from None
+        opts["tomo_size"] = args.tomo_size
     if args.tomograms_star:
         opts["tomograms_star"] = args.tomograms_star
     truth = read_picks(args.truth, format=args.truth_format, **opts)
@@ -123,8 +136,11 @@ def _main(args: argparse.Namespace) -> int:
         return {n: read_image(p).shape[-2] for n, p in image_paths.items()}
 
     def flip(picks, h):
-        return concat([flip_y(sub, args.height if args.height is not None else h[name])
-                       for name, sub in picks.split()]) if len(picks) else picks
+        if not len(picks):
+            return picks
+        out = concat([flip_y(sub, args.height if args.height is not None else h[name]) for name, sub in picks.split()])
+        out.meta = dict(picks.meta)  # keep what the reader learnt (e.g. the threshold the picks were written with)
+        return out
 
     if args.flip_y_truth:
         truth = flip(truth, heights())
@@ -153,8 +169,9 @@ def _main(args: argparse.Namespace) -> int:
         names = [n for n in truth.micrographs if n in picked]
         if not names:
             raise CryopickError("--only-picked: no micrograph of the truth has picks")
-    summary = evaluate_methods(methods, truth, args.diameter, args.rule, args.tolerance, min_score=args.min_score,
-                               shapes=shapes, reference=args.reference, micrographs=names)
+    tolerance = {} if args.tolerance is None else {"tolerance": args.tolerance}
+    summary = evaluate_methods(methods, truth, args.diameter, args.rule, min_score=args.min_score, shapes=shapes,
+                               reference=args.reference, micrographs=names, **tolerance)
     images = {}
     chosen = args.overlay or [n for n in (names or truth.micrographs) if n in image_paths][:2]
     for name in chosen:
@@ -163,11 +180,16 @@ def _main(args: argparse.Namespace) -> int:
         images[name] = np.asarray(read_image(image_paths[name]).data, dtype=np.float32)
     paths = write_report(summary, args.output, images=images, methods=methods, truth=truth,
                          overlay_micrographs=chosen or None, title=args.title)
-    key = "radius@%g" % args.tolerance if args.rule == "radius" else args.rule
+    key = "radius@%g" % summary["settings"]["tolerance"] if args.rule == "radius" else args.rule
     for name, entry in summary["methods"].items():
         p = entry["pooled"][key]
         curve = entry.get("curve")
-        extra = f"  AUPRC {curve['auprc']:.3f}  best F1 {curve['best']['f1']:.3f}" if curve else ""
+        extra = (f"  AUPRC {curve['auprc']:.3f}  best F1 {curve['best']['f1']:.3f}  (curve ends at recall "
+                 f"{curve['scope']['max_recall']:.3f})" if curve else "")
         print(f"{name:>20s}  precision {p['precision']:.3f}  recall {p['recall']:.3f}  F1 {p['f1']:.3f}{extra}")
+    for name, entry in summary["methods"].items():
+        scope = (entry.get("curve") or {}).get("scope")
+        if scope and not scope["complete"] and scope["written_threshold"] is not None:
+            log.warning("%s: %s", name, scope["note"])
     print(f"report: {paths['markdown']}")
     return 0

@@ -11,7 +11,9 @@ Interrupted downloads resume when the command is run again.
 from __future__ import annotations
 
 import argparse
+import re
 
+from cryopick.cli._args import nonnegative_int
 from cryopick.errors import CryopickError
 from cryopick.models import download as W
 from cryopick.models.sam2.checkpoint import download
@@ -25,11 +27,18 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="model name, e.g. sam2.1-hiera-large (see `cryopick weights list`)")
     p.add_argument("--cache", help="weights directory (default: $CRYOPICK_CACHE/weights)")
     p.add_argument("--url", help="download from this mirror instead of Meta's URL")
-    p.add_argument("--sha256", help="expected SHA-256 of the file (enforced)")
-    p.add_argument("--retries", type=int, default=3, help="resume attempts within one run (default 3)")
+    p.add_argument("--sha256", type=_sha256, help="expected SHA-256 of the file, 64 hex digits (enforced)")
+    p.add_argument("--retries", type=nonnegative_int, default=None,
+                   help="resume attempts within one run (default 3)")
     p = sub.add_parser("path", help="print the cached file's path")
     p.add_argument("name")
     p.add_argument("--cache", help="weights directory (default: $CRYOPICK_CACHE/weights)")
+
+
+def _sha256(text: str) -> str:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", text.strip()):
+        raise argparse.ArgumentTypeError(f"expected 64 hexadecimal digits, got {text!r}")
+    return text.strip().lower()
 
 
 def main(args: argparse.Namespace) -> int:
@@ -45,7 +54,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"{row['name']:24s} {row['filename']:26s} {state}")
         return 0
     if args.weights_command == "download":
-        path = download(args.name, cache=args.cache, url=args.url, sha256=args.sha256, retries=args.retries)
+        retries = {} if args.retries is None else {"retries": args.retries}
+        path = download(args.name, cache=args.cache, url=args.url, sha256=args.sha256, **retries)
         print(path)
         return 0
     if args.weights_command == "path":

@@ -1,4 +1,8 @@
-"""Threshold-free evaluation: precision–recall curve, AUPRC, best-case F1 and its threshold.
+"""Evaluation over the score threshold: precision–recall curve, AUPRC, best-case F1 and its threshold.
+
+The curve sweeps the threshold over the scores of the picks it is given; it is threshold-free only when
+those picks are every candidate. Picks written above a threshold end the curve at their recall (see
+:func:`curve_scope`, which reports how far a curve goes).
 
 At every score threshold ``t`` the picks with ``score >= t`` are matched one-to-one to the truth
 (maximum matching under the chosen rule, :mod:`cryopick.evaluate.metrics`). Re-solving the
@@ -222,3 +226,28 @@ def pr_curve(
         else:
             items.append((p.coords, p.scores, t))
     return pr_curve_arrays(items, diameter, rule, tolerance, iou_threshold)
+
+
+def curve_scope(picks: Picks, curve: PRCurve) -> dict:
+    """What a PR curve covers: the score range and recall the picks reach, and whether they were
+    thresholded when written (``picks.meta["written_threshold"]``, set by the readers from a cryopick
+    output folder). The curve can only be as complete as the picks: on picks written above a threshold
+    it stops at their recall, so AUPRC and best F1 are then not threshold-free; ``note`` says so."""
+    scores = picks.scores
+    written = picks.meta.get("written_threshold")
+    source = picks.meta.get("threshold_source")
+    max_recall = float(curve.recall[-1]) if len(curve.recall) else 0.0
+    lowest = float(np.min(scores)) if len(scores) else float("nan")
+    complete = written is not None and written <= 0 and not str(source).endswith("baseline.json")
+    if complete:
+        note = f"every candidate was written (threshold {written:g}): the curve covers all scores"
+    elif written is not None:
+        note = (f"the picks were written with score ≥ {written:.4g} ({source}), so the curve stops at recall "
+                f"{max_recall:.3f}: AUPRC is the area up to that recall and best F1 the best at thresholds ≥ "
+                f"{written:.4g}, not threshold-free; write every candidate (e.g. cryopick pick --threshold 0) "
+                "to score the whole curve")
+    else:
+        note = (f"the curve covers the picks given (scores ≥ {lowest:.4g}) and ends at recall {max_recall:.3f}; "
+                "if they were thresholded when written, AUPRC and best F1 only cover scores above that threshold")
+    return dict(lowest_score=lowest, max_recall=max_recall, written_threshold=written, threshold_source=source,
+                complete=bool(complete), note=note)

@@ -4,7 +4,8 @@
 >>> write_report(summary, "report/", images={"mic_001": image})
 
 ``report.json`` holds every number in the Markdown (and more): ``settings``, ``methods`` (per method:
-``pooled`` scores at each tolerance, ``per_micrograph`` rows, ``curve`` with ``auprc`` and ``best``,
+``pooled`` scores at each tolerance, ``per_micrograph`` rows, ``curve`` with ``auprc``, ``best`` and
+``scope`` (score range and recall the curve covers, the threshold the picks were written with, a note),
 ``pixel`` scores, ``recall_success_rate``) and ``statistics`` (paired tests). Figures:
 ``pr_curves.png``, ``per_micrograph_boxplot.png``, ``grouped_bars.png`` and ``overlay_<micrograph>.png``.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cryopick.evaluate.curves import pr_curve
+from cryopick.evaluate.curves import curve_scope, pr_curve
 from cryopick.evaluate.metrics import evaluate_picks, resolve_diameter
 from cryopick.evaluate.pixel import evaluate_pixels
 from cryopick.evaluate.stats import compare_methods, recall_success_rate
@@ -96,7 +97,7 @@ def evaluate_methods(
         if len(picks) and np.isfinite(scores).all():
             curve = pr_curve(picks, truth, diameter, rule, tolerance, micrographs=names)
             entry["curve"] = dict(auprc=curve.auprc, best=curve.best(), n_points=int(len(curve.thresholds)),
-                                  **_thin_curve(curve))
+                                  scope=curve_scope(picks, curve), **_thin_curve(curve))
             summary["_tables"].setdefault("curves", {})[method] = curve
         elif len(picks) and np.isfinite(scores).any():
             entry["curve"] = None
@@ -208,7 +209,7 @@ def _markdown(summary: dict, paths: dict[str, Path], title: str) -> str:
     head = "| method | picks | precision | recall | F1 |" + (" F-β |" if rule == "czii" else "")
     extra_keys = [k for k in next(iter(summary["methods"].values()), {}).get("pooled", {}) if k != key]
     head += "".join(f" F1 ({k}) |" for k in extra_keys)
-    head += " mean F1/micrograph | recall ≥0.6 | recall ≥0.8 | AUPRC | best F1 (threshold) |"
+    head += " mean F1/micrograph | recall ≥0.6 | recall ≥0.8 | AUPRC | best F1 (threshold) | curve ends at recall |"
     lines += ["## Particle level (pooled over micrographs)", "", head, "|" + "---|" * (head.count("|") - 1)]
     for method, e in summary["methods"].items():
         p = e["pooled"][key]
@@ -219,10 +220,11 @@ def _markdown(summary: dict, paths: dict[str, Path], title: str) -> str:
         rsr = e["recall_success_rate"]
         row += f" {_fmt(p['mean_f1'])} | {_fmt(rsr.get('0.6'))} | {_fmt(rsr.get('0.8'))} |"
         c = e.get("curve")
-        row += (f" {_fmt(c['auprc'])} | {_fmt(c['best']['f1'])} ({_fmt(c['best']['threshold'], 3)}) |" if c
-                else " – | – |")
+        row += (f" {_fmt(c['auprc'])} | {_fmt(c['best']['f1'])} ({_fmt(c['best']['threshold'], 3)}) |"
+                f" {_fmt(c['scope']['max_recall'])} |" if c else " – | – | – |")
         lines.append(row)
     lines.append("")
+    lines += _curve_notes(summary)
     if any("pixel" in e for e in summary["methods"].values()):
         lines += ["## Pixel level (disks of the particle diameter vs truth disks)", "",
                   "| method | Dice | IoU | precision | recall |", "|---|---|---|---|---|"]
@@ -257,6 +259,18 @@ def _markdown(summary: dict, paths: dict[str, Path], title: str) -> str:
     return "\n".join(lines)
 
 
+def _curve_notes(summary: dict) -> list[str]:
+    """Say what AUPRC and best F1 cover: the picks' scores, which stop at their recall when thresholded."""
+    notes = [(m, e["curve"]["scope"]["note"]) for m, e in summary["methods"].items() if e.get("curve")]
+    notes += [(m, e["curve_note"]) for m, e in summary["methods"].items() if e.get("curve_note")]
+    if not notes:
+        return []
+    lines = ["AUPRC and best F1 sweep the threshold over each method's scored picks, so they are only as "
+             "complete as the picks: on picks written above a threshold the curve stops at their recall.", ""]
+    lines += [f"- {method}: {note}" for method, note in notes]
+    return lines + [""]
+
+
 def _threshold_note(summary: dict) -> str:
     thr = {m: e.get("min_score") for m, e in summary["methods"].items()}
     if all(v is None for v in thr.values()):
@@ -288,7 +302,9 @@ def _plot_pr(curves: dict, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for colour, (method, c) in zip(_colours(len(curves)), curves.items()):
-        ax.step(c.recall, c.precision, where="post", color=colour, label=f"{method} (AUPRC {c.auprc:.3f})")
+        end = float(c.recall[-1]) if len(c.recall) else 0.0
+        ax.step(c.recall, c.precision, where="post", color=colour,
+                label=f"{method} (AUPRC {c.auprc:.3f}, ends at recall {end:.2f})")
         b = c.best()
         ax.plot([b["recall"]], [b["precision"]], "o", color=colour, ms=6)
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision",

@@ -1,6 +1,9 @@
 """Atomic file writing: a temp file in the target directory, renamed into place on success.
 
 An interrupted writer never leaves a half-written output; a reader sees the old file or the new one.
+The file gets the mode an ordinary ``open(path, "w")`` would give it (``0o666`` less the umask),
+not the private ``0o600`` of :func:`tempfile.mkstemp`, so collaborators and a shared RELION project
+can read it.
 """
 
 from __future__ import annotations
@@ -8,8 +11,38 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask (read from ``/proc`` where possible, so it is never changed, even briefly)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:  # os.umask can only be read by setting it
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """Mode of a newly created file (``0o666 & ~umask``) or directory (``0o777 & ~umask``)."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
+def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Give ``tmp`` (a file or directory) the default mode and rename it to ``path`` atomically."""
+    tmp = Path(tmp)
+    os.chmod(tmp, default_mode(directory=tmp.is_dir()))
+    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -17,7 +50,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on clean exit it replaces ``path`` atomically.
 
     The temporary file keeps the final suffix so libraries that dispatch on the extension
-    (``mrcfile``, ``starfile``, matplotlib) write the right format.
+    (``mrcfile``, ``starfile``, matplotlib) write the right format. The final file has the mode
+    ``0o666 & ~umask`` (see :func:`publish`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -26,7 +60,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
+        publish(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()

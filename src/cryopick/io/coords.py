@@ -19,19 +19,25 @@ may ask for are applied here, by :func:`apply_options`, in this fixed order:
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import re
-import warnings
 from collections import Counter
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from types import ModuleType
-from typing import Iterable, Mapping
+from typing import Mapping
+
+import numpy as np
 
 from cryopick import picks as P
 from cryopick.errors import CryopickError
-from cryopick.io.formats._common import COORD_EXTENSIONS, NAME_SUFFIXES, split_by_micrograph
-from cryopick.io.images import IMAGE_SUFFIXES
+from cryopick.io.formats._common import split_by_micrograph
+from cryopick.io.names import match_micrograph_names as match_micrograph_names  # re-exported
+from cryopick.io.names import normalise_name as normalise_name  # re-exported
+from cryopick.io.runinfo import run_diameter, run_threshold
 from cryopick.picks import Picks
+
+log = logging.getLogger(__name__)
 
 #: format name -> (module, one-line description)
 FORMATS: dict[str, str] = {
@@ -104,6 +110,12 @@ def apply_options(picks: Picks, *, pixel_size: float | None = None, swap_xy: boo
                   height: float | None = None, scale: float | None = None, to_pixel_size: float | None = None,
                   min_score: float | None = None, source: str = "picks") -> Picks:
     """Apply the explicit conversions in the documented order (see module docstring)."""
+    for key, value in (("pixel_size", pixel_size), ("height", height), ("scale", scale),
+                       ("to_pixel_size", to_pixel_size)):
+        if value is not None and not (np.isfinite(float(value)) and float(value) > 0):
+            raise CryopickError(f"{source}: {key} must be a number > 0, got {value}")
+    if min_score is not None and np.isnan(float(min_score)):
+        raise CryopickError(f"{source}: min_score must be a number, got {min_score}")
     if pixel_size is not None:
         picks = picks._with(picks.table, pixel_size=float(pixel_size))
     if swap_xy:
@@ -152,7 +164,9 @@ def read_picks(path_or_dir: str | os.PathLike, format: str | None = None, **opts
     Returns
     -------
     Picks
-        With ``meta["source"]`` set to the path read.
+        With ``meta["source"]`` set to the path read; picks from a cryopick output folder that states
+        them also get ``meta["written_threshold"]`` (and ``"threshold_source"``) and, when they have no
+        diameter, the folder's diameter (``meta["diameter_source"]``).
 
     Raises
     ------
@@ -172,10 +186,32 @@ def read_picks(path_or_dir: str | os.PathLike, format: str | None = None, **opts
         picks = module.read(path, **fmt_opts)
     if pixel_size is not None and picks.pixel_size is None:
         conv["pixel_size"] = pixel_size
+    if fmt_opts.get("diameter") is None:
+        picks = _fill_run_diameter(picks, path)
     picks = apply_options(picks, source=str(path), **conv)
     picks.meta["source"] = str(path)
     picks.meta["format"] = module.NAME
+    written = run_threshold(path)
+    if written is not None:
+        picks.meta["written_threshold"], picks.meta["threshold_source"] = written[0], str(written[1])
     return picks
+
+
+def _fill_run_diameter(picks: Picks, path: Path) -> Picks:
+    """Picks without a diameter, read from a cryopick output folder that states it, get that diameter."""
+    missing = ~np.isfinite(picks.table["diameter"].to_numpy(dtype=np.float64))
+    if not missing.any():
+        return picks
+    found = run_diameter(path)
+    if found is None:
+        return picks
+    diameter, source = found
+    table = picks.table.copy()
+    table.loc[missing, "diameter"] = diameter
+    out = picks._with(table)
+    out.meta["diameter_source"] = str(source)
+    log.info("%s: particle diameter %g px from %s", path, diameter, source)
+    return out
 
 
 def _read_directory(directory: Path, module: ModuleType, opts: dict) -> Picks:
@@ -190,12 +226,17 @@ def _read_directory(directory: Path, module: ModuleType, opts: dict) -> Picks:
         indexes = [p for p in files if module.is_index(p)]
         if indexes:  # an index already lists the per-micrograph files; reading both would duplicate
             files = indexes
-    return P.concat([module.read(p, **opts) for p in files])
+    parts = [module.read(p, **opts) for p in files]
+    picks = P.concat(parts)
+    layouts = {part.meta.get("csv_layout") for part in parts}
+    if len(layouts) == 1 and None not in layouts:
+        picks.meta["csv_layout"] = layouts.pop()
+    return picks
 
 
 # -- writing ---------------------------------------------------------------------------------
 def write_picks(picks: Picks, path_or_dir: str | os.PathLike, format: str | None = None,
-                per_micrograph: bool = True, **opts) -> list[Path]:
+                per_micrograph: bool = True, overwrite: bool = True, **opts) -> list[Path]:
     """Write picks, atomically (an interrupted write never leaves a half-written file).
 
     Parameters
@@ -213,6 +254,8 @@ def write_picks(picks: Picks, path_or_dir: str | os.PathLike, format: str | None
         ``True`` (split): one file per micrograph when ``path_or_dir`` is a directory.
         ``False`` (merge): a single file holding all micrographs (RELION particles table, Topaz txt,
         CryoPPP CSV with a ``Micrograph`` column); formats that cannot hold several micrographs refuse.
+    overwrite
+        ``False``: refuse (before writing anything) when a file this call would write exists already.
     **opts
         Conversion options and format options (e.g. ``diameter``/``box_size``, ``tomo_size``,
         ``voxel_size``, ``micrograph_paths``, ``decimals``).
@@ -246,8 +289,21 @@ def write_picks(picks: Picks, path_or_dir: str | os.PathLike, format: str | None
                     + (" or merge them into one file (--merge)" if merge_option else "")
                 )
             fmt_opts.setdefault(merge_option, True)
-        module.write(picks, path, **fmt_opts)
+        if not overwrite:
+            _refuse_existing([path], path)
+        try:
+            module.write(picks, path, **fmt_opts)
+        except OSError as exc:
+            raise _write_error(exc, path) from exc
         return [path]
+    if path.exists() and not path.is_dir():
+        raise CryopickError(
+            f"{path}: is an existing file, but {module.NAME} output goes into a directory (one file per "
+            f"micrograph); give a directory name, or a file name ending in {' or '.join(module.EXTENSIONS)} "
+            "to write one file"
+        )
+    if not overwrite:
+        _refuse_existing(_planned_files(picks, path, module, fmt_opts), path)
     existed = path.exists()
     before = set(path.rglob("*")) if existed else set()
     try:
@@ -263,9 +319,34 @@ def write_picks(picks: Picks, path_or_dir: str | os.PathLike, format: str | None
         if hasattr(module, "write_index"):
             files.append(module.write_index(written, path, **fmt_opts))
         return files
-    except BaseException:
+    except BaseException as exc:
         _remove_new(path, before, existed)  # all or nothing: no partial set of files from this call
+        if isinstance(exc, OSError):
+            raise _write_error(exc, path) from exc
         raise
+
+
+def _planned_files(picks: Picks, directory: Path, module: ModuleType, opts: dict) -> list[Path]:
+    """The files writing ``picks`` into ``directory`` would create or replace."""
+    if hasattr(module, "directory_paths"):
+        return module.directory_paths(picks, directory, **opts)
+    files = [directory / f"{name}{module.DEFAULT_SUFFIX}" for name in picks.micrographs]
+    if hasattr(module, "write_index"):
+        files.append(directory / opts.get("index_name", module.INDEX_NAME))
+    return files
+
+
+def _refuse_existing(files: list[Path], target: Path) -> None:
+    existing = [f for f in files if f.exists() or f.is_symlink()]
+    if existing:
+        shown = ", ".join(str(f) for f in existing[:3]) + (f" (+{len(existing) - 3} more)" if len(existing) > 3 else "")
+        raise CryopickError(f"{target}: {len(existing)} output file(s) exist already ({shown}); choose another "
+                            "output or add --force to overwrite them")
+
+
+def _write_error(exc: OSError, target: Path) -> CryopickError:
+    where = exc.filename or target
+    return CryopickError(f"{where}: cannot write ({exc.strerror or exc}); choose an output location you can write to")
 
 
 def _remove_new(directory: Path, before: set[Path], existed: bool) -> None:
@@ -291,108 +372,3 @@ def _is_file_target(path: Path, module: ModuleType) -> bool:
     if path.is_dir():
         return False
     return path.suffix.lower() in module.EXTENSIONS
-
-
-# -- micrograph names -------------------------------------------------------------------------
-def _basename(name: str) -> str:
-    return PureWindowsPath(PurePosixPath(str(name)).name).name
-
-
-def _image_key(name: str | os.PathLike) -> str:
-    """Image name as cryopick names micrographs: base name without an image extension."""
-    base = _basename(str(name))
-    lower = base.lower()
-    for ext in sorted(IMAGE_SUFFIXES | {".ome.zarr", ".zarr"}, key=len, reverse=True):
-        if lower.endswith(ext) and len(base) > len(ext):
-            return base[: -len(ext)]
-    return base
-
-
-def normalise_name(name: str) -> str:
-    """Loose key for matching: base name without image/coordinate extensions or picker suffixes."""
-    base = _basename(name)
-    changed = True
-    while changed:
-        changed = False
-        lower = base.lower()
-        for ext in sorted(IMAGE_SUFFIXES | set(COORD_EXTENSIONS) | {".ome.zarr", ".zarr", ".mrc.gz"},
-                          key=len, reverse=True):
-            if lower.endswith(ext) and len(base) > len(ext):
-                base, changed = base[: -len(ext)], True
-                break
-        for suffix in NAME_SUFFIXES:
-            if base.endswith(suffix) and len(base) > len(suffix):
-                base, changed = base[: -len(suffix)], True
-                break
-    return base
-
-
-def match_micrograph_names(picks: Picks, image_names: Iterable[str | os.PathLike],
-                           allow_unmatched: bool = False, source: str | None = None) -> Picks:
-    """Rename the picks' micrographs to the given image names, matching robustly.
-
-    A pick name matches an image when they are equal, or equal after removing directories, image and
-    coordinate extensions and the suffixes ``_autopick``, ``_manualpick``, ``_particles``, ``_picks``,
-    ``_coords`` (case-insensitive as a last resort, when that is unambiguous).
-
-    Parameters
-    ----------
-    picks
-        Picks whose ``micrograph`` column is to be matched.
-    image_names
-        Image names or paths (paths are reduced with :func:`cryopick.io.images.image_name`).
-    allow_unmatched
-        Drop picks of micrographs with no image (with a warning) instead of raising.
-    source
-        File the picks came from, for messages (default: ``picks.meta["source"]``).
-
-    Returns
-    -------
-    Picks
-        Same picks, ``micrograph`` set to the matching image name.
-
-    Raises
-    ------
-    CryopickError
-        Listing the names that match no image (or match several) and how to fix it.
-    """
-    source = source or picks.meta.get("source", "picks")
-    images = [_image_key(n) for n in image_names]
-    exact = set(images)
-    loose: dict[str, list[str]] = {}
-    folded: dict[str, list[str]] = {}
-    for img in images:
-        loose.setdefault(normalise_name(img), []).append(img)
-        folded.setdefault(normalise_name(img).lower(), []).append(img)
-    mapping: dict[str, str] = {}
-    unmatched, ambiguous = [], []
-    for name in picks.micrographs:
-        if name in exact:
-            mapping[name] = name
-            continue
-        key = normalise_name(name)
-        candidates = loose.get(key) or folded.get(key.lower()) or []
-        candidates = list(dict.fromkeys(candidates))
-        if len(candidates) == 1:
-            mapping[name] = candidates[0]
-        elif candidates:
-            ambiguous.append(f"{name} -> {' / '.join(candidates[:3])}")
-        else:
-            unmatched.append(name)
-    if ambiguous:
-        raise CryopickError(
-            f"{source}: micrograph name(s) match several images: {'; '.join(ambiguous[:5])}; "
-            "give each image a distinct name"
-        )
-    if unmatched:
-        shown = ", ".join(unmatched[:5]) + (f" (+{len(unmatched) - 5} more)" if len(unmatched) > 5 else "")
-        example = ", ".join(images[:3]) or "none"
-        message = (f"{source}: {len(unmatched)} of {len(picks.micrographs)} micrograph name(s) match no image: "
-                   f"{shown} (images are named like: {example}); rename the coordinate files to the image "
-                   "file stems or pass the matching images")
-        if not allow_unmatched:
-            raise CryopickError(message)
-        warnings.warn(message + "; their picks are dropped", stacklevel=2)
-    keep = picks.table["micrograph"].isin(mapping.keys())
-    out = picks._with(picks.table[keep])
-    return P.rename_micrographs(out, mapping)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cryopick.errors import CryopickError
-from cryopick.io.atomic import atomic_path
+from cryopick.io.atomic import atomic_path, publish
 
 MRC_SUFFIXES = {".mrc", ".mrcs", ".rec", ".st", ".map"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -208,6 +208,12 @@ def _check_mrc_header(path: Path):
             f"{path}: truncated MRC, the header announces {nx} x {ny} x {nz} {MRC_MODES[mode]} "
             f"({expected} bytes) but the file has {size} bytes; copy or export it again"
         )
+    if size > expected:  # mrcfile's permissive mode would silently read the first nx*ny*nz values
+        raise CryopickError(
+            f"{path}: the MRC header announces {nx} x {ny} x {nz} {MRC_MODES[mode]} ({expected} bytes with the "
+            f"{nsymbt}-byte extended header) but the file has {size - expected} bytes more; the header does not "
+            "describe the data (corrupt header or wrong size written): export the image again"
+        )
     if bytes(header.map) != b"MAP ":
         warnings.warn(f"{path}: MRC header without the 'MAP ' identifier (old MRC variant); reading it anyway",
                       stacklevel=4)
@@ -294,6 +300,11 @@ def _tiff_pixel_size(tif) -> float | None:
 def _read_raster(path: Path) -> Image:
     from PIL import Image as PILImage
 
+    if path.suffix.lower() == ".png":
+        with open(path, "rb") as fh:
+            fh.seek(max(0, path.stat().st_size - 12))
+            if b"IEND" not in fh.read():
+                raise CryopickError(f"{path}: truncated PNG (no IEND chunk at the end); copy or export it again")
     with PILImage.open(path) as im:
         if im.mode in ("RGB", "RGBA", "P", "LA", "CMYK"):
             im = im.convert("L")
@@ -371,7 +382,8 @@ def write_ome_zarr(path: str | os.PathLike, data: np.ndarray, pixel_size: float 
     import zarr
 
     path = Path(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent if path.parent.exists() else None))
+    path.parent.mkdir(parents=True, exist_ok=True)  # the temporary store must be on the same file system
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         group = zarr.open_group(str(tmp), mode="w")
         group.create_dataset("0", data=np.asarray(data), chunks=chunks[: np.ndim(data)])
@@ -385,7 +397,7 @@ def write_ome_zarr(path: str | os.PathLike, data: np.ndarray, pixel_size: float 
         ]
         if path.exists():
             shutil.rmtree(path)
-        os.replace(tmp, path)
+        publish(tmp, path)  # mkdtemp's private 0o700 -> the umask's mode
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

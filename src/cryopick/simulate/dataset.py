@@ -15,14 +15,18 @@ A 3D data set has ``tomograms/``, ``masks/<name>_instances.mrc`` (uint16) and
 (RELION 5 tomography STAR per class) and ``particles/<name>.csv`` with ``z`` as well.
 
 Each item is finished when its ``particles/<name>.csv`` exists (written last), so an interrupted
-run resumes where it stopped. Every file is written atomically.
+run resumes where it stopped. Every file is written atomically. ``DIR/summary.json`` gives the
+particles requested and placed per item (``n_requested``, ``n_placed``, also in ``params/``); when
+fewer fit than requested, one warning says so for the whole run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -36,6 +40,7 @@ from cryopick.io.images import write_mrc, write_png
 from cryopick.io.jsonutil import dumps
 from cryopick.picks import Picks, concat
 from cryopick.simulate.densities import ParticleClass
+from cryopick.simulate.placement import PlacementWarning
 from cryopick.simulate.rotations import matrix_to_euler_zyz
 
 log = logging.getLogger(__name__)
@@ -124,6 +129,44 @@ def _as_uint16(mask: np.ndarray, name: str) -> np.ndarray:
     return mask.astype(np.uint16)
 
 
+@contextlib.contextmanager
+def _placement_notes(said: set[str]):
+    """Collect the placement shortfall warnings of one item (the data set reports them once, together);
+    other warnings pass on, each text once per data set (``said``)."""
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PlacementWarning)
+        yield notes
+    for w in caught:
+        if w.category is PlacementWarning:
+            notes.append(str(w.message))
+        elif str(w.message) not in said:  # e.g. a class too large for every item: say it once
+            said.add(str(w.message))
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _summarise(out: Path, names: list[str], shortfalls: list[str], what: str) -> dict:
+    """``summary.json``: particles requested and placed per item (from ``params/``); one warning when
+    some items got fewer particles than requested in this run."""
+    items = {}
+    for name in names:
+        path = out / "params" / f"{name}.json"
+        if path.exists():
+            p = json.loads(path.read_text())
+            items[name] = {"n_requested": p.get("n_requested"), "n_placed": p.get("n_placed")}
+    requested = sum(v["n_requested"] or 0 for v in items.values())
+    placed = sum(v["n_placed"] or 0 for v in items.values())
+    summary = {"n_items": len(items), "n_requested": requested, "n_placed": placed, "items": items}
+    write_text(out / "summary.json", dumps(summary, indent=1) + "\n")
+    short = [v for v in items.values() if None not in v.values() and v["n_placed"] < v["n_requested"]]
+    if shortfalls and short:
+        low, high = min(v["n_placed"] for v in short), max(v["n_placed"] for v in short)
+        warnings.warn(f"{len(short)} of {len(items)} {what}s got fewer particles than requested "
+                      f"({low if low == high else f'{low}-{high}'} placed); e.g. {shortfalls[0]} "
+                      f"(numbers per {what}: {out / 'summary.json'})", PlacementWarning, stacklevel=3)
+    return summary
+
+
 def simulate_dataset_2d(out: str | os.PathLike, n: int, seed: int, classes: Sequence[ParticleClass],
                         png: bool = False, carbon_edge_fraction: float = 0.3, **kwargs) -> list[str]:
     """Simulate ``n`` micrographs into ``out`` (skipping finished ones); returns all item names.
@@ -134,16 +177,21 @@ def simulate_dataset_2d(out: str | os.PathLike, n: int, seed: int, classes: Sequ
     from cryopick.simulate.micrograph import simulate_micrograph
 
     out = Path(out)
-    write_classes(classes, out, kwargs.get("pixel_size", 2.0))
     names = [f"mic_{i:05d}" for i in range(n)]
+    shortfalls: list[str] = []
+    said: set[str] = set()
     todo = [(i, nm) for i, nm in enumerate(names) if not is_done(out, nm)]
     if len(todo) < n:
         log.info("%d of %d micrographs already exist; simulating the other %d", n - len(todo), n, len(todo))
     for i, name in tqdm(todo, desc="micrographs", unit="mic", disable=not todo):
         s = item_seed(seed, i)
         edge = bool(np.random.default_rng(s).uniform() < carbon_edge_fraction)
-        m = simulate_micrograph(classes, seed=s, name=name, carbon_edge=edge, **kwargs)
+        with _placement_notes(said) as notes:
+            m = simulate_micrograph(classes, seed=s, name=name, carbon_edge=edge, **kwargs)
         write_micrograph_item(m, out, png=png)
+        shortfalls += notes
+    write_classes(classes, out, kwargs.get("pixel_size", 2.0))  # after the items: a bad setting leaves nothing
+    _summarise(out, names, shortfalls, "micrograph")
     return names
 
 
@@ -153,12 +201,17 @@ def simulate_dataset_3d(out: str | os.PathLike, n: int, seed: int, classes: Sequ
     from cryopick.simulate.tomogram import simulate_tomogram
 
     out = Path(out)
-    write_classes(classes, out, kwargs.get("voxel_size", 10.0))
     names = [f"tomo_{i:04d}" for i in range(n)]
+    shortfalls: list[str] = []
+    said: set[str] = set()
     todo = [(i, nm) for i, nm in enumerate(names) if not is_done(out, nm)]
     if len(todo) < n:
         log.info("%d of %d tomograms already exist; simulating the other %d", n - len(todo), n, len(todo))
     for i, name in tqdm(todo, desc="tomograms", unit="tomo", disable=not todo):
-        t = simulate_tomogram(classes, seed=item_seed(seed, i), name=name, **kwargs)
+        with _placement_notes(said) as notes:
+            t = simulate_tomogram(classes, seed=item_seed(seed, i), name=name, **kwargs)
         write_tomogram_item(t, out, png=png)
+        shortfalls += notes
+    write_classes(classes, out, kwargs.get("voxel_size", 10.0))
+    _summarise(out, names, shortfalls, "tomogram")
     return names

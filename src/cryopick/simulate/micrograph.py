@@ -20,8 +20,8 @@ crystals and carbon are never labelled.
 
 from __future__ import annotations
 
-import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -33,11 +33,12 @@ from cryopick.errors import CryopickError
 from cryopick.picks import Picks
 from cryopick.simulate import ctf as ctf_mod
 from cryopick.simulate import rotations
-from cryopick.simulate.densities import ParticleClass, procedural_class, random_particle_classes
+from cryopick.simulate.densities import ParticleClass
+from cryopick.simulate.placement import PlacementWarning, fitting_weights, shortfall_message
+from cryopick.simulate.shapes import procedural_class, random_particle_classes
 
 __all__ = ["Micrograph", "simulate_micrograph"]
 
-log = logging.getLogger(__name__)
 
 #: Inelastic mean free path of vitreous ice at 300 kV, Å (energy-filtered imaging).
 ICE_MFP_A = 3800.0
@@ -126,7 +127,10 @@ def simulate_micrograph(
     pixel_size
         Å per pixel.
     n_particles
-        Wanted number of particles; fewer are placed when they do not fit.
+        Wanted number of particles. Particles never overlap, so fewer fit when they would cover more
+        than about half of the free area (random packing jams there); a
+        :class:`~cryopick.simulate.placement.PlacementWarning` then says how many were placed and why,
+        and ``params["n_placed"]`` holds the number.
     dose
         Electron dose in e⁻/Å² (sets the shot noise), or a ``(low, high)`` range.
     defocus_um, astigmatism_um
@@ -208,6 +212,7 @@ def simulate_micrograph(
     if len(weights) != len(classes) or (weights < 0).any() or weights.sum() <= 0:
         raise CryopickError("class_weights must have one non-negative weight per class")
     weights = weights / weights.sum()
+    weights = fitting_weights(radii, weights, shape, [c.name for c in classes], name)
     n_fixed = len(layout_c)  # distractor discs
     centres, labels = [], []
     attempts = 0
@@ -234,7 +239,9 @@ def simulate_micrograph(
         centres.append(pos)
         labels.append(c)
     if len(centres) < n_particles:
-        log.debug("%s: placed %d of %d particles (no room for more)", name, len(centres), n_particles)
+        warnings.warn(shortfall_message(name, len(centres), n_particles, radii[labels], shape,
+                                        blocked_share=float(blocked.mean())),
+                      PlacementWarning, stacklevel=2)
     rots = rotations.random_rotations(len(centres), rng_place)
     mask = np.zeros(shape, np.int32)
     for k, (pos, c, rot) in enumerate(zip(centres, labels, rots)):

@@ -25,8 +25,8 @@ particle occupancy mask, divided by the noise variance.
 
 from __future__ import annotations
 
-import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -37,11 +37,12 @@ from cryopick.errors import CryopickError
 from cryopick.picks import Picks
 from cryopick.simulate import ctf as ctf_mod
 from cryopick.simulate import rotations
-from cryopick.simulate.densities import ParticleClass, random_particle_classes
+from cryopick.simulate.densities import ParticleClass
+from cryopick.simulate.placement import PlacementWarning, fitting_weights, shortfall_message
+from cryopick.simulate.shapes import random_particle_classes
 
 __all__ = ["ParticleClass", "Tomogram", "random_particle_classes", "simulate_tomogram", "missing_wedge_mask"]
 
-log = logging.getLogger(__name__)
 
 GOLD_DENSITY = 3.0
 
@@ -132,7 +133,9 @@ def simulate_tomogram(
     voxel_size
         Å per voxel.
     n_particles
-        Wanted number of particles; fewer are placed (with a log message) when they do not fit.
+        Wanted number of particles; when fewer fit without overlap, a
+        :class:`~cryopick.simulate.placement.PlacementWarning` says how many and why
+        (``params["n_placed"]`` holds the number).
     tilt_range
         ``(min, max)`` tilt angles in degrees; tilt axis = y. ``(-90, 90)`` means no missing wedge.
     snr
@@ -186,6 +189,7 @@ def simulate_tomogram(
     if len(weights) != len(classes) or (weights < 0).any() or weights.sum() <= 0:
         raise CryopickError("class_weights must have one non-negative weight per class")
     weights = weights / weights.sum()
+    weights = fitting_weights(radii, weights, shape, [c.name for c in classes], name, "tomogram")
     gap = min_gap_A / voxel_size
     centres, labels = [], []
     attempts = 0
@@ -206,7 +210,8 @@ def simulate_tomogram(
             centres.append(pos)
             labels.append(c)
     if len(centres) < n_particles:
-        log.debug("%s: placed %d of %d particles (no room for more)", name, len(centres), n_particles)
+        warnings.warn(shortfall_message(name, len(centres), n_particles, radii[labels], shape, "tomogram"),
+                      PlacementWarning, stacklevel=2)
     rots = rotations.random_rotations(len(centres), rng_place)
 
     # -- potential and masks ----------------------------------------------------------------------

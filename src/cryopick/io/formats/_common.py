@@ -97,16 +97,34 @@ def finish(picks: Picks, path: str | os.PathLike) -> Picks:
     return check_finite(picks, str(path))
 
 
-def read_text(path: str | os.PathLike) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first sentence of a library's error message (no multi-line dumps, no library advice)."""
+    text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+    for cut in (". Error could possibly", ". You may", ". Please", ". If you"):
+        if cut in text:
+            text = text[: text.index(cut)]
+    return text.rstrip(".")
+
+
+def read_text(path: str | os.PathLike, what: str = "a coordinate file") -> str:
+    """The text of a coordinate file; a missing, binary or unreadable file raises a one-line error
+    naming the file and ``what`` was expected (e.g. ``"EMAN2 .box file (x y width height per line)"``)."""
     path = Path(path)
     if not path.exists():
         raise CryopickError(f"{path}: no such file")
     if path.is_dir():
-        raise CryopickError(f"{path}: is a directory, expected a coordinate file")
+        raise CryopickError(f"{path}: is a directory, expected {what}")
     try:
-        return path.read_text()
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CryopickError(f"{path}: cannot read ({exc.strerror or first_line(exc)}); expected {what}") from exc
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise CryopickError(f"{path}: not a text file ({exc.reason}); is it really a coordinate file?") from exc
+        raise CryopickError(f"{path}: not a text file ({exc.reason} at byte {exc.start}); expected {what}") from exc
+    if "\x00" in text:
+        raise CryopickError(f"{path}: binary data (NUL bytes) in the file; expected {what}")
+    return text.lstrip("\ufeff")  # a byte-order mark written by spreadsheet programs
 
 
 def split_rows(text: str, comment: str = "#") -> list[list[str]]:

@@ -40,6 +40,7 @@ DEFAULT_SUFFIX = ".json"
 MULTI_MICROGRAPH = False
 NDIM = (3,)
 _IDENTITY = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+DESCRIPTION = "a copick picks JSON file (points with locations in Å)"
 _UNIT_TO_ANGSTROM = {"angstrom": 1.0, "a": 1.0, "å": 1.0, "nanometer": 10.0, "nm": 10.0}
 
 
@@ -64,14 +65,15 @@ def read(path: str | os.PathLike, voxel_size: float | None = None, pixel_size: f
     """
     path = Path(path)
     try:
-        doc = json.loads(read_text(path))
-    except json.JSONDecodeError as exc:
-        raise CryopickError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
-    if not isinstance(doc, dict) or "points" not in doc:
-        raise CryopickError(f"{path}: not a copick picks file (no 'points' list)")
+        doc = json.loads(read_text(path, DESCRIPTION))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        where = f" ({exc.msg} at line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise CryopickError(f"{path}: not valid JSON{where}; expected {DESCRIPTION}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("points", []), list) or "points" not in doc:
+        raise CryopickError(f"{path}: not a copick picks file (no 'points' list); expected {DESCRIPTION}")
     spacing = voxel_size if voxel_size is not None else pixel_size
     if spacing is None:
-        spacing = doc.get("voxel_spacing")
+        spacing = _number(doc.get("voxel_spacing"), path, "voxel_spacing")
     if spacing is None or not float(spacing) > 0:
         raise CryopickError(
             f"{path}: copick locations are in Å; give the tomogram voxel size to convert them to voxels "
@@ -92,14 +94,24 @@ def read(path: str | os.PathLike, voxel_size: float | None = None, pixel_size: f
             xyz[i] = [float(loc[k]) if loc[k] is not None else math.nan for k in "xyz"]
         except (TypeError, ValueError) as exc:
             raise CryopickError(f"{path}: point {i + 1} has a non-numeric location {loc}") from exc
-        if point.get("score") is not None:
-            score[i] = float(point["score"])
+        value = _number(point.get("score"), path, f"score of point {i + 1}")
+        if value is not None:
+            score[i] = value
     name = micrograph or doc.get("run_name") or _run_from_path(path)
     frame = pd.DataFrame({"micrograph": str(name), "x": xyz[:, 0] * factor, "y": xyz[:, 1] * factor,
                           "z": xyz[:, 2] * factor, "score": score,
                           "diameter": np.nan if diameter is None else float(diameter),
                           "label": str(doc.get("pickable_object_name", ""))}, index=range(len(points)))
     return finish(Picks(frame, pixel_size=float(spacing), ndim=3), path)
+
+
+def _number(value, path, what: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise CryopickError(f"{path}: {what} is not a number ({value!r}); expected {DESCRIPTION}") from None
 
 
 def read_directory(directory: str | os.PathLike, **opts) -> Picks:
@@ -146,16 +158,25 @@ def write(picks: Picks, path: str | os.PathLike, voxel_size: float | None = None
     write_text(Path(path), json.dumps(doc, indent=1) + "\n")
 
 
+def _tree(picks: Picks, directory: Path, user_id: str, session_id: str, object_name: str | None):
+    """``(output path, object name, picks)`` per run and label of a copick overlay tree."""
+    for run, sub in split_by_micrograph(picks):
+        for label, table in sub.table.groupby("label", sort=False):
+            obj = object_name or label or "particle"
+            yield directory / "ExperimentRuns" / run / "Picks" / f"{user_id}_{session_id}_{obj}.json", obj, sub._with(table)
+
+
+def directory_paths(picks: Picks, directory: str | os.PathLike, user_id: str = "cryopick", session_id: str = "0",
+                    object_name: str | None = None, **_: object) -> list[Path]:
+    """The files :func:`write_directory` would write."""
+    return [out for out, _, _ in _tree(picks, Path(directory), user_id, session_id, object_name)]
+
+
 def write_directory(picks: Picks, directory: str | os.PathLike, user_id: str = "cryopick",
                     session_id: str = "0", object_name: str | None = None, **opts) -> list[Path]:
     """Write a copick overlay tree: ``ExperimentRuns/<run>/Picks/<user>_<session>_<object>.json``."""
-    directory = Path(directory)
     written = []
-    for run, sub in split_by_micrograph(picks):
-        for label, table in sub.table.groupby("label", sort=False):
-            part = sub._with(table)
-            obj = object_name or label or "particle"
-            out = directory / "ExperimentRuns" / run / "Picks" / f"{user_id}_{session_id}_{obj}.json"
-            write(part, out, object_name=obj, user_id=user_id, session_id=session_id, **opts)
-            written.append(out)
+    for out, obj, part in _tree(picks, Path(directory), user_id, session_id, object_name):
+        write(part, out, object_name=obj, user_id=user_id, session_id=session_id, **opts)
+        written.append(out)
     return written

@@ -45,6 +45,7 @@ from cryopick.io.atomic import atomic_path
 from cryopick.io.formats._common import (
     diameters_or,
     finish,
+    first_line,
     micrograph_name_from_path,
     numeric,
     read_text,
@@ -60,6 +61,7 @@ DEFAULT_SUFFIX = ".cbox"
 MULTI_MICROGRAPH = False
 NDIM = (2, 3)
 VERSION = "1.0"
+DESCRIPTION = "a crYOLO .cbox file (STAR layout with _CoordinateX/_CoordinateY/_Width/_Height)"
 
 _COLUMNS = ["CoordinateX", "CoordinateY", "CoordinateZ", "Width", "Height", "Depth",
             "EstWidth", "EstHeight", "Confidence", "NumBoxes", "Angle"]
@@ -70,19 +72,19 @@ def read(path: str | os.PathLike, micrograph: str | None = None, diameter: float
     """Read a crYOLO ``.cbox`` file (STAR layout, or the headerless legacy layout)."""
     import starfile
 
-    text = read_text(path)
+    text = read_text(path, DESCRIPTION)
     name = micrograph or micrograph_name_from_path(path)
     if "_CoordinateX" not in text:
         return _read_legacy(path, text, name, diameter, pixel_size)
     try:
         blocks = starfile.read(path, always_dict=True)
     except Exception as exc:
-        raise CryopickError(f"{path}: not a readable crYOLO .cbox file ({exc})") from exc
+        raise CryopickError(f"{path}: not a readable crYOLO .cbox file ({first_line(exc)}); expected {DESCRIPTION}") from exc
     table = blocks.get("cryolo")
     if table is None:
         table = next((b for b in blocks.values() if isinstance(b, pd.DataFrame) and "CoordinateX" in b.columns), None)
     if not isinstance(table, pd.DataFrame):
-        raise CryopickError(f"{path}: no data_cryolo table with _CoordinateX found")
+        raise CryopickError(f"{path}: no data_cryolo table with _CoordinateX found; expected {DESCRIPTION}")
     require_columns(table, ["CoordinateX", "CoordinateY", "Width", "Height"], path, "crYOLO .cbox")
     n = len(table)
     col = {c: numeric(table[c], path, "_" + c) if c in table.columns else np.full(n, np.nan) for c in _COLUMNS}
@@ -105,7 +107,8 @@ def read(path: str | os.PathLike, micrograph: str | None = None, diameter: float
 def _read_legacy(path, text: str, name: str, diameter, pixel_size) -> Picks:
     rows = split_rows(text)
     if rows and min(len(r) for r in rows) < 4:
-        raise CryopickError(f"{path}: neither a STAR .cbox (no _CoordinateX) nor rows of x y width height")
+        raise CryopickError(f"{path}: neither a STAR .cbox (no _CoordinateX) nor rows of x y width height; expected "
+                             f"{DESCRIPTION}")
     n = len(rows)
     col = [numeric([r[i] if i < len(r) else None for r in rows], path, f"column {i + 1}") for i in range(5)]
     frame = pd.DataFrame({"micrograph": name, "x": col[0] + col[2] / 2.0, "y": col[1] + col[3] / 2.0,

@@ -1,4 +1,4 @@
-"""CryoPPP CSV: ``X-Coordinate,Y-Coordinate,Diameter`` per micrograph.
+"""CSV coordinates: CryoPPP ``X-Coordinate,Y-Coordinate,Diameter`` files and plain ``x,y`` tables.
 
 Convention
 ----------
@@ -12,13 +12,19 @@ Convention
 
 Extensions beyond the CryoPPP files (optional columns, read and written by cryopick): ``Score`` and,
 for a merged multi-micrograph file, ``Micrograph``.
+
+Reading also accepts the CSV tables made by hand or by other tools: ``x,y[,z][,score][,diameter]``
+with common header spellings (``x``/``X``/``x_coord``/``rlnCoordinateX``/``CoordinateX``...,
+case-insensitive), napari point layers (``axis-0,axis-1[,axis-2]``, array order) and headerless rows
+of 2 (``x y``) or 3 (``x y z``) numbers; see :mod:`cryopick.io.formats._csv`. Such files are read
+as written (no flip); ``picks.meta["csv_layout"]`` says which layout was found. Writing always uses
+the CryoPPP header.
 """
 
 from __future__ import annotations
 
-import io
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import pandas as pd
@@ -29,11 +35,11 @@ from cryopick.io.formats._common import (
     finish,
     format_number,
     micrograph_name_from_path,
-    numeric,
     read_text,
-    require_columns,
     single_micrograph,
 )
+from cryopick.io.formats._csv import column, read_table
+from cryopick.io.images import IMAGE_SUFFIXES
 from cryopick.picks import Picks
 
 NAME = "cryoppp"
@@ -44,19 +50,20 @@ NDIM = (2,)
 MERGE_OPTION = "micrograph_column"  # write_picks(..., per_micrograph=False) sets it
 
 X, Y, DIAMETER, SCORE, MICROGRAPH = "X-Coordinate", "Y-Coordinate", "Diameter", "Score", "Micrograph"
-_SCORE_ALIASES = ("Score", "Confidence", "Confidence Score", "score")
+DESCRIPTION = "a CSV coordinate file (CryoPPP X-Coordinate,Y-Coordinate,Diameter or x,y[,z][,score][,diameter])"
 
 
 def read(path: str | os.PathLike, micrograph: str | None = None, diameter: float | None = None,
          pixel_size: float | None = None, **_: object) -> Picks:
-    """Read a CryoPPP CSV.
+    """Read a CryoPPP CSV or a plain ``x,y[,z][,score][,diameter]`` CSV (see the module docstring).
 
     Parameters
     ----------
     path
         The ``.csv`` file.
     micrograph
-        Micrograph name; default: the file stem (or the ``Micrograph`` column when present).
+        Micrograph name; default: the ``Micrograph`` (or ``micrograph``, ``image_name``...) column when
+        present, else the file stem.
     diameter
         Diameter in pixels for rows without one.
     pixel_size
@@ -65,34 +72,40 @@ def read(path: str | os.PathLike, micrograph: str | None = None, diameter: float
     Returns
     -------
     Picks
-        2D picks in the file's frame (y from the top of the JPEG; see module docstring).
+        Picks in the file's frame (CryoPPP: y from the top of the JPEG; see module docstring); 3D
+        when the file has a z column.
     """
-    text = read_text(path)
-    try:
-        table = pd.read_csv(io.StringIO(text), skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise CryopickError(f"{path}: not a readable CSV file ({str(exc).splitlines()[0]})") from exc
-    table.columns = [str(c).strip() for c in table.columns]
-    require_columns(table, [X, Y], path, "CryoPPP CSV (X-Coordinate,Y-Coordinate,Diameter)")
+    table, roles, layout = read_table(read_text(path, DESCRIPTION), path, DESCRIPTION)
     n = len(table)
     if micrograph is None:
-        names = (table[MICROGRAPH].astype(str).to_numpy() if MICROGRAPH in table.columns
+        names = (np.array([_name(v) for v in table[roles["micrograph"]]], dtype=object) if "micrograph" in roles
                  else np.full(n, micrograph_name_from_path(path), dtype=object))
     else:
         names = np.full(n, micrograph, dtype=object)
-    d = numeric(table[DIAMETER], path, DIAMETER) if DIAMETER in table.columns else np.full(n, np.nan)
+    d = column(table, roles.get("diameter"), path)
     if diameter is not None:
         d = np.where(np.isfinite(d), d, float(diameter))
-    score_col = next((c for c in _SCORE_ALIASES if c in table.columns), None)
-    s = numeric(table[score_col], path, score_col) if score_col else np.full(n, np.nan)
-    frame = pd.DataFrame({
-        "micrograph": names,
-        "x": numeric(table[X], path, X),
-        "y": numeric(table[Y], path, Y),
-        "score": s,
-        "diameter": d,
-    })
-    return finish(Picks(frame, pixel_size=pixel_size, ndim=2), path)
+    frame = pd.DataFrame({"micrograph": names, "x": column(table, roles["x"], path),
+                          "y": column(table, roles["y"], path)})
+    if "z" in roles:
+        frame["z"] = column(table, roles["z"], path)
+    frame["score"] = column(table, roles.get("score"), path)
+    frame["diameter"] = d
+    if "label" in roles:
+        frame["label"] = table[roles["label"]].astype(str).to_numpy()
+    picks = finish(Picks(frame, pixel_size=pixel_size, ndim=3 if "z" in roles else 2), path)
+    picks.meta["csv_layout"] = layout
+    return picks
+
+
+def _name(value) -> str:
+    """Micrograph name from a cell: without directories or an image extension."""
+    name = PureWindowsPath(PurePosixPath(str(value).strip()).name).name
+    lower = name.lower()
+    for ext in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)]
+    return name
 
 
 def write(picks: Picks, path: str | os.PathLike, decimals: int = 6, micrograph_column: bool = False,

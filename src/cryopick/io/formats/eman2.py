@@ -37,6 +37,7 @@ EXTENSIONS = (".box",)
 DEFAULT_SUFFIX = ".box"
 MULTI_MICROGRAPH = False
 NDIM = (2,)
+DESCRIPTION = "an EMAN2 .box file (x y width height per line, box corner in pixels)"
 
 
 def read(path: str | os.PathLike, micrograph: str | None = None, box_size: float | None = None,
@@ -50,7 +51,7 @@ def read(path: str | os.PathLike, micrograph: str | None = None, box_size: float
     diameter
         Particle diameter in pixels to store instead of the box width.
     """
-    rows = split_rows(read_text(path))
+    rows = split_rows(read_text(path, DESCRIPTION))
     widths = {len(r) for r in rows}
     if rows and min(widths) < 2:
         raise CryopickError(f"{path}: EMAN .box rows need at least x and y (found a row with {min(widths)} value)")

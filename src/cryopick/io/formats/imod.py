@@ -38,6 +38,7 @@ EXTENSIONS = (".coords", ".txt")
 DEFAULT_SUFFIX = ".coords"
 MULTI_MICROGRAPH = False
 NDIM = (2, 3)
+DESCRIPTION = "an IMOD point file (x y z per line, as model2point writes)"
 
 
 def read(path: str | os.PathLike, micrograph: str | None = None, origin: float = 0.0,
@@ -53,7 +54,7 @@ def read(path: str | os.PathLike, micrograph: str | None = None, origin: float =
         Force 2 (``x y``) or 3 (``x y z``) when the column count alone is ambiguous (4 columns are read
         as ``contour x y z``).
     """
-    rows = split_rows(read_text(path))
+    rows = split_rows(read_text(path, DESCRIPTION))
     widths = {len(r) for r in rows}
     if len(widths) > 1:
         raise CryopickError(f"{path}: rows have different numbers of values {sorted(widths)}; expected x y z per line")

@@ -33,6 +33,7 @@ from cryopick.errors import CryopickError
 from cryopick.io.atomic import atomic_path
 from cryopick.io.formats._common import (
     finish,
+    first_line,
     micrograph_name_from_path,
     numeric,
     single_micrograph,
@@ -47,6 +48,7 @@ DEFAULT_SUFFIX = "_autopick.star"
 MULTI_MICROGRAPH = True
 NDIM = (2, 3)
 INDEX_NAME = "autopick.star"
+DESCRIPTION = "a RELION STAR file (loop_ with _rlnCoordinateX/_rlnCoordinateY or a coordinate index)"
 
 _FOM = "rlnAutopickFigureOfMerit"
 _UNSET = -999.0
@@ -60,13 +62,24 @@ def _read_blocks(path: Path) -> dict[str, pd.DataFrame]:
 
     if not path.exists():
         raise CryopickError(f"{path}: no such file")
+    if path.is_dir():
+        raise CryopickError(f"{path}: is a directory, expected {DESCRIPTION}")
     try:
         blocks = starfile.read(path, always_dict=True)
+    except UnicodeDecodeError as exc:
+        raise CryopickError(f"{path}: not a text file ({exc.reason} at byte {exc.start}); expected "
+                            f"{DESCRIPTION}") from exc
     except Exception as exc:  # starfile raises assorted parser errors on malformed files
-        raise CryopickError(f"{path}: not a readable STAR file ({exc})") from exc
+        raise CryopickError(f"{path}: not a readable STAR file ({first_line(exc)}); expected {DESCRIPTION}") from exc
     blocks = {name: block for name, block in blocks.items() if isinstance(block, pd.DataFrame)}
     if not blocks:
-        raise CryopickError(f"{path}: no data table found; is it a RELION STAR file?")
+        raise CryopickError(f"{path}: no data table found; expected {DESCRIPTION}")
+    for name, block in blocks.items():
+        columns = [str(c) for c in block.columns]
+        dupes = sorted({c for c in columns if columns.count(c) > 1})
+        if dupes:
+            raise CryopickError(f"{path}: column(s) {', '.join('_' + c for c in dupes)} appear more than once in "
+                                f"data_{name}; remove the duplicate loop_ label(s)")
     return blocks
 
 

@@ -11,6 +11,7 @@ Convention
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 from pathlib import Path
@@ -22,6 +23,7 @@ from cryopick.errors import CryopickError
 from cryopick.io.atomic import write_text
 from cryopick.io.formats._common import (
     finish,
+    first_line,
     format_number,
     micrograph_name_from_path,
     numeric,
@@ -36,19 +38,20 @@ EXTENSIONS = (".txt", ".tsv")
 DEFAULT_SUFFIX = ".txt"
 MULTI_MICROGRAPH = True
 NDIM = (2,)
+DESCRIPTION = "a Topaz coordinate table (tab-separated image_name x_coord y_coord [score] with a header)"
 
 
 def read(path: str | os.PathLike, micrograph: str | None = None, diameter: float | None = None,
          pixel_size: float | None = None, **_: object) -> Picks:
     """Read a Topaz coordinate table (``image_name`` column optional: default the file stem)."""
-    text = read_text(path)
+    text = read_text(path, DESCRIPTION)
     if not text.strip():
         raise CryopickError(f"{path}: empty file; a Topaz table needs the header image_name x_coord y_coord")
     sep = "\t" if "\t" in text.splitlines()[0] else r"\s+"
     try:
         table = pd.read_csv(io.StringIO(text), sep=sep, engine="python", comment="#", dtype={"image_name": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise CryopickError(f"{path}: not a readable Topaz table ({str(exc).splitlines()[0]})") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, csv.Error) as exc:
+        raise CryopickError(f"{path}: not a readable Topaz table ({first_line(exc)}); expected {DESCRIPTION}") from exc
     require_columns(table, ["x_coord", "y_coord"], path, "Topaz (image_name x_coord y_coord score)")
     n = len(table)
     if micrograph is not None:
