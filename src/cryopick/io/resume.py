@@ -43,6 +43,7 @@ class RunState:
     def __init__(self, output_dir: str | os.PathLike) -> None:
         self.output_dir = Path(output_dir)
         self.dir = self.output_dir / STATE_DIR
+        self._pending: dict | None = None  # fingerprint to record with the first finished input
 
     def path(self, name: str) -> Path:
         """Path of the record of input ``name``."""
@@ -66,7 +67,13 @@ class RunState:
         return self.record(name) is not None and all(Path(p).exists() for p in outputs)
 
     def mark_done(self, name: str, record: dict[str, Any]) -> Path:
-        """Write the record of a finished input (atomically; call after its outputs are written)."""
+        """Write the record of a finished input (atomically; call after its outputs are written).
+
+        The run's fingerprint (from :meth:`check_fingerprint`) is recorded with the first one, so a run
+        that fails before finishing anything leaves no state behind."""
+        if self._pending is not None:
+            write_text(self.dir / RUN_FILE, dumps(self._pending, indent=1) + "\n")
+            self._pending = None
         return write_text(self.path(name), dumps(record) + "\n")
 
     def forget(self, name: str) -> None:
@@ -113,5 +120,9 @@ class RunState:
                     p.unlink()
             write_text(path, dumps(new, indent=1) + "\n")
             return False
-        write_text(path, dumps(new, indent=1) + "\n")
+        if old != new:
+            if has_records:  # a folder of an earlier version: adopt its records under this fingerprint
+                write_text(path, dumps(new, indent=1) + "\n")
+            else:
+                self._pending = new  # written with the first finished input (see mark_done)
         return True
