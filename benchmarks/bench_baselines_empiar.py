@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from cryopick.baselines.dog import dog_pick
-    from cryopick.baselines.pipeline import calibrate_threshold, load_image, pick_all
+    from cryopick.baselines.pipeline import calibrate_score_threshold, load_image, pick_all
     from cryopick.baselines.template2d import build_templates, template_pick
     from cryopick.evaluate.curves import pr_curve
     from cryopick.evaluate.metrics import evaluate_picks
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         s_per_mic = float(np.median(timed)) if timed else None
         train_picks = picks._with(picks.table[picks.table["micrograph"].isin(train_names)])
         train_truth = truth._with(truth.table[truth.table["micrograph"].isin(train_names)])
-        calib = calibrate_threshold(train_picks, train_truth, DIAMETER)
+        calib = calibrate_score_threshold(train_picks, train_truth, DIAMETER)
         test_truth = truth._with(truth.table[truth.table["micrograph"].isin(test_names)])
         curve = pr_curve(picks, test_truth, DIAMETER, micrographs=test_names)
         best = curve.best()

@@ -69,7 +69,7 @@ def generalisation(model, args, quick: bool) -> tuple[list[dict], dict]:
 
     import torch
 
-    from cryopick.picker3d.calibrate import evaluate_picks, settings_from_best, sweep_cluster
+    from cryopick.picker3d.calibrate import score_points, settings_from_best, sweep_cluster
     from cryopick.picker3d.card import default_settings
     from cryopick.picker3d.pick import refined_code
     from cryopick.picker3d.predict import predict_tomogram
@@ -122,12 +122,12 @@ def generalisation(model, args, quick: bool) -> tuple[list[dict], dict]:
                 lo, hi = replace(defaults, **b).size_limits(d)
                 coords, _ = cluster_picks(probs[dst][k], threshold=b["threshold"], min_size=lo, max_size=hi,
                                           min_distance=d / 2, similarity=sims[dst], min_similarity=b["min_similarity"])
-                row[name] = evaluate_picks(coords, truths[dst], d / 2)["f1"]
+                row[name] = score_points(coords, truths[dst], d / 2)["f1"]
             lo, hi = defaults.size_limits(d)
             coords, _ = cluster_picks(probs[1][k], threshold=defaults.threshold, min_size=lo, max_size=hi,
                                       min_distance=d / 2, similarity=sims[1] or PromptSimilarity(model, tomos[1].volume, codes[1][k]),
                                       min_similarity=defaults.min_similarity)
-            row["default_B"] = evaluate_picks(coords, truths[1], d / 2)["f1"]
+            row["default_B"] = score_points(coords, truths[1], d / 2)["f1"]
             row["smin_A"] = sweeps[0].best.get("min_similarity", np.nan)
             row["thr_A"] = sweeps[0].best["threshold"]
             rows.append(row)

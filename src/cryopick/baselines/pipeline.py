@@ -111,7 +111,7 @@ def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray, float] | None:
     return coords, scores, secs
 
 
-def calibrate_threshold(picks: Picks, truth: Picks, diameter: float, tolerance: float = 1.0) -> dict:
+def calibrate_score_threshold(picks: Picks, truth: Picks, diameter: float, tolerance: float = 1.0) -> dict:
     """Threshold maximising F1 of ``picks`` on the micrographs of ``truth``.
 
     Returns :meth:`PRCurve.best` plus ``auprc`` and ``micrographs``; ``threshold`` is set to the

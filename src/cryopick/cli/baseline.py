@@ -83,7 +83,7 @@ def _given(**options) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     from cryopick.baselines.dog import dog_pick
-    from cryopick.baselines.pipeline import PARTIAL_DIR, BaselineRun, calibrate_threshold, load_image, pick_all
+    from cryopick.baselines.pipeline import PARTIAL_DIR, BaselineRun, calibrate_score_threshold, load_image, pick_all
     from cryopick.baselines.template2d import TemplateSet, build_templates, template_pick
     from cryopick.io.atomic import write_text
     from cryopick.io.coords import format_module, read_picks, write_picks
@@ -145,7 +145,7 @@ def main(args: argparse.Namespace) -> int:
     if args.threshold is not None:
         threshold = args.threshold
     elif truth is not None:
-        calibration = calibrate_threshold(picks, truth, args.diameter)
+        calibration = calibrate_score_threshold(picks, truth, args.diameter)
         threshold = calibration["threshold"]
         log.info("threshold %.4g calibrated on %d annotated micrographs (F1 %.3f, precision %.3f, recall %.3f)",
                  threshold, len(calibration["micrographs"]), calibration["f1"], calibration["precision"],

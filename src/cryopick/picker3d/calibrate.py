@@ -140,7 +140,7 @@ def _outside(points: np.ndarray, ignore: np.ndarray | None, tolerance: float) ->
     return np.asarray(points, float).reshape(-1, 3)[_outside_mask(points, ignore, tolerance)]
 
 
-def evaluate_picks(coords: np.ndarray, truth: np.ndarray, tolerance: float) -> dict:
+def score_points(coords: np.ndarray, truth: np.ndarray, tolerance: float) -> dict:
     m = match_points(coords, truth, tolerance)
     return {"precision": m.precision, "recall": m.recall, "f1": m.f1, "n_pred": len(coords), "n_truth": len(truth)}
 
