@@ -100,3 +100,27 @@ def test_mrc_round_trip_and_errors(tmp_path):
     with pytest.raises(CryopickError, match="unknown image format"):
         (tmp_path / "x.xyz").write_text("x")
         read_image(tmp_path / "x.xyz")
+
+
+def test_match_pixel_size_rescales_only_when_both_known_and_different():
+    import numpy as np
+
+    from cryopick.picks import Picks, match_pixel_size
+
+    p = Picks.from_arrays("a", np.array([[10.0, 20.0]]), diameter=8.0, pixel_size=2.0)
+    assert match_pixel_size(p, 2.0001) is p
+    assert match_pixel_size(p, None) is p
+    q = match_pixel_size(p, 4.0)
+    assert np.allclose(q.coords, [[5.0, 10.0]]) and q.pixel_size == 4.0
+
+
+def test_diameter_in_pixels_is_one_conversion_for_2d_and_3d():
+    import pytest
+
+    from cryopick.errors import CryopickError
+    from cryopick.preprocess import diameter_in_pixels
+
+    assert diameter_in_pixels(217.0, "A", 2.17) == pytest.approx(100.0)
+    assert diameter_in_pixels(50, "px") == 50.0
+    with pytest.raises(CryopickError, match="pixel size is unknown"):
+        diameter_in_pixels(217.0, "A", None)

@@ -214,6 +214,14 @@ def to_pixel_size(picks: Picks, pixel_size: float) -> Picks:
     return scale(picks, picks.pixel_size / pixel_size)
 
 
+def match_pixel_size(picks: Picks, pixel_size: float | None, rtol: float = 1e-3) -> Picks:
+    """``picks`` re-expressed at ``pixel_size`` Å/px when both pixel sizes are known and differ by more
+    than ``rtol`` (relative); otherwise unchanged (e.g. truth tables of an image at another sampling)."""
+    if picks.pixel_size and pixel_size and abs(picks.pixel_size - pixel_size) > rtol * pixel_size:
+        return to_pixel_size(picks, pixel_size)
+    return picks
+
+
 def flip_y(picks: Picks, height: int) -> Picks:
     """Mirror rows: ``y -> height - 1 - y`` (e.g. CryoPPP/TIFF frame <-> MRC frame)."""
     table = picks.table.copy()

@@ -175,3 +175,18 @@ def cut_cube(volume, centre_xyz: Sequence[float], size: int) -> np.ndarray:
     """
     start = np.round(np.asarray(centre_xyz, float)[::-1]).astype(int) - size // 2
     return read_block(volume, tuple(int(s) for s in start), (size,) * 3)
+
+
+def diameter_in_pixels(diameter: float, unit: str = "px", pixel_size: float | None = None,
+                       source: str = "--diameter") -> float:
+    """Convert a user diameter to original pixels (``unit`` = ``"px"`` or ``"A"``/``"Å"``)."""
+    unit = unit.lower()
+    if unit in ("px", "pixel", "pixels"):
+        return float(diameter)
+    if unit in ("a", "å", "angstrom", "angstroms"):
+        if not pixel_size:
+            raise CryopickError(
+                f"{source} is in Å but the pixel size is unknown; give --pixel-size (Å/px) or the diameter in pixels"
+            )
+        return float(diameter) / float(pixel_size)
+    raise CryopickError(f"unknown diameter unit {unit!r}; use 'px' or 'A'")

@@ -9,7 +9,6 @@ import torch
 from cryopick import CryopickError
 from cryopick.picker2d.calibrate import ValidationPicks, calibrate_threshold
 from cryopick.picker2d.card import load_card, load_model
-from cryopick.picker2d.scale import diameter_in_pixels
 from cryopick.picker2d.train import TrainConfig, WorkingScale, train_picker
 from cryopick.picker2d.train import loop as train_loop
 from cryopick.picker2d.train.augment import AugmentConfig, sample_patch
@@ -22,7 +21,7 @@ from cryopick.picker2d.train.data import (
     positive_prior,
 )
 from cryopick.picker2d.train.losses import balanced_bce, nnpu_loss
-from cryopick.preprocess import WorkingFrame
+from cryopick.preprocess import WorkingFrame, diameter_in_pixels
 
 
 def synthetic_micrograph(seed: int, size: int = 160, n: int = 28, diameter: float = 12.0):

@@ -12,7 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from cryopick.errors import CryopickError
-from cryopick.preprocess import WorkingFrame, downsample, normalize
+from cryopick.preprocess import (
+    WorkingFrame,
+    downsample,
+    normalize,
+)
 
 
 @dataclass(frozen=True)
@@ -51,21 +55,6 @@ class WorkingScale:
             raise CryopickError(f"particle diameter must be a positive number of pixels, got {diameter}")
         return cls(factor=max(1.0, float(diameter) / float(target_diameter)), diameter=float(diameter),
                    pixel_size=pixel_size)
-
-
-def diameter_in_pixels(diameter: float, unit: str = "px", pixel_size: float | None = None,
-                       source: str = "--diameter") -> float:
-    """Convert a user diameter to original pixels (``unit`` = ``"px"`` or ``"A"``/``"Å"``)."""
-    unit = unit.lower()
-    if unit in ("px", "pixel", "pixels"):
-        return float(diameter)
-    if unit in ("a", "å", "angstrom", "angstroms"):
-        if not pixel_size:
-            raise CryopickError(
-                f"{source} is in Å but the pixel size is unknown; give --pixel-size (Å/px) or the diameter in pixels"
-            )
-        return float(diameter) / float(pixel_size)
-    raise CryopickError(f"unknown diameter unit {unit!r}; use 'px' or 'A'")
 
 
 def prepare_image(data: np.ndarray, factor: float, clip_sigma: float = 4.0) -> tuple[np.ndarray, WorkingFrame]:

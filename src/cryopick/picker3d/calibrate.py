@@ -216,8 +216,7 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
         raise CryopickError(f"unknown mode {mode!r}; use cluster or tm")
     image = tomogram if isinstance(tomogram, Image) else read_tomogram(tomogram)
     check_tomogram(image)
-    if truth.pixel_size and image.pixel_size and abs(truth.pixel_size - image.pixel_size) > 1e-3 * image.pixel_size:
-        truth = P.to_pixel_size(truth, image.pixel_size)
+    truth = P.match_pixel_size(truth, image.pixel_size)
     if len(truth) == 0:
         raise CryopickError(f"no ground-truth picks for tomogram {image.name}")
     if prompt.diameter is None:

@@ -214,8 +214,7 @@ def read_truth(path: str | os.PathLike, image: Image, label: str | None = None) 
         truth = truth._with(truth.table[truth.table["label"] == label])
         if not len(truth):
             raise CryopickError(f"{path}: no rows with label {label!r} (labels: {', '.join(sorted(map(str, labels)))})")
-    if truth.pixel_size and image.pixel_size and abs(truth.pixel_size - image.pixel_size) > 1e-3 * image.pixel_size:
-        truth = P.to_pixel_size(truth, image.pixel_size)
+    truth = P.match_pixel_size(truth, image.pixel_size)
     return truth
 
 

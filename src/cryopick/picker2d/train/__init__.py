@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Sequence
 
 from cryopick.errors import CryopickError
-from cryopick.picker2d.scale import WorkingScale, diameter_in_pixels
+from cryopick.picker2d.scale import WorkingScale
 from cryopick.picker2d.train.config import TrainConfig
 from cryopick.picker2d.train.data import TrainingMicrograph, load_training_micrograph, report_outside
 from cryopick.picker2d.train.loop import clear_training_outputs, train_picker
 from cryopick.picks import Picks
+from cryopick.preprocess import diameter_in_pixels
 
 __all__ = ["TrainConfig", "WorkingScale", "load_training_set", "read_coordinates", "train_from_files",
            "train_picker"]
