@@ -1,0 +1,383 @@
+// cryopick app: plain modern JavaScript, no build step. The project folder on the server is the truth;
+// every edit is saved at once with the version it was based on (a 409 means another tab changed it).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const S = {
+  mics: [], current: null, info: null, img: null, coords: [], version: "0", flag: null,
+  picks: { coords: [], scores: [], threshold: null }, diameter: 40, zoom: 1, panX: 0, panY: 0,
+  saving: false, pending: false, drag: null, hover: -1, job: null, stream: null, conflict: null,
+};
+window.cryopick = S; // for tests and the console
+
+async function api(method, url, body) {
+  const opts = { method, headers: {} };
+  if (body !== undefined) { opts.body = JSON.stringify(body); opts.headers["Content-Type"] = "application/json"; }
+  const res = await fetch(url, opts);
+  let data = null;
+  try { data = await res.json(); } catch (e) { data = { error: res.statusText }; }
+  return { ok: res.ok, status: res.status, data };
+}
+
+function setState(text) { $("save-state").textContent = text; }
+const radius = () => S.diameter / 2;
+
+// ---- project and list -------------------------------------------------------------------------------
+async function loadProject() {
+  const r = await api("GET", "/api/project");
+  if (!r.ok) { setState(r.data.error); return; }
+  $("project-root").textContent = r.data.root;
+  S.diameter = r.data.settings.diameter;
+  $("diameter").value = S.diameter;
+  showCard(r.data.model);
+  showJob(r.data.job);
+  if (r.data.job.state === "running") openStream();
+}
+
+async function loadList() {
+  const r = await api("GET", "/api/micrographs?status=" + $("filter").value);
+  if (!r.ok) { setState(r.data.error); return; }
+  S.mics = r.data.micrographs;
+  const ul = $("mic-list");
+  ul.innerHTML = "";
+  let labelled = 0;
+  for (const m of S.mics) {
+    labelled += m.annotated;
+    const li = document.createElement("li");
+    li.dataset.name = m.name;
+    li.className = m.name === S.current ? "current" : "";
+    const img = document.createElement("img");
+    img.loading = "lazy";
+    img.src = `/api/micrographs/${encodeURIComponent(m.name)}/image?kind=thumb`;
+    const text = document.createElement("div");
+    const picked = m.picked === null ? "" : ` · picked ${m.picked}`;
+    text.innerHTML = `<div class="name"></div><div class="counts">annotated ${m.annotated}${picked}` +
+      `${m.flag ? " · " + m.flag : ""}</div>`;
+    text.querySelector(".name").textContent = m.name;
+    li.append(img, text);
+    li.onclick = () => openMicrograph(m.name);
+    ul.append(li);
+  }
+  $("totals").textContent = `${S.mics.length} micrographs · ${labelled} particles labelled`;
+  if (!S.current && S.mics.length) openMicrograph(S.mics[0].name);
+}
+
+// ---- one micrograph -------------------------------------------------------------------------------
+async function openMicrograph(name) {
+  const enc = encodeURIComponent(name);
+  const [info, ann, picks] = await Promise.all([
+    api("GET", `/api/micrographs/${enc}`), api("GET", `/api/micrographs/${enc}/annotations`),
+    api("GET", `/api/micrographs/${enc}/picks`)]);
+  if (!info.ok || !ann.ok) { setState((info.ok ? ann : info).data.error); return; }
+  S.current = name; S.info = info.data; S.flag = info.data.flag;
+  S.coords = ann.data.coords; S.version = ann.data.version; S.conflict = null;
+  S.picks = picks.ok ? picks.data : { coords: [], scores: [], threshold: null };
+  if (S.picks.threshold !== null && S.picks.threshold !== undefined && !S.thresholdTouched) {
+    $("threshold").value = S.picks.threshold;
+  }
+  $("conflict").hidden = true;
+  $("mic-name").textContent = name;
+  $("flag").value = S.flag || "";
+  for (const li of $("mic-list").children) li.className = li.dataset.name === name ? "current" : "";
+  const img = new Image();
+  img.onload = () => { S.img = img; fit(); draw(); setState("ready"); };
+  img.onerror = () => setState("could not load the image of " + name);
+  img.src = `/api/micrographs/${enc}/image?kind=display`;
+  updateCounts();
+}
+
+function step(delta) {
+  if (!S.mics.length) return;
+  const i = S.mics.findIndex((m) => m.name === S.current);
+  const j = Math.min(S.mics.length - 1, Math.max(0, i + delta));
+  if (j !== i) openMicrograph(S.mics[j].name);
+}
+
+// ---- drawing --------------------------------------------------------------------------------------
+const canvas = $("canvas");
+const ctx = canvas.getContext("2d");
+
+function fit() {
+  if (!S.info) return;
+  const w = canvas.clientWidth, h = canvas.clientHeight;
+  S.zoom = Math.min(w / S.info.width, h / S.info.height);
+  S.panX = (w - S.info.width * S.zoom) / 2; S.panY = (h - S.info.height * S.zoom) / 2;
+}
+const toScreen = (x, y) => [S.panX + (x + 0.5) * S.zoom, S.panY + (y + 0.5) * S.zoom];
+const toImage = (sx, sy) => [(sx - S.panX) / S.zoom - 0.5, (sy - S.panY) / S.zoom - 0.5];
+
+function visiblePicks() {
+  const t = parseFloat($("threshold").value);
+  const out = [];
+  S.picks.coords.forEach((c, i) => { const s = S.picks.scores[i]; if (s !== null && s >= t) out.push(c); });
+  return out;
+}
+
+function draw() {
+  const w = canvas.clientWidth, h = canvas.clientHeight;
+  if (canvas.width !== w || canvas.height !== h) { canvas.width = w; canvas.height = h; }
+  ctx.fillStyle = "#111"; ctx.fillRect(0, 0, w, h);
+  if (!S.img || !S.info) return;
+  ctx.filter = `contrast(${$("contrast").value}%)`;
+  ctx.drawImage(S.img, S.panX, S.panY, S.info.width * S.zoom, S.info.height * S.zoom);
+  ctx.filter = "none";
+  const r = radius() * S.zoom;
+  if ($("show-picks").checked) {
+    ctx.strokeStyle = "#ffb300"; ctx.setLineDash([4, 3]); ctx.lineWidth = 1.5;
+    for (const [x, y] of visiblePicks()) { const [sx, sy] = toScreen(x, y); circle(sx, sy, r); }
+    ctx.setLineDash([]);
+  }
+  if ($("show-ann").checked) {
+    S.coords.forEach(([x, y], i) => {
+      const [sx, sy] = toScreen(x, y);
+      ctx.strokeStyle = i === S.hover ? "#ff4081" : "#00e5ff"; ctx.lineWidth = 2; circle(sx, sy, r);
+    });
+  }
+}
+function circle(x, y, r) { ctx.beginPath(); ctx.arc(x, y, Math.max(r, 2), 0, 2 * Math.PI); ctx.stroke(); }
+
+function updateCounts() {
+  $("ann-count").textContent = `${S.coords.length} particles`;
+  const n = visiblePicks().length;
+  $("pick-count").textContent = S.picks.coords.length ? `${n} picks ≥ ${(+$("threshold").value).toFixed(2)}`
+    : "no picks";
+  $("threshold-value").textContent = (+$("threshold").value).toFixed(2);
+  drawHistogram();
+}
+
+function drawHistogram() {
+  const c = $("histogram"), g = c.getContext("2d");
+  g.clearRect(0, 0, c.width, c.height);
+  const scores = S.picks.scores.filter((s) => s !== null);
+  if (!scores.length) return;
+  const bins = new Array(40).fill(0);
+  for (const s of scores) bins[Math.min(39, Math.floor(s * 40))]++;
+  const top = Math.max(...bins);
+  g.fillStyle = "#789";
+  bins.forEach((b, i) => { const bh = (b / top) * (c.height - 4); g.fillRect(i * 6, c.height - bh, 5, bh); });
+  const line = (t, color) => { g.strokeStyle = color; g.beginPath(); g.moveTo(t * 240, 0); g.lineTo(t * 240, c.height); g.stroke(); };
+  if (S.picks.threshold !== null && S.picks.threshold !== undefined) line(S.picks.threshold, "#2e7d32");
+  line(+$("threshold").value, "#ff6f00");
+}
+
+// ---- editing ----------------------------------------------------------------------------------------
+function nearest(x, y) {
+  let best = -1, bestD = radius();
+  S.coords.forEach(([cx, cy], i) => { const d = Math.hypot(cx - x, cy - y); if (d <= bestD) { best = i; bestD = d; } });
+  return best;
+}
+function inside(x, y) { return S.info && x >= -0.5 && y >= -0.5 && x <= S.info.width - 0.5 && y <= S.info.height - 0.5; }
+
+canvas.addEventListener("mousedown", (e) => {
+  if (!S.info) return;
+  const [x, y] = toImage(e.offsetX, e.offsetY);
+  if (e.button === 1 || (e.button === 0 && e.shiftKey)) { S.drag = { pan: true, sx: e.offsetX, sy: e.offsetY }; return; }
+  if (e.button !== 0) return;
+  const i = nearest(x, y);
+  S.drag = { index: i, sx: e.offsetX, sy: e.offsetY, moved: false, x, y };
+});
+canvas.addEventListener("mousemove", (e) => {
+  const [x, y] = toImage(e.offsetX, e.offsetY);
+  if (S.drag && S.drag.pan) {
+    S.panX += e.offsetX - S.drag.sx; S.panY += e.offsetY - S.drag.sy; S.drag.sx = e.offsetX; S.drag.sy = e.offsetY;
+    draw(); return;
+  }
+  if (S.drag && S.drag.index >= 0) {
+    if (Math.hypot(e.offsetX - S.drag.sx, e.offsetY - S.drag.sy) > 3) S.drag.moved = true;
+    if (S.drag.moved && inside(x, y)) { S.coords[S.drag.index] = [round(x), round(y)]; draw(); }
+    return;
+  }
+  const h = nearest(x, y);
+  if (h !== S.hover) { S.hover = h; draw(); }
+});
+window.addEventListener("mouseup", (e) => {
+  const d = S.drag; S.drag = null;
+  if (!d || d.pan || !S.info) return;
+  if (d.index >= 0) { if (d.moved) edited(); return; }
+  if (Math.hypot(e.offsetX - d.sx, e.offsetY - d.sy) > 3 || e.target !== canvas) return;
+  if (!inside(d.x, d.y)) return;
+  S.coords.push([round(d.x), round(d.y)]);
+  edited();
+});
+canvas.addEventListener("contextmenu", (e) => {
+  e.preventDefault();
+  const [x, y] = toImage(e.offsetX, e.offsetY);
+  const i = nearest(x, y);
+  if (i >= 0) { S.coords.splice(i, 1); S.hover = -1; edited(); }
+});
+canvas.addEventListener("wheel", (e) => {
+  e.preventDefault();
+  const f = e.deltaY < 0 ? 1.2 : 1 / 1.2;
+  S.panX = e.offsetX - (e.offsetX - S.panX) * f; S.panY = e.offsetY - (e.offsetY - S.panY) * f; S.zoom *= f;
+  draw();
+}, { passive: false });
+const round = (v) => Math.round(v * 10) / 10;
+
+document.addEventListener("keydown", (e) => {
+  if (e.target.tagName === "INPUT" || e.target.tagName === "SELECT") return;
+  if (e.key === "n") step(1);
+  else if (e.key === "p") step(-1);
+  else if ((e.key === "Delete" || e.key === "Backspace" || e.key === "d") && S.hover >= 0) {
+    S.coords.splice(S.hover, 1); S.hover = -1; edited();
+  } else if (e.key === "a") { $("show-ann").checked = !$("show-ann").checked; draw(); }
+  else if (e.key === "k") { $("show-picks").checked = !$("show-picks").checked; draw(); }
+  else if (e.key === "0") { fit(); draw(); }
+});
+
+function edited() { draw(); updateCounts(); save(); }
+
+async function save() {
+  if (S.conflict) return; // resolve first; the local edits are kept meanwhile
+  if (S.saving) { S.pending = true; return; }
+  S.saving = true; setState("saving…");
+  const name = S.current;
+  const r = await api("PUT", `/api/micrographs/${encodeURIComponent(name)}/annotations`,
+    { version: S.version, coords: S.coords });
+  S.saving = false;
+  if (name !== S.current) return;
+  if (r.ok) {
+    S.version = r.data.version; setState("saved");
+    const m = S.mics.find((m) => m.name === name); if (m) { m.annotated = r.data.coords.length; }
+    refreshListSoon();
+  } else if (r.status === 409) {
+    S.conflict = r.data.current; S.pending = false; showConflict();
+  } else { setState("not saved: " + r.data.error); }
+  if (S.pending) { S.pending = false; save(); }
+}
+
+function showConflict() {
+  const theirs = S.conflict.coords.length;
+  $("conflict-text").textContent = `These annotations were changed elsewhere (another tab?): ${theirs} particles ` +
+    `there, ${S.coords.length} here. Nothing is lost until you choose:`;
+  $("conflict").hidden = false; setState("conflict");
+}
+function resolve(choice) {
+  const cur = S.conflict; S.conflict = null; $("conflict").hidden = true;
+  S.version = cur.version;
+  if (choice === "theirs") { S.coords = cur.coords; draw(); updateCounts(); setState("saved"); return; }
+  if (choice === "merge") {
+    const merged = cur.coords.slice();
+    for (const c of S.coords) if (!merged.some((m) => Math.hypot(m[0] - c[0], m[1] - c[1]) < 1)) merged.push(c);
+    S.coords = merged;
+  }
+  edited();
+}
+$("conflict-merge").onclick = () => resolve("merge");
+$("conflict-theirs").onclick = () => resolve("theirs");
+$("conflict-mine").onclick = () => resolve("mine");
+
+let listTimer = null;
+function refreshListSoon() { clearTimeout(listTimer); listTimer = setTimeout(loadList, 800); }
+
+// ---- controls ---------------------------------------------------------------------------------------
+$("filter").onchange = loadList;
+$("show-ann").onchange = draw;
+$("show-picks").onchange = draw;
+$("contrast").oninput = draw;
+$("zoom-reset").onclick = () => { fit(); draw(); };
+$("threshold").oninput = () => { S.thresholdTouched = true; draw(); updateCounts(); };
+$("diameter").onchange = async () => {
+  const r = await api("PUT", "/api/settings", { diameter: parseFloat($("diameter").value) });
+  if (r.ok) { S.diameter = r.data.diameter; draw(); setState("diameter saved"); } else setState(r.data.error);
+};
+$("flag").onchange = async () => {
+  const flag = $("flag").value || null;
+  const r = await api("PUT", `/api/micrographs/${encodeURIComponent(S.current)}/flag`, { flag });
+  setState(r.ok ? "status saved" : r.data.error); refreshListSoon();
+};
+$("accept").onclick = () => {
+  let added = 0;
+  for (const [x, y] of visiblePicks()) {
+    if (!S.coords.some(([cx, cy]) => Math.hypot(cx - x, cy - y) < radius() / 2)) { S.coords.push([x, y]); added++; }
+  }
+  setState(`accepted ${added} picks`); edited();
+};
+$("export").onclick = async () => {
+  const body = { format: $("export-format").value, source: $("export-source").value,
+                 threshold: parseFloat($("threshold").value) };
+  const r = await api("POST", "/api/export", body);
+  $("export-result").textContent = r.ok ? `wrote ${r.data.n} particles: ${r.data.files.slice(0, 3).join(", ")}` +
+    (r.data.files.length > 3 ? ` … (${r.data.files.length} files)` : "") : r.data.error;
+};
+
+// ---- jobs -------------------------------------------------------------------------------------------
+function num(id) { const v = $(id).value; return v === "" ? null : parseFloat(v); }
+$("train").onclick = () => startJob("train", { epochs: num("epochs"), steps_per_epoch: num("steps"),
+  max_minutes: num("max-minutes"), particles_per_micrograph: num("ppm") || null });
+$("pick").onclick = () => {
+  const which = $("pick-which").value;
+  let names = null;
+  if (which === "current") names = [S.current];
+  else if (which === "unannotated") names = S.mics.filter((m) => !m.annotated && m.flag !== "empty").map((m) => m.name);
+  startJob("pick", names ? { names } : {});
+};
+$("cancel").onclick = async () => { const r = await api("POST", "/api/jobs/cancel"); showJob(r.ok ? r.data : S.job); };
+
+async function startJob(kind, params) {
+  const r = await api("POST", "/api/jobs", { kind, params });
+  if (!r.ok) { $("job-state").textContent = r.data.error; return; }
+  showJob(r.data); openStream();
+}
+function openStream() {
+  if (S.stream) S.stream.close();
+  S.stream = new EventSource("/api/jobs/stream");
+  S.stream.onmessage = (e) => {
+    const job = JSON.parse(e.data); showJob(job);
+    if (job.state !== "running") { S.stream.close(); S.stream = null; finished(job); }
+  };
+  S.stream.onerror = () => { if (S.stream) { S.stream.close(); S.stream = null; } };
+}
+async function finished(job) {
+  if (job.kind === "train" && job.card) showCard(job.card);
+  S.thresholdTouched = false;
+  await loadList();
+  if (S.current) openMicrograph(S.current);
+}
+function showJob(job) {
+  S.job = job;
+  const running = job.state === "running";
+  $("cancel").hidden = !running;
+  $("train").disabled = running; $("pick").disabled = running;
+  if (job.state === "none") { $("job-state").textContent = "no job"; return; }
+  let text = `${job.kind}: ${job.state}`;
+  const prog = $("job-progress");
+  if (job.kind === "train") {
+    const h = job.history || [];
+    const last = h[h.length - 1];
+    if (last) text += ` · epoch ${last.epoch + 1} · loss ${last.loss.toFixed(3)}` +
+      (last.f1 !== null && last.f1 !== undefined ? ` · validation F1 ${last.f1.toFixed(3)}` : "");
+    prog.max = num("epochs") || 1; prog.value = h.length;
+    drawCurve(h);
+  } else {
+    text += ` · ${job.done}/${job.total} micrographs`;
+    prog.max = job.total || 1; prog.value = job.done || 0;
+  }
+  if (job.message) text += ` — ${job.message}`;
+  $("job-state").textContent = text;
+  $("job-log").textContent = (job.log || []).join("\n");
+}
+function drawCurve(h) {
+  const c = $("curve"), g = c.getContext("2d");
+  g.clearRect(0, 0, c.width, c.height);
+  if (h.length < 1) return;
+  const maxLoss = Math.max(...h.map((e) => e.loss), 1e-6);
+  const plot = (vals, color, top) => {
+    g.strokeStyle = color; g.beginPath();
+    vals.forEach((v, i) => { if (v === null || v === undefined) return;
+      const x = h.length === 1 ? c.width / 2 : (i / (h.length - 1)) * (c.width - 4) + 2;
+      const y = c.height - 2 - (v / top) * (c.height - 4); i ? g.lineTo(x, y) : g.moveTo(x, y); });
+    g.stroke();
+  };
+  plot(h.map((e) => e.loss), "#c62828", maxLoss);
+  plot(h.map((e) => e.f1), "#2e7d32", 1);
+}
+function showCard(card) {
+  if (!card) { $("model-card").textContent = "no model yet"; return; }
+  const t = card.training || {};
+  $("model-card").textContent = `model: ${card.backbone}, threshold ${(+card.score_threshold).toFixed(3)}` +
+    (t.best_val_f1 !== undefined && t.best_val_f1 !== null ? `, validation F1 ${(+t.best_val_f1).toFixed(3)}` : "") +
+    (card.created ? ` (${card.created})` : "");
+}
+
+window.addEventListener("resize", () => { fit(); draw(); });
+loadProject().then(loadList);
