@@ -174,9 +174,9 @@ def _train(root: str, out: Path, params: dict) -> dict:
     config = TrainConfig(epochs=epochs, steps_per_epoch=int(params.get("steps_per_epoch", 40)),
                          max_minutes=float(params.get("max_minutes", 9.0)), min_epochs=min(epochs, 5),
                          patience=int(params.get("patience", 10)), progress=False)
-    if params.get("patch_size"):
-        config.patch_size = int(params["patch_size"])
-        config.batch_size = int(params.get("batch_size", 4))
+    for key in ("patch_size", "batch_size"):
+        if params.get(key):
+            setattr(config, key, int(params[key]))
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_history, args=(project.model_dir, out / "progress.json", stop),
                                daemon=True)

@@ -303,7 +303,8 @@ $("export").onclick = async () => {
 // ---- jobs -------------------------------------------------------------------------------------------
 function num(id) { const v = $(id).value; return v === "" ? null : parseFloat(v); }
 $("train").onclick = () => startJob("train", { epochs: num("epochs"), steps_per_epoch: num("steps"),
-  max_minutes: num("max-minutes"), particles_per_micrograph: num("ppm") || null });
+  max_minutes: num("max-minutes"), particles_per_micrograph: num("ppm") || null, patch_size: num("patch"),
+  batch_size: num("batch") });
 $("pick").onclick = () => {
   const which = $("pick-which").value;
   let names = null;
