@@ -63,6 +63,7 @@ class Project:
         self.picks_dir = self.root / "picks"
         self.export_dir = self.root / "export"
         self._score_cache: dict[tuple, list[float]] = {}
+        self._annotation_cache: dict[tuple, list[list[float]]] = {}
 
     # -- paths ---------------------------------------------------------------------------
     def confined(self, path: Path) -> Path:
@@ -145,7 +146,13 @@ class Project:
         if not path.is_file():
             return {"name": name, "version": "0", "coords": []}
         data = path.read_bytes()
-        return {"name": name, "version": _digest(data), "coords": _read_coords(path)}
+        version = _digest(data)
+        key = (name, version)
+        if key not in self._annotation_cache:  # parsed once per file content
+            if len(self._annotation_cache) > 5000:
+                self._annotation_cache.clear()
+            self._annotation_cache[key] = _read_coords(path)
+        return {"name": name, "version": version, "coords": [list(c) for c in self._annotation_cache[key]]}
 
     def save_annotations(self, name: str, coords, version: str) -> dict:
         """Write the annotations of ``name`` if ``version`` is current; raise :class:`Conflict` otherwise."""
