@@ -185,6 +185,8 @@ def test_train_pick_review_and_export(browser, server):
         return int(page.text_content("#pick-count").split()[0])
 
     slider = page.locator("#threshold")
+    if SHOTS:  # at the calibrated threshold, as the page opens
+        page.screenshot(path=str(Path(SHOTS) / "app_review.png"))
     slider.fill("0.05")
     low = shown()
     slider.fill("1")
@@ -195,8 +197,6 @@ def test_train_pick_review_and_export(browser, server):
     assert n > 0
     drawn = page.evaluate("window.cryopick.picks.scores.filter(s => s >= 0.3).length")
     assert drawn == n
-    if SHOTS:
-        page.screenshot(path=str(Path(SHOTS) / "app_review.png"))
     page.click("#accept")  # the reviewed picks become annotations (for a second round of training)
     sync_api.expect(page.locator("#ann-count")).to_have_text(f"{n} particles", timeout=10000)
     saved(page)
