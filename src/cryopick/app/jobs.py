@@ -18,6 +18,8 @@ import traceback
 import uuid
 from pathlib import Path
 
+import numpy as np
+
 from cryopick.errors import CryopickError
 from cryopick.io.atomic import write_text
 from cryopick.io.jsonutil import dumps
@@ -164,12 +166,7 @@ def _train(root: str, out: Path, params: dict) -> dict:
     from cryopick.picker2d.train import TrainConfig, train_from_files
 
     project = Project(root)
-    picks = project.all_annotations()
-    mics = project.micrographs()
-    if not picks.micrographs:
-        raise CryopickError("no annotated micrograph yet: click particles on a few micrographs, then train")
-    flags = project.flags()
-    negatives = [mics[n] for n, f in flags.items() if f == "empty" and n in mics and n not in picks.micrographs]
+    paths, picks, negatives, ppm = training_inputs(project, params)
     epochs = int(params.get("epochs", 30))
     config = TrainConfig(epochs=epochs, steps_per_epoch=int(params.get("steps_per_epoch", 40)),
                          max_minutes=float(params.get("max_minutes", 9.0)), min_epochs=min(epochs, 5),
@@ -182,14 +179,44 @@ def _train(root: str, out: Path, params: dict) -> dict:
                                daemon=True)
     watcher.start()
     try:
-        card = train_from_files([mics[n] for n in picks.micrographs], picks, project.settings()["diameter"],
-                                project.model_dir, negatives=negatives or None, config=config, redo=True,
-                                particles_per_micrograph=params.get("particles_per_micrograph"))
+        card = train_from_files(paths, picks, project.settings()["diameter"], project.model_dir,
+                                negatives=negatives or None, config=config, redo=True, particles_per_micrograph=ppm)
     finally:
         stop.set()
         watcher.join(5)
     _copy_history(project.model_dir, out / "progress.json")
     return {"threshold": card.score_threshold}
+
+
+def training_inputs(project, params: dict) -> tuple[list, object, list, float | None]:
+    """Micrographs, annotations, negatives and expected particles per micrograph for a training run.
+
+    Micrographs marked "empty" are negatives. When some annotated micrographs are marked "partial",
+    the expected number of particles per micrograph is the one given, else the mean count of those
+    marked "complete" (the positive-unlabelled loss then spares unlabelled particles); with neither
+    the run is refused, since partial labels taught as complete would teach particles as background.
+    """
+    log = logging.getLogger(__name__)
+    picks = project.all_annotations()
+    mics = project.micrographs()
+    if not picks.micrographs:
+        raise CryopickError("no annotated micrograph yet: click particles on a few micrographs, then train")
+    flags = project.flags()
+    names = list(picks.micrographs)
+    negatives = [mics[n] for n, f in flags.items() if f == "empty" and n in mics and n not in names]
+    ppm = params.get("particles_per_micrograph")
+    partial = [n for n in names if flags.get(n) == "partial"]
+    if partial and ppm is None:
+        complete = [n for n in names if flags.get(n) == "complete"]
+        if not complete:
+            raise CryopickError(
+                f"{len(partial)} annotated micrograph(s) are marked partial ({', '.join(partial[:3])}): give the "
+                "expected particles per micrograph, or mark a fully annotated micrograph complete")
+        counts = picks.table["micrograph"].value_counts()
+        ppm = float(np.mean([counts[n] for n in complete]))
+        log.info("%d partial micrograph(s): %.1f particles per micrograph expected (mean of the %d complete)",
+                 len(partial), ppm, len(complete))
+    return [mics[n] for n in names], picks, negatives, ppm
 
 
 def _watch_history(model_dir: Path, progress: Path, stop: threading.Event) -> None:

@@ -75,15 +75,27 @@ class Project:
 
     @property
     def micrograph_dir(self) -> Path:
+        """``micrographs/``, else the folder itself, else (a RELION project) the newest MotionCorr job."""
         sub = self.root / "micrographs"
-        return sub if sub.is_dir() else self.root
+        if sub.is_dir():
+            return sub
+        if not any(_is_image(p) for p in self.root.iterdir()):
+            jobs = sorted((self.root / "MotionCorr").glob("job*/"), key=lambda p: p.stat().st_mtime)
+            if jobs:
+                return jobs[-1]
+        return self.root
 
     def micrographs(self) -> dict[str, Path]:
-        """Micrograph name -> file, for the image files inside the project (symlinks out of it are skipped)."""
+        """Micrograph name -> file, for the image files inside the project (symlinks out of it are skipped).
+
+        In a RELION MotionCorr job folder the images are looked for in its subfolders too, without the
+        power spectra (``*_PS.mrc``)."""
         found: dict[str, Path] = {}
         folder = self.micrograph_dir
-        for p in sorted(folder.iterdir()):
-            if p.name.startswith(".") or not p.is_file() or p.suffix.lower() not in IMAGE_SUFFIXES:
+        relion = folder.parent.name == "MotionCorr"
+        files = folder.rglob("*") if relion else folder.iterdir()
+        for p in sorted(files):
+            if not _is_image(p) or (relion and image_name(p).endswith("_PS")):
                 continue
             try:
                 self.confined(p)
@@ -268,6 +280,10 @@ def _read_coords(path: Path) -> list[list[float]]:
         warnings.simplefilter("ignore")
         picks = read_picks(path, format="relion")
     return picks.table[["x", "y"]].to_numpy(float).round(3).tolist()
+
+
+def _is_image(p: Path) -> bool:
+    return not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
 
 
 def _digest(data: bytes) -> str:
