@@ -197,6 +197,10 @@ def test_train_pick_review_and_export(browser, server):
     assert n > 0
     drawn = page.evaluate("window.cryopick.picks.scores.filter(s => s >= 0.3).length")
     assert drawn == n
+    page.locator("#min-distance").fill("1.5")  # display-side minimum distance, in particle diameters
+    assert 0 < shown() < n
+    page.locator("#min-distance").fill("0")
+    assert shown() == n
     page.click("#accept")  # the reviewed picks become annotations (for a second round of training)
     sync_api.expect(page.locator("#ann-count")).to_have_text(f"{n} particles", timeout=10000)
     saved(page)

@@ -27,6 +27,7 @@ async function loadProject() {
   const r = await api("GET", "/api/project");
   if (!r.ok) { setState(r.data.error); return; }
   $("project-root").textContent = r.data.root;
+  S.micrographDir = r.data.micrograph_dir;
   S.diameter = r.data.settings.diameter;
   $("diameter").value = S.diameter;
   showCard(r.data.model);
@@ -59,6 +60,9 @@ async function loadList() {
     ul.append(li);
   }
   $("totals").textContent = `${S.mics.length} micrographs · ${labelled} particles labelled`;
+  if (!S.mics.length && $("filter").value === "all") {
+    $("totals").textContent = `no micrographs yet: put them (MRC, TIFF, PNG) in ${S.micrographDir}, then reload`;
+  }
   if (!S.current && S.mics.length) openMicrograph(S.mics[0].name);
 }
 
@@ -71,6 +75,7 @@ async function openMicrograph(name) {
   if (!info.ok || !ann.ok) { setState((info.ok ? ann : info).data.error); return; }
   S.current = name; S.info = info.data; S.flag = info.data.flag;
   S.coords = ann.data.coords; S.version = ann.data.version; S.conflict = null;
+  showAngstrom();
   S.picks = picks.ok ? picks.data : { coords: [], scores: [], threshold: null };
   if (S.picks.threshold !== null && S.picks.threshold !== undefined && !S.thresholdTouched) {
     $("threshold").value = S.picks.threshold;
@@ -84,6 +89,11 @@ async function openMicrograph(name) {
   img.onerror = () => setState("could not load the image of " + name);
   img.src = `/api/micrographs/${enc}/image?kind=display`;
   updateCounts();
+}
+
+function showAngstrom() {
+  const ps = S.info && S.info.pixel_size;
+  $("diameter-a").textContent = ps ? `= ${(S.diameter * ps).toFixed(0)} Å at ${ps.toFixed(3)} Å/px` : "";
 }
 
 function step(delta) {
@@ -106,11 +116,21 @@ function fit() {
 const toScreen = (x, y) => [S.panX + (x + 0.5) * S.zoom, S.panY + (y + 0.5) * S.zoom];
 const toImage = (sx, sy) => [(sx - S.panX) / S.zoom - 0.5, (sy - S.panY) / S.zoom - 0.5];
 
+// Picks at or above the threshold; with a minimum distance (in particle diameters) the best-scoring
+// pick of any closer pair is kept (greedy, by score) — display only, the network is not rerun.
 function visiblePicks() {
   const t = parseFloat($("threshold").value);
-  const out = [];
-  S.picks.coords.forEach((c, i) => { const s = S.picks.scores[i]; if (s !== null && s >= t) out.push(c); });
-  return out;
+  const d = parseFloat($("min-distance").value) * S.diameter;
+  const idx = [];
+  S.picks.coords.forEach((c, i) => { const s = S.picks.scores[i]; if (s !== null && s >= t) idx.push(i); });
+  if (!(d > 0)) return idx.map((i) => S.picks.coords[i]);
+  idx.sort((a, b) => S.picks.scores[b] - S.picks.scores[a]);
+  const kept = [];
+  for (const i of idx) {
+    const [x, y] = S.picks.coords[i];
+    if (!kept.some(([kx, ky]) => Math.hypot(kx - x, ky - y) < d)) kept.push(S.picks.coords[i]);
+  }
+  return kept;
 }
 
 function draw() {
@@ -118,7 +138,8 @@ function draw() {
   if (canvas.width !== w || canvas.height !== h) { canvas.width = w; canvas.height = h; }
   ctx.fillStyle = "#111"; ctx.fillRect(0, 0, w, h);
   if (!S.img || !S.info) return;
-  ctx.filter = `contrast(${$("contrast").value}%)`;
+  const blur = +$("lowpass").value * S.zoom * S.info.width / S.img.width; // display pixels of the PNG
+  ctx.filter = `contrast(${$("contrast").value}%)` + (blur > 0 ? ` blur(${blur}px)` : "");
   ctx.drawImage(S.img, S.panX, S.panY, S.info.width * S.zoom, S.info.height * S.zoom);
   ctx.filter = "none";
   const r = radius() * S.zoom;
@@ -274,11 +295,18 @@ $("filter").onchange = loadList;
 $("show-ann").onchange = draw;
 $("show-picks").onchange = draw;
 $("contrast").oninput = draw;
+$("lowpass").oninput = draw;
+$("min-distance").oninput = () => {
+  const v = +$("min-distance").value;
+  $("min-distance-value").textContent = v > 0 ? `${v.toFixed(2)} × diameter` : "off";
+  draw(); updateCounts();
+};
 $("zoom-reset").onclick = () => { fit(); draw(); };
 $("threshold").oninput = () => { S.thresholdTouched = true; draw(); updateCounts(); };
 $("diameter").onchange = async () => {
   const r = await api("PUT", "/api/settings", { diameter: parseFloat($("diameter").value) });
-  if (r.ok) { S.diameter = r.data.diameter; draw(); setState("diameter saved"); } else setState(r.data.error);
+  if (r.ok) { S.diameter = r.data.diameter; showAngstrom(); draw(); updateCounts(); setState("diameter saved"); }
+  else setState(r.data.error);
 };
 $("flag").onchange = async () => {
   const flag = $("flag").value || null;
