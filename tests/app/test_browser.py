@@ -177,6 +177,10 @@ def test_train_pick_review_and_export(browser, server):
     sync_api.expect(page.locator("#model-card")).to_contain_text("threshold", timeout=10000)
     page.click("#pick")
     sync_api.expect(page.locator("#job-state")).to_contain_text("pick: done", timeout=90000)
+    page.click("#suggest")  # the only micrograph not annotated, with the reason
+    sync_api.expect(page.locator("#suggestions li")).to_have_count(1, timeout=10000)
+    sync_api.expect(page.locator("#suggestions li")).to_contain_text("mic_2")
+    sync_api.expect(page.locator("#suggestions li")).to_contain_text("of the threshold")
     page.click("#mic-list li[data-name=mic_2]")
     sync_api.expect(page.locator("#mic-name")).to_have_text("mic_2")
     sync_api.expect(page.locator("#pick-count")).to_contain_text("picks ≥", timeout=10000)

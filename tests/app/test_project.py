@@ -51,3 +51,24 @@ def test_opens_a_plain_folder_and_a_relion_project_in_place(tmp_path):
     annotate(p, "m1", 2)
     assert (relion / "annotations" / "m1_manualpick.star").is_file()
     assert Project(tmp_path / "new" / "project").micrographs() == {}  # a new folder becomes an empty project
+
+
+def test_suggestions_rank_uncertain_and_unlike_micrographs():
+    from cryopick.app.suggest import rank
+
+    t = 0.6
+    confident = [0.99] * 10 + [0.05] * 30           # the model is sure here
+    unsure = [0.55, 0.6, 0.62, 0.65, 0.7] * 4 + [0.05] * 20
+    unsure_twin = list(unsure)
+    other = [0.5, 0.7, 0.45] * 4 + [0.3] * 10      # fewer uncertain candidates, but another profile
+    records = {"ann": confident, "a_confident": confident, "b_unsure": unsure, "c_twin": unsure_twin, "d_other": other}
+    out = rank(records, t, annotated={"ann"}, excluded={"ann"}, top=4)
+    names = [o["name"] for o in out]
+    assert names[0] in ("b_unsure", "c_twin") and names[-1] == "a_confident"
+    assert names.index("d_other") < names.index("a_confident")
+    assert set(names[:3]) == {"b_unsure", "c_twin", "d_other"} and "ann" not in names
+    assert "within 0.2 of the threshold 0.60" in out[0]["reason"]
+    # the twin of a chosen micrograph is worth less than its uncertainty alone says
+    twin = next(o for o in out if o["name"] in ("b_unsure", "c_twin") and o is not out[0])
+    assert twin["diversity"] == 0.0 and twin["score"] < out[0]["score"]
+    assert rank({}, t, set()) == []

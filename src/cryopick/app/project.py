@@ -239,6 +239,24 @@ class Project:
             counts[name] = sum(1 for s in self._score_cache[key] if s >= threshold)
         return counts
 
+    def suggestions(self, top: int = 5) -> dict:
+        """Micrographs to annotate next (:func:`cryopick.app.suggest.rank`), from the last pick run."""
+        from cryopick.app.suggest import rank
+        from cryopick.io.resume import RunState
+
+        threshold = self.threshold()
+        if threshold is None or not (self.picks_dir / ".cryopick").is_dir():
+            return {"suggestions": [], "why": "train a model and pick first: suggestions use its scores"}
+        mics = self.micrographs()
+        records = {r["micrograph"]: r["candidate_scores"] for r in RunState(self.picks_dir).records()
+                   if r.get("micrograph") in mics and isinstance(r.get("candidate_scores"), list)}
+        records = {n: [v for v in s if isinstance(v, (int, float))] for n, s in records.items()}
+        annotated = {n for n in mics if self.annotations(n)["coords"]}
+        empty = {n for n, f in self.flags().items() if f == "empty"}
+        out = rank(records, threshold, annotated, excluded=annotated | empty, top=top)
+        why = "" if out else "every picked micrograph is annotated; pick more micrographs for suggestions"
+        return {"suggestions": out, "threshold": threshold, "why": why}
+
     def summary(self) -> list[dict]:
         flags = self.flags()
         picked = self.pick_counts()

@@ -183,6 +183,10 @@ def start_job(state, params, query, body):
     return state.jobs.start(kind, clean)
 
 
+def suggestions(state, params, query, body):
+    return state.project.suggestions()
+
+
 def job_status(state, params, query, body):
     return state.jobs.status()
 
@@ -282,6 +286,7 @@ def create_app(project_dir: str | Path, token: str | None = None, allowed_hosts:
         Route(m + "/annotations", api(put_annotations), methods=["PUT"]),
         Route(m + "/flag", api(put_flag), methods=["PUT"]),
         Route(m + "/picks", api(get_picks)),
+        Route("/api/suggestions", api(suggestions)),
         Route("/api/jobs", api(start_job), methods=["POST"]),
         Route("/api/jobs/current", api(job_status)),
         Route("/api/jobs/cancel", api(cancel_job), methods=["POST"]),

@@ -328,6 +328,20 @@ $("export").onclick = async () => {
     (r.data.files.length > 3 ? ` … (${r.data.files.length} files)` : "") : r.data.error;
 };
 
+$("suggest").onclick = async () => {
+  const r = await api("GET", "/api/suggestions");
+  const ol = $("suggestions"); ol.innerHTML = "";
+  if (!r.ok) { ol.textContent = r.data.error; return; }
+  if (!r.data.suggestions.length) { ol.textContent = r.data.why; return; }
+  for (const sug of r.data.suggestions) {
+    const li = document.createElement("li");
+    const a = document.createElement("a"); a.href = "#"; a.textContent = sug.name;
+    a.onclick = (e) => { e.preventDefault(); openMicrograph(sug.name); };
+    const why = document.createElement("div"); why.className = "dim"; why.textContent = sug.reason;
+    li.append(a, why); ol.append(li);
+  }
+};
+
 // ---- jobs -------------------------------------------------------------------------------------------
 function num(id) { const v = $(id).value; return v === "" ? null : parseFloat(v); }
 $("train").onclick = () => startJob("train", { epochs: num("epochs"), steps_per_epoch: num("steps"),
