@@ -186,3 +186,27 @@ def test_jobs_one_at_a_time_cancel_and_bad_params(client):
         time.sleep(0.3)
     status = c.get("/api/jobs/current").json()
     assert status["state"] == "failed" and "train one first" in status["message"]
+
+
+def test_rejected_picks_are_kept_out_of_the_export(client):
+    from cryopick.io.coords import write_picks
+    from cryopick.picks import Picks
+
+    c, root, truth = client
+    (root / "model").mkdir()
+    (root / "model" / "card.json").write_text('{"score_threshold": 0.5}')
+    write_picks(Picks.from_arrays("mic_2", truth["mic_2"][:3], score=[0.9, 0.8, 0.3]), root / "picks", format="relion")
+    data = c.get("/api/micrographs/mic_2/picks").json()
+    assert data["threshold"] == 0.5 and data["rejected"] == [] and len(data["coords"]) == 3
+    first = truth["mic_2"][0].tolist()
+    r = c.post("/api/micrographs/mic_2/reject", json={"xy": first})
+    assert r.status_code == 200 and len(r.json()["rejected"]) == 1
+    assert c.post("/api/micrographs/mic_2/reject", json={"xy": first}).json()["rejected"] == r.json()["rejected"]
+    r = c.post("/api/export", json={"format": "relion", "source": "picks", "threshold": 0.5})
+    table = starfile.read(root / "export" / "picks-relion" / "mic_2_autopick.star")
+    np.testing.assert_allclose(table[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(), truth["mic_2"][1:2], atol=1e-3)
+    assert c.post("/api/micrographs/mic_2/reject", json={"xy": first, "undo": True}).json()["rejected"] == []
+    for bad in ({"xy": ["a", 1]}, {"xy": None}, {"xy": [1, 2], "undo": "yes"}):
+        assert_json_error(c.post("/api/micrographs/mic_2/reject", json=bad), 400)
+    assert_json_error(c.post("/api/micrographs/mic_2/reject", content=b'{"xy": [1e400, 1]}',
+                             headers={"Content-Type": "application/json"}), 400)

@@ -205,6 +205,10 @@ def test_train_pick_review_and_export(browser, server):
     assert 0 < shown() < n
     page.locator("#min-distance").fill("0")
     assert shown() == n
+    xy = page.evaluate("(() => { const S = window.cryopick; return S.picks.coords[S.picks.scores.findIndex(s => s >= 0.3)]; })()")
+    page.mouse.click(*screen(page, *xy), button="right")  # reject one pick in review
+    sync_api.expect(page.locator("#pick-count")).to_contain_text(f"{n - 1} picks", timeout=10000)
+    n -= 1
     page.click("#accept")  # the reviewed picks become annotations (for a second round of training)
     sync_api.expect(page.locator("#ann-count")).to_have_text(f"{n} particles", timeout=10000)
     saved(page)

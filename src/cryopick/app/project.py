@@ -199,7 +199,8 @@ class Project:
         """Picks of the last pick run for ``name`` with their scores, and the model's calibrated threshold."""
         check_name(name)
         path = self.picks_dir / f"{name}_autopick.star"
-        out = {"name": name, "coords": [], "scores": [], "threshold": self.threshold()}
+        out = {"name": name, "coords": [], "scores": [], "threshold": self.threshold(),
+               "rejected": self.rejected().get(name, [])}
         if path.is_file():
             self.confined(path)
             from cryopick.io.coords import read_picks
@@ -207,9 +208,39 @@ class Project:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 p = read_picks(path, format="relion")
-            out["coords"] = p.table[["x", "y"]].to_numpy(float).round(2).tolist()
-            out["scores"] = [None if not math.isfinite(s) else round(float(s), 4) for s in p.table["score"]]
+            out["coords"] = p.table[["x", "y"]].to_numpy(float).tolist()
+            out["scores"] = [None if not math.isfinite(s) else float(s) for s in p.table["score"]]
         return out
+
+    def rejected(self) -> dict[str, list[list[float]]]:
+        """Picks rejected in review, per micrograph (``picks/rejected.json``; matched within a quarter diameter)."""
+        data = _read_json(self.picks_dir / "rejected.json")
+        return {k: v for k, v in data.items() if isinstance(v, list)}
+
+    def reject(self, name: str, xy, undo: bool = False) -> list[list[float]]:
+        """Reject the pick at ``xy`` of ``name`` (or take the rejection back); returns its rejected picks."""
+        check_name(name)
+        (x, y), = check_coords([xy]).tolist()
+        near = self.settings()["diameter"] / 4
+        with self.lock:
+            data = self.rejected()
+            rows = [r for r in data.get(name, []) if np.hypot(r[0] - x, r[1] - y) > near]
+            if not undo:
+                rows.append([round(x, 2), round(y, 2)])
+            data[name] = rows[:MAX_PARTICLES]
+            self.picks_dir.mkdir(parents=True, exist_ok=True)
+            self.confined(self.picks_dir)
+            write_text(self.picks_dir / "rejected.json", dumps(data) + "\n")
+        return data[name]
+
+    def reviewed_picks(self, name: str, threshold: float) -> tuple[list, list]:
+        """Coordinates and scores of the picks of ``name`` at or above ``threshold``, less the rejected ones."""
+        data = self.picks(name)
+        near = self.settings()["diameter"] / 4
+        keep = [(c, s) for c, s in zip(data["coords"], data["scores"])
+                if s is not None and s >= threshold
+                and not any(np.hypot(c[0] - r[0], c[1] - r[1]) <= near for r in data["rejected"])]
+        return [c for c, _ in keep], [s for _, s in keep]
 
     def threshold(self) -> float | None:
         card = _read_json(self.model_dir / "card.json")

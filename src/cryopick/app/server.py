@@ -183,6 +183,13 @@ def start_job(state, params, query, body):
     return state.jobs.start(kind, clean)
 
 
+def reject_pick(state, params, query, body):
+    name = _existing(state, params["name"])
+    if not isinstance(body.get("undo", False), bool):
+        raise BadRequest("undo must be true or false")
+    return {"rejected": state.project.reject(name, body.get("xy"), undo=body.get("undo", False))}
+
+
 def suggestions(state, params, query, body):
     return state.project.suggestions()
 
@@ -210,9 +217,7 @@ def export(state, params, query, body):
         threshold = _number(body, "threshold", p.threshold() or 0.5)
         tables = []
         for name in p.micrographs():
-            data = p.picks(name)
-            keep = [c for c, s in zip(data["coords"], data["scores"]) if s is not None and s >= threshold]
-            scores = [s for s in data["scores"] if s is not None and s >= threshold]
+            keep, scores = p.reviewed_picks(name, threshold)
             if keep:
                 tables.append(Picks.from_arrays(name, keep, score=scores, diameter=p.settings()["diameter"]))
         picks = concat(tables) if tables else Picks.empty()
@@ -286,6 +291,7 @@ def create_app(project_dir: str | Path, token: str | None = None, allowed_hosts:
         Route(m + "/annotations", api(put_annotations), methods=["PUT"]),
         Route(m + "/flag", api(put_flag), methods=["PUT"]),
         Route(m + "/picks", api(get_picks)),
+        Route(m + "/reject", api(reject_pick), methods=["POST"]),
         Route("/api/suggestions", api(suggestions)),
         Route("/api/jobs", api(start_job), methods=["POST"]),
         Route("/api/jobs/current", api(job_status)),

@@ -122,7 +122,9 @@ function visiblePicks() {
   const t = parseFloat($("threshold").value);
   const d = parseFloat($("min-distance").value) * S.diameter;
   const idx = [];
-  S.picks.coords.forEach((c, i) => { const s = S.picks.scores[i]; if (s !== null && s >= t) idx.push(i); });
+  S.picks.coords.forEach((c, i) => {
+    const s = S.picks.scores[i]; if (s !== null && s >= t && !isRejected(c)) idx.push(i);
+  });
   if (!(d > 0)) return idx.map((i) => S.picks.coords[i]);
   idx.sort((a, b) => S.picks.scores[b] - S.picks.scores[a]);
   const kept = [];
@@ -131,6 +133,10 @@ function visiblePicks() {
     if (!kept.some(([kx, ky]) => Math.hypot(kx - x, ky - y) < d)) kept.push(S.picks.coords[i]);
   }
   return kept;
+}
+
+function isRejected([x, y]) {
+  return (S.picks.rejected || []).some(([rx, ry]) => Math.hypot(rx - x, ry - y) <= S.diameter / 4);
 }
 
 function draw() {
@@ -147,6 +153,12 @@ function draw() {
     ctx.strokeStyle = "#ffb300"; ctx.setLineDash([4, 3]); ctx.lineWidth = 1.5;
     for (const [x, y] of visiblePicks()) { const [sx, sy] = toScreen(x, y); circle(sx, sy, r); }
     ctx.setLineDash([]);
+    ctx.strokeStyle = "#e53935"; ctx.lineWidth = 2;  // rejected in review: a red cross
+    for (const [x, y] of S.picks.rejected || []) {
+      const [sx, sy] = toScreen(x, y), q = r * 0.5;
+      ctx.beginPath(); ctx.moveTo(sx - q, sy - q); ctx.lineTo(sx + q, sy + q);
+      ctx.moveTo(sx + q, sy - q); ctx.lineTo(sx - q, sy + q); ctx.stroke();
+    }
   }
   if ($("show-ann").checked) {
     S.coords.forEach(([x, y], i) => {
@@ -224,8 +236,21 @@ canvas.addEventListener("contextmenu", (e) => {
   e.preventDefault();
   const [x, y] = toImage(e.offsetX, e.offsetY);
   const i = nearest(x, y);
-  if (i >= 0) { S.coords.splice(i, 1); S.hover = -1; edited(); }
+  if (i >= 0) { S.coords.splice(i, 1); S.hover = -1; edited(); return; }
+  if (!$("show-picks").checked) return;
+  const rejected = (S.picks.rejected || []).find(([rx, ry]) => Math.hypot(rx - x, ry - y) <= radius());
+  if (rejected) { reject(rejected, true); return; }
+  let best = null, bestD = radius();
+  for (const c of visiblePicks()) { const d = Math.hypot(c[0] - x, c[1] - y); if (d <= bestD) { best = c; bestD = d; } }
+  if (best) reject(best, false);
 });
+
+async function reject(xy, undo) {
+  const r = await api("POST", `/api/micrographs/${encodeURIComponent(S.current)}/reject`, { xy, undo });
+  if (!r.ok) { setState(r.data.error); return; }
+  S.picks.rejected = r.data.rejected; setState(undo ? "pick restored" : "pick rejected");
+  draw(); updateCounts();
+}
 canvas.addEventListener("wheel", (e) => {
   e.preventDefault();
   const f = e.deltaY < 0 ? 1.2 : 1 / 1.2;
