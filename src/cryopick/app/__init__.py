@@ -52,6 +52,7 @@ def serve(project_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, op
     the printed URL carries (on loopback the Host header must name this machine, against DNS rebinding).
     """
     try:
+        import starlette  # noqa: F401
         import uvicorn
     except ImportError:
         raise CryopickError("the app needs Starlette and uvicorn: pip install 'cryopick[app]'") from None

@@ -207,7 +207,7 @@ class Project:
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                p = read_picks(path, format="relion")
+                p = read_picks(path, format="relion", diameter=self.settings()["diameter"])
             out["coords"] = p.table[["x", "y"]].to_numpy(float).tolist()
             out["scores"] = [None if not math.isfinite(s) else float(s) for s in p.table["score"]]
         return out
