@@ -77,7 +77,7 @@ def server(project):
 
 
 def open_page(browser, url):
-    page = browser.new_page(viewport={"width": 1400, "height": 820})
+    page = browser.new_context(viewport={"width": 1400, "height": 820}).new_page()
     page.goto(url)
     page.wait_for_function("window.cryopick && window.cryopick.img && window.cryopick.current")
     return page
@@ -141,6 +141,24 @@ def test_annotate_with_mouse_and_keys_persists_and_conflicts_are_resolved(browse
     page.reload()
     page.wait_for_function("window.cryopick && window.cryopick.img")
     assert count(page) == 1
+    # an edit made while the server is down is kept in the page and saved once it is back, even over a reload
+    s.stop()
+    page.mouse.click(*screen(page, 120, 180))
+    sync_api.expect(page.locator("#save-state")).to_contain_text("not saved", timeout=10000)
+    s.start()
+    saved(page)
+    assert len(disk(root)) == 2
+    s.stop()
+    page.mouse.click(*screen(page, 120, 180), button="right")  # removed while down, then the tab is closed
+    sync_api.expect(page.locator("#save-state")).to_contain_text("not saved", timeout=10000)
+    context = page.context
+    page.close()
+    s.start()
+    page = context.new_page()  # the same browser profile, as when reopening the URL
+    page.goto(s.url)
+    page.wait_for_function("window.cryopick && window.cryopick.img")
+    saved(page)
+    assert count(page) == 1 and len(disk(root)) == 1
     # two tabs on one micrograph: the second writer gets a conflict and keeps both by merging
     other = open_page(browser, s.url)
     page.mouse.click(*screen(page, 40, 200))

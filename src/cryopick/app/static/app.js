@@ -13,7 +13,10 @@ window.cryopick = S; // for tests and the console
 async function api(method, url, body) {
   const opts = { method, headers: {} };
   if (body !== undefined) { opts.body = JSON.stringify(body); opts.headers["Content-Type"] = "application/json"; }
-  const res = await fetch(url, opts);
+  let res;
+  try { res = await fetch(url, opts); } catch (e) {
+    return { ok: false, status: 0, data: { error: "the server cannot be reached (stopped?); edits are kept here" } };
+  }
   let data = null;
   try { data = await res.json(); } catch (e) { data = { error: res.statusText }; }
   return { ok: res.ok, status: res.status, data };
@@ -27,6 +30,7 @@ async function loadProject() {
   const r = await api("GET", "/api/project");
   if (!r.ok) { setState(r.data.error); return; }
   $("project-root").textContent = r.data.root;
+  S.root = r.data.root;
   S.micrographDir = r.data.micrograph_dir;
   S.diameter = r.data.settings.diameter;
   $("diameter").value = S.diameter;
@@ -76,6 +80,8 @@ async function openMicrograph(name) {
   S.current = name; S.info = info.data; S.flag = info.data.flag;
   S.coords = ann.data.coords; S.version = ann.data.version; S.conflict = null;
   showAngstrom();
+  const pending = journalled(name);
+  if (pending) { S.coords = pending.coords; S.version = pending.version; save(); } // edits not yet confirmed
   S.picks = picks.ok ? picks.data : { coords: [], scores: [], threshold: null };
   if (S.picks.threshold !== null && S.picks.threshold !== undefined && !S.thresholdTouched) {
     $("threshold").value = S.picks.threshold;
@@ -270,7 +276,19 @@ document.addEventListener("keydown", (e) => {
   else if (e.key === "0") { fit(); draw(); }
 });
 
-function edited() { draw(); updateCounts(); save(); }
+// Unsaved edits are journalled in the browser (localStorage) until the server confirms them, so a
+// reload while the server is down, restarting or crashed loses nothing: they are sent again on load,
+// with the version they were based on (a conflict if the file changed meanwhile).
+const journalKey = (name) => `cryopick:${S.root}:${name}`;
+function journal(name, version, coords) {
+  try { localStorage.setItem(journalKey(name), JSON.stringify({ version, coords })); } catch (e) { /* full */ }
+}
+function unjournal(name) { try { localStorage.removeItem(journalKey(name)); } catch (e) { /* ignore */ } }
+function journalled(name) {
+  try { return JSON.parse(localStorage.getItem(journalKey(name)) || "null"); } catch (e) { return null; }
+}
+
+function edited() { journal(S.current, S.version, S.coords); draw(); updateCounts(); save(); }
 
 async function save() {
   if (S.conflict) return; // resolve first; the local edits are kept meanwhile
@@ -280,6 +298,7 @@ async function save() {
   const r = await api("PUT", `/api/micrographs/${encodeURIComponent(name)}/annotations`,
     { version: S.version, coords: S.coords });
   S.saving = false;
+  if (r.ok && !(S.pending && name === S.current)) unjournal(name);
   if (name !== S.current) return;
   if (r.ok) {
     S.version = r.data.version; setState("saved");
@@ -287,7 +306,10 @@ async function save() {
     refreshListSoon();
   } else if (r.status === 409) {
     S.conflict = r.data.current; S.pending = false; showConflict();
-  } else { setState("not saved: " + r.data.error); }
+  } else {
+    setState("not saved: " + r.data.error);
+    if (r.status === 0) { clearTimeout(S.retry); S.retry = setTimeout(save, 2000); } // server down: retry
+  }
   if (S.pending) { S.pending = false; save(); }
 }
 
@@ -300,7 +322,9 @@ function showConflict() {
 function resolve(choice) {
   const cur = S.conflict; S.conflict = null; $("conflict").hidden = true;
   S.version = cur.version;
-  if (choice === "theirs") { S.coords = cur.coords; draw(); updateCounts(); setState("saved"); return; }
+  if (choice === "theirs") {
+    S.coords = cur.coords; unjournal(S.current); draw(); updateCounts(); setState("saved"); return;
+  }
   if (choice === "merge") {
     const merged = cur.coords.slice();
     for (const c of S.coords) if (!merged.some((m) => Math.hypot(m[0] - c[0], m[1] - c[1]) < 1)) merged.push(c);
