@@ -25,7 +25,7 @@ from cryopick.io.atomic import write_text
 from cryopick.io.jsonutil import dumps
 
 REVIEW_THRESHOLD = 0.05  # picks are written down to this score, so the review slider can go below the calibrated one
-KINDS = ("train", "pick")
+KINDS = ("train", "pick", "pick3d")
 
 
 class JobBusy(Exception):
@@ -114,8 +114,13 @@ class JobManager:
     def _pick_progress(self, job: dict, result: dict) -> tuple[int, int]:
         if result.get("total") is not None:
             return result.get("done", 0), result["total"]
-        total = len(job["params"].get("names") or []) or len(self.project.micrographs())
-        records = self.project.picks_dir / ".cryopick"
+        if job["kind"] == "pick3d":
+            from cryopick.app.tomo import tomograms
+
+            total, records = len(tomograms(self.project)), self.project.root / "picks3d" / ".cryopick"
+        else:
+            total = len(job["params"].get("names") or []) or len(self.project.micrographs())
+            records = self.project.picks_dir / ".cryopick"
         done = 0
         if records.is_dir():
             done = sum(1 for p in records.glob("*.json") if p.name != "run.json" and p.stat().st_mtime >= job["started"])
@@ -150,7 +155,7 @@ def run_job(kind: str, root: str, job_dir: str, params: dict) -> None:
     logging.captureWarnings(True)
     warnings.simplefilter("ignore", ResourceWarning)
     try:
-        result = (_train if kind == "train" else _pick)(root, out, params)
+        result = {"train": _train, "pick": _pick, "pick3d": _pick3d}[kind](root, out, params)
         result["state"] = "done"
     except CryopickError as exc:
         logging.getLogger(__name__).error("error: %s", exc)
@@ -259,3 +264,29 @@ def _pick(root: str, out: Path, params: dict) -> dict:
                           redo=True, progress=False)
     return {"done": len(paths), "total": len(paths), "summary": {k: summary.get(k) for k in ("n_picks", "n_micrographs")
                                                                  if isinstance(summary, dict)}}
+
+
+def _pick3d(root: str, out: Path, params: dict) -> dict:
+    """Prompts from the clicked centres (one per class), then ``pick3d`` over every tomogram of the project."""
+    from cryopick.app.project import Project
+    from cryopick.app.tomo import FORMATS_3D, prompts, tomograms
+    from cryopick.picker3d.pick import pick_tomograms
+    from cryopick.picker3d.prompt import make_prompt, save_prompt
+
+    project = Project(root)
+    tomos = tomograms(project)
+    classes = prompts(project)
+    if not tomos:
+        raise CryopickError(f"no tomograms: put MRC tomograms in {project.root / 'tomograms'}")
+    if not classes:
+        raise CryopickError("no prompt yet: click a particle in a tomogram (one class per name), then pick")
+    made = []
+    for label, entry in classes.items():
+        if entry.get("tomogram") not in tomos:
+            raise CryopickError(f"class {label!r}: its tomogram {entry.get('tomogram')!r} is no longer in the project")
+        prompt = make_prompt(tomos[entry["tomogram"]], entry["positions"], label=label)
+        save_prompt(prompt, project.root / "prompts" / f"{label}.prompt")
+        made.append(prompt)
+    summary = pick_tomograms(list(tomos.values()), made, output_dir=project.root / "picks3d", formats=FORMATS_3D,
+                             redo=True, montage=False, progress=False)
+    return {"done": len(tomos), "total": len(tomos), "picks": summary.get("picks")}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -21,79 +20,17 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from cryopick.app.endpoint import BadRequest, api, number
 from cryopick.app.images import image_info, render
-from cryopick.app.jobs import JobBusy, JobManager
-from cryopick.app.project import Conflict, Project, check_name
+from cryopick.app.jobs import JobManager
+from cryopick.app.project import Project, check_name
 from cryopick.app.security import Guard
-from cryopick.errors import CryopickError
+from cryopick.app.tomo import routes as tomo_routes
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 EXPORT_FORMATS = {"relion": "relion", "cryosparc": "relion", "cryolo": "cryolo", "topaz": "topaz",
                   "cryoppp": "cryoppp"}
-LIMITS = {"epochs": (1, 1000), "steps_per_epoch": (1, 10000), "max_minutes": (0.05, 24 * 60), "patience": (1, 1000),
-          "patch_size": (32, 1024), "batch_size": (1, 64), "particles_per_micrograph": (0.1, 1e6)}
-
-
-class BadRequest(Exception):
-    status = 400
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
-def _number(body: dict, key: str, default=None, integer: bool = False):
-    value = body.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise BadRequest(f"{key} must be a finite number, got {str(value)[:40]!r}")
-    lo, hi = LIMITS.get(key, (-math.inf, math.inf))
-    if not lo <= value <= hi:
-        raise BadRequest(f"{key} must be between {lo:g} and {hi:g}, got {value}")
-    if integer and not float(value).is_integer():
-        raise BadRequest(f"{key} must be a whole number, got {value}")
-    return int(value) if integer else float(value)
-
-
-def api(fn):
-    """Wrap ``fn(app_state, params, query, body)`` (sync, run in a thread) into a JSON endpoint."""
-
-    async def endpoint(request):
-        try:
-            body = None
-            if request.method in ("POST", "PUT"):
-                raw = await request.body()
-                try:
-                    body = json.loads(raw or b"{}", parse_constant=_reject_constant)
-                except (ValueError, UnicodeDecodeError) as exc:
-                    raise BadRequest(f"malformed JSON body ({str(exc)[:80]})") from None
-                if not isinstance(body, dict):
-                    raise BadRequest("the JSON body must be an object")
-            result = await run_in_threadpool(fn, request.app.state, dict(request.path_params),
-                                             dict(request.query_params), body)
-        except Conflict as exc:
-            return JSONResponse({"error": str(exc), "current": exc.current}, status_code=409)
-        except JobBusy as exc:
-            return JSONResponse({"error": str(exc)}, status_code=409)
-        except BadRequest as exc:
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        except (ValueError, CryopickError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        except PermissionError as exc:
-            return JSONResponse({"error": f"refused: {exc}"}, status_code=403)
-        except KeyError as exc:
-            return JSONResponse({"error": f"no such micrograph: {str(exc.args[0])[:80]!r}"}, status_code=404)
-        except LookupError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=404)
-        except Exception as exc:  # noqa: BLE001 - never a traceback to the browser
-            log.exception("internal error in %s", request.url.path)
-            return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the server log"},
-                                status_code=500)
-        return result if isinstance(result, Response) else JSONResponse(result)
-
-    return endpoint
 
 
 # -- endpoints (sync, run in the thread pool) --------------------------------------------------------
@@ -104,7 +41,7 @@ def get_project(state, params, query, body):
 
 
 def put_settings(state, params, query, body):
-    diameter = _number(body, "diameter")
+    diameter = number(body, "diameter")
     if diameter is None or not 2 <= diameter <= 5000:
         raise BadRequest("diameter must be a number of pixels between 2 and 5000")
     return state.project.set_settings(diameter)
@@ -163,18 +100,18 @@ def get_picks(state, params, query, body):
 
 def start_job(state, params, query, body):
     kind = body.get("kind")
-    if kind not in ("train", "pick"):
-        raise BadRequest("kind must be train or pick")
+    if kind not in ("train", "pick", "pick3d"):
+        raise BadRequest("kind must be train, pick or pick3d")
     opts = body.get("params") or {}
     if not isinstance(opts, dict):
         raise BadRequest("params must be an object")
     clean = {}
     for key in ("epochs", "steps_per_epoch", "patience", "patch_size", "batch_size"):
         if opts.get(key) is not None:
-            clean[key] = _number(opts, key, integer=True)
+            clean[key] = number(opts, key, integer=True)
     for key in ("max_minutes", "particles_per_micrograph"):
         if opts.get(key) is not None:
-            clean[key] = _number(opts, key)
+            clean[key] = number(opts, key)
     if opts.get("names") is not None:
         names = opts["names"]
         if not isinstance(names, list) or len(names) > 100000:
@@ -214,7 +151,7 @@ def export(state, params, query, body):
     if source == "annotations":
         picks = p.all_annotations()
     elif source == "picks":
-        threshold = _number(body, "threshold", p.threshold() or 0.5)
+        threshold = number(body, "threshold", p.threshold() or 0.5)
         tables = []
         for name in p.micrographs():
             keep, scores = p.reviewed_picks(name, threshold)
@@ -267,6 +204,10 @@ async def index(request):
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
+async def tomo_page(request):
+    return FileResponse(STATIC / "tomo.html", headers={"Cache-Control": "no-cache"})
+
+
 async def http_error(request, exc: HTTPException):
     return JSONResponse({"error": exc.detail or "error"}, status_code=exc.status_code)
 
@@ -298,6 +239,8 @@ def create_app(project_dir: str | Path, token: str | None = None, allowed_hosts:
         Route("/api/jobs/cancel", api(cancel_job), methods=["POST"]),
         Route("/api/jobs/stream", job_stream),
         Route("/api/export", api(export), methods=["POST"]),
+        Route("/tomograms", tomo_page),
+        *tomo_routes(),
         Mount("/static", StaticFiles(directory=STATIC, follow_symlink=False)),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
