@@ -9,8 +9,7 @@ import math
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
-from cryopick.app.jobs import JobBusy
-from cryopick.app.project import Conflict
+from cryopick.app.project import Busy, Conflict
 from cryopick.errors import CryopickError
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,7 @@ def api(fn):
                                              dict(request.query_params), body)
         except Conflict as exc:
             return JSONResponse({"error": str(exc), "current": exc.current}, status_code=409)
-        except JobBusy as exc:
+        except Busy as exc:
             return JSONResponse({"error": str(exc)}, status_code=409)
         except BadRequest as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cryopick.app.project import Busy
 from cryopick.errors import CryopickError
 from cryopick.io.atomic import write_text
 from cryopick.io.jsonutil import dumps
@@ -28,7 +29,7 @@ REVIEW_THRESHOLD = 0.05  # picks are written down to this score, so the review s
 KINDS = ("train", "pick", "pick3d")
 
 
-class JobBusy(Exception):
+class JobBusy(Busy):
     """Another job of this project is running."""
 
 

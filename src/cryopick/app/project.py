@@ -39,7 +39,11 @@ MAX_NAME = 200
 DEFAULT_DIAMETER = 40.0
 
 
-class Conflict(Exception):
+class Busy(Exception):
+    """The request conflicts with the project's current state (HTTP 409)."""
+
+
+class Conflict(Busy):
     """A versioned write named a version that is no longer current."""
 
     def __init__(self, current: dict) -> None:
