@@ -72,3 +72,13 @@ def test_suggestions_rank_uncertain_and_unlike_micrographs():
     twin = next(o for o in out if o["name"] in ("b_unsure", "c_twin") and o is not out[0])
     assert twin["diversity"] == 0.0 and twin["score"] < out[0]["score"]
     assert rank({}, t, set()) == []
+
+
+def test_micrograph_names_are_plain_stems():
+    from cryopick.app.project import check_name
+
+    for ok in ("FoilHole_1_Data_2", "mic 1", "a..b", "x%2Fy"):
+        assert check_name(ok) == ok
+    for bad in ("..", ".", "", ".hidden", "a/b", "a\\b", "/etc/passwd", "a\0b", "x" * 201, None):
+        with pytest.raises(ValueError):
+            check_name(bad)
