@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("starlette", reason="the app needs the 'app' extra (starlette, uvicorn)")
-
 DIAMETER = 20.0
 
 

@@ -9,7 +9,9 @@ import time
 import numpy as np
 import pytest
 import starfile
-from starlette.testclient import TestClient
+
+pytest.importorskip("starlette", reason="the app needs the 'app' extra (starlette, uvicorn)")
+from starlette.testclient import TestClient  # noqa: E402
 
 from cryopick.app import create_app
 from cryopick.io.images import write_mrc

@@ -7,6 +7,8 @@ import socket
 import pytest
 
 import cryopick.app as app_module
+
+pytest.importorskip("uvicorn", reason="the app needs the 'app' extra (starlette, uvicorn)")
 from cryopick.cli.main import main
 
 

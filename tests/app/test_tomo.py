@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from starlette.testclient import TestClient
 
-from cryopick.app import create_app
+pytest.importorskip("starlette", reason="the app needs the 'app' extra (starlette, uvicorn)")
+from starlette.testclient import TestClient  # noqa: E402
+
+from cryopick.app import create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
