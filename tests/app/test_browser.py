@@ -188,6 +188,10 @@ def test_train_pick_review_and_export(browser, server):
     page.click("#panel details summary")
     for sel, value in (("#epochs", "4"), ("#steps", "10"), ("#max-minutes", "1"), ("#patch", "64"), ("#batch", "4")):
         page.fill(sel, value)
+    page.click("#train")  # started, then cancelled from the page
+    sync_api.expect(page.locator("#job-state")).to_contain_text("train: running", timeout=10000)
+    page.click("#cancel")
+    sync_api.expect(page.locator("#job-state")).to_contain_text("train: cancelled", timeout=20000)
     page.click("#train")
     sync_api.expect(page.locator("#job-state")).to_contain_text("train: running", timeout=10000)
     sync_api.expect(page.locator("#job-state")).to_contain_text("epoch", timeout=60000)  # live progress

@@ -8,6 +8,7 @@ window.cryotomo = T;
 
 async function api(method, url, body) {
   const opts = { method, headers: {} };
+  if (body === undefined && method !== "GET") body = {}; // writes are JSON (the server refuses other types)
   if (body !== undefined) { opts.body = JSON.stringify(body); opts.headers["Content-Type"] = "application/json"; }
   let res;
   try { res = await fetch(url, opts); } catch (e) { return { ok: false, status: 0, data: { error: "server unreachable" } }; }
