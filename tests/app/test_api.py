@@ -176,6 +176,8 @@ def test_jobs_one_at_a_time_cancel_and_bad_params(client):
     r = c.post("/api/jobs", json={"kind": "train", "params": {"epochs": 1, "steps_per_epoch": 1}})
     assert r.status_code == 200 and r.json()["state"] == "running"
     assert_json_error(c.post("/api/jobs", json={"kind": "pick"}), 409)
+    with TestClient(create_app(root), raise_server_exceptions=False) as second:  # another server, same project
+        assert_json_error(second.post("/api/jobs", json={"kind": "pick"}), 409)
     r = c.post("/api/jobs/cancel", json={})
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
     events = c.get("/api/jobs/stream").text  # the stream of a finished job: one event, then it closes

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
 import threading
 import time
 import traceback
@@ -63,6 +64,11 @@ class JobManager:
         with self.lock:
             if self.process is not None and self.process.is_alive():
                 raise JobBusy(f"a {self.job['kind']} job is running; wait for it or cancel it")
+            other = self._last_job()
+            if other and other.get("pid") and not (self.jobs_dir / other["id"] / "result.json").exists() \
+                    and _alive(other["pid"]) and other["pid"] != getattr(self.process, "pid", None):
+                raise JobBusy(f"another cryopick app on this project runs a {other.get('kind')} job (process "
+                              f"{other['pid']}); wait for it")
             job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
             job_dir = self.jobs_dir / job_id
             job_dir.mkdir(parents=True)
@@ -71,6 +77,8 @@ class JobManager:
             ctx = multiprocessing.get_context("spawn")
             proc = ctx.Process(target=run_job, args=(kind, str(self.project.root), str(job_dir), params), daemon=True)
             proc.start()
+            job["pid"] = proc.pid
+            write_text(job_dir / "job.json", dumps(job) + "\n")
             self.process, self.job, self.cancelled = proc, job, False
         return self.status()
 
@@ -126,6 +134,14 @@ class JobManager:
         if records.is_dir():
             done = sum(1 for p in records.glob("*.json") if p.name != "run.json" and p.stat().st_mtime >= job["started"])
         return min(done, total), total
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _read(path: Path) -> dict:

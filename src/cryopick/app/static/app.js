@@ -92,7 +92,8 @@ async function openMicrograph(name) {
   $("flag").value = S.flag || "";
   for (const li of $("mic-list").children) li.className = li.dataset.name === name ? "current" : "";
   const img = new Image();
-  img.onload = () => { S.img = img; fit(); draw(); setState("ready"); };
+  S.img = null;
+  img.onload = () => { if (S.current !== name) return; S.img = img; fit(); draw(); setState("ready"); };
   img.onerror = () => setState("could not load the image of " + name);
   img.src = `/api/micrographs/${enc}/image?kind=display`;
   updateCounts();
