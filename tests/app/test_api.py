@@ -145,6 +145,9 @@ def test_sizes_are_bounded(client):
                       405)
     assert_json_error(c.get("/api/nothing"), 404)
     assert_json_error(c.get("/api/micrographs/mic_0/image?kind=../../x"), 400)
+    assert c.get("/api/micrographs/mic_0/region?x0=0&y0=0&x1=64&y1=32").content[:4] == b"\x89PNG"
+    for q in ("x0=0&y0=0&x1=999&y1=32", "x0=a&y0=0&x1=1&y1=1", "x0=0", "x0=5&y0=0&x1=5&y1=10"):
+        assert_json_error(c.get(f"/api/micrographs/mic_0/region?{q}"), 400)
 
 
 def test_token_and_host_are_checked_when_exposed(project):

@@ -7,7 +7,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from cryopick.app.images import DISPLAY_SIDE, render
+from cryopick.app.images import DISPLAY_SIDE, render, render_region
 from cryopick.io.images import write_mrc
 
 
@@ -29,3 +29,19 @@ def test_large_micrograph_renders_fast_and_is_cached(tmp_path):
     write_mrc(tmp_path / "big.mrc", np.zeros((512, 256), np.float32) + np.arange(256, dtype=np.float32))
     small = np.asarray(Image.open(__import__("io").BytesIO(render(tmp_path / "big.mrc", tmp_path / "cache"))))
     assert small.shape == (512, 256)
+
+
+def test_regions_for_zoomed_views(tmp_path):
+    import io
+
+    import pytest
+
+    data = np.random.default_rng(1).normal(size=(3000, 2000)).astype(np.float32)
+    write_mrc(tmp_path / "m.mrc", data)
+    img = Image.open(io.BytesIO(render_region(tmp_path / "m.mrc", 100, 200, 400, 350)))
+    assert img.size == (300, 150)  # full resolution when it fits
+    img = Image.open(io.BytesIO(render_region(tmp_path / "m.mrc", 0, 0, 2000, 3000)))
+    assert max(img.size) <= DISPLAY_SIDE
+    for box in ((0, 0, 0, 10), (-1, 0, 10, 10), (0, 0, 2001, 10), (10, 10, 5, 20)):
+        with pytest.raises(ValueError):
+            render_region(tmp_path / "m.mrc", *box)

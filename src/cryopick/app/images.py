@@ -42,8 +42,6 @@ def render(src: Path, cache_dir: Path, kind: str = "display") -> bytes:
     cached = _cache_path(cache_dir, src, kind)
     if cached.is_file():
         return cached.read_bytes()
-    from PIL import Image
-
     from cryopick.io.images import read_micrograph
 
     with warnings.catch_warnings():
@@ -52,18 +50,37 @@ def render(src: Path, cache_dir: Path, kind: str = "display") -> bytes:
     if data.ndim == 3:
         data = data[0]
     side = DISPLAY_SIDE if kind == "display" else THUMB_SIDE
-    small = _downsample(np.asarray(data, dtype=np.float32), side)
+    png = _png(_downsample(np.asarray(data, dtype=np.float32), side))
+    write_bytes(cached, png)
+    return png
+
+
+def render_region(src: Path, x0: int, y0: int, x1: int, y1: int) -> bytes:
+    """PNG of the original pixels ``[y0:y1, x0:x1]`` (longest side <= 1024 px), for a zoomed-in view.
+
+    The contrast is set on the region itself (display only)."""
+    from cryopick.io.images import read_micrograph
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = read_micrograph(src).data
+    if data.ndim == 3:
+        data = data[0]
+    h, w = data.shape
+    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+        raise ValueError(f"region x {x0}..{x1}, y {y0}..{y1} is not inside the micrograph ({w} x {h} px)")
+    return _png(_downsample(np.asarray(data[y0:y1, x0:x1], dtype=np.float32), DISPLAY_SIDE))
+
+
+def _png(small: np.ndarray) -> bytes:
+    from PIL import Image
+
     finite = np.isfinite(small)
-    if finite.any():
-        lo, hi = np.percentile(small[finite], [0.5, 99.5])
-    else:
-        lo, hi = 0.0, 1.0
+    lo, hi = np.percentile(small[finite], [0.5, 99.5]) if finite.any() else (0.0, 1.0)
     scaled = np.clip((np.nan_to_num(small, nan=lo) - lo) / max(hi - lo, 1e-12), 0, 1)
     buf = io.BytesIO()
     Image.fromarray((scaled * 255).astype(np.uint8)).save(buf, format="PNG")
-    png = buf.getvalue()
-    write_bytes(cached, png)
-    return png
+    return buf.getvalue()
 
 
 def _downsample(data: np.ndarray, side: int) -> np.ndarray:

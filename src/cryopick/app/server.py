@@ -21,7 +21,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from cryopick.app.endpoint import BadRequest, api, number
-from cryopick.app.images import image_info, render
+from cryopick.app.images import image_info, render, render_region
 from cryopick.app.jobs import JobManager
 from cryopick.app.project import Project, check_name
 from cryopick.app.security import Guard
@@ -73,6 +73,16 @@ def micrograph_image(state, params, query, body):
         raise BadRequest("kind must be display or thumb")
     path = state.project.micrograph(check_name(params["name"]))
     png = render(path, state.project.app_dir / "cache", kind)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-cache"})
+
+
+def micrograph_region(state, params, query, body):
+    path = state.project.micrograph(check_name(params["name"]))
+    try:
+        box = [int(query[k]) for k in ("x0", "y0", "x1", "y1")]
+    except (KeyError, ValueError):
+        raise BadRequest("give the region as whole pixel numbers x0, y0, x1, y1") from None
+    png = render_region(path, *box)
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-cache"})
 
 
@@ -228,6 +238,7 @@ def create_app(project_dir: str | Path, token: str | None = None, allowed_hosts:
         Route("/api/micrographs", api(list_micrographs)),
         Route(m, api(micrograph_info)),
         Route(m + "/image", api(micrograph_image)),
+        Route(m + "/region", api(micrograph_region)),
         Route(m + "/annotations", api(get_annotations)),
         Route(m + "/annotations", api(put_annotations), methods=["PUT"]),
         Route(m + "/flag", api(put_flag), methods=["PUT"]),
