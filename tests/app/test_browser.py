@@ -6,6 +6,7 @@ installs both. ``CRYOPICK_APP_SCREENSHOTS=DIR`` saves the README's screenshots t
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -127,6 +128,17 @@ def test_annotate_with_mouse_and_keys_persists_and_conflicts_are_resolved(browse
     page.wait_for_timeout(300)
     coords = disk(root)
     assert coords.shape == (1, 2) and np.hypot(*(coords[0] - [80, 90])) < 3, coords
+    # the diameter typed in Å is stored in pixels (the test micrographs have 2 Å/px)
+    page.select_option("#diameter-unit", "A")
+    page.fill("#diameter", "48")
+    page.press("#diameter", "Enter")
+    sync_api.expect(page.locator("#save-state")).to_have_text("diameter saved")
+    assert json.loads((root / "app.json").read_text())["diameter"] == 24.0
+    page.select_option("#diameter-unit", "px")
+    page.fill("#diameter", "20")
+    page.press("#diameter", "Enter")
+    sync_api.expect(page.locator("#diameter-a")).to_contain_text("= 40 Å")
+    page.evaluate("document.activeElement.blur()")
     # n / p move between micrographs
     page.keyboard.press("n")
     sync_api.expect(page.locator("#mic-name")).to_have_text("mic_1")

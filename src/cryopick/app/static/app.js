@@ -93,16 +93,23 @@ async function openMicrograph(name) {
   for (const li of $("mic-list").children) li.className = li.dataset.name === name ? "current" : "";
   const img = new Image();
   S.img = null; S.tile = null;
-  img.onload = () => { if (S.current !== name) return; S.img = img; fit(); draw(); setState("ready"); };
+  img.onload = () => { if (S.current !== name) return; S.img = img; fit(); draw(); };
   img.onerror = () => setState("could not load the image of " + name);
   img.src = `/api/micrographs/${enc}/image?kind=display`;
   updateCounts();
 }
 
+// The diameter is stored in pixels of the micrographs; it can be typed in Å when the pixel size is known.
 function showAngstrom() {
   const ps = S.info && S.info.pixel_size;
-  $("diameter-a").textContent = ps ? `= ${(S.diameter * ps).toFixed(0)} Å at ${ps.toFixed(3)} Å/px` : "";
+  const inA = $("diameter-unit").value === "A" && ps;
+  $("diameter-unit").disabled = !ps;
+  if (!ps) $("diameter-unit").value = "px";
+  $("diameter").value = inA ? +(S.diameter * ps).toFixed(1) : S.diameter;
+  $("diameter-a").textContent = !ps ? "" : inA ? `= ${S.diameter.toFixed(1)} px at ${ps.toFixed(3)} Å/px`
+    : `= ${(S.diameter * ps).toFixed(0)} Å at ${ps.toFixed(3)} Å/px`;
 }
+$("diameter-unit").onchange = showAngstrom;
 
 function step(delta) {
   if (!S.mics.length) return;
@@ -377,9 +384,11 @@ $("min-distance").oninput = () => {
 $("zoom-reset").onclick = () => { fit(); draw(); };
 $("threshold").oninput = () => { S.thresholdTouched = true; draw(); updateCounts(); };
 $("diameter").onchange = async () => {
-  const r = await api("PUT", "/api/settings", { diameter: parseFloat($("diameter").value) });
+  const ps = S.info && S.info.pixel_size, typed = parseFloat($("diameter").value);
+  const px = $("diameter-unit").value === "A" && ps ? typed / ps : typed;
+  const r = await api("PUT", "/api/settings", { diameter: px });
   if (r.ok) { S.diameter = r.data.diameter; showAngstrom(); draw(); updateCounts(); setState("diameter saved"); }
-  else setState(r.data.error);
+  else { setState(r.data.error); showAngstrom(); }
 };
 $("flag").onchange = async () => {
   const flag = $("flag").value || null;
