@@ -217,3 +217,16 @@ def test_rejected_picks_are_kept_out_of_the_export(client):
         assert_json_error(c.post("/api/micrographs/mic_2/reject", json=bad), 400)
     assert_json_error(c.post("/api/micrographs/mic_2/reject", content=b'{"xy": [1e400, 1]}',
                              headers={"Content-Type": "application/json"}), 400)
+
+
+@pytest.mark.parametrize("content", [b"\x00\xff garbage" * 20, b"data_\nloop_\n_rlnCoordinateX #1\nabc\n", b""])
+def test_a_damaged_annotation_file_is_named_and_does_not_hide_the_others(client, content):
+    c, root, truth = client
+    put(c, "/api/micrographs/mic_1/annotations", {"version": "0", "coords": [[5, 5]]})
+    (root / "annotations" / "mic_0_manualpick.star").write_bytes(content)
+    rows = {m["name"]: m for m in c.get("/api/micrographs").json()["micrographs"]}
+    assert rows["mic_1"]["annotated"] == 1 and rows["mic_2"]["annotated"] == 0
+    r = c.get("/api/micrographs/mic_0/annotations")
+    if r.status_code != 200:  # an empty file reads as no particles; anything else is a clear 4xx
+        assert_json_error(r, 400)
+        assert "mic_0_manualpick.star" in r.json()["error"] and "mic_0_manualpick.star" in rows["mic_0"]["error"]

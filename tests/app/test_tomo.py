@@ -37,8 +37,11 @@ def test_slices_prompts_and_bad_input(tomo_project, tmp_path):
     root = tmp_path / "p"
     shutil.copytree(tomo_project[0], root)
     with TestClient(create_app(root), raise_server_exceptions=False) as c:
+        (root / "tomograms" / "broken.mrc").write_bytes(b"\x00" * 100)  # listed with its reason
         rows = c.get("/api/tomograms").json()["tomograms"]
-        assert rows == [{"name": "ts0", "shape": [64, 96, 96], "voxel_size": 10.0}]
+        assert rows[1] == {"name": "ts0", "shape": [64, 96, 96], "voxel_size": 10.0}
+        assert rows[0]["name"] == "broken" and "broken.mrc" in rows[0]["error"]
+        assert c.get("/api/tomograms/broken/slice").status_code == 400
         for axis in "xyz":
             r = c.get(f"/api/tomograms/ts0/slice?axis={axis}&index=20&slab=2")
             assert r.status_code == 200 and r.content[:4] == b"\x89PNG"

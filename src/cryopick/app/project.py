@@ -270,7 +270,10 @@ class Project:
                 continue
             key = (str(path), path.stat().st_mtime_ns)
             if key not in self._score_cache:
-                self._score_cache[key] = [s for s in self.picks(name)["scores"] if s is not None]
+                try:
+                    self._score_cache[key] = [s for s in self.picks(name)["scores"] if s is not None]
+                except CryopickError:
+                    continue
             counts[name] = sum(1 for s in self._score_cache[key] if s >= threshold)
         return counts
 
@@ -297,8 +300,12 @@ class Project:
         picked = self.pick_counts()
         rows = []
         for name in self.micrographs():
-            n = len(self.annotations(name)["coords"])
-            rows.append({"name": name, "annotated": n, "flag": flags.get(name), "picked": picked.get(name)})
+            row = {"name": name, "annotated": 0, "flag": flags.get(name), "picked": picked.get(name)}
+            try:
+                row["annotated"] = len(self.annotations(name)["coords"])
+            except CryopickError as exc:  # one damaged file must not hide the others
+                row["error"] = str(exc)
+            rows.append(row)
         return rows
 
 

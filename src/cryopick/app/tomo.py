@@ -151,8 +151,17 @@ def picks3d(project, name: str) -> dict:
 # -- endpoints ----------------------------------------------------------------------------------------
 def list_tomograms(state, params, query, body):
     rows = []
+    from cryopick.errors import CryopickError
+
     for name, path in tomograms(state.project).items():
-        img = _read(path)
+        try:
+            img = _read(path)
+        except CryopickError as exc:  # listed with the reason, the others still open
+            rows.append({"name": name, "error": str(exc)})
+            continue
+        if img.data.ndim != 3:
+            rows.append({"name": name, "error": f"{path.name} is not a 3D volume"})
+            continue
         rows.append({"name": name, "shape": list(img.data.shape), "voxel_size": img.pixel_size})
     return {"tomograms": rows, "prompts": prompts(state.project)}
 

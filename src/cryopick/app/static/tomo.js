@@ -24,9 +24,11 @@ async function loadList() {
   const ul = $("tomo-list"); ul.innerHTML = "";
   for (const t of T.tomos) {
     const li = document.createElement("li"); li.dataset.name = t.name;
+    if (t.error) { li.textContent = `${t.name}: ${t.error}`; li.className = "dim"; ul.append(li); continue; }
     li.textContent = `${t.name} (${t.shape[2]}×${t.shape[1]}×${t.shape[0]})`;
     li.onclick = () => openTomo(t.name); ul.append(li);
   }
+  T.tomos = T.tomos.filter((t) => !t.error);
   $("totals").textContent = T.tomos.length ? `${T.tomos.length} tomograms` : "no tomograms yet: put MRC files in PROJECT/tomograms/";
   showPrompts();
   if (!T.current && T.tomos.length) openTomo(T.tomos[0].name);
