@@ -59,6 +59,13 @@ def test_slices_prompts_and_bad_input(tomo_project, tmp_path):
         r = post(c, "/api/tomograms/ts0/prompts", {"label": "ribo", "xyz": [41, 50, 30], "remove": True})
         assert r.json()["prompts"] == {}
         assert json.loads((root / "prompts" / "prompts.json").read_text()) == {}
+        for bad in ({"label": "x", "xyz": [1, 2]}, {"label": "../x", "xyz": [1, 2, 3]}, {"xyz": [1, 2, 3]},
+                    {"label": "x", "xyz": [1, 2, 3], "undo": 1}):
+            assert post(c, "/api/tomograms/ts0/reject", bad).status_code == 400, bad
+        r = post(c, "/api/tomograms/ts0/reject", {"label": "x", "xyz": [1, 2, 3]})
+        assert r.status_code == 200 and r.json()["rejected"] == [[1, 2, 3]]
+        for bad in ({"threshold": 2}, {"threshold": "0.5"}, {}):  # {}: nothing picked yet
+            assert post(c, "/api/tomograms-export", bad).status_code == 400, bad
 
 
 def test_prompt_pick3d_and_review_in_the_browser(tomo_project, tmp_path):
@@ -88,6 +95,16 @@ def test_prompt_pick3d_and_review_in_the_browser(tomo_project, tmp_path):
             sync_api.expect(page.locator("#pick-count")).to_contain_text("target picks", timeout=10000)
             n = int(page.text_content("#pick-count").split()[0])
             assert n > 0
+            # reject one pick on its own slice; the reviewed export leaves it out
+            px, py, pz = page.evaluate("window.cryotomo.picks.target.coords[0]")
+            page.locator("#index").fill(str(int(round(pz))))
+            page.wait_for_timeout(300)
+            pos = page.evaluate("([x, y, z]) => { const r = document.getElementById('canvas').getBoundingClientRect();"
+                                " const [sx, sy] = project([x, y, z]); return [r.left + sx, r.top + sy]; }", [px, py, pz])
+            page.mouse.click(*pos, button="right")
+            sync_api.expect(page.locator("#pick-count")).to_contain_text(f"{n - 1} target picks", timeout=10000)
+            page.click("#export")
+            sync_api.expect(page.locator("#export-result")).to_contain_text(f"wrote {n - 1} picks", timeout=10000)
             page.locator("#threshold").fill("1")
             assert page.text_content("#pick-count").startswith("0 target picks")
             drawn = page.evaluate("window.cryotomo.picks.target.coords.length")
@@ -103,3 +120,9 @@ def test_prompt_pick3d_and_review_in_the_browser(tomo_project, tmp_path):
         assert (root / "picks3d" / sub).is_file(), sub
     assert list((root / "picks3d" / "copick").rglob("*.json"))
     assert (root / "prompts" / "target.prompt").is_file()
+    from cryopick.io.coords import read_picks
+
+    exported = root / "export" / "tomograms" / "relion5"
+    back = read_picks(exported / "target" / "ts0_autopick.star", tomograms_star=exported / "tomograms.star")
+    assert len(back) == n - 1 and (exported / "target" / "autopick.star").is_file()
+    assert list((root / "export" / "tomograms" / "copick").rglob("*.json"))

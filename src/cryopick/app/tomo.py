@@ -24,6 +24,7 @@ from cryopick.io.jsonutil import dumps
 AXES = {"z": 0, "y": 1, "x": 2}
 MAX_SLAB = 32
 MAX_PROMPT_POSITIONS = 50
+MAX_REJECTED = 20000
 FORMATS_3D = ("relion5", "relion3", "copick")
 
 
@@ -97,9 +98,7 @@ def edit_prompt(project, name: str, label: str, xyz, remove: bool = False) -> di
     from cryopick.picker3d.prompt import check_label
 
     check_label(label)
-    if (not isinstance(xyz, list) or len(xyz) != 3 or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in xyz)):
-        raise ValueError("xyz must be [x, y, z]: three finite numbers (voxels)")
+    _check_xyz(xyz)
     shape = _read(tomogram(project, name)).data.shape  # (z, y, x)
     if not all(0 <= v <= s - 1 for v, s in zip(xyz, shape[::-1])):
         raise ValueError(f"xyz {xyz} is outside the tomogram (x < {shape[2]}, y < {shape[1]}, z < {shape[0]})")
@@ -144,8 +143,76 @@ def picks3d(project, name: str) -> dict:
             p = read_picks(path, format="relion", diameter=0.0)
         scores = p.table["score"].to_numpy(float)
         out[label_dir.name] = {"coords": p.coords.tolist(),
-                               "scores": [float(s) if np.isfinite(s) else None for s in scores]}
+                               "scores": [float(s) if np.isfinite(s) else None for s in scores],
+                               "rejected": rejected3d(project).get(name, {}).get(label_dir.name, [])}
     return out
+
+
+def rejected3d(project) -> dict:
+    """Picks rejected in review: ``{tomogram: {class: [[x, y, z], ...]}}`` (``picks3d/rejected.json``)."""
+    data = _read_json(project.root / "picks3d" / "rejected.json")
+    return {k: v for k, v in data.items() if isinstance(v, dict)}
+
+
+def reject3d(project, name: str, label: str, xyz, undo: bool = False) -> list:
+    """Reject the pick of class ``label`` at ``xyz`` in tomogram ``name`` (or take that back)."""
+    from cryopick.picker3d.prompt import check_label
+
+    check_label(label)
+    tomogram(project, name)
+    _check_xyz(xyz)
+    with project.lock:
+        data = rejected3d(project)
+        rows = [r for r in data.get(name, {}).get(label, []) if np.linalg.norm(np.subtract(r, xyz)) > 2]
+        if not undo:
+            rows.append([round(float(v), 2) for v in xyz])
+        data.setdefault(name, {})[label] = rows[:MAX_REJECTED]
+        (project.root / "picks3d").mkdir(exist_ok=True)
+        project.confined(project.root / "picks3d")
+        write_text(project.root / "picks3d" / "rejected.json", dumps(data) + "\n")
+    return data[name][label]
+
+
+def export3d(project, threshold: float) -> dict:
+    """Reviewed picks (score >= ``threshold``, rejected ones left out) of every tomogram and class, in
+    RELION 5 (with ``autopick.star`` and ``tomograms.star``) and copick, under ``export/tomograms/``."""
+    import pandas as pd
+
+    from cryopick.picker3d.outputs import rebuild_indexes, write_tomogram_picks
+    from cryopick.picks import Picks
+
+    out = project.root / "export" / "tomograms"
+    project.root.joinpath("export").mkdir(exist_ok=True)
+    project.confined(project.root / "export")
+    files, records, n = [], [], 0
+    for name, path in tomograms(project).items():
+        img = _read(path)
+        rows = []
+        for label, data in picks3d(project, name).items():
+            for c, s in zip(data["coords"], data["scores"]):
+                if (s is None or s >= threshold) and not any(
+                        np.linalg.norm(np.subtract(c, r)) <= 2 for r in data["rejected"]):
+                    rows.append({"micrograph": name, "x": c[0], "y": c[1], "z": c[2], "score": s, "label": label})
+        if not rows:
+            continue
+        table = pd.DataFrame(rows)
+        picks = Picks(table.assign(diameter=np.nan), pixel_size=img.pixel_size, ndim=3)
+        labels = list(dict.fromkeys(table["label"]))
+        files += write_tomogram_picks(picks, out, ("relion5", "copick"), name, labels, img.data.shape)
+        records.append({"tomogram": name, "path": str(path.relative_to(project.root)), "shape": list(img.data.shape),
+                        "voxel_size": img.pixel_size})
+        n += len(rows)
+    if not records:
+        raise ValueError("nothing to export: no tomogram picks at this threshold")
+    labels = sorted({p.parent.name for p in files if p.suffix == ".star"})
+    files += rebuild_indexes(out, records, labels, ("relion5",), project_dir=project.root)
+    return {"files": [str(Path(f).relative_to(project.root)) for f in files], "n": n}
+
+
+def _check_xyz(xyz) -> None:
+    if (not isinstance(xyz, list) or len(xyz) != 3 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in xyz)):
+        raise ValueError("xyz must be [x, y, z]: three finite numbers (voxels)")
 
 
 # -- endpoints ----------------------------------------------------------------------------------------
@@ -196,9 +263,25 @@ def get_picks3d(state, params, query, body):
     return {"picks": picks3d(state.project, params["name"])}
 
 
+def post_reject3d(state, params, query, body):
+    if not isinstance(body.get("label"), str) or not isinstance(body.get("undo", False), bool):
+        raise BadRequest("send {\"label\": class, \"xyz\": [x, y, z], \"undo\": false}")
+    return {"rejected": reject3d(state.project, params["name"], body["label"], body.get("xyz"),
+                                 body.get("undo", False))}
+
+
+def post_export3d(state, params, query, body):
+    threshold = body.get("threshold", 0.0)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise BadRequest("threshold must be a number between 0 and 1")
+    return export3d(state.project, float(threshold))
+
+
 def routes():
     from starlette.routing import Route
 
     t = "/api/tomograms/{name}"
     return [Route("/api/tomograms", api(list_tomograms)), Route(t + "/slice", api(get_slice)),
-            Route(t + "/prompts", api(post_prompt), methods=["POST"]), Route(t + "/picks", api(get_picks3d))]
+            Route(t + "/prompts", api(post_prompt), methods=["POST"]), Route(t + "/picks", api(get_picks3d)),
+            Route(t + "/reject", api(post_reject3d), methods=["POST"]),
+            Route("/api/tomograms-export", api(post_export3d), methods=["POST"])]

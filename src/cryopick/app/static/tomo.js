@@ -76,9 +76,12 @@ function unproject(sx, sy) {
   return [v[2], v[1], v[0]].map((a) => Math.round(a * 10) / 10); // x, y, z
 }
 
+const near3 = (a, b, r) => Math.hypot(a[0] - b[0], a[1] - b[1], a[2] - b[2]) <= r;
 function visible(label) {
   const t = +$("threshold").value, p = T.picks[label];
-  return p ? p.coords.filter((c, i) => p.scores[i] === null || p.scores[i] >= t) : [];
+  if (!p) return [];
+  return p.coords.filter((c, i) => (p.scores[i] === null || p.scores[i] >= t) &&
+    !(p.rejected || []).some((r) => near3(r, c, 2)));
 }
 function draw() {
   const w = canvas.clientWidth, h = canvas.clientHeight;
@@ -96,6 +99,13 @@ function draw() {
       ctx.beginPath(); ctx.arc(sx, sy, Math.max(2, Math.sqrt(R * R - d * d) * g.zoom), 0, 2 * Math.PI); ctx.stroke();
     }
     ctx.setLineDash([]);
+    ctx.strokeStyle = "#e53935"; ctx.lineWidth = 2;  // rejected in review
+    for (const xyz of T.picks[label].rejected || []) {
+      const [sx, sy, d] = project(xyz);
+      if (Math.abs(d) >= R) continue;
+      ctx.beginPath(); ctx.moveTo(sx - 6, sy - 6); ctx.lineTo(sx + 6, sy + 6); ctx.moveTo(sx + 6, sy - 6);
+      ctx.lineTo(sx - 6, sy + 6); ctx.stroke();
+    }
   });
   Object.entries(T.prompts).forEach(([label, e], k) => {
     if (e.tomogram !== T.current) return;
@@ -127,7 +137,31 @@ async function editPrompt(xyz, remove) {
   T.prompts = r.data.prompts; showPrompts(); draw(); say(remove ? "example removed" : "example added");
 }
 canvas.addEventListener("click", (e) => editPrompt(unproject(e.offsetX, e.offsetY), false));
-canvas.addEventListener("contextmenu", (e) => { e.preventDefault(); editPrompt(unproject(e.offsetX, e.offsetY), true); });
+// right-click: remove a prompt example of the class near the click, else reject (or restore) a pick there
+canvas.addEventListener("contextmenu", (e) => {
+  e.preventDefault();
+  const xyz = unproject(e.offsetX, e.offsetY), R = +$("diameter").value / 2;
+  const entry = T.prompts[$("label").value];
+  if (entry && entry.tomogram === T.current && entry.positions.some((p) => near3(p, xyz, 4))) {
+    editPrompt(xyz, true); return;
+  }
+  for (const label of Object.keys(T.picks)) {
+    const back = (T.picks[label].rejected || []).find((c) => near3(c, xyz, R));
+    if (back) { reject(label, back, true); return; }
+    const hit = visible(label).find((c) => near3(c, xyz, R));
+    if (hit) { reject(label, hit, false); return; }
+  }
+});
+async function reject(label, xyz, undo) {
+  const r = await api("POST", `/api/tomograms/${encodeURIComponent(T.current)}/reject`, { label, xyz, undo });
+  if (!r.ok) { say(r.data.error); return; }
+  T.picks[label].rejected = r.data.rejected; say(undo ? "pick restored" : "pick rejected"); draw();
+}
+$("export").onclick = async () => {
+  const r = await api("POST", "/api/tomograms-export", { threshold: +$("threshold").value });
+  $("export-result").textContent = r.ok ? `wrote ${r.data.n} picks: ${r.data.files.slice(0, 3).join(", ")}` +
+    (r.data.files.length > 3 ? ` … (${r.data.files.length} files)` : "") : r.data.error;
+};
 canvas.addEventListener("wheel", (e) => { e.preventDefault(); stepSlice(e.deltaY > 0 ? 1 : -1); }, { passive: false });
 document.addEventListener("keydown", (e) => {
   if (e.target.tagName === "INPUT") return;
