@@ -207,6 +207,8 @@ def test_train_pick_review_and_export(browser, server):
     page.click("#train")
     sync_api.expect(page.locator("#job-state")).to_contain_text("train: running", timeout=10000)
     sync_api.expect(page.locator("#job-state")).to_contain_text("epoch", timeout=60000)  # live progress
+    if SHOTS:
+        page.screenshot(path=str(Path(SHOTS) / "app_train.png"))
     sync_api.expect(page.locator("#job-state")).to_contain_text("train: done", timeout=90000)
     sync_api.expect(page.locator("#model-card")).to_contain_text("threshold", timeout=10000)
     page.click("#pick")
