@@ -82,9 +82,12 @@ function drawCurve(h) {
     g.strokeStyle = color; g.beginPath();
     vals.forEach((v, i) => { if (v === null || v === undefined) return;
       const x = h.length === 1 ? c.width / 2 : (i / (h.length - 1)) * (c.width - 4) + 2;
-      const y = c.height - 2 - (v / top) * (c.height - 4); i ? g.lineTo(x, y) : g.moveTo(x, y); });
+      const y = c.height - 2 - (v / top) * (c.height - 4); i ? g.lineTo(x, y) : g.moveTo(x, y);
+      g.fillStyle = color; g.fillRect(x - 2, y - 2, 4, 4); });
     g.stroke();
   };
+  g.font = "10px sans-serif"; g.fillStyle = "#c62828"; g.fillText("loss", 2, 10);
+  g.fillStyle = "#2e7d32"; g.fillText("validation F1", 30, 10);
   plot(h.map((e) => e.loss), "#c62828", maxLoss);
   plot(h.map((e) => e.f1), "#2e7d32", 1);
 }
