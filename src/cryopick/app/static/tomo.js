@@ -1,0 +1,208 @@
+// cryopick app, tomograms: slice viewer, clicked prompts per class, pick3d in the background, review.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const COLORS = ["#00e5ff", "#ff4081", "#76ff03", "#ffea00", "#e040fb", "#ff9100"];
+const T = { tomos: [], current: null, shape: null, img: null, prompts: {}, picks: {}, stream: null };
+window.cryotomo = T;
+
+async function api(method, url, body) {
+  const opts = { method, headers: {} };
+  if (body === undefined && method !== "GET") body = {}; // writes are JSON (the server refuses other types)
+  if (body !== undefined) { opts.body = JSON.stringify(body); opts.headers["Content-Type"] = "application/json"; }
+  let res;
+  try { res = await fetch(url, opts); } catch (e) { return { ok: false, status: 0, data: { error: "server unreachable" } }; }
+  let data; try { data = await res.json(); } catch (e) { data = { error: res.statusText }; }
+  return { ok: res.ok, status: res.status, data };
+}
+const say = (t) => { $("state").textContent = t; };
+
+async function loadList() {
+  const r = await api("GET", "/api/tomograms");
+  if (!r.ok) { say(r.data.error); return; }
+  T.tomos = r.data.tomograms; T.prompts = r.data.prompts;
+  const ul = $("tomo-list"); ul.innerHTML = "";
+  for (const t of T.tomos) {
+    const li = document.createElement("li"); li.dataset.name = t.name;
+    if (t.error) { li.textContent = `${t.name}: ${t.error}`; li.className = "dim"; ul.append(li); continue; }
+    li.textContent = `${t.name} (${t.shape[2]}×${t.shape[1]}×${t.shape[0]})`;
+    li.onclick = () => openTomo(t.name); ul.append(li);
+  }
+  T.tomos = T.tomos.filter((t) => !t.error);
+  $("totals").textContent = T.tomos.length ? `${T.tomos.length} tomograms` : "no tomograms yet: put MRC files in PROJECT/tomograms/";
+  showPrompts();
+  if (!T.current && T.tomos.length) openTomo(T.tomos[0].name);
+}
+
+async function openTomo(name) {
+  T.current = name; T.shape = T.tomos.find((t) => t.name === name).shape;
+  $("tomo-name").textContent = name;
+  for (const li of $("tomo-list").children) li.className = li.dataset.name === name ? "current" : "";
+  setAxis();
+  await loadPicks();
+}
+
+const axisIndex = () => ({ z: 0, y: 1, x: 2 })[$("axis").value];
+function setAxis() {
+  const n = T.shape[axisIndex()];
+  $("index").max = n - 1; $("index").value = Math.floor(n / 2); loadSlice();
+}
+// image columns/rows of the current view, as voxel axes (numpy order z, y, x = 0, 1, 2)
+function viewAxes() { return { z: [2, 1], y: [2, 0], x: [1, 0] }[$("axis").value]; }
+
+function loadSlice() {
+  $("index-value").textContent = $("index").value;
+  const img = new Image();
+  img.onload = () => { T.img = img; draw(); };
+  img.src = `/api/tomograms/${encodeURIComponent(T.current)}/slice?axis=${$("axis").value}` +
+    `&index=${$("index").value}&slab=${$("slab").value || 0}`;
+}
+
+const canvas = $("canvas"), ctx = canvas.getContext("2d");
+function geometry() {
+  const [c, r] = viewAxes();
+  const cols = T.shape[c], rows = T.shape[r];
+  const zoom = Math.min(canvas.clientWidth / cols, canvas.clientHeight / rows);
+  return { c, r, zoom, ox: (canvas.clientWidth - cols * zoom) / 2, oy: (canvas.clientHeight - rows * zoom) / 2 };
+}
+// a voxel [x, y, z] -> screen position and its distance from the shown slice
+function project(xyz) {
+  const g = geometry(), v = [xyz[2], xyz[1], xyz[0]]; // z, y, x
+  return [g.ox + (v[g.c] + 0.5) * g.zoom, g.oy + (v[g.r] + 0.5) * g.zoom, v[axisIndex()] - +$("index").value];
+}
+function unproject(sx, sy) {
+  const g = geometry(), v = [0, 0, 0];
+  v[g.c] = (sx - g.ox) / g.zoom - 0.5; v[g.r] = (sy - g.oy) / g.zoom - 0.5; v[axisIndex()] = +$("index").value;
+  return [v[2], v[1], v[0]].map((a) => Math.round(a * 10) / 10); // x, y, z
+}
+
+const near3 = (a, b, r) => Math.hypot(a[0] - b[0], a[1] - b[1], a[2] - b[2]) <= r;
+function visible(label) {
+  const t = +$("threshold").value, p = T.picks[label];
+  if (!p) return [];
+  return p.coords.filter((c, i) => (p.scores[i] === null || p.scores[i] >= t) &&
+    !(p.rejected || []).some((r) => near3(r, c, 2)));
+}
+function draw() {
+  const w = canvas.clientWidth, h = canvas.clientHeight;
+  if (canvas.width !== w || canvas.height !== h) { canvas.width = w; canvas.height = h; }
+  ctx.fillStyle = "#111"; ctx.fillRect(0, 0, w, h);
+  if (!T.img || !T.shape) return;
+  const g = geometry(), [c, r] = viewAxes();
+  ctx.drawImage(T.img, g.ox, g.oy, T.shape[c] * g.zoom, T.shape[r] * g.zoom);
+  const R = +$("diameter").value / 2;
+  Object.keys(T.picks).forEach((label, k) => {
+    ctx.strokeStyle = COLORS[k % COLORS.length]; ctx.lineWidth = 1.5; ctx.setLineDash([4, 3]);
+    for (const xyz of visible(label)) {
+      const [sx, sy, d] = project(xyz);
+      if (Math.abs(d) >= R) continue; // the sphere's section in this slice
+      ctx.beginPath(); ctx.arc(sx, sy, Math.max(2, Math.sqrt(R * R - d * d) * g.zoom), 0, 2 * Math.PI); ctx.stroke();
+    }
+    ctx.setLineDash([]);
+    ctx.strokeStyle = "#e53935"; ctx.lineWidth = 2;  // rejected in review
+    for (const xyz of T.picks[label].rejected || []) {
+      const [sx, sy, d] = project(xyz);
+      if (Math.abs(d) >= R) continue;
+      ctx.beginPath(); ctx.moveTo(sx - 6, sy - 6); ctx.lineTo(sx + 6, sy + 6); ctx.moveTo(sx + 6, sy - 6);
+      ctx.lineTo(sx - 6, sy + 6); ctx.stroke();
+    }
+  });
+  Object.entries(T.prompts).forEach(([label, e], k) => {
+    if (e.tomogram !== T.current) return;
+    ctx.strokeStyle = COLORS[k % COLORS.length]; ctx.lineWidth = 2.5;
+    for (const xyz of e.positions) {
+      const [sx, sy, d] = project(xyz);
+      if (Math.abs(d) > Math.max(R, 2)) continue;
+      ctx.beginPath(); ctx.moveTo(sx - 8, sy); ctx.lineTo(sx + 8, sy); ctx.moveTo(sx, sy - 8); ctx.lineTo(sx, sy + 8); ctx.stroke();
+    }
+  });
+  counts();
+}
+function counts() {
+  $("threshold-value").textContent = (+$("threshold").value).toFixed(2);
+  const labels = Object.keys(T.picks);
+  $("pick-count").textContent = labels.length ? labels.map((l) => `${visible(l).length} ${l} picks`).join(" · ") +
+    ` ≥ ${(+$("threshold").value).toFixed(2)}` : "no picks";
+}
+function showPrompts() {
+  const entries = Object.entries(T.prompts);
+  $("prompts").textContent = entries.length ? entries.map(([l, e]) =>
+    `${l}: ${e.positions.length} example(s) in ${e.tomogram}`).join("; ") : "none: click a particle";
+}
+
+async function editPrompt(xyz, remove) {
+  const r = await api("POST", `/api/tomograms/${encodeURIComponent(T.current)}/prompts`,
+    { label: $("label").value, xyz, remove });
+  if (!r.ok) { say(r.data.error); return; }
+  T.prompts = r.data.prompts; showPrompts(); draw(); say(remove ? "example removed" : "example added");
+}
+canvas.addEventListener("click", (e) => editPrompt(unproject(e.offsetX, e.offsetY), false));
+// right-click: remove a prompt example of the class near the click, else reject (or restore) a pick there
+canvas.addEventListener("contextmenu", (e) => {
+  e.preventDefault();
+  const xyz = unproject(e.offsetX, e.offsetY), R = +$("diameter").value / 2;
+  const entry = T.prompts[$("label").value];
+  if (entry && entry.tomogram === T.current && entry.positions.some((p) => near3(p, xyz, 4))) {
+    editPrompt(xyz, true); return;
+  }
+  for (const label of Object.keys(T.picks)) {
+    const back = (T.picks[label].rejected || []).find((c) => near3(c, xyz, R));
+    if (back) { reject(label, back, true); return; }
+    const hit = visible(label).find((c) => near3(c, xyz, R));
+    if (hit) { reject(label, hit, false); return; }
+  }
+});
+async function reject(label, xyz, undo) {
+  const r = await api("POST", `/api/tomograms/${encodeURIComponent(T.current)}/reject`, { label, xyz, undo });
+  if (!r.ok) { say(r.data.error); return; }
+  T.picks[label].rejected = r.data.rejected; say(undo ? "pick restored" : "pick rejected"); draw();
+}
+$("export").onclick = async () => {
+  const r = await api("POST", "/api/tomograms-export", { threshold: +$("threshold").value });
+  $("export-result").textContent = r.ok ? `wrote ${r.data.n} picks: ${r.data.files.slice(0, 3).join(", ")}` +
+    (r.data.files.length > 3 ? ` … (${r.data.files.length} files)` : "") : r.data.error;
+};
+canvas.addEventListener("wheel", (e) => { e.preventDefault(); stepSlice(e.deltaY > 0 ? 1 : -1); }, { passive: false });
+document.addEventListener("keydown", (e) => {
+  if (e.target.tagName === "INPUT") return;
+  if (e.key === "ArrowUp") stepSlice(1); else if (e.key === "ArrowDown") stepSlice(-1);
+});
+function stepSlice(d) {
+  const i = Math.min(+$("index").max, Math.max(0, +$("index").value + d));
+  $("index").value = i; loadSlice();
+}
+$("index").oninput = loadSlice; $("slab").onchange = loadSlice; $("axis").onchange = setAxis;
+$("threshold").oninput = draw; $("diameter").onchange = draw;
+window.addEventListener("resize", draw);
+
+async function loadPicks() {
+  const r = await api("GET", `/api/tomograms/${encodeURIComponent(T.current)}/picks`);
+  T.picks = r.ok ? r.data.picks : {}; draw();
+}
+$("pick3d").onclick = async () => {
+  const r = await api("POST", "/api/jobs", { kind: "pick3d", params: {} });
+  if (!r.ok) { $("job-state").textContent = r.data.error; return; }
+  showJob(r.data); openStream();
+};
+function openStream() {
+  if (T.stream) T.stream.close();
+  T.stream = new EventSource("/api/jobs/stream");
+  T.stream.onmessage = (e) => {
+    const job = JSON.parse(e.data); showJob(job);
+    if (job.state !== "running") { T.stream.close(); T.stream = null; loadPicks(); }
+  };
+  T.stream.onerror = () => { if (T.stream) { T.stream.close(); T.stream = null; } };
+}
+function showJob(job) {
+  if (job.state === "none") return;
+  $("pick3d").disabled = job.state === "running";
+  $("job-state").textContent = `${job.kind}: ${job.state}` + (job.total ? ` · ${job.done}/${job.total} tomograms` : "") +
+    (job.message ? ` — ${job.message}` : "");
+  $("job-progress").max = job.total || 1; $("job-progress").value = job.done || 0;
+  $("job-log").textContent = (job.log || []).join("\n");
+}
+(async () => {
+  const p = await api("GET", "/api/project");
+  if (p.ok && p.data.job.state === "running") { showJob(p.data.job); openStream(); }
+  await loadList();
+})();
