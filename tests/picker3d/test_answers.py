@@ -1,5 +1,7 @@
 """The 3D answer loop: answers table, adapted classifier, question choice, ask3d -> answers -> pick3d."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -159,3 +161,105 @@ def test_find_candidates_one_per_particle():
     coords = find_candidates(prob, diameter=8.0, threshold=0.2)
     assert len(coords) == 2
     np.testing.assert_allclose(sorted(coords.tolist()), [[10, 10, 10], [30, 28, 12]], atol=1.0)
+
+
+# -- the command-line loop -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    from cryopick.io.coords import write_picks
+    from cryopick.io.images import write_mrc
+    from cryopick.simulate.tomogram import random_particle_classes, simulate_tomogram
+
+    root = tmp_path_factory.mktemp("ask3d")
+    classes = random_particle_classes(2, seed=424242, voxel_size=10.0, diameter_range_A=(150.0, 220.0))
+    tomos = []
+    for k in range(2):
+        t = simulate_tomogram(classes, shape=(48, 80, 80), voxel_size=10.0, seed=k, n_particles=16, snr=3.0,
+                              membranes=0, gold_beads=0, name=f"ts{k}")
+        write_mrc(root / "tomos" / f"ts{k}.mrc", t.volume, pixel_size=10.0)
+        tomos.append(t)
+    write_picks(tomos[0].picks._with(tomos[0].picks.table[tomos[0].picks.table["label"] == classes[0].name]),
+                root / "truth0.coords", "imod")
+    return root, classes, tomos
+
+
+def _answer_from_truth(csv, tomo, target, radius):
+    table = Answers.read(csv)
+    truth, names = tomo.picks.coords, tomo.picks.table["label"].to_numpy()
+    for i, row in table.table.iterrows():
+        if row["answer"]:
+            continue
+        d = np.linalg.norm(truth - np.array([row.x, row.y, row.z]), axis=1)
+        j = int(d.argmin())
+        table.table.loc[i, "answer"] = ("yes" if names[j] == target else "no") if d[j] <= radius else "no"
+    table.write(csv)
+    return table
+
+
+def test_cli_ask3d_answers_pick3d_loop(sim, tmp_path):
+    from cryopick.cli.main import main as cli
+    from cryopick.io.coords import read_picks
+
+    root, classes, tomos = sim
+    truth0 = read_picks(root / "truth0.coords").coords
+    prompt = tmp_path / "target.prompt"
+    assert cli(["prompt", "--tomogram", str(root / "tomos" / "ts0.mrc"), "--at", ",".join(map(str, truth0[0])),
+                "--diameter", f"{classes[0].diameter:.0f}", "--label", "target", "-o", str(prompt),
+                "--threads", "1"]) == 0
+    q = tmp_path / "questions"
+    ask = ["ask3d", "--prompt", str(prompt), "--tomogram", str(root / "tomos" / "ts0.mrc"), "-k", "4", "-o", str(q),
+           "--threads", "1"]
+    assert cli(ask) == 0
+    first = Answers.read(q / "answers.csv")
+    assert len(first) == 4 and (first.table["answer"] == "").all() and (first.table["label"] == "target").all()
+    assert all((q / img).is_file() for img in first.table["image"])
+    assert (q / ".cryopick" / "candidates.npz").is_file()
+    radius = classes[0].diameter / 10.0 / 2
+    _answer_from_truth(q / "answers.csv", tomos[0], classes[0].name, radius)
+    assert cli(ask) == 0  # the next round: 4 new questions, none asked before
+    second = Answers.read(q / "answers.csv")
+    assert len(second) == 8 and (second.table["answer"][4:] == "").all()
+    pairs = second.coords()
+    assert min(np.linalg.norm(pairs[i] - pairs[j]) for i in range(8) for j in range(i)) > 0
+    table = _answer_from_truth(q / "answers.csv", tomos[0], classes[0].name, radius)
+    if not {"yes", "no"} <= set(table.table["answer"]):  # the simulated user must have said both
+        pytest.skip("questions gave only one kind of answer on this tiny tomogram")
+    out = tmp_path / "picks"
+    assert cli(["pick3d", "--prompt", str(prompt), "--tomograms", str(root / "tomos"), "-o", str(out),
+                "--answers", str(q), "--format", "imod", "--threads", "1"]) == 0
+    adapted = AdaptedModel.load(out / "adapted" / "target.adapted.npz")
+    assert adapted.fitted and adapted.info["n_positive"] >= 2  # the prompt and the yes answers
+    picks = read_picks(out / "imod" / "target" / "ts1.coords")
+    assert len(picks) > 0
+    assert json.loads((out / "summary.json").read_text())["adapted"]["target"]["n_negative"] >= 1
+    # other tomograms later, without answers: --adapted
+    out2 = tmp_path / "picks2"
+    assert cli(["pick3d", "--prompt", str(prompt), "--tomograms", str(root / "tomos" / "ts1.mrc"), "-o", str(out2),
+                "--adapted", str(out / "adapted" / "target.adapted.npz"), "--format", "imod", "--threads", "1"]) == 0
+    np.testing.assert_allclose(read_picks(out2 / "imod" / "target" / "ts1.coords").coords, picks.coords)
+
+
+def test_pick3d_answers_errors(sim, tmp_path, capsys):
+    from cryopick.cli.main import main as cli
+
+    root, classes, _ = sim
+    prompt = tmp_path / "p.prompt"
+    assert cli(["prompt", "--tomogram", str(root / "tomos" / "ts0.mrc"), "--at", "40,40,24", "--diameter", "180",
+                "--label", "p", "-o", str(prompt), "--threads", "1"]) == 0
+    csv = tmp_path / "answers.csv"
+    csv.write_text("tomogram,label,x,y,z,answer\nelsewhere,p,1,2,3,yes\n")
+    code = cli(["pick3d", "--prompt", str(prompt), "--tomograms", str(root / "tomos"), "-o", str(tmp_path / "o"),
+                "--answers", str(csv), "--threads", "1"])
+    err = capsys.readouterr().err
+    assert code != 0 and "'elsewhere'" in err and "--tomograms" in err and "Traceback" not in err
+    csv.write_text("tomogram,label,x,y,z,answer\nts0,p,1,2,3,\n")
+    code = cli(["pick3d", "--prompt", str(prompt), "--tomograms", str(root / "tomos"), "-o", str(tmp_path / "o"),
+                "--answers", str(csv), "--threads", "1"])
+    assert code != 0 and "no answered question yet" in capsys.readouterr().err
+    code = cli(["pick3d", "--prompt", str(prompt), "--tomograms", str(root / "tomos"), "-o", str(tmp_path / "o"),
+                "--adapted", str(tmp_path / "none.adapted.npz"), "--threads", "1"])
+    assert code != 0 and "no such adapted-model file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        cli(["ask3d", "--prompt", str(prompt), "--tomogram", str(root / "tomos" / "ts0.mrc"), "-k", "0",
+             "-o", str(tmp_path / "q")])
+    assert exit_.value.code == 2 and "must be >= 1" in capsys.readouterr().err

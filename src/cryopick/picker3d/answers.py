@@ -50,7 +50,7 @@ class Answers:
                 table[c] = np.nan if c == "p" else ""
         table = table[list(ANSWER_COLUMNS + EXTRA_COLUMNS)].reset_index(drop=True)
         for c in ("tomogram", "label", "answer", "image", "path"):
-            table[c] = table[c].fillna("").astype(str)
+            table[c] = ["" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in table[c]]
         table["answer"] = [normalise_answer(a) for a in table["answer"]]
         self.table = table
 

@@ -403,7 +403,8 @@ def pick_tomograms(
                    "n_skipped": len(paths) - n_new - len(failed), "failed": failed, "picks": totals,
                    "picks_per_tomogram": {r["tomogram"]: r.get("picks", {}) for r in records},
                    "formats": formats, "index_files": index, "settings": settings_list,
-                   "seconds_this_run": round(time.perf_counter() - start, 2), "output_dir": out}
+                   "seconds_this_run": round(time.perf_counter() - start, 2), "output_dir": out,
+                   **({"adapted": {label: a.info for label, a in adapted.items()}} if adapted else {})}
         from cryopick.io.atomic import write_text
 
         write_text(out / "summary.json", dumps(summary, indent=1) + "\n")

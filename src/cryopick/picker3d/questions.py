@@ -220,7 +220,8 @@ def ask_tomogram(prompts: Sequence[Prompt | str | os.PathLike], tomogram: str | 
 
     ``output_dir/answers.csv`` keeps every question (new ones with an empty ``answer``); the answers
     given there so far (and in the ``answers`` files) adapt the classifier that chooses the next
-    questions, and are saved as ``output_dir/<label>.adapted.npz`` (for ``pick3d --adapted``).
+    questions, and are saved as ``output_dir/<label>.adapted.npz`` (for ``pick3d --adapted``) once a
+    class has a yes and a no.
     ``output_dir/images/<label>/qNNNN.png`` shows each question (three orthogonal slices through it).
     The candidates are kept in ``output_dir/.cryopick/`` so that the next round skips segmenting.
     Returns a summary (counts, files, seconds)."""
@@ -250,7 +251,7 @@ def ask_tomogram(prompts: Sequence[Prompt | str | os.PathLike], tomogram: str | 
             new.table.loc[i, "image"] = str(rel)
     table = table.concat(new)
     table.write(csv_path)
-    files = [str(a.save(out / f"{label}.adapted.npz")) for label, a in session.adapted.items()]
+    files = [str(a.save(out / f"{label}.adapted.npz")) for label, a in session.adapted.items() if a.fitted]
     done = table.answered().table
     return {"tomogram": name, "n_new": len(new), "n_questions": len(table), "n_answered": len(done),
             "answers": {p.label: done[done["label"] == p.label]["answer"].value_counts().to_dict() for p in prompts},
@@ -298,6 +299,9 @@ def pick_with_answers(tomograms, prompts: Sequence[Prompt | str | os.PathLike], 
         if both:
             raise CryopickError(f"class(es) {', '.join(both)} given both --answers and --adapted; give one of them")
         learned.update(session.adapt(table))
+    for label in [label for label, a in learned.items() if not a.fitted]:
+        log.warning("%s: no yes and no no answer yet; picked with its settings, not adapted", label)
+        del learned[label]
     for label, a in learned.items():
         a.save(_folder(output_dir) / "adapted" / f"{label}.adapted.npz")
         log.info("%s: adapted to %d yes / %d no answer(s), threshold %.2f", label, a.info.get("n_positive", 0),
@@ -305,7 +309,6 @@ def pick_with_answers(tomograms, prompts: Sequence[Prompt | str | os.PathLike], 
     summary = pick_tomograms(tomograms, prompts, session.model, settings, output_dir, formats, stride=stride,
                              window=window, batch_size=batch_size, bf16=bf16, progress=progress,
                              adapted=learned, **options)
-    summary["adapted"] = {label: a.info for label, a in learned.items()}
     return summary
 
 
