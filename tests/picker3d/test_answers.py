@@ -216,7 +216,9 @@ def test_cli_ask3d_answers_pick3d_loop(sim, tmp_path):
     assert (q / ".cryopick" / "candidates.npz").is_file()
     radius = classes[0].diameter / 10.0 / 2
     _answer_from_truth(q / "answers.csv", tomos[0], classes[0].name, radius)
-    assert cli(ask) == 0  # the next round: 4 new questions, none asked before
+    with pytest.MonkeyPatch.context() as mp:  # the next round reuses the candidates: no segmentation
+        mp.setattr("cryopick.picker3d.pick.segment", lambda *a, **k: pytest.fail("segmented again"))
+        assert cli(ask) == 0  # 4 new questions, none asked before
     second = Answers.read(q / "answers.csv")
     assert len(second) == 8 and (second.table["answer"][4:] == "").all()
     pairs = second.coords()

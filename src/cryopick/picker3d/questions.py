@@ -34,6 +34,7 @@ from cryopick.picker3d.pick import TomogramPicker, check_prompts
 from cryopick.picker3d.prompt import Prompt, cut_prompt, load_prompt
 
 log = logging.getLogger(__name__)
+EXAMPLES = "#examples"  # key suffix of the features at the prompts' own examples
 
 
 def choose_questions(p: np.ndarray, features: np.ndarray, k: int, *, threshold: float = 0.5,
@@ -111,25 +112,33 @@ class AnswerSession:
             return image.name
         prob, _ = self.picker.segment(self.prompts, [s.refine for s in self.settings])
         self.frames[image.name] = (work, prob, image.path)
+        examples = [work.to_working(q.positions) for q in self.prompts if q.tomogram == image.name]
+        examples = np.concatenate(examples) if examples else np.zeros((0, 3))
         for k, p in enumerate(self.prompts):
             coords = find_candidates(prob[k], p.diameter, self.candidate_threshold[k])
-            self.pools[(image.name, p.label)] = CandidateSet.at(
-                self.model, work.volume, prob[k], coords, label=p.label, tomogram=image.name, diameter=p.diameter,
-                threshold=self.candidate_threshold[k], bf16=self.picker.bf16)
+            for key, at in ((p.label, coords), (p.label + EXAMPLES, examples)):
+                self.pools[(image.name, key)] = CandidateSet.at(
+                    self.model, work.volume, prob[k], at, label=p.label, tomogram=image.name, diameter=p.diameter,
+                    threshold=self.candidate_threshold[k], bf16=self.picker.bf16)
         log.info("%s: %s", image.name, ", ".join(f"{len(self.pools[(image.name, p.label)])} candidates of {p.label}"
                                                for p in self.prompts))
         return image.name
 
+    def saved_pools(self, name: str) -> dict[str, CandidateSet]:
+        """Candidates (and features at the prompts' examples) of tomogram ``name``, for :meth:`add_tomogram`."""
+        return {key: c for (tomo, key), c in self.pools.items() if tomo == name}
+
     def _features_at(self, name: str, k: int, coords: np.ndarray) -> CandidateSet:
-        """Candidate features at working-voxel ``coords`` of tomogram ``name`` for prompt ``k``: the
-        pool's rows where a candidate lies within two voxels, else measured on the map."""
-        pool, p = self.pools[(name, self.prompts[k].label)], self.prompts[k]
+        """Candidate features at working-voxel ``coords`` of tomogram ``name`` for prompt ``k``: the rows
+        of its candidates or the prompts' examples within two voxels, else measured on the map."""
+        p = self.prompts[k]
+        known = [c for c in (self.pools[(name, p.label)], self.pools.get((name, p.label + EXAMPLES))) if c is not None]
+        known = CandidateSet.join(known)
         coords = np.asarray(coords, float).reshape(-1, 3)
-        if len(pool) and len(coords):
-            d = np.linalg.norm(coords[:, None] - pool.coords[None], axis=2)
-            near = d.min(1) <= 2.0
-            if near.all():
-                return pool.subset(d.argmin(1))
+        if len(known) and len(coords):
+            d = np.linalg.norm(coords[:, None] - known.coords[None], axis=2)
+            if (d.min(1) <= 2.0).all():
+                return known.subset(d.argmin(1))
         work, prob, path = self.frames[name]
         if prob is None:  # candidates from an earlier round; segment again for these positions
             self.add_tomogram(path)
@@ -165,7 +174,7 @@ class AnswerSession:
         """Fit every prompt's :class:`AdaptedModel` from ``answers`` (and the prompts' examples)."""
         out = {}
         for k, (p, s) in enumerate(zip(self.prompts, self.settings)):
-            pools = [c for (name, lab), c in self.pools.items() if lab == p.label]
+            pools = [c for (name, key), c in self.pools.items() if key == p.label]
             if not pools:
                 raise CryopickError("add a tomogram to the session before adapting")
             sets, y, subs = self.labelled(answers, k)
@@ -237,7 +246,7 @@ def ask_tomogram(prompts: Sequence[Prompt | str | os.PathLike], tomogram: str | 
     cache = out / ".cryopick" / "candidates.npz"
     name = session.add_tomogram(tomogram, pools=_load_pools(cache, fingerprint))
     if session.frames[name][1] is not None:
-        _save_pools(cache, {p.label: session.pools[(name, p.label)] for p in prompts}, fingerprint)
+        _save_pools(cache, session.saved_pools(name), fingerprint)
     t1 = time.perf_counter()
     new = session.ask(k, table.concat(extra), tomogram=name, seed=seed + len(table))
     seconds_round = time.perf_counter() - t1
@@ -350,7 +359,7 @@ def _save_pools(path: Path, pools: dict[str, CandidateSet], fingerprint: dict) -
 
     arrays = {f"{i}_{k}": getattr(c, k) for i, c in enumerate(pools.values())
               for k in ("coords", "base", "embedding", "prototypes")}
-    meta = [{"label": c.label, "tomogram": c.tomogram, "diameter": c.diameter} for c in pools.values()]
+    meta = [{"key": key, "label": c.label, "tomogram": c.tomogram, "diameter": c.diameter} for key, c in pools.items()]
     buf = io.BytesIO()
     np.savez(buf, meta=np.array(json.dumps(meta)), fingerprint=np.array(dumps(fingerprint)), **arrays)
     write_bytes(path, buf.getvalue())
@@ -367,7 +376,7 @@ def _load_pools(path: Path, fingerprint: dict) -> dict[str, CandidateSet] | None
             if json.loads(str(data["fingerprint"])) != json.loads(dumps(fingerprint)):
                 return None
             meta = json.loads(str(data["meta"]))
-            return {m["label"]: CandidateSet(m["label"], m["tomogram"], *(np.asarray(data[f"{i}_{k}"]) for k in
+            return {m["key"]: CandidateSet(m["label"], m["tomogram"], *(np.asarray(data[f"{i}_{k}"]) for k in
                     ("coords", "base", "embedding", "prototypes")), m["diameter"]) for i, m in enumerate(meta)}
     except Exception:  # absent, damaged or foreign: segment again
         return None
