@@ -319,32 +319,35 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None,
     return beta[:-1], float(beta[-1])
 
 
-def reference_code(model, prompt, positives: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Unit embedding and prototypes of the prompt's examples plus ``positives`` (``(K, 37, 37, 37)``
-    sub-volumes), combined as :func:`~cryopick.picker3d.pick.refined_code` does."""
-    from cryopick.picker3d.prompt import flipped_views
+def reference_code(model, prompt, positives: CandidateSet | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Unit embedding and prototypes of the prompt's code (:func:`~cryopick.picker3d.prompt.prompt_embedding`)
+    averaged with the codes of the ``positives`` (confirmed candidates, encoded already), embedding
+    renormalised, as :meth:`ProPicker.combine` does."""
+    from cryopick.picker3d.prompt import prompt_embedding
 
-    subs = prompt.subvolumes if positives is None or not len(positives) else np.concatenate([prompt.subvolumes,
-                                                                                             positives])
-    code = model.combine(model.embed(flipped_views(subs))).detach().float().numpy()
+    code = prompt_embedding(model, prompt).detach().float().numpy().astype(float)
     e = model.segmenter.embed_dim
+    if positives is not None and len(positives) and positives.prototypes.shape[1] == len(code) - e:
+        code = np.concatenate([code[None], np.column_stack([positives.embedding, positives.prototypes])]).mean(0)
+        code[:e] /= max(float(np.linalg.norm(code[:e])), 1e-9)
     return code[:e], code[e:]
 
 
 def adapt(model, prompt, pool: CandidateSet, labelled: CandidateSet, y: np.ndarray, *,
-          positives: np.ndarray | None = None, candidate_threshold: float, min_distance: float | None = None,
+          candidate_threshold: float, min_distance: float | None = None,
           fallback_threshold: float = 0.5, l2: float = 1.0) -> AdaptedModel:
     """Fit the :class:`AdaptedModel` of ``prompt`` from the labelled candidates.
 
     ``pool``: the unlabelled candidates of the answered tomogram(s) (PCA and standardisation);
     ``labelled`` with ``y`` (1 = the prompted particle, 0 = not): answers and the prompt's own
-    examples; ``positives``: their ``(K, 37, 37, 37)`` sub-volumes, added to the reference code.
-    Without a positive and a negative the model is left unfitted (score = mean similarity to the
-    reference code, threshold ``fallback_threshold``: the default settings' minimum similarity). The
+    examples (the positives also join the reference code). With fewer than two positives or no
+    negative the model is left unfitted (score = mean similarity to the reference code, threshold
+    ``fallback_threshold``: the default settings' minimum similarity; ``pick3d`` then uses the
+    settings). The
     threshold is the leave-one-out F1 optimum over the answers when there are at least two of each
     kind, else 0.5."""
     y = np.asarray(y, int).reshape(-1)
-    ref_e, ref_p = reference_code(model, prompt, positives)
+    ref_e, ref_p = reference_code(model, prompt, labelled.subset(np.flatnonzero(y == 1)) if len(y) else None)
     vec = np.concatenate([_unit(pool.embedding), _unit(pool.prototypes) if pool.prototypes.shape[1] else
                           pool.prototypes], axis=1)
     pca_mean = vec.mean(0) if len(vec) else np.zeros(vec.shape[1])
@@ -362,7 +365,7 @@ def adapt(model, prompt, pool: CandidateSet, labelled: CandidateSet, y: np.ndarr
     if len(x_pool) > 1:
         am.mean, am.scale = x_pool.mean(0), x_pool.std(0)
     am.scale = np.where(am.scale > 1e-6, am.scale, 1.0)
-    if not (y == 1).any() or not (y == 0).any():  # nothing to tell the class from yet
+    if (y == 1).sum() < 2 or not (y == 0).any():  # too little to tell the class from the others yet
         return am
     x = am.features(labelled)
     xs = (x - am.mean) / am.scale

@@ -31,7 +31,7 @@ from cryopick.picker3d.answers import AdaptedModel, Answers, adapt, read_answers
 from cryopick.picker3d.candidates import CandidateSet, find_candidates
 from cryopick.picker3d.card import resolve_settings
 from cryopick.picker3d.pick import TomogramPicker, check_prompts
-from cryopick.picker3d.prompt import Prompt, cut_prompt, load_prompt
+from cryopick.picker3d.prompt import Prompt, load_prompt
 
 log = logging.getLogger(__name__)
 EXAMPLES = "#examples"  # key suffix of the features at the prompts' own examples
@@ -146,11 +146,11 @@ class AnswerSession:
         return CandidateSet.at(self.model, work.volume, prob[k], coords, label=p.label, tomogram=name,
                                diameter=p.diameter, threshold=self.candidate_threshold[k], bf16=self.picker.bf16)
 
-    def labelled(self, answers: Answers | None, k: int) -> tuple[list[CandidateSet], np.ndarray, np.ndarray]:
+    def labelled(self, answers: Answers | None, k: int) -> tuple[list[CandidateSet], np.ndarray]:
         """Labelled candidates of prompt ``k`` over the session's tomograms: answers and the prompts'
-        own examples (own: positive; other prompts': negative), their targets and positive sub-volumes."""
+        own examples (own: positive; other prompts': negative) and their targets."""
         label = self.prompts[k].label
-        sets, ys, subs = [], [], []
+        sets, ys = [], []
         for name, (work, _, _) in self.frames.items():
             coords, y = [], []
             for j, q in enumerate(self.prompts):
@@ -167,8 +167,7 @@ class AnswerSession:
             coords, y = np.concatenate(coords), np.concatenate(y)
             sets.append(self._features_at(name, k, coords))
             ys.append(y)
-            subs += [cut_prompt(work.volume, c) for c in coords[y == 1]]
-        return sets, (np.concatenate(ys) if ys else np.zeros(0, int)), np.asarray(subs).reshape(-1, 37, 37, 37)
+        return sets, (np.concatenate(ys) if ys else np.zeros(0, int))
 
     def adapt(self, answers: Answers | None = None) -> dict[str, AdaptedModel]:
         """Fit every prompt's :class:`AdaptedModel` from ``answers`` (and the prompts' examples)."""
@@ -177,12 +176,12 @@ class AnswerSession:
             pools = [c for (name, key), c in self.pools.items() if key == p.label]
             if not pools:
                 raise CryopickError("add a tomogram to the session before adapting")
-            sets, y, subs = self.labelled(answers, k)
+            sets, y = self.labelled(answers, k)
             labelled = CandidateSet.join(sets) if sets else pools[0].subset(slice(0, 0))
             if len(sets) > 1:
                 labelled.tomogram = ""
             t0 = time.perf_counter()
-            out[p.label] = adapt(self.model, p, CandidateSet.join(pools), labelled, y, positives=subs,
+            out[p.label] = adapt(self.model, p, CandidateSet.join(pools), labelled, y,
                                  candidate_threshold=self.candidate_threshold[k], min_distance=s.min_distance,
                                  fallback_threshold=0.5 if s.min_similarity is None else s.min_similarity)
             out[p.label].info.update({"seconds": round(time.perf_counter() - t0, 3), "refine": s.refine})
