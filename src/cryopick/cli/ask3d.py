@@ -32,7 +32,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True,
                         help="questions folder: answers.csv, images/, <label>.adapted.npz (reruns continue it)")
     parser.add_argument("--answers", action="append", default=[],
-                        help="more answers.csv files or folders to learn from (default: only OUT/answers.csv)")
+                        help="more answers.csv files or folders to learn from; only their rows about this tomogram "
+                        "count here (pick3d --answers uses all) (default: only OUT/answers.csv)")
     parser.add_argument("--settings", action="append", default=[],
                         help="calibration JSON from `cryopick calibrate3d` (one, or one per --prompt; default: the "
                         "model's recommended settings)")
