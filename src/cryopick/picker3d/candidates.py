@@ -39,18 +39,28 @@ def find_candidates(prob: np.ndarray, diameter: float, threshold: float, separat
     return coords
 
 
-def base_features(prob: np.ndarray, coords: np.ndarray, diameter: float, threshold: float) -> np.ndarray:
+def component_table(prob: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Labels of the 6-connected components of ``prob > threshold`` and their size and shape
+    (:func:`base_features` takes it, so that one map is labelled once)."""
+    from scipy import ndimage
+
+    from cryopick.postprocess.cluster3d import SIX_CONNECTED
+
+    labels, n = ndimage.label(np.asarray(prob) > threshold, structure=SIX_CONNECTED)
+    return labels, _component_shapes(labels, n)
+
+
+def base_features(prob: np.ndarray, coords: np.ndarray, diameter: float, threshold: float,
+                  table: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """``(N, len(BASE_FEATURES))`` map features at ``coords``: probability at the centre, mean and max
     within half a radius, fraction above ``threshold`` within a radius, log size of the component
     under the strongest voxel near it (in sphere volumes), and its shape (ratios of the middle and
-    smallest to the largest extent; 0 without a component)."""
-    from scipy import ndimage
-
-    from cryopick.postprocess.cluster3d import SIX_CONNECTED, sphere_volume
+    smallest to the largest extent; 0 without a component). ``table``: :func:`component_table` of
+    the map at ``threshold`` when made already."""
+    from cryopick.postprocess.cluster3d import sphere_volume
 
     prob = np.asarray(prob, np.float32)
-    labels, n = ndimage.label(prob > threshold, structure=SIX_CONNECTED)
-    shape_stats = _component_shapes(labels, n)
+    labels, shape_stats = component_table(prob, threshold) if table is None else table
     r = max(1.0, diameter / 2)
     h, hr = max(1, int(round(r / 2))), max(1, int(round(r)))
     out = np.zeros((len(coords), len(BASE_FEATURES)))
@@ -115,13 +125,14 @@ class CandidateSet:
 
     @classmethod
     def at(cls, model, volume, prob: np.ndarray, coords: np.ndarray, *, label: str, tomogram: str, diameter: float,
-           threshold: float, bf16: bool = False) -> "CandidateSet":
-        """Features of the positions ``coords`` in one tomogram's map ``prob`` and working ``volume``."""
+           threshold: float, bf16: bool = False, table=None) -> "CandidateSet":
+        """Features of the positions ``coords`` in one tomogram's map ``prob`` and working ``volume``
+        (``table``: :func:`component_table` of ``prob``, when made already)."""
         from cryopick.picker3d.similarity import encode_positions
 
         coords = np.asarray(coords, float).reshape(-1, 3)
         emb, proto = encode_positions(model, volume, coords, bf16=bf16)
-        return cls(label, tomogram, coords, base_features(prob, coords, diameter, threshold), emb, proto,
+        return cls(label, tomogram, coords, base_features(prob, coords, diameter, threshold, table), emb, proto,
                    float(diameter))
 
     def subset(self, index) -> "CandidateSet":

@@ -28,13 +28,13 @@ import pandas as pd
 
 from cryopick.errors import CryopickError
 from cryopick.picker3d.answers import AdaptedModel, Answers, adapt, read_answers
-from cryopick.picker3d.candidates import CandidateSet, find_candidates
+from cryopick.picker3d.candidates import CandidateSet, component_table, find_candidates
 from cryopick.picker3d.card import resolve_settings
 from cryopick.picker3d.pick import TomogramPicker, check_prompts
 from cryopick.picker3d.prompt import Prompt, load_prompt
 
 log = logging.getLogger(__name__)
-EXAMPLES = "#examples"  # key suffix of the features at the prompts' own examples
+EXAMPLES = "#examples"  # key suffix of the features at the prompts' examples and other measured positions
 
 
 def choose_questions(p: np.ndarray, features: np.ndarray, k: int, *, threshold: float = 0.5,
@@ -95,6 +95,8 @@ class AnswerSession:
         self.pools: dict[tuple[str, str], CandidateSet] = {}
         self.frames: dict[str, tuple] = {}  # tomogram name -> (working tomogram, maps, path)
         self.adapted: dict[str, AdaptedModel] = {}
+        self._tables: dict[tuple[str, int], tuple] = {}  # (tomogram, prompt index) -> component_table
+        self.measured = False  # features measured at new positions since the tomogram was added
 
     @property
     def model(self):
@@ -116,10 +118,11 @@ class AnswerSession:
         examples = np.concatenate(examples) if examples else np.zeros((0, 3))
         for k, p in enumerate(self.prompts):
             coords = find_candidates(prob[k], p.diameter, self.candidate_threshold[k])
+            self._tables[(image.name, k)] = component_table(prob[k], self.candidate_threshold[k])
             for key, at in ((p.label, coords), (p.label + EXAMPLES, examples)):
                 self.pools[(image.name, key)] = CandidateSet.at(
                     self.model, work.volume, prob[k], at, label=p.label, tomogram=image.name, diameter=p.diameter,
-                    threshold=self.candidate_threshold[k], bf16=self.picker.bf16)
+                    threshold=self.candidate_threshold[k], bf16=self.picker.bf16, table=self._tables[(image.name, k)])
         log.info("%s: %s", image.name, ", ".join(f"{len(self.pools[(image.name, p.label)])} candidates of {p.label}"
                                                for p in self.prompts))
         return image.name
@@ -143,8 +146,13 @@ class AnswerSession:
         if prob is None:  # candidates from an earlier round; segment again for these positions
             self.add_tomogram(path)
             work, prob, _ = self.frames[name]
-        return CandidateSet.at(self.model, work.volume, prob[k], coords, label=p.label, tomogram=name,
-                               diameter=p.diameter, threshold=self.candidate_threshold[k], bf16=self.picker.bf16)
+        new = CandidateSet.at(self.model, work.volume, prob[k], coords, label=p.label, tomogram=name,
+                              diameter=p.diameter, threshold=self.candidate_threshold[k], bf16=self.picker.bf16,
+                              table=self._tables.get((name, k)))
+        self.pools[(name, p.label + EXAMPLES)] = CandidateSet.join([c for c in (self.pools.get(
+            (name, p.label + EXAMPLES)), new) if c is not None])  # measured once: later rounds find them
+        self.measured = True
+        return new
 
     def labelled(self, answers: Answers | None, k: int) -> tuple[list[CandidateSet], np.ndarray]:
         """Labelled candidates of prompt ``k`` over the session's tomograms: answers and the prompts'
@@ -244,11 +252,11 @@ def ask_tomogram(prompts: Sequence[Prompt | str | os.PathLike], tomogram: str | 
     fingerprint = _pool_fingerprint(session, tomogram)
     cache = out / ".cryopick" / "candidates.npz"
     name = session.add_tomogram(tomogram, pools=_load_pools(cache, fingerprint))
-    if session.frames[name][1] is not None:
-        _save_pools(cache, session.saved_pools(name), fingerprint)
     t1 = time.perf_counter()
     new = session.ask(k, table.concat(extra), tomogram=name, seed=seed + len(table))
     seconds_round = time.perf_counter() - t1
+    if session.frames[name][1] is not None or session.measured:
+        _save_pools(cache, session.saved_pools(name), fingerprint)
     if montage and len(new):
         image = session.picker.image
         for i, row in new.table.iterrows():
