@@ -9,9 +9,9 @@ K = 0, 5, 10, 20; the adapted models are then applied to tomogram B without more
 without both a yes and a no is picked with the default settings, as ``pick3d --answers`` does). Per K: mean
 F1 on B over classes (one-to-one within one radius). Compared with the model's default settings and
 with settings calibrated on A (best-case sweep incl. minimum similarity, applied to B). Also the
-seconds per answer round (adapt + choose, all classes of the set) and the seconds to encode the
-candidates of a 200x512x512 tomogram (the part of a round that grows with the tomogram; skipped at
-``--quick``: an estimate from the set's candidates per voxel is reported).
+seconds per answer round (adapt + choose, all classes of the set, candidates encoded already) and an
+estimate of the one-off cost of encoding one class's candidates in a 200x512x512 tomogram (the set's
+candidates per voxel x the time per candidate, timed on 256 positions).
 
 Usage::
 
@@ -130,22 +130,24 @@ def run_set(s: int, model, args) -> tuple[list[dict], list[float]]:
         yes = answers.table["answer"].eq("yes").sum()
         print(f"set {s} K={K}: {len(answers)} answers ({yes} yes), mean F1 on B "
               f"{np.mean([r[f'answered_K{K}'] for r in rows.values()]):.3f}", flush=True)
-    n_cand = sum(len(session.pools[(images[0].name, p.label)]) for p in prompts)
+    n_cand = np.mean([len(session.pools[(images[0].name, p.label)]) for p in prompts])
     return list(rows.values()), seconds, n_cand / float(np.prod(args.shape))
 
 
-def encode_time(model, density: float, shape=(200, 512, 512), n_max: int = 4000) -> dict:
-    """Seconds to encode the candidates expected in a ``shape`` tomogram (``density`` per voxel)."""
+def encode_time(model, density: float, shape=(200, 512, 512), sample: int = 256) -> dict:
+    """Seconds to encode the candidates of one class expected in a ``shape`` tomogram (``density``:
+    candidates per voxel and class), timed on ``sample`` positions."""
     from cryopick.picker3d.similarity import encode_positions
 
-    n = int(min(n_max, density * np.prod(shape)))
+    n = int(round(density * np.prod(shape)))
     rng = np.random.default_rng(0)
     vol = rng.normal(size=(64, 64, 64)).astype(np.float32)
-    coords = rng.uniform(18, 46, size=(min(n, 256), 3))
+    coords = rng.uniform(18, 46, size=(sample, 3))
     t0 = time.perf_counter()
     encode_positions(model, vol, coords)
     per = (time.perf_counter() - t0) / len(coords)
-    return {"candidates_200x512x512": n, "encode_s_per_candidate": per, "encode_s_200x512x512": per * n}
+    return {"candidates_per_class_200x512x512": n, "encode_s_per_candidate": per,
+            "encode_s_per_class_200x512x512": per * n}
 
 
 def main() -> int:
