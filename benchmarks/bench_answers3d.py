@@ -55,9 +55,9 @@ def simulated_answers(questions, tomo, diameters: dict) -> None:
 
 
 def f1_of(coords, truth, d) -> float:
-    from cryopick.picker3d.calibrate import evaluate_picks
+    from cryopick.evaluate.matching import match_points
 
-    return evaluate_picks(np.asarray(coords).reshape(-1, 3), truth, d / 2)["f1"]
+    return match_points(np.asarray(coords, float).reshape(-1, 3), truth, d / 2).f1
 
 
 def run_set(s: int, model, args) -> tuple[list[dict], list[float]]:

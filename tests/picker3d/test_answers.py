@@ -120,7 +120,6 @@ def test_answers_csv_round_trip_and_targets(tmp_path):
     assert list(back.targets("a")) == [1, 0, 0, 0, 1]
     assert list(back.targets("b")) == [0, -1, 1, 1, 0]  # an a is not a b; "not an a" says nothing about b
     assert normalise_answer("") == "" and normalise_answer("other") == "other" and normalise_answer(" Y ") == "yes"
-    assert (path.stat().st_mode & 0o777) != 0o600
 
 
 @pytest.mark.parametrize("text, match", [
@@ -261,6 +260,13 @@ def test_pick3d_answers_errors(sim, tmp_path, capsys):
     code = cli(["pick3d", "--prompt", str(prompt), "--tomograms", str(root / "tomos"), "-o", str(tmp_path / "o"),
                 "--adapted", str(tmp_path / "none.adapted.npz"), "--threads", "1"])
     assert code != 0 and "no such adapted-model file" in capsys.readouterr().err
+    for bad in (["--tomogram", str(tmp_path / "missing.mrc")],
+                ["--tomogram", str(root / "tomos" / "ts0.mrc"), "--answers", str(tmp_path / "answers.csv"),
+                 "--settings", str(tmp_path / "nothing.json")]):
+        code = cli(["ask3d", "--prompt", str(prompt), *bad, "-o", str(tmp_path / "q_bad"), "--threads", "1"])
+        err = capsys.readouterr().err
+        assert code != 0 and err.count("\n") == 1 and "Traceback" not in err
+        assert not (tmp_path / "q_bad").exists()  # nothing created for a run that cannot start
     with pytest.raises(SystemExit) as exit_:
         cli(["ask3d", "--prompt", str(prompt), "--tomogram", str(root / "tomos" / "ts0.mrc"), "-k", "0",
              "-o", str(tmp_path / "q")])

@@ -243,7 +243,9 @@ def ask_tomogram(prompts: Sequence[Prompt | str | os.PathLike], tomogram: str | 
     Returns a summary (counts, files, seconds)."""
     t0 = time.perf_counter()
     prompts = [p if isinstance(p, Prompt) else load_prompt(p) for p in prompts]
-    out = _folder(output_dir)
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise CryopickError(f"{out}: exists and is not a folder; give a folder for the questions (-o)")
     csv_path = out / "answers.csv"
     table = Answers.read(csv_path) if csv_path.is_file() else Answers()
     extra = read_answers(answers) if answers else Answers()
@@ -252,6 +254,7 @@ def ask_tomogram(prompts: Sequence[Prompt | str | os.PathLike], tomogram: str | 
     fingerprint = _pool_fingerprint(session, tomogram)
     cache = out / ".cryopick" / "candidates.npz"
     name = session.add_tomogram(tomogram, pools=_load_pools(cache, fingerprint))
+    _folder(out)  # created once the inputs are known to be good
     t1 = time.perf_counter()
     new = session.ask(k, table.concat(extra), tomogram=name, seed=seed + len(table))
     seconds_round = time.perf_counter() - t1
