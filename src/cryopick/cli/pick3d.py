@@ -4,6 +4,11 @@ Examples:
   cryopick pick3d --prompt ribosome.prompt --tomograms tomos/ -o picks/
   cryopick pick3d --prompt ribosome.prompt --prompt apoferritin.prompt --tomograms tomos/ -o picks/ --mode tm
   cryopick pick3d --prompt ribosome.prompt --tomograms tomos/ -o picks/ --settings ribosome_calibrated.json
+  cryopick pick3d --prompt ribosome.prompt --tomograms tomos/ -o picks/ --answers questions/
+  cryopick pick3d --prompt ribosome.prompt --tomograms more/ -o picks2/ --adapted picks/adapted/ribosome.adapted.npz
+With --answers (from `cryopick ask3d`) the prompts are first adapted to the answers (a small
+classifier over the candidates, saved as picks/adapted/<label>.adapted.npz); --adapted picks with
+such a file without more answers. Scores are then the classifier's probability.
 Outputs per format and class (<label> = the prompt's label, <tomogram> = the tomogram's file stem):
   relion5 (default)  picks/relion5/<label>/<tomogram>_autopick.star: RELION 5 tomography STAR,
                      _rlnCenteredCoordinate{X,Y,Z}Angst = Å from the tomogram centre; plus the index
@@ -80,6 +85,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine", type=nonnegative_int, metavar="N",
                         help="segment twice: the second time prompted with the prompt plus the N first-pass picks "
                         "most similar to it (self-prompting; twice the time; 0 = off; default: the settings file's)")
+    parser.add_argument("--answers", action="append", default=[],
+                        help="answers.csv from `cryopick ask3d` (or its folder; repeatable): adapt, then pick")
+    parser.add_argument("--adapted", action="append", default=[],
+                        help="<label>.adapted.npz from `cryopick ask3d` or an earlier --answers run (repeatable)")
     parser.add_argument("--format", nargs="+", default=["relion5"], choices=FORMATS,
                         help="output formats (default: relion5)")
     parser.add_argument("--model", help="ProPicker checkpoint (default: the shipped propicker-small weights)")
@@ -99,6 +108,7 @@ def main(args: argparse.Namespace) -> int:
     from cryopick.errors import CryopickError
     from cryopick.picker3d.pick import pick_tomograms
     from cryopick.picker3d.predict import set_threads
+    from cryopick.picker3d.questions import pick_with_answers
 
     if args.min_similarity is not None and args.no_similarity:
         raise CryopickError("give either --min-similarity or --no-similarity")
@@ -111,12 +121,14 @@ def main(args: argparse.Namespace) -> int:
                  if v is not None}
     if args.no_similarity:
         overrides["min_similarity"] = None
-    summary = pick_tomograms(args.tomograms[0] if len(args.tomograms) == 1 else args.tomograms, args.prompt,
-                             args.model, args.settings or None, args.output, args.format, redo=args.redo,
-                             overrides=overrides, bf16=bf16_value(args.bf16), device=args.device,
-                             save_maps=args.save_maps, montage=args.montage, project_dir=args.project_dir,
-                             **{k: v for k, v in {"stride": args.stride, "window": args.window,
-                                                  "batch_size": args.batch}.items() if v is not None})
+    learn = {"answers": args.answers, "adapted": args.adapted} if args.answers or args.adapted else {}
+    summary = (pick_with_answers if learn else pick_tomograms)(
+        args.tomograms[0] if len(args.tomograms) == 1 else args.tomograms, args.prompt, args.model,
+        args.settings or None, args.output, args.format, redo=args.redo, overrides=overrides,
+        bf16=bf16_value(args.bf16), device=args.device, save_maps=args.save_maps, montage=args.montage,
+        project_dir=args.project_dir, **learn,
+        **{k: v for k, v in {"stride": args.stride, "window": args.window, "batch_size": args.batch}.items()
+           if v is not None})
     failed = summary["failed"]
     if failed:
         first = failed[0]

@@ -127,13 +127,15 @@ class TomogramPicker:
         return self._maps[key]
 
     def predict(self, prompts: Prompt | Sequence[Prompt], settings: PickSettings | Sequence[PickSettings] | None = None,
-                *, refine: int | None = None, save_maps: str | os.PathLike | None = None) -> Picks:
+                *, refine: int | None = None, save_maps: str | os.PathLike | None = None,
+                adapted: dict | None = None) -> Picks:
         """Pick every prompt's particle in the current tomogram.
 
         ``settings``: one for all prompts or one per prompt (default: the model's recommended
         settings); ``refine`` (default: each settings' ``refine``) > 0 segments twice, the second time
         prompted with the prompt plus the ``refine`` first-pass picks most similar to it
-        (:func:`refined_code`).
+        (:func:`refined_code`). ``adapted``: ``{label: AdaptedModel}`` learned from answers
+        (:mod:`cryopick.picker3d.answers`); those prompts keep the candidates its classifier accepts.
 
         Returns
         -------
@@ -165,7 +167,10 @@ class TomogramPicker:
                     log.info("%s: estimated diameter of %s: %.1f working voxels", work.name, p.label, diameter)
             similarity = (PromptSimilarity(self.model, work.volume, z[k], bf16=self.bf16)
                           if s.min_similarity is not None else None)
-            coords, scores = postprocess(prob[k], work.volume, p, s, diameter, similarity)
+            if (adapted or {}).get(p.label) is not None:  # score = the classifier's probability
+                coords, scores = adapted[p.label].pick(self.model, prob[k], work.volume, bf16=self.bf16)
+            else:
+                coords, scores = postprocess(prob[k], work.volume, p, s, diameter, similarity)
             src = work.to_original(coords) if len(coords) else np.zeros((0, 3))
             d_src = None if diameter is None else diameter * work.binning
             tables.append(Picks.from_arrays(work.name, src, score=scores, diameter=d_src, label=p.label,
@@ -302,12 +307,14 @@ def pick_tomograms(
     montage: bool = True,
     progress: bool = True,
     project_dir: str | os.PathLike | None = None,
+    adapted: dict | None = None,
 ) -> dict:
     """Pick tomograms into ``output_dir`` (the batch behind ``cryopick pick3d``); resumable.
 
     ``tomograms``: files, a folder or a glob; ``prompts``: :class:`Prompt` objects or prompt files;
     ``settings``: ``None`` (the model's recommended settings), one settings object/file, or one per
-    prompt; ``overrides``: settings keys replaced in each (e.g. ``{"threshold": 0.6}``). Layout of the
+    prompt; ``overrides``: settings keys replaced in each (e.g. ``{"threshold": 0.6}``); ``adapted``:
+    ``{label: AdaptedModel}`` from answers (:func:`cryopick.picker3d.questions.pick_with_answers`). Layout of the
     folder: :mod:`cryopick.picker3d.outputs`.
 
     Per tomogram: read and check it, pick every prompt, write one file per format and class (an empty
@@ -350,6 +357,8 @@ def pick_tomograms(
     O.migrate_legacy_markers(out, state)
     fingerprint = {"model": model_fingerprint(picker.model), "prompts": [prompt_fingerprint(p) for p in prompts],
                    "settings": [asdict(s) for s in settings_list], "stride": stride, "window": window}
+    if adapted:
+        fingerprint["adapted"] = {label: a.fingerprint() for label, a in sorted(adapted.items())}
     before = state.records()
     if not state.check_fingerprint(fingerprint, redo=redo):
         n = O.remove_outputs(before, out)
@@ -365,7 +374,8 @@ def pick_tomograms(
             t0 = time.perf_counter()
             pngs = [out / "montage" / f"{name}_{O.label_folder(label)}.png" for label in labels] if montage else []
             try:
-                picks, image = _pick_one(picker, path, prompts, settings_list, formats, out if save_maps else None)
+                picks, image = _pick_one(picker, path, prompts, settings_list, formats, out if save_maps else None,
+                                         adapted)
                 written = O.write_tomogram_picks(picks, out, formats, name, labels, image.shape)
                 if montage:
                     from cryopick.picker3d.montage import write_montage
@@ -393,7 +403,8 @@ def pick_tomograms(
                    "n_skipped": len(paths) - n_new - len(failed), "failed": failed, "picks": totals,
                    "picks_per_tomogram": {r["tomogram"]: r.get("picks", {}) for r in records},
                    "formats": formats, "index_files": index, "settings": settings_list,
-                   "seconds_this_run": round(time.perf_counter() - start, 2), "output_dir": out}
+                   "seconds_this_run": round(time.perf_counter() - start, 2), "output_dir": out,
+                   **({"adapted": {label: a.info for label, a in adapted.items()}} if adapted else {})}
         from cryopick.io.atomic import write_text
 
         write_text(out / "summary.json", dumps(summary, indent=1) + "\n")
@@ -414,12 +425,12 @@ def _output_folder(output_dir: str | os.PathLike) -> Path:
 
 
 def _pick_one(picker: TomogramPicker, path: Path, prompts: list[Prompt], settings: list[PickSettings],
-              formats: list[str], maps_dir: Path | None) -> tuple[Picks, Image]:
+              formats: list[str], maps_dir: Path | None, adapted: dict | None = None) -> tuple[Picks, Image]:
     picker.set_tomogram(path)
     needs_angstrom = [f for f in formats if f in ("relion5", "copick")]
     if needs_angstrom and picker.image.pixel_size is None:
         raise CryopickError(f"{path}: no voxel size in the header, which {' and '.join(needs_angstrom)} output "
                             "needs (coordinates in Å); set it in the header (e.g. alterheader) or choose "
                             "--format imod relion3")
-    picks = picker.predict(prompts, settings, save_maps=maps_dir / "maps" if maps_dir else None)
+    picks = picker.predict(prompts, settings, save_maps=maps_dir / "maps" if maps_dir else None, adapted=adapted)
     return picks, picker.image

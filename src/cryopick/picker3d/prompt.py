@@ -226,29 +226,45 @@ def flipped_views(subvolumes: np.ndarray) -> np.ndarray:
 
 def estimate_diameter(model: ProPicker, prompt: Prompt, work: WorkingTomogram, threshold: float | None = None,
                       window: int = 64) -> float | None:
-    """Diameter (working voxels) of the sphere with the volume of the segmented component under each
-    example (median over examples), segmenting a ``window``³ block around each example in ``work``,
-    the prompt's own tomogram at the working scale."""
-    from scipy import ndimage
-
-    from cryopick.postprocess.cluster3d import SIX_CONNECTED
-
+    """Diameter (working voxels) of the particle under each example (median over examples), from the
+    segmentation of a ``window``³ block around it in ``work``, the prompt's own tomogram at the working
+    scale (:func:`component_diameter`)."""
     z = prompt_embedding(model, prompt)[None]
     threshold = default_threshold(model) if threshold is None else threshold
     sizes = []
     for c in work.to_working(prompt.positions):
         prob = predict_tomogram(model.segmenter, _Crop(work.volume, c, window), z, window=window, stride=window,
                                 progress=False)[0]
-        labels, _ = ndimage.label(prob > threshold, structure=SIX_CONNECTED)
-        centre = window // 2
-        lab = labels[centre, centre, centre]
-        if lab == 0:  # take the nearest component within a few voxels
-            near = labels[centre - 3 : centre + 4, centre - 3 : centre + 4, centre - 3 : centre + 4]
-            vals = near[near > 0]
-            lab = int(np.bincount(vals).argmax()) if len(vals) else 0
-        if lab:
-            sizes.append(float((labels == lab).sum()))
-    if not sizes:
-        return None
-    return float((6.0 * np.median(sizes) / math.pi) ** (1.0 / 3.0))
+        d = component_diameter(prob, threshold)
+        if d is not None:
+            sizes.append(d)
+    return float(np.median(sizes)) if sizes else None
 
+
+def component_diameter(prob: np.ndarray, threshold: float, search: int = PROMPT_SIZE // 2,
+                       min_voxels: int = 27) -> float | None:
+    """Diameter of the sphere with the volume of the component of ``prob > threshold`` nearest the
+    block's centre (within ``search`` voxels; components under ``min_voxels`` are noise), its enclosed
+    cavities filled; ``None`` without one.
+
+    A hollow particle (a shell, a cage) is segmented as its wall: the centre voxel is empty, and the
+    wall alone would give a diameter far below the particle's, so the nearest component is taken (not
+    only one through the centre) and its cavity counts."""
+    from scipy import ndimage
+
+    from cryopick.postprocess.cluster3d import SIX_CONNECTED
+
+    labels, n = ndimage.label(np.asarray(prob) > threshold, structure=SIX_CONNECTED)
+    if n == 0:
+        return None
+    small = np.flatnonzero(np.bincount(labels.ravel(), minlength=n + 1) < min_voxels)
+    labels[np.isin(labels, small[small > 0])] = 0
+    centre = np.asarray(labels.shape) // 2
+    lo, hi = np.maximum(centre - search, 0), centre + search + 1
+    block = labels[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    pts = np.argwhere(block > 0)
+    if not len(pts):
+        return None
+    nearest = np.argmin(np.linalg.norm(pts + lo - centre, axis=1))
+    mask = ndimage.binary_fill_holes(labels == block[tuple(pts[nearest])])
+    return float((6.0 * mask.sum() / math.pi) ** (1.0 / 3.0))

@@ -64,3 +64,21 @@ class PromptSimilarity:
             sim = 0.5 * (sim + F.cosine_similarity(proto.float().cpu(), self._prototypes[None], dim=1))
         return sim.numpy()
 
+
+
+def encode_positions(model: ProPicker, volume, coords: np.ndarray, batch_size: int = 64,
+                     bf16: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Encoder embeddings (unit, ``(N, 32)``) and segmenter prototype features (``(N, P)``; ``(N, 0)``
+    without prototypes) of the 37³ sub-volumes of ``volume`` (working scale) at ``coords`` (``x, y, z``)."""
+    coords = np.asarray(coords, float).reshape(-1, 3)
+    emb, proto = [], []
+    device = next(model.parameters()).device.type
+    for i in range(0, len(coords), batch_size):
+        subs = np.stack([cut_cube(volume, c, PROMPT_SIZE) for c in coords[i : i + batch_size]])
+        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            emb.append(torch.nn.functional.normalize(model.encoder.embed(subs).float(), dim=1).cpu().numpy())
+            if model.segmenter.prototype:
+                proto.append(model.prototypes(subs).float().cpu().numpy())
+    n_proto = sum(model.segmenter.widths[:-1]) if model.segmenter.prototype else 0
+    return (np.concatenate(emb) if emb else np.zeros((0, model.segmenter.embed_dim)),
+            np.concatenate(proto) if proto else np.zeros((len(coords), n_proto)))
