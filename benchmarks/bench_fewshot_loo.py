@@ -14,8 +14,8 @@ particle-level F1 (one-to-one matching, correct within one particle radius) at t
 
 Each trained model is scored with every post-processing variant whose threshold the calibration recorded
 (``calibration["variants"]``: Algorithm S1 or plain peak finding, x test-time augmentation none / flips /
-d4) and with the variant the card chose (``chosen``); ``s1/tta=none`` is the behaviour before those
-options existed. Seconds per test micrograph (read + resample + network + post-processing) are given
+d4), with the variant the card chose (``chosen``) and with the one the opt-in method choice on the
+validation strips would choose (``auto``); ``s1/tta=none`` is the behaviour before those options existed. Seconds per test micrograph (read + resample + network + post-processing) are given
 per TTA mode; on EMPIAR-10017 these are 4096² micrographs.
 
     python benchmarks/bench_fewshot_loo.py --quick        # ~15 min on 2 idle cores (3 epochs per protein)
@@ -172,6 +172,13 @@ def evaluate(model_dir: Path, test_paths, truth, diameter: float, threads: int) 
             "f1_before": rows["s1/tta=none"]["f1"], "n_test": len(test_paths)}
 
 
+def auto_choice(variants: dict, min_gain: float = 0.005) -> str:
+    """The variant ``calibrate_postprocess(choose_method=True)`` would put in the card (no TTA): plain peaks
+    when their validation F1 beats S1's by more than ``min_gain``, else S1."""
+    s1, peaks = (variants[f"{m}/tta=none"].get("validation_f1") or 0.0 for m in ("s1", "peaks"))
+    return "peaks/tta=none" if peaks > s1 + min_gain else "s1/tta=none"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(ap, "benchmarks/results/fewshot_loo.json")
@@ -218,8 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     variants = [f"{m}/tta={t}" for t in TTAS for m in METHODS]
     rows = []
     for name, ev in results.items():
+        ev["auto"] = auto_choice(ev["variants"])
+        ev["f1_auto"] = ev["variants"][ev["auto"]]["f1"]
         row = {"protein": name, "n_test": ev["n_test"], "n_truth": ev["variants"]["s1/tta=none"]["n_truth"],
-               "chosen": ev["chosen"], "F1 chosen": ev["f1_chosen"]}
+               "chosen": ev["chosen"], "F1 chosen": ev["f1_chosen"], "auto": ev["auto"], "F1 auto": ev["f1_auto"]}
         row.update({v: ev["variants"][v]["f1"] for v in variants})
         row.update({f"s/mic tta={t}": ev["seconds_per_micrograph"][t] for t in TTAS})
         rows.append(row)
@@ -228,9 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, ev in results.items():
         summary[f"{name} F1 before"] = ev["f1_before"]
         summary[f"{name} F1 chosen"] = ev["f1_chosen"]
-    for key, label in [("s1/tta=none", "before"), ("chosen", "chosen"), ("s1/tta=flips", "s1 flips"),
+    for key, label in [("s1/tta=none", "before"), ("chosen", "chosen"), ("auto", "auto method choice"), ("s1/tta=flips", "s1 flips"),
                        ("peaks/tta=none", "peaks"), ("s1/tta=d4", "s1 d4")]:
-        vals = [ev["f1_chosen"] if key == "chosen" else ev["variants"][key]["f1"] for ev in results.values()]
+        vals = [ev[f"f1_{key}"] if key in ("chosen", "auto") else ev["variants"][key]["f1"] for ev in results.values()]
         summary[f"mean F1 {label}"] = round(float(np.mean(vals)), 4) if vals else None
     print("  ".join(f"{k}: {v}" for k, v in summary.items() if k.startswith("mean")), flush=True)
     write_result(args.out, "fewshot_loo", args.quick, summary, proteins=results,

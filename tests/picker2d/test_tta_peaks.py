@@ -91,9 +91,12 @@ def test_calibration_chooses_the_peak_finder_that_wins_on_validation(spacing, ex
     for seed in range(2):
         prob, centres = blob_map(spacing, seed)
         mics.append(TrainingMicrograph(f"m{seed}", prob, centres, frame=None, val_box=(0, 128, 0, 128)))
-    cal = calibrate_postprocess(Identity(), mics, radius=4.0, context=0, bf16=False, mask_threshold=0.5,
-                                score_method="mean_top", min_distance=0.6 * spacing, tolerance=spacing / 2,
-                                ttas=("none",))
+    kwargs = dict(radius=4.0, context=0, bf16=False, mask_threshold=0.5, score_method="mean_top",
+                  min_distance=0.6 * spacing, tolerance=spacing / 2, ttas=("none",))
+    default = calibrate_postprocess(Identity(), mics, **kwargs)
+    assert default["peak_method"] == "s1"  # the choice is opt-in (it lost on the leave-one-out benchmark)
+    cal = calibrate_postprocess(Identity(), mics, choose_method=True, **kwargs)
+    assert default["variants"] == cal["variants"]
     assert cal["peak_method"] == expected and cal["tta"] == "none"
     assert set(cal["variants"]) == {"s1/tta=none", "peaks/tta=none"}
     f1 = {k: v["f1"] for k, v in cal["variants"].items()}

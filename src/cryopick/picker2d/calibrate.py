@@ -9,11 +9,13 @@ the recall ``R(t)`` measured on the held-out labelled particles estimates the tr
 threshold ``t``; the held-out data contain about ``N = n_labelled / f`` particles, so with ``n(t)``
 picks there the estimated precision is ``min(1, R(t) N / n(t))``.
 
-:func:`calibrate_postprocess` also chooses the post-processing: Algorithm S1 (watershed) or plain
-peak finding (:data:`cryopick.postprocess.peaks2d.PEAK_METHODS`), whichever reaches the higher
-calibrated F1 on the validation data, and records the threshold of every method and test-time
-augmentation mode (:data:`cryopick.picker2d.predict.TTA_MODES`), so a picker run with another
-one still uses a calibrated threshold.
+:func:`calibrate_postprocess` records the calibrated threshold of every post-processing method
+(Algorithm S1 or plain peak finding, :data:`cryopick.postprocess.peaks2d.PEAK_METHODS`) and test-time
+augmentation mode (:data:`cryopick.picker2d.predict.TTA_MODES`), so a picker run with another one
+still uses a calibrated threshold. With ``choose_method`` it also picks the method with the higher
+validation F1; that is off by default (:data:`CHOOSE_METHOD`): on the leave-one-out benchmark
+(``benchmarks/fewshot_loo.md``) the validation strips chose plain peaks on EMPIAR-10017, where it lost
+0.018 test F1, and the choice lowered the mean F1 over the four "proteins".
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from cryopick.postprocess.peaks2d import PEAK_METHODS, find_peaks_2d
 
 if TYPE_CHECKING:
     from cryopick.picker2d.train.data import TrainingMicrograph
+
+#: Whether training chooses the peak method on the validation data (see the module docstring).
+CHOOSE_METHOD = False
 
 
 @dataclass
@@ -153,11 +158,12 @@ def calibrate_postprocess(model, mics: list[TrainingMicrograph], radius: float, 
                           mask_threshold: float, score_method: str, min_distance: float, tolerance: float,
                           labelled_fraction: float = 1.0, methods: tuple[str, ...] = PEAK_METHODS,
                           ttas: tuple[str, ...] = tuple(TTA_MODES), tta: str = DEFAULT_TTA,
-                          min_gain: float = 0.005) -> dict:
+                          choose_method: bool = CHOOSE_METHOD, min_gain: float = 0.005) -> dict:
     """Calibrate the threshold of every post-processing variant (peak method x TTA mode) on the
-    validation data and choose the peak method for ``tta``.
+    validation data; the card's variant uses ``tta`` and ``"s1"``, or with ``choose_method`` the method
+    with the best validation F1.
 
-    Returns :func:`calibrate_threshold`'s dict for the chosen variant, plus ``peak_method``, ``tta``
+    Returns :func:`calibrate_threshold`'s dict for the card's variant, plus ``peak_method``, ``tta``
     and ``variants`` (per variant: threshold, F1, precision, recall). Another method than ``"s1"`` is
     chosen only when its calibrated validation F1 is higher by more than ``min_gain`` (held-out
     strips hold a few hundred particles, so smaller differences are noise).
@@ -173,7 +179,7 @@ def calibrate_postprocess(model, mics: list[TrainingMicrograph], radius: float, 
                 chosen[method] = cal
     best = "s1" if "s1" in chosen else next(iter(chosen))
     for method, cal in chosen.items():
-        if (cal["f1"] or 0.0) > (chosen[best]["f1"] or 0.0) + min_gain:
+        if choose_method and (cal["f1"] or 0.0) > (chosen[best]["f1"] or 0.0) + min_gain:
             best = method
     return {**chosen[best], "peak_method": best, "tta": tta, "variants": variants}
 
