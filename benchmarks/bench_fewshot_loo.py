@@ -172,6 +172,23 @@ def evaluate(model_dir: Path, test_paths, truth, diameter: float, threads: int) 
             "f1_before": rows["s1/tta=none"]["f1"], "n_test": len(test_paths)}
 
 
+def tta_speed(model_dir: Path, jpgs: list[Path], n: int, workdir: Path, threads: int) -> dict:
+    """End-to-end picking speed of ``n`` 4096² float32 MRCs (``bench_fewshot_empiar.speed_test``) per TTA
+    mode: a copy of the model whose card asks for that mode."""
+    from bench_fewshot_empiar import speed_test
+
+    speeds = {}
+    for tta in TTAS:
+        copy = workdir / f"model_{tta}"
+        shutil.copytree(model_dir, copy, dirs_exist_ok=True)
+        card = json.loads((copy / "card.json").read_text())
+        (copy / "card.json").write_text(json.dumps({**card, "tta": tta}))
+        speeds[tta] = speed_test(copy, jpgs, n, workdir / f"work_{tta}", threads)
+        print(f"picking speed, tta={tta}: {speeds[tta]['micrographs_per_second']} micrographs/s (4096² MRC)",
+              flush=True)
+    return speeds
+
+
 def auto_choice(variants: dict, min_gain: float = 0.005) -> str:
     """The variant ``calibrate_postprocess(choose_method=True)`` would put in the card (no TTA): plain peaks
     when their validation F1 beats S1's by more than ``min_gain``, else S1."""
@@ -190,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--redo", action="store_true", help="retrain and rescore instead of using the cache")
+    ap.add_argument("--speed-n", type=int, default=None,
+                    help="4096² MRCs picked end to end per TTA mode with the empiar10017 model (default 3; 0 = skip)")
     args = ap.parse_args(argv)
     size = "quick" if args.quick else "full"
     args.n_test = args.n_test or (5 if args.quick else 10)
@@ -242,7 +261,17 @@ def main(argv: list[str] | None = None) -> int:
         vals = [ev[f"f1_{key}"] if key in ("chosen", "auto") else ev["variants"][key]["f1"] for ev in results.values()]
         summary[f"mean F1 {label}"] = round(float(np.mean(vals)), 4) if vals else None
     print("  ".join(f"{k}: {v}" for k, v in summary.items() if k.startswith("mean")), flush=True)
-    write_result(args.out, "fewshot_loo", args.quick, summary, proteins=results,
+    speeds = None
+    model = cache / "empiar10017" / "model"
+    if (3 if args.speed_n is None else args.speed_n) > 0 and (model / "card.json").is_file():
+        import tempfile
+
+        jpgs = sorted((Path(args.data) / "micrographs").glob("*.jpg"))[5:]
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            speeds = tta_speed(model, jpgs, 3 if args.speed_n is None else args.speed_n, Path(tmp), args.threads)
+        for tta, r in speeds.items():
+            summary[f"picking mic/s tta={tta}"] = r["micrographs_per_second"]
+    write_result(args.out, "fewshot_loo", args.quick, summary, proteins=results, speed=speeds,
                  settings={"threads": args.threads, "seed": args.seed, "epochs": args.epochs, "n_test": args.n_test,
                            "cache": str(cache)})
     return 0
