@@ -101,6 +101,11 @@ def test_calibration_chooses_the_peak_finder_that_wins_on_validation(spacing, ex
     assert set(cal["variants"]) == {"s1/tta=none", "peaks/tta=none"}
     f1 = {k: v["f1"] for k, v in cal["variants"].items()}
     assert cal["f1"] == max(f1.values())
+    fixed = Identity()
+    fixed.preferred_size = 128  # a SAM2-like backbone: only the card's TTA mode is calibrated
+    assert set(calibrate_postprocess(fixed, mics, **{**kwargs, "ttas": None})["variants"]) == set(cal["variants"])
+    full = calibrate_postprocess(Identity(), mics[:1], **{**kwargs, "ttas": None})
+    assert set(full["variants"]) == {f"{m}/tta={t}" for m in ("s1", "peaks") for t in TTA_MODES}
     if expected == "peaks":  # the crowded case: the watershed merges touching particles
         assert f1["peaks/tta=none"] > f1["s1/tta=none"] + 0.1
 

@@ -157,7 +157,7 @@ def variant_key(peak_method: str, tta: str) -> str:
 def calibrate_postprocess(model, mics: list[TrainingMicrograph], radius: float, context: int, bf16: bool,
                           mask_threshold: float, score_method: str, min_distance: float, tolerance: float,
                           labelled_fraction: float = 1.0, methods: tuple[str, ...] = PEAK_METHODS,
-                          ttas: tuple[str, ...] = tuple(TTA_MODES), tta: str = DEFAULT_TTA,
+                          ttas: tuple[str, ...] | None = None, tta: str = DEFAULT_TTA,
                           choose_method: bool = CHOOSE_METHOD, min_gain: float = 0.005) -> dict:
     """Calibrate the threshold of every post-processing variant (peak method x TTA mode) on the
     validation data; the card's variant uses ``tta`` and ``"s1"``, or with ``choose_method`` the method
@@ -166,8 +166,12 @@ def calibrate_postprocess(model, mics: list[TrainingMicrograph], radius: float, 
     Returns :func:`calibrate_threshold`'s dict for the card's variant, plus ``peak_method``, ``tta``
     and ``variants`` (per variant: threshold, F1, precision, recall). Another method than ``"s1"`` is
     chosen only when its calibrated validation F1 is higher by more than ``min_gain`` (held-out
-    strips hold a few hundred particles, so smaller differences are noise).
+    strips hold a few hundred particles, so smaller differences are noise). ``ttas`` (default: every
+    mode, but only ``tta`` for backbones with a fixed large input such as SAM2, whose validation pass
+    is expensive) are the TTA modes whose variants are recorded.
     """
+    if ttas is None:
+        ttas = tuple(TTA_MODES) if getattr(model, "preferred_size", None) is None else (tta,)
     variants, chosen = {}, {}
     for mode in dict.fromkeys((tta, *ttas)):
         maps = validation_maps(model, mics, context, bf16, tta=mode)
