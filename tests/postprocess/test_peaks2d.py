@@ -99,3 +99,18 @@ def test_empty_map_and_simple_peaks():
     centres = np.array([[10.0, 10.0], [30.0, 22.0]])
     peaks = find_peaks_simple(disks((40, 40), centres, 4), radius=4)
     assert match_points(peaks.coords, centres, 1.5).tp == 2
+
+
+def test_find_peaks_2d_dispatches_and_simple_peaks_honour_region_and_border():
+    from cryopick.postprocess.peaks2d import find_peaks_2d
+
+    centres = np.array([[10.0, 10.0], [30.0, 22.0], [3.0, 20.0]])
+    prob = disks((40, 40), centres, 4)
+    s1 = find_peaks_2d(prob, 4, method="s1")
+    np.testing.assert_allclose(s1.coords, find_peaks_s1(prob, 4).coords)
+    peaks = find_peaks_2d(prob, 4, method="peaks", region=(0, 0, 39, 39), border=6)
+    assert match_points(peaks.coords, centres[:2], 1.5).tp == 2 and len(peaks) == 2
+    assert len(peaks.edge_scores) == 1  # the centre 3 px from the edge, dropped before NMS
+    assert len(find_peaks_2d(prob, 4, method="peaks", min_score=1.1)) == 0
+    with pytest.raises(ValueError, match="peaks"):
+        find_peaks_2d(prob, 4, method="watershed")

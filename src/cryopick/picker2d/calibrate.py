@@ -8,6 +8,14 @@ measured against the labels. Assuming the labelled particles are a random sample
 the recall ``R(t)`` measured on the held-out labelled particles estimates the true recall at
 threshold ``t``; the held-out data contain about ``N = n_labelled / f`` particles, so with ``n(t)``
 picks there the estimated precision is ``min(1, R(t) N / n(t))``.
+
+:func:`calibrate_postprocess` records the calibrated threshold of every post-processing method
+(Algorithm S1 or plain peak finding, :data:`cryopick.postprocess.peaks2d.PEAK_METHODS`) and test-time
+augmentation mode (:data:`cryopick.picker2d.predict.TTA_MODES`), so a picker run with another one
+still uses a calibrated threshold. With ``choose_method`` it also picks the method with the higher
+validation F1; that is off by default (:data:`CHOOSE_METHOD`): on the leave-one-out benchmark
+(``benchmarks/fewshot_loo.md``) the validation strips chose plain peaks on EMPIAR-10017, where it lost
+0.018 test F1, and the choice lowered the mean F1 over the four "proteins".
 """
 
 from __future__ import annotations
@@ -18,11 +26,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cryopick.evaluate.matching import match_points
-from cryopick.picker2d.predict import predict_probability
-from cryopick.postprocess.peaks2d import find_peaks_s1
+from cryopick.picker2d.predict import DEFAULT_TTA, TTA_MODES, predict_probability
+from cryopick.postprocess.peaks2d import PEAK_METHODS, find_peaks_2d
 
 if TYPE_CHECKING:
     from cryopick.picker2d.train.data import TrainingMicrograph
+
+#: Whether training chooses the peak method on the validation data (see the module docstring).
+CHOOSE_METHOD = False
 
 
 @dataclass
@@ -97,11 +108,11 @@ def calibrate_threshold(regions: list[ValidationPicks], tolerance: float, labell
     }
 
 
-def validation_picks(model, mics: list[TrainingMicrograph], radius: float, context: int,
-                     bf16: bool, mask_threshold: float, score_method: str, min_distance: float,
-                     margin: float = 0.0) -> list[ValidationPicks]:
-    """Run the model on each validation region (plus ``context`` pixels around it) and pick."""
-    regions = []
+def validation_maps(model, mics: list[TrainingMicrograph], context: int, bf16: bool,
+                    tta: str | None = None) -> list[tuple]:
+    """Probability map of each validation region plus ``context`` pixels around it:
+    ``[(micrograph, map, (x0, y0) offset of the map)]``."""
+    maps = []
     was_training = model.training
     model.eval()
     for m in mics:
@@ -110,14 +121,71 @@ def validation_picks(model, mics: list[TrainingMicrograph], radius: float, conte
         y0, y1, x0, x1 = m.val_box
         h, w = m.shape
         cy0, cy1, cx0, cx1 = max(0, y0 - context), min(h, y1 + context), max(0, x0 - context), min(w, x1 + context)
-        prob = predict_probability(model, m.image[cy0:cy1, cx0:cx1], bf16=bf16)
-        peaks = find_peaks_s1(prob, radius, threshold=mask_threshold, score=score_method, min_distance=min_distance)
-        coords = peaks.coords + [cx0, cy0]
+        prob = predict_probability(model, m.image[cy0:cy1, cx0:cx1], bf16=bf16, tta=tta)
+        maps.append((m, prob, (cx0, cy0)))
+    model.train(was_training)
+    return maps
+
+
+def picks_from_maps(maps: list[tuple], radius: float, mask_threshold: float, score_method: str,
+                    min_distance: float, margin: float = 0.0, peak_method: str = "s1") -> list[ValidationPicks]:
+    """Post-process the maps of :func:`validation_maps` and keep the picks inside the validation boxes."""
+    regions = []
+    for m, prob, offset in maps:
+        peaks = find_peaks_2d(prob, radius, method=peak_method, threshold=mask_threshold, score=score_method,
+                              min_distance=min_distance)
+        coords = peaks.coords + list(offset)
         keep = m.in_val(coords, margin)
         truth = m.coords[m.in_val(m.coords, margin)] if not m.negative else np.zeros((0, 2))
         regions.append(ValidationPicks(coords[keep], peaks.scores[keep], truth))
-    model.train(was_training)
     return regions
+
+
+def validation_picks(model, mics: list[TrainingMicrograph], radius: float, context: int,
+                     bf16: bool, mask_threshold: float, score_method: str, min_distance: float,
+                     margin: float = 0.0, peak_method: str = "s1", tta: str | None = None) -> list[ValidationPicks]:
+    """Run the model on each validation region (plus ``context`` pixels around it) and pick."""
+    maps = validation_maps(model, mics, context, bf16, tta=tta)
+    return picks_from_maps(maps, radius, mask_threshold, score_method, min_distance, margin, peak_method)
+
+
+def variant_key(peak_method: str, tta: str) -> str:
+    """Name of a post-processing variant in ``calibration["variants"]``."""
+    return f"{peak_method}/tta={tta}"
+
+
+def calibrate_postprocess(model, mics: list[TrainingMicrograph], radius: float, context: int, bf16: bool,
+                          mask_threshold: float, score_method: str, min_distance: float, tolerance: float,
+                          labelled_fraction: float = 1.0, methods: tuple[str, ...] = PEAK_METHODS,
+                          ttas: tuple[str, ...] | None = None, tta: str = DEFAULT_TTA,
+                          choose_method: bool = CHOOSE_METHOD, min_gain: float = 0.005) -> dict:
+    """Calibrate the threshold of every post-processing variant (peak method x TTA mode) on the
+    validation data; the card's variant uses ``tta`` and ``"s1"``, or with ``choose_method`` the method
+    with the best validation F1.
+
+    Returns :func:`calibrate_threshold`'s dict for the card's variant, plus ``peak_method``, ``tta``
+    and ``variants`` (per variant: threshold, F1, precision, recall). Another method than ``"s1"`` is
+    chosen only when its calibrated validation F1 is higher by more than ``min_gain`` (held-out
+    strips hold a few hundred particles, so smaller differences are noise). ``ttas`` (default: every
+    mode, but only ``tta`` for backbones with a fixed large input such as SAM2, whose validation pass
+    is expensive) are the TTA modes whose variants are recorded.
+    """
+    if ttas is None:
+        ttas = tuple(TTA_MODES) if getattr(model, "preferred_size", None) is None else (tta,)
+    variants, chosen = {}, {}
+    for mode in dict.fromkeys((tta, *ttas)):
+        maps = validation_maps(model, mics, context, bf16, tta=mode)
+        for method in methods:
+            regions = picks_from_maps(maps, radius, mask_threshold, score_method, min_distance, peak_method=method)
+            cal = calibrate_threshold(regions, tolerance, labelled_fraction, grid=score_grid(regions, fine=True))
+            variants[variant_key(method, mode)] = {k: cal.get(k) for k in ("threshold", "f1", "precision", "recall")}
+            if mode == tta:
+                chosen[method] = cal
+    best = "s1" if "s1" in chosen else next(iter(chosen))
+    for method, cal in chosen.items():
+        if choose_method and (cal["f1"] or 0.0) > (chosen[best]["f1"] or 0.0) + min_gain:
+            best = method
+    return {**chosen[best], "peak_method": best, "tta": tta, "variants": variants}
 
 
 def score_grid(regions: list[ValidationPicks], fine: bool = False) -> np.ndarray:

@@ -47,6 +47,11 @@ class ModelCard:
     mask_threshold: float = 0.5
     min_distance: float | None = None
     score_method: str = "mean_top"
+    #: post-processing (``"s1"`` or ``"peaks"``, see :func:`cryopick.postprocess.peaks2d.find_peaks_2d`) and
+    #: test-time augmentation (:data:`cryopick.picker2d.predict.TTA_MODES`) chosen at calibration; cards
+    #: written before these existed get S1 without augmentation
+    peak_method: str = "s1"
+    tta: str = "none"
     calibration: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
@@ -131,6 +136,13 @@ def _check_card(card: ModelCard, path: Path) -> ModelCard:
             or not isinstance(card.normalisation, dict):
         raise CryopickError(f"{path}: backbone, backbone_kwargs or normalisation has the wrong type; "
                             "the model card is damaged: retrain with `cryopick train` or restore the file")
+    from cryopick.picker2d.predict import TTA_MODES
+    from cryopick.postprocess.peaks2d import PEAK_METHODS
+
+    for name, known in (("peak_method", PEAK_METHODS), ("tta", tuple(TTA_MODES))):
+        if getattr(card, name) not in known:
+            raise CryopickError(f"{path}: {name} must be one of {', '.join(known)}, found {getattr(card, name)!r}; "
+                                "the model card is damaged or from a newer cryopick: retrain or restore the file")
     number("factor", 1e-6)
     number("diameter", 1e-6)
     number("pixel_size", 1e-6, optional=True)

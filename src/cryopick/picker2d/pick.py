@@ -32,9 +32,9 @@ import numpy as np
 from cryopick.errors import CryopickError
 from cryopick.io.images import read_micrograph
 from cryopick.picker2d.card import load_model
-from cryopick.picker2d.predict import bf16_is_faster, fold_batchnorm, predict_probability
+from cryopick.picker2d.predict import TTA_MODES, bf16_is_faster, fold_batchnorm, predict_probability
 from cryopick.picks import Picks, filter_score
-from cryopick.postprocess.peaks2d import Peaks2d, find_peaks_s1, valid_region
+from cryopick.postprocess.peaks2d import PEAK_METHODS, Peaks2d, find_peaks_2d, valid_region
 from cryopick.preprocess import WorkingFrame
 from cryopick.runtime import configure_threads
 
@@ -103,12 +103,18 @@ class Picker:
         bfloat16 autocast for inference; ``None`` = when the CPU has native bf16 (AVX512-BF16/AMX).
     num_threads
         Torch CPU threads (``None``: as many as there are free cores now, see :mod:`cryopick.runtime`).
+    tta, peak_method
+        Test-time augmentation (``"none"``, ``"flips"``, ``"d4"``; see
+        :data:`cryopick.picker2d.predict.TTA_MODES`) and post-processing (``"s1"`` or ``"peaks"``);
+        default: the card's (chosen at calibration). With another choice than the card's, the default
+        threshold is the one calibrated for that choice when the card records it.
     """
 
     def __init__(self, model_dir: str | os.PathLike, threshold: float | None = None,
                  min_distance: float | None = None, pixel_size: float | None = None,
                  bf16: bool | None = None, num_threads: int | None = None, device: str = "cpu",
-                 border: float | None = None, detect_padding: bool = True) -> None:
+                 border: float | None = None, detect_padding: bool = True, tta: str | None = None,
+                 peak_method: str | None = None) -> None:
         threshold = check_number("threshold", threshold, 0.0, 1.0)
         self.min_distance = check_number("min_distance", min_distance, 0.0)
         self.pixel_size = check_number("pixel_size", pixel_size, 0.0, low_open=True)
@@ -118,15 +124,37 @@ class Picker:
         self.model_dir = Path(model_dir)
         self.model, self.card = load_model(self.model_dir, device=device)
         fold_batchnorm(self.model)
-        self.threshold = self.card.score_threshold if threshold is None else threshold
+        self.tta = self.card.tta if tta is None else tta
+        self.peak_method = self.card.peak_method if peak_method is None else peak_method
+        if self.tta not in TTA_MODES:
+            raise CryopickError(f"tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
+        if self.peak_method not in PEAK_METHODS:
+            raise CryopickError(f"peak_method must be one of {', '.join(PEAK_METHODS)}, got {self.peak_method!r}")
+        self.threshold = self._card_threshold() if threshold is None else threshold
         self.bf16 = bf16_is_faster(self.model) if bf16 is None else bool(bf16)
         self.probability: np.ndarray | None = None
         self._image: PreparedImage | None = None
 
+    def _card_threshold(self) -> float:
+        """The card's calibrated threshold for this picker's TTA mode and peak method."""
+        card = self.card
+        if (self.tta, self.peak_method) == (card.tta, card.peak_method):
+            return card.score_threshold
+        variant = (card.calibration.get("variants") or {}).get(f"{self.peak_method}/tta={self.tta}") or {}
+        value = variant.get("threshold")
+        return float(value) if isinstance(value, (int, float)) and 0 <= value <= 1 else card.score_threshold
+
     def settings(self) -> dict:
         """The settings that decide the picks (recorded with a batch run, see :func:`pick_micrographs`)."""
-        return {"threshold": self.threshold, "min_distance": self.min_distance, "pixel_size": self.pixel_size,
-                "border": self.border, "detect_padding": self.detect_padding}
+        settings = {"threshold": self.threshold, "min_distance": self.min_distance, "pixel_size": self.pixel_size,
+                    "border": self.border, "detect_padding": self.detect_padding}
+        # The card's own choices are covered by the model digest; record only overrides (so folders
+        # picked before these options existed still resume).
+        if self.tta != self.card.tta:
+            settings["tta"] = self.tta
+        if self.peak_method != self.card.peak_method:
+            settings["peak_method"] = self.peak_method
+        return settings
 
     # -- SAM-style two-step interface --
     def factor_for(self, pixel_size: float | None) -> float:
@@ -178,7 +206,7 @@ class Picker:
         """Run the network on one micrograph and keep its probability map."""
         prepared = image if isinstance(image, PreparedImage) else self.prepare(image, name, pixel_size)
         self._image = prepared
-        self.probability = predict_probability(self.model, prepared.working, bf16=self.bf16)
+        self.probability = predict_probability(self.model, prepared.working, bf16=self.bf16, tta=self.tta)
 
     def diameter(self, image: PreparedImage | None = None) -> float:
         """Particle diameter in original pixels of ``image`` (default: the current one)."""
@@ -194,7 +222,7 @@ class Picker:
         """Picks from the current probability map (call :meth:`set_image` first).
 
         ``threshold`` and ``min_distance`` (original pixels) override the picker's; other keyword
-        arguments go to :func:`cryopick.postprocess.peaks2d.find_peaks_s1`.
+        arguments go to :func:`cryopick.postprocess.peaks2d.find_peaks_2d`.
         """
         if self.probability is None or self._image is None:
             raise RuntimeError("call set_image() before predict()")
@@ -218,7 +246,8 @@ class Picker:
                       region=(region[0] * fx, region[1] * fy, region[2] * fx, region[3] * fy),
                       border=self.border_px(image) * to_working)
         kwargs.update(postprocess)
-        return find_peaks_s1(self.probability, card.target_radius, **kwargs)
+        kwargs.setdefault("method", self.peak_method)
+        return find_peaks_2d(self.probability, card.target_radius, **kwargs)
 
     def to_picks(self, peaks: Peaks2d) -> Picks:
         """Working-pixel peaks -> :class:`Picks` in the original micrograph's pixels (with the diameter)."""
@@ -361,7 +390,8 @@ def _picking_area(region: Region, border: float) -> Region:
 def pick_folder(model_dir: str | os.PathLike, micrographs, output_dir: str | os.PathLike, *,
                 threshold: float | None = None, min_distance: float | None = None,
                 pixel_size: float | None = None, border: float | None = None, detect_padding: bool = True,
-                bf16: bool | None = None, num_threads: int | None = None, **options) -> dict:
+                bf16: bool | None = None, num_threads: int | None = None, tta: str | None = None,
+                peak_method: str | None = None, **options) -> dict:
     """What ``cryopick pick`` does: load the model, pick ``micrographs`` into ``output_dir``, summarise.
 
     Picking settings go to :class:`Picker`; ``options`` (``format``, ``overlays``, ``overlay_names``,
@@ -374,5 +404,6 @@ def pick_folder(model_dir: str | os.PathLike, micrographs, output_dir: str | os.
     check_output_dir(output_dir, create=False)
     format_module(options.get("format", "relion"))
     picker = Picker(model_dir, threshold=threshold, min_distance=min_distance, pixel_size=pixel_size,
-                    border=border, detect_padding=detect_padding, bf16=bf16, num_threads=num_threads)
+                    border=border, detect_padding=detect_padding, bf16=bf16, num_threads=num_threads,
+                    tta=tta, peak_method=peak_method)
     return pick_micrographs(picker, micrographs, output_dir, **options)

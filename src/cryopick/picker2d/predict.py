@@ -1,7 +1,10 @@
-"""Probability maps of a 2D picker: tiled inference with overlap, bf16 when faster, folded batch norm.
+"""Probability maps of a 2D picker: tiled inference with overlap, bf16 when faster, folded batch norm,
+optional test-time augmentation.
 
 :func:`predict_probability` takes a working-scale image (``(H, W)`` float, normalised) and returns the
-particle probability map of the same shape, values in [0, 1].
+particle probability map of the same shape, values in [0, 1]. With ``tta`` it is the average of the
+maps of flipped / rotated copies of the image, each mapped back to the image's frame
+(:data:`TTA_MODES`).
 """
 
 from __future__ import annotations
@@ -23,9 +26,40 @@ def _ceil_to(n: int, multiple: int) -> int:
     return int(-(-n // multiple) * multiple)
 
 
+# -- test-time augmentation -----------------------------------------------------------------
+#: Test-time augmentation modes -> the transforms averaged, each ``(k, flip)``: rotate by ``k`` x 90
+#: degrees after flipping left-right when ``flip``. ``"none"``: the image alone; ``"flips"``: the
+#: four flips (identity, left-right, up-down, both = 180 degrees); ``"d4"``: all 8 symmetries of the
+#: square (flips and 90-degree rotations). Network time grows with the number of transforms.
+TTA_MODES: dict[str, tuple[tuple[int, bool], ...]] = {
+    "none": ((0, False),),
+    "flips": ((0, False), (0, True), (2, True), (2, False)),
+    "d4": tuple((k, f) for f in (False, True) for k in range(4)),
+}
+DEFAULT_TTA = "none"
+
+
+def check_tta(tta: str | None) -> str:
+    """``tta`` as a known mode name (``None`` -> :data:`DEFAULT_TTA`); ``ValueError`` otherwise."""
+    tta = DEFAULT_TTA if tta is None else tta
+    if tta not in TTA_MODES:
+        raise ValueError(f"unknown test-time augmentation {tta!r}; use one of {', '.join(TTA_MODES)}")
+    return tta
+
+
+def _forward(image: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    out = image[:, ::-1] if flip else image
+    return np.ascontiguousarray(np.rot90(out, k))
+
+
+def _inverse(image: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    out = np.rot90(image, -k)
+    return out[:, ::-1] if flip else out
+
+
 @torch.inference_mode()
 def predict_probability(model: torch.nn.Module, image: np.ndarray, tile: int | None = None,
-                        margin: int = 32, bf16: bool = False) -> np.ndarray:
+                        margin: int = 32, bf16: bool = False, tta: str | None = None) -> np.ndarray:
     """Particle probability for every pixel of a working-scale image.
 
     Parameters
@@ -41,6 +75,9 @@ def predict_probability(model: torch.nn.Module, image: np.ndarray, tile: int | N
         stays bounded.
     bf16
         Run under bfloat16 autocast (faster on CPUs with bf16 support).
+    tta
+        Test-time augmentation (:data:`TTA_MODES`; default :data:`DEFAULT_TTA`): the mean of the
+        maps of the transformed images, each transformed back.
 
     Returns
     -------
@@ -48,6 +85,16 @@ def predict_probability(model: torch.nn.Module, image: np.ndarray, tile: int | N
         ``(H, W)`` float32 in [0, 1].
     """
     image = np.asarray(image, np.float32)
+    transforms = TTA_MODES[check_tta(tta)]
+    if len(transforms) > 1:
+        total = np.zeros(image.shape, np.float32)
+        for k, flip in transforms:
+            total += _inverse(_predict_one(model, _forward(image, k, flip), tile, margin, bf16), k, flip)
+        return total / np.float32(len(transforms))
+    return _predict_one(model, image, tile, margin, bf16)
+
+
+def _predict_one(model: torch.nn.Module, image: np.ndarray, tile: int | None, margin: int, bf16: bool) -> np.ndarray:
     h, w = image.shape
     multiple = int(getattr(model, "input_multiple", 1) or 1)
     preferred = getattr(model, "preferred_size", None)

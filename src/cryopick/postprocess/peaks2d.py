@@ -306,20 +306,53 @@ def region_scores(probability: np.ndarray, labels: np.ndarray, n: int, method: s
 
 
 def find_peaks_simple(probability: np.ndarray, radius: float, threshold: float = 0.5,
-                      min_distance: float | None = None, min_score: float | None = None) -> Peaks2d:
-    """Fast alternative to S1: local maxima of the smoothed probability above ``threshold``,
-    separated by ``min_distance`` (default ``r``). Scores are the smoothed map values."""
+                      min_distance: float | None = None, min_score: float | None = None,
+                      region: tuple[float, float, float, float] | None = None, border: float = 0.0) -> Peaks2d:
+    """Plain peak finding, the alternative to S1 for crowded micrographs: local maxima of the
+    probability map smoothed with a Gaussian of ``radius / 3``, above ``threshold``, at least
+    ``min_distance`` (default ``r``) apart. Scores are the smoothed map values. Touching particles
+    whose painted blobs merge into one mask region still give one maximum each, where the watershed
+    of S1 may split or drop them. ``region`` and ``border`` as in :func:`find_peaks_s1`."""
     prob = ndi.gaussian_filter(np.asarray(probability, np.float32), max(radius / 3, 0.5))
     md = radius if min_distance is None else min_distance
     peaks = _local_maxima(prob, max(1, int(round(md))), threshold)[0]
     scores = prob[peaks[:, 0], peaks[:, 1]].astype(np.float64)
     coords = peaks[:, ::-1].astype(np.float64)
-    keep = nms_points(coords, scores, md) if md > 0 else np.arange(len(coords))
+    edge_scores = np.zeros(0)
+    if region is not None or border > 0:
+        h, w = prob.shape
+        inside = inside_region(coords, region if region is not None else (0, 0, w - 1, h - 1), border)
+        edge_scores = scores[~inside]
+        coords, scores = coords[inside], scores[inside]
+    keep = nms_points(coords, scores, md) if md > 0 and len(coords) else np.arange(len(coords))
     coords, scores = coords[keep], scores[keep]
     if min_score is not None:
         coords, scores = coords[scores >= min_score], scores[scores >= min_score]
     order = np.argsort(-scores, kind="stable")
-    return Peaks2d(coords[order], scores[order], np.zeros(len(order)))
+    return Peaks2d(coords[order], scores[order], np.zeros(len(order)), None, edge_scores)
+
+
+#: Post-processing methods of a 2D probability map (the card's ``peak_method``).
+PEAK_METHODS = ("s1", "peaks")
+#: Lowest smoothed probability a local maximum needs to be a candidate of ``"peaks"`` (calibrated
+#: thresholds start at 0.3, see :func:`cryopick.picker2d.calibrate.score_grid`).
+PEAKS_FLOOR = 0.3
+
+
+def find_peaks_2d(probability: np.ndarray, radius: float, method: str = "s1", threshold: float = 0.5,
+                  score: str = "mean_top", min_distance: float | None = None, min_score: float | None = None,
+                  region: tuple[float, float, float, float] | None = None, border: float = 0.0,
+                  **s1_options) -> Peaks2d:
+    """Picks from a probability map with ``method``: ``"s1"`` (:func:`find_peaks_s1`; ``threshold`` is its
+    mask threshold, ``score`` its region score) or ``"peaks"`` (:func:`find_peaks_simple` with candidates
+    above ``min(threshold, PEAKS_FLOOR)``; ``score`` and ``s1_options`` unused)."""
+    if method == "s1":
+        return find_peaks_s1(probability, radius, threshold=threshold, score=score, min_distance=min_distance,
+                             min_score=min_score, region=region, border=border, **s1_options)
+    if method == "peaks":
+        return find_peaks_simple(probability, radius, threshold=min(threshold, PEAKS_FLOOR),
+                                 min_distance=min_distance, min_score=min_score, region=region, border=border)
+    raise ValueError(f"unknown peak method {method!r}; use one of {', '.join(PEAK_METHODS)}")
 
 
 # -- micrograph edges ----------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import torch
 
 from cryopick.errors import CryopickError
 from cryopick.models.registry import build_model
-from cryopick.picker2d.calibrate import ValidationPicks, calibrate_threshold, f1_curve, score_grid, validation_picks
+from cryopick.picker2d.calibrate import ValidationPicks, calibrate_postprocess, f1_curve, score_grid, validation_picks
 from cryopick.picker2d.card import CARD_NAME, WEIGHTS_NAME, ModelCard, save_card, save_weights
 from cryopick.picker2d.scale import WorkingScale
 from cryopick.picker2d.train.batches import batch_loss, prepare_targets, sample_batch
@@ -384,10 +384,12 @@ class _Run:
     def _calibrate(self, model) -> tuple[dict, float]:
         if not self.has_val:
             return {"note": "no validation data; default threshold"}, 0.5
-        regions = self._validation_regions(model)
-        calibration = calibrate_threshold(regions, self.match_tolerance, self.config.labelled_fraction,
-                                          grid=score_grid(regions, fine=True))
-        return calibration, calibration["threshold"]
+        config = self.config
+        calibration = calibrate_postprocess(model, self.mics, self.radius, self.context, self.bf16,
+                                            config.mask_threshold, config.score_method, self.min_distance_w,
+                                            self.match_tolerance, config.labelled_fraction)
+        # Pseudo-labels are made with S1 (make_pseudo_labels): its own threshold.
+        return calibration, calibration["variants"][f"s1/tta={calibration['tta']}"]["threshold"]
 
     # -- card --
     def _finish(self, model, records: list[dict]) -> ModelCard:
@@ -407,6 +409,8 @@ class _Run:
             mask_threshold=config.mask_threshold,
             min_distance=config.min_distance,
             score_method=config.score_method,
+            peak_method=last["calibration"].get("peak_method", "s1"),
+            tta=last["calibration"].get("tta", "none"),
             calibration=last["calibration"],
             training={
                 "config": {**asdict(config), "patch_size": self.patch, "batch_size": self.batch_size,
