@@ -10,7 +10,6 @@ Layout inside the project::
 
 from __future__ import annotations
 
-import io
 import warnings
 from pathlib import Path
 
@@ -65,9 +64,7 @@ def _read(path: Path):
 
 def render_slice(path: Path, axis: str, index: int, slab: int) -> bytes:
     """PNG of the mean of ``2 slab + 1`` sections around ``index`` across ``axis`` (display contrast only)."""
-    from PIL import Image
-
-    from cryopick.app.images import DISPLAY_SIDE, _downsample
+    from cryopick.app.images import DISPLAY_SIDE, _downsample, _png
 
     data = _read(path).data
     if data.ndim != 3:
@@ -79,13 +76,7 @@ def render_slice(path: Path, axis: str, index: int, slab: int) -> bytes:
     sl = [slice(None)] * 3
     sl[a] = slice(max(0, index - slab), min(n, index + slab + 1))
     section = np.asarray(data[tuple(sl)], dtype=np.float32).mean(axis=a)
-    small = _downsample(section, DISPLAY_SIDE)
-    finite = np.isfinite(small)
-    lo, hi = np.percentile(small[finite], [0.5, 99.5]) if finite.any() else (0.0, 1.0)
-    scaled = np.clip((np.nan_to_num(small, nan=lo) - lo) / max(hi - lo, 1e-12), 0, 1)
-    buf = io.BytesIO()
-    Image.fromarray((scaled * 255).astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
+    return _png(_downsample(section, DISPLAY_SIDE))
 
 
 def prompts(project) -> dict:

@@ -15,6 +15,8 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from cryopick.errors import CryopickError
+
 _UMASK_LOCK = threading.Lock()
 
 
@@ -76,3 +78,20 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def make_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create the folder ``path`` (with parents) for a command's outputs and check it is writable;
+    one-line :class:`CryopickError` naming ``what`` when it is a file, cannot be made or is read-only."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        article = "an" if what[:1] in "aeiou" else "a"
+        raise CryopickError(f"{out}: is a file, not {article} {what}: -o names a file, not a folder; "
+                            "choose another -o")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CryopickError(f"{out}: cannot create the {what} ({exc.strerror or exc}); choose another -o") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise CryopickError(f"{out}: the {what} is not writable; choose another -o")
+    return out

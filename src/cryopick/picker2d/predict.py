@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cryopick.runtime import cpu_has_native_bf16
+
 
 # -- network inference ----------------------------------------------------------------------
 def _pad_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -131,12 +133,7 @@ def bf16_is_faster(model: torch.nn.Module | None = None) -> bool:
     arithmetic (AVX512-BF16 or AMX), where it roughly halves U-Net time; elsewhere emulated bf16
     is slower than float32. (A timing probe was too noisy on shared machines.) ``model`` is unused
     and kept for API compatibility."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = set(fh.read().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return cpu_has_native_bf16()
 
 
 def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:

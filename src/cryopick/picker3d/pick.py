@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from cryopick.errors import CryopickError
+from cryopick.io.atomic import make_output_dir
 from cryopick.io.images import Image, image_name, list_images, read_tomogram
 from cryopick.models.promptable3d import ProPicker
 from cryopick.picker3d.card import PickSettings, default_settings, load_model, model_fingerprint, resolve_settings
@@ -352,7 +353,7 @@ def pick_tomograms(
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise CryopickError(f"several tomograms share the name(s) {', '.join(dupes[:5])}; names must be unique")
-    out = _output_folder(output_dir)
+    out = make_output_dir(output_dir)
     state = RunState(out)
     O.migrate_legacy_markers(out, state)
     fingerprint = {"model": model_fingerprint(picker.model), "prompts": [prompt_fingerprint(p) for p in prompts],
@@ -409,19 +410,6 @@ def pick_tomograms(
 
         write_text(out / "summary.json", dumps(summary, indent=1) + "\n")
     return summary
-
-
-def _output_folder(output_dir: str | os.PathLike) -> Path:
-    out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise CryopickError(f"{out}: exists and is not a folder; give a folder for the picks (-o)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CryopickError(f"{out}: cannot create the output folder ({exc.strerror}); choose another -o") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise CryopickError(f"{out}: the output folder is not writable; choose another -o")
-    return out
 
 
 def _pick_one(picker: TomogramPicker, path: Path, prompts: list[Prompt], settings: list[PickSettings],

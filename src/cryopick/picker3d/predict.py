@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from cryopick.models.prompt_encoder import zscore_windows
 from cryopick.preprocess import read_block
+from cryopick.runtime import cpu_has_native_bf16
 
 
 def window_starts(length: int, window: int, stride: int) -> np.ndarray:
@@ -189,12 +190,7 @@ def resolve_bf16(bf16: bool | None, device: str | torch.device = "cpu") -> bool:
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     if dev.type != "cpu":
         return False
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = set(fh.read().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return cpu_has_native_bf16()
 
 
 def set_threads(threads: int | None) -> int:

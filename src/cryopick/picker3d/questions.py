@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from cryopick.errors import CryopickError
+from cryopick.io.atomic import make_output_dir
 from cryopick.picker3d.answers import AdaptedModel, Answers, adapt, read_answers
 from cryopick.picker3d.candidates import CandidateSet, component_table, find_candidates
 from cryopick.picker3d.card import resolve_settings
@@ -254,7 +255,7 @@ def ask_tomogram(prompts: Sequence[Prompt | str | os.PathLike], tomogram: str | 
     fingerprint = _pool_fingerprint(session, tomogram)
     cache = out / ".cryopick" / "candidates.npz"
     name = session.add_tomogram(tomogram, pools=_load_pools(cache, fingerprint))
-    _folder(out)  # created once the inputs are known to be good
+    make_output_dir(out)  # created once the inputs are known to be good
     t1 = time.perf_counter()
     new = session.ask(k, table.concat(extra), tomogram=name, seed=seed + len(table))
     seconds_round = time.perf_counter() - t1
@@ -322,7 +323,7 @@ def pick_with_answers(tomograms, prompts: Sequence[Prompt | str | os.PathLike], 
         log.warning("%s: no yes and no no answer yet; picked with its settings, not adapted", label)
         del learned[label]
     for label, a in learned.items():
-        a.save(_folder(output_dir) / "adapted" / f"{label}.adapted.npz")
+        a.save(make_output_dir(output_dir) / "adapted" / f"{label}.adapted.npz")
         log.info("%s: adapted to %d yes / %d no answer(s), threshold %.2f", label, a.info.get("n_positive", 0),
                  a.info.get("n_negative", 0), a.threshold)
     summary = pick_tomograms(tomograms, prompts, session.model, settings, output_dir, formats, stride=stride,
@@ -333,19 +334,6 @@ def pick_with_answers(tomograms, prompts: Sequence[Prompt | str | os.PathLike], 
 
 def _as_list(x) -> list:
     return [x] if isinstance(x, (str, os.PathLike)) else list(x)
-
-
-def _folder(path: str | os.PathLike) -> Path:
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise CryopickError(f"{out}: exists and is not a folder; give a folder (-o)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CryopickError(f"{out}: cannot create the folder ({exc.strerror}); choose another -o") from None
-    return out
-
-
 def _pool_fingerprint(session: AnswerSession, tomogram) -> dict:
     from dataclasses import asdict
 

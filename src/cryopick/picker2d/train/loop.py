@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from cryopick.errors import CryopickError
+from cryopick.io.atomic import make_output_dir
 from cryopick.models.registry import build_model
 from cryopick.picker2d.calibrate import ValidationPicks, calibrate_postprocess, f1_curve, score_grid, validation_picks
 from cryopick.picker2d.card import CARD_NAME, WEIGHTS_NAME, ModelCard, save_card, save_weights
@@ -123,14 +124,7 @@ class _Run:
             raise CryopickError("no training micrographs given")
         if sum(len(m.coords) for m in mics) == 0:
             raise CryopickError("the training micrographs have no labelled particles; annotate at least one micrograph")
-        if out.exists() and not out.is_dir():
-            raise CryopickError(f"{out}: is a file, not a model directory; choose another -o")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CryopickError(f"{out}: cannot create the model directory ({exc.strerror}); choose another -o") from None
-        if not os.access(out, os.W_OK | os.X_OK):
-            raise CryopickError(f"{out}: the model directory is not writable; choose another -o")
+        make_output_dir(out, "model directory")
         self.thread_notes: list[str] = []
         self.threads_auto = config.num_threads is None
         configure_threads(config.num_threads, log=self._thread_note)
