@@ -17,6 +17,15 @@ Outputs per format and class (<label> = the prompt's label, <tomogram> = the tom
   relion3            picks/relion3/<label>/<tomogram>.star: _rlnCoordinateX/Y/Z in voxels as stored
   imod               picks/imod/<label>/<tomogram>.coords: x y z in voxels as stored
   copick             picks/copick/ExperimentRuns/<tomogram>/Picks/cryopick_0_<label>.json: Å
+With --copick (a copick project's config JSON) the tomograms are the project's runs (--runs, default
+all; one --voxel-spacing and --tomo-type, optional when the runs hold one) and each prompt's picks go
+back into the run as copick picks of the object named like the prompt's label (it must be a pickable
+object of the config), as --user-id (default cryopick) and --session-id (default 0, copick's session
+of tool picks), in Å; a rerun replaces that pick set, never adds a second one. -o is then optional:
+with it the folder gets the files below as well; without it only the copick picks are written and
+cryopick's records (finished runs, summary.json) go to <overlay>/cryopick/pick3d_<user>_<session>/.
+  cryopick pick3d --prompt ribosome.prompt --copick config.json --runs TS_01,TS_02 --voxel-spacing 10 \
+      --tomo-type wbp --session-id 1
 A tomogram without picks gets empty, valid files; picks/montage/<tomogram>_<label>.png shows z-slices
 with the picks; picks/summary.json counts them. Finished tomograms are skipped on a rerun; a rerun with
 another prompt, model or settings into the same folder is refused unless --redo. A tomogram that
@@ -46,10 +55,27 @@ log = logging.getLogger(__name__)
 FORMATS = ("relion5", "relion3", "copick", "imod")
 
 
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated run names, got {text!r}")
+    return names
+
+
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", action="append", required=True, help="prompt file (repeat for several classes)")
-    parser.add_argument("--tomograms", required=True, nargs="+", help="tomogram files, a folder, or a glob")
-    parser.add_argument("-o", "--output", required=True, help="output folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--tomograms", nargs="+", help="tomogram files, a folder, or a glob")
+    source.add_argument("--copick", metavar="CONFIG", help="copick project config JSON: pick its runs' tomograms "
+                        "and write the picks back into it")
+    parser.add_argument("-o", "--output", help="output folder (required with --tomograms; optional with --copick)")
+    copick = parser.add_argument_group("copick (with --copick)")
+    copick.add_argument("--runs", type=_names, help="comma-separated run names (default: every run with the tomogram)")
+    copick.add_argument("--voxel-spacing", type=positive_float, metavar="A",
+                        help="voxel spacing of the tomograms to pick, Å (default: the only one the runs have)")
+    copick.add_argument("--tomo-type", help="tomogram type, e.g. wbp or denoised (default: the only one there)")
+    copick.add_argument("--user-id", help="copick user id of the picks (default: cryopick)")
+    copick.add_argument("--session-id", help="copick session id of the picks (default: 0, tool-made picks)")
     parser.add_argument("--mode", choices=["cluster", "tm"],
                         help="ProPicker-C (connected components) or ProPicker-TM (template matching in the mask) "
                         "(default: the settings file's, else cluster)")
@@ -106,6 +132,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from cryopick.cli._args import bf16_value
     from cryopick.errors import CryopickError
+    from cryopick.picker3d.copick_runs import pick_copick
     from cryopick.picker3d.pick import pick_tomograms
     from cryopick.picker3d.predict import set_threads
     from cryopick.picker3d.questions import pick_with_answers
@@ -122,18 +149,31 @@ def main(args: argparse.Namespace) -> int:
     if args.no_similarity:
         overrides["min_similarity"] = None
     learn = {"answers": args.answers, "adapted": args.adapted} if args.answers or args.adapted else {}
-    summary = (pick_with_answers if learn else pick_tomograms)(
-        args.tomograms[0] if len(args.tomograms) == 1 else args.tomograms, args.prompt, args.model,
-        args.settings or None, args.output, args.format, redo=args.redo, overrides=overrides,
-        bf16=bf16_value(args.bf16), device=args.device, save_maps=args.save_maps, montage=args.montage,
-        project_dir=args.project_dir, **learn,
-        **{k: v for k, v in {"stride": args.stride, "window": args.window, "batch_size": args.batch}.items()
-           if v is not None})
-    failed = summary["failed"]
+    copick = {k: getattr(args, k) for k in ("runs", "voxel_spacing", "tomo_type", "user_id", "session_id")
+              if getattr(args, k) is not None}
+    if args.copick is None and copick:
+        raise CryopickError(f"--{next(iter(copick)).replace('_', '-')} selects copick runs; give --copick CONFIG")
+    if args.copick is None and args.output is None:
+        raise CryopickError("give the output folder with -o OUT")
+    if args.copick is not None and args.answers:
+        raise CryopickError("--answers needs the tomogram files; with --copick give --adapted FILE (from an "
+                            "earlier --answers run or ask3d)")
+    options = dict(redo=args.redo, overrides=overrides, bf16=bf16_value(args.bf16), device=args.device,
+                   save_maps=args.save_maps, montage=args.montage, project_dir=args.project_dir,
+                   **{k: v for k, v in {"stride": args.stride, "window": args.window, "batch_size": args.batch}.items()
+                      if v is not None})
+    if args.copick is not None:
+        summary = pick_copick(args.copick, args.prompt, args.model, args.settings or None, args.output, args.format,
+                              adapted=args.adapted, **copick, **options)
+    else:
+        summary = (pick_with_answers if learn else pick_tomograms)(
+            args.tomograms[0] if len(args.tomograms) == 1 else args.tomograms, args.prompt, args.model,
+            args.settings or None, args.output, args.format, **learn, **options)
+    out, failed = summary["output_dir"], summary["failed"]
     if failed:
         first = failed[0]
         raise CryopickError(f"{len(failed)} of {summary['n_tomograms']} tomogram(s) not picked (listed in "
-                            f"{args.output}/summary.json); first: {first['error']}")
-    log.info("%d tomogram(s) finished in %s: %s", summary["n_finished"], args.output,
+                            f"{out}/summary.json); first: {first['error']}")
+    log.info("%d tomogram(s) finished in %s: %s", summary["n_finished"], out,
              ", ".join(f"{n} {label or 'particle'}" for label, n in summary["picks"].items()))
     return 0

@@ -4,6 +4,11 @@ Examples:
   cryopick prompt --tomogram TS_01.mrc --at 412,388,96 -o ribosome.prompt
   cryopick prompt --tomogram TS_01.mrc --at 412,388,96 --at 120,80,60 --diameter 280 -o ribosome.prompt
   cryopick prompt --tomogram TS_01.mrc --coords examples.star -o ribosome.prompt
+  cryopick prompt --copick config.json --run TS_01 --object ribosome -o ribosome.prompt
+With --copick the examples are the run's copick picks of --object (narrowed by --user-id and
+--session-id when the run holds several such pick sets), cut from the run's tomogram (--voxel-spacing,
+--tomo-type: optional when the run has one); the label defaults to the object name, so that
+`pick3d --copick` writes the picks to that object.
 Positions are x,y,z in voxels of the tomogram as stored (0-based). Without --diameter the particle
 diameter is estimated from the segmentation around the examples (stored in the prompt file).
 """
@@ -33,7 +38,17 @@ def _xyz(text: str) -> tuple[float, float, float]:
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tomogram", required=True, help="tomogram (MRC or OME-Zarr) holding the example(s)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--tomogram", help="tomogram (MRC or OME-Zarr) holding the example(s)")
+    source.add_argument("--copick", metavar="CONFIG", help="copick project config JSON: examples from its picks")
+    copick = parser.add_argument_group("copick (with --copick)")
+    copick.add_argument("--run", help="copick run holding the examples")
+    copick.add_argument("--object", help="pickable object whose picks are the examples")
+    copick.add_argument("--user-id", help="user id of the pick set (default: any, when only one set exists)")
+    copick.add_argument("--session-id", help="session id of the pick set (default: any, when only one exists)")
+    copick.add_argument("--voxel-spacing", type=positive_float, metavar="A",
+                        help="voxel spacing of the run's tomogram to cut from, Å (default: the only one)")
+    copick.add_argument("--tomo-type", help="tomogram type, e.g. wbp (default: the only one at that spacing)")
     parser.add_argument("--at", type=_xyz, action="append", default=[], metavar="X,Y,Z",
                         help="example centre in voxels (repeat for several examples)")
     parser.add_argument("--coords", help="coordinate file with example centres (any supported 3D format)")
@@ -64,6 +79,15 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.is_dir():
         raise CryopickError(f"{out}: is a folder; give the prompt file to write (e.g. {out / 'particle.prompt'})")
+    copick = {k: getattr(args, k) for k in ("run", "object", "user_id", "session_id", "voxel_spacing", "tomo_type")
+              if getattr(args, k) is not None}
+    if args.copick is None and copick:
+        raise CryopickError(f"--{next(iter(copick)).replace('_', '-')} selects copick picks; give --copick CONFIG")
+    if args.copick is not None:
+        if args.coords or not (args.run and args.object):
+            raise CryopickError("with --copick give --run RUN and --object NAME (the examples are its picks), "
+                                "not --coords")
+        return _from_copick(args)
     positions = list(args.at)
     if args.coords:
         from cryopick.io.coords import read_picks
@@ -89,4 +113,19 @@ def main(args: argparse.Namespace) -> int:
     vs = "unknown" if prompt.voxel_size is None else f"{prompt.voxel_size:g} Å"
     log.info("%s: %d example(s) of %r, working voxel size %s, diameter %s", args.output, len(positions),
              prompt.label, vs, d)
+    return 0
+
+
+def _from_copick(args: argparse.Namespace) -> int:
+    from cryopick.picker3d.card import load_model
+    from cryopick.picker3d.copick_runs import prompt_from_copick
+    from cryopick.picker3d.prompt import save_prompt
+
+    model = load_model(args.model) if (args.diameter is None and args.diameter_px is None) else None
+    prompt = prompt_from_copick(args.copick, args.run, args.object, user_id=args.user_id, session_id=args.session_id,
+                                voxel_spacing=args.voxel_spacing, tomo_type=args.tomo_type, label=args.label,
+                                at=args.at, binning=args.binning or 1.0, voxel_size=args.voxel_size,
+                                diameter_A=args.diameter, diameter_px=args.diameter_px, invert=args.invert, model=model)
+    save_prompt(prompt, args.output)
+    log.info("%s: %d example(s) of %r from copick run %s", args.output, len(prompt.subvolumes), prompt.label, args.run)
     return 0

@@ -32,7 +32,7 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -309,6 +309,9 @@ def pick_tomograms(
     progress: bool = True,
     project_dir: str | os.PathLike | None = None,
     adapted: dict | None = None,
+    sources: Sequence | None = None,
+    on_picked: Callable[[str, Picks, Image], dict] | None = None,
+    source_info: dict | None = None,
 ) -> dict:
     """Pick tomograms into ``output_dir`` (the batch behind ``cryopick pick3d``); resumable.
 
@@ -316,7 +319,11 @@ def pick_tomograms(
     ``settings``: ``None`` (the model's recommended settings), one settings object/file, or one per
     prompt; ``overrides``: settings keys replaced in each (e.g. ``{"threshold": 0.6}``); ``adapted``:
     ``{label: AdaptedModel}`` from answers (:func:`cryopick.picker3d.questions.pick_with_answers`). Layout of the
-    folder: :mod:`cryopick.picker3d.outputs`.
+    folder: :mod:`cryopick.picker3d.outputs`. ``sources`` (instead of ``tomograms``): objects with ``name``,
+    ``path`` (a description) and ``read() -> Image``, e.g. copick runs (:mod:`cryopick.picker3d.copick_runs`);
+    ``on_picked(name, picks, image)`` runs after a tomogram's files are written and before it is marked
+    finished, its dict is kept in the record; ``source_info`` joins the fingerprint and the summary.
+    ``formats`` may be empty when ``on_picked`` writes the picks.
 
     Per tomogram: read and check it, pick every prompt, write one file per format and class (an empty
     valid file for a class without picks), a slice montage per class (``montage``), then its record
@@ -339,7 +346,7 @@ def pick_tomograms(
     from cryopick.io.resume import RunState
     from cryopick.picker3d import outputs as O
 
-    formats = O.check_formats([formats] if isinstance(formats, str) else formats)
+    formats = [] if on_picked and not formats else O.check_formats([formats] if isinstance(formats, str) else formats)
     if isinstance(prompts, (str, os.PathLike, Prompt)):
         prompts = [prompts]
     prompts = [p if isinstance(p, Prompt) else load_prompt(p) for p in prompts]
@@ -348,8 +355,11 @@ def pick_tomograms(
                             progress=progress)
     settings_list = resolve_settings(picker.model, settings, len(prompts), overrides)
     labels = [p.label for p in prompts]
-    paths = list_images(tomograms if isinstance(tomograms, (str, os.PathLike)) else list(tomograms))
-    names = [image_name(p) for p in paths]
+    if sources is None:
+        paths = list_images(tomograms if isinstance(tomograms, (str, os.PathLike)) else list(tomograms))
+        names = [image_name(p) for p in paths]
+    else:
+        paths, names = list(sources), [s.name for s in sources]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise CryopickError(f"several tomograms share the name(s) {', '.join(dupes[:5])}; names must be unique")
@@ -358,6 +368,8 @@ def pick_tomograms(
     O.migrate_legacy_markers(out, state)
     fingerprint = {"model": model_fingerprint(picker.model), "prompts": [prompt_fingerprint(p) for p in prompts],
                    "settings": [asdict(s) for s in settings_list], "stride": stride, "window": window}
+    if source_info:
+        fingerprint["source"] = source_info
     if adapted:
         fingerprint["adapted"] = {label: a.fingerprint() for label, a in sorted(adapted.items())}
     before = state.records()
@@ -372,7 +384,7 @@ def pick_tomograms(
                 log.info("[%d/%d] %s: already picked in %s; skipping", i + 1, len(paths), name, out)
                 continue
             state.forget(name)
-            t0 = time.perf_counter()
+            t0, where = time.perf_counter(), str(getattr(path, "path", path))
             pngs = [out / "montage" / f"{name}_{O.label_folder(label)}.png" for label in labels] if montage else []
             try:
                 picks, image = _pick_one(picker, path, prompts, settings_list, formats, out if save_maps else None,
@@ -384,15 +396,16 @@ def pick_tomograms(
                     for label, png in zip(labels, pngs):
                         written.append(write_montage(image, picks._with(picks.table[picks.table["label"] == label]),
                                                      png, label=label))
+                extra = on_picked(name, picks, image) if on_picked else {}  # e.g. back into a copick project
             except CryopickError as exc:
                 log.warning("[%d/%d] %s: not picked: %s", i + 1, len(paths), name, exc)
-                failed.append({"tomogram": name, "path": str(path), "error": str(exc)})
+                failed.append({"tomogram": name, "path": where, "error": str(exc)})
                 O.remove_outputs([{"files": files + pngs}])  # no partial set of files for it
                 continue
             counts = O.picks_counts(picks, labels)
-            state.mark_done(name, {"tomogram": name, "path": str(path), "shape": list(image.shape),
+            state.mark_done(name, {"tomogram": name, "path": where, "shape": list(image.shape),
                                    "voxel_size": image.pixel_size, "picks": counts, "files": written,
-                                   "seconds": round(time.perf_counter() - t0, 2)})
+                                   "seconds": round(time.perf_counter() - t0, 2), **extra})
             n_new += 1
             log.info("[%d/%d] %s: %s (%.1f s)", i + 1, len(paths), name,
                      ", ".join(f"{counts[label]} {label or 'particle'}" for label in labels), time.perf_counter() - t0)
@@ -405,7 +418,8 @@ def pick_tomograms(
                    "picks_per_tomogram": {r["tomogram"]: r.get("picks", {}) for r in records},
                    "formats": formats, "index_files": index, "settings": settings_list,
                    "seconds_this_run": round(time.perf_counter() - start, 2), "output_dir": out,
-                   **({"adapted": {label: a.info for label, a in adapted.items()}} if adapted else {})}
+                   **({"adapted": {label: a.info for label, a in adapted.items()}} if adapted else {}),
+                   **({"source": source_info} if source_info else {})}
         from cryopick.io.atomic import write_text
 
         write_text(out / "summary.json", dumps(summary, indent=1) + "\n")
@@ -414,7 +428,7 @@ def pick_tomograms(
 
 def _pick_one(picker: TomogramPicker, path: Path, prompts: list[Prompt], settings: list[PickSettings],
               formats: list[str], maps_dir: Path | None, adapted: dict | None = None) -> tuple[Picks, Image]:
-    picker.set_tomogram(path)
+    picker.set_tomogram(path.read() if hasattr(path, "read") else path)
     needs_angstrom = [f for f in formats if f in ("relion5", "copick")]
     if needs_angstrom and picker.image.pixel_size is None:
         raise CryopickError(f"{path}: no voxel size in the header, which {' and '.join(needs_angstrom)} output "
