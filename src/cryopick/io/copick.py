@@ -179,10 +179,10 @@ def _one(found: set, what: str, option: str, where: str):
     if len(found) == 1:
         return next(iter(found))
     if not found:
-        raise CryopickError(f"{where}: no tomograms ({what}s: none); add tomograms to the project or choose other "
+        raise CryopickError(f"{where}: the runs hold no tomograms; add tomograms to the project or choose other "
                             "runs with --runs")
     shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in sorted(found))
-    raise CryopickError(f"{where}: several {what}s ({shown}); choose one with {option}")
+    raise CryopickError(f"{where}: the runs hold several {what} ({shown}); choose one with {option}")
 
 
 def find_tomograms(root, runs: Sequence, voxel_spacing: float | None = None, tomo_type: str | None = None, *,
@@ -193,13 +193,16 @@ def find_tomograms(root, runs: Sequence, voxel_spacing: float | None = None, tom
     that tomogram is an error when the runs were named (``explicit``), else it is skipped with a
     warning; none at all is an error."""
     where = f"{config}"
+    spacings = {round(float(v.voxel_size), 3) for r in runs for v in _spacings(r)}
     if voxel_spacing is None:
-        voxel_spacing = _one({round(float(v.voxel_size), 3) for r in runs for v in _spacings(r)},
-                             "voxel spacing", "--voxel-spacing", where)
+        voxel_spacing = _one(spacings, "voxel spacings", "--voxel-spacing", where)
     at = {r.name: _match(_spacings(r), voxel_spacing) for r in runs}
     if tomo_type is None:
-        tomo_type = _one({t.tomo_type for vs in at.values() for v in vs for t in v.tomograms},
-                         f"tomogram type at {voxel_spacing:g} Å", "--tomo-type", where)
+        types = {t.tomo_type for vs in at.values() for v in vs for t in v.tomograms}
+        if not types and spacings:
+            raise CryopickError(f"{where}: the runs hold no tomograms at {voxel_spacing:g} Å (their voxel spacings: "
+                                f"{', '.join(f'{v:g}' for v in sorted(spacings))} Å); choose one with --voxel-spacing")
+        tomo_type = _one(types, f"tomogram types at {voxel_spacing:g} Å", "--tomo-type", where)
     found, missing = [], []
     for run in runs:
         tomos = [(v, t) for v in at[run.name] for t in v.get_tomograms(tomo_type)]

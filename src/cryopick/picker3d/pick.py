@@ -389,7 +389,7 @@ def pick_tomograms(
             try:
                 picks, image = _pick_one(picker, path, prompts, settings_list, formats, out if save_maps else None,
                                          adapted)
-                written = O.write_tomogram_picks(picks, out, formats, name, labels, image.shape)
+                written = O.write_tomogram_picks(picks, out, formats, name, labels, image.shape) if formats else []
                 if montage:
                     from cryopick.picker3d.montage import write_montage
 
