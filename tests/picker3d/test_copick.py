@@ -205,3 +205,22 @@ def test_round_trip_with_shipped_weights(tmp_path, monkeypatch):
         target = table[table["label"] == classes[0].name][["x", "y", "z"]].to_numpy(float) * 10.0
         f1 = match_points(ours[0].numpy()[0], target, classes[0].diameter / 2).f1  # Å
         assert f1 >= 0.3, (run, f1)  # the prompted class, in Å (0.6 and 0.44 when written)
+
+
+def test_adapted_classifier_with_copick(env, capsys):
+    """--adapted (a classifier from ask3d answers) works on copick runs; --answers (needs files) is refused."""
+    from cryopick.models.promptable3d import load_propicker
+    from cryopick.picker3d.answers import adapt
+    from cryopick.picker3d.prompt import load_prompt
+    from tests.picker3d.test_answers import _two_classes
+
+    tmp, config = env
+    model, prompt = load_propicker(), load_prompt(tmp / "blob.prompt")
+    pool, y = _two_classes(model, prompt, 40, seed=3)
+    adapt(model, prompt, pool, pool.subset(np.arange(8)), y[:8], candidate_threshold=0.1).save(tmp / "a.adapted.npz")
+    assert pick3d(config, "--adapted", "a.adapted.npz", "--runs", "TS_01", "-o", "out") == 0
+    summary = json.loads((tmp / "out" / "summary.json").read_text())
+    assert summary["adapted"]["blob"]["n_positive"] == 4 and summary["n_finished"] == 1
+    assert [s.session_id for s in copick_sets(config, "TS_01")] == ["0"]
+    assert pick3d(config, "--answers", "answers.csv") == 2
+    assert "with --copick give --adapted FILE" in capsys.readouterr().err
