@@ -12,3 +12,11 @@ class CryopickError(Exception):
     """An error caused by user input, with a message that names the file and the fix."""
 
     exit_code = 2
+
+
+class FinishedWithFailures(CryopickError):
+    """A batch command finished, but some of its inputs could not be processed (each listed, with its
+    error, in the run's ``summary.json``): exit code 3, so scripts tell it from a run that did not
+    start (2) and from a clean one (0)."""
+
+    exit_code = 3

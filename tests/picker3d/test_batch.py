@@ -161,7 +161,7 @@ def test_bad_tomogram_is_reported_and_the_others_are_picked(env, capsys, bad):
     write_mrc(env / "tomos" / "bad.mrc", vol, pixel_size=10.0)
     code = pick3d(tomos=("t0", "bad", "t1"))
     err = capsys.readouterr().err
-    assert code != 0 and "bad.mrc" in err and "Traceback" not in err
+    assert code == 3 and "bad.mrc" in err and "Traceback" not in err  # 3: finished with failures
     out = env / "out"
     assert not (out / ".cryopick" / "bad.json").exists() and not (out / "relion5" / "blob" / "bad_autopick.star").exists()
     summary = json.loads((out / "summary.json").read_text())
@@ -216,7 +216,7 @@ def test_pick3d_refuses_bad_output_folder(env, capsys):
 
 def test_tomogram_without_voxel_size_fails_cleanly_for_angstrom_formats(env, capsys):
     write_mrc(env / "tomos" / "nopx.mrc", _tomogram(CENTRES["t1"], 5), pixel_size=None)
-    assert pick3d("--format", "imod", "relion5", tomos=("t0", "nopx")) != 0
+    assert pick3d("--format", "imod", "relion5", tomos=("t0", "nopx")) == 3
     err = capsys.readouterr().err
     assert "nopx.mrc" in err and "voxel size" in err and "--format imod" in err
     out = env / "out"

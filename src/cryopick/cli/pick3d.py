@@ -30,7 +30,8 @@ A tomogram without picks gets empty, valid files; picks/montage/<tomogram>_<labe
 with the picks; picks/summary.json counts them. Finished tomograms are skipped on a rerun; a rerun with
 another prompt, model or settings into the same folder is refused unless --redo. A tomogram that
 cannot be picked (unreadable, NaN or constant voxels) is skipped with a warning, the others are picked,
-and the command exits with an error listing it.
+and the command exits with code 3 ("finished with failures", 0 = all picked, 2 = bad input) naming it.
+The next tomogram is read, checked and rescaled in a background thread while one is picked.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from cryopick.cli._args import bf16_value
-    from cryopick.errors import CryopickError
+    from cryopick.errors import CryopickError, FinishedWithFailures
     from cryopick.picker3d.copick_runs import pick_copick
     from cryopick.picker3d.pick import pick_tomograms
     from cryopick.picker3d.predict import set_threads
@@ -172,8 +173,8 @@ def main(args: argparse.Namespace) -> int:
     out, failed = summary["output_dir"], summary["failed"]
     if failed:
         first = failed[0]
-        raise CryopickError(f"{len(failed)} of {summary['n_tomograms']} tomogram(s) not picked (listed in "
-                            f"{out}/summary.json); first: {first['error']}")
+        raise FinishedWithFailures(f"{len(failed)} of {summary['n_tomograms']} tomogram(s) not picked (listed in "
+                                   f"{out}/summary.json); first: {first['error']}")
     log.info("%d tomogram(s) finished in %s: %s", summary["n_finished"], out,
              ", ".join(f"{n} {label or 'particle'}" for label, n in summary["picks"].items()))
     return 0

@@ -43,6 +43,7 @@ from cryopick.io.images import Image, image_name, list_images, read_tomogram
 from cryopick.models.promptable3d import ProPicker
 from cryopick.picker3d.card import PickSettings, default_settings, load_model, model_fingerprint, resolve_settings
 from cryopick.picker3d.predict import check_window, predict_tomogram, resolve_bf16
+from cryopick.picker3d.prefetch import prefetched, prepare_tomogram
 from cryopick.picker3d.prompt import (
     Prompt,
     check_label,
@@ -106,6 +107,12 @@ class TomogramPicker:
         if check:
             check_tomogram(image)
         self.image = image
+
+    def set_working(self, image: Image, work: WorkingTomogram, prompt: Prompt) -> None:
+        """Use ``image``, already checked and brought to ``prompt``'s working scale as ``work``
+        (:func:`~cryopick.picker3d.prefetch.prepare_tomogram`, e.g. in a prefetch thread)."""
+        self.set_tomogram(image, check=False)
+        self._work[(prompt.binning, prompt.voxel_size, prompt.invert)] = work
 
     def working(self, prompt: Prompt) -> WorkingTomogram:
         """The current tomogram at ``prompt``'s working scale and contrast (cached)."""
@@ -312,6 +319,7 @@ def pick_tomograms(
     sources: Sequence | None = None,
     on_picked: Callable[[str, Picks, Image], dict] | None = None,
     source_info: dict | None = None,
+    prefetch: int = 1,
 ) -> dict:
     """Pick tomograms into ``output_dir`` (the batch behind ``cryopick pick3d``); resumable.
 
@@ -323,7 +331,9 @@ def pick_tomograms(
     ``path`` (a description) and ``read() -> Image``, e.g. copick runs (:mod:`cryopick.picker3d.copick_runs`);
     ``on_picked(name, picks, image)`` runs after a tomogram's files are written and before it is marked
     finished, its dict is kept in the record; ``source_info`` joins the fingerprint and the summary.
-    ``formats`` may be empty when ``on_picked`` writes the picks.
+    ``formats`` may be empty when ``on_picked`` writes the picks. ``prefetch``: tomograms read, checked
+    and rescaled ahead in a background thread while one is picked (:mod:`cryopick.picker3d.prefetch`;
+    0 = none).
 
     Per tomogram: read and check it, pick every prompt, write one file per format and class (an empty
     valid file for a class without picks), a slice montage per class (``montage``), then its record
@@ -377,18 +387,26 @@ def pick_tomograms(
         n = O.remove_outputs(before, out)
         log.info("%s: removed %d file(s) made with the earlier settings", out, n)
     failed, n_new, start = [], 0, time.perf_counter()
+    todo = []
+    for i, (path, name) in enumerate(zip(paths, names)):
+        files = [O.output_path(out, f, label, name) for f in formats for label in labels]
+        if not redo and state.is_done(name, *files):
+            log.info("[%d/%d] %s: already picked in %s; skipping", i + 1, len(paths), name, out)
+        else:
+            todo.append((i, path, name, files))
     try:
-        for i, (path, name) in enumerate(zip(paths, names)):
-            files = [O.output_path(out, f, label, name) for f in formats for label in labels]
-            if not redo and state.is_done(name, *files):
-                log.info("[%d/%d] %s: already picked in %s; skipping", i + 1, len(paths), name, out)
-                continue
+        for (i, path, name, files), ready, error in prefetched(
+                todo, lambda item: prepare_tomogram(item[1], prompts[0], formats), ahead=prefetch):
             state.forget(name)
             t0, where = time.perf_counter(), str(getattr(path, "path", path))
             pngs = [out / "montage" / f"{name}_{O.label_folder(label)}.png" for label in labels] if montage else []
             try:
-                picks, image = _pick_one(picker, path, prompts, settings_list, formats, out if save_maps else None,
-                                         adapted)
+                if error is not None:
+                    raise error
+                image = ready[0]
+                picker.set_working(*ready, prompts[0])
+                picks = picker.predict(prompts, settings_list, save_maps=out / "maps" if save_maps else None,
+                                       adapted=adapted)
                 written = O.write_tomogram_picks(picks, out, formats, name, labels, image.shape) if formats else []
                 if montage:
                     from cryopick.picker3d.montage import write_montage
@@ -425,14 +443,3 @@ def pick_tomograms(
         write_text(out / "summary.json", dumps(summary, indent=1) + "\n")
     return summary
 
-
-def _pick_one(picker: TomogramPicker, path: Path, prompts: list[Prompt], settings: list[PickSettings],
-              formats: list[str], maps_dir: Path | None, adapted: dict | None = None) -> tuple[Picks, Image]:
-    picker.set_tomogram(path.read() if hasattr(path, "read") else path)
-    needs_angstrom = [f for f in formats if f in ("relion5", "copick")]
-    if needs_angstrom and picker.image.pixel_size is None:
-        raise CryopickError(f"{path}: no voxel size in the header, which {' and '.join(needs_angstrom)} output "
-                            "needs (coordinates in Å); set it in the header (e.g. alterheader) or choose "
-                            "--format imod relion3")
-    picks = picker.predict(prompts, settings, save_maps=maps_dir / "maps" if maps_dir else None, adapted=adapted)
-    return picks, picker.image
