@@ -154,6 +154,8 @@ def test_bad_config_or_object_is_one_line(env, capsys):
     assert "give --copick CONFIG" in capsys.readouterr().err
     assert cli(["pick3d", "--prompt", "blob.prompt", "--tomograms", "t0.mrc"]) == 2
     assert "-o OUT" in capsys.readouterr().err
+    assert pick3d(config, "--format", "imod") == 2  # files in a folder not given
+    assert "--format writes files into the output folder; give -o OUT" in capsys.readouterr().err
 
 
 def test_prompt_from_copick_picks(env, capsys):

@@ -116,8 +116,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="answers.csv from `cryopick ask3d` (or its folder; repeatable): adapt, then pick")
     parser.add_argument("--adapted", action="append", default=[],
                         help="<label>.adapted.npz from `cryopick ask3d` or an earlier --answers run (repeatable)")
-    parser.add_argument("--format", nargs="+", default=["relion5"], choices=FORMATS,
-                        help="output formats (default: relion5)")
+    parser.add_argument("--format", nargs="+", choices=FORMATS,
+                        help="output formats in -o OUT (default: relion5)")
     parser.add_argument("--model", help="ProPicker checkpoint (default: the shipped propicker-small weights)")
     parser.add_argument("--save-maps", action="store_true", help="also write probability maps (MRC) to OUT/maps")
     parser.add_argument("--no-montage", dest="montage", action="store_false",
@@ -156,20 +156,24 @@ def main(args: argparse.Namespace) -> int:
         raise CryopickError(f"--{next(iter(copick)).replace('_', '-')} selects copick runs; give --copick CONFIG")
     if args.copick is None and args.output is None:
         raise CryopickError("give the output folder with -o OUT")
+    if args.copick is not None and args.output is None and (args.format or args.save_maps):
+        raise CryopickError(f"{'--format' if args.format else '--save-maps'} writes files into the output folder; "
+                            "give -o OUT (without it, --copick writes only the copick picks)")
     if args.copick is not None and args.answers:
         raise CryopickError("--answers needs the tomogram files; with --copick give --adapted FILE (from an "
                             "earlier --answers run or ask3d)")
+    formats = args.format or ["relion5"]
     options = dict(redo=args.redo, overrides=overrides, bf16=bf16_value(args.bf16), device=args.device,
                    save_maps=args.save_maps, montage=args.montage, project_dir=args.project_dir,
                    **{k: v for k, v in {"stride": args.stride, "window": args.window, "batch_size": args.batch}.items()
                       if v is not None})
     if args.copick is not None:
-        summary = pick_copick(args.copick, args.prompt, args.model, args.settings or None, args.output, args.format,
+        summary = pick_copick(args.copick, args.prompt, args.model, args.settings or None, args.output, formats,
                               adapted=args.adapted, **copick, **options)
     else:
         summary = (pick_with_answers if learn else pick_tomograms)(
             args.tomograms[0] if len(args.tomograms) == 1 else args.tomograms, args.prompt, args.model,
-            args.settings or None, args.output, args.format, **learn, **options)
+            args.settings or None, args.output, formats, **learn, **options)
     out, failed = summary["output_dir"], summary["failed"]
     if failed:
         first = failed[0]
