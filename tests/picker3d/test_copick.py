@@ -42,6 +42,12 @@ def pick3d(config, *extra):
                 "--no-montage", *extra])
 
 
+def rows(points):
+    """Points in one order, each kept whole (sorting columns separately would mix them)."""
+    points = np.asarray(points, float).reshape(-1, 3)
+    return points[np.lexsort(points.T[::-1])]
+
+
 def copick_sets(config, run, object_name="blob"):
     return copick.from_file(str(config)).get_run(run).get_picks(object_name=object_name)
 
@@ -53,10 +59,10 @@ def test_picks_land_in_the_project_in_angstrom_and_rerun_adds_nothing(env):
         sets = copick_sets(config, run)
         assert [(s.pickable_object_name, s.user_id, s.session_id) for s in sets] == [("blob", "robot", "1")]
         xyz_A = sets[0].numpy()[0]
-        np.testing.assert_allclose(np.sort(xyz_A, 0), np.sort(np.array(CENTRES[t], float) * 10.0, 0), atol=1.0)
+        np.testing.assert_allclose(rows(xyz_A), rows(np.array(CENTRES[t], float) * 10.0), atol=1.0)
         # The same picks as cryopick's own output of the run, × the voxel spacing.
         voxels = read_picks(tmp / "out" / "imod" / "blob" / f"{run}.coords").coords
-        np.testing.assert_allclose(np.sort(xyz_A, 0), np.sort(voxels * 10.0, 0), atol=1e-6)
+        np.testing.assert_allclose(rows(xyz_A), rows(voxels * 10.0), atol=1e-6)
         assert np.all(sets[0].scores() > 0) and sets[0].meta.voxel_spacing == 10.0
     summary = json.loads((tmp / "out" / "summary.json").read_text())
     assert summary["source"] == {"copick": {"tomo_type": "wbp", "voxel_spacing": 10.0, "user_id": "robot",
@@ -202,7 +208,7 @@ def test_round_trip_with_shipped_weights(tmp_path, monkeypatch):
         assert [(s.session_id, s.pickable_object_name) for s in ours] == [("2", "target")]
         voxels = read_picks(tmp_path / "out" / "imod" / "target" / f"{run}.coords").coords
         assert len(voxels) > 0
-        np.testing.assert_allclose(np.sort(ours[0].numpy()[0], 0), np.sort(voxels * 10.0, 0), atol=1e-6)
+        np.testing.assert_allclose(rows(ours[0].numpy()[0]), rows(voxels * 10.0), atol=1e-6)
         table = sims[run].picks.table
         target = table[table["label"] == classes[0].name][["x", "y", "z"]].to_numpy(float) * 10.0
         f1 = match_points(ours[0].numpy()[0], target, classes[0].diameter / 2).f1  # Å

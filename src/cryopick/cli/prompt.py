@@ -126,6 +126,9 @@ def _from_copick(args: argparse.Namespace) -> int:
                                 voxel_spacing=args.voxel_spacing, tomo_type=args.tomo_type, label=args.label,
                                 at=args.at, binning=args.binning or 1.0, voxel_size=args.voxel_size,
                                 diameter_A=args.diameter, diameter_px=args.diameter_px, invert=args.invert, model=model)
+    if prompt.diameter is None:
+        log.warning("could not estimate the particle diameter from the examples; size limits need it: "
+                    "remake the prompt with --diameter (Å) or --diameter-px")
     save_prompt(prompt, args.output)
     log.info("%s: %d example(s) of %r from copick run %s", args.output, len(prompt.subvolumes), prompt.label, args.run)
     return 0
