@@ -119,6 +119,7 @@ def test_choices_needed_when_runs_differ(project):
     root = C.open_project(config)
     extra = root.get_run("TS_02").new_voxel_spacing(7.5)
     extra.new_tomogram("denoised").from_numpy(np.ones((4, 4, 4), np.float32), levels=1)
+    root.get_run("TS_01").new_voxel_spacing(5.0)  # segmentations only, say: no tomograms, not a choice
     root = C.open_project(config)
     runs = C.select_runs(root, None, config)
     with pytest.raises(CryopickError, match=r"several voxel spacings \(7.5, 10\); choose one with --voxel-spacing"):

@@ -193,7 +193,7 @@ def find_tomograms(root, runs: Sequence, voxel_spacing: float | None = None, tom
     that tomogram is an error when the runs were named (``explicit``), else it is skipped with a
     warning; none at all is an error."""
     where = f"{config}"
-    spacings = {round(float(v.voxel_size), 3) for r in runs for v in _spacings(r)}
+    spacings = {round(float(v.voxel_size), 3) for r in runs for v in _spacings(r) if v.tomograms}
     if voxel_spacing is None:
         voxel_spacing = _one(spacings, "voxel spacings", "--voxel-spacing", where)
     at = {r.name: _match(_spacings(r), voxel_spacing) for r in runs}
