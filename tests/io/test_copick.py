@@ -100,6 +100,11 @@ def test_bad_projects_and_selections(project, tmp_path):
     bad.write_text(json.dumps({"config_type": "filesystem", "name": "x"}))  # no overlay_root
     with pytest.raises(CryopickError, match="not a usable copick config.*overlay_root"):
         C.open_project(bad)
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"config_type": "filesystem", "name": "x", "overlay_root": f"local://{tmp_path}/void",
+                                 "pickable_objects": []}))
+    with pytest.raises(CryopickError, match="has no runs; check its overlay_root"):
+        C.select_runs(C.open_project(empty), None, empty)
     root = C.open_project(config)
     with pytest.raises(CryopickError, match="no run 'TS_09'.*TS_01, TS_02"):
         C.select_runs(root, ["TS_01", "TS_09"], config)
