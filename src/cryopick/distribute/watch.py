@@ -2,7 +2,8 @@
 
 :func:`watch_folder` yields each new file once it is complete: either a completion marker
 ``<file>.done`` exists next to it (written by the acquisition software after the file), or its size
-and modification time have not changed for ``settle`` seconds. Files present at the start are
+and modification time have not changed for ``settle`` seconds (watched, or by its mtime when first
+seen). Files present at the start are
 yielded too (a restarted watch resumes; the caller skips what is already finished). It stops when no
 new file has appeared for ``timeout`` seconds (``None``: never; Ctrl-C stops it anyway) or when
 ``stop`` is set.
@@ -65,6 +66,8 @@ def watch_folder(folder: str | os.PathLike, accept: Callable[[Path], bool], sett
                 continue
             stamp = (st.st_size, st.st_mtime_ns)
             ready = entry.name + MARKER_SUFFIX in names
+            if not ready and entry.name not in pending and st.st_size > 0 and time.time() - st.st_mtime >= settle:
+                ready = True  # untouched for the settle time already (e.g. there before the watch started)
             if not ready:
                 previous = pending.get(entry.name)
                 if previous is None or previous[0] != stamp:
