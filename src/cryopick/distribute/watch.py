@@ -31,6 +31,9 @@ def watch_folder(folder: str | os.PathLike, accept: Callable[[Path], bool], sett
 
     Parameters
     ----------
+    accept
+        Asked once per new file name: ``False`` ignores the file for good (another type, or an input
+        finished by an earlier run, which then need not wait for its settle time).
     settle
         Seconds a file's size and mtime must stay unchanged before it is read (when no marker).
     timeout
@@ -58,7 +61,8 @@ def watch_folder(folder: str | os.PathLike, accept: Callable[[Path], bool], sett
             if entry.name in seen or entry.name.startswith(".") or entry.name.endswith(MARKER_SUFFIX):
                 continue
             path = Path(entry.path)
-            if not accept(path):
+            if not accept(path):  # asked once per file (e.g. not a micrograph, or already finished)
+                seen.add(entry.name)
                 continue
             try:
                 st = entry.stat()

@@ -265,7 +265,14 @@ def pick_micrographs(picker: Picker, micrographs, output_dir: str | os.PathLike,
             suffixes = IMAGE_SUFFIXES
 
             def accept(p: Path) -> bool:
-                return p.suffix.lower() in suffixes and str(p) not in given.values()
+                if p.suffix.lower() not in suffixes or str(p) in given.values():
+                    return False
+                name = image_name(p)
+                if name not in given and not redo and state.is_done(name, out_file(name), source=p):
+                    given[name] = str(p)  # finished by an earlier run: no need to wait for it to settle
+                    tally.skipped += 1
+                    return False
+                return True
 
             source = _chain(todo, tasks(watch_folder(watch, accept, settle=settle, timeout=watch_timeout)))
         start = time.perf_counter()
