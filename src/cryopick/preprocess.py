@@ -78,12 +78,13 @@ def fourier_crop(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     import scipy.fft  # float32-preserving and multi-threaded: ~10x faster than np.fft on 4096^2
 
     workers = _FFT_WORKERS.get()
-    spectrum = scipy.fft.rfftn(image, workers=workers)
     # Keep the low frequencies: on full axes, the first ceil(s/2) and the last floor(s/2) bins;
-    # on the last (half) axis, the first s//2 + 1 bins.
+    # on the last (half) axis, the first s//2 + 1 bins. The real FFT along the last axis first, then
+    # the other axes only over the kept bins: the values of rfftn, in about half the time at 4096^2.
     out_full = [np.r_[0 : (s + 1) // 2, n - s // 2 : n] for s, n in zip(shape[:-1], image.shape[:-1])]
-    index = np.ix_(*out_full, np.arange(shape[-1] // 2 + 1))
-    cropped = spectrum[index]
+    cropped = scipy.fft.rfft(image, axis=-1, workers=workers)[..., : shape[-1] // 2 + 1]
+    for axis, keep in enumerate(out_full):
+        cropped = np.take(scipy.fft.fft(cropped, axis=axis, workers=workers), keep, axis=axis)
     result = scipy.fft.irfftn(cropped, s=shape, axes=tuple(range(len(shape))), workers=workers)
     result *= np.prod(shape) / np.prod(image.shape)
     return result.astype(np.float32)

@@ -92,7 +92,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     scale = parser.add_argument_group("whole data sets")
     scale.add_argument("--prefetch", type=positive_int, metavar="N",
                        help="threads that read and preprocess micrographs ahead of the network (default: one per "
-                            "core beyond the network's, at least 1, at most 4)")
+                            "core beyond the network's, at least 2, at most 4)")
     scale.add_argument("--sequential", action="store_true",
                        help="one micrograph after the other, no overlap of reading, network and writing (slower; "
                             "default: overlapped)")

@@ -33,9 +33,10 @@ _POLL = 0.1  # s: how often blocked threads look at the stop flag
 
 def default_prefetch(cores: int | None = None) -> int:
     """Prefetch (read + preprocess) threads for a machine: one per core beyond the network's, at
-    least 1 and at most 4 (more only queue up behind the network)."""
+    least 2 (on 2 cores the single-threaded network, two preparing threads and the writer share the
+    cores fully; with one preparing thread the network's core idles while it waits), at most 4."""
     cores = available_cores() if cores is None else max(1, int(cores))
-    return max(1, min(4, cores - 1))
+    return min(4, max(2, cores - 1))
 
 
 def run_sequential(job: Job, tasks: Iterable[Task], on_result: Callable[[Outcome], Any], state: Any = None) -> None:
