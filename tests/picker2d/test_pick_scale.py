@@ -187,3 +187,21 @@ def test_watch_and_cluster_options_are_checked(ws, tmp_path, capsys):
     assert cli(["pick", "--model", model, "--micrographs", str(ws / "mics"), "--dask", "local:x", "-o",
                 str(tmp_path / "o")]) == 2
     assert "local:" in capsys.readouterr().err
+
+
+def test_ctrl_c_ends_a_watch_with_its_summary(ws, tmp_path):
+    incoming = tmp_path / "incoming"
+    write_micrographs(incoming, 2)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "cryopick", "pick", "--model", str(ws / "model"), "--watch",
+                             str(incoming), "--settle", "0", "-o", str(out), *PICK], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while len(RunState(out).records()) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    assert b"2 picked now" in stdout
+    assert json.loads((out / "summary.json").read_text())["n_picked"] == 2

@@ -283,6 +283,10 @@ def pick_micrographs(picker: Picker, micrographs, output_dir: str | os.PathLike,
             distribute.run(job, source, write, state=picker, dask=dask, cluster=cluster,
                            cluster_config=None if cluster_config is None else str(cluster_config),
                            engine=engine, prefetch=prefetch)
+        except KeyboardInterrupt:
+            if watch is None:
+                raise
+            log.info("stopped watching %s (Ctrl-C); the summary covers what was picked", watch)  # the usual end
         finally:
             tally.bar.close()
         elapsed = time.perf_counter() - start
