@@ -205,3 +205,16 @@ def test_ctrl_c_ends_a_watch_with_its_summary(ws, tmp_path):
     assert proc.returncode == 0, stderr.decode()[-2000:]
     assert b"2 picked now" in stdout
     assert json.loads((out / "summary.json").read_text())["n_picked"] == 2
+
+
+def test_when_no_micrograph_can_be_picked_it_is_one_user_error_and_nothing_is_written(ws, tmp_path, capsys):
+    mics = tmp_path / "mics"
+    mics.mkdir()
+    for name in ("a", "b"):
+        (mics / f"{name}.mrc").write_bytes(b"\0" * 100)
+    out = tmp_path / "out"
+    assert cli(["pick", "--model", str(ws / "model"), "--micrographs", str(mics), "-o", str(out), *PICK]) == 2
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "error:" in line] == [line for line in err.splitlines() if line]
+    assert "none of the 2 micrographs could be picked" in err and "a.mrc" in err
+    assert not out.exists()

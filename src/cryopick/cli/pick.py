@@ -30,8 +30,8 @@ file is read once its size has not changed for --settle seconds, or at once when
 on Ctrl-C. A micrograph that cannot be read or picked fails alone and is listed (with the reason)
 in the final summary and summary.json.
 
-Exit codes: 0 every micrograph picked (or already picked); 2 bad input or options (nothing or only
-some picked: the message says which); 3 the run finished but N micrographs failed (listed; rerun
+Exit codes: 0 every micrograph picked (or already picked); 2 bad input or options, or not one
+micrograph could be picked (nothing is written); 3 the run finished but N micrographs failed (listed; rerun
 to retry only them); 130 interrupted by Ctrl-C (finished micrographs are kept, rerun to resume).
 
 Examples:

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,7 +170,7 @@ def pick_micrographs(picker: Picker, micrographs, output_dir: str | os.PathLike,
     from cryopick.io.coords import format_module
     from cryopick.io.images import IMAGE_SUFFIXES, image_name, list_images
     from cryopick.io.resume import RunState, input_stamp
-    from cryopick.picker2d.outputs import check_output_dir, write_overlay, write_summary
+    from cryopick.picker2d.outputs import check_output_dir, write_overlay
 
     paths = [] if micrographs is None else list_images(
         list(micrographs) if isinstance(micrographs, (list, tuple)) else micrographs)
@@ -191,6 +192,7 @@ def pick_micrographs(picker: Picker, micrographs, output_dir: str | os.PathLike,
     if unknown:
         raise CryopickError(f"--overlay {', '.join(unknown[:5])}: no such micrograph among the {len(names)} given "
                             f"(names are file names without extension, e.g. {names[0]})")
+    created = not Path(output_dir).exists()
     output_dir = check_output_dir(output_dir)
     state = RunState(output_dir)
     thr = picker.threshold if threshold is None else threshold
@@ -228,8 +230,8 @@ def pick_micrographs(picker: Picker, micrographs, output_dir: str | os.PathLike,
 
     def write(outcome: Outcome) -> None:
         task = outcome.task
-        if not outcome.ok:
-            log.warning("%s: failed: %s", task.key, outcome.error)
+        if not outcome.ok:  # listed in the summary; said at once only while watching (a long run)
+            (log.warning if watch is not None else log.debug)("%s: failed: %s", task.key, outcome.error)
             tally.add(outcome)
             return
         picked: Picked = outcome.result
@@ -290,12 +292,29 @@ def pick_micrographs(picker: Picker, micrographs, output_dir: str | os.PathLike,
         finally:
             tally.bar.close()
         elapsed = time.perf_counter() - start
-        total_edge = sum(int(r.get("n_edge", 0) or 0) for r in state.records([t.key for t in todo]))
-        if total_edge:
-            log.info("dropped %d picks in padding bands or within %s of the micrograph edges (border)",
-                     total_edge, "one particle radius" if picker.border is None else f"{picker.border:g} px")
-        return write_summary(output_dir, given, module, thr, picker.model_dir, elapsed, tally.done,
-                             settings=settings, project_dir=project_dir, run=tally.to_dict())
+        nothing = not tally.done and tally.failed and not state.records()
+        if not nothing:
+            return _finish(state, picker, todo, output_dir, given, module, thr, elapsed, tally, settings, project_dir)
+    # Every micrograph failed and nothing was picked before: a user error, and no output folder left.
+    if created:
+        shutil.rmtree(output_dir, ignore_errors=True)
+    first = tally.failed[0]["error"]
+    if len(tally.failed) == 1:
+        raise CryopickError(first)
+    raise CryopickError(f"none of the {len(tally.failed)} micrographs could be picked; the first: {first}")
+
+
+def _finish(state, picker: Picker, todo: list, output_dir: Path, given: dict, module, thr: float, elapsed: float,
+            tally, settings: dict, project_dir) -> dict:
+    """Log the edge drops of this run and write the summary over the folder (see :func:`pick_micrographs`)."""
+    from cryopick.picker2d.outputs import write_summary
+
+    total_edge = sum(int(r.get("n_edge", 0) or 0) for r in state.records([t.key for t in todo]))
+    if total_edge:
+        log.info("dropped %d picks in padding bands or within %s of the micrograph edges (border)",
+                 total_edge, "one particle radius" if picker.border is None else f"{picker.border:g} px")
+    return write_summary(output_dir, given, module, thr, picker.model_dir, elapsed, tally.done,
+                         settings=settings, project_dir=project_dir, run=tally.to_dict())
 
 
 def _chain(first: list, then: Iterator) -> Iterator:
