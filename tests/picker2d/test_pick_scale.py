@@ -187,6 +187,9 @@ def test_watch_and_cluster_options_are_checked(ws, tmp_path, capsys):
     assert cli(["pick", "--model", model, "--micrographs", str(ws / "mics"), "--dask", "local:x", "-o",
                 str(tmp_path / "o")]) == 2
     assert "local:" in capsys.readouterr().err
+    assert cli(["pick", "--model", model, "--micrographs", str(ws / "mics"), "--dask", "local:1", "--prefetch", "2",
+                "-o", str(tmp_path / "o")]) == 2
+    assert "apply to the local run" in capsys.readouterr().err
 
 
 def test_ctrl_c_ends_a_watch_with_its_summary(ws, tmp_path):

@@ -124,6 +124,9 @@ def main(args: argparse.Namespace) -> int:
     for flag, needs in (("watch_timeout", "watch"), ("settle", "watch"), ("cluster_config", "cluster")):
         if getattr(args, flag) is not None and getattr(args, needs) is None:
             raise CryopickError(f"--{flag.replace('_', '-')} only applies with --{needs}")
+    if (args.dask or args.cluster) and (args.prefetch is not None or args.sequential):
+        raise CryopickError("--prefetch and --sequential apply to the local run, not to --dask / --cluster "
+                            "(each Dask worker runs one micrograph at a time per thread)")
     options = {"threshold": args.threshold, "min_distance": args.min_distance, "border": args.border,
                "pixel_size": args.pixel_size, "overlays": args.overlays, "project_dir": args.project_dir,
                "prefetch": args.prefetch, "dask": args.dask, "cluster": args.cluster,
