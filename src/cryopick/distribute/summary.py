@@ -32,7 +32,8 @@ def spread(values) -> dict[str, float]:
 @dataclass
 class RunTally:
     """Counts of one run: ``done`` (finished now), ``skipped`` (finished earlier), ``failed``
-    (``[{"input", "path", "error"}]``); ``bar``: a tqdm bar to advance (or ``None``)."""
+    (``[{"input", "path", "error"}]``, sorted by input in :meth:`to_dict`); ``bar``: a tqdm bar to
+    advance (or ``None``)."""
 
     skipped: int = 0
     done: int = 0
@@ -57,7 +58,7 @@ class RunTally:
 
     def to_dict(self) -> dict[str, Any]:
         return {"n_picked": self.done, "n_skipped": self.skipped, "n_failed": len(self.failed),
-                "failed": list(self.failed)}
+                "failed": sorted(self.failed, key=lambda f: str(f["input"]))}
 
 
 def progress_bar(total: int | None, unit: str = "mic", desc: str = "picking", enabled: bool = True):

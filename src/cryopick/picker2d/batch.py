@@ -298,7 +298,7 @@ def pick_micrographs(picker: Picker, micrographs, output_dir: str | os.PathLike,
     # Every micrograph failed and nothing was picked before: a user error, and no output folder left.
     if created:
         shutil.rmtree(output_dir, ignore_errors=True)
-    first = tally.failed[0]["error"]
+    first = tally.to_dict()["failed"][0]["error"]
     if len(tally.failed) == 1:
         raise CryopickError(first)
     raise CryopickError(f"none of the {len(tally.failed)} micrographs could be picked; the first: {first}")
