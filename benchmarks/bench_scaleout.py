@@ -35,7 +35,8 @@ from _bench import add_common_args, print_table, write_result  # noqa: E402
 
 CHILD = ("import json, resource, sys, time; from cryopick.cli.main import main; t = time.perf_counter(); "
          "rc = main(sys.argv[1:]); print('BENCH ' + json.dumps({'rc': rc, 'seconds': time.perf_counter() - t, "
-         "'max_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}))")
+         "'max_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, "
+         "'cpu_seconds': sum(resource.getrusage(resource.RUSAGE_SELF)[:2])}))")
 
 
 def load() -> dict:
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             runs[mode] = cached(cache, f"a:{mode}:{n}", args.redo, cache_path, measure)
             r = runs[mode]
             rows.append({"part": f"a {mode}", "n": n, "seconds": r["seconds"], "mic_per_s": n / r["seconds"],
+                         "cpu_s_per_mic": r["cpu_seconds"] / n if "cpu_seconds" in r else None,
                          "max_rss_gb": r["max_rss_gb"], "load": r["load_before"]["loadavg_1min"],
                          "busy_other": r["load_before"]["busy_cores_other"]})
         speedup = runs["sequential"]["seconds"] / runs["pipeline"]["seconds"]
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                      "busy_other": c["dask"]["load_before"]["busy_cores_other"]})
         summary.update({"c_dask_equals_local": c["same"] is True, "c_n_picks_compared": c["n_picks"]})
 
-    print_table(rows, ["part", "n", "seconds", "mic_per_s", "max_rss_gb", "load", "busy_other"])
+    print_table(rows, ["part", "n", "seconds", "mic_per_s", "cpu_s_per_mic", "max_rss_gb", "load", "busy_other"])
     for k, v in summary.items():
         print(f"{k}: {v}")
     write_result(args.out, "scaleout", args.quick, summary, rows=rows, cache=cache, model=str(model_dir),
