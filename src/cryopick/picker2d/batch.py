@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -177,7 +178,7 @@ def pick_micrographs(picker: Picker, micrographs, output_dir: str | os.PathLike,
     if micrographs is None and watch is None:
         raise CryopickError("give the micrographs to pick (--micrographs) or a folder to watch (--watch)")
     names = [image_name(p) for p in paths]
-    dupes = {n for n in names if names.count(n) > 1}
+    dupes = {n for n, k in Counter(names).items() if k > 1}
     if dupes:
         raise CryopickError(f"several micrographs share the name(s) {', '.join(sorted(dupes)[:5])}; names must be unique")
     module = format_module(format)
@@ -264,10 +265,10 @@ def pick_micrographs(picker: Picker, micrographs, output_dir: str | os.PathLike,
         if watch is not None:
             from cryopick.distribute.watch import watch_folder
 
-            suffixes = IMAGE_SUFFIXES
+            suffixes, listed = IMAGE_SUFFIXES, {str(p) for p in paths}
 
             def accept(p: Path) -> bool:
-                if p.suffix.lower() not in suffixes or str(p) in given.values():
+                if p.suffix.lower() not in suffixes or str(p) in listed:
                     return False
                 name = image_name(p)
                 if name not in given and not redo and state.is_done(name, out_file(name), source=p):
