@@ -25,18 +25,19 @@ def test_dask_picks_equal_local_picks_and_survive_a_killed_worker(tmp_path):
     pick_folder(tmp_path / "model", tmp_path / "mics", tmp_path / "local", **options)
     out = tmp_path / "dask"
     killed = []
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
-        pids = client.run(os.getpid)
+    # One client only (the run's): the scheduler of a LocalCluster lives in this process, so the
+    # killer reads which worker is busy, and its pid, from it directly.
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        scheduler = cluster.scheduler
 
         def kill_a_busy_worker():
             deadline = time.monotonic() + 120
             while len(RunState(out).records()) < 2 and time.monotonic() < deadline:
                 time.sleep(0.01)
-            busy = [addr for addr, keys in client.processing().items() if keys and addr in pids]
+            busy = [ws for ws in list(scheduler.workers.values()) if ws.processing and ws.pid]
             if busy:
-                os.kill(pids[busy[0]], signal.SIGKILL)
-                killed.append(busy[0])
+                os.kill(busy[0].pid, signal.SIGKILL)
+                killed.append(busy[0].address)
 
         killer = threading.Thread(target=kill_a_busy_worker)
         killer.start()
