@@ -70,6 +70,7 @@ def evaluate(picker, test_paths, truth, tolerance: float) -> dict:
 def speed_test(model_dir: Path, jpgs: list[Path], n: int, workdir: Path, threads: int) -> dict:
     """Pick ``n`` 4096^2 float32 MRCs end to end (read, preprocess, infer, post-process, write)."""
     from cryopick.io.images import read_image, write_mrc
+    from cryopick.picker2d.batch import pick_micrographs
     from cryopick.picker2d.pick import Picker
 
     mrc_dir = workdir / "mrc"
@@ -84,7 +85,7 @@ def speed_test(model_dir: Path, jpgs: list[Path], n: int, workdir: Path, threads
     shutil.rmtree(out, ignore_errors=True)
     picker = Picker(model_dir, num_threads=threads)
     t = time.perf_counter()
-    summary = picker.pick_many(sorted(mrc_dir.glob("*.mrc")), out, progress=False)
+    summary = pick_micrographs(picker, sorted(mrc_dir.glob("*.mrc")), out, progress=False)
     elapsed = time.perf_counter() - t
     return {"n_micrographs": n, "seconds": round(elapsed, 2), "micrographs_per_second": round(n / elapsed, 3),
             "bf16": picker.bf16, "n_picks": summary["n_picks"]}

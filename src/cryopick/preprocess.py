@@ -6,8 +6,10 @@ All functions work on 2D micrographs and 3D tomograms alike (numpy ``[z][y][x]``
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -40,6 +42,21 @@ class WorkingFrame:
         return np.asarray(coords, float) / self.factors
 
 
+_FFT_WORKERS: contextvars.ContextVar[int] = contextvars.ContextVar("fft_workers", default=-1)
+
+
+@contextlib.contextmanager
+def fft_workers(n: int) -> Iterator[None]:
+    """Threads of :func:`fourier_crop`'s FFTs in this thread (and context) for the ``with`` block
+    (default ``-1``: every core). A pipeline that preprocesses in several threads next to the network
+    sets 1, so the threads do not fight over the cores."""
+    token = _FFT_WORKERS.set(int(n))
+    try:
+        yield
+    finally:
+        _FFT_WORKERS.reset(token)
+
+
 def fourier_crop(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Downsample by cropping the Fourier transform to ``shape`` (anti-aliased, no phase shift).
 
@@ -60,13 +77,15 @@ def fourier_crop(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         raise ValueError(f"fourier_crop only downsamples: {image.shape} -> {shape}")
     import scipy.fft  # float32-preserving and multi-threaded: ~10x faster than np.fft on 4096^2
 
-    spectrum = scipy.fft.rfftn(image, workers=-1)
+    workers = _FFT_WORKERS.get()
     # Keep the low frequencies: on full axes, the first ceil(s/2) and the last floor(s/2) bins;
-    # on the last (half) axis, the first s//2 + 1 bins.
+    # on the last (half) axis, the first s//2 + 1 bins. The real FFT along the last axis first, then
+    # the other axes only over the kept bins: the values of rfftn, in about half the time at 4096^2.
     out_full = [np.r_[0 : (s + 1) // 2, n - s // 2 : n] for s, n in zip(shape[:-1], image.shape[:-1])]
-    index = np.ix_(*out_full, np.arange(shape[-1] // 2 + 1))
-    cropped = spectrum[index]
-    result = scipy.fft.irfftn(cropped, s=shape, axes=tuple(range(len(shape))), workers=-1)
+    cropped = scipy.fft.rfft(image, axis=-1, workers=workers)[..., : shape[-1] // 2 + 1]
+    for axis, keep in enumerate(out_full):
+        cropped = np.take(scipy.fft.fft(cropped, axis=axis, workers=workers), keep, axis=axis)
+    result = scipy.fft.irfftn(cropped, s=shape, axes=tuple(range(len(shape))), workers=workers)
     result *= np.prod(shape) / np.prod(image.shape)
     return result.astype(np.float32)
 

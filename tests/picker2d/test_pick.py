@@ -12,6 +12,7 @@ from cryopick.cli.main import main as cli
 from cryopick.evaluate.matching import match_points
 from cryopick.io.coords import read_picks, write_picks
 from cryopick.io.images import write_mrc, write_png
+from cryopick.picker2d.batch import pick_micrographs
 from cryopick.picker2d.pick import Picker
 from cryopick.picker2d.predict import predict_probability
 
@@ -149,7 +150,7 @@ def test_bad_input_errors(workspace, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(CryopickError, match="no images found"):
-        Picker(root / "model").pick_many(empty, tmp_path / "out", progress=False)
+        pick_micrographs(Picker(root / "model"), empty, tmp_path / "out", progress=False)
     assert cli(["pick", "--model", str(root / "model"), "--micrographs", str(empty), "-o", str(tmp_path / "o")]) == 2
     assert "no images found" in capsys.readouterr().err
     with pytest.raises(CryopickError, match="not a cryopick model"):

@@ -12,7 +12,8 @@ from cryopick import CryopickError, Picks
 from cryopick.cli.main import main as cli
 from cryopick.io.coords import read_picks, write_picks
 from cryopick.io.images import write_mrc
-from cryopick.picker2d.pick import Picker, pick_folder
+from cryopick.picker2d.batch import pick_folder
+from cryopick.picker2d.pick import Picker
 from cryopick.postprocess.peaks2d import inside_region
 
 DIAMETER = 24.0

@@ -267,7 +267,7 @@ def _copy_history(model_dir: Path, progress: Path) -> None:
 
 def _pick(root: str, out: Path, params: dict) -> dict:
     from cryopick.app.project import Project
-    from cryopick.picker2d.pick import pick_folder
+    from cryopick.picker2d.batch import pick_folder
 
     project = Project(root)
     mics = project.micrographs()

@@ -53,6 +53,7 @@ def main(args: argparse.Namespace) -> int:
     from cryopick.evaluate.matching import match_points, precision_recall_f1
     from cryopick.io.atomic import write_text
     from cryopick.io.coords import read_picks
+    from cryopick.picker2d.batch import pick_micrographs
     from cryopick.picker2d.card import CARD_NAME, load_card
     from cryopick.picker2d.pick import Picker
     from cryopick.picker2d.train import TrainConfig, train_from_files
@@ -92,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"[2/3] picking {data / 'test' / 'micrographs'} -> {picks_dir}")
     picker = Picker(model_dir, num_threads=args.threads)
     # Picks of an earlier model in this folder are replaced by those of the model just trained.
-    summary = picker.pick_many(data / "test" / "micrographs", picks_dir, overlays=3, progress=progress,
+    summary = pick_micrographs(picker, data / "test" / "micrographs", picks_dir, overlays=3, progress=progress,
                                redo=retrained)
 
     # 3. Score the picks against the expert annotation (one particle radius, one-to-one).

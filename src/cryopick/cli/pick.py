@@ -9,8 +9,36 @@ settings into a folder with picks is refused unless --redo.
 Picks in padding bands at the micrograph edges (constant or striped rows/columns, e.g. from motion
 correction) and within --border of the edge are dropped. Coordinates are micrograph pixels.
 
+Whole data sets: by default reading and preprocessing run in prefetch threads while the network runs,
+and outputs are written as they finish. --dask runs on a Dask cluster (an existing scheduler, or
+local[:N] worker processes on this machine); --cluster slurm starts Dask workers as SLURM jobs
+(adaptive: jobs come and go with the work), configured by a YAML file of SLURMCluster settings:
+
+  cores: 8              # per SLURM job (required)
+  memory: 32GB          # per SLURM job (required)
+  processes: 2          # Dask workers per job
+  queue: short
+  walltime: "02:00:00"
+  adapt: {minimum_jobs: 0, maximum_jobs: 20}
+
+Workers load the model once each, from the same path (a shared file system). Every output is
+written by this process, atomically; a micrograph counts as finished once its record is written, so
+a rerun after Ctrl-C, a crash or a killed worker picks only what is missing (and micrographs whose
+file changed since). --watch DIR picks micrographs as they land in DIR during data collection: a
+file is read once its size has not changed for --settle seconds, or at once when a marker
+<file>.done appears next to it; it stops after --watch-timeout seconds without a new micrograph, or
+on Ctrl-C. A micrograph that cannot be read or picked fails alone and is listed (with the reason)
+in the final summary and summary.json.
+
+Exit codes: 0 every micrograph picked (or already picked); 2 bad input or options, or not one
+micrograph could be picked (nothing is written); 3 the run finished but N micrographs failed (listed; rerun
+to retry only them); 130 interrupted by Ctrl-C (finished micrographs are kept, rerun to resume).
+
 Examples:
   cryopick pick --model model/ --micrographs mics/ -o picks/
+  cryopick pick --model model/ --micrographs mics/ -o picks/ --dask local:4
+  cryopick pick --model /shared/model/ --micrographs /shared/mics/ -o picks/ --cluster slurm --cluster-config site.yaml
+  cryopick pick --model model/ --watch /data/session1/Micrographs/ --watch-timeout 1800 -o picks/
   cryopick pick --model model/ --micrographs 'Movies/*.mrc' --format cryolo --threshold 0.6 -o picks/
   cryopick pick --model model/ --micrographs MotionCorr/job002/Movies/ -o AutoPick/job010/ --project-dir .
 """
@@ -28,12 +56,13 @@ from cryopick.cli._args import (
     nonnegative_float,
     nonnegative_int,
     positive_float,
+    positive_int,
 )
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model directory written by `cryopick train`")
-    parser.add_argument("--micrographs", required=True, help="micrographs: directory, glob or file")
+    parser.add_argument("--micrographs", help="micrographs: directory, glob or file (required unless --watch)")
     parser.add_argument("--format", default="relion",
                         help="coordinate format: relion (default), cryolo, eman2, topaz, cryoppp, imod")
     parser.add_argument("--threshold", type=fraction, metavar="S",
@@ -60,20 +89,67 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     add_threads(parser)
     add_redo(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    scale = parser.add_argument_group("whole data sets")
+    scale.add_argument("--prefetch", type=positive_int, metavar="N",
+                       help="threads that read and preprocess micrographs ahead of the network (default: one per "
+                            "core beyond the network's, at least 2, at most 4)")
+    scale.add_argument("--sequential", action="store_true",
+                       help="one micrograph after the other, no overlap of reading, network and writing (slower; "
+                            "default: overlapped)")
+    scale.add_argument("--dask", metavar="ADDRESS",
+                       help="run on Dask: a scheduler address (tcp://HOST:8786) or local[:N] for N worker "
+                            "processes here (default N: one per core); needs pip install 'cryopick[dask]'")
+    scale.add_argument("--cluster", choices=("slurm",),
+                       help="start Dask workers through this batch system (with --cluster-config)")
+    scale.add_argument("--cluster-config", metavar="YAML",
+                       help="SLURMCluster settings (cores, memory, queue, walltime, adapt bounds; see above)")
+    scale.add_argument("--watch", metavar="DIR",
+                       help="pick micrographs as they land in DIR (also those already there); stops after "
+                            "--watch-timeout or on Ctrl-C")
+    scale.add_argument("--watch-timeout", type=positive_float, metavar="S",
+                       help="with --watch: stop after S seconds without a new micrograph (default: never, Ctrl-C)")
+    scale.add_argument("--settle", type=nonnegative_float, metavar="S",
+                       help="with --watch: a file is complete once its size has not changed for S seconds (default "
+                            "5; a <file>.done marker makes it complete at once)")
     parser.add_argument("-o", "--output", required=True, help="output directory")
 
 
 def main(args: argparse.Namespace) -> int:
-    from cryopick.picker2d.pick import pick_folder
+    from cryopick.distribute.summary import EXIT_FAILURES, EXIT_OK
+    from cryopick.errors import CryopickError
+    from cryopick.picker2d.batch import pick_folder
 
+    if args.micrographs is None and args.watch is None:
+        raise CryopickError("give --micrographs (a folder, glob or file) or --watch DIR")
+    for flag, needs in (("watch_timeout", "watch"), ("settle", "watch"), ("cluster_config", "cluster")):
+        if getattr(args, flag) is not None and getattr(args, needs) is None:
+            raise CryopickError(f"--{flag.replace('_', '-')} only applies with --{needs}")
+    if (args.dask or args.cluster) and (args.prefetch is not None or args.sequential):
+        raise CryopickError("--prefetch and --sequential apply to the local run, not to --dask / --cluster "
+                            "(each Dask worker runs one micrograph at a time per thread)")
     options = {"threshold": args.threshold, "min_distance": args.min_distance, "border": args.border,
-               "pixel_size": args.pixel_size, "overlays": args.overlays, "project_dir": args.project_dir}
+               "pixel_size": args.pixel_size, "overlays": args.overlays, "project_dir": args.project_dir,
+               "prefetch": args.prefetch, "dask": args.dask, "cluster": args.cluster,
+               "cluster_config": args.cluster_config, "watch": args.watch, "watch_timeout": args.watch_timeout,
+               "settle": args.settle}
     summary = pick_folder(args.model, args.micrographs, args.output, format=args.format,
                           overlay_names=args.overlay or None, detect_padding=not args.no_padding_check,
                           bf16=bf16_value(args.bf16), num_threads=args.threads, redo=args.redo,
-                          progress=not args.no_progress, **{k: v for k, v in options.items() if v is not None})
+                          progress=not args.no_progress, engine="sequential" if args.sequential else "pipeline",
+                          **{k: v for k, v in options.items() if v is not None})
     rate = summary["micrographs_per_second"]
+    ppm = summary["picks_per_micrograph"]
     print(f"{summary['n_picks']} picks in {summary['n_finished']} micrographs "
-          f"({summary['n_picked_this_run']} picked now"
-          + (f", {rate:.2f} micrographs/s" if rate else "") + f") -> {args.output}")
-    return 0
+          f"({summary['n_picked_this_run']} picked now, {summary.get('n_skipped', 0)} already picked"
+          + (f", {rate:.2f} micrographs/s" if rate else "") + f"; picks per micrograph min {ppm['min']}, "
+          f"median {ppm['median']:g}, max {ppm['max']}) -> {args.output}")
+    failed = summary.get("failed") or []
+    for item in failed[:20]:
+        print(f"  failed: {item['input']}: {item['error']}")
+    if len(failed) > 20:
+        print(f"  ... and {len(failed) - 20} more (see {args.output}/summary.json)")
+    if failed:
+        print(f"{len(failed)} micrograph{'s' * (len(failed) != 1)} failed; fix or remove them and rerun to pick "
+              "only those")
+        return EXIT_FAILURES
+    return EXIT_OK

@@ -95,3 +95,28 @@ def make_output_dir(path: str | os.PathLike, what: str = "output folder") -> Pat
     if not os.access(out, os.W_OK | os.X_OK):
         raise CryopickError(f"{out}: the {what} is not writable; choose another -o")
     return out
+
+
+_TEMPORARY = None
+
+
+def remove_stale_temporaries(directory: str | os.PathLike, recursive: bool = True) -> int:
+    """Delete the temporary files of atomic writes that a killed run left in ``directory`` (hidden
+    files ``.<stem>.<8 random chars>.tmp<suffix>`` from :func:`atomic_path`, and write probes
+    ``.cryopick-write-test-*``); returns how many. Call only while no other run writes there (hold
+    :meth:`cryopick.io.resume.RunState.lock`)."""
+    import re
+
+    global _TEMPORARY
+    if _TEMPORARY is None:
+        _TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[^.]+)?$|^\.cryopick-write-test-")
+    root = Path(directory)
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for path in root.rglob(".*") if recursive else root.glob(".*"):
+        if _TEMPORARY.match(path.name) and path.is_file():
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+    return removed

@@ -11,10 +11,17 @@ A rerun with the same fingerprint skips finished inputs; with a different one it
 asked for other picks than those on disk) unless told to redo them. Unreadable records (a zero-byte
 or truncated file left by a full disk) count as "not finished": the input is picked again, the
 damaged record is replaced and a warning names it.
+
+The manifest of a scaled-out run: a record may carry the input's identity (``"input": {"path",
+"size", "mtime_ns"}``, see :func:`input_stamp`); :meth:`RunState.is_done` with ``source=`` then
+also requires the file to be unchanged, so an input replaced after it was picked is picked again.
+:meth:`RunState.lock` keeps two runs from writing into one folder at once (an advisory ``flock``
+that dies with its process, so a killed run never leaves a stale lock).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,6 +36,13 @@ log = logging.getLogger(__name__)
 
 STATE_DIR = ".cryopick"
 RUN_FILE = "run.json"
+LOCK_FILE = "lock"
+
+
+def input_stamp(path: str | os.PathLike) -> dict[str, Any]:
+    """What identifies an input file's contents cheaply: its path as given, size and mtime (ns)."""
+    st = os.stat(path)
+    return {"path": str(path), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
 
 
 class RunState:
@@ -62,9 +76,24 @@ class RunState:
             return None
         return data if isinstance(data, dict) else None
 
-    def is_done(self, name: str, *outputs: str | os.PathLike) -> bool:
-        """True if ``name`` has a valid record and every one of ``outputs`` exists."""
-        return self.record(name) is not None and all(Path(p).exists() for p in outputs)
+    def is_done(self, name: str, *outputs: str | os.PathLike, source: str | os.PathLike | None = None) -> bool:
+        """True if ``name`` has a valid record and every one of ``outputs`` exists; with ``source``
+        (the input file) also when the record's ``input`` stamp still matches its size and mtime
+        (records without a stamp, from earlier versions, are trusted)."""
+        record = self.record(name)
+        if record is None or not all(Path(p).exists() for p in outputs):
+            return False
+        stamp = record.get("input")
+        if source is None or not isinstance(stamp, dict) or "size" not in stamp:
+            return True
+        try:
+            now = input_stamp(source)
+        except OSError:
+            return False
+        changed = now["size"] != stamp.get("size") or now["mtime_ns"] != stamp.get("mtime_ns")
+        if changed:
+            log.info("%s changed since it was picked (size or modification time); picking it again", source)
+        return not changed
 
     def mark_done(self, name: str, record: dict[str, Any]) -> Path:
         """Write the record of a finished input (atomically; call after its outputs are written).
@@ -76,6 +105,24 @@ class RunState:
             self._pending = None
         return write_text(self.path(name), dumps(record) + "\n")
 
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the folder's run lock for the ``with`` block; a :class:`CryopickError` when another
+        process holds it (two runs writing one folder would interleave their records)."""
+        import fcntl
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fh = open(self.dir / LOCK_FILE, "a")
+        try:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise CryopickError(f"{self.output_dir}: another run is writing into this folder now; wait for it "
+                                    "to finish or choose another output folder") from None
+            yield self
+        finally:
+            fh.close()  # releases the lock
+
     def forget(self, name: str) -> None:
         """Remove the record of ``name`` (it will be done again)."""
         self.path(name).unlink(missing_ok=True)
@@ -83,7 +130,8 @@ class RunState:
     def records(self, names: list[str] | None = None) -> list[dict]:
         """Valid records of ``names`` (in that order), or of every finished input (sorted by name)."""
         if names is None:
-            names = sorted(p.stem for p in self.dir.glob("*.json") if p.name != RUN_FILE) if self.dir.is_dir() else []
+            names = sorted(p.stem for p in self.dir.glob("*.json") if p.name != RUN_FILE and not p.name.startswith(".")) \
+                if self.dir.is_dir() else []
         out = []
         for n in names:
             r = self.record(n)

@@ -224,3 +224,15 @@ def load_model(directory: str | os.PathLike, device: str = "cpu") -> tuple[torch
         raise CryopickError(f"{inconsistent} (missing {len(missing)}, unexpected {len(unexpected)} keys)")
     model.to(device).eval()
     return model, card
+
+
+def model_digest(directory: str | os.PathLike) -> str:
+    """Short SHA-256 of ``model.pt`` and ``card.json``: which model made the picks of a folder."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in (WEIGHTS_NAME, CARD_NAME):
+        with open(Path(directory) / name, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]

@@ -173,12 +173,14 @@ def _micrograph_path(record: dict, given: dict[str, str]) -> str:
 
 def write_summary(output_dir: str | os.PathLike, given: dict[str, str], module, threshold: float,
                   model_dir: str | os.PathLike, elapsed: float, n_new: int, settings: dict | None = None,
-                  project_dir: str | os.PathLike | None = None) -> dict:
+                  project_dir: str | os.PathLike | None = None, run: dict | None = None) -> dict:
     """Summary over every finished micrograph of the folder (this run's and earlier runs'):
     ``summary.json``, ``summary.csv`` (picks per micrograph), ``score_histogram.png`` and, for RELION
     output, the ``autopick.star`` index. Damaged records count as unfinished (see :class:`RunState`).
 
-    ``given`` maps the names of this run's micrographs to their paths as the user gave them.
+    ``given`` maps the names of this run's micrographs to their paths as the user gave them; ``run``
+    (this run's ``n_picked``, ``n_skipped``, ``n_failed`` and ``failed`` list, see
+    :class:`cryopick.distribute.summary.RunTally`) goes into ``summary.json`` as it is.
     """
     output_dir = Path(output_dir)
     records = [r for r in RunState(output_dir).records() if "micrograph" in r]
@@ -203,7 +205,9 @@ def write_summary(output_dir: str | os.PathLike, given: dict[str, str], module, 
         "n_picked_this_run": n_new,
         "n_picks": int(sum(counts)),
         "picks_per_micrograph": {"mean": float(np.mean(counts)) if counts else 0.0,
-                                 "min": int(min(counts)) if counts else 0, "max": int(max(counts)) if counts else 0},
+                                 "min": int(min(counts)) if counts else 0,
+                                 "median": float(np.median(counts)) if counts else 0.0,
+                                 "max": int(max(counts)) if counts else 0},
         "n_dropped_at_edges": int(sum(int(r.get("n_edge", 0) or 0) for r in records)),
         "threshold": threshold,
         "diameter_px": float(np.median(diameters)) if diameters else None,
@@ -212,6 +216,7 @@ def write_summary(output_dir: str | os.PathLike, given: dict[str, str], module, 
         "micrographs_per_second": round(n_new / elapsed, 3) if elapsed > 0 and n_new else None,
         "model": str(model_dir),
         "format": module.NAME,
+        **(run or {}),
     }
     write_text(output_dir / "summary.json", dumps(summary, indent=2) + "\n")
     return summary

@@ -1,0 +1,80 @@
+"""The distribution engine: run one job over many inputs locally (pipelined), on Dask or on SLURM.
+
+A batch command describes what it does to one input as a :class:`~cryopick.distribute.engine.Job`
+(``setup`` once per process, ``prepare`` / ``compute`` / ``finish`` per input) and hands the engine
+its tasks and an ``on_result`` callback that writes one input's outputs. :func:`run` picks the
+executor:
+
+- local (default): :func:`cryopick.distribute.local.run_local`, prefetch threads + the network in
+  this thread + a writer thread, bounded queues;
+- ``dask="tcp://HOST:8786"`` or ``"local[:N]"``: :func:`cryopick.distribute.dask_engine.run_dask`;
+- ``cluster="slurm", cluster_config="site.yaml"``: a dask-jobqueue SLURM cluster with adaptive
+  scaling (:mod:`cryopick.distribute.cluster`).
+
+``on_result`` always runs in the client process, one outcome at a time, so writing needs no locks;
+it should write atomically and record the input as finished last (:class:`cryopick.io.resume.RunState`).
+:mod:`cryopick.distribute.watch` yields inputs as they land; :mod:`cryopick.distribute.summary`
+counts outcomes and draws the progress bar.
+
+How ``pick3d`` uses it (one task per tomogram x prompt set)::
+
+    class Pick3dJob(Job):                       # in picker3d/, picklable: paths and settings only
+        def cache_key(self): return f"pick3d:{self.weights}:{self.digest}"
+        def setup(self): return TomogramPicker(self.weights, ...)          # once per worker
+        def prepare(self, picker, task): return read_tomogram(task.path)    # I/O in prefetch threads
+        def compute(self, picker, tomo): return picker.probability(tomo, task.extra["prompts"])
+        def finish(self, picker, tomo, prob): return picks_per_class(...)  # small, picklable
+
+    tasks = [Task(f"{name}/{prompt_set}", path, {"prompts": ...}) for ...]
+    run(job, tasks, write_outputs_and_mark_done, dask=args.dask)   # write_outputs on the client
+
+(For 3D, ``prepare`` should stay light: a tomogram is large, and ``depth`` of them wait in a queue.)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from cryopick.distribute.engine import Job, Outcome, Task
+from cryopick.errors import CryopickError
+
+__all__ = ["Job", "Outcome", "Task", "run", "ENGINES"]
+
+ENGINES = ("pipeline", "sequential")
+
+
+def run(job: Job, tasks: Iterable[Task], on_result: Callable[[Outcome], Any], *, state: Any = None,
+        dask: str | None = None, cluster: str | None = None, cluster_config: str | None = None,
+        engine: str = "pipeline", prefetch: int | None = None, retries: int = 2) -> None:
+    """Run ``job`` over ``tasks``; ``on_result`` gets each outcome in this process as it finishes.
+
+    ``state``: the job's state when the caller already built it (used by the local engines only).
+    ``engine``: ``"pipeline"`` (default) or ``"sequential"`` (no overlap; the reference).
+    """
+    if dask and cluster:
+        raise CryopickError("--dask and --cluster exclude each other: --dask joins or starts a cluster, "
+                            "--cluster starts one through the batch system")
+    if cluster or dask:
+        from cryopick.distribute.dask_engine import connect, run_dask
+
+        if cluster:
+            if not cluster_config:
+                raise CryopickError(f"--cluster {cluster} needs --cluster-config FILE (see `cryopick pick --help`)")
+            from cryopick.distribute.cluster import start_cluster
+
+            client, close = start_cluster(cluster, cluster_config)
+        else:
+            client, close = connect(dask)
+        try:
+            run_dask(job, tasks, on_result, client, retries=retries)
+        finally:
+            close()
+        return
+    if engine not in ENGINES:
+        raise CryopickError(f"engine {engine!r}: use one of {', '.join(ENGINES)}")
+    from cryopick.distribute.local import run_local, run_sequential
+
+    if engine == "sequential":
+        run_sequential(job, tasks, on_result, state=state)
+    else:
+        run_local(job, tasks, on_result, state=state, prefetch=prefetch)
