@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 
 from cryopick.distribute.engine import Outcome
+from cryopick.errors import FinishedWithFailures
 
 EXIT_OK = 0
-EXIT_FAILURES = 3
+#: the same code as ``pick3d`` (:class:`cryopick.errors.FinishedWithFailures`)
+EXIT_FAILURES = FinishedWithFailures.exit_code
 
 
 def spread(values) -> dict[str, float]:
