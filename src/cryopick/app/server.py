@@ -21,7 +21,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from cryopick.app.endpoint import BadRequest, api, number
-from cryopick.app.images import image_info, render, render_region
+from cryopick.app.images import image_info, render, render_region, render_tile
 from cryopick.app.jobs import JobManager
 from cryopick.app.project import Project, check_name
 from cryopick.app.security import Guard
@@ -63,7 +63,7 @@ def list_micrographs(state, params, query, body):
 
 def micrograph_info(state, params, query, body):
     name = check_name(params["name"])
-    info = image_info(state.project.micrograph(name))
+    info = image_info(state.project.micrograph(name), state.project.app_dir / "cache")
     return {"name": name, **info, "flag": state.project.flags().get(name)}
 
 
@@ -83,6 +83,16 @@ def micrograph_region(state, params, query, body):
     except (KeyError, ValueError):
         raise BadRequest("give the region as whole pixel numbers x0, y0, x1, y1") from None
     png = render_region(path, *box)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-cache"})
+
+
+def micrograph_tile(state, params, query, body):
+    path = state.project.micrograph(check_name(params["name"]))
+    try:
+        level, tx, ty = (int(query[k]) for k in ("level", "x", "y"))
+    except (KeyError, ValueError):
+        raise BadRequest("give the tile as whole numbers level, x, y") from None
+    png = render_tile(path, state.project.app_dir / "cache", level, tx, ty)
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-cache"})
 
 
@@ -239,6 +249,7 @@ def create_app(project_dir: str | Path, token: str | None = None, allowed_hosts:
         Route(m, api(micrograph_info)),
         Route(m + "/image", api(micrograph_image)),
         Route(m + "/region", api(micrograph_region)),
+        Route(m + "/tile", api(micrograph_tile)),
         Route(m + "/annotations", api(get_annotations)),
         Route(m + "/annotations", api(put_annotations), methods=["PUT"]),
         Route(m + "/flag", api(put_flag), methods=["PUT"]),
