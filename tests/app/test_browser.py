@@ -253,7 +253,15 @@ def test_train_pick_review_and_export(browser, server):
     n -= 1
     page.click("#accept")  # the reviewed picks become annotations (for a second round of training)
     sync_api.expect(page.locator("#ann-count")).to_have_text(f"{n} particles", timeout=10000)
-    saved(page)
+    sync_api.expect(page.locator("#save-state")).to_have_text(f"accepted {n} picks", timeout=10000)
+    row = page.locator("#mic-list li[data-name=mic_2]")  # the list's counts: annotated / picked / accepted
+    sync_api.expect(row).to_contain_text(f"annotated {n}", timeout=10000)
+    sync_api.expect(row).to_contain_text(f"accepted {n}")
+    sync_api.expect(page.locator("#mic-list li[data-name=mic_1]")).to_contain_text("to review")
+    page.select_option("#filter", "reviewed")  # filter by status
+    sync_api.expect(page.locator("#mic-list li")).to_have_count(1, timeout=10000)
+    page.select_option("#filter", "all")
+    sync_api.expect(page.locator("#mic-list li")).to_have_count(3, timeout=10000)
     page.select_option("#export-format", "relion")
     page.click("#export")
     sync_api.expect(page.locator("#export-result")).to_contain_text("wrote", timeout=10000)

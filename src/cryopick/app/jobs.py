@@ -112,6 +112,8 @@ class JobManager:
             state, message = "failed", "the job stopped without a result (server restarted or worker killed)"
         out = {"id": job["id"], "kind": job["kind"], "state": state, "message": message,
                "started": job["started"], "elapsed": round(time.time() - job["started"], 1)}
+        if state == "done":
+            out["result"] = {k: v for k, v in result.items() if k not in ("state", "message")}
         if job["kind"] == "train":
             out["history"] = _read(job_dir / "progress.json").get("history", [])
             out["card"] = self.project.model_card() if state == "done" else None
@@ -207,7 +209,12 @@ def _train(root: str, out: Path, params: dict) -> dict:
         stop.set()
         watcher.join(5)
     _copy_history(project.model_dir, out / "progress.json")
-    return {"threshold": card.score_threshold}
+    from cryopick.app.review import reviewed
+
+    names = sorted(picks.micrographs)
+    accepted = reviewed(project)
+    return {"threshold": card.score_threshold, "micrographs": names, "particles": len(picks),
+            "negatives": len(negatives), "accepted": sum(accepted.get(n, {}).get("accepted", 0) for n in names)}
 
 
 def training_inputs(project, params: dict) -> tuple[list, object, list, float | None]:

@@ -24,6 +24,7 @@ from cryopick.app.endpoint import BadRequest, api, number
 from cryopick.app.images import image_info, render, render_region, render_tile
 from cryopick.app.jobs import JobManager
 from cryopick.app.project import Project, check_name
+from cryopick.app.review import accept, counts, filter_rows
 from cryopick.app.security import Guard
 from cryopick.app.tomo import routes as tomo_routes
 
@@ -49,16 +50,7 @@ def put_settings(state, params, query, body):
 
 def list_micrographs(state, params, query, body):
     rows = state.project.summary()
-    status = query.get("status")
-    if status == "annotated":
-        rows = [r for r in rows if r["annotated"] or r["flag"] == "empty"]
-    elif status == "unannotated":
-        rows = [r for r in rows if not r["annotated"] and r["flag"] != "empty"]
-    elif status == "picked":
-        rows = [r for r in rows if r["picked"] is not None]
-    elif status not in (None, "", "all"):
-        raise BadRequest("status must be all, annotated, unannotated or picked")
-    return {"micrographs": rows}
+    return {"micrographs": filter_rows(rows, query.get("status")), "counts": counts(rows)}
 
 
 def micrograph_info(state, params, query, body):
@@ -107,6 +99,11 @@ def put_annotations(state, params, query, body):
     if not isinstance(body["version"], str):
         raise BadRequest("version must be the string returned by the last read")
     return state.project.save_annotations(name, body["coords"], body["version"])
+
+
+def accept_picks(state, params, query, body):
+    name = _existing(state, params["name"])
+    return accept(state.project, name, body.get("threshold"), body.get("min_distance", 0.0), body.get("version"))
 
 
 def put_flag(state, params, query, body):
@@ -255,6 +252,7 @@ def create_app(project_dir: str | Path, token: str | None = None, allowed_hosts:
         Route(m + "/flag", api(put_flag), methods=["PUT"]),
         Route(m + "/picks", api(get_picks)),
         Route(m + "/reject", api(reject_pick), methods=["POST"]),
+        Route(m + "/accept", api(accept_picks), methods=["POST"]),
         Route("/api/suggestions", api(suggestions)),
         Route("/api/jobs", api(start_job), methods=["POST"]),
         Route("/api/jobs/current", api(job_status)),

@@ -46,9 +46,7 @@ async function loadList() {
   S.mics = r.data.micrographs;
   const ul = $("mic-list");
   ul.innerHTML = "";
-  let labelled = 0;
   for (const m of S.mics) {
-    labelled += m.annotated;
     const li = document.createElement("li");
     li.dataset.name = m.name;
     li.className = m.name === S.current ? "current" : "";
@@ -57,14 +55,18 @@ async function loadList() {
     img.src = `/api/micrographs/${encodeURIComponent(m.name)}/image?kind=thumb`;
     const text = document.createElement("div");
     const picked = m.picked === null ? "" : ` · picked ${m.picked}`;
-    text.innerHTML = `<div class="name"></div><div class="counts">annotated ${m.annotated}${picked}` +
+    const accepted = m.accepted === null || m.accepted === undefined ? (m.picked === null ? "" : " · to review")
+      : ` · accepted ${m.accepted}`;
+    text.innerHTML = `<div class="name"></div><div class="counts">annotated ${m.annotated}${picked}${accepted}` +
       `${m.flag ? " · " + m.flag : ""}</div>`;
     text.querySelector(".name").textContent = m.name;
     li.append(img, text);
     li.onclick = () => openMicrograph(m.name);
     ul.append(li);
   }
-  $("totals").textContent = `${S.mics.length} micrographs · ${labelled} particles labelled`;
+  const n = r.data.counts;
+  $("totals").textContent = `${S.mics.length} of ${n.all} micrographs shown · ${n.particles} particles labelled · ` +
+    `${n.annotated} annotated · ${n.picked} picked · ${n.reviewed} reviewed`;
   if (!S.mics.length && $("filter").value === "all") {
     $("totals").textContent = `no micrographs yet: put them (MRC, TIFF, PNG) in ${S.micrographDir}, then reload`;
   }
@@ -404,12 +406,16 @@ $("flag").onchange = async () => {
   const r = await api("PUT", `/api/micrographs/${encodeURIComponent(S.current)}/flag`, { flag });
   setState(r.ok ? "status saved" : r.data.error); refreshListSoon();
 };
-$("accept").onclick = () => {
-  let added = 0;
-  for (const [x, y] of visiblePicks()) {
-    if (!S.coords.some(([cx, cy]) => Math.hypot(cx - x, cy - y) < radius() / 2)) { S.coords.push([x, y]); added++; }
-  }
-  setState(`accepted ${added} picks`); edited();
+// Accept: the server adds the picks the review keeps (same threshold, minimum distance and rejections as
+// drawn) to the annotations, versioned like any edit, and records the micrograph as reviewed.
+$("accept").onclick = async () => {
+  if (S.saving || S.pending || S.conflict) { setState("wait for the annotations to be saved, then accept"); return; }
+  const r = await api("POST", `/api/micrographs/${encodeURIComponent(S.current)}/accept`,
+    { version: S.version, threshold: +$("threshold").value, min_distance: +$("min-distance").value });
+  if (r.status === 409) { S.conflict = r.data.current; showConflict(); return; }
+  if (!r.ok) { setState(r.data.error); return; }
+  S.coords = r.data.coords; S.version = r.data.version; unjournal(S.current);
+  draw(); updateCounts(); setState(`accepted ${r.data.accepted} picks`); refreshListSoon();
 };
 $("export").onclick = async () => {
   const body = { format: $("export-format").value, source: $("export-source").value,
