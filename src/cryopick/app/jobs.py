@@ -311,6 +311,16 @@ def _pick3d(root: str, out: Path, params: dict) -> dict:
         prompt = make_prompt(tomos[entry["tomogram"]], entry["positions"], label=label)
         save_prompt(prompt, project.root / "prompts" / f"{label}.prompt")
         made.append(prompt)
-    summary = pick_tomograms(list(tomos.values()), made, output_dir=project.root / "picks3d", formats=FORMATS_3D,
-                             redo=True, montage=False, progress=False)
-    return {"done": len(tomos), "total": len(tomos), "picks": summary.get("picks")}
+    options = dict(output_dir=project.root / "picks3d", formats=FORMATS_3D, redo=True, montage=False, progress=False)
+    if params.get("answers"):  # second round: the prompts adapted to the reviewed picks
+        from cryopick.app.review3d import answers_path, has_answers
+        from cryopick.picker3d.questions import pick_with_answers
+
+        if not has_answers(project):
+            raise CryopickError("no reviewed tomogram picks yet: accept the picks of a class first")
+        summary = pick_with_answers(list(tomos.values()), made, answers=[answers_path(project)], **options)
+    else:
+        summary = pick_tomograms(list(tomos.values()), made, **options)
+    return {"done": len(tomos), "total": len(tomos), "picks": summary.get("picks"),
+            "adapted": sorted(p.name.split(".")[0] for p in (project.root / "picks3d" / "adapted").glob("*.npz"))
+            if params.get("answers") else []}

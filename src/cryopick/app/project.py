@@ -296,17 +296,13 @@ class Project:
         return {"suggestions": out, "threshold": threshold, "why": why}
 
     def summary(self) -> list[dict]:
-        """Per micrograph: particles annotated, picks at the calibrated threshold (None: not picked),
-        picks accepted in review (None: not reviewed) and the flag."""
-        from cryopick.app.review import reviewed
-
+        """Per micrograph: particles annotated, picks at the calibrated threshold (None: not picked) and
+        the flag (:func:`cryopick.app.review.summary` adds the review's counts)."""
         flags = self.flags()
         picked = self.pick_counts()
-        accepted = reviewed(self)
         rows = []
         for name in self.micrographs():
-            row = {"name": name, "annotated": 0, "flag": flags.get(name), "picked": picked.get(name),
-                   "accepted": accepted.get(name, {}).get("accepted")}
+            row = {"name": name, "annotated": 0, "flag": flags.get(name), "picked": picked.get(name)}
             try:
                 row["annotated"] = len(self.annotations(name)["coords"])
             except CryopickError as exc:  # one damaged file must not hide the others

@@ -77,6 +77,12 @@ def accept(project, name: str, threshold, min_distance, version) -> dict:
     return {**out, "accepted": added, "kept": len(kept)}
 
 
+def summary(project) -> list[dict]:
+    """The list's rows (:meth:`Project.summary`) with ``accepted``: picks accepted in review (None: not reviewed)."""
+    accepted = reviewed(project)
+    return [{**row, "accepted": accepted.get(row["name"], {}).get("accepted")} for row in project.summary()]
+
+
 def filter_rows(rows: list[dict], status: str | None) -> list[dict]:
     """The list's rows with a status (see :data:`STATUSES`)."""
     status = status or "all"

@@ -24,7 +24,7 @@ from cryopick.app.endpoint import BadRequest, api, number
 from cryopick.app.images import image_info, render, render_region, render_tile
 from cryopick.app.jobs import JobManager
 from cryopick.app.project import Project, check_name
-from cryopick.app.review import accept, counts, filter_rows
+from cryopick.app.review import accept, counts, filter_rows, summary
 from cryopick.app.security import Guard
 from cryopick.app.tomo import routes as tomo_routes
 
@@ -49,7 +49,7 @@ def put_settings(state, params, query, body):
 
 
 def list_micrographs(state, params, query, body):
-    rows = state.project.summary()
+    rows = summary(state.project)
     return {"micrographs": filter_rows(rows, query.get("status")), "counts": counts(rows)}
 
 
@@ -129,6 +129,10 @@ def start_job(state, params, query, body):
     for key in ("max_minutes", "particles_per_micrograph"):
         if opts.get(key) is not None:
             clean[key] = number(opts, key)
+    if opts.get("answers") is not None:
+        if kind != "pick3d" or not isinstance(opts["answers"], bool):
+            raise BadRequest("answers (true or false) is an option of pick3d")
+        clean["answers"] = opts["answers"]
     if opts.get("names") is not None:
         names = opts["names"]
         if not isinstance(names, list) or len(names) > 100000:
