@@ -19,7 +19,7 @@ micrographs differ) and scores particle F1 on the held-out micrographs at the ca
 ``--target`` x the ceiling.
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_active_learning.py          # ~1 h on 2 loaded cores
-    python benchmarks/bench_active_learning.py --quick                                # 2 rounds, 2 random seeds
+    python benchmarks/bench_active_learning.py --quick          # 512² micrographs, 2 epochs, 2 rounds, 2 random seeds
 
 Everything is cached under ``--cache`` (default ``benchmarks/results/active_learning/<quick|full>``):
 rendered data, each trained model (keyed by its annotated set, so identical sets are trained once),
@@ -206,7 +206,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(ap, "benchmarks/results/active_learning.json")
     ap.add_argument("--cache", default=None, help="cache folder (default benchmarks/results/active_learning/<quick|full>)")
-    ap.add_argument("--size", type=int, default=768, help="micrograph side, px (default 768)")
+    ap.add_argument("--size", type=int, default=None, help="micrograph side, px (default 768; quick 512)")
     ap.add_argument("--rounds", type=int, default=None, help="micrographs added after the first (default 4; quick 2)")
     ap.add_argument("--seeds", type=int, default=None, help="random-order seeds (default 4; quick 2)")
     ap.add_argument("--epochs", type=int, default=None, help="epochs per training (default 6; quick 2)")
@@ -215,6 +215,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--redo", action="store_true", help="start over (delete the cache)")
     args = ap.parse_args(argv)
+    args.size = args.size or (512 if args.quick else 768)
     args.rounds = args.rounds or (2 if args.quick else 4)
     args.seeds = args.seeds or (2 if args.quick else 4)
     args.epochs = args.epochs or (2 if args.quick else 6)
