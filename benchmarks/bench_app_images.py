@@ -4,9 +4,10 @@ A 4096² micrograph as float32 MRC and as 16-bit TIFF (random electron counts wi
 opened through the app's HTTP API in-process (Starlette's test client, so the numbers are the server's
 work without a browser): a "view" is what the page requests on opening a micrograph, the info
 (``GET /api/micrographs/<name>``) and the display image (``.../image?kind=display``). Also timed: the
-thumbnail and one full-resolution tile of the zoom pyramid (``.../tile?level=0``), first and cached.
-"First" starts with an empty cache and an empty in-memory image cache; "cached" clears the in-memory
-image cache too, so only the on-disk cache helps (as after a server restart).
+thumbnail (cold: nothing cached, as in the list) and one full-resolution tile of the zoom pyramid
+(``.../tile?level=0``, requested after the view, as when zooming in), first and cached. "First" starts
+with an empty on-disk cache and an empty in-memory image cache; "cached" clears the in-memory image
+cache too, so only the on-disk cache helps (as after a server restart).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_app_images.py           # 5 repeats
     python benchmarks/bench_app_images.py --quick                     # 2 repeats
@@ -70,9 +71,10 @@ def measure(project: Path, name: str, repeats: int) -> dict:
         shutil.rmtree(project / ".cryopick-app", ignore_errors=True)
         images._memory.clear()
         with TestClient(create_app(project)) as client:
+            rows["first_thumb"].append(timed(client, base + "/image?kind=thumb"))  # the list, cold
+            images._memory.clear()
             rows["first_view"].append(sum(timed(client, u) for u in view))
-            rows["first_thumb"].append(timed(client, base + "/image?kind=thumb"))
-            rows["first_tile"].append(timed(client, base + "/tile?level=0&x=3&y=3"))
+            rows["first_tile"].append(timed(client, base + "/tile?level=0&x=3&y=3"))  # zooming in after opening
             images._memory.clear()
             rows["cached_view"].append(sum(timed(client, u) for u in view))
             rows["cached_thumb"].append(timed(client, base + "/image?kind=thumb"))
