@@ -270,3 +270,27 @@ def test_train_pick_review_and_export(browser, server):
     index = starfile.read(root / "export" / "annotations-relion" / "autopick.star")
     assert "rlnMicrographName" in index.columns
     page.close()
+
+
+def test_zoomed_in_view_of_a_large_micrograph_uses_cached_tiles(browser, tmp_path):
+    from cryopick.io.images import write_mrc
+
+    root = tmp_path / "big"
+    (root / "micrographs").mkdir(parents=True)
+    write_mrc(root / "micrographs" / "big.mrc", np.random.default_rng(0).normal(size=(2300, 2300)).astype(np.float32))
+    s = Server(root)
+    try:
+        page = open_page(browser, s.url)
+        assert page.evaluate("[window.cryopick.info.levels, window.cryopick.img.width]") == [2, 766]
+        assert page.evaluate("window.cryopick.tiles") is None  # the whole micrograph fits: no tiles yet
+        x, y = screen(page, 1150, 1150)
+        page.mouse.move(x, y)
+        for _ in range(12):  # zoom in past the display image's resolution
+            page.mouse.wheel(0, -100)
+        page.wait_for_function("window.cryopick.zoom >= 1 && window.cryopick.tiles && [...window.cryopick.tiles.map]"
+                               ".some(([k, img]) => k.startsWith('0/') && img.complete && img.naturalWidth === 512)",
+                               timeout=15000)  # full resolution (level 0) at zoom >= 1, coarser levels on the way
+        assert list((root / ".cryopick-app" / "cache").glob("*-tile0-*.png"))  # cached on disk for the next view
+        page.close()
+    finally:
+        s.stop()
