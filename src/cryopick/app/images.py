@@ -110,14 +110,14 @@ def render(src: Path, cache_dir: Path, kind: str = "display") -> bytes:
 def render_tile(src: Path, cache_dir: Path, level: int, tx: int, ty: int) -> bytes:
     """PNG of tile ``(tx, ty)`` of pyramid level ``level`` (block size ``2**level``): at most TILE x TILE px
     covering original pixels ``[ty*TILE*2**level, ...)`` x ``[tx*TILE*2**level, ...)``."""
+    info = image_info(src, cache_dir)
+    if not 0 <= level < max(info["levels"], 1):  # checked first: 2 ** level of a huge number never ends
+        raise ValueError(f"level must be between 0 and {max(info['levels'] - 1, 0)}, got {level}")
     cached = _cache_path(cache_dir, src, f"tile{level}-{tx}-{ty}")
     if cached.is_file():
         return cached.read_bytes()
-    info = image_info(src, cache_dir)
     f = 2 ** level
     span = TILE * f
-    if not 0 <= level < max(info["levels"], 1):
-        raise ValueError(f"level must be between 0 and {max(info['levels'] - 1, 0)}, got {level}")
     if not (0 <= tx * span < info["width"] and 0 <= ty * span < info["height"]):
         raise ValueError(f"tile {tx}, {ty} of level {level} is outside the micrograph "
                          f"({info['width']} x {info['height']} px)")
