@@ -153,8 +153,8 @@ def test_reviewed_picks_become_answers_for_a_second_pick3d(tomo_project, tmp_pat
         assert post(c, "/api/tomograms/ts0/accept", {"label": "target", "threshold": 0.5}).status_code == 400  # no picks
         assert post(c, "/api/jobs", {"kind": "pick", "params": {"answers": True}}).status_code == 400
         assert post(c, "/api/tomograms/ts0/prompts", {"label": "target", "xyz": tomo_project[1]}).status_code == 200
-        failed = pick3d(c, {"answers": True})  # nothing reviewed yet: a clear message
-        assert failed["state"] == "failed" and "accept the picks of a class first" in failed["message"]
+        r = post(c, "/api/jobs", {"kind": "pick3d", "params": {"answers": True}})  # nothing reviewed yet
+        assert r.status_code == 400 and "accept the picks of a class first" in r.json()["error"]
         assert pick3d(c, {})["state"] == "done"
         data = c.get("/api/tomograms/ts0/picks").json()["picks"]["target"]
         assert len(data["coords"]) >= 3

@@ -132,6 +132,10 @@ def start_job(state, params, query, body):
     if opts.get("answers") is not None:
         if kind != "pick3d" or not isinstance(opts["answers"], bool):
             raise BadRequest("answers (true or false) is an option of pick3d")
+        from cryopick.app.review3d import has_answers
+
+        if opts["answers"] and not has_answers(state.project):
+            raise BadRequest("no reviewed tomogram picks yet: accept the picks of a class first")
         clean["answers"] = opts["answers"]
     if opts.get("names") is not None:
         names = opts["names"]
