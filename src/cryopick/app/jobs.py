@@ -312,6 +312,7 @@ def _pick3d(root: str, out: Path, params: dict) -> dict:
         save_prompt(prompt, project.root / "prompts" / f"{label}.prompt")
         made.append(prompt)
     options = dict(output_dir=project.root / "picks3d", formats=FORMATS_3D, redo=True, montage=False, progress=False)
+    started = time.time()
     if params.get("answers"):  # second round: the prompts adapted to the reviewed picks
         from cryopick.app.review3d import answers_path, has_answers
         from cryopick.picker3d.questions import pick_with_answers
@@ -322,5 +323,12 @@ def _pick3d(root: str, out: Path, params: dict) -> dict:
     else:
         summary = pick_tomograms(list(tomos.values()), made, **options)
     return {"done": len(tomos), "total": len(tomos), "picks": summary.get("picks"),
-            "adapted": sorted(p.name.split(".")[0] for p in (project.root / "picks3d" / "adapted").glob("*.npz"))
-            if params.get("answers") else []}
+            "adapted": [label for label in classes  # the classes this run adapted (not an earlier run's files)
+                        if _newer(project.root / "picks3d" / "adapted" / f"{label}.adapted.npz", started)]}
+
+
+def _newer(path: Path, since: float) -> bool:
+    try:
+        return path.stat().st_mtime >= since - 1
+    except OSError:
+        return False
