@@ -148,6 +148,11 @@ def test_sizes_are_bounded(client):
     assert c.get("/api/micrographs/mic_0/region?x0=0&y0=0&x1=64&y1=32").content[:4] == b"\x89PNG"
     for q in ("x0=0&y0=0&x1=999&y1=32", "x0=a&y0=0&x1=1&y1=1", "x0=0", "x0=5&y0=0&x1=5&y1=10"):
         assert_json_error(c.get(f"/api/micrographs/mic_0/region?{q}"), 400)
+    assert c.get("/api/micrographs/mic_0/tile?level=0&x=0&y=0").content[:4] == b"\x89PNG"
+    for q in ("level=0&x=1&y=0", "level=5&x=0&y=0", "level=-1&x=0&y=0", "level=a&x=0&y=0", "level=0", "x=0&y=0",
+              "level=0&x=0&y=1e9", "level=99999999999999999999&x=0&y=0"):
+        assert_json_error(c.get(f"/api/micrographs/mic_0/tile?{q}"), 400)
+    assert_json_error(c.get("/api/micrographs/..%2Fmic_0/tile?level=0&x=0&y=0"), 404)
 
 
 def test_token_and_host_are_checked_when_exposed(project):

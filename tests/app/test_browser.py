@@ -253,7 +253,15 @@ def test_train_pick_review_and_export(browser, server):
     n -= 1
     page.click("#accept")  # the reviewed picks become annotations (for a second round of training)
     sync_api.expect(page.locator("#ann-count")).to_have_text(f"{n} particles", timeout=10000)
-    saved(page)
+    sync_api.expect(page.locator("#save-state")).to_have_text(f"accepted {n} picks", timeout=10000)
+    row = page.locator("#mic-list li[data-name=mic_2]")  # the list's counts: annotated / picked / accepted
+    sync_api.expect(row).to_contain_text(f"annotated {n}", timeout=10000)
+    sync_api.expect(row).to_contain_text(f"accepted {n}")
+    sync_api.expect(page.locator("#mic-list li[data-name=mic_1]")).to_contain_text("to review")
+    page.select_option("#filter", "reviewed")  # filter by status
+    sync_api.expect(page.locator("#mic-list li")).to_have_count(1, timeout=10000)
+    page.select_option("#filter", "all")
+    sync_api.expect(page.locator("#mic-list li")).to_have_count(3, timeout=10000)
     page.select_option("#export-format", "relion")
     page.click("#export")
     sync_api.expect(page.locator("#export-result")).to_contain_text("wrote", timeout=10000)
@@ -262,3 +270,27 @@ def test_train_pick_review_and_export(browser, server):
     index = starfile.read(root / "export" / "annotations-relion" / "autopick.star")
     assert "rlnMicrographName" in index.columns
     page.close()
+
+
+def test_zoomed_in_view_of_a_large_micrograph_uses_cached_tiles(browser, tmp_path):
+    from cryopick.io.images import write_mrc
+
+    root = tmp_path / "big"
+    (root / "micrographs").mkdir(parents=True)
+    write_mrc(root / "micrographs" / "big.mrc", np.random.default_rng(0).normal(size=(2300, 2300)).astype(np.float32))
+    s = Server(root)
+    try:
+        page = open_page(browser, s.url)
+        assert page.evaluate("[window.cryopick.info.levels, window.cryopick.img.width]") == [2, 766]
+        assert page.evaluate("window.cryopick.tiles") is None  # the whole micrograph fits: no tiles yet
+        x, y = screen(page, 1150, 1150)
+        page.mouse.move(x, y)
+        for _ in range(12):  # zoom in past the display image's resolution
+            page.mouse.wheel(0, -100)
+        page.wait_for_function("window.cryopick.zoom >= 1 && window.cryopick.tiles && [...window.cryopick.tiles.map]"
+                               ".some(([k, img]) => k.startsWith('0/') && img.complete && img.naturalWidth === 512)",
+                               timeout=15000)  # full resolution (level 0) at zoom >= 1, coarser levels on the way
+        assert list((root / ".cryopick-app" / "cache").glob("*-tile0-*.png"))  # cached on disk for the next view
+        page.close()
+    finally:
+        s.stop()

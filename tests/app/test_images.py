@@ -45,3 +45,36 @@ def test_regions_for_zoomed_views(tmp_path):
     for box in ((0, 0, 0, 10), (-1, 0, 10, 10), (0, 0, 2001, 10), (10, 10, 5, 20)):
         with pytest.raises(ValueError):
             render_region(tmp_path / "m.mrc", *box)
+
+
+def test_tile_pyramid_is_cached_and_seamless(tmp_path, monkeypatch):
+    import io
+
+    import pytest
+
+    from cryopick.app.images import TILE, image_info, render_tile
+
+    data = np.random.default_rng(2).normal(size=(3000, 2000)).astype(np.float32)
+    data[:, 1000:] += 3.0  # right half brighter: per-tile contrast would stretch each tile to full range
+    write_mrc(tmp_path / "m.mrc", data)
+    cache = tmp_path / "cache"
+    info = image_info(tmp_path / "m.mrc", cache)
+    assert (info["width"], info["height"], info["tile"], info["levels"]) == (2000, 3000, TILE, 2)
+    left = np.asarray(Image.open(io.BytesIO(render_tile(tmp_path / "m.mrc", cache, 0, 0, 0))))
+    right = np.asarray(Image.open(io.BytesIO(render_tile(tmp_path / "m.mrc", cache, 0, 3, 0))))
+    assert left.shape == (TILE, TILE) and right.shape == (TILE, 2000 - 3 * TILE)
+    assert right.mean() > left.mean() + 60  # one contrast range per level: the brighter half stays brighter
+    edge = np.asarray(Image.open(io.BytesIO(render_tile(tmp_path / "m.mrc", cache, 1, 1, 2))))
+    assert edge.shape == ((3000 - 2048) // 2, (2000 - 1024) // 2)  # level 1: 2x2 blocks, partial edge tile
+    for bad in ((2, 0, 0), (0, 4, 0), (0, 0, 6), (-1, 0, 0), (1, -1, 0)):
+        with pytest.raises(ValueError):
+            render_tile(tmp_path / "m.mrc", cache, *bad)
+
+    # seen before: info and tiles come from the cache, without reading the pixels again
+    import cryopick.app.images as images
+    import cryopick.io.images
+
+    images._memory.clear()
+    monkeypatch.setattr(cryopick.io.images, "read_micrograph", lambda p: (_ for _ in ()).throw(AssertionError(p)))
+    assert image_info(tmp_path / "m.mrc", cache) == info
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(render_tile(tmp_path / "m.mrc", cache, 0, 0, 0)))), left)

@@ -39,7 +39,7 @@ def test_slices_prompts_and_bad_input(tomo_project, tmp_path):
     with TestClient(create_app(root), raise_server_exceptions=False) as c:
         (root / "tomograms" / "broken.mrc").write_bytes(b"\x00" * 100)  # listed with its reason
         rows = c.get("/api/tomograms").json()["tomograms"]
-        assert rows[1] == {"name": "ts0", "shape": [64, 96, 96], "voxel_size": 10.0}
+        assert rows[1] == {"name": "ts0", "shape": [64, 96, 96], "voxel_size": 10.0, "picked": {}, "reviewed": {}}
         assert rows[0]["name"] == "broken" and "broken.mrc" in rows[0]["error"]
         assert c.get("/api/tomograms/broken/slice").status_code == 400
         for axis in "xyz":
@@ -105,6 +105,10 @@ def test_prompt_pick3d_and_review_in_the_browser(tomo_project, tmp_path):
             sync_api.expect(page.locator("#pick-count")).to_contain_text(f"{n - 1} target picks", timeout=10000)
             page.click("#export")
             sync_api.expect(page.locator("#export-result")).to_contain_text(f"wrote {n - 1} picks", timeout=10000)
+            page.click("#accept3d")  # per class: the kept picks become yes answers, the rejected one a no
+            sync_api.expect(page.locator("#state")).to_contain_text(f"accepted {n - 1} target picks", timeout=10000)
+            sync_api.expect(page.locator("#tomo-list li[data-name=ts0]")).to_contain_text(
+                f"target: {n} picked, {n - 1} accepted, 1 rejected", timeout=10000)
             page.locator("#threshold").fill("1")
             assert page.text_content("#pick-count").startswith("0 target picks")
             drawn = page.evaluate("window.cryotomo.picks.target.coords.length")
@@ -126,3 +130,58 @@ def test_prompt_pick3d_and_review_in_the_browser(tomo_project, tmp_path):
     back = read_picks(exported / "target" / "ts0_autopick.star", tomograms_star=exported / "tomograms.star")
     assert len(back) == n - 1 and (exported / "target" / "autopick.star").is_file()
     assert list((root / "export" / "tomograms" / "copick").rglob("*.json"))
+
+
+def test_reviewed_picks_become_answers_for_a_second_pick3d(tomo_project, tmp_path):
+    import shutil
+    import time
+
+    from cryopick.app.review3d import split
+    from cryopick.picker3d.answers import Answers
+
+    root = tmp_path / "p"
+    shutil.copytree(tomo_project[0], root)
+
+    def pick3d(c, params):
+        assert post(c, "/api/jobs", {"kind": "pick3d", "params": params}).status_code == 200
+        deadline = time.time() + 180
+        while (status := c.get("/api/jobs/current").json())["state"] == "running" and time.time() < deadline:
+            time.sleep(0.3)
+        return status
+
+    with TestClient(create_app(root), raise_server_exceptions=False) as c:
+        assert post(c, "/api/tomograms/ts0/accept", {"label": "target", "threshold": 0.5}).status_code == 400  # no picks
+        assert post(c, "/api/jobs", {"kind": "pick", "params": {"answers": True}}).status_code == 400
+        assert post(c, "/api/tomograms/ts0/prompts", {"label": "target", "xyz": tomo_project[1]}).status_code == 200
+        r = post(c, "/api/jobs", {"kind": "pick3d", "params": {"answers": True}})  # nothing reviewed yet
+        assert r.status_code == 400 and "accept the picks of a class first" in r.json()["error"]
+        assert pick3d(c, {})["state"] == "done"
+        data = c.get("/api/tomograms/ts0/picks").json()["picks"]["target"]
+        assert len(data["coords"]) >= 3
+        scores = sorted(s for s in data["scores"] if s is not None)
+        threshold = scores[len(scores) // 3]
+        post(c, "/api/tomograms/ts0/reject", {"label": "target", "xyz": data["coords"][0]})
+        data = c.get("/api/tomograms/ts0/picks").json()["picks"]["target"]
+        kept, rejected, below = split(data, threshold)
+        assert len(rejected) == 1 and kept
+        for bad in ({"label": "target", "threshold": 2}, {"label": "../x", "threshold": 0.5}, {"threshold": 0.5},
+                    {"label": "target", "threshold": "0.5"}, {"label": "nope", "threshold": 0.5}):
+            assert 400 <= post(c, "/api/tomograms/ts0/accept", bad).status_code < 500, bad
+        for _ in range(2):  # accepting again replaces the class's rows instead of adding them twice
+            r = post(c, "/api/tomograms/ts0/accept", {"label": "target", "threshold": threshold})
+            assert r.status_code == 200, r.text
+        assert r.json()["accepted"] == len(kept) and r.json()["rejected"] == 1
+        answers = Answers.read(root / "answers3d" / "answers.csv")  # the ask3d format pick3d --answers reads
+        assert sorted(answers.table["answer"]) == sorted(["yes"] * len(kept) + ["no"])
+        assert set(answers.table["tomogram"]) == {"ts0"} and set(answers.table["label"]) == {"target"}
+        row = c.get("/api/tomograms").json()["tomograms"][0]
+        assert row["picked"]["target"] == len(data["coords"])
+        assert row["reviewed"]["target"] == {"accepted": len(kept), "rejected": 1, "threshold": round(threshold, 4)}
+        # per-class thresholds in the export
+        r = post(c, "/api/tomograms-export", {"threshold": 0.0, "thresholds": {"target": threshold}})
+        assert r.status_code == 200 and r.json()["n"] == len(kept)
+        assert post(c, "/api/tomograms-export", {"thresholds": {"target": 3}}).status_code == 400
+        second = pick3d(c, {"answers": True})  # the second round: the prompt adapted to the reviewed picks
+        assert second["state"] == "done", second
+        assert second["result"]["adapted"] == ["target"]
+        assert (root / "picks3d" / "adapted" / "target.adapted.npz").is_file()

@@ -112,6 +112,8 @@ class JobManager:
             state, message = "failed", "the job stopped without a result (server restarted or worker killed)"
         out = {"id": job["id"], "kind": job["kind"], "state": state, "message": message,
                "started": job["started"], "elapsed": round(time.time() - job["started"], 1)}
+        if state == "done":
+            out["result"] = {k: v for k, v in result.items() if k not in ("state", "message")}
         if job["kind"] == "train":
             out["history"] = _read(job_dir / "progress.json").get("history", [])
             out["card"] = self.project.model_card() if state == "done" else None
@@ -207,7 +209,12 @@ def _train(root: str, out: Path, params: dict) -> dict:
         stop.set()
         watcher.join(5)
     _copy_history(project.model_dir, out / "progress.json")
-    return {"threshold": card.score_threshold}
+    from cryopick.app.review import reviewed
+
+    names = sorted(picks.micrographs)
+    accepted = reviewed(project)
+    return {"threshold": card.score_threshold, "micrographs": names, "particles": len(picks),
+            "negatives": len(negatives), "accepted": sum(accepted.get(n, {}).get("accepted", 0) for n in names)}
 
 
 def training_inputs(project, params: dict) -> tuple[list, object, list, float | None]:
@@ -304,6 +311,24 @@ def _pick3d(root: str, out: Path, params: dict) -> dict:
         prompt = make_prompt(tomos[entry["tomogram"]], entry["positions"], label=label)
         save_prompt(prompt, project.root / "prompts" / f"{label}.prompt")
         made.append(prompt)
-    summary = pick_tomograms(list(tomos.values()), made, output_dir=project.root / "picks3d", formats=FORMATS_3D,
-                             redo=True, montage=False, progress=False)
-    return {"done": len(tomos), "total": len(tomos), "picks": summary.get("picks")}
+    options = dict(output_dir=project.root / "picks3d", formats=FORMATS_3D, redo=True, montage=False, progress=False)
+    started = time.time()
+    if params.get("answers"):  # second round: the prompts adapted to the reviewed picks
+        from cryopick.app.review3d import answers_path, has_answers
+        from cryopick.picker3d.questions import pick_with_answers
+
+        if not has_answers(project):
+            raise CryopickError("no reviewed tomogram picks yet: accept the picks of a class first")
+        summary = pick_with_answers(list(tomos.values()), made, answers=[answers_path(project)], **options)
+    else:
+        summary = pick_tomograms(list(tomos.values()), made, **options)
+    return {"done": len(tomos), "total": len(tomos), "picks": summary.get("picks"),
+            "adapted": [label for label in classes  # the classes this run adapted (not an earlier run's files)
+                        if _newer(project.root / "picks3d" / "adapted" / f"{label}.adapted.npz", started)]}
+
+
+def _newer(path: Path, since: float) -> bool:
+    try:
+        return path.stat().st_mtime >= since - 1
+    except OSError:
+        return False

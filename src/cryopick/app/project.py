@@ -296,6 +296,8 @@ class Project:
         return {"suggestions": out, "threshold": threshold, "why": why}
 
     def summary(self) -> list[dict]:
+        """Per micrograph: particles annotated, picks at the calibrated threshold (None: not picked) and
+        the flag (:func:`cryopick.app.review.summary` adds the review's counts)."""
         flags = self.flags()
         picked = self.pick_counts()
         rows = []

@@ -21,9 +21,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from cryopick.app.endpoint import BadRequest, api, number
-from cryopick.app.images import image_info, render, render_region
+from cryopick.app.images import image_info, render, render_region, render_tile
 from cryopick.app.jobs import JobManager
 from cryopick.app.project import Project, check_name
+from cryopick.app.review import accept, counts, filter_rows, summary
 from cryopick.app.security import Guard
 from cryopick.app.tomo import routes as tomo_routes
 
@@ -48,22 +49,13 @@ def put_settings(state, params, query, body):
 
 
 def list_micrographs(state, params, query, body):
-    rows = state.project.summary()
-    status = query.get("status")
-    if status == "annotated":
-        rows = [r for r in rows if r["annotated"] or r["flag"] == "empty"]
-    elif status == "unannotated":
-        rows = [r for r in rows if not r["annotated"] and r["flag"] != "empty"]
-    elif status == "picked":
-        rows = [r for r in rows if r["picked"] is not None]
-    elif status not in (None, "", "all"):
-        raise BadRequest("status must be all, annotated, unannotated or picked")
-    return {"micrographs": rows}
+    rows = summary(state.project)
+    return {"micrographs": filter_rows(rows, query.get("status")), "counts": counts(rows)}
 
 
 def micrograph_info(state, params, query, body):
     name = check_name(params["name"])
-    info = image_info(state.project.micrograph(name))
+    info = image_info(state.project.micrograph(name), state.project.app_dir / "cache")
     return {"name": name, **info, "flag": state.project.flags().get(name)}
 
 
@@ -86,6 +78,16 @@ def micrograph_region(state, params, query, body):
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-cache"})
 
 
+def micrograph_tile(state, params, query, body):
+    path = state.project.micrograph(check_name(params["name"]))
+    try:
+        level, tx, ty = (int(query[k]) for k in ("level", "x", "y"))
+    except (KeyError, ValueError):
+        raise BadRequest("give the tile as whole numbers level, x, y") from None
+    png = render_tile(path, state.project.app_dir / "cache", level, tx, ty)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-cache"})
+
+
 def get_annotations(state, params, query, body):
     return state.project.annotations(_existing(state, params["name"]))
 
@@ -97,6 +99,11 @@ def put_annotations(state, params, query, body):
     if not isinstance(body["version"], str):
         raise BadRequest("version must be the string returned by the last read")
     return state.project.save_annotations(name, body["coords"], body["version"])
+
+
+def accept_picks(state, params, query, body):
+    name = _existing(state, params["name"])
+    return accept(state.project, name, body.get("threshold"), body.get("min_distance", 0.0), body.get("version"))
 
 
 def put_flag(state, params, query, body):
@@ -122,6 +129,14 @@ def start_job(state, params, query, body):
     for key in ("max_minutes", "particles_per_micrograph"):
         if opts.get(key) is not None:
             clean[key] = number(opts, key)
+    if opts.get("answers") is not None:
+        if kind != "pick3d" or not isinstance(opts["answers"], bool):
+            raise BadRequest("answers (true or false) is an option of pick3d")
+        from cryopick.app.review3d import has_answers
+
+        if opts["answers"] and not has_answers(state.project):
+            raise BadRequest("no reviewed tomogram picks yet: accept the picks of a class first")
+        clean["answers"] = opts["answers"]
     if opts.get("names") is not None:
         names = opts["names"]
         if not isinstance(names, list) or len(names) > 100000:
@@ -239,11 +254,13 @@ def create_app(project_dir: str | Path, token: str | None = None, allowed_hosts:
         Route(m, api(micrograph_info)),
         Route(m + "/image", api(micrograph_image)),
         Route(m + "/region", api(micrograph_region)),
+        Route(m + "/tile", api(micrograph_tile)),
         Route(m + "/annotations", api(get_annotations)),
         Route(m + "/annotations", api(put_annotations), methods=["PUT"]),
         Route(m + "/flag", api(put_flag), methods=["PUT"]),
         Route(m + "/picks", api(get_picks)),
         Route(m + "/reject", api(reject_pick), methods=["POST"]),
+        Route(m + "/accept", api(accept_picks), methods=["POST"]),
         Route("/api/suggestions", api(suggestions)),
         Route("/api/jobs", api(start_job), methods=["POST"]),
         Route("/api/jobs/current", api(job_status)),

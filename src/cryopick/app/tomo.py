@@ -6,6 +6,7 @@ Layout inside the project::
     PROJECT/prompts/prompts.json                   per class: the tomogram and the clicked centres (x, y, z voxels)
     PROJECT/prompts/<class>.prompt                 the prompt files `cryopick pick3d` reads (made by the job)
     PROJECT/picks3d/                               `cryopick pick3d` output: relion5/, relion3/, copick/
+    PROJECT/answers3d/answers.csv                  reviewed picks as answers (:mod:`cryopick.app.review3d`)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from cryopick.app.endpoint import BadRequest, api
 from cryopick.app.project import _read_json, check_name
+from cryopick.app.review3d import accept3d, reviewed3d, split, thresholds_from
 from cryopick.io.atomic import write_text
 from cryopick.io.jsonutil import dumps
 
@@ -164,9 +166,11 @@ def reject3d(project, name: str, label: str, xyz, undo: bool = False) -> list:
     return data[name][label]
 
 
-def export3d(project, threshold: float) -> dict:
-    """Reviewed picks (score >= ``threshold``, rejected ones left out) of every tomogram and class, in
-    RELION 5 (with ``autopick.star`` and ``tomograms.star``) and copick, under ``export/tomograms/``."""
+def export3d(project, threshold: float, thresholds: dict[str, float] | None = None) -> dict:
+    """Reviewed picks (score >= the class's threshold in ``thresholds``, else ``threshold``; rejected ones
+    left out) of every tomogram and class, in RELION 5 (with ``autopick.star`` and ``tomograms.star``)
+    and copick, under ``export/tomograms/``."""
+
     import pandas as pd
 
     from cryopick.picker3d.outputs import rebuild_indexes, write_tomogram_picks
@@ -180,10 +184,10 @@ def export3d(project, threshold: float) -> dict:
         img = _read(path)
         rows = []
         for label, data in picks3d(project, name).items():
-            for c, s in zip(data["coords"], data["scores"]):
-                if (s is None or s >= threshold) and not any(
-                        np.linalg.norm(np.subtract(c, r)) <= 2 for r in data["rejected"]):
-                    rows.append({"micrograph": name, "x": c[0], "y": c[1], "z": c[2], "score": s, "label": label})
+            kept = split(data, (thresholds or {}).get(label, threshold))[0]
+            score = {tuple(c): s for c, s in zip(data["coords"], data["scores"])}
+            rows += [{"micrograph": name, "x": c[0], "y": c[1], "z": c[2], "score": score[tuple(c)], "label": label}
+                     for c in kept]
         if not rows:
             continue
         table = pd.DataFrame(rows)
@@ -208,8 +212,9 @@ def _check_xyz(xyz) -> None:
 
 # -- endpoints ----------------------------------------------------------------------------------------
 def list_tomograms(state, params, query, body):
-    rows = []
     from cryopick.errors import CryopickError
+
+    rows, reviewed = [], reviewed3d(state.project)
 
     for name, path in tomograms(state.project).items():
         try:
@@ -220,7 +225,9 @@ def list_tomograms(state, params, query, body):
         if img.data.ndim != 3:
             rows.append({"name": name, "error": f"{path.name} is not a 3D volume"})
             continue
-        rows.append({"name": name, "shape": list(img.data.shape), "voxel_size": img.pixel_size})
+        rows.append({"name": name, "shape": list(img.data.shape), "voxel_size": img.pixel_size,
+                     "picked": {label: len(d["coords"]) for label, d in picks3d(state.project, name).items()},
+                     "reviewed": reviewed.get(name, {})})
     return {"tomograms": rows, "prompts": prompts(state.project)}
 
 
@@ -262,10 +269,16 @@ def post_reject3d(state, params, query, body):
 
 
 def post_export3d(state, params, query, body):
-    threshold = body.get("threshold", 0.0)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-        raise BadRequest("threshold must be a number between 0 and 1")
-    return export3d(state.project, float(threshold))
+    return export3d(state.project, *thresholds_from(body))
+
+
+def post_accept3d(state, params, query, body):
+    if not isinstance(body.get("label"), str):
+        raise BadRequest("send {\"label\": class, \"threshold\": 0..1}")
+    name = params["name"]
+    path = tomogram(state.project, name)
+    with state.project.lock:
+        return accept3d(state.project, name, path, body["label"], body.get("threshold"), picks3d(state.project, name))
 
 
 def routes():
@@ -275,4 +288,5 @@ def routes():
     return [Route("/api/tomograms", api(list_tomograms)), Route(t + "/slice", api(get_slice)),
             Route(t + "/prompts", api(post_prompt), methods=["POST"]), Route(t + "/picks", api(get_picks3d)),
             Route(t + "/reject", api(post_reject3d), methods=["POST"]),
+            Route(t + "/accept", api(post_accept3d), methods=["POST"]),
             Route("/api/tomograms-export", api(post_export3d), methods=["POST"])]

@@ -46,9 +46,7 @@ async function loadList() {
   S.mics = r.data.micrographs;
   const ul = $("mic-list");
   ul.innerHTML = "";
-  let labelled = 0;
   for (const m of S.mics) {
-    labelled += m.annotated;
     const li = document.createElement("li");
     li.dataset.name = m.name;
     li.className = m.name === S.current ? "current" : "";
@@ -57,14 +55,18 @@ async function loadList() {
     img.src = `/api/micrographs/${encodeURIComponent(m.name)}/image?kind=thumb`;
     const text = document.createElement("div");
     const picked = m.picked === null ? "" : ` · picked ${m.picked}`;
-    text.innerHTML = `<div class="name"></div><div class="counts">annotated ${m.annotated}${picked}` +
+    const accepted = m.accepted === null || m.accepted === undefined ? (m.picked === null ? "" : " · to review")
+      : ` · accepted ${m.accepted}`;
+    text.innerHTML = `<div class="name"></div><div class="counts">annotated ${m.annotated}${picked}${accepted}` +
       `${m.flag ? " · " + m.flag : ""}</div>`;
     text.querySelector(".name").textContent = m.name;
     li.append(img, text);
     li.onclick = () => openMicrograph(m.name);
     ul.append(li);
   }
-  $("totals").textContent = `${S.mics.length} micrographs · ${labelled} particles labelled`;
+  const n = r.data.counts;
+  $("totals").textContent = `${S.mics.length} of ${n.all} micrographs shown · ${n.particles} particles labelled · ` +
+    `${n.annotated} annotated · ${n.picked} picked · ${n.reviewed} reviewed`;
   if (!S.mics.length && $("filter").value === "all") {
     $("totals").textContent = `no micrographs yet: put them (MRC, TIFF, PNG) in ${S.micrographDir}, then reload`;
   }
@@ -92,7 +94,7 @@ async function openMicrograph(name) {
   $("flag").value = S.flag || "";
   for (const li of $("mic-list").children) li.className = li.dataset.name === name ? "current" : "";
   const img = new Image();
-  S.img = null; S.tile = null;
+  S.img = null; S.tiles = null;
   img.onload = () => { if (S.current !== name) return; S.img = img; fit(); draw(); };
   img.onerror = () => setState("could not load the image of " + name);
   img.src = `/api/micrographs/${enc}/image?kind=display`;
@@ -162,13 +164,8 @@ function draw() {
   const blur = +$("lowpass").value * S.zoom * S.info.width / S.img.width; // display pixels of the PNG
   ctx.filter = `contrast(${$("contrast").value}%)` + (blur > 0 ? ` blur(${blur}px)` : "");
   ctx.drawImage(S.img, S.panX, S.panY, S.info.width * S.zoom, S.info.height * S.zoom);
-  const t = S.tile;
-  if (t && t.name === S.current) {  // the sharper region fetched for a zoomed-in view
-    const [sx, sy] = toScreen(t.x0 - 0.5, t.y0 - 0.5);
-    ctx.drawImage(t.img, sx, sy, (t.x1 - t.x0) * S.zoom, (t.y1 - t.y0) * S.zoom);
-  }
+  drawTiles();
   ctx.filter = "none";
-  if (S.img.width < S.info.width && S.zoom * S.info.width > S.img.width * 1.25) requestTile(); // shown coarser than the data: fetch detail
   const r = radius() * S.zoom;
   if ($("show-picks").checked) {
     ctx.strokeStyle = "#ffb300"; ctx.setLineDash([4, 3]); ctx.lineWidth = 1.5;
@@ -188,20 +185,34 @@ function draw() {
     });
   }
 }
-let tileTimer = null;
-function requestTile() {
-  clearTimeout(tileTimer);
-  tileTimer = setTimeout(() => {
-    const [ax, ay] = toImage(0, 0), [bx, by] = toImage(canvas.clientWidth, canvas.clientHeight);
-    const x0 = Math.max(0, Math.floor(ax)), y0 = Math.max(0, Math.floor(ay));
-    const x1 = Math.min(S.info.width, Math.ceil(bx) + 1), y1 = Math.min(S.info.height, Math.ceil(by) + 1);
-    const t = S.tile;
-    if (x1 <= x0 || y1 <= y0) return;
-    if (t && t.name === S.current && t.x0 <= x0 && t.y0 <= y0 && t.x1 >= x1 && t.y1 >= y1 && t.zoom >= S.zoom / 1.5) return;
-    const name = S.current, img = new Image();
-    img.onload = () => { if (name === S.current) { S.tile = { name, img, x0, y0, x1, y1, zoom: S.zoom }; draw(); } };
-    img.src = `/api/micrographs/${encodeURIComponent(name)}/region?x0=${x0}&y0=${y0}&x1=${x1}&y1=${y1}`;
-  }, 150);
+// Zoomed in beyond the display image: cached tiles of the server's pyramid (level L = blocks of 2^L
+// pixels, the coarsest level that is still as sharp as the screen), drawn over the display image.
+function drawTiles() {
+  const levels = S.info.levels || 0;
+  if (!levels || S.zoom * S.info.width <= S.img.width * 1.25) return;
+  const level = Math.max(0, Math.min(levels - 1, Math.floor(Math.log2(1 / S.zoom))));
+  const f = 2 ** level, span = S.info.tile * f;
+  const [ax, ay] = toImage(0, 0), [bx, by] = toImage(canvas.clientWidth, canvas.clientHeight);
+  const tx0 = Math.max(0, Math.floor(ax / span)), ty0 = Math.max(0, Math.floor(ay / span));
+  const tx1 = Math.min(Math.ceil(S.info.width / span) - 1, Math.floor(bx / span));
+  const ty1 = Math.min(Math.ceil(S.info.height / span) - 1, Math.floor(by / span));
+  if (!S.tiles || S.tiles.name !== S.current) S.tiles = { name: S.current, map: new Map() };
+  for (let ty = ty0; ty <= ty1; ty++) for (let tx = tx0; tx <= tx1; tx++) {
+    const key = `${level}/${tx}/${ty}`;
+    let img = S.tiles.map.get(key);
+    if (!img) {
+      if (S.tiles.map.size > 200) S.tiles.map.clear();
+      img = new Image();
+      const name = S.current;
+      img.onload = () => { if (name === S.current) draw(); };
+      img.src = `/api/micrographs/${encodeURIComponent(name)}/tile?level=${level}&x=${tx}&y=${ty}`;
+      S.tiles.map.set(key, img);
+    }
+    if (img.complete && img.naturalWidth) {
+      const [sx, sy] = toScreen(tx * span - 0.5, ty * span - 0.5);
+      ctx.drawImage(img, sx, sy, img.naturalWidth * f * S.zoom, img.naturalHeight * f * S.zoom);
+    }
+  }
 }
 
 function circle(x, y, r) { ctx.beginPath(); ctx.arc(x, y, Math.max(r, 2), 0, 2 * Math.PI); ctx.stroke(); }
@@ -395,12 +406,16 @@ $("flag").onchange = async () => {
   const r = await api("PUT", `/api/micrographs/${encodeURIComponent(S.current)}/flag`, { flag });
   setState(r.ok ? "status saved" : r.data.error); refreshListSoon();
 };
-$("accept").onclick = () => {
-  let added = 0;
-  for (const [x, y] of visiblePicks()) {
-    if (!S.coords.some(([cx, cy]) => Math.hypot(cx - x, cy - y) < radius() / 2)) { S.coords.push([x, y]); added++; }
-  }
-  setState(`accepted ${added} picks`); edited();
+// Accept: the server adds the picks the review keeps (same threshold, minimum distance and rejections as
+// drawn) to the annotations, versioned like any edit, and records the micrograph as reviewed.
+$("accept").onclick = async () => {
+  if (S.saving || S.pending || S.conflict) { setState("wait for the annotations to be saved, then accept"); return; }
+  const r = await api("POST", `/api/micrographs/${encodeURIComponent(S.current)}/accept`,
+    { version: S.version, threshold: +$("threshold").value, min_distance: +$("min-distance").value });
+  if (r.status === 409) { S.conflict = r.data.current; showConflict(); return; }
+  if (!r.ok) { setState(r.data.error); return; }
+  S.coords = r.data.coords; S.version = r.data.version; unjournal(S.current);
+  draw(); updateCounts(); setState(`accepted ${r.data.accepted} picks`); refreshListSoon();
 };
 $("export").onclick = async () => {
   const body = { format: $("export-format").value, source: $("export-source").value,

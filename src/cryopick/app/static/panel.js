@@ -69,6 +69,11 @@ function showJob(job) {
     text += ` · ${job.done}/${job.total} micrographs`;
     prog.max = job.total || 1; prog.value = job.done || 0;
   }
+  const res = job.result || {};
+  if (job.kind === "train" && res.micrographs) {
+    text += ` · trained on ${res.micrographs.length} micrograph(s), ${res.particles} particles` +
+      (res.accepted ? ` (${res.accepted} accepted in review)` : "") + (res.negatives ? `, ${res.negatives} empty` : "");
+  }
   if (job.message) text += ` — ${job.message}`;
   $("job-state").textContent = text;
   $("job-log").textContent = (job.log || []).join("\n");

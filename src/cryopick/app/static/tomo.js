@@ -3,7 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 const COLORS = ["#00e5ff", "#ff4081", "#76ff03", "#ffea00", "#e040fb", "#ff9100"];
-const T = { tomos: [], current: null, shape: null, img: null, prompts: {}, picks: {}, stream: null };
+const T = { tomos: [], current: null, shape: null, img: null, prompts: {}, picks: {}, stream: null, thresholds: {} };
 window.cryotomo = T;
 
 async function api(method, url, body) {
@@ -25,7 +25,12 @@ async function loadList() {
   for (const t of T.tomos) {
     const li = document.createElement("li"); li.dataset.name = t.name;
     if (t.error) { li.textContent = `${t.name}: ${t.error}`; li.className = "dim"; ul.append(li); continue; }
-    li.textContent = `${t.name} (${t.shape[2]}×${t.shape[1]}×${t.shape[0]})`;
+    const counts = Object.entries(t.picked || {}).map(([l, n]) => {
+      const r = (t.reviewed || {})[l];
+      return ` · ${l}: ${n} picked` + (r ? `, ${r.accepted} accepted, ${r.rejected} rejected` : ", to review");
+    }).join("");
+    li.textContent = `${t.name} (${t.shape[2]}×${t.shape[1]}×${t.shape[0]})${counts}`;
+    li.className = t.name === T.current ? "current" : "";
     li.onclick = () => openTomo(t.name); ul.append(li);
   }
   T.tomos = T.tomos.filter((t) => !t.error);
@@ -77,8 +82,10 @@ function unproject(sx, sy) {
 }
 
 const near3 = (a, b, r) => Math.hypot(a[0] - b[0], a[1] - b[1], a[2] - b[2]) <= r;
+// Each class has its own threshold (the slider shows the class chosen under Review).
+const thresholdOf = (label) => T.thresholds[label] ?? 0;
 function visible(label) {
-  const t = +$("threshold").value, p = T.picks[label];
+  const t = thresholdOf(label), p = T.picks[label];
   if (!p) return [];
   return p.coords.filter((c, i) => (p.scores[i] === null || p.scores[i] >= t) &&
     !(p.rejected || []).some((r) => near3(r, c, 2)));
@@ -121,8 +128,29 @@ function draw() {
 function counts() {
   $("threshold-value").textContent = (+$("threshold").value).toFixed(2);
   const labels = Object.keys(T.picks);
-  $("pick-count").textContent = labels.length ? labels.map((l) => `${visible(l).length} ${l} picks`).join(" · ") +
-    ` ≥ ${(+$("threshold").value).toFixed(2)}` : "no picks";
+  $("pick-count").textContent = labels.length ? labels.map((l) => `${visible(l).length} ${l} picks ≥ ` +
+    `${thresholdOf(l).toFixed(2)}`).join(" · ") : "no picks";
+  drawHistogram();
+}
+function drawHistogram() {
+  const c = $("histogram"), g = c.getContext("2d"), p = T.picks[$("review-class").value];
+  g.clearRect(0, 0, c.width, c.height);
+  const scores = p ? p.scores.filter((s) => s !== null) : [];
+  if (!scores.length) return;
+  const bins = new Array(40).fill(0);
+  for (const s of scores) bins[Math.min(39, Math.floor(s * 40))]++;
+  const top = Math.max(...bins);
+  g.fillStyle = "#789";
+  bins.forEach((b, i) => { const bh = (b / top) * (c.height - 4); g.fillRect(i * 6, c.height - bh, 5, bh); });
+  const t = +$("threshold").value;
+  g.strokeStyle = "#ff6f00"; g.beginPath(); g.moveTo(t * 240, 0); g.lineTo(t * 240, c.height); g.stroke();
+}
+function showClasses() {
+  const sel = $("review-class"), was = sel.value, labels = Object.keys(T.picks);
+  sel.innerHTML = "";
+  for (const l of labels) { const o = document.createElement("option"); o.value = o.textContent = l; sel.append(o); }
+  if (labels.includes(was)) sel.value = was;
+  $("threshold").value = thresholdOf(sel.value);
 }
 function showPrompts() {
   const entries = Object.entries(T.prompts);
@@ -157,8 +185,17 @@ async function reject(label, xyz, undo) {
   if (!r.ok) { say(r.data.error); return; }
   T.picks[label].rejected = r.data.rejected; say(undo ? "pick restored" : "pick rejected"); draw();
 }
+$("accept3d").onclick = async () => {
+  const label = $("review-class").value;
+  if (!label) { say("no picks to accept: run Pick 3D first"); return; }
+  const r = await api("POST", `/api/tomograms/${encodeURIComponent(T.current)}/accept`,
+    { label, threshold: thresholdOf(label) });
+  if (!r.ok) { say(r.data.error); return; }
+  say(`accepted ${r.data.accepted} ${label} picks as answers (${r.data.rejected} rejected: no) in ${r.data.answers}`);
+  loadList();
+};
 $("export").onclick = async () => {
-  const r = await api("POST", "/api/tomograms-export", { threshold: +$("threshold").value });
+  const r = await api("POST", "/api/tomograms-export", { threshold: 0, thresholds: T.thresholds });
   $("export-result").textContent = r.ok ? `wrote ${r.data.n} picks: ${r.data.files.slice(0, 3).join(", ")}` +
     (r.data.files.length > 3 ? ` … (${r.data.files.length} files)` : "") : r.data.error;
 };
@@ -172,15 +209,17 @@ function stepSlice(d) {
   $("index").value = i; loadSlice();
 }
 $("index").oninput = loadSlice; $("slab").onchange = loadSlice; $("axis").onchange = setAxis;
-$("threshold").oninput = draw; $("diameter").onchange = draw;
+$("threshold").oninput = () => { T.thresholds[$("review-class").value] = +$("threshold").value; draw(); };
+$("review-class").onchange = () => { $("threshold").value = thresholdOf($("review-class").value); draw(); };
+$("diameter").onchange = draw;
 window.addEventListener("resize", draw);
 
 async function loadPicks() {
   const r = await api("GET", `/api/tomograms/${encodeURIComponent(T.current)}/picks`);
-  T.picks = r.ok ? r.data.picks : {}; draw();
+  T.picks = r.ok ? r.data.picks : {}; showClasses(); draw();
 }
 $("pick3d").onclick = async () => {
-  const r = await api("POST", "/api/jobs", { kind: "pick3d", params: {} });
+  const r = await api("POST", "/api/jobs", { kind: "pick3d", params: { answers: $("use-answers").checked } });
   if (!r.ok) { $("job-state").textContent = r.data.error; return; }
   showJob(r.data); openStream();
 };
@@ -189,15 +228,16 @@ function openStream() {
   T.stream = new EventSource("/api/jobs/stream");
   T.stream.onmessage = (e) => {
     const job = JSON.parse(e.data); showJob(job);
-    if (job.state !== "running") { T.stream.close(); T.stream = null; loadPicks(); }
+    if (job.state !== "running") { T.stream.close(); T.stream = null; loadPicks(); loadList(); }
   };
   T.stream.onerror = () => { if (T.stream) { T.stream.close(); T.stream = null; } };
 }
 function showJob(job) {
   if (job.state === "none") return;
   $("pick3d").disabled = job.state === "running";
+  const adapted = (job.result || {}).adapted || [];
   $("job-state").textContent = `${job.kind}: ${job.state}` + (job.total ? ` · ${job.done}/${job.total} tomograms` : "") +
-    (job.message ? ` — ${job.message}` : "");
+    (adapted.length ? ` · adapted to the reviewed picks: ${adapted.join(", ")}` : "") + (job.message ? ` — ${job.message}` : "");
   $("job-progress").max = job.total || 1; $("job-progress").value = job.done || 0;
   $("job-log").textContent = (job.log || []).join("\n");
 }
