@@ -126,3 +126,26 @@ def test_prompt_pick3d_and_review_in_the_browser(tomo_project, tmp_path):
     back = read_picks(exported / "target" / "ts0_autopick.star", tomograms_star=exported / "tomograms.star")
     assert len(back) == n - 1 and (exported / "target" / "autopick.star").is_file()
     assert list((root / "export" / "tomograms" / "copick").rglob("*.json"))
+
+
+def test_the_pages_diameter_reaches_the_prompt(tomo_project, tmp_path, monkeypatch):
+    """The page's diameter field is kept with the class and made into its prompt (issue 14: a typed
+    diameter did not change the result; the prompt always estimated it)."""
+    import shutil
+
+    from cryopick.app import jobs
+    from cryopick.picker3d import pick
+    from cryopick.picker3d.prompt import load_prompt
+
+    root = tmp_path / "p"
+    shutil.copytree(tomo_project[0], root)
+    with TestClient(create_app(root), raise_server_exceptions=False) as c:
+        for bad in (0, -3, "21", True):
+            r = post(c, "/api/tomograms/ts0/prompts", {"label": "ribo", "xyz": tomo_project[1], "diameter": bad})
+            assert r.status_code == 400 and "diameter" in r.json()["error"], bad
+        r = post(c, "/api/tomograms/ts0/prompts", {"label": "ribo", "xyz": tomo_project[1], "diameter": 21.7})
+        assert r.status_code == 200 and r.json()["prompts"]["ribo"]["diameter"] == 21.7
+    monkeypatch.setattr(pick, "pick_tomograms", lambda *a, **k: {"picks": {}})  # the prompt is what counts here
+    jobs._pick3d(str(root), root / "job", {})
+    prompt = load_prompt(root / "prompts" / "ribo.prompt")
+    assert abs(prompt.diameter - 21.7) < 1e-6 and not prompt.meta.get("diameter_estimated")

@@ -44,3 +44,14 @@ def test_prompt_cli_diameter_reaches_the_prompt(tmp_path, flag, value, expected)
     prompt = load_prompt(out)
     assert math.isclose(prompt.diameter, expected, rel_tol=1e-6)
     assert not prompt.meta.get("diameter_estimated")
+
+
+def test_component_diameter_of_an_elongated_particle_is_its_length():
+    """The estimate is the particle's extent, not the sphere of its volume (issue 14: a 217 Å particle
+    was estimated at 146 Å, the equal-volume sphere of its segmentation)."""
+    prob = np.zeros((64, 64, 64), np.float32)
+    zz, yy, xx = np.indices(prob.shape)
+    prob[((xx - 32) / 10.5) ** 2 + ((yy - 32) / 5.0) ** 2 + ((zz - 32) / 5.0) ** 2 <= 1] = 0.9  # 21 voxels long
+    d = component_diameter(prob, 0.5)
+    sphere = (6 * (prob > 0.5).sum() / math.pi) ** (1 / 3)  # 13.4: the old, biased estimate
+    assert abs(d - 21.0) < 2.0 and d > sphere + 5, (d, sphere)
