@@ -32,7 +32,7 @@ from cryopick.picker3d.answers import AdaptedModel, Answers, adapt, read_answers
 from cryopick.picker3d.candidates import CandidateSet, component_table, find_candidates
 from cryopick.picker3d.card import resolve_settings
 from cryopick.picker3d.pick import TomogramPicker, check_prompts
-from cryopick.picker3d.prompt import Prompt, load_prompt
+from cryopick.picker3d.prompt import Prompt, load_prompt, prompt_embedding
 
 log = logging.getLogger(__name__)
 EXAMPLES = "#examples"  # key suffix of the features at the prompts' examples and other measured positions
@@ -98,6 +98,7 @@ class AnswerSession:
         self.adapted: dict[str, AdaptedModel] = {}
         self._tables: dict[tuple[str, int], tuple] = {}  # (tomogram, prompt index) -> component_table
         self.measured = False  # features measured at new positions since the tomogram was added
+        self._codes: dict[str, np.ndarray] = {}  # label -> the prompt's code
 
     @property
     def model(self):
@@ -190,9 +191,12 @@ class AnswerSession:
             if len(sets) > 1:
                 labelled.tomogram = ""
             t0 = time.perf_counter()
+            if p.label not in self._codes:  # the prompt's code, once: encoding it is most of a round's time
+                self._codes[p.label] = prompt_embedding(self.model, p).detach().float().numpy()
             out[p.label] = adapt(self.model, p, CandidateSet.join(pools), labelled, y,
                                  candidate_threshold=self.candidate_threshold[k], min_distance=s.min_distance,
-                                 fallback_threshold=0.5 if s.min_similarity is None else s.min_similarity)
+                                 fallback_threshold=0.5 if s.min_similarity is None else s.min_similarity,
+                                 code=self._codes[p.label])
             out[p.label].info.update({"seconds": round(time.perf_counter() - t0, 3), "refine": s.refine})
         self.adapted = out
         return out
