@@ -1,6 +1,7 @@
 """The 3D answer loop: answers table, adapted classifier, question choice, ask3d -> answers -> pick3d."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -271,3 +272,46 @@ def test_pick3d_answers_errors(sim, tmp_path, capsys):
         cli(["ask3d", "--prompt", str(prompt), "--tomogram", str(root / "tomos" / "ts0.mrc"), "-k", "0",
              "-o", str(tmp_path / "q")])
     assert exit_.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+
+
+def test_answers_separate_two_simulated_classes_the_unadapted_picker_confuses(sim):
+    """End to end with the shipped network on simulated tomograms: the un-adapted picker (similarity
+    to the prompt) prefers the other class; 8 questions answered from the truth of ts0 make the
+    adapted classifier pick the prompted class in ts1 (which gave no answer)."""
+    from scipy.stats import rankdata
+
+    from cryopick.io.images import Image
+    from cryopick.picker3d.prompt import Prompt, cut_prompt
+    from cryopick.picker3d.questions import AnswerSession
+
+    _, classes, tomos = sim
+    target, d = classes[0].name, classes[0].diameter / 10.0
+    at = tomos[0].picks.coords[(tomos[0].picks.table["label"] == target).to_numpy()][0]
+    prompt = Prompt(cut_prompt(tomos[0].volume, at)[None], at[None], "ts0", 10.0, 1.0, d, "target")
+    session = AnswerSession([prompt], progress=False)
+    names = [session.add_tomogram(Image(t.volume, 10.0, Path(f"{t.name}.mrc"))) for t in tomos]
+
+    def kind(tomo, coords):  # 1 = the prompted class, 2 = the other class, 0 = background
+        dist = np.linalg.norm(coords[:, None] - tomo.picks.coords[None], axis=2)
+        same = tomo.picks.table["label"].to_numpy()[dist.argmin(1)] == target
+        return np.where(dist.min(1) <= d / 2, np.where(same, 1, 2), 0)
+
+    pool = session.pools[(names[1], "target")]
+    truth = kind(tomos[1], pool.coords)
+    particles = truth > 0
+    assert (truth == 1).sum() >= 4 and (truth == 2).sum() >= 4
+
+    def auc(score):
+        y, r = truth[particles] == 1, rankdata(score[particles])
+        return (r[y].sum() - y.sum() * (y.sum() + 1) / 2) / (y.sum() * (~y).sum())
+
+    unadapted = session.adapt()["target"]
+    kept = unadapted.predict(pool) >= unadapted.threshold
+    assert auc(unadapted.predict(pool)) < 0.3 and (truth[kept] == 1).sum() <= (truth[kept] == 2).sum()
+    questions = session.ask(8, tomogram=names[0])
+    questions.table["answer"] = [("no", "yes", "other")[k] for k in kind(tomos[0], questions.coords())]
+    adapted = session.adapt(questions)["target"]
+    p = adapted.predict(pool)
+    kept = p >= adapted.threshold
+    assert auc(p) > 0.8
+    assert (truth[kept] == 1).sum() >= 0.75 * (truth == 1).sum() and (truth[kept] == 1).mean() >= 0.7
