@@ -142,15 +142,30 @@ def test_choose_questions_uncertain_and_diverse():
     # 100 confident candidates, and two far-apart clusters of 10 uncertain ones each
     p = np.r_[rng.uniform(0.95, 1.0, 50), rng.uniform(0.0, 0.05, 50), rng.uniform(0.45, 0.55, 20)]
     f = np.r_[rng.normal(0, 1, (100, 3)), rng.normal(10, 0.1, (10, 3)), rng.normal(-10, 0.1, (10, 3))]
-    q = choose_questions(p, f, 4, pool_factor=1)
+    q = choose_questions(p, f, 4, pool_factor=1, exploit=0.0)
     assert len(q) == 4 and len(set(q)) == 4
     assert all(i >= 100 for i in q)  # uncertain
     assert any(i < 110 for i in q) and any(i >= 110 for i in q)  # both clusters
-    np.testing.assert_array_equal(q, choose_questions(p, f, 4, pool_factor=1))  # deterministic
+    np.testing.assert_array_equal(q, choose_questions(p, f, 4, pool_factor=1, exploit=0.0))  # deterministic
     exclude = np.zeros(120, bool)
     exclude[100:110] = True
-    q2 = choose_questions(p, f, 3, exclude=exclude, pool_factor=1)
+    q2 = choose_questions(p, f, 3, exclude=exclude, pool_factor=1, exploit=0.0)
     assert not exclude[q2].any()
+
+
+def test_choose_questions_asks_the_most_likely_ones_too():
+    """By default 40 % of a round are the most probable candidates not asked yet (confirmed positives
+    for the classifier and the reference code), the rest uncertain and diverse."""
+    rng = np.random.default_rng(0)
+    p = np.r_[rng.uniform(0.95, 0.99, 50), rng.uniform(0.0, 0.05, 50), rng.uniform(0.45, 0.55, 20)]
+    f = np.r_[rng.normal(0, 1, (100, 3)), rng.normal(10, 0.1, (10, 3)), rng.normal(-10, 0.1, (10, 3))]
+    q = choose_questions(p, f, 5, pool_factor=1)
+    top = np.argsort(-p)[:2]
+    assert len(set(q)) == 5 and set(q[:2]) == set(top) and all(i >= 100 for i in q[2:])
+    exclude = np.zeros(120, bool)
+    exclude[top] = True  # asked already: the next most probable ones
+    q2 = choose_questions(p, f, 5, exclude=exclude, pool_factor=1)
+    assert not exclude[q2].any() and set(q2[:2]) == set(np.argsort(-np.where(exclude, 0, p))[:2])
 
 
 def test_find_candidates_one_per_particle():
