@@ -71,11 +71,11 @@ def prepare(s: int, model, args) -> Path:
     calibration; everything under the returned folder (reused when there)."""
     from cryopick.io.images import Image
     from cryopick.picker3d.calibrate import settings_from_best, sweep_cluster
-    from cryopick.picker3d.candidates import CandidateSet, base_features, component_table, find_candidates
+    from cryopick.picker3d.candidates import CandidateSet, component_table, find_candidates
     from cryopick.picker3d.card import default_settings
     from cryopick.picker3d.prompt import Prompt, cut_prompt, save_prompt
-    from cryopick.picker3d.questions import EXAMPLES, AnswerSession, _save_pools
-    from cryopick.picker3d.similarity import PromptSimilarity, encode_positions
+    from cryopick.picker3d.questions import AnswerSession, _save_pools
+    from cryopick.picker3d.similarity import PromptSimilarity
     from cryopick.postprocess.cluster3d import cluster_picks
 
     tag = f"{args.classes}c_{'x'.join(map(str, args.shape))}_{args.particles}p"
@@ -101,15 +101,6 @@ def prepare(s: int, model, args) -> Path:
     session = AnswerSession(prompts, model, progress=False)
     name_a = session.add_tomogram(images[0])
     prob_a = session.frames[name_a][1]
-    # every class's features at every class's candidates (other classes' answers are its labels too)
-    union = np.concatenate([session.pools[(name_a, p.label)].coords for p in prompts])
-    emb, proto = encode_positions(model, tomos[0].volume, union)
-    for k, p in enumerate(prompts):
-        base = base_features(prob_a[k], union, p.diameter, session.candidate_threshold[k],
-                             session._tables[(name_a, k)])
-        key = (name_a, p.label + EXAMPLES)
-        session.pools[key] = CandidateSet.join([session.pools[key], CandidateSet(
-            p.label, name_a, union, base, emb, proto, p.diameter)])
     _save_pools(folder / "pools_a.npz", session.saved_pools(name_a), {})
     # tomogram B: one pass with the prompts' codes (as pick3d), its candidates as AdaptedModel.pick finds them
     session.picker.set_tomogram(images[1])
@@ -135,8 +126,9 @@ def prepare(s: int, model, args) -> Path:
                              similarity=sim_b, min_similarity=defaults.min_similarity)
         r["default"] = f1_of(c, truth[1][p.label], d)
         sim_a = PromptSimilarity(model, tomos[0].volume, z_b[k])  # same prompt code (refine 0)
-        best = settings_from_best(sweep_cluster(prob_a[k], truth[0][p.label], d, similarity=sim_a,
-                                                ignore=p.positions).best)
+        sweep = sweep_cluster(prob_a[k], truth[0][p.label], d, similarity=sim_a, ignore=p.positions)
+        sweep.table.assign(cls=p.label, diameter_px=d).to_csv(folder / f"sweep_a_{k:02d}.csv", index=False)
+        best = settings_from_best(sweep.best)
         r["calibrated_settings"] = best
         lo, hi = defaults.__class__(**{**defaults.__dict__, **best}).size_limits(d)
         c, _ = cluster_picks(prob_b[k], threshold=best["threshold"], min_size=lo, max_size=hi, min_distance=d / 2,
@@ -222,6 +214,44 @@ def run_set(folder: Path, model, args) -> tuple[list[dict], list[float]]:
     return list(rows.values()), seconds
 
 
+# -- the recommended settings for small particles -------------------------------------------------------------------
+def defaults_check(folders, model) -> dict:
+    """Mean F1 on A (sweep tables of the cached sets) of the model's recommended setting against the
+    single grid point best for the 10-15-voxel classes, that point chosen on the other sets (leave one
+    set out) so that the gain is not the choice's own luck."""
+    import pandas as pd
+
+    from cryopick.picker3d.card import default_settings
+
+    tables = [pd.read_csv(f).assign(set=folder.name) for folder in folders for f in sorted(folder.glob("sweep_a_*.csv"))]
+    if not tables:
+        return {}
+    grid = ["threshold", "min_factor", "max_factor", "min_similarity"]
+    t = pd.concat(tables, ignore_index=True)
+    t[grid] = t[grid].fillna(np.inf).round(3)
+    d = default_settings(model)
+    now = (round(d.threshold, 3), round(d.min_factor, 3), np.inf if d.max_factor is None else round(d.max_factor, 3),
+           np.inf if d.min_similarity is None else round(d.min_similarity, 3))
+    out = {}
+    for name, sub in (("all", t), ("small", t[(t["diameter_px"] >= 10) & (t["diameter_px"] <= 15)])):
+        if sub.empty:
+            continue
+        mean = sub.groupby(grid)["f1"].mean()
+        out[f"defaults_{name}_n_classes"] = int(sub.groupby(["set", "cls"]).ngroups)
+        out[f"defaults_{name}_f1_now"] = float(mean.get(now, np.nan))
+        out[f"defaults_{name}_best_setting"] = [float(v) for v in mean.idxmax()]
+        out[f"defaults_{name}_f1_best_in_sample"] = float(mean.max())
+        held = [float(sub[sub["set"] == s_].groupby(grid)["f1"].mean().get(
+                sub[sub["set"] != s_].groupby(grid)["f1"].mean().idxmax(), np.nan)) for s_ in sub["set"].unique()
+                if (sub["set"] != s_).any()]
+        now_by_set = [float(sub[sub["set"] == s_].groupby(grid)["f1"].mean().get(now, np.nan))
+                      for s_ in sub["set"].unique() if (sub["set"] != s_).any()]
+        if held:
+            out[f"defaults_{name}_f1_held_out"] = float(np.mean(held))
+            out[f"defaults_{name}_f1_now_same_sets"] = float(np.mean(now_by_set))
+    return out
+
+
 # -- seconds per round at 200x512x512 -------------------------------------------------------------------------------
 def timing(model, args) -> dict:
     """One prompt on a synthetic 200x512x512 tomogram: first pass (segment + candidates), then rounds
@@ -296,9 +326,10 @@ def main() -> int:
         for s in range(args.sets):
             prepare(s, model, args)
         return 0
-    rows, seconds = [], []
+    rows, seconds, folders = [], [], []
     for s in range(args.sets):
-        r, sec = run_set(prepare(s, model, args), model, args)
+        folders.append(prepare(s, model, args))
+        r, sec = run_set(folders[-1], model, args)
         rows += r
         seconds += sec
     print_table(rows)
@@ -313,6 +344,7 @@ def main() -> int:
     summary.update({"n_classes": len(rows), "seconds_per_round_mean": float(np.mean(seconds)) if seconds else None,
                     "seconds_per_round_max": float(np.max(seconds)) if seconds else None,
                     "threads": args.threads, "wall_s": time.time() - t0})
+    summary.update(defaults_check(folders, model))
     write_result(args.out, "answers3d", args.quick, summary, rows=rows, round_seconds=seconds,
                  args={k: v for k, v in vars(args).items()})
     print(json.dumps(summary, indent=1))

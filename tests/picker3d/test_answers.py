@@ -330,3 +330,42 @@ def test_answers_separate_two_simulated_classes_the_unadapted_picker_confuses(si
     kept = p >= adapted.threshold
     assert auc(p) > 0.8
     assert (truth[kept] == 1).sum() >= 0.75 * (truth == 1).sum() and (truth[kept] == 1).mean() >= 0.7
+
+
+def test_later_rounds_with_two_prompts_never_segment_again(sim, monkeypatch):
+    """An answer about one class labels the other too; its features there are measured in the first
+    pass, so a round from the cached candidates (no map) does not segment the tomogram again."""
+    from cryopick.io.images import Image
+    from cryopick.picker3d.card import PickSettings
+    from cryopick.picker3d.prompt import Prompt, cut_prompt
+    from cryopick.picker3d.questions import AnswerSession
+
+    def work_prompts(session, name):
+        return np.concatenate([session.frames[name][0].to_working(q.positions) for q in session.prompts])
+
+    _, classes, tomos = sim
+    t = tomos[0]
+    prompts = []
+    for c, label in zip(classes, ("a", "b")):
+        at = t.picks.coords[(t.picks.table["label"] == c.name).to_numpy()][0]
+        prompts.append(Prompt(cut_prompt(t.volume, at)[None], at[None], "ts0", 10.0, 1.0, c.diameter / 10, label))
+    image = Image(t.volume, 10.0, Path("ts0.mrc"))
+    settings = [PickSettings(threshold=0.9), PickSettings(threshold=0.1)]  # b's map: more candidates than a's
+    first = AnswerSession(prompts, settings=settings, progress=False)
+    name = first.add_tomogram(image)
+    questions = first.ask(3, tomogram=name)
+    questions.table["answer"] = ["yes", "no", "b", "no", "yes", "a"][: len(questions)]
+    # and a question about a position only b's map found (a's features there: measured in the first pass)
+    a_at = np.concatenate([first.pools[(name, "a")].coords, work_prompts(first, name)])
+    b_at = first.pools[(name, "b")].coords
+    only_b = b_at[np.linalg.norm(b_at[:, None] - a_at[None], axis=2).min(1) > 2]
+    assert len(only_b)
+    extra = questions.table.iloc[:1].assign(label="b", answer="no", x=only_b[0][0], y=only_b[0][1], z=only_b[0][2])
+    questions.table = pd.concat([questions.table, extra], ignore_index=True)
+    later = AnswerSession(prompts, model=first.model, settings=settings, progress=False)
+    monkeypatch.setattr("cryopick.picker3d.pick.segment", lambda *a, **k: pytest.fail("segmented again"))
+    later.add_tomogram(image, pools=first.saved_pools(name))
+    adapted = later.adapt(questions)
+    assert not later.measured and set(adapted) == {"a", "b"}
+    for label in "ab":  # each class learned from both classes' answers
+        assert adapted[label].info["n_positive"] + adapted[label].info["n_negative"] > 3 + 1

@@ -29,10 +29,11 @@ import pandas as pd
 from cryopick.errors import CryopickError
 from cryopick.io.atomic import make_output_dir
 from cryopick.picker3d.answers import AdaptedModel, Answers, adapt, read_answers
-from cryopick.picker3d.candidates import CandidateSet, component_table, find_candidates
+from cryopick.picker3d.candidates import CandidateSet, base_features, component_table, find_candidates
 from cryopick.picker3d.card import resolve_settings
 from cryopick.picker3d.pick import TomogramPicker, check_prompts
 from cryopick.picker3d.prompt import Prompt, load_prompt, prompt_embedding
+from cryopick.picker3d.similarity import encode_positions
 
 log = logging.getLogger(__name__)
 EXAMPLES = "#examples"  # key suffix of the features at the prompts' examples and other measured positions
@@ -127,14 +128,20 @@ class AnswerSession:
         prob, _ = self.picker.segment(self.prompts, [s.refine for s in self.settings])
         self.frames[image.name] = (work, prob, image.path)
         examples = [work.to_working(q.positions) for q in self.prompts if q.tomogram == image.name]
-        examples = np.concatenate(examples) if examples else np.zeros((0, 3))
+        coords = [find_candidates(prob[k], p.diameter, self.candidate_threshold[k]) for k, p in enumerate(self.prompts)]
+        # Every prompt's features at every prompt's candidates and examples: an answer about one class
+        # labels the others too, and later rounds (candidates from the cache, no map) must find them.
+        # The sub-volumes are encoded once; only the map features are per prompt.
+        union = np.concatenate(coords + examples).reshape(-1, 3)
+        emb, proto = encode_positions(self.model, work.volume, union, bf16=self.picker.bf16)
+        ends = np.cumsum([0] + [len(c) for c in coords])
         for k, p in enumerate(self.prompts):
-            coords = find_candidates(prob[k], p.diameter, self.candidate_threshold[k])
-            self._tables[(image.name, k)] = component_table(prob[k], self.candidate_threshold[k])
-            for key, at in ((p.label, coords), (p.label + EXAMPLES, examples)):
-                self.pools[(image.name, key)] = CandidateSet.at(
-                    self.model, work.volume, prob[k], at, label=p.label, tomogram=image.name, diameter=p.diameter,
-                    threshold=self.candidate_threshold[k], bf16=self.picker.bf16, table=self._tables[(image.name, k)])
+            table = self._tables[(image.name, k)] = component_table(prob[k], self.candidate_threshold[k])
+            base = base_features(prob[k], union, p.diameter, self.candidate_threshold[k], table)
+            own = np.arange(ends[k], ends[k + 1])
+            for key, rows in ((p.label, own), (p.label + EXAMPLES, np.setdiff1d(np.arange(len(union)), own))):
+                self.pools[(image.name, key)] = CandidateSet(p.label, image.name, union[rows], base[rows], emb[rows],
+                                                             proto[rows], float(p.diameter))
         log.info("%s: %s", image.name, ", ".join(f"{len(self.pools[(image.name, p.label)])} candidates of {p.label}"
                                                for p in self.prompts))
         return image.name
