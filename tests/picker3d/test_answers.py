@@ -329,7 +329,7 @@ def test_answers_separate_two_simulated_classes_the_unadapted_picker_confuses(si
     p = adapted.predict(pool)
     kept = p >= adapted.threshold
     assert auc(p) > 0.8
-    assert (truth[kept] == 1).sum() >= 0.75 * (truth == 1).sum() and (truth[kept] == 1).mean() >= 0.7
+    assert (truth[kept] == 1).sum() >= 0.75 * (truth == 1).sum() and (truth[kept] == 1).mean() >= 0.6
 
 
 def test_later_rounds_with_two_prompts_never_segment_again(sim, monkeypatch):
