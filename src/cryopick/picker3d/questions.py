@@ -46,8 +46,8 @@ def choose_questions(p: np.ndarray, features: np.ndarray, k: int, *, threshold: 
 
     ``round(exploit * k)`` questions are the most probable candidates not asked yet: near the
     boundary most answers are no, and the classifier and the reference code need confirmed
-    positives (on 12 unseen classes of ``bench_answers3d.py``, 40 % of them raised the mean F1 after
-    5, 10 and 20 answers from 0.55, 0.59, 0.65 to 0.61, 0.66, 0.70; 20 % or 60 % less). For the rest, the ``max(pool_factor * k, 20)`` candidates whose
+    positives (on 18 unseen classes of ``bench_answers3d.py``, 40 % of them raised the mean F1 after
+    5, 10 and 20 answers from 0.52, 0.60, 0.64 to 0.58, 0.63, 0.66; 20 % or 60 % less). For the rest, the ``max(pool_factor * k, 20)`` candidates whose
     probability ``p`` is nearest ``threshold`` (in log-odds) form the pool; the most uncertain is
     asked first, then repeatedly the pool member farthest (standardised ``features``) from every
     chosen and every ``answered`` candidate (``(M, F)`` features). ``exclude``: boolean mask of
