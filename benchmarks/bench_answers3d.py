@@ -9,14 +9,21 @@ K = 0, 5, 10, 20; the adapted models are then applied to tomogram B without more
 without both a yes and a no is picked with the default settings, as ``pick3d --answers`` does). Per K: mean
 F1 on B over classes (one-to-one within one radius). Compared with the model's default settings and
 with settings calibrated on A (best-case sweep incl. minimum similarity, applied to B). Also the
-seconds per answer round (adapt + choose, all classes of the set, candidates encoded already) and an
-estimate of the one-off cost of encoding one class's candidates in a 200x512x512 tomogram (the set's
-candidates per voxel x the time per candidate, timed on 256 positions).
+seconds per answer round (adapt + choose, all classes of the set, candidates encoded already).
+
+The expensive part (simulation, segmentation of A and B, encoding every candidate) is cached per set
+under ``benchmarks/results/answers3d/cache/`` (``--no-cache`` recomputes): reruns that change only the
+adaptation take seconds per set.
+
+``--timing``: seconds per answer round on a synthetic 200×512×512 tomogram (one prompt, the real
+segmentation and candidates; the round = adapt + choose the next questions, as ``cryopick ask3d``
+after its first pass), plus the one-off first pass.
 
 Usage::
 
     python benchmarks/bench_answers3d.py --quick      # 1 set of 6 classes, 96x192x192
     python benchmarks/bench_answers3d.py              # 3 sets of 8 classes, 128x256x256
+    python benchmarks/bench_answers3d.py --timing     # seconds per round at 200x512x512
 """
 
 from __future__ import annotations
@@ -39,10 +46,8 @@ KS = (0, 5, 10, 20)
 ROUND = 5
 
 
-def simulated_answers(questions, tomo, diameters: dict) -> None:
-    """Fill ``questions.table['answer']`` from the truth of ``tomo`` (voxels as stored = working here)."""
-    truth = tomo.picks.coords
-    names = tomo.picks.table["label"].to_numpy()
+def simulated_answers(questions, truth: np.ndarray, names: np.ndarray, diameters: dict) -> None:
+    """Fill ``questions.table['answer']`` from the truth (voxels as stored = working here)."""
     out = []
     for _, q in questions.table.iterrows():
         d = np.linalg.norm(truth - np.array([q.x, q.y, q.z]), axis=1)
@@ -60,20 +65,29 @@ def f1_of(coords, truth, d) -> float:
     return match_points(np.asarray(coords, float).reshape(-1, 3), truth, d / 2).f1
 
 
-def run_set(s: int, model, args) -> tuple[list[dict], list[float]]:
+# -- the cached first pass of one set -------------------------------------------------------------------------------
+def prepare(s: int, model, args) -> Path:
+    """Simulate set ``s``, segment A and B, find and encode the candidates, score defaults and
+    calibration; everything under the returned folder (reused when there)."""
     from cryopick.io.images import Image
-    from cryopick.picker3d.answers import Answers
     from cryopick.picker3d.calibrate import settings_from_best, sweep_cluster
+    from cryopick.picker3d.candidates import CandidateSet, component_table, find_candidates
     from cryopick.picker3d.card import default_settings
-    from cryopick.picker3d.prompt import Prompt, cut_prompt
-    from cryopick.picker3d.questions import AnswerSession
+    from cryopick.picker3d.prompt import Prompt, cut_prompt, save_prompt
+    from cryopick.picker3d.questions import AnswerSession, _save_pools
     from cryopick.picker3d.similarity import PromptSimilarity
     from cryopick.postprocess.cluster3d import cluster_picks
 
+    tag = f"{args.classes}c_{'x'.join(map(str, args.shape))}_{args.particles}p"
+    folder = Path(args.cache) / tag / f"set{s}"
+    if (folder / "done.json").is_file() and not args.no_cache:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
     classes, tomos = make_set(s, args.classes, args.shape, args.particles)
     rng = np.random.default_rng(s)
     images = [Image(t.volume, t.voxel_size, Path(f"{t.name}.mrc")) for t in tomos]
-    prompts, diam = [], {}
+    prompts = []
     for c in classes:
         counts = [int((t.picks.table["label"] == c.name).sum()) for t in tomos]
         pos = choose_prompt(tomos[0], c.name, rng)
@@ -82,114 +96,255 @@ def run_set(s: int, model, args) -> tuple[list[dict], list[float]]:
         d = c.diameter / tomos[0].voxel_size
         prompts.append(Prompt(cut_prompt(tomos[0].volume, pos)[None], np.asarray([pos]), images[0].name,
                               tomos[0].voxel_size, 1.0, d, c.name))
-        diam[c.name] = d
+    for k, p in enumerate(prompts):
+        save_prompt(p, folder / f"{k:02d}.prompt")
     session = AnswerSession(prompts, model, progress=False)
-    session.add_tomogram(images[0])
-    prob_a = session.frames[images[0].name][1]
-    # tomogram B: one segmentation pass with the prompts' codes (as pick3d)
+    name_a = session.add_tomogram(images[0])
+    prob_a = session.frames[name_a][1]
+    _save_pools(folder / "pools_a.npz", session.saved_pools(name_a), {})
+    # tomogram B: one pass with the prompts' codes (as pick3d), its candidates as AdaptedModel.pick finds them
     session.picker.set_tomogram(images[1])
     work_b = session.picker.working(prompts[0])
     prob_b, z_b = session.picker.segment(prompts, [0] * len(prompts))
+    pools_b = {}
+    for k, p in enumerate(prompts):
+        coords = find_candidates(prob_b[k], p.diameter, session.candidate_threshold[k])
+        pools_b[p.label] = CandidateSet.at(model, work_b.volume, prob_b[k], coords, label=p.label,
+                                           tomogram=images[1].name, diameter=p.diameter,
+                                           threshold=session.candidate_threshold[k],
+                                           table=component_table(prob_b[k], session.candidate_threshold[k]))
+    _save_pools(folder / "pools_b.npz", pools_b, {})
     truth = [{p.label: t.picks.coords[(t.picks.table["label"] == p.label).to_numpy()] for p in prompts} for t in tomos]
     defaults = default_settings(model)
-    rows = {p.label: {"set": s, "class": p.label, "diameter_px": round(p.diameter, 1),
-                      "n_B": len(truth[1][p.label])} for p in prompts}
+    rows = {}
     for k, p in enumerate(prompts):
-        d, r = p.diameter, rows[p.label]
+        d = p.diameter
+        r = rows[p.label] = {"set": s, "class": p.label, "diameter_px": round(d, 1), "n_B": len(truth[1][p.label])}
         sim_b = PromptSimilarity(model, work_b.volume, z_b[k])
         lo, hi = defaults.size_limits(d)
         c, _ = cluster_picks(prob_b[k], threshold=defaults.threshold, min_size=lo, max_size=hi, min_distance=d / 2,
                              similarity=sim_b, min_similarity=defaults.min_similarity)
         r["default"] = f1_of(c, truth[1][p.label], d)
         sim_a = PromptSimilarity(model, tomos[0].volume, z_b[k])  # same prompt code (refine 0)
-        best = settings_from_best(sweep_cluster(prob_a[k], truth[0][p.label], d, similarity=sim_a,
-                                                ignore=p.positions).best)
+        sweep = sweep_cluster(prob_a[k], truth[0][p.label], d, similarity=sim_a, ignore=p.positions)
+        sweep.table.assign(cls=p.label, diameter_px=d).to_csv(folder / f"sweep_a_{k:02d}.csv", index=False)
+        best = settings_from_best(sweep.best)
+        r["calibrated_settings"] = best
         lo, hi = defaults.__class__(**{**defaults.__dict__, **best}).size_limits(d)
         c, _ = cluster_picks(prob_b[k], threshold=best["threshold"], min_size=lo, max_size=hi, min_distance=d / 2,
                              similarity=sim_b, min_similarity=best["min_similarity"])
         r["calibrated"] = f1_of(c, truth[1][p.label], d)
+    np.savez_compressed(folder / "data.npz", vol_a=tomos[0].volume.astype(np.float32),
+                        vol_b=tomos[1].volume.astype(np.float32),
+                        truth_a=tomos[0].picks.coords, names_a=tomos[0].picks.table["label"].to_numpy().astype(str),
+                        truth_b=tomos[1].picks.coords, names_b=tomos[1].picks.table["label"].to_numpy().astype(str))
+    (folder / "done.json").write_text(json.dumps({"rows": list(rows.values()), "seconds": time.time() - t0,
+                                                  "voxel_size": tomos[0].voxel_size}, default=float))
+    print(f"set {s}: prepared in {time.time() - t0:.0f} s -> {folder}", flush=True)
+    return folder
+
+
+def load_pools(path: Path) -> dict:
+    from cryopick.picker3d.candidates import CandidateSet
+
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        return {m["key"]: CandidateSet(m["label"], m["tomogram"], *(np.asarray(data[f"{i}_{k}"]) for k in
+                ("coords", "base", "embedding", "prototypes")), m["diameter"]) for i, m in enumerate(meta)}
+
+
+def pick_f1(am, pool, truth, d) -> float:
+    """F1 of what :meth:`AdaptedModel.pick` keeps, on the cached candidates ``pool`` of a tomogram."""
+    from cryopick.postprocess.nms import nms_points
+
+    prob = am.predict(pool)
+    keep = np.flatnonzero(prob >= am.threshold)
+    coords, prob = pool.coords[keep], prob[keep]
+    if len(coords):
+        coords = coords[nms_points(coords, prob, am.min_distance)]
+    return f1_of(coords, truth, d)
+
+
+# -- the answer loop on a prepared set ------------------------------------------------------------------------------
+def run_set(folder: Path, model, args) -> tuple[list[dict], list[float]]:
+    from cryopick.io.images import Image
+    from cryopick.picker3d.answers import Answers, adapt
+    from cryopick.picker3d.prompt import load_prompt
+    from cryopick.picker3d.questions import AnswerSession
+
+    done = json.loads((folder / "done.json").read_text())
+    prompts = [load_prompt(p) for p in sorted(folder.glob("*.prompt"))]
+    with np.load(folder / "data.npz", allow_pickle=False) as data:
+        data = {k: data[k] for k in data.files}
+    pools_b = load_pools(folder / "pools_b.npz")
+    rows = {r["class"]: {k: v for k, v in r.items() if k != "calibrated_settings"} for r in done["rows"]}
+    diam = {p.label: p.diameter for p in prompts}
+    truth_b = {p.label: data["truth_b"][data["names_b"] == p.label] for p in prompts}
+    session = AnswerSession(prompts, model, progress=False)
+    image_a = Image(data["vol_a"], done["voxel_size"], Path(f"{prompts[0].tomogram}.mrc"))
+    name_a = session.add_tomogram(image_a, pools=load_pools(folder / "pools_a.npz"))
+    # calibrate3d's classifier: every candidate of A labelled by the truth (picks B like pick3d --adapted)
+    for p in prompts:
+        pool_a, d = session.pools[(name_a, p.label)], p.diameter
+        t = data["truth_a"][data["names_a"] == p.label]
+        y = (np.linalg.norm(pool_a.coords[:, None] - t[None], axis=2).min(1) <= d / 2).astype(int)
+        am = adapt(model, p, pool_a, pool_a, y, candidate_threshold=session.candidate_threshold[0])
+        rows[p.label]["calibrated_classifier"] = pick_f1(am, pools_b[p.label], truth_b[p.label], d)
     answers, seconds = Answers(), []
     for K in KS:
         while (len(answers) // max(1, len(prompts))) < K:
             t0 = time.perf_counter()
-            q = session.ask(ROUND, answers, tomogram=images[0].name, seed=s)
+            q = session.ask(ROUND, answers, tomogram=name_a, seed=args.seed)
             seconds.append(time.perf_counter() - t0)
             if not len(q):
                 break
-            simulated_answers(q, tomos[0], diam)
+            simulated_answers(q, data["truth_a"], data["names_a"], diam)
             answers = answers.concat(q)
         adapted = session.adapt(answers)
-        for k, p in enumerate(prompts):
-            am = adapted[p.label]
+        for p in prompts:
+            am, pool, r = adapted[p.label], pools_b[p.label], rows[p.label]
             if am.fitted:
-                coords, _ = am.pick(model, prob_b[k], work_b.volume, tomogram=images[1].name)
-                rows[p.label][f"answered_K{K}"] = f1_of(coords, truth[1][p.label], p.diameter)
+                r[f"answered_K{K}"] = pick_f1(am, pool, truth_b[p.label], p.diameter)
             else:  # no yes and no no yet: pick3d --answers picks this class with its settings
-                rows[p.label][f"answered_K{K}"] = rows[p.label]["default"]
-            rows[p.label][f"thr_K{K}"] = am.threshold
+                r[f"answered_K{K}"] = r["default"]
+            r[f"thr_K{K}"] = am.threshold
         yes = answers.table["answer"].eq("yes").sum()
-        print(f"set {s} K={K}: {len(answers)} answers ({yes} yes), mean F1 on B "
+        print(f"{folder.name} K={K}: {len(answers)} answers ({yes} yes), mean F1 on B "
               f"{np.mean([r[f'answered_K{K}'] for r in rows.values()]):.3f}", flush=True)
-    n_cand = np.mean([len(session.pools[(images[0].name, p.label)]) for p in prompts])
-    return list(rows.values()), seconds, n_cand / float(np.prod(args.shape))
+    return list(rows.values()), seconds
 
 
-def encode_time(model, density: float, shape=(200, 512, 512), sample: int = 256) -> dict:
-    """Seconds to encode the candidates of one class expected in a ``shape`` tomogram (``density``:
-    candidates per voxel and class), timed on ``sample`` positions."""
-    from cryopick.picker3d.similarity import encode_positions
+# -- the recommended settings for small particles -------------------------------------------------------------------
+def defaults_check(folders, model) -> dict:
+    """Mean F1 on A (sweep tables of the cached sets) of the model's recommended setting against the
+    single grid point best for the 10-15-voxel classes, that point chosen on the other sets (leave one
+    set out) so that the gain is not the choice's own luck."""
+    import pandas as pd
 
-    n = int(round(density * np.prod(shape)))
-    rng = np.random.default_rng(0)
-    vol = rng.normal(size=(64, 64, 64)).astype(np.float32)
-    coords = rng.uniform(18, 46, size=(sample, 3))
+    from cryopick.picker3d.card import default_settings
+
+    tables = [pd.read_csv(f).assign(set=folder.name) for folder in folders for f in sorted(folder.glob("sweep_a_*.csv"))]
+    if not tables:
+        return {}
+    grid = ["threshold", "min_factor", "max_factor", "min_similarity"]
+    t = pd.concat(tables, ignore_index=True)
+    t[grid] = t[grid].fillna(np.inf).round(3)
+    d = default_settings(model)
+    now = (round(d.threshold, 3), round(d.min_factor, 3), np.inf if d.max_factor is None else round(d.max_factor, 3),
+           np.inf if d.min_similarity is None else round(d.min_similarity, 3))
+    out = {}
+    for name, sub in (("all", t), ("small", t[(t["diameter_px"] >= 10) & (t["diameter_px"] <= 15)])):
+        if sub.empty:
+            continue
+        mean = sub.groupby(grid)["f1"].mean()
+        out[f"defaults_{name}_n_classes"] = int(sub.groupby(["set", "cls"]).ngroups)
+        out[f"defaults_{name}_f1_now"] = float(mean.get(now, np.nan))
+        out[f"defaults_{name}_best_setting"] = [float(v) for v in mean.idxmax()]
+        out[f"defaults_{name}_f1_best_in_sample"] = float(mean.max())
+        held = [float(sub[sub["set"] == s_].groupby(grid)["f1"].mean().get(
+                sub[sub["set"] != s_].groupby(grid)["f1"].mean().idxmax(), np.nan)) for s_ in sub["set"].unique()
+                if (sub["set"] != s_).any()]
+        now_by_set = [float(sub[sub["set"] == s_].groupby(grid)["f1"].mean().get(now, np.nan))
+                      for s_ in sub["set"].unique() if (sub["set"] != s_).any()]
+        if held:
+            out[f"defaults_{name}_f1_held_out"] = float(np.mean(held))
+            out[f"defaults_{name}_f1_now_same_sets"] = float(np.mean(now_by_set))
+    return out
+
+
+# -- seconds per round at 200x512x512 -------------------------------------------------------------------------------
+def timing(model, args) -> dict:
+    """One prompt on a synthetic 200x512x512 tomogram: first pass (segment + candidates), then rounds
+    of adapt + ask with simulated answers; seconds of each."""
+    from cryopick.io.images import Image
+    from cryopick.picker3d.answers import Answers
+    from cryopick.picker3d.prompt import Prompt, cut_prompt
+    from cryopick.picker3d.questions import AnswerSession
+    from cryopick.simulate.tomogram import random_particle_classes, simulate_tomogram
+
+    classes = random_particle_classes(4, seed=300_000, voxel_size=10.0, diameter_range_A=(100.0, 150.0))
     t0 = time.perf_counter()
-    encode_positions(model, vol, coords)
-    per = (time.perf_counter() - t0) / len(coords)
-    return {"candidates_per_class_200x512x512": n, "encode_s_per_candidate": per,
-            "encode_s_per_class_200x512x512": per * n}
+    tomo = simulate_tomogram(classes, shape=(200, 512, 512), voxel_size=10.0, seed=7, n_particles=1500,
+                             name="timing")
+    t_sim = time.perf_counter() - t0
+    c = classes[0]
+    pos = choose_prompt(tomo, c.name, np.random.default_rng(0))
+    d = c.diameter / tomo.voxel_size
+    prompt = Prompt(cut_prompt(tomo.volume, pos)[None], np.asarray([pos]), "timing", 10.0, 1.0, d, c.name)
+    session = AnswerSession([prompt], model, progress=False)
+    t0 = time.perf_counter()
+    name = session.add_tomogram(Image(tomo.volume, 10.0, Path("timing.mrc")))
+    first = time.perf_counter() - t0
+    answers, rounds = Answers(), []
+    for _ in range(args.timing_rounds):
+        t0 = time.perf_counter()
+        q = session.ask(10, answers, tomogram=name)
+        rounds.append(time.perf_counter() - t0)
+        simulated_answers(q, tomo.picks.coords, tomo.picks.table["label"].to_numpy(), {c.name: d})
+        answers = answers.concat(q)
+    return {"timing_shape": "200x512x512", "timing_simulate_s": t_sim, "timing_first_pass_s": first,
+            "timing_candidates": len(session.pools[(name, c.name)]), "timing_round_s": rounds,
+            "timing_round_max_s": max(rounds), "timing_diameter_px": d}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(parser, "benchmarks/results/answers3d/bench.json")
     parser.add_argument("--model", help="ProPicker checkpoint (default: shipped weights)")
-    parser.add_argument("--sets", type=int, default=3)
+    parser.add_argument("--sets", type=int, help="generalisation sets (default 3; --quick: 1)")
     parser.add_argument("--classes", type=int, default=8)
     parser.add_argument("--shape", default="128,256,256")
     parser.add_argument("--particles", type=int, default=300)
     parser.add_argument("--min-instances", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="question tie-breaking seed")
+    parser.add_argument("--cache", default="benchmarks/results/answers3d/cache")
+    parser.add_argument("--no-cache", action="store_true", help="recompute the cached first pass")
+    parser.add_argument("--timing", action="store_true", help="only the 200x512x512 seconds-per-round timing")
+    parser.add_argument("--timing-rounds", type=int, default=3)
+    parser.add_argument("--prepare-only", action="store_true", help="only fill the cache of the first passes")
     args = parser.parse_args()
     args.shape = tuple(int(v) for v in args.shape.split(","))
+    args.sets_given, args.sets = args.sets is not None, 3 if args.sets is None else args.sets
     if args.quick:
-        args.sets, args.classes, args.shape, args.particles = 1, 6, (96, 192, 192), 150
+        args.classes, args.shape, args.particles = 6, (96, 192, 192), 150
+        args.sets = args.sets if args.sets_given else 1
     import torch
 
     from cryopick.models.promptable3d import load_propicker
 
     torch.set_num_threads(args.threads)
     model = load_propicker(args.model)
-    rows, seconds, density = [], [], []
     t0 = time.time()
+    if args.timing:
+        summary = timing(model, args)
+        summary.update({"threads": args.threads, "wall_s": time.time() - t0})
+        write_result(args.out, "answers3d_timing", False, summary)
+        print(json.dumps(summary, indent=1))
+        return 0
+    if args.prepare_only:
+        for s in range(args.sets):
+            prepare(s, model, args)
+        return 0
+    rows, seconds, folders = [], [], []
     for s in range(args.sets):
-        r, sec, dens = run_set(s, model, args)
+        folders.append(prepare(s, model, args))
+        r, sec = run_set(folders[-1], model, args)
         rows += r
         seconds += sec
-        density.append(dens)
     print_table(rows)
-    summary = {f"mean_f1_{m}": float(np.mean([r[m] for r in rows])) for m in ("default", "calibrated")}
+    summary = {f"mean_f1_{m}": float(np.mean([r[m] for r in rows]))
+               for m in ("default", "calibrated", "calibrated_classifier")}
     summary.update({f"mean_f1_answered_K{K}": float(np.mean([r[f"answered_K{K}"] for r in rows])) for K in KS})
     small = [r for r in rows if 10 <= r["diameter_px"] <= 15]
     if small:
-        summary.update({f"small_mean_f1_answered_K{K}": float(np.mean([r[f"answered_K{K}"] for r in small]))
-                        for K in (0, 10)})
+        summary.update({f"small_mean_f1_{m}": float(np.mean([r[m] for r in small]))
+                        for m in ["default", "calibrated", "calibrated_classifier"] + [f"answered_K{K}" for K in KS]})
         summary["small_n_classes"] = len(small)
     summary.update({"n_classes": len(rows), "seconds_per_round_mean": float(np.mean(seconds)) if seconds else None,
                     "seconds_per_round_max": float(np.max(seconds)) if seconds else None,
                     "threads": args.threads, "wall_s": time.time() - t0})
-    enc = encode_time(model, float(np.mean(density)))
-    summary.update(enc)
+    summary.update(defaults_check(folders, model))
     write_result(args.out, "answers3d", args.quick, summary, rows=rows, round_seconds=seconds,
                  args={k: v for k, v in vars(args).items()})
     print(json.dumps(summary, indent=1))

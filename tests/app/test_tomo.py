@@ -185,3 +185,26 @@ def test_reviewed_picks_become_answers_for_a_second_pick3d(tomo_project, tmp_pat
         assert second["state"] == "done", second
         assert second["result"]["adapted"] == ["target"]
         assert (root / "picks3d" / "adapted" / "target.adapted.npz").is_file()
+
+
+def test_the_pages_diameter_reaches_the_prompt(tomo_project, tmp_path, monkeypatch):
+    """The page's diameter field is kept with the class and made into its prompt (issue 14: a typed
+    diameter did not change the result; the prompt always estimated it)."""
+    import shutil
+
+    from cryopick.app import jobs
+    from cryopick.picker3d import pick
+    from cryopick.picker3d.prompt import load_prompt
+
+    root = tmp_path / "p"
+    shutil.copytree(tomo_project[0], root)
+    with TestClient(create_app(root), raise_server_exceptions=False) as c:
+        for bad in (0, -3, "21", True):
+            r = post(c, "/api/tomograms/ts0/prompts", {"label": "ribo", "xyz": tomo_project[1], "diameter": bad})
+            assert r.status_code == 400 and "diameter" in r.json()["error"], bad
+        r = post(c, "/api/tomograms/ts0/prompts", {"label": "ribo", "xyz": tomo_project[1], "diameter": 21.7})
+        assert r.status_code == 200 and r.json()["prompts"]["ribo"]["diameter"] == 21.7
+    monkeypatch.setattr(pick, "pick_tomograms", lambda *a, **k: {"picks": {}})  # the prompt is what counts here
+    jobs._pick3d(str(root), root / "job", {})
+    prompt = load_prompt(root / "prompts" / "ribo.prompt")
+    assert abs(prompt.diameter - 21.7) < 1e-6 and not prompt.meta.get("diameter_estimated")

@@ -1,6 +1,7 @@
 """The 3D answer loop: answers table, adapted classifier, question choice, ask3d -> answers -> pick3d."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -141,15 +142,30 @@ def test_choose_questions_uncertain_and_diverse():
     # 100 confident candidates, and two far-apart clusters of 10 uncertain ones each
     p = np.r_[rng.uniform(0.95, 1.0, 50), rng.uniform(0.0, 0.05, 50), rng.uniform(0.45, 0.55, 20)]
     f = np.r_[rng.normal(0, 1, (100, 3)), rng.normal(10, 0.1, (10, 3)), rng.normal(-10, 0.1, (10, 3))]
-    q = choose_questions(p, f, 4, pool_factor=1)
+    q = choose_questions(p, f, 4, pool_factor=1, exploit=0.0)
     assert len(q) == 4 and len(set(q)) == 4
     assert all(i >= 100 for i in q)  # uncertain
     assert any(i < 110 for i in q) and any(i >= 110 for i in q)  # both clusters
-    np.testing.assert_array_equal(q, choose_questions(p, f, 4, pool_factor=1))  # deterministic
+    np.testing.assert_array_equal(q, choose_questions(p, f, 4, pool_factor=1, exploit=0.0))  # deterministic
     exclude = np.zeros(120, bool)
     exclude[100:110] = True
-    q2 = choose_questions(p, f, 3, exclude=exclude, pool_factor=1)
+    q2 = choose_questions(p, f, 3, exclude=exclude, pool_factor=1, exploit=0.0)
     assert not exclude[q2].any()
+
+
+def test_choose_questions_asks_the_most_likely_ones_too():
+    """By default 40 % of a round are the most probable candidates not asked yet (confirmed positives
+    for the classifier and the reference code), the rest uncertain and diverse."""
+    rng = np.random.default_rng(0)
+    p = np.r_[rng.uniform(0.95, 0.99, 50), rng.uniform(0.0, 0.05, 50), rng.uniform(0.45, 0.55, 20)]
+    f = np.r_[rng.normal(0, 1, (100, 3)), rng.normal(10, 0.1, (10, 3)), rng.normal(-10, 0.1, (10, 3))]
+    q = choose_questions(p, f, 5, pool_factor=1)
+    top = np.argsort(-p)[:2]
+    assert len(set(q)) == 5 and set(q[:2]) == set(top) and all(i >= 100 for i in q[2:])
+    exclude = np.zeros(120, bool)
+    exclude[top] = True  # asked already: the next most probable ones
+    q2 = choose_questions(p, f, 5, exclude=exclude, pool_factor=1)
+    assert not exclude[q2].any() and set(q2[:2]) == set(np.argsort(-np.where(exclude, 0, p))[:2])
 
 
 def test_find_candidates_one_per_particle():
@@ -271,3 +287,85 @@ def test_pick3d_answers_errors(sim, tmp_path, capsys):
         cli(["ask3d", "--prompt", str(prompt), "--tomogram", str(root / "tomos" / "ts0.mrc"), "-k", "0",
              "-o", str(tmp_path / "q")])
     assert exit_.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+
+
+def test_answers_separate_two_simulated_classes_the_unadapted_picker_confuses(sim):
+    """End to end with the shipped network on simulated tomograms: the un-adapted picker (similarity
+    to the prompt) prefers the other class; 8 questions answered from the truth of ts0 make the
+    adapted classifier pick the prompted class in ts1 (which gave no answer)."""
+    from scipy.stats import rankdata
+
+    from cryopick.io.images import Image
+    from cryopick.picker3d.prompt import Prompt, cut_prompt
+    from cryopick.picker3d.questions import AnswerSession
+
+    _, classes, tomos = sim
+    target, d = classes[0].name, classes[0].diameter / 10.0
+    at = tomos[0].picks.coords[(tomos[0].picks.table["label"] == target).to_numpy()][0]
+    prompt = Prompt(cut_prompt(tomos[0].volume, at)[None], at[None], "ts0", 10.0, 1.0, d, "target")
+    session = AnswerSession([prompt], progress=False)
+    names = [session.add_tomogram(Image(t.volume, 10.0, Path(f"{t.name}.mrc"))) for t in tomos]
+
+    def kind(tomo, coords):  # 1 = the prompted class, 2 = the other class, 0 = background
+        dist = np.linalg.norm(coords[:, None] - tomo.picks.coords[None], axis=2)
+        same = tomo.picks.table["label"].to_numpy()[dist.argmin(1)] == target
+        return np.where(dist.min(1) <= d / 2, np.where(same, 1, 2), 0)
+
+    pool = session.pools[(names[1], "target")]
+    truth = kind(tomos[1], pool.coords)
+    particles = truth > 0
+    assert (truth == 1).sum() >= 4 and (truth == 2).sum() >= 4
+
+    def auc(score):
+        y, r = truth[particles] == 1, rankdata(score[particles])
+        return (r[y].sum() - y.sum() * (y.sum() + 1) / 2) / (y.sum() * (~y).sum())
+
+    unadapted = session.adapt()["target"]
+    kept = unadapted.predict(pool) >= unadapted.threshold
+    assert auc(unadapted.predict(pool)) < 0.3 and (truth[kept] == 1).sum() <= (truth[kept] == 2).sum()
+    questions = session.ask(8, tomogram=names[0])
+    questions.table["answer"] = [("no", "yes", "other")[k] for k in kind(tomos[0], questions.coords())]
+    adapted = session.adapt(questions)["target"]
+    p = adapted.predict(pool)
+    kept = p >= adapted.threshold
+    assert auc(p) > 0.8
+    assert (truth[kept] == 1).sum() >= 0.75 * (truth == 1).sum() and (truth[kept] == 1).mean() >= 0.6
+
+
+def test_later_rounds_with_two_prompts_never_segment_again(sim, monkeypatch):
+    """An answer about one class labels the other too; its features there are measured in the first
+    pass, so a round from the cached candidates (no map) does not segment the tomogram again."""
+    from cryopick.io.images import Image
+    from cryopick.picker3d.card import PickSettings
+    from cryopick.picker3d.prompt import Prompt, cut_prompt
+    from cryopick.picker3d.questions import AnswerSession
+
+    def work_prompts(session, name):
+        return np.concatenate([session.frames[name][0].to_working(q.positions) for q in session.prompts])
+
+    _, classes, tomos = sim
+    t = tomos[0]
+    prompts = []
+    for c, label in zip(classes, ("a", "b")):
+        at = t.picks.coords[(t.picks.table["label"] == c.name).to_numpy()][0]
+        prompts.append(Prompt(cut_prompt(t.volume, at)[None], at[None], "ts0", 10.0, 1.0, c.diameter / 10, label))
+    image = Image(t.volume, 10.0, Path("ts0.mrc"))
+    settings = [PickSettings(threshold=0.9), PickSettings(threshold=0.1)]  # b's map: more candidates than a's
+    first = AnswerSession(prompts, settings=settings, progress=False)
+    name = first.add_tomogram(image)
+    questions = first.ask(3, tomogram=name)
+    questions.table["answer"] = ["yes", "no", "b", "no", "yes", "a"][: len(questions)]
+    # and a question about a position only b's map found (a's features there: measured in the first pass)
+    a_at = np.concatenate([first.pools[(name, "a")].coords, work_prompts(first, name)])
+    b_at = first.pools[(name, "b")].coords
+    only_b = b_at[np.linalg.norm(b_at[:, None] - a_at[None], axis=2).min(1) > 2]
+    assert len(only_b)
+    extra = questions.table.iloc[:1].assign(label="b", answer="no", x=only_b[0][0], y=only_b[0][1], z=only_b[0][2])
+    questions.table = pd.concat([questions.table, extra], ignore_index=True)
+    later = AnswerSession(prompts, model=first.model, settings=settings, progress=False)
+    monkeypatch.setattr("cryopick.picker3d.pick.segment", lambda *a, **k: pytest.fail("segmented again"))
+    later.add_tomogram(image, pools=first.saved_pools(name))
+    adapted = later.adapt(questions)
+    assert not later.measured and set(adapted) == {"a", "b"}
+    for label in "ab":  # each class learned from both classes' answers
+        assert adapted[label].info["n_positive"] + adapted[label].info["n_negative"] > 3 + 1

@@ -54,3 +54,25 @@ def test_calibration_leaves_the_prompt_particle_out_by_default(env, capsys):
         assert cli(["calibrate3d", "--prompt", "blob.prompt", "--tomogram", "tomos/t0.mrc", "--truth", "truth.coords",
                     "--window", "32", "--no-similarity", "-o", "s.json", *flag]) == 0
         assert json.loads((env / "s.json").read_text())["best_case"]["n_truth"] == n_truth
+
+
+def test_calibrate3d_saves_the_classifier_for_the_other_tomograms(env):
+    """calibrate3d fits the answer loop's classifier on its tomogram's candidates labelled by the truth
+    and saves it (<settings stem>.adapted.npz); pick3d --adapted picks another tomogram with it."""
+    from cryopick.io.coords import write_picks
+    from cryopick.picker3d.answers import AdaptedModel
+    from cryopick.picks import Picks
+
+    centres = np.array(CENTRES["t0"], float)
+    write_picks(Picks.from_arrays("t0", centres[:2], pixel_size=10.0), env / "truth.coords", "imod")  # 3rd: a no
+    assert cli(["calibrate3d", "--prompt", "blob.prompt", "--tomogram", "tomos/t0.mrc", "--truth", "truth.coords",
+                "--window", "32", "--no-similarity", "--include-prompt", "-o", "s.json"]) == 0
+    adapted = AdaptedModel.load(env / "s.adapted.npz")
+    assert adapted.fitted and adapted.info["from_truth"] and adapted.info["tomogram"] == "t0"
+    assert (adapted.info["n_positive"], adapted.info["n_negative"]) == (2, 1)
+    assert cli(["pick3d", "--prompt", "blob.prompt", "--tomograms", "tomos/t1.mrc", "-o", "out", "--window", "32",
+                "--no-montage", "--format", "imod", "--adapted", "s.adapted.npz"]) == 0
+    assert json.loads((env / "out" / "summary.json").read_text())["adapted"]["blob"]["from_truth"]
+    assert cli(["calibrate3d", "--prompt", "blob.prompt", "--tomogram", "tomos/t0.mrc", "--truth", "truth.coords",
+                "--window", "32", "--no-similarity", "-o", "s2.json", "--no-adapted"]) == 0
+    assert not (env / "s2.adapted.npz").exists()

@@ -44,3 +44,38 @@ def test_prompt_cli_diameter_reaches_the_prompt(tmp_path, flag, value, expected)
     prompt = load_prompt(out)
     assert math.isclose(prompt.diameter, expected, rel_tol=1e-6)
     assert not prompt.meta.get("diameter_estimated")
+
+
+def test_component_diameter_of_an_elongated_particle_is_its_length():
+    """The estimate is the particle's extent, not the sphere of its volume (issue 14: a 217 Å particle
+    was estimated at 146 Å, the equal-volume sphere of its segmentation)."""
+    prob = np.zeros((64, 64, 64), np.float32)
+    zz, yy, xx = np.indices(prob.shape)
+    prob[((xx - 32) / 10.5) ** 2 + ((yy - 32) / 5.0) ** 2 + ((zz - 32) / 5.0) ** 2 <= 1] = 0.9  # 21 voxels long
+    d = component_diameter(prob, 0.5)
+    sphere = (6 * (prob > 0.5).sum() / math.pi) ** (1 / 3)  # 13.4: the old, biased estimate
+    assert abs(d - 21.0) < 2.0 and d > sphere + 5, (d, sphere)
+
+
+def test_diameter_given_to_prompt_is_honoured_by_pick3d(tmp_path, monkeypatch):
+    """prompt --diameter -> pick3d: the diameter is logged and recorded in summary.json, and it sets the
+    size limits (a 300 Å particle cannot be the 80 Å blobs of this tomogram: no picks)."""
+    import json
+
+    from cryopick.cli.main import main as cli
+    from cryopick.io.coords import read_picks
+
+    from .test_batch import CENTRES, make_env
+
+    env = make_env(tmp_path, monkeypatch)
+    counts = {}
+    for diameter in ("80", "300"):
+        assert cli(["prompt", "--tomogram", "tomos/t0.mrc", "--at", ",".join(map(str, CENTRES["t0"][0])),
+                    "--diameter", diameter, "--label", "blob", "-o", f"d{diameter}.prompt", "--threads", "1"]) == 0
+        assert cli(["pick3d", "--prompt", f"d{diameter}.prompt", "--tomograms", "tomos/t1.mrc", "-o", f"out{diameter}",
+                    "--window", "32", "--no-similarity", "--no-montage", "--format", "imod"]) == 0
+        summary = json.loads((env / f"out{diameter}" / "summary.json").read_text())
+        assert summary["diameters"]["blob"]["angstrom"] == pytest.approx(float(diameter))
+        assert not summary["diameters"]["blob"]["estimated"]
+        counts[diameter] = len(read_picks(env / f"out{diameter}" / "imod" / "blob" / "t1.coords"))
+    assert counts == {"80": len(CENTRES["t1"]), "300": 0}

@@ -308,7 +308,8 @@ def _pick3d(root: str, out: Path, params: dict) -> dict:
     for label, entry in classes.items():
         if entry.get("tomogram") not in tomos:
             raise CryopickError(f"class {label!r}: its tomogram {entry.get('tomogram')!r} is no longer in the project")
-        prompt = make_prompt(tomos[entry["tomogram"]], entry["positions"], label=label)
+        prompt = make_prompt(tomos[entry["tomogram"]], entry["positions"], label=label,
+                             diameter_px=entry.get("diameter"))  # the page's diameter; None: estimated
         save_prompt(prompt, project.root / "prompts" / f"{label}.prompt")
         made.append(prompt)
     options = dict(output_dir=project.root / "picks3d", formats=FORMATS_3D, redo=True, montage=False, progress=False)

@@ -11,6 +11,7 @@ Layout inside the project::
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -86,8 +87,10 @@ def prompts(project) -> dict:
     return {k: v for k, v in data.items() if isinstance(v, dict) and isinstance(v.get("positions"), list)}
 
 
-def edit_prompt(project, name: str, label: str, xyz, remove: bool = False) -> dict:
-    """Add the clicked centre ``xyz`` to class ``label`` (from tomogram ``name``), or remove the one near it."""
+def edit_prompt(project, name: str, label: str, xyz, remove: bool = False, diameter: float | None = None) -> dict:
+    """Add the clicked centre ``xyz`` to class ``label`` (from tomogram ``name``), or remove the one near it.
+    ``diameter``: the particle diameter in voxels of the tomogram as stored (the page's diameter field),
+    kept with the class and given to its prompt (else the prompt estimates it)."""
     from cryopick.picker3d.prompt import check_label
 
     check_label(label)
@@ -107,6 +110,8 @@ def edit_prompt(project, name: str, label: str, xyz, remove: bool = False) -> di
                 raise ValueError(f"at most {MAX_PROMPT_POSITIONS} examples per class")
             pos.append([round(float(v), 2) for v in xyz])
         entry["positions"] = pos
+        if diameter is not None and not remove:
+            entry["diameter"] = round(float(diameter), 2)
         if pos:
             data[label] = entry
         else:
@@ -253,7 +258,12 @@ def post_prompt(state, params, query, body):
         raise BadRequest("label must be the class name")
     if not isinstance(body.get("remove", False), bool):
         raise BadRequest("remove must be true or false")
-    return {"prompts": edit_prompt(state.project, params["name"], label, body.get("xyz"), body.get("remove", False))}
+    diameter = body.get("diameter")
+    if diameter is not None and (isinstance(diameter, bool) or not isinstance(diameter, (int, float))
+                                 or not math.isfinite(diameter) or diameter <= 0):
+        raise BadRequest("diameter must be a number of voxels > 0")
+    return {"prompts": edit_prompt(state.project, params["name"], label, body.get("xyz"), body.get("remove", False),
+                                   diameter)}
 
 
 def get_picks3d(state, params, query, body):

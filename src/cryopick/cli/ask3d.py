@@ -7,8 +7,9 @@ Examples:
   cryopick pick3d --prompt ribosome.prompt --tomograms tomos/ -o picks/ --answers questions/
 Each round adds K questions per prompt to OUT/answers.csv (tomogram, label, x, y, z in voxels as
 stored, answer, p = the current classifier's probability, image) and draws OUT/images/<label>/qNNNN.png
-(three orthogonal slices through the candidate, circle = the particle's diameter). The questions are
-uncertain and diverse: near the current decision boundary, spread over the candidates' features. The
+(three orthogonal slices through the candidate, circle = the particle's diameter). Of each round, 40 %
+are the most likely candidates not asked yet (the classifier needs confirmed ones), the rest uncertain
+and diverse: near the current decision boundary, spread over the candidates' features. The
 answers so far adapt a small classifier, saved as OUT/<label>.adapted.npz (pick3d --adapted FILE picks
 other tomograms with it). Several --prompt: one pass, and each class's positives are the others'
 negatives. The first round segments the tomogram; later rounds reuse its candidates (seconds).

@@ -11,6 +11,9 @@ The prompt's own example particle(s) are left out of the scoring (neither found 
 prompt was cut from this tomogram: finding the clicked particle says little, and with few annotated
 particles it would decide the calibration. --include-prompt scores them; --exclude-prompt leaves them
 out for another tomogram too (the prompt's positions are then taken as voxels of this tomogram).
+Cluster mode also fits the answer loop's classifier with every candidate labelled by the truth (the
+truth as complete yes/no answers) and saves it as <settings stem>.adapted.npz: `cryopick pick3d
+--adapted FILE` picks the other tomograms of the data set with it (--no-adapted: skip it).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine", type=nonnegative_int, metavar="N",
                         help="segment as `pick3d --refine N` does (calibrate with the value you will pick with; "
                         "default: 0)")
+    parser.add_argument("--no-adapted", dest="adapted", action="store_false",
+                        help="do not fit and save the classifier (<settings stem>.adapted.npz; cluster mode)")
     parser.add_argument("--tm-angle", type=positive_float,
                         help="ProPicker-TM angular step, degrees (default: 30)")
     prompt = parser.add_mutually_exclusive_group()
@@ -81,7 +86,8 @@ def main(args: argparse.Namespace) -> int:
                               "refine": args.refine}.items() if v is not None}
     result, payload = calibrate_tomogram(image, truth, prompt, model, mode=args.mode, tolerance=args.tolerance,
                                          similarity=args.similarity, bf16=bf16_value(args.bf16),
-                                         exclude_prompt=args.exclude_prompt, **opts)
+                                         exclude_prompt=args.exclude_prompt,
+                                         adapted=args.adapted and args.mode == "cluster", **opts)
     save_settings(out, payload["settings"], **payload["info"])
     with atomic_path(out.with_suffix(".csv")) as tmp:
         result.table.to_csv(tmp, index=False)
@@ -91,4 +97,8 @@ def main(args: argparse.Namespace) -> int:
              b["recall"], b["n_pred"], b["n_truth"],
              f", {left_out} prompt particle(s) left out" if left_out else "", payload["settings"])
     log.info("settings written to %s (sweep: %s)", out, out.with_suffix(".csv"))
+    if "adapted" in payload:
+        a = payload["adapted"].save(out.with_name(out.stem + ".adapted.npz"))
+        log.info("classifier from the truth (%d yes / %d no candidates) written to %s: pick3d --adapted %s",
+                 payload["adapted"].info["n_positive"], payload["adapted"].info["n_negative"], a, a)
     return 0

@@ -108,8 +108,8 @@ def main(args: argparse.Namespace) -> int:
     save_prompt(prompt, args.output)
     d = "unknown" if prompt.diameter is None else f"{prompt.diameter:.1f} working voxels" + (
         f" = {prompt.diameter * prompt.voxel_size:.0f} Å" if prompt.voxel_size else "") + (
-        " (estimated from the segmentation, often below the longest extent of a non-spherical or hollow "
-        "particle; give --diameter in Å if you know it)" if prompt.meta.get("diameter_estimated") else " (given)")
+        " (estimated: the extent of the example's segmentation; give --diameter in Å if you know it)"
+        if prompt.meta.get("diameter_estimated") else " (given)")
     vs = "unknown" if prompt.voxel_size is None else f"{prompt.voxel_size:g} Å"
     log.info("%s: %d example(s) of %r, working voxel size %s, diameter %s", args.output, len(positions),
              prompt.label, vs, d)

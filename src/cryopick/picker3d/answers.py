@@ -319,13 +319,16 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None,
     return beta[:-1], float(beta[-1])
 
 
-def reference_code(model, prompt, positives: CandidateSet | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Unit embedding and prototypes of the prompt's code (:func:`~cryopick.picker3d.prompt.prompt_embedding`)
-    averaged with the codes of the ``positives`` (confirmed candidates, encoded already), embedding
-    renormalised, as :meth:`ProPicker.combine` does."""
+def reference_code(model, prompt, positives: CandidateSet | None = None,
+                   code: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Unit embedding and prototypes of the prompt's code (:func:`~cryopick.picker3d.prompt.prompt_embedding`,
+    or ``code`` when computed already) averaged with the codes of the ``positives`` (confirmed
+    candidates, encoded already), embedding renormalised, as :meth:`ProPicker.combine` does."""
     from cryopick.picker3d.prompt import prompt_embedding
 
-    code = prompt_embedding(model, prompt).detach().float().numpy().astype(float)
+    if code is None:
+        code = prompt_embedding(model, prompt).detach().float().numpy()
+    code = np.asarray(code, float).reshape(-1)
     e = model.segmenter.embed_dim
     if positives is not None and len(positives) and positives.prototypes.shape[1] == len(code) - e:
         code = np.concatenate([code[None], np.column_stack([positives.embedding, positives.prototypes])]).mean(0)
@@ -335,7 +338,7 @@ def reference_code(model, prompt, positives: CandidateSet | None = None) -> tupl
 
 def adapt(model, prompt, pool: CandidateSet, labelled: CandidateSet, y: np.ndarray, *,
           candidate_threshold: float, min_distance: float | None = None,
-          fallback_threshold: float = 0.5, l2: float = 1.0) -> AdaptedModel:
+          fallback_threshold: float = 0.5, l2: float = 1.0, code: np.ndarray | None = None) -> AdaptedModel:
     """Fit the :class:`AdaptedModel` of ``prompt`` from the labelled candidates.
 
     ``pool``: the unlabelled candidates of the answered tomogram(s) (PCA and standardisation);
@@ -345,9 +348,9 @@ def adapt(model, prompt, pool: CandidateSet, labelled: CandidateSet, y: np.ndarr
     ``fallback_threshold``: the default settings' minimum similarity; ``pick3d`` then uses the
     settings). The
     threshold is the leave-one-out F1 optimum over the answers when there are at least two of each
-    kind, else 0.5."""
+    kind, else 0.5. ``code``: the prompt's code when computed already (a session adapting every round)."""
     y = np.asarray(y, int).reshape(-1)
-    ref_e, ref_p = reference_code(model, prompt, labelled.subset(np.flatnonzero(y == 1)) if len(y) else None)
+    ref_e, ref_p = reference_code(model, prompt, labelled.subset(np.flatnonzero(y == 1)) if len(y) else None, code)
     vec = np.concatenate([_unit(pool.embedding), _unit(pool.prototypes) if pool.prototypes.shape[1] else
                           pool.prototypes], axis=1)
     pca_mean = vec.mean(0) if len(vec) else np.zeros(vec.shape[1])

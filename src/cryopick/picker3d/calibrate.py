@@ -171,7 +171,7 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
                        window: int = 64, tolerance: float | None = None, tm_angle: float = 30.0,
                        bf16: bool | None = None,
                        similarity: bool = True, refine: int = 0, progress: bool = True,
-                       exclude_prompt: bool | None = None) -> tuple[SweepResult, dict]:
+                       exclude_prompt: bool | None = None, adapted: bool = False) -> tuple[SweepResult, dict]:
     """Segment ``tomogram`` for ``prompt`` and sweep the post-processing against ``truth``.
 
     Parameters
@@ -196,6 +196,10 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
         prompt's positions and any pick within the tolerance of them count neither as found nor as
         false (finding the particle one clicked says little, and with few annotated particles it
         decides the calibration). Default (``None``): when the prompt was cut from this tomogram.
+    adapted
+        Also fit the answer loop's classifier with every candidate of this tomogram labelled by the
+        truth (:func:`adapt_to_truth`; ``payload["adapted"]``, an
+        :class:`~cryopick.picker3d.answers.AdaptedModel` for ``pick3d --adapted`` on the other tomograms).
 
     Returns
     -------
@@ -256,4 +260,32 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
             ("precision", "recall", "f1", "n_pred", "n_truth")}, "diameter_working_voxels": prompt.diameter,
             "tolerance_working_voxels": tol, "stride": stride, "window": window, "prompt_excluded": bool(exclude_prompt),
             "n_truth_excluded": int(n_excluded)}
-    return result, {"settings": settings, "info": info}
+    payload = {"settings": settings, "info": info}
+    if adapted:
+        payload["adapted"] = adapt_to_truth(model, prompt, work, prob, truth_w, tol, bf16=bf16,
+                                            code=z[0].detach().float().numpy() if refine == 0 else None)
+        payload["adapted"].info.update(tomogram=image.name, from_truth=True, refine=refine)
+    return result, payload
+
+
+def adapt_to_truth(model, prompt, work, prob: np.ndarray, truth: np.ndarray, tolerance: float, *,
+                   candidate_threshold: float | None = None, bf16: bool = False, code=None):
+    """The answer loop's classifier (:func:`cryopick.picker3d.answers.adapt`) fitted on every candidate
+    of ``prob`` (the prompt's map of ``work``, a working tomogram), each labelled by whether a true
+    centre (``truth``, working voxels) lies within ``tolerance``: the truth as the complete set of
+    answers. Candidates as ``ask3d`` finds them (``candidate_threshold``: default half the model's
+    recommended threshold)."""
+    from cryopick.picker3d.answers import adapt
+    from cryopick.picker3d.candidates import CandidateSet, component_table, find_candidates
+    from cryopick.picker3d.card import default_settings
+
+    thr = default_settings(model).threshold / 2 if candidate_threshold is None else candidate_threshold
+    coords = find_candidates(prob, prompt.diameter, thr)
+    if not len(coords):
+        raise CryopickError(f"{work.name}: no candidate above the threshold {thr:g}; nothing to learn from")
+    pool = CandidateSet.at(model, work.volume, prob, coords, label=prompt.label, tomogram=work.name,
+                           diameter=prompt.diameter, threshold=thr, bf16=bf16, table=component_table(prob, thr))
+    truth = np.asarray(truth, float).reshape(-1, 3)
+    y = ((np.linalg.norm(coords[:, None] - truth[None], axis=2).min(1) <= tolerance).astype(int) if len(truth)
+         else np.zeros(len(coords), int))
+    return adapt(model, prompt, pool, pool, y, candidate_threshold=thr, code=code)

@@ -361,6 +361,13 @@ def pick_tomograms(
         prompts = [prompts]
     prompts = [p if isinstance(p, Prompt) else load_prompt(p) for p in prompts]
     check_prompts(prompts)
+    diameters = {p.label: {"working_voxels": p.diameter, "angstrom": p.diameter * p.voxel_size if p.diameter and
+                           p.voxel_size else None, "estimated": bool(p.meta.get("diameter_estimated"))} for p in prompts}
+    for label, d in diameters.items():  # the size limits and the NMS distance follow from it
+        log.info("%s: particle diameter %s", label, "unknown" if d["working_voxels"] is None else
+                 f"{d['working_voxels']:.1f} working voxels" + (f" = {d['angstrom']:.0f} Å" if d["angstrom"] else "")
+                 + (" (estimated by `cryopick prompt`; remake the prompt with --diameter to set it)"
+                    if d["estimated"] else " (given)"))
     picker = TomogramPicker(model, stride=stride, window=window, batch_size=batch_size, bf16=bf16, device=device,
                             progress=progress)
     settings_list = resolve_settings(picker.model, settings, len(prompts), overrides)
@@ -434,7 +441,7 @@ def pick_tomograms(
         summary = {"n_tomograms": len(paths), "n_finished": len(records), "n_picked_this_run": n_new,
                    "n_skipped": len(paths) - n_new - len(failed), "failed": failed, "picks": totals,
                    "picks_per_tomogram": {r["tomogram"]: r.get("picks", {}) for r in records},
-                   "formats": formats, "index_files": index, "settings": settings_list,
+                   "formats": formats, "index_files": index, "settings": settings_list, "diameters": diameters,
                    "seconds_this_run": round(time.perf_counter() - start, 2), "output_dir": out,
                    **({"adapted": {label: a.info for label, a in adapted.items()}} if adapted else {}),
                    **({"source": source_info} if source_info else {})}

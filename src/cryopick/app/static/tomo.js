@@ -160,7 +160,7 @@ function showPrompts() {
 
 async function editPrompt(xyz, remove) {
   const r = await api("POST", `/api/tomograms/${encodeURIComponent(T.current)}/prompts`,
-    { label: $("label").value, xyz, remove });
+    { label: $("label").value, xyz, remove, diameter: +$("diameter").value > 0 ? +$("diameter").value : null });
   if (!r.ok) { say(r.data.error); return; }
   T.prompts = r.data.prompts; showPrompts(); draw(); say(remove ? "example removed" : "example added");
 }
