@@ -48,6 +48,7 @@ from cryopick.picker3d.prompt import (
     Prompt,
     check_label,
     cut_prompt,
+    describe_diameters,
     estimate_diameter,
     flipped_views,
     load_prompt,
@@ -361,13 +362,7 @@ def pick_tomograms(
         prompts = [prompts]
     prompts = [p if isinstance(p, Prompt) else load_prompt(p) for p in prompts]
     check_prompts(prompts)
-    diameters = {p.label: {"working_voxels": p.diameter, "angstrom": p.diameter * p.voxel_size if p.diameter and
-                           p.voxel_size else None, "estimated": bool(p.meta.get("diameter_estimated"))} for p in prompts}
-    for label, d in diameters.items():  # the size limits and the NMS distance follow from it
-        log.info("%s: particle diameter %s", label, "unknown" if d["working_voxels"] is None else
-                 f"{d['working_voxels']:.1f} working voxels" + (f" = {d['angstrom']:.0f} Å" if d["angstrom"] else "")
-                 + (" (estimated by `cryopick prompt`; remake the prompt with --diameter to set it)"
-                    if d["estimated"] else " (given)"))
+    diameters = describe_diameters(prompts)
     picker = TomogramPicker(model, stride=stride, window=window, batch_size=batch_size, bf16=bf16, device=device,
                             progress=progress)
     settings_list = resolve_settings(picker.model, settings, len(prompts), overrides)

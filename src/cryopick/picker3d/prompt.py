@@ -181,6 +181,24 @@ def make_prompt(tomogram: str | os.PathLike | Image, positions: Sequence[Sequenc
     return prompt
 
 
+def describe_diameters(prompts: Sequence[Prompt]) -> dict:
+    """Each prompt's particle diameter (working voxels, Å, estimated or given), logged once per class:
+    the size limits and the NMS distance of picking follow from it."""
+    import logging
+
+    out = {}
+    for p in prompts:
+        angstrom = p.diameter * p.voxel_size if p.diameter and p.voxel_size else None
+        out[p.label] = d = {"working_voxels": p.diameter, "angstrom": angstrom,
+                            "estimated": bool(p.meta.get("diameter_estimated"))}
+        text = "unknown" if p.diameter is None else f"{p.diameter:.1f} working voxels" + (
+            f" = {angstrom:.0f} Å" if angstrom else "")
+        logging.getLogger("cryopick.picker3d.pick").info(
+            "%s: particle diameter %s", p.label, text + (" (estimated by `cryopick prompt`; remake the prompt with "
+                                                         "--diameter to set it)" if d["estimated"] else " (given)"))
+    return out
+
+
 def check_label(label: str) -> str:
     """A class label usable as a folder and file name part (no path separators, not hidden)."""
     if not isinstance(label, str) or "/" in label or "\\" in label or label.startswith(".") or label.strip() != label:
