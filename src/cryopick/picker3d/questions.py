@@ -11,7 +11,7 @@
 threshold) and diverse (farthest-point in feature space among the uncertain ones). :func:`ask_tomogram`
 (``cryopick ask3d``) writes ``answers.csv`` plus an orthogonal-slice PNG per question and reuses the
 candidates of an earlier round; :func:`pick_with_answers` (``cryopick pick3d --answers/--adapted``)
-adapts and picks tomograms with :func:`~cryopick.picker3d.pick.pick_tomograms`.
+adapts and picks tomograms with :func:`~cryopick.picker3d.batch.pick_tomograms`.
 """
 
 from __future__ import annotations
@@ -286,9 +286,9 @@ def pick_with_answers(tomograms, prompts: Sequence[Prompt | str | os.PathLike], 
     """``cryopick pick3d --answers/--adapted``: adapt the prompts to the answers (answers files or
     folders; their tomograms are found among ``tomograms`` by name, else at the ``path`` column), or
     load adapted models (``.adapted.npz`` files), save them in ``output_dir/adapted/`` and pick every
-    tomogram with them (:func:`~cryopick.picker3d.pick.pick_tomograms`, ``options`` passed on)."""
+    tomogram with them (:func:`~cryopick.picker3d.batch.pick_tomograms`, ``options`` passed on)."""
     from cryopick.io.images import image_name, list_images
-    from cryopick.picker3d.pick import pick_tomograms
+    from cryopick.picker3d.batch import pick_tomograms
 
     prompts = [p if isinstance(p, Prompt) else load_prompt(p) for p in prompts]
     labels = [p.label for p in prompts]
