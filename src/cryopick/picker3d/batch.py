@@ -234,7 +234,9 @@ def pick_tomograms(
         if not redo and state.is_done(name, *files):
             log.info("[%d/%d] %s: already picked in %s; skipping", i + 1, len(paths), name, out)
         else:
-            extra = {"files": files, "number": i + 1} | ({"source": path} if sources is not None else {})
+            extra = {"files": files, "number": i + 1}
+            if sources is not None or distributed:  # workers have their own working folder
+                extra["source"] = path if sources is not None else os.path.abspath(path)
             todo.append(Task(name, str(getattr(path, "path", path)), extra))
 
     def write(outcome: Outcome) -> None:
