@@ -9,6 +9,7 @@ other tests is a monkeypatch, which does not reach worker processes.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -105,7 +106,7 @@ def test_copick_runs_as_dask_tasks(env, cluster):
     args = ["pick3d", "--prompt", "blob.prompt", "--copick", str(config), "--no-montage", "--session-id", "1", *PICK]
     assert cli([*args, "-o", "local", "--format", "relion3"]) == 0
     assert cli([*args, "-o", "dask", "--format", "relion3", "--dask", cluster.scheduler_address, "--redo"]) == 0
-    assert_same(picks_of(env / "dask"), picks_of(env / "local"))
+    assert_same(picks_of(env / "dask"), local)  # the classifier was used on the workers
     root = copick.from_file(str(config))
     for run in ("TS_00", "TS_01", "TS_02"):
         sets = root.get_run(run).get_picks(object_name="blob")
@@ -127,5 +128,27 @@ def test_dask_refuses_what_it_cannot_do(env, capsys):
     assert "--cluster-config only applies with --cluster" in capsys.readouterr().err
     assert pick3d(["t0.mrc"], "out", "--dask", "local:2", "--save-maps") == 2
     assert "--save-maps" in capsys.readouterr().err
-    assert pick3d(["t0.mrc"], "out", "--dask", "local:2", "--adapted", "x.adapted.npz") == 2
-    assert "--adapted is not supported with --dask" in capsys.readouterr().err
+    assert pick3d(["t0.mrc"], "out", "--dask", "local:x", "--adapted", "x.adapted.npz") == 2
+    assert "--dask local:x" in capsys.readouterr().err  # checked before the classifiers are loaded
+
+
+def test_adapted_classifier_travels_with_the_tasks(env, cluster):
+    from cryopick.models.promptable3d import load_propicker
+    from cryopick.picker3d.answers import adapt
+    from cryopick.picker3d.prompt import load_prompt
+    from tests.picker3d.test_answers import _two_classes
+
+    model, prompt = load_propicker(), load_prompt(env / "blob.prompt")
+    pool, y = _two_classes(model, prompt, 40, seed=3)
+    adapted = adapt(model, prompt, pool, pool.subset(np.arange(8)), y[:8], candidate_threshold=0.05)
+    replace(adapted, threshold=0.0).save(env / "a.adapted.npz")  # every candidate, scored by the classifier
+    tomos = ["t0.mrc", "t1.mrc", "t2.mrc"]
+    assert pick3d(tomos, "local", "--adapted", "a.adapted.npz", "--no-montage") == 0
+    assert pick3d(tomos, "plain", "--no-montage") == 0
+    local = picks_of(env / "local")
+    assert sum(len(v) for v in local.values()) > 0
+    assert not all(len(local[n]) == len(v) and np.allclose(local[n], v) for n, v in picks_of(env / "plain").items())
+    assert pick3d(tomos, "dask", "--adapted", "a.adapted.npz", "--no-montage", "--dask", cluster.scheduler_address) == 0
+    summary = json.loads((env / "dask" / "summary.json").read_text())
+    assert summary["adapted"]["blob"]["n_positive"] == 4 and summary["n_picked_this_run"] == 3
+    assert_same(picks_of(env / "dask"), local)  # the classifier was used on the workers

@@ -37,7 +37,8 @@ existing scheduler tcp://HOST:8786, or local[:N] worker processes here); --clust
 --cluster-config site.yaml starts the workers as SLURM jobs (the YAML file is described in
 `cryopick pick --help`). Each worker loads the model once (from the same --model path, or the shipped
 weights); this process writes every output, record and index as results arrive, so local and Dask runs
-resume each other, and a failing tomogram fails alone. Works with --copick (the runs are the tasks).
+resume each other, and a failing tomogram fails alone. Works with --copick (the runs are the tasks) and
+with --answers / --adapted (adapted here, the classifiers travel with the tasks); --save-maps is local only.
   cryopick pick3d --prompt ribosome.prompt --tomograms /shared/tomos/ -o picks/ --dask local:2
   cryopick pick3d --prompt ribosome.prompt --tomograms /shared/tomos/ -o picks/ --cluster slurm \
       --cluster-config site.yaml
@@ -174,9 +175,6 @@ def main(args: argparse.Namespace) -> int:
         raise CryopickError("--answers needs the tomogram files; with --copick give --adapted FILE (from an "
                             "earlier --answers run or ask3d)")
     check_distribute(args)
-    if (args.dask or args.cluster) and (args.answers or args.adapted):
-        raise CryopickError(f"{'--answers' if args.answers else '--adapted'} is not supported with --dask / --cluster "
-                            "yet; pick without --dask / --cluster")
     formats = args.format or ["relion5"]
     options = dict(redo=args.redo, overrides=overrides, bf16=bf16_value(args.bf16), device=args.device,
                    save_maps=args.save_maps, montage=args.montage, project_dir=args.project_dir,
