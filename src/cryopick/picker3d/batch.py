@@ -179,6 +179,7 @@ def pick_tomograms(
         seconds.
     """
     from cryopick import distribute
+    from cryopick.distribute.summary import progress_bar
     from cryopick.io.atomic import make_output_dir, write_bytes, write_text
     from cryopick.io.jsonutil import dumps
     from cryopick.io.resume import RunState
@@ -239,9 +240,13 @@ def pick_tomograms(
                 extra["source"] = path if sources is not None else os.path.abspath(path)
             todo.append(Task(name, str(getattr(path, "path", path)), extra))
 
+    # One overall bar on Dask (locally each tomogram's segmentation has its own).
+    bar = progress_bar(len(todo), unit="tomo", enabled=progress and distributed and bool(todo))
+
     def write(outcome: Outcome) -> None:
         """One tomogram's outputs, then its record (in this process, whichever engine picked it)."""
         nonlocal n_new
+        bar.update(1)
         task, name, i = outcome.task, outcome.task.key, outcome.task.extra["number"]
         state.forget(name)
         pngs = [out / "montage" / f"{name}_{O.label_folder(label)}.png" for label in labels] if montage else []
@@ -276,6 +281,7 @@ def pick_tomograms(
         else:
             _run_local(job, picker.model, todo, write, prefetch)
     finally:
+        bar.close()
         records = state.records()
         index = O.rebuild_indexes(out, records, labels, formats, project_dir=project_dir)
         totals = {label: int(sum(r.get("picks", {}).get(label, 0) for r in records)) for label in labels}
