@@ -197,7 +197,7 @@ def test_tomogram_picker_segments_once_and_rethresholds(env, monkeypatch):
 
 
 def test_pick_tomograms_library_call(env):
-    from cryopick.picker3d.pick import pick_tomograms
+    from cryopick.picker3d.batch import pick_tomograms
 
     summary = pick_tomograms(env / "tomos", [env / "blob.prompt"], None, None, env / "lib", ["imod"], window=32,
                              overrides={"min_similarity": None}, montage=False, progress=False)

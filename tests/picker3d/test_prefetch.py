@@ -79,7 +79,7 @@ def test_pick3d_prepares_tomograms_in_the_background(tmp_path, monkeypatch):
 
 
 def test_library_without_prefetch_picks_the_same(tmp_path, monkeypatch):
-    from cryopick.picker3d.pick import pick_tomograms
+    from cryopick.picker3d.batch import pick_tomograms
 
     env = make_env(tmp_path, monkeypatch)
     runs = {}

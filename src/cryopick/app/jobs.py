@@ -294,7 +294,7 @@ def _pick3d(root: str, out: Path, params: dict) -> dict:
     """Prompts from the clicked centres (one per class), then ``pick3d`` over every tomogram of the project."""
     from cryopick.app.project import Project
     from cryopick.app.tomo import FORMATS_3D, prompts, tomograms
-    from cryopick.picker3d.pick import pick_tomograms
+    from cryopick.picker3d.batch import pick_tomograms
     from cryopick.picker3d.prompt import make_prompt, save_prompt
 
     project = Project(root)

@@ -111,3 +111,27 @@ def add_redo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redo", action="store_true",
                         help="redo inputs already finished in the output folder (default: skip them, so an "
                              "interrupted run resumes; a run with other settings into the same folder is refused)")
+
+
+def add_distribute(parser, unit: str = "input") -> None:
+    """``--dask ADDRESS``, ``--cluster slurm`` and ``--cluster-config YAML`` (run a batch command on
+    Dask; :mod:`cryopick.distribute`); ``parser`` may be an argument group. Check the combination with
+    :func:`check_distribute`."""
+    parser.add_argument("--dask", metavar="ADDRESS",
+                        help="run on Dask: a scheduler address (tcp://HOST:8786) or local[:N] for N worker "
+                             f"processes here (default N: one per core), one task per {unit}; needs "
+                             "pip install 'cryopick[dask]' (default: run here)")
+    parser.add_argument("--cluster", choices=("slurm",),
+                        help="start Dask workers through this batch system (with --cluster-config)")
+    parser.add_argument("--cluster-config", metavar="YAML",
+                        help="SLURMCluster settings (cores, memory, queue, walltime, adapt bounds; see "
+                             "`cryopick pick --help`)")
+
+
+def check_distribute(args: argparse.Namespace) -> None:
+    """Refuse ``--cluster-config`` without ``--cluster`` (the rest is checked by
+    :func:`cryopick.distribute.check_options` before the model is loaded)."""
+    from cryopick.errors import CryopickError
+
+    if getattr(args, "cluster_config", None) is not None and getattr(args, "cluster", None) is None:
+        raise CryopickError("--cluster-config only applies with --cluster")

@@ -49,9 +49,11 @@ import argparse
 
 from cryopick.cli._args import (
     add_bf16,
+    add_distribute,
     add_redo,
     add_threads,
     bf16_value,
+    check_distribute,
     fraction,
     nonnegative_float,
     nonnegative_int,
@@ -96,13 +98,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     scale.add_argument("--sequential", action="store_true",
                        help="one micrograph after the other, no overlap of reading, network and writing (slower; "
                             "default: overlapped)")
-    scale.add_argument("--dask", metavar="ADDRESS",
-                       help="run on Dask: a scheduler address (tcp://HOST:8786) or local[:N] for N worker "
-                            "processes here (default N: one per core); needs pip install 'cryopick[dask]'")
-    scale.add_argument("--cluster", choices=("slurm",),
-                       help="start Dask workers through this batch system (with --cluster-config)")
-    scale.add_argument("--cluster-config", metavar="YAML",
-                       help="SLURMCluster settings (cores, memory, queue, walltime, adapt bounds; see above)")
+    add_distribute(scale, "micrograph")
     scale.add_argument("--watch", metavar="DIR",
                        help="pick micrographs as they land in DIR (also those already there); stops after "
                             "--watch-timeout or on Ctrl-C")
@@ -121,7 +117,8 @@ def main(args: argparse.Namespace) -> int:
 
     if args.micrographs is None and args.watch is None:
         raise CryopickError("give --micrographs (a folder, glob or file) or --watch DIR")
-    for flag, needs in (("watch_timeout", "watch"), ("settle", "watch"), ("cluster_config", "cluster")):
+    check_distribute(args)
+    for flag, needs in (("watch_timeout", "watch"), ("settle", "watch")):
         if getattr(args, flag) is not None and getattr(args, needs) is None:
             raise CryopickError(f"--{flag.replace('_', '-')} only applies with --{needs}")
     if (args.dask or args.cluster) and (args.prefetch is not None or args.sequential):

@@ -32,6 +32,16 @@ another prompt, model or settings into the same folder is refused unless --redo.
 cannot be picked (unreadable, NaN or constant voxels) is skipped with a warning, the others are picked,
 and the command exits with code 3 ("finished with failures", 0 = all picked, 2 = bad input) naming it.
 The next tomogram is read, checked and rescaled in a background thread while one is picked.
+Whole data sets: --dask runs one task per tomogram (with the whole prompt set) on a Dask cluster (an
+existing scheduler tcp://HOST:8786, or local[:N] worker processes here); --cluster slurm
+--cluster-config site.yaml starts the workers as SLURM jobs (the YAML file is described in
+`cryopick pick --help`). Each worker loads the model once (from the same --model path, or the shipped
+weights); this process writes every output, record and index as results arrive, so local and Dask runs
+resume each other, and a failing tomogram fails alone. Works with --copick (the runs are the tasks) and
+with --answers / --adapted (adapted here, the classifiers travel with the tasks); --save-maps is local only.
+  cryopick pick3d --prompt ribosome.prompt --tomograms /shared/tomos/ -o picks/ --dask local:2
+  cryopick pick3d --prompt ribosome.prompt --tomograms /shared/tomos/ -o picks/ --cluster slurm \
+      --cluster-config site.yaml
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ import logging
 
 from cryopick.cli._args import (
     add_bf16,
+    add_distribute,
     add_redo,
     add_threads,
     finite_float,
@@ -128,13 +139,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     add_threads(parser)
     parser.add_argument("--device", help="torch device, e.g. cuda (default: cpu)")
     add_redo(parser)
+    add_distribute(parser.add_argument_group("whole data sets"), "tomogram")
 
 
 def main(args: argparse.Namespace) -> int:
-    from cryopick.cli._args import bf16_value
+    from cryopick.cli._args import bf16_value, check_distribute
     from cryopick.errors import CryopickError, FinishedWithFailures
+    from cryopick.picker3d.batch import pick_tomograms
     from cryopick.picker3d.copick_runs import pick_copick
-    from cryopick.picker3d.pick import pick_tomograms
     from cryopick.picker3d.predict import set_threads
     from cryopick.picker3d.questions import pick_with_answers
 
@@ -162,9 +174,11 @@ def main(args: argparse.Namespace) -> int:
     if args.copick is not None and args.answers:
         raise CryopickError("--answers needs the tomogram files; with --copick give --adapted FILE (from an "
                             "earlier --answers run or ask3d)")
+    check_distribute(args)
     formats = args.format or ["relion5"]
     options = dict(redo=args.redo, overrides=overrides, bf16=bf16_value(args.bf16), device=args.device,
                    save_maps=args.save_maps, montage=args.montage, project_dir=args.project_dir,
+                   **{k: getattr(args, k) for k in ("dask", "cluster", "cluster_config") if getattr(args, k)},
                    **{k: v for k, v in {"stride": args.stride, "window": args.window, "batch_size": args.batch}.items()
                       if v is not None})
     if args.copick is not None:

@@ -38,9 +38,32 @@ from typing import Any, Callable, Iterable
 from cryopick.distribute.engine import Job, Outcome, Task
 from cryopick.errors import CryopickError
 
-__all__ = ["Job", "Outcome", "Task", "run", "ENGINES"]
+__all__ = ["Job", "Outcome", "Task", "run", "check_options", "ENGINES"]
 
 ENGINES = ("pipeline", "sequential")
+
+
+def check_options(dask: str | None = None, cluster: str | None = None,
+                  cluster_config: str | None = None) -> None:
+    """Check ``--dask`` / ``--cluster`` / ``--cluster-config`` before anything heavy is loaded (Dask
+    installed, the address well formed, the site file valid); one :class:`CryopickError` names the
+    option and the fix. Nothing to check for a local run."""
+    if dask and cluster:
+        raise CryopickError("--dask and --cluster exclude each other: --dask joins or starts a cluster, "
+                            "--cluster starts one through the batch system")
+    if not (dask or cluster):
+        return
+    from cryopick.distribute.dask_engine import parse_address, require_dask
+
+    require_dask("--cluster" if cluster else "--dask")
+    if dask:
+        parse_address(dask)
+        return
+    if not cluster_config:
+        raise CryopickError(f"--cluster {cluster} needs --cluster-config FILE (see `cryopick pick --help`)")
+    from cryopick.distribute.cluster import load_cluster_config
+
+    load_cluster_config(cluster_config, cluster)
 
 
 def run(job: Job, tasks: Iterable[Task], on_result: Callable[[Outcome], Any], *, state: Any = None,

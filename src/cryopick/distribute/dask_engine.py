@@ -83,6 +83,16 @@ def connect(spec: str, timeout: float = 20.0):
     return client, client.close
 
 
+def worker_threads() -> int | None:
+    """Threads of the Dask worker this runs in (so a job's torch threads match them), else ``None``."""
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        return None
+
+
 def worker_state(job: Job) -> Any:
     """The job's state in this process, loaded once per ``job.cache_key()`` (on a Dask worker: once
     per worker process, however many tasks it runs)."""

@@ -138,7 +138,7 @@ class RunTomogram:
     """One run's tomogram at one voxel spacing and type: what ``pick3d --copick`` picks.
 
     ``name`` and ``path`` (both the run's name: the tomogram's name in records and RELION indexes)
-    and :meth:`read` make it a source of :func:`cryopick.picker3d.pick.pick_tomograms`."""
+    and :meth:`read` make it a source of :func:`cryopick.picker3d.batch.pick_tomograms`."""
 
     run: Any
     tomogram: Any

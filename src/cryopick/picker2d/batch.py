@@ -96,7 +96,9 @@ class Pick2dJob(Job):
                                 f"({digest} != {self.digest}); give a model path all workers share")
         options = dict(self.picker_options)
         if options.get("num_threads") is None:
-            options["num_threads"] = _dask_worker_threads()
+            from cryopick.distribute.dask_engine import worker_threads
+
+            options["num_threads"] = worker_threads()
         return Picker(self.model_dir, **options)
 
     def prepare(self, picker: Picker, task: Task):
@@ -125,16 +127,6 @@ class Pick2dJob(Job):
         if prepared.display is not None:
             overlay = (prepared.display, prepared.display_frame, diameter, area)
         return Picked(picks, record, overlay)
-
-
-def _dask_worker_threads() -> int | None:
-    """Threads of the Dask worker this runs in (so its torch threads match), else ``None``."""
-    try:
-        from distributed import get_worker
-
-        return int(get_worker().state.nthreads)
-    except (ImportError, ValueError, AttributeError):
-        return None
 
 
 def _settings_hash(fingerprint: dict) -> str:
@@ -343,16 +335,9 @@ def pick_folder(model_dir: str | os.PathLike, micrographs, output_dir: str | os.
 
     check_output_dir(output_dir, create=False)
     format_module(options.get("format", "relion"))
-    if options.get("cluster") or options.get("dask"):
-        from cryopick.distribute.dask_engine import parse_address, require_dask
+    from cryopick.distribute import check_options
 
-        require_dask("--cluster" if options.get("cluster") else "--dask")
-        if options.get("dask"):
-            parse_address(options["dask"])
-        if options.get("cluster") and options.get("cluster_config"):
-            from cryopick.distribute.cluster import load_cluster_config
-
-            load_cluster_config(options["cluster_config"], options["cluster"])
+    check_options(options.get("dask"), options.get("cluster"), options.get("cluster_config"))
     picker_options = dict(threshold=threshold, min_distance=min_distance, pixel_size=pixel_size, border=border,
                           detect_padding=detect_padding, bf16=bf16, tta=tta, peak_method=peak_method)
     local_threads = num_threads

@@ -44,14 +44,15 @@ def pick_copick(config: str | os.PathLike, prompts: Sequence[Prompt | str | os.P
     ``runs``: run names (default: every run having the tomogram; a named run without it is an error);
     ``voxel_spacing`` (Å) and ``tomo_type`` may be left out when the runs hold only one; ``adapted``:
     ``.adapted.npz`` files (:mod:`cryopick.picker3d.questions`); other ``options`` go to
-    :func:`~cryopick.picker3d.pick.pick_tomograms` (``redo``, ``overrides``, ``stride``, ...).
+    :func:`~cryopick.picker3d.batch.pick_tomograms` (``redo``, ``overrides``, ``stride``, ...).
 
     Returns
     -------
     dict
         The ``pick3d`` summary, with ``source`` (the copick selection) and ``output_dir``.
     """
-    from cryopick.picker3d.pick import check_prompts, pick_tomograms
+    from cryopick.picker3d.batch import pick_tomograms
+    from cryopick.picker3d.pick import check_prompts
     from cryopick.picker3d.questions import pick_with_answers
 
     prompts = [p if isinstance(p, Prompt) else load_prompt(p) for p in prompts]
@@ -72,7 +73,7 @@ def pick_copick(config: str | os.PathLike, prompts: Sequence[Prompt | str | os.P
         options["montage"] = False
     by_run = {s.name: s for s in sources}
 
-    def write_back(name, picks, image) -> dict:
+    def write_back(name, picks, picked) -> dict:
         files = []
         for p, obj in zip(prompts, objects):
             table = picks.table[picks.table["label"] == p.label]

@@ -15,24 +15,33 @@ from pathlib import Path
 
 import numpy as np
 
-from cryopick.io.atomic import atomic_path
+from cryopick.io.atomic import write_bytes
 from cryopick.io.images import Image
 from cryopick.picks import Picks
 
 
 def write_montage(image: Image, picks: Picks, path: str | os.PathLike, *, label: str = "", n_slices: int = 6,
                   max_pixels: int = 360) -> Path:
-    """Write the montage PNG of ``picks`` (voxels of ``image`` as stored) to ``path``.
+    """Write the montage PNG of ``picks`` (voxels of ``image`` as stored) to ``path``, atomically.
 
     ``max_pixels``: sections larger than this are shown subsampled (edge length in pixels per panel).
     """
+    path = Path(path)
+    write_bytes(path, montage_png(image, picks, label=label, n_slices=n_slices, max_pixels=max_pixels))
+    return path
+
+
+def montage_png(image: Image, picks: Picks, *, label: str = "", n_slices: int = 6, max_pixels: int = 360) -> bytes:
+    """The montage of :func:`write_montage` as PNG bytes (drawn where the tomogram is, e.g. on a Dask
+    worker, and written by the client)."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
     from matplotlib.patches import Circle
 
-    path = Path(path)
     depth, height, width = (int(s) for s in image.shape)
     coords = picks.coords if len(picks) else np.zeros((0, 3))
     diam = picks.table["diameter"].to_numpy(float) if len(picks) else np.zeros(0)
@@ -77,7 +86,7 @@ def write_montage(image: Image, picks: Picks, path: str | os.PathLike, *, label:
     fig.colorbar(sm, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02, label="score")
     what = f"{label}: " if label else ""
     fig.suptitle(f"{image.name} — {what}{len(picks)} picks (solid: centre in the shown slab)", fontsize=9)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
-    return path
+    return buffer.getvalue()

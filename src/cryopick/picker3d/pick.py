@@ -5,7 +5,8 @@
 >>> picker.set_tomogram("TS_02.mrc")                # read and check once
 >>> picks = picker.predict([prompt])                # segment, then ProPicker-C with the model's settings
 >>> picks = picker.predict([prompt], PickSettings(threshold=0.7))   # re-uses the probability map
->>> summary = pick_tomograms("tomos/", [prompt], output_dir="picks/")   # batch, resumable, every format
+
+Many tomograms (resumable, every format, locally or on Dask): :func:`cryopick.picker3d.batch.pick_tomograms`.
 
 Frames and units
 ----------------
@@ -29,29 +30,23 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from cryopick.errors import CryopickError
-from cryopick.io.atomic import make_output_dir
-from cryopick.io.images import Image, image_name, list_images, read_tomogram
+from cryopick.io.images import Image, read_tomogram
 from cryopick.models.promptable3d import ProPicker
-from cryopick.picker3d.card import PickSettings, default_settings, load_model, model_fingerprint, resolve_settings
+from cryopick.picker3d.card import PickSettings, default_settings, load_model, resolve_settings
 from cryopick.picker3d.predict import check_window, predict_tomogram, resolve_bf16
-from cryopick.picker3d.prefetch import prefetched, prepare_tomogram
 from cryopick.picker3d.prompt import (
     Prompt,
     check_label,
     cut_prompt,
-    describe_diameters,
     estimate_diameter,
     flipped_views,
-    load_prompt,
     prompt_embedding,
     prompt_fingerprint,
 )
@@ -292,156 +287,4 @@ def postprocess(prob: np.ndarray, volume, prompt: Prompt, settings: PickSettings
         return tm_in_mask(volume, prob, prompt.subvolumes, threshold=settings.threshold, diameter=diameter,
                           angle_step=settings.tm_angle, min_score=settings.tm_threshold, min_distance=min_distance)
     raise CryopickError(f"unknown picking mode {settings.mode!r}; use cluster or tm")
-
-
-
-
-# -- many tomograms -----------------------------------------------------------------------------------------------
-def pick_tomograms(
-    tomograms: str | os.PathLike | Sequence[str | os.PathLike],
-    prompts: Sequence[Prompt | str | os.PathLike],
-    model: ProPicker | str | os.PathLike | None = None,
-    settings: PickSettings | str | os.PathLike | Sequence | None = None,
-    output_dir: str | os.PathLike = "picks",
-    formats: Iterable[str] = ("relion5",),
-    *,
-    redo: bool = False,
-    overrides: dict | None = None,
-    stride: int = 32,
-    window: int = 64,
-    batch_size: int = 4,
-    bf16: bool | None = None,
-    device: str | None = None,
-    save_maps: bool = False,
-    montage: bool = True,
-    progress: bool = True,
-    project_dir: str | os.PathLike | None = None,
-    adapted: dict | None = None,
-    sources: Sequence | None = None,
-    on_picked: Callable[[str, Picks, Image], dict] | None = None,
-    source_info: dict | None = None,
-    prefetch: int = 1,
-) -> dict:
-    """Pick tomograms into ``output_dir`` (the batch behind ``cryopick pick3d``); resumable.
-
-    ``tomograms``: files, a folder or a glob; ``prompts``: :class:`Prompt` objects or prompt files;
-    ``settings``: ``None`` (the model's recommended settings), one settings object/file, or one per
-    prompt; ``overrides``: settings keys replaced in each (e.g. ``{"threshold": 0.6}``); ``adapted``:
-    ``{label: AdaptedModel}`` from answers (:func:`cryopick.picker3d.questions.pick_with_answers`). Layout of the
-    folder: :mod:`cryopick.picker3d.outputs`. ``sources`` (instead of ``tomograms``): objects with ``name``,
-    ``path`` (a description) and ``read() -> Image``, e.g. copick runs (:mod:`cryopick.picker3d.copick_runs`);
-    ``on_picked(name, picks, image)`` runs after a tomogram's files are written and before it is marked
-    finished, its dict is kept in the record; ``source_info`` joins the fingerprint and the summary.
-    ``formats`` may be empty when ``on_picked`` writes the picks. ``prefetch``: tomograms read, checked
-    and rescaled ahead in a background thread while one is picked (:mod:`cryopick.picker3d.prefetch`;
-    0 = none).
-
-    Per tomogram: read and check it, pick every prompt, write one file per format and class (an empty
-    valid file for a class without picks), a slice montage per class (``montage``), then its record
-    ``.cryopick/<name>.json`` (:class:`~cryopick.io.resume.RunState`) that marks it finished. A rerun
-    skips finished tomograms whose files exist; a rerun with another model, prompt, settings, stride or
-    window is refused unless ``redo`` (which replaces the folder's picks). Records of earlier versions
-    (``.done/<name>.json``) count as finished. A tomogram that cannot be picked (unreadable,
-    NaN/constant voxels, ...) is skipped with a warning and listed under ``failed``; the others go on.
-    At the end (also after an interruption) the RELION indexes are rebuilt over every finished
-    tomogram of the folder, from all runs, and ``summary.json`` is written.
-
-    Returns
-    -------
-    dict
-        The summary: counts of tomograms (listed, finished in the folder, picked now, skipped),
-        ``failed`` (``[{"tomogram", "path", "error"}]``), picks per class over the folder, index files,
-        seconds.
-    """
-    from cryopick.io.jsonutil import dumps
-    from cryopick.io.resume import RunState
-    from cryopick.picker3d import outputs as O
-
-    formats = [] if on_picked and not formats else O.check_formats([formats] if isinstance(formats, str) else formats)
-    if isinstance(prompts, (str, os.PathLike, Prompt)):
-        prompts = [prompts]
-    prompts = [p if isinstance(p, Prompt) else load_prompt(p) for p in prompts]
-    check_prompts(prompts)
-    diameters = describe_diameters(prompts)
-    picker = TomogramPicker(model, stride=stride, window=window, batch_size=batch_size, bf16=bf16, device=device,
-                            progress=progress)
-    settings_list = resolve_settings(picker.model, settings, len(prompts), overrides)
-    labels = [p.label for p in prompts]
-    if sources is None:
-        paths = list_images(tomograms if isinstance(tomograms, (str, os.PathLike)) else list(tomograms))
-        names = [image_name(p) for p in paths]
-    else:
-        paths, names = list(sources), [s.name for s in sources]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise CryopickError(f"several tomograms share the name(s) {', '.join(dupes[:5])}; names must be unique")
-    out = make_output_dir(output_dir)
-    state = RunState(out)
-    O.migrate_legacy_markers(out, state)
-    fingerprint = {"model": model_fingerprint(picker.model), "prompts": [prompt_fingerprint(p) for p in prompts],
-                   "settings": [asdict(s) for s in settings_list], "stride": stride, "window": window}
-    if source_info:
-        fingerprint["source"] = source_info
-    if adapted:
-        fingerprint["adapted"] = {label: a.fingerprint() for label, a in sorted(adapted.items())}
-    before = state.records()
-    if not state.check_fingerprint(fingerprint, redo=redo):
-        n = O.remove_outputs(before, out)
-        log.info("%s: removed %d file(s) made with the earlier settings", out, n)
-    failed, n_new, start = [], 0, time.perf_counter()
-    todo = []
-    for i, (path, name) in enumerate(zip(paths, names)):
-        files = [O.output_path(out, f, label, name) for f in formats for label in labels]
-        if not redo and state.is_done(name, *files):
-            log.info("[%d/%d] %s: already picked in %s; skipping", i + 1, len(paths), name, out)
-        else:
-            todo.append((i, path, name, files))
-    try:
-        for (i, path, name, files), ready, error in prefetched(
-                todo, lambda item: prepare_tomogram(item[1], prompts[0], formats), ahead=prefetch):
-            state.forget(name)
-            t0, where = time.perf_counter(), str(getattr(path, "path", path))
-            pngs = [out / "montage" / f"{name}_{O.label_folder(label)}.png" for label in labels] if montage else []
-            try:
-                if error is not None:
-                    raise error
-                image = ready[0]
-                picker.set_working(*ready, prompts[0])
-                picks = picker.predict(prompts, settings_list, save_maps=out / "maps" if save_maps else None,
-                                       adapted=adapted)
-                written = O.write_tomogram_picks(picks, out, formats, name, labels, image.shape) if formats else []
-                if montage:
-                    from cryopick.picker3d.montage import write_montage
-
-                    for label, png in zip(labels, pngs):
-                        written.append(write_montage(image, picks._with(picks.table[picks.table["label"] == label]),
-                                                     png, label=label))
-                extra = on_picked(name, picks, image) if on_picked else {}  # e.g. back into a copick project
-            except CryopickError as exc:
-                log.warning("[%d/%d] %s: not picked: %s", i + 1, len(paths), name, exc)
-                failed.append({"tomogram": name, "path": where, "error": str(exc)})
-                O.remove_outputs([{"files": files + pngs}])  # no partial set of files for it
-                continue
-            counts = O.picks_counts(picks, labels)
-            state.mark_done(name, {"tomogram": name, "path": where, "shape": list(image.shape),
-                                   "voxel_size": image.pixel_size, "picks": counts, "files": written,
-                                   "seconds": round(time.perf_counter() - t0, 2), **extra})
-            n_new += 1
-            log.info("[%d/%d] %s: %s (%.1f s)", i + 1, len(paths), name,
-                     ", ".join(f"{counts[label]} {label or 'particle'}" for label in labels), time.perf_counter() - t0)
-    finally:
-        records = state.records()
-        index = O.rebuild_indexes(out, records, labels, formats, project_dir=project_dir)
-        totals = {label: int(sum(r.get("picks", {}).get(label, 0) for r in records)) for label in labels}
-        summary = {"n_tomograms": len(paths), "n_finished": len(records), "n_picked_this_run": n_new,
-                   "n_skipped": len(paths) - n_new - len(failed), "failed": failed, "picks": totals,
-                   "picks_per_tomogram": {r["tomogram"]: r.get("picks", {}) for r in records},
-                   "formats": formats, "index_files": index, "settings": settings_list, "diameters": diameters,
-                   "seconds_this_run": round(time.perf_counter() - start, 2), "output_dir": out,
-                   **({"adapted": {label: a.info for label, a in adapted.items()}} if adapted else {}),
-                   **({"source": source_info} if source_info else {})}
-        from cryopick.io.atomic import write_text
-
-        write_text(out / "summary.json", dumps(summary, indent=1) + "\n")
-    return summary
 

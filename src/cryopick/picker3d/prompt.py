@@ -193,7 +193,7 @@ def describe_diameters(prompts: Sequence[Prompt]) -> dict:
                             "estimated": bool(p.meta.get("diameter_estimated"))}
         text = "unknown" if p.diameter is None else f"{p.diameter:.1f} working voxels" + (
             f" = {angstrom:.0f} Å" if angstrom else "")
-        logging.getLogger("cryopick.picker3d.pick").info(
+        logging.getLogger("cryopick.picker3d.batch").info(
             "%s: particle diameter %s", p.label, text + (" (estimated by `cryopick prompt`; remake the prompt with "
                                                          "--diameter to set it)" if d["estimated"] else " (given)"))
     return out

@@ -11,7 +11,7 @@
 threshold) and diverse (farthest-point in feature space among the uncertain ones). :func:`ask_tomogram`
 (``cryopick ask3d``) writes ``answers.csv`` plus an orthogonal-slice PNG per question and reuses the
 candidates of an earlier round; :func:`pick_with_answers` (``cryopick pick3d --answers/--adapted``)
-adapts and picks tomograms with :func:`~cryopick.picker3d.pick.pick_tomograms`.
+adapts and picks tomograms with :func:`~cryopick.picker3d.batch.pick_tomograms`.
 """
 
 from __future__ import annotations
@@ -307,10 +307,12 @@ def pick_with_answers(tomograms, prompts: Sequence[Prompt | str | os.PathLike], 
     """``cryopick pick3d --answers/--adapted``: adapt the prompts to the answers (answers files or
     folders; their tomograms are found among ``tomograms`` by name, else at the ``path`` column), or
     load adapted models (``.adapted.npz`` files), save them in ``output_dir/adapted/`` and pick every
-    tomogram with them (:func:`~cryopick.picker3d.pick.pick_tomograms`, ``options`` passed on)."""
+    tomogram with them (:func:`~cryopick.picker3d.batch.pick_tomograms`, ``options`` passed on)."""
+    from cryopick.distribute import check_options
     from cryopick.io.images import image_name, list_images
-    from cryopick.picker3d.pick import pick_tomograms
+    from cryopick.picker3d.batch import pick_tomograms
 
+    check_options(options.get("dask"), options.get("cluster"), options.get("cluster_config"))
     prompts = [p if isinstance(p, Prompt) else load_prompt(p) for p in prompts]
     labels = [p.label for p in prompts]
     learned: dict[str, AdaptedModel] = {}
@@ -347,7 +349,10 @@ def pick_with_answers(tomograms, prompts: Sequence[Prompt | str | os.PathLike], 
         a.save(make_output_dir(output_dir) / "adapted" / f"{label}.adapted.npz")
         log.info("%s: adapted to %d yes / %d no answer(s), threshold %.2f", label, a.info.get("n_positive", 0),
                  a.info.get("n_negative", 0), a.threshold)
-    summary = pick_tomograms(tomograms, prompts, session.model, settings, output_dir, formats, stride=stride,
+    # On Dask the workers load the model from its file (the answers adapt classifiers, not the weights).
+    distributed = options.get("dask") or options.get("cluster")
+    summary = pick_tomograms(tomograms, prompts, model if distributed else session.model, settings, output_dir,
+                             formats, stride=stride,
                              window=window, batch_size=batch_size, bf16=bf16, progress=progress,
                              adapted=learned, **options)
     return summary

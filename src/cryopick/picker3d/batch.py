@@ -1,0 +1,314 @@
+"""Pick many tomograms (what ``cryopick pick3d`` does): locally with the next tomogram read ahead, or on
+Dask / SLURM through :mod:`cryopick.distribute`, resumable either way.
+
+>>> summary = pick_tomograms("tomos/", ["ribosome.prompt"], output_dir="picks/")             # this machine
+>>> summary = pick_tomograms("tomos/", ["ribosome.prompt"], output_dir="picks/", dask="local:2")
+>>> summary = pick_tomograms("/shared/tomos/", [...], output_dir="picks/", cluster="slurm",
+...                          cluster_config="site.yaml")
+
+One tomogram with the whole prompt set is one :class:`~cryopick.distribute.engine.Task` of
+:class:`Pick3dJob`: read, check and rescale it (``prepare``), segment and post-process every prompt
+(``compute``), draw the slice montages (``finish``; they need the tomogram, which stays where it was
+read). On Dask each worker loads the model once (``setup``, cached under :meth:`Pick3dJob.cache_key`,
+which holds the model's fingerprint) and sends back only the picks, the tomogram's shape and voxel size
+and the montage PNGs (:class:`Picked3d`). This process writes every output as results arrive, exactly
+as a local run: the coordinate files, montages, copick picks (``on_picked``), then the record that
+marks the tomogram finished, and at the end the RELION indexes and ``summary.json``; so local and Dask
+runs resume each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+from cryopick.distribute.engine import Job, Outcome, Task
+from cryopick.errors import CryopickError
+from cryopick.io.images import Image, image_name, list_images
+from cryopick.models.promptable3d import ProPicker
+from cryopick.picker3d.card import PickSettings, load_model, model_fingerprint, resolve_settings
+from cryopick.picker3d.pick import TomogramPicker, check_prompts
+from cryopick.picker3d.prefetch import prefetched, prepare_tomogram
+from cryopick.picker3d.prompt import Prompt, describe_diameters, load_prompt, prompt_fingerprint
+from cryopick.picks import Picks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Picked3d:
+    """The result of one tomogram, small and picklable: its picks (voxels as stored), the tomogram's
+    ``shape`` (D, H, W) and ``voxel_size``, and a montage PNG per label when montages were asked for."""
+
+    picks: Picks
+    shape: tuple
+    voxel_size: float | None
+    montages: dict = field(default_factory=dict)
+
+
+class Pick3dJob(Job):
+    """Picking one tomogram with a prompt set, as a job of :mod:`cryopick.distribute`.
+
+    Locally the job carries the loaded model; pickled for Dask it carries only the model's path
+    (``None``: the shipped weights), its fingerprint, the prompts and settings, and each worker loads
+    the model once and checks it is the client's.
+    """
+
+    def __init__(self, model_path: str | None, fingerprint: str, prompts: Sequence[Prompt],
+                 settings: Sequence[PickSettings], formats: Sequence[str], *, stride: int = 32, window: int = 64,
+                 batch_size: int = 4, bf16: bool | None = None, device: str | None = None, montage: bool = True,
+                 adapted: dict | None = None, save_maps: str | os.PathLike | None = None,
+                 progress: bool = False, model: ProPicker | None = None) -> None:
+        self.model_path = None if model_path is None else os.path.abspath(model_path)
+        self.fingerprint = fingerprint
+        self.prompts, self.settings, self.formats = list(prompts), list(settings), list(formats)
+        self.options = dict(stride=stride, window=window, batch_size=batch_size, bf16=bf16)
+        self.device, self.montage, self.adapted = device, montage, adapted
+        self.save_maps, self.progress = save_maps, progress
+        self._model = model
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_model"] = None  # the model is loaded on the worker, never shipped with a task
+        return state
+
+    def cache_key(self) -> str:
+        return f"picker3d:{self.model_path}:{self.fingerprint}:{self.device}"
+
+    def setup(self) -> ProPicker:
+        if self._model is not None:
+            return self._model
+        from cryopick.distribute.dask_engine import worker_threads
+
+        threads = worker_threads()
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        model = load_model(self.model_path, self.device)
+        if model_fingerprint(model) != self.fingerprint:
+            raise CryopickError(f"{self.model_path or 'the shipped weights'}: the model seen by this worker differs "
+                                "from the client's; give a model path all workers share")
+        return model
+
+    def prepare(self, model: ProPicker, task: Task) -> tuple[Image, Any]:
+        return prepare_tomogram(task.extra.get("source", task.path), self.prompts[0], self.formats)
+
+    def compute(self, model: ProPicker, ready: tuple) -> Picks:
+        # A picker per task over the shared model: Dask threads of one worker never share its state.
+        picker = TomogramPicker(model, progress=self.progress, **self.options)
+        picker.set_working(*ready, self.prompts[0])
+        return picker.predict(self.prompts, self.settings, save_maps=self.save_maps, adapted=self.adapted)
+
+    def finish(self, model: ProPicker, ready: tuple, picks: Picks) -> Picked3d:
+        image = ready[0]
+        montages = {}
+        if self.montage:
+            from cryopick.picker3d.montage import montage_png
+
+            for p in self.prompts:
+                montages[p.label] = montage_png(image, picks._with(picks.table[picks.table["label"] == p.label]),
+                                                label=p.label)
+        return Picked3d(picks, tuple(int(s) for s in image.shape), image.pixel_size, montages)
+
+
+def pick_tomograms(
+    tomograms: str | os.PathLike | Sequence[str | os.PathLike],
+    prompts: Sequence[Prompt | str | os.PathLike],
+    model: ProPicker | str | os.PathLike | None = None,
+    settings: PickSettings | str | os.PathLike | Sequence | None = None,
+    output_dir: str | os.PathLike = "picks",
+    formats: Iterable[str] = ("relion5",),
+    *,
+    redo: bool = False,
+    overrides: dict | None = None,
+    stride: int = 32,
+    window: int = 64,
+    batch_size: int = 4,
+    bf16: bool | None = None,
+    device: str | None = None,
+    save_maps: bool = False,
+    montage: bool = True,
+    progress: bool = True,
+    project_dir: str | os.PathLike | None = None,
+    adapted: dict | None = None,
+    sources: Sequence | None = None,
+    on_picked: Callable[[str, Picks, Picked3d], dict] | None = None,
+    source_info: dict | None = None,
+    prefetch: int = 1,
+    dask: str | None = None,
+    cluster: str | None = None,
+    cluster_config: str | os.PathLike | None = None,
+) -> dict:
+    """Pick tomograms into ``output_dir`` (the batch behind ``cryopick pick3d``); resumable.
+
+    ``tomograms``: files, a folder or a glob; ``prompts``: :class:`Prompt` objects or prompt files;
+    ``settings``: ``None`` (the model's recommended settings), one settings object/file, or one per
+    prompt; ``overrides``: settings keys replaced in each (e.g. ``{"threshold": 0.6}``); ``adapted``:
+    ``{label: AdaptedModel}`` from answers (:func:`cryopick.picker3d.questions.pick_with_answers`). Layout of the
+    folder: :mod:`cryopick.picker3d.outputs`. ``sources`` (instead of ``tomograms``): objects with ``name``,
+    ``path`` (a description) and ``read() -> Image``, e.g. copick runs (:mod:`cryopick.picker3d.copick_runs`);
+    ``on_picked(name, picks, picked)`` (``picked``: the :class:`Picked3d`) runs in this process after a
+    tomogram's files are written and before it is marked finished, its dict is kept in the record;
+    ``source_info`` joins the fingerprint and the summary. ``formats`` may be empty when ``on_picked``
+    writes the picks. ``prefetch``: tomograms read, checked and rescaled ahead in a background thread
+    while one is picked (:mod:`cryopick.picker3d.prefetch`; 0 = none).
+
+    ``dask`` (``tcp://HOST:8786`` or ``local[:N]``) or ``cluster="slurm"`` + ``cluster_config``: one
+    Dask task per tomogram (see the module docstring); the model must then be a file (or the shipped
+    weights) the workers can read, and ``sources`` must pickle (copick runs do).
+
+    Per tomogram: read and check it, pick every prompt, write one file per format and class (an empty
+    valid file for a class without picks), a slice montage per class (``montage``), then its record
+    ``.cryopick/<name>.json`` (:class:`~cryopick.io.resume.RunState`) that marks it finished. A rerun
+    skips finished tomograms whose files exist; a rerun with another model, prompt, settings, stride or
+    window is refused unless ``redo`` (which replaces the folder's picks). Records of earlier versions
+    (``.done/<name>.json``) count as finished. A tomogram that cannot be picked (unreadable,
+    NaN/constant voxels, ...) is skipped with a warning and listed under ``failed``; the others go on.
+    At the end (also after an interruption) the RELION indexes are rebuilt over every finished
+    tomogram of the folder, from all runs, and ``summary.json`` is written.
+
+    Returns
+    -------
+    dict
+        The summary: counts of tomograms (listed, finished in the folder, picked now, skipped),
+        ``failed`` (``[{"tomogram", "path", "error"}]``), picks per class over the folder, index files,
+        seconds.
+    """
+    from cryopick import distribute
+    from cryopick.distribute.summary import progress_bar
+    from cryopick.io.atomic import make_output_dir, write_bytes, write_text
+    from cryopick.io.jsonutil import dumps
+    from cryopick.io.resume import RunState
+    from cryopick.picker3d import outputs as O
+
+    distributed = bool(dask or cluster)
+    distribute.check_options(dask, cluster, None if cluster_config is None else str(cluster_config))
+    if distributed and isinstance(model, ProPicker):
+        raise CryopickError("--dask / --cluster need the model as a file the workers can load (--model PATH, or "
+                            "leave it out for the shipped weights)")
+    if distributed and save_maps:
+        raise CryopickError("--save-maps writes the probability maps where they are computed; pick without "
+                            "--dask / --cluster to save them")
+    formats = [] if on_picked and not formats else O.check_formats([formats] if isinstance(formats, str) else formats)
+    if isinstance(prompts, (str, os.PathLike, Prompt)):
+        prompts = [prompts]
+    prompts = [p if isinstance(p, Prompt) else load_prompt(p) for p in prompts]
+    check_prompts(prompts)
+    diameters = describe_diameters(prompts)
+    picker = TomogramPicker(model, stride=stride, window=window, batch_size=batch_size, bf16=bf16, device=device,
+                            progress=progress)
+    settings_list = resolve_settings(picker.model, settings, len(prompts), overrides)
+    labels = [p.label for p in prompts]
+    if sources is None:
+        paths = list_images(tomograms if isinstance(tomograms, (str, os.PathLike)) else list(tomograms))
+        names = [image_name(p) for p in paths]
+    else:
+        paths, names = list(sources), [s.name for s in sources]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise CryopickError(f"several tomograms share the name(s) {', '.join(dupes[:5])}; names must be unique")
+    out = make_output_dir(output_dir)
+    state = RunState(out)
+    O.migrate_legacy_markers(out, state)
+    model_id = model_fingerprint(picker.model)
+    fingerprint = {"model": model_id, "prompts": [prompt_fingerprint(p) for p in prompts],
+                   "settings": [asdict(s) for s in settings_list], "stride": stride, "window": window}
+    if source_info:
+        fingerprint["source"] = source_info
+    if adapted:
+        fingerprint["adapted"] = {label: a.fingerprint() for label, a in sorted(adapted.items())}
+    before = state.records()
+    if not state.check_fingerprint(fingerprint, redo=redo):
+        n = O.remove_outputs(before, out)
+        log.info("%s: removed %d file(s) made with the earlier settings", out, n)
+    job = Pick3dJob(None if model is None else str(model), model_id, prompts, settings_list, formats, stride=stride,
+                    window=window, batch_size=batch_size, bf16=bf16, device=device, montage=montage,
+                    adapted=adapted, save_maps=out / "maps" if save_maps else None,
+                    progress=progress and not distributed, model=picker.model)
+    failed, n_new, start = [], 0, time.perf_counter()
+    todo = []
+    for i, (path, name) in enumerate(zip(paths, names)):
+        files = [O.output_path(out, f, label, name) for f in formats for label in labels]
+        if not redo and state.is_done(name, *files):
+            log.info("[%d/%d] %s: already picked in %s; skipping", i + 1, len(paths), name, out)
+        else:
+            extra = {"files": files, "number": i + 1}
+            if sources is not None or distributed:  # workers have their own working folder
+                extra["source"] = path if sources is not None else os.path.abspath(path)
+            todo.append(Task(name, str(getattr(path, "path", path)), extra))
+
+    # One overall bar on Dask (locally each tomogram's segmentation has its own).
+    bar = progress_bar(len(todo), unit="tomo", enabled=progress and distributed and bool(todo))
+
+    def write(outcome: Outcome) -> None:
+        """One tomogram's outputs, then its record (in this process, whichever engine picked it)."""
+        nonlocal n_new
+        bar.update(1)
+        task, name, i = outcome.task, outcome.task.key, outcome.task.extra["number"]
+        state.forget(name)
+        pngs = [out / "montage" / f"{name}_{O.label_folder(label)}.png" for label in labels] if montage else []
+        try:
+            if not outcome.ok:
+                raise CryopickError(outcome.error)
+            picked: Picked3d = outcome.result
+            picks = picked.picks
+            written = O.write_tomogram_picks(picks, out, formats, name, labels, picked.shape) if formats else []
+            for label, png in zip(labels, pngs):
+                write_bytes(png, picked.montages[label])
+                written.append(png)
+            extra = on_picked(name, picks, picked) if on_picked else {}  # e.g. back into a copick project
+        except CryopickError as exc:
+            log.warning("[%d/%d] %s: not picked: %s", i, len(paths), name, exc)
+            failed.append({"tomogram": name, "path": task.path, "error": str(exc)})
+            O.remove_outputs([{"files": task.extra["files"] + pngs}])  # no partial set of files for it
+            return
+        counts = O.picks_counts(picks, labels)
+        state.mark_done(name, {"tomogram": name, "path": task.path, "shape": list(picked.shape),
+                               "voxel_size": picked.voxel_size, "picks": counts, "files": written,
+                               "seconds": round(outcome.seconds, 2),
+                               **({"worker": outcome.worker} if distributed else {}), **extra})
+        n_new += 1
+        log.info("[%d/%d] %s: %s (%.1f s)", i, len(paths), name,
+                 ", ".join(f"{counts[label]} {label or 'particle'}" for label in labels), outcome.seconds)
+
+    try:
+        if distributed:
+            distribute.run(job, todo, write, dask=dask, cluster=cluster,
+                           cluster_config=None if cluster_config is None else str(cluster_config))
+        else:
+            _run_local(job, picker.model, todo, write, prefetch)
+    finally:
+        bar.close()
+        records = state.records()
+        index = O.rebuild_indexes(out, records, labels, formats, project_dir=project_dir)
+        totals = {label: int(sum(r.get("picks", {}).get(label, 0) for r in records)) for label in labels}
+        summary = {"n_tomograms": len(paths), "n_finished": len(records), "n_picked_this_run": n_new,
+                   "n_skipped": len(paths) - n_new - len(failed), "failed": failed, "picks": totals,
+                   "picks_per_tomogram": {r["tomogram"]: r.get("picks", {}) for r in records},
+                   "formats": formats, "index_files": index, "settings": settings_list, "diameters": diameters,
+                   "seconds_this_run": round(time.perf_counter() - start, 2), "output_dir": out,
+                   **({"engine": f"dask {dask}" if dask else f"cluster {cluster}"} if distributed else {}),
+                   **({"adapted": {label: a.info for label, a in adapted.items()}} if adapted else {}),
+                   **({"source": source_info} if source_info else {})}
+        write_text(out / "summary.json", dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def _run_local(job: Pick3dJob, model: ProPicker, todo: list[Task], write: Callable[[Outcome], None],
+               prefetch: int) -> None:
+    """The local loop: the next ``prefetch`` tomograms are read ahead in a background thread while
+    one is picked here; a :class:`CryopickError` fails its tomogram alone, any other error stops the run."""
+    for task, ready, error in prefetched(todo, lambda t: job.prepare(model, t), ahead=prefetch):
+        t0 = time.perf_counter()
+        result = None
+        if error is None:
+            try:
+                result = job.finish(model, ready, job.compute(model, ready))
+            except CryopickError as exc:
+                error = exc
+        del ready
+        write(Outcome(task, result, None if error is None else str(error), time.perf_counter() - t0, "local"))
