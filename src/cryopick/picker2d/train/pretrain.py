@@ -200,11 +200,12 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig | None = None, log_e
 
 
 def export_pretrained(source: str | os.PathLike, dest: str | os.PathLike, note: dict | None = None) -> Path:
-    """Write the weights of ``source`` (``best.pt`` / ``last.pt`` of a run) as a float16 state dict with
-    metadata (``{"model": ..., "meta": ...}``), the format :func:`cryopick.models.unet2d.load_pretrained_2d`
-    reads."""
+    """Write the weights of ``source`` as a float16 state dict with metadata (``{"model": ..., "meta": ...}``),
+    the format :func:`cryopick.models.unet2d.load_pretrained_2d` reads. ``source``: ``best.pt`` / ``last.pt``
+    of a run (averaged weights), or a copy of its ``checkpoint.pt`` (its averaged weights are taken)."""
     state = torch.load(source, map_location="cpu", weights_only=False)
-    weights = {k: (v.half() if v.is_floating_point() else v) for k, v in state["model"].items()}
+    model = {**state["model"], **state["ema"]} if state.get("ema") else state["model"]
+    weights = {k: (v.half() if v.is_floating_point() else v) for k, v in model.items()}
     meta = {"step": state.get("step"), "val_f1": state.get("val_f1"), "pretrain_config": state.get("config"),
             **(note or {})}
     return save_checkpoint(dest, {"model": weights, "meta": meta})
