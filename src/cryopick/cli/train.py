@@ -68,7 +68,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="base weights for the backbone (e.g. a SAM2 checkpoint; default: none)")
     parser.add_argument("--init", choices=["pretrained", "random"],
                         help="starting weights of the unet backbone: 'pretrained' (shipped in the package, pretrained on "
-                             "simulated micrographs) or 'random' (default: random)")
+                             "simulated micrographs) or 'random' (default: pretrained)")
     parser.add_argument("--target-diameter", type=positive_float,
                         help="particle diameter at the working scale, working px, >= 4 (sets the downsampling; "
                              "default 16)")

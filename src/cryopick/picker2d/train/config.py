@@ -25,8 +25,9 @@ class TrainConfig:
         Starting weights: ``"pretrained"`` starts the default ``unet`` (default width and depth, no
         ``checkpoint``) from the weights shipped in the package, pretrained on simulated micrographs
         at the working scale (``cryopick/weights/unet2d_pretrained.md``); other backbones have no
-        shipped weights and start as built. ``"random"``: a fresh initialisation. What was used is
-        recorded in the card (``training["init"]``).
+        shipped weights and start as built. ``"random"``: a fresh initialisation (the default
+        before the pretrained weights existed). What was used is recorded in the card
+        (``training["init"]``). Leave-one-out F1 of both: ``benchmarks/fewshot_loo.md``.
     target_diameter
         Particle diameter in working pixels; sets the downsampling factor.
     target_radius_fraction
@@ -78,7 +79,7 @@ class TrainConfig:
     backbone: str = "unet"
     backbone_kwargs: dict = field(default_factory=dict)
     checkpoint: str | None = None
-    init: str = "random"
+    init: str = "pretrained"
     target_diameter: float = 16.0
     target_radius_fraction: float = 0.5
     patch_size: int | None = None
