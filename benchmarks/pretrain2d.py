@@ -1,7 +1,7 @@
 """Pretrain the default 2D U-Net on the simulated corpus and (``--export``) ship it as package weights.
 
     # the shipped weights (src/cryopick/weights/unet2d_pretrained.md has the exact run)
-    OMP_NUM_THREADS=2 nice -n 5 python benchmarks/pretrain2d.py -o benchmarks/results/pretrain2d --steps 1200
+    OMP_NUM_THREADS=2 nice -n 5 python benchmarks/pretrain2d.py -o benchmarks/results/pretrain2d --steps 600 --val-every 100
     python benchmarks/pretrain2d.py -o benchmarks/results/pretrain2d --export src/cryopick/weights/unet2d_pretrained.pt
 
 Rerunning the first command resumes from ``<out>/checkpoint.pt``. The log goes to the terminal and to
