@@ -20,6 +20,10 @@ per TTA mode; on EMPIAR-10017 these are 4096² micrographs.
 
     python benchmarks/bench_fewshot_loo.py --quick        # ~15 min on 2 idle cores (3 epochs per protein)
     python benchmarks/bench_fewshot_loo.py                # library defaults (9-minute budget per protein)
+    python benchmarks/bench_fewshot_loo.py --quick --init random   # or pretrained: the starting weights
+
+``--init`` chooses the starting weights (``TrainConfig.init``); runs with ``pretrained`` are cached
+apart (``<quick|full>_pretrained``).
 
 Trained models, rendered data and per-protein scores are cached under the ``--cache`` folder (default
 ``benchmarks/results/fewshot_loo/<quick|full>``); rerunning resumes (``--redo`` starts over).
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -120,6 +125,8 @@ def train(name: str, train_paths, truth, diameter: float, model_dir: Path, args)
         return {"cached": True, **load_card(model_dir).training}
     shutil.rmtree(model_dir, ignore_errors=True)
     config = TrainConfig(num_threads=args.threads, seed=args.seed, progress=False)
+    if args.init:
+        config.init = args.init
     if args.epochs:
         config.epochs = args.epochs
     stems = [p.stem for p in train_paths]
@@ -131,14 +138,14 @@ def train(name: str, train_paths, truth, diameter: float, model_dir: Path, args)
     return {"cached": False, "train_seconds": round(time.perf_counter() - t, 1), **card.training}
 
 
-def evaluate(model_dir: Path, test_paths, truth, diameter: float, threads: int) -> dict:
+def evaluate(model_dir: Path, test_paths, truth, diameter: float, threads: int, ttas=TTAS) -> dict:
     """F1 of every recorded variant on the test micrographs, and seconds per micrograph per TTA mode."""
     from cryopick.evaluate.matching import match_points, precision_recall_f1
     from cryopick.picker2d.pick import Picker
 
     rows, seconds = {}, {}
     card = None
-    for tta in TTAS:
+    for tta in ttas:
         picker = Picker(model_dir, num_threads=threads, tta=tta)
         card = picker.card
         variants = card.calibration.get("variants") or {}
@@ -168,7 +175,8 @@ def evaluate(model_dir: Path, test_paths, truth, diameter: float, threads: int) 
             rows[f"{method}/tta={tta}"] = {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f1, 4),
                                            "n_truth": n_truth, "validation_f1": val}
     chosen = f"{card.peak_method}/tta={card.tta}"
-    return {"variants": rows, "seconds_per_micrograph": seconds, "chosen": chosen, "f1_chosen": rows[chosen]["f1"],
+    return {"variants": rows, "seconds_per_micrograph": seconds, "chosen": chosen,
+            "f1_chosen": rows.get(chosen, {}).get("f1"),
             "f1_before": rows["s1/tta=none"]["f1"], "n_test": len(test_paths)}
 
 
@@ -206,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="cap the epochs (default: library default; quick 3)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", choices=["pretrained", "random"], default=None,
+                    help="starting weights of few-shot training (default: the library default, TrainConfig.init)")
+    ap.add_argument("--ttas", default=",".join(TTAS),
+                    help=f"test-time augmentation modes scored (comma list of {', '.join(TTAS)}; default all)")
     ap.add_argument("--redo", action="store_true", help="retrain and rescore instead of using the cache")
     ap.add_argument("--speed-n", type=int, default=None,
                     help="4096² MRCs picked end to end per TTA mode with the empiar10017 model (default 3; 0 = skip)")
@@ -214,12 +226,19 @@ def main(argv: list[str] | None = None) -> int:
     args.n_test = args.n_test or (5 if args.quick else 10)
     if args.quick and args.epochs is None:
         args.epochs = 3
-    cache = Path(args.cache or f"benchmarks/results/fewshot_loo/{size}")
+    if args.init is None:
+        from cryopick.picker2d.train import TrainConfig
+
+        args.init = TrainConfig().init
+    cache = Path(args.cache or f"benchmarks/results/fewshot_loo/{size}" + ("" if args.init == "random" else f"_{args.init}"))
     cache.mkdir(parents=True, exist_ok=True)
 
     import torch
 
     torch.set_num_threads(args.threads)
+    ttas = tuple(t for t in args.ttas.split(",") if t)
+    if not ttas or set(ttas) - set(TTAS):
+        raise SystemExit(f"--ttas: choose from {', '.join(TTAS)}")
     results = {}
     for name in args.proteins.split(","):
         if name not in PROTEINS:
@@ -231,9 +250,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         train_paths, test_paths, truth, diameter = load_protein(name, args, cache)
         tr = train(name, train_paths, truth, diameter, cache / name / "model", args)
-        ev = evaluate(cache / name / "model", test_paths, truth, diameter, args.threads)
+        ev = evaluate(cache / name / "model", test_paths, truth, diameter, args.threads, ttas)
         ev["training"] = {k: tr.get(k) for k in ("cached", "train_seconds", "epochs_run", "best_epoch", "stopped",
-                                                 "best_val_f1", "wall_seconds", "cpu_seconds_this_session")}
+                                                 "best_val_f1", "wall_seconds", "cpu_seconds_this_session", "init")}
+        ev["load_average"] = [round(x, 2) for x in os.getloadavg()]
         from cryopick.io.atomic import write_text
 
         write_text(done, json.dumps(ev, indent=1) + "\n")
@@ -248,8 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         ev["f1_auto"] = ev["variants"][ev["auto"]]["f1"]
         row = {"protein": name, "n_test": ev["n_test"], "n_truth": ev["variants"]["s1/tta=none"]["n_truth"],
                "chosen": ev["chosen"], "F1 chosen": ev["f1_chosen"], "auto": ev["auto"], "F1 auto": ev["f1_auto"]}
-        row.update({v: ev["variants"][v]["f1"] for v in variants})
-        row.update({f"s/mic tta={t}": ev["seconds_per_micrograph"][t] for t in TTAS})
+        row.update({v: ev["variants"][v]["f1"] for v in variants if v in ev["variants"]})
+        row.update({f"s/mic tta={t}": ev["seconds_per_micrograph"][t] for t in TTAS if t in ev["seconds_per_micrograph"]})
+        tr = ev.get("training") or {}
+        row.update({"epochs": tr.get("epochs_run"), "best epoch": tr.get("best_epoch"),
+                    "train s": tr.get("train_seconds"), "val F1": tr.get("best_val_f1")})
         rows.append(row)
     print_table(rows)
     summary = {}
@@ -258,8 +281,10 @@ def main(argv: list[str] | None = None) -> int:
         summary[f"{name} F1 chosen"] = ev["f1_chosen"]
     for key, label in [("s1/tta=none", "before"), ("chosen", "chosen"), ("auto", "auto method choice"), ("s1/tta=flips", "s1 flips"),
                        ("peaks/tta=none", "peaks"), ("s1/tta=d4", "s1 d4")]:
-        vals = [ev[f"f1_{key}"] if key in ("chosen", "auto") else ev["variants"][key]["f1"] for ev in results.values()]
-        summary[f"mean F1 {label}"] = round(float(np.mean(vals)), 4) if vals else None
+        vals = [ev[f"f1_{key}"] if key in ("chosen", "auto") else (ev["variants"].get(key) or {}).get("f1")
+                for ev in results.values()]
+        vals = [v for v in vals if v is not None]
+        summary[f"mean F1 {label}"] = round(float(np.mean(vals)), 4) if len(vals) == len(results) and vals else None
     print("  ".join(f"{k}: {v}" for k, v in summary.items() if k.startswith("mean")), flush=True)
     speeds = None
     model = cache / "empiar10017" / "model"
@@ -273,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             summary[f"picking mic/s tta={tta}"] = r["micrographs_per_second"]
     write_result(args.out, "fewshot_loo", args.quick, summary, proteins=results, speed=speeds,
                  settings={"threads": args.threads, "seed": args.seed, "epochs": args.epochs, "n_test": args.n_test,
+                           "init": args.init,
                            "cache": str(cache)})
     return 0
 

@@ -193,7 +193,7 @@ def test_the_pages_diameter_reaches_the_prompt(tomo_project, tmp_path, monkeypat
     import shutil
 
     from cryopick.app import jobs
-    from cryopick.picker3d import pick
+    from cryopick.picker3d import batch
     from cryopick.picker3d.prompt import load_prompt
 
     root = tmp_path / "p"
@@ -204,7 +204,7 @@ def test_the_pages_diameter_reaches_the_prompt(tomo_project, tmp_path, monkeypat
             assert r.status_code == 400 and "diameter" in r.json()["error"], bad
         r = post(c, "/api/tomograms/ts0/prompts", {"label": "ribo", "xyz": tomo_project[1], "diameter": 21.7})
         assert r.status_code == 200 and r.json()["prompts"]["ribo"]["diameter"] == 21.7
-    monkeypatch.setattr(pick, "pick_tomograms", lambda *a, **k: {"picks": {}})  # the prompt is what counts here
+    monkeypatch.setattr(batch, "pick_tomograms", lambda *a, **k: {"picks": {}})  # the prompt is what counts here
     jobs._pick3d(str(root), root / "job", {})
     prompt = load_prompt(root / "prompts" / "ribo.prompt")
     assert abs(prompt.diameter - 21.7) < 1e-6 and not prompt.meta.get("diameter_estimated")

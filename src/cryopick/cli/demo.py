@@ -74,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
         budget = ("no time budget" if args.max_minutes is None else
                   f"time budget {args.max_minutes:g} min, which may stop it earlier")
         print(f"[1/3] training on {data / 'train'} (3 micrographs, particle diameter {EXAMPLE_DIAMETER_PX:g} px): "
-              f"{epochs} epochs of {steps} steps, {budget}")
+              f"{epochs} epochs of {steps} steps from the pretrained weights, {budget}")
         config = TrainConfig(epochs=epochs, steps_per_epoch=steps, patience=epochs, max_minutes=args.max_minutes,
                              num_threads=args.threads, progress=progress)
         card = train_from_files(data / "train" / "micrographs", data / "train" / "coordinates", EXAMPLE_DIAMETER_PX,

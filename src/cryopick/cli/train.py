@@ -39,7 +39,7 @@ from cryopick.cli._args import (
 log = logging.getLogger(__name__)
 
 # Options passed to TrainConfig when given (argparse dest -> TrainConfig field); None = the library default.
-CONFIG_OPTIONS = ("backbone", "checkpoint", "target_diameter", "epochs", "steps_per_epoch", "patience", "max_minutes",
+CONFIG_OPTIONS = ("backbone", "checkpoint", "init", "target_diameter", "epochs", "steps_per_epoch", "patience", "max_minutes",
                   "min_epochs", "batch_size", "patch_size", "lr", "val_fraction", "labelled_fraction", "min_distance",
                   "seed")
 
@@ -66,6 +66,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="sparse annotation: stop after the positive-unlabelled stage")
     parser.add_argument("--backbone", help="model from the registry (default: unet)")
     parser.add_argument("--checkpoint", help="base weights for the backbone (e.g. a SAM2 checkpoint; default: none)")
+    parser.add_argument("--init", choices=["pretrained", "random"],
+                        help="starting weights of the unet backbone: 'pretrained' (shipped in the package, pretrained on "
+                             "simulated micrographs) or 'random' (default: pretrained)")
     parser.add_argument("--target-diameter", type=positive_float,
                         help="particle diameter at the working scale, working px, >= 4 (sets the downsampling; "
                              "default 16)")

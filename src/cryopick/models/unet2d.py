@@ -8,6 +8,8 @@ default 16 base channels and 3 poolings it has ~0.47 M parameters and a receptiv
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -69,6 +71,29 @@ class UNet2d(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+
+#: Weights of ``unet`` (default settings) pretrained on simulated micrographs at the working scale
+#: (see ``weights/unet2d_pretrained.md``); few-shot training starts from them (``TrainConfig.init``).
+PRETRAINED_2D = Path(__file__).resolve().parent.parent / "weights" / "unet2d_pretrained.pt"
+_DEFAULT_CONFIG = {"base_channels": 16, "depth": 3, "dropout": 0.1}
+
+
+def has_pretrained_2d(model: nn.Module, path: str | Path | None = None) -> bool:
+    """Whether shipped pretrained weights fit ``model``: a ``UNet2d`` of the default width and depth
+    (dropout may differ; it holds no weights) and the weights file is there."""
+    config = getattr(model, "config", None) or {}
+    same = isinstance(model, UNet2d) and all(config.get(k) == _DEFAULT_CONFIG[k] for k in ("base_channels", "depth"))
+    return same and Path(path or PRETRAINED_2D).is_file()
+
+
+def load_pretrained_2d(model: nn.Module, path: str | Path | None = None) -> dict:
+    """Load the pretrained weights (float16 on disk) into ``model`` in place; returns their metadata
+    (``file``, pretraining step and settings, validation F1 on simulated micrographs)."""
+    path = Path(path or PRETRAINED_2D)
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    return {"file": path.name, **{k: v for k, v in (state.get("meta") or {}).items() if k != "pretrain_config"}}
 
 
 def _load_checkpoint(model: nn.Module, checkpoint: str | None) -> nn.Module:

@@ -9,6 +9,9 @@ from dataclasses import asdict, dataclass, field
 from cryopick.errors import CryopickError
 from cryopick.picker2d.train.augment import AugmentConfig
 
+#: Starting weights of few-shot training (:attr:`TrainConfig.init`).
+INIT_MODES = ("pretrained", "random")
+
 
 @dataclass
 class TrainConfig:
@@ -18,6 +21,13 @@ class TrainConfig:
     ----------
     backbone, backbone_kwargs, checkpoint
         Model name in the registry, its keyword arguments, and base weights for it (e.g. SAM2).
+    init
+        Starting weights: ``"pretrained"`` starts the default ``unet`` (default width and depth, no
+        ``checkpoint``) from the weights shipped in the package, pretrained on simulated micrographs
+        at the working scale (``cryopick/weights/unet2d_pretrained.md``); other backbones have no
+        shipped weights and start as built. ``"random"``: a fresh initialisation (the default
+        before the pretrained weights existed). What was used is recorded in the card
+        (``training["init"]``). Leave-one-out F1 of both: ``benchmarks/fewshot_loo.md``.
     target_diameter
         Particle diameter in working pixels; sets the downsampling factor.
     target_radius_fraction
@@ -69,6 +79,7 @@ class TrainConfig:
     backbone: str = "unet"
     backbone_kwargs: dict = field(default_factory=dict)
     checkpoint: str | None = None
+    init: str = "pretrained"
     target_diameter: float = 16.0
     target_radius_fraction: float = 0.5
     patch_size: int | None = None
@@ -144,7 +155,27 @@ class TrainConfig:
         number("min_distance", 0, optional=True)
         if self.val_mode not in ("strips", "micrographs"):
             raise bad("val_mode", "'strips' or 'micrographs'")
+        if self.init not in INIT_MODES:
+            raise bad("init", " or ".join(repr(m) for m in INIT_MODES))
         if self.self_training_init not in ("fresh", "previous"):
             raise bad("self_training_init", "'fresh' or 'previous'")
         return self
 
+
+def initial_weights(model, config: TrainConfig) -> dict:
+    """Load the starting weights ``config.init`` asks for into ``model`` (built from the registry);
+    returns what was used, for the card."""
+    if config.init == "random":
+        return {"init": "random"}
+    from cryopick.models.unet2d import PRETRAINED_2D, has_pretrained_2d, load_pretrained_2d
+
+    if config.checkpoint or config.backbone != "unet" or not has_pretrained_2d(model):
+        if config.backbone == "unet" and not config.checkpoint and not PRETRAINED_2D.is_file():
+            import warnings
+
+            why = f"{PRETRAINED_2D.name} is missing from the package"
+            warnings.warn(f"--init pretrained: {why}; training starts from random weights", stacklevel=3)
+        else:
+            why = f"no shipped pretrained weights for backbone {config.backbone!r} with these settings"
+        return {"init": "random", "note": why}
+    return {"init": "pretrained", **load_pretrained_2d(model)}

@@ -34,7 +34,7 @@ from cryopick.picker2d.card import CARD_NAME, WEIGHTS_NAME, ModelCard, save_card
 from cryopick.picker2d.scale import WorkingScale
 from cryopick.picker2d.train.batches import batch_loss, prepare_targets, sample_batch
 from cryopick.picker2d.train.budget import ESTIMATE_AFTER_STEPS, StageBudget, budget_record
-from cryopick.picker2d.train.config import TrainConfig
+from cryopick.picker2d.train.config import TrainConfig, initial_weights
 from cryopick.picker2d.train.data import (
     TrainingMicrograph,
     assign_validation,
@@ -198,6 +198,7 @@ class _Run:
                 f"--checkpoint {config.checkpoint}: not usable as base weights of backbone {config.backbone!r} "
                 f"({type(exc).__name__}); give a PyTorch state dict saved for this backbone, or leave --checkpoint out"
             ) from None
+        self.init_used = initial_weights(model, config)
         preferred = getattr(model, "preferred_size", None)
         patch = int(config.patch_size or preferred or 192)
         multiple = int(getattr(model, "input_multiple", 1) or 1)
@@ -411,7 +412,7 @@ class _Run:
                            "bf16": bool(self.bf16)},
                 "epochs_run": sum(r["epochs_run"] for r in records), "epochs_requested": config.epochs,
                 "best_epoch": last["best_epoch"], "best_val_f1": last["best_val_f1"], "stopped": last["stopped"],
-                "validation": self.validation_mode, "stages": [r["stage"] for r in records],
+                "validation": self.validation_mode, "init": self.init_used, "stages": [r["stage"] for r in records],
                 "wall_seconds": round(self.elapsed(), 1),
                 "cpu_seconds_this_session": round(time.process_time() - self.cpu_start, 1),
                 "budget": budget_record(config, self.clock, self.elapsed(), records),
