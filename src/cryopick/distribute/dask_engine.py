@@ -99,7 +99,7 @@ def worker_state(job: Job) -> Any:
     key = job.cache_key()
     with _STATE_LOCK:
         if key not in _STATES:
-            _STATES[key] = job.setup()
+            _STATES[key] = job.state()
         return _STATES[key]
 
 

@@ -55,7 +55,22 @@ class Outcome:
 
 
 class Job:
-    """Base class of a batch job (see the module docstring). Subclasses override the four steps."""
+    """Base class of a batch job (see the module docstring). Subclasses override the four steps.
+
+    ``preloaded``: what :meth:`setup` would load, when the caller already holds it (a model in memory).
+    :meth:`state` uses it in this process; it is never pickled with a task, so a worker calls :meth:`setup`.
+    """
+
+    preloaded: Any = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("preloaded", None)  # the model is loaded on the worker, never shipped with a task
+        return state
+
+    def state(self) -> Any:
+        """The job's state in this process: ``preloaded`` if set, else :meth:`setup`."""
+        return self.setup() if self.preloaded is None else self.preloaded
 
     def cache_key(self) -> str:
         """Identity of what :meth:`setup` loads (e.g. model path + digest): workers reuse it across tasks."""

@@ -41,7 +41,7 @@ def default_prefetch(cores: int | None = None) -> int:
 
 def run_sequential(job: Job, tasks: Iterable[Task], on_result: Callable[[Outcome], Any], state: Any = None) -> None:
     """Every step of every task in this thread, one task after the other (no overlap)."""
-    state = job.setup() if state is None else state
+    state = job.state() if state is None else state
     for task in tasks:
         t0 = time.perf_counter()
         try:
@@ -65,7 +65,7 @@ def run_local(job: Job, tasks: Iterable[Task], on_result: Callable[[Outcome], An
     depth
         Capacity of each queue (default ``max(2, prefetch)``).
     """
-    state = job.setup() if state is None else state
+    state = job.state() if state is None else state
     n_prep = max(1, int(prefetch or default_prefetch()))
     depth = max(1, int(depth or max(2, n_prep)))
     stop = threading.Event()

@@ -76,20 +76,13 @@ class Pick2dJob(Job):
         self.min_distance = min_distance
         self.digest = digest
         self.fft_threads = fft_threads
-        self._picker = picker
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_picker"] = None  # the model is loaded on the worker, never shipped with a task
-        return state
+        self.preloaded = picker
 
     def cache_key(self) -> str:
         options = json.dumps(to_jsonable(self.picker_options), sort_keys=True, default=str)
         return f"picker2d:{self.model_dir}:{self.digest}:{options}"
 
     def setup(self) -> Picker:
-        if self._picker is not None:
-            return self._picker
         digest = model_digest(self.model_dir)
         if digest != self.digest:
             raise CryopickError(f"{self.model_dir}: the model seen by this worker differs from the client's "

@@ -68,19 +68,12 @@ class Pick3dJob(Job):
         self.options = dict(stride=stride, window=window, batch_size=batch_size, bf16=bf16)
         self.device, self.montage, self.adapted = device, montage, adapted
         self.save_maps, self.progress = save_maps, progress
-        self._model = model
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_model"] = None  # the model is loaded on the worker, never shipped with a task
-        return state
+        self.preloaded = model
 
     def cache_key(self) -> str:
         return f"picker3d:{self.model_path}:{self.fingerprint}:{self.device}"
 
     def setup(self) -> ProPicker:
-        if self._model is not None:
-            return self._model
         from cryopick.distribute.dask_engine import worker_threads
 
         threads = worker_threads()
