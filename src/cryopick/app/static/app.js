@@ -227,18 +227,7 @@ function updateCounts() {
 }
 
 function drawHistogram() {
-  const c = $("histogram"), g = c.getContext("2d");
-  g.clearRect(0, 0, c.width, c.height);
-  const scores = S.picks.scores.filter((s) => s !== null);
-  if (!scores.length) return;
-  const bins = new Array(40).fill(0);
-  for (const s of scores) bins[Math.min(39, Math.floor(s * 40))]++;
-  const top = Math.max(...bins);
-  g.fillStyle = "#789";
-  bins.forEach((b, i) => { const bh = (b / top) * (c.height - 4); g.fillRect(i * 6, c.height - bh, 5, bh); });
-  const line = (t, color) => { g.strokeStyle = color; g.beginPath(); g.moveTo(t * 240, 0); g.lineTo(t * 240, c.height); g.stroke(); };
-  if (S.picks.threshold !== null && S.picks.threshold !== undefined) line(S.picks.threshold, "#2e7d32");
-  line(+$("threshold").value, "#ff6f00");
+  drawScoreHistogram($("histogram"), S.picks.scores, [[S.picks.threshold, "#2e7d32"], [+$("threshold").value, "#ff6f00"]]);
 }
 
 // ---- editing ----------------------------------------------------------------------------------------

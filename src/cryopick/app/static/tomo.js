@@ -133,17 +133,8 @@ function counts() {
   drawHistogram();
 }
 function drawHistogram() {
-  const c = $("histogram"), g = c.getContext("2d"), p = T.picks[$("review-class").value];
-  g.clearRect(0, 0, c.width, c.height);
-  const scores = p ? p.scores.filter((s) => s !== null) : [];
-  if (!scores.length) return;
-  const bins = new Array(40).fill(0);
-  for (const s of scores) bins[Math.min(39, Math.floor(s * 40))]++;
-  const top = Math.max(...bins);
-  g.fillStyle = "#789";
-  bins.forEach((b, i) => { const bh = (b / top) * (c.height - 4); g.fillRect(i * 6, c.height - bh, 5, bh); });
-  const t = +$("threshold").value;
-  g.strokeStyle = "#ff6f00"; g.beginPath(); g.moveTo(t * 240, 0); g.lineTo(t * 240, c.height); g.stroke();
+  const p = T.picks[$("review-class").value];
+  drawScoreHistogram($("histogram"), p ? p.scores : [], [[+$("threshold").value, "#ff6f00"]]);
 }
 function showClasses() {
   const sel = $("review-class"), was = sel.value, labels = Object.keys(T.picks);
