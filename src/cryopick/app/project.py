@@ -24,6 +24,7 @@ import math
 import threading
 import warnings
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -94,12 +95,17 @@ class Project:
 
         In a RELION MotionCorr job folder the images are looked for in its subfolders too, without the
         power spectra (``*_PS.mrc``)."""
-        found: dict[str, Path] = {}
         folder = self.micrograph_dir
         relion = folder.parent.name == "MotionCorr"
         files = folder.rglob("*") if relion else folder.iterdir()
+        return self.named_files(files, lambda p: _is_image(p) and not (relion and image_name(p).endswith("_PS")))
+
+    def named_files(self, files: Iterable[Path], accept: Callable[[Path], bool]) -> dict[str, Path]:
+        """Image name -> file for the ``files`` that ``accept`` keeps and that stay inside the project
+        (symlinks out of it are skipped); of several files with one name, the first in sorted order wins."""
+        found: dict[str, Path] = {}
         for p in sorted(files):
-            if not _is_image(p) or (relion and image_name(p).endswith("_PS")):
+            if not accept(p):
                 continue
             try:
                 self.confined(p)

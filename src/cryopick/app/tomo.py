@@ -31,22 +31,14 @@ FORMATS_3D = ("relion5", "relion3", "copick")
 
 
 def tomograms(project) -> dict[str, Path]:
-    from cryopick.io.images import MRC_SUFFIXES, image_name
+    from cryopick.io.images import MRC_SUFFIXES
 
     folder = project.root / "tomograms"
-    found: dict[str, Path] = {}
     if not folder.is_dir():
-        return found
+        return {}
     project.confined(folder)
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_file() or p.suffix.lower() not in MRC_SUFFIXES:
-            continue
-        try:
-            project.confined(p)
-        except PermissionError:
-            continue
-        found.setdefault(image_name(p), p)
-    return found
+    return project.named_files(folder.iterdir(), lambda p: not p.name.startswith(".") and p.is_file()
+                               and p.suffix.lower() in MRC_SUFFIXES)
 
 
 def tomogram(project, name: str) -> Path:
