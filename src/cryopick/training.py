@@ -101,39 +101,59 @@ class WeightAverage:
         self.shadow = {n: state[n].detach().clone().to(self.shadow[n].device) for n in self.names}
 
 
-class BudgetClock:
-    """Time charged to a training budget: wall time, less the time other processes kept this one
-    off every core.
+def machine_counters() -> tuple[float, float] | None:
+    """``(busy, total)`` core-seconds so far, summed over the cores this process may use (from
+    ``/proc/stat``), or ``None`` where that cannot be read."""
+    from cryopick.runtime import cpu_sample
 
-    Each interval between two :meth:`tick` calls is charged ``min(wall time, CPU time of this
-    process)``. On an idle machine a training process keeps at least one core busy, so that is the
-    wall time and ``--max-minutes`` means minutes. On a loaded machine, where the scheduler gives this
-    process only part of a core, only that part is charged: load stretches the run instead of
-    cutting its epochs (measured: with one other process on 2 cores the wall-clock budget stopped a
-    30-epoch run after 1 epoch). Plain CPU time was not used because with several threads it runs
-    faster than the wall clock (a 9-minute budget would stop after ~5 minutes on an idle machine);
-    counting optimiser steps would not be in minutes at all. Waiting for the disk is not charged
-    either (training reads nothing after loading). Tick often (every optimiser step): the minimum
-    is taken per interval.
+    sample = cpu_sample()
+    return None if sample is None else (sample.busy, sample.total)
+
+
+class BudgetClock:
+    """Time charged to a training budget: wall time, less the share of it that other processes took.
+
+    Each interval between two :meth:`tick` calls is charged ``min(CPU time of this process, wall time
+    x the fraction of the cores that other processes left free)``. On an idle machine that is the wall
+    time, so ``--max-minutes`` means minutes. On a loaded machine the run drops to one thread per free
+    core and gets only a share of them; charging only the free share of the wall time makes load
+    stretch the run instead of cutting its epochs: with one other busy process on 2 cores half the
+    wall time is charged, and one thread on the free core does more than half the work of two threads
+    on an idle machine. (A plain wall-clock budget stopped a 30-epoch run after 1 epoch with one
+    other process on 2 cores; the previous ``min(wall, CPU)`` charge let a one-thread loaded run fit
+    only the epochs one thread does in the budget.) Plain CPU time is not the charge because with
+    several threads it runs faster than the wall clock (a 9-minute budget would stop after ~5 minutes
+    on an idle machine); it is a bound, so waiting for the disk is not charged either. Where the
+    machine's counters cannot be read the charge is ``min(wall, CPU)``. Tick often (every optimiser
+    step): the charge is taken per interval.
 
     Parameters
     ----------
     used
         Seconds already charged (a resumed run's earlier sessions).
     wall, cpu
-        Clock functions in seconds (defaults ``time.monotonic`` and ``time.process_time``; tests inject
-        fake ones).
+        Clock functions in seconds (defaults ``time.monotonic`` and ``time.process_time``).
+    machine
+        ``() -> (busy, total)`` core-seconds of the cores this process may use, or ``None`` when not
+        known (default :func:`machine_counters`; tests inject fake clocks and counters).
     """
 
     def __init__(self, used: float = 0.0, wall: Callable[[], float] = time.monotonic,
-                 cpu: Callable[[], float] = time.process_time) -> None:
+                 cpu: Callable[[], float] = time.process_time,
+                 machine: Callable[[], tuple[float, float] | None] | None = machine_counters) -> None:
         self.used = float(used)
-        self._wall, self._cpu = wall, cpu
-        self._last = (wall(), cpu())
+        self._wall, self._cpu, self._machine = wall, cpu, machine or (lambda: None)
+        self._last = (wall(), cpu(), self._machine())
 
     def tick(self) -> float:
         """Charge the time since the last tick; returns the seconds charged so far."""
-        now = (self._wall(), self._cpu())
-        self.used += max(0.0, min(now[0] - self._last[0], now[1] - self._last[1]))
+        now = (self._wall(), self._cpu(), self._machine())
+        wall, cpu = now[0] - self._last[0], now[1] - self._last[1]
+        free = 1.0
+        if now[2] is not None and self._last[2] is not None and wall > 0:
+            busy, total = now[2][0] - self._last[2][0], now[2][1] - self._last[2][1]
+            if total > 0:  # cores = total / wall; others = (busy - cpu) / wall
+                free = min(1.0, max(0.0, 1.0 - max(0.0, busy - cpu) / total))
+        self.used += max(0.0, min(cpu, wall * free))
         self._last = now
         return self.used

@@ -48,7 +48,7 @@ def fake_clock(wall_per_tick: float, cpu_per_tick: float):
                 self.t["cpu"] += cpu_per_tick
                 return self.t["cpu"]
 
-            super().__init__(used, wall=wall, cpu=cpu)
+            super().__init__(used, wall=wall, cpu=cpu, machine=None)
 
     return FakeClock
 
@@ -61,11 +61,43 @@ def run(tmp_path, name="m", **overrides):
 # -- the budget clock -----------------------------------------------------------------------------
 def test_budget_clock_charges_wall_time_less_time_off_the_cpu():
     t = {"wall": 0.0, "cpu": 0.0}
-    clock = BudgetClock(5.0, wall=lambda: t["wall"], cpu=lambda: t["cpu"])
+    clock = BudgetClock(5.0, wall=lambda: t["wall"], cpu=lambda: t["cpu"], machine=None)
     t.update(wall=10.0, cpu=20.0)  # two busy threads on an idle machine: 10 s of wall time
     assert clock.tick() == pytest.approx(15.0)
     t.update(wall=130.0, cpu=30.0)  # a loaded machine gave us 10 s of CPU in 120 s
     assert clock.tick() == pytest.approx(25.0)
+
+
+def test_budget_clock_charges_the_share_of_the_cores_others_left_free():
+    """2 cores. Idle: two threads keep both busy -> wall time. One other busy process: our one thread
+    has a whole core, but only half the machine's time is charged, so the loaded run is not cut to
+    the epochs one thread fits in the budget. Counters unreadable: min(wall, CPU)."""
+    t = {"wall": 0.0, "cpu": 0.0, "busy": 0.0, "total": 0.0, "known": True}
+    clock = BudgetClock(0.0, wall=lambda: t["wall"], cpu=lambda: t["cpu"],
+                        machine=lambda: (t["busy"], t["total"]) if t["known"] else None)
+
+    def advance(wall, own, others, cores=2):
+        t["wall"] += wall
+        t["cpu"] += own
+        t["busy"] += own + others
+        t["total"] += cores * wall
+        return clock.used, clock.tick()
+
+    before, after = advance(10.0, own=19.0, others=0.0)  # idle, two threads
+    assert after - before == pytest.approx(10.0)
+    before, after = advance(10.0, own=10.0, others=10.0)  # one other busy process, our one thread
+    assert after - before == pytest.approx(5.0)
+    before, after = advance(30.0, own=20.0, others=40.0)  # two others: our thread gets 2/3 of a core
+    assert after - before == pytest.approx(10.0)
+    before, after = advance(10.0, own=0.5, others=0.0)  # waiting for the disk is not charged
+    assert after - before == pytest.approx(0.5)
+    t["known"] = False
+    before, after = advance(10.0, own=10.0, others=10.0)  # the sample before or after is missing
+    assert after - before == pytest.approx(10.0)
+    t["known"] = True
+    clock.tick()
+    before, after = advance(10.0, own=10.0, others=10.0)
+    assert after - before == pytest.approx(5.0)
 
 
 def test_load_no_longer_cuts_training_to_one_epoch(tmp_path, monkeypatch):
@@ -112,7 +144,7 @@ def test_no_budget_trains_every_epoch(tmp_path, monkeypatch):
 
 
 def test_stage_budget_shares_and_minimum():
-    clock = BudgetClock(0.0, wall=lambda: 0.0, cpu=lambda: 0.0)
+    clock = BudgetClock(0.0, wall=lambda: 0.0, cpu=lambda: 0.0, machine=None)
     config = TrainConfig(epochs=10, max_minutes=10, min_epochs=3)
     first = StageBudget(config, clock, stage=0, n_stages=2, stage_start=0.0)
     assert first.limit == pytest.approx(300.0)  # half of 600 s for the first of two stages

@@ -6,7 +6,7 @@ With only some particles annotated, give --labelled-fraction (or --particles-per
 unlabelled pixels are then treated as positive-unlabelled (nnPU loss), not as background, and a second
 network is trained on the first one's calibrated picks plus the labels (self-training; --no-self-training
 skips it). The time budget (--max-minutes) is shared by the stages; it is charged as wall time less
-the time other processes kept the run off every core, never stops before --min-epochs, and the run
+the share of the cores other processes took (load stretches the run, not cuts it), never stops before --min-epochs, and the run
 says up front how many epochs fit and warns (with the fix) when the budget cuts training short.
 PyTorch uses one thread per free core (--threads to choose). Writes model.pt, card.json and
 training_curve.png.
@@ -78,8 +78,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=positive_int,
                         help="early stopping: epochs without a better validation F1 (default 10)")
     parser.add_argument("--max-minutes", type=positive_float,
-                        help="time budget for the run in minutes: wall time less the time other processes kept "
-                             "it off every core (default 9)")
+                        help="time budget for the run in minutes: wall time less the share of the cores "
+                             "other processes took (default 9)")
     parser.add_argument("--min-epochs", type=positive_int,
                         help="epochs trained whatever the time budget (default 5, at most --epochs)")
     parser.add_argument("--batch-size", type=positive_int, help="patches per step (default: 8, or 2 for large backbones)")

@@ -1,7 +1,7 @@
 """The time budget of a 2D training run: what fits, when to stop, and what the user is told.
 
-``--max-minutes`` is charged by :class:`cryopick.training.BudgetClock` (wall time, less the time other
-processes kept the run off every core; its docstring says why), shared by the stages (each later
+``--max-minutes`` is charged by :class:`cryopick.training.BudgetClock` (wall time, less the share of the
+cores other processes took; its docstring says why), shared by the stages (each later
 stage gets an equal share of what the earlier ones left), and never stops a stage before
 ``min_epochs`` epochs. The user hears about it three times:
 
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 MARGIN = 1.15  # the next epoch may be a little slower than the last one
 ESTIMATE_AFTER_STEPS = 4  # optimiser steps timed for the first estimate (the first one is not counted)
-CLOCK = "wall time less the time other processes kept this run off every core"
+CLOCK = "wall time less the share of the cores other processes took"
 
 
 def _plural(n: int, word: str) -> str:

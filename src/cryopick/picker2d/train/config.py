@@ -41,8 +41,8 @@ class TrainConfig:
         Schedule length and early stopping patience (epochs without a better validation F1).
     max_minutes, min_epochs
         Time budget of the run in minutes (``None``: none), counted by
-        :class:`cryopick.training.BudgetClock` (wall time, less the time other processes kept this
-        one off every core), shared by the stages; it never stops a stage before ``min_epochs``
+        :class:`cryopick.training.BudgetClock` (wall time, less the share of the cores other processes
+        took: load stretches a run instead of cutting its epochs), shared by the stages; it never stops a stage before ``min_epochs``
         epochs (or ``epochs``, when fewer). See :mod:`.budget`.
     val_fraction, val_mode
         Fraction of the annotated data held out for validation and calibration: a strip of each
