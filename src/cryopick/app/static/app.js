@@ -1,27 +1,14 @@
 // cryopick app: plain modern JavaScript, no build step. The project folder on the server is the truth;
 // every edit is saved at once with the version it was based on (a 409 means another tab changed it).
 "use strict";
+// Loaded after common.js ($, api, postJob, followJob).
 
-const $ = (id) => document.getElementById(id);
 const S = {
   mics: [], current: null, info: null, img: null, coords: [], version: "0", flag: null,
   picks: { coords: [], scores: [], threshold: null }, diameter: 40, zoom: 1, panX: 0, panY: 0,
   saving: false, pending: false, drag: null, hover: -1, job: null, stream: null, conflict: null,
 };
 window.cryopick = S; // for tests and the console
-
-async function api(method, url, body) {
-  const opts = { method, headers: {} };
-  if (body === undefined && method !== "GET") body = {}; // writes are JSON (the server refuses other types)
-  if (body !== undefined) { opts.body = JSON.stringify(body); opts.headers["Content-Type"] = "application/json"; }
-  let res;
-  try { res = await fetch(url, opts); } catch (e) {
-    return { ok: false, status: 0, data: { error: "the server cannot be reached (stopped?); edits are kept here" } };
-  }
-  let data = null;
-  try { data = await res.json(); } catch (e) { data = { error: res.statusText }; }
-  return { ok: res.ok, status: res.status, data };
-}
 
 function setState(text) { $("save-state").textContent = text; }
 const radius = () => S.diameter / 2;

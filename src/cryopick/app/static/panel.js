@@ -31,19 +31,10 @@ $("pick").onclick = () => {
 $("cancel").onclick = async () => { const r = await api("POST", "/api/jobs/cancel"); showJob(r.ok ? r.data : S.job); };
 
 async function startJob(kind, params) {
-  const r = await api("POST", "/api/jobs", { kind, params });
-  if (!r.ok) { $("job-state").textContent = r.data.error; return; }
-  showJob(r.data); openStream();
+  const job = await postJob(kind, params);
+  if (job) { showJob(job); openStream(); }
 }
-function openStream() {
-  if (S.stream) S.stream.close();
-  S.stream = new EventSource("/api/jobs/stream");
-  S.stream.onmessage = (e) => {
-    const job = JSON.parse(e.data); showJob(job);
-    if (job.state !== "running") { S.stream.close(); S.stream = null; finished(job); }
-  };
-  S.stream.onerror = () => { if (S.stream) { S.stream.close(); S.stream = null; } };
-}
+function openStream() { followJob(S, showJob, finished); }
 async function finished(job) {
   if (job.kind === "train" && job.card) showCard(job.card);
   S.thresholdTouched = false;

@@ -1,20 +1,11 @@
 // cryopick app, tomograms: slice viewer, clicked prompts per class, pick3d in the background, review.
 "use strict";
+// Loaded after common.js ($, api, postJob, followJob).
 
-const $ = (id) => document.getElementById(id);
 const COLORS = ["#00e5ff", "#ff4081", "#76ff03", "#ffea00", "#e040fb", "#ff9100"];
 const T = { tomos: [], current: null, shape: null, img: null, prompts: {}, picks: {}, stream: null, thresholds: {} };
 window.cryotomo = T;
 
-async function api(method, url, body) {
-  const opts = { method, headers: {} };
-  if (body === undefined && method !== "GET") body = {}; // writes are JSON (the server refuses other types)
-  if (body !== undefined) { opts.body = JSON.stringify(body); opts.headers["Content-Type"] = "application/json"; }
-  let res;
-  try { res = await fetch(url, opts); } catch (e) { return { ok: false, status: 0, data: { error: "server unreachable" } }; }
-  let data; try { data = await res.json(); } catch (e) { data = { error: res.statusText }; }
-  return { ok: res.ok, status: res.status, data };
-}
 const say = (t) => { $("state").textContent = t; };
 
 async function loadList() {
@@ -210,19 +201,10 @@ async function loadPicks() {
   T.picks = r.ok ? r.data.picks : {}; showClasses(); draw();
 }
 $("pick3d").onclick = async () => {
-  const r = await api("POST", "/api/jobs", { kind: "pick3d", params: { answers: $("use-answers").checked } });
-  if (!r.ok) { $("job-state").textContent = r.data.error; return; }
-  showJob(r.data); openStream();
+  const job = await postJob("pick3d", { answers: $("use-answers").checked });
+  if (job) { showJob(job); openStream(); }
 };
-function openStream() {
-  if (T.stream) T.stream.close();
-  T.stream = new EventSource("/api/jobs/stream");
-  T.stream.onmessage = (e) => {
-    const job = JSON.parse(e.data); showJob(job);
-    if (job.state !== "running") { T.stream.close(); T.stream = null; loadPicks(); loadList(); }
-  };
-  T.stream.onerror = () => { if (T.stream) { T.stream.close(); T.stream = null; } };
-}
+function openStream() { followJob(T, showJob, () => { loadPicks(); loadList(); }); }
 function showJob(job) {
   if (job.state === "none") return;
   $("pick3d").disabled = job.state === "running";
