@@ -38,11 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         path = export_pretrained(args.source or out / "best.pt", args.export, note={"commit": commit})
         print(f"wrote {path}")
         return 0
+    config = PretrainConfig(steps=args.steps, seed=args.seed, num_threads=args.threads, val_every=args.val_every,
+                            pool_size=args.pool_size, val_micrographs=args.val_micrographs).validate()
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         handlers=[logging.StreamHandler(), logging.FileHandler(out / "pretrain.log")])
-    config = PretrainConfig(steps=args.steps, seed=args.seed, num_threads=args.threads, val_every=args.val_every,
-                            pool_size=args.pool_size, val_micrographs=args.val_micrographs)
     result = pretrain(out, config)
     print(f"best validation F1 {result['best_val_f1']}")
     return 0

@@ -137,3 +137,11 @@ def test_shipped_weights_beat_random_init_after_one_short_epoch(tmp_path):
         assert card.training["init"]["init"] == init
         scores[init] = card.training["best_val_f1"]
     assert scores["pretrained"] >= scores["random"] + 0.3, scores
+
+
+@pytest.mark.parametrize("name, value", [("steps", 0), ("pool_size", -1), ("lr", float("nan")), ("batch_size", 1.5),
+                                         ("ema_decay", 1.0), ("patch_size", 512)])
+def test_pretraining_settings_are_checked(tmp_path, name, value):
+    with pytest.raises(CryopickError, match=name):
+        pretrain(tmp_path / "out", PretrainConfig(**{name: value}))
+    assert not (tmp_path / "out").exists()

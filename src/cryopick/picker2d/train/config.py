@@ -13,6 +13,26 @@ from cryopick.picker2d.train.augment import AugmentConfig
 INIT_MODES = ("pretrained", "random")
 
 
+def check_number(owner, name: str, low: float, high: float = math.inf, *, integer: bool = False,
+                 open_low: bool = False, open_high: bool = False, optional: bool = False) -> None:
+    """Raise :class:`CryopickError` naming the setting ``owner.name`` (and its ``--option``) unless it is a
+    finite number (a whole one when ``integer``) in the range ``low .. high`` (ends excluded when
+    ``open_low`` / ``open_high``); ``None`` passes when ``optional``."""
+    value = getattr(owner, name)
+    if value is None and optional:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok:
+        ok = (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
+    if not ok:
+        lo = f"> {low:g}" if open_low else f">= {low:g}"
+        hi = "" if high == math.inf else (f" and < {high:g}" if open_high else f" and <= {high:g}")
+        rule = ("a whole number " if integer else "a finite number ") + lo + hi
+        raise CryopickError(f"{name} (--{name.replace('_', '-')}) must be {rule}, got {value!r}")
+
+
 @dataclass
 class TrainConfig:
     """Training settings (all recorded in the model card).
@@ -118,23 +138,10 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Raise :class:`CryopickError` naming the option when a setting is out of range; returns self."""
         def bad(name: str, rule: str) -> CryopickError:
-            value = getattr(self, name)
-            return CryopickError(f"{name} (--{name.replace('_', '-')}) must be {rule}, got {value!r}")
+            return CryopickError(f"{name} (--{name.replace('_', '-')}) must be {rule}, got {getattr(self, name)!r}")
 
-        def number(name: str, low: float, high: float = math.inf, *, integer: bool = False, open_low: bool = False,
-                   open_high: bool = False, optional: bool = False) -> None:
-            value = getattr(self, name)
-            if value is None and optional:
-                return
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            if ok and integer:
-                ok = float(value).is_integer()
-            if ok:
-                ok = (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
-            if not ok:
-                lo = f"> {low:g}" if open_low else f">= {low:g}"
-                hi = "" if high == math.inf else (f" and < {high:g}" if open_high else f" and <= {high:g}")
-                raise bad(name, ("a whole number " if integer else "a finite number ") + lo + hi)
+        def number(name: str, *args, **kwargs) -> None:
+            check_number(self, name, *args, **kwargs)
 
         for name in ("epochs", "steps_per_epoch", "patience", "min_epochs"):
             number(name, 1, integer=True)

@@ -35,6 +35,7 @@ from cryopick.io.atomic import make_output_dir, write_text
 from cryopick.models.registry import build_model
 from cryopick.picker2d.train.augment import AugmentConfig
 from cryopick.picker2d.train.batches import batch_loss, prepare_targets, sample_batch
+from cryopick.picker2d.train.config import check_number
 from cryopick.picker2d.train.corpus import HELD_OUT_KINDS, corpus_kinds, draw_settings, simulate_corpus_micrograph
 from cryopick.runtime import configure_threads
 from cryopick.training import WeightAverage, cosine_schedule, save_checkpoint, set_seeds
@@ -77,6 +78,25 @@ class PretrainConfig:
     num_threads: int | None = 2
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
+    def validate(self) -> "PretrainConfig":
+        """Raise :class:`CryopickError` naming the setting when it is out of range; returns self."""
+        for name in ("steps", "pool_size", "refresh_every", "batch_size", "checkpoint_every", "val_every",
+                     "val_micrographs"):
+            check_number(self, name, 1, integer=True)
+        check_number(self, "seed", 0, integer=True)
+        check_number(self, "warmup_steps", 0, integer=True)
+        check_number(self, "working_size", 64, integer=True)
+        check_number(self, "patch_size", 16, integer=True)
+        check_number(self, "num_threads", 1, integer=True, optional=True)
+        check_number(self, "lr", 0, open_low=True)
+        check_number(self, "weight_decay", 0)
+        check_number(self, "target_diameter", 4)
+        check_number(self, "target_radius_fraction", 0, 1, open_low=True)
+        check_number(self, "ema_decay", 0, 1, open_high=True)
+        if self.patch_size > self.working_size:
+            raise CryopickError(f"patch_size ({self.patch_size}) must be at most working_size ({self.working_size})")
+        return self
+
     def resume_key(self) -> dict:
         d = asdict(self)
         for k in ("num_threads", "checkpoint_every", "val_every"):
@@ -109,7 +129,7 @@ def _validate(model, val_mics, radius: float, diameter: float) -> dict:
 
 def pretrain(out: str | os.PathLike, config: PretrainConfig | None = None, log_every: int = 10) -> dict:
     """Run (or resume) pretraining into ``out``; returns the history (one entry per validation)."""
-    config = config or PretrainConfig()
+    config = (config or PretrainConfig()).validate()
     out = make_output_dir(out, "pretraining folder")
     configure_threads(config.num_threads)
     set_seeds(config.seed)
