@@ -4,6 +4,9 @@
     OMP_NUM_THREADS=2 nice -n 5 python benchmarks/pretrain2d.py -o benchmarks/results/pretrain2d --steps 600 --val-every 100
     python benchmarks/pretrain2d.py -o benchmarks/results/pretrain2d --export src/cryopick/weights/unet2d_pretrained.pt
 
+    # validation F1 of weights on a run's validation micrographs (same --pool-size/--val-micrographs/--seed)
+    python benchmarks/pretrain2d.py --evaluate shipped old.pt --pool-size 96 --val-micrographs 24
+
 Rerunning the first command resumes from ``<out>/checkpoint.pt``. The log goes to the terminal and to
 ``<out>/pretrain.log``; ``<out>/log.jsonl`` has one line per validation.
 See :mod:`cryopick.picker2d.train.pretrain` and :mod:`cryopick.picker2d.train.corpus`.
@@ -31,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-micrographs", type=int, default=PretrainConfig.val_micrographs)
     ap.add_argument("--export", default=None, help="write <out>/best.pt (or --source) as float16 package weights here")
     ap.add_argument("--source", default=None, help="checkpoint to export (default <out>/best.pt)")
+    ap.add_argument("--evaluate", nargs="+", default=None, metavar="WEIGHTS",
+                    help="print the validation F1 of these weights (package .pt files, run best.pt/last.pt, or "
+                         "'shipped') on the validation micrographs of the settings given (--pool-size, "
+                         "--val-micrographs, --seed)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.export:
@@ -38,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         path = export_pretrained(args.source or out / "best.pt", args.export, note={"commit": commit})
         print(f"wrote {path}")
         return 0
+    if args.evaluate:
+        return evaluate(args)
     config = PretrainConfig(steps=args.steps, seed=args.seed, num_threads=args.threads, val_every=args.val_every,
                             pool_size=args.pool_size, val_micrographs=args.val_micrographs).validate()
     out.mkdir(parents=True, exist_ok=True)
@@ -45,6 +54,32 @@ def main(argv: list[str] | None = None) -> int:
                         handlers=[logging.StreamHandler(), logging.FileHandler(out / "pretrain.log")])
     result = pretrain(out, config)
     print(f"best validation F1 {result['best_val_f1']}")
+    return 0
+
+
+def evaluate(args) -> int:
+    import torch
+
+    from cryopick.models.registry import build_model
+    from cryopick.models.unet2d import PRETRAINED_2D, load_pretrained_2d
+    from cryopick.picker2d.train.pretrain import VAL_INDEX_OFFSET, PretrainConfig, _Corpus, _validate
+
+    torch.set_num_threads(args.threads)
+    config = PretrainConfig(seed=args.seed, pool_size=args.pool_size, val_micrographs=args.val_micrographs).validate()
+    corpus = _Corpus(config)
+    val = [corpus.micrograph(VAL_INDEX_OFFSET + i) for i in range(config.val_micrographs)]
+    for m in val:
+        m.val_box = (0, m.shape[0], 0, m.shape[1])
+    for source in args.evaluate:
+        model = build_model(config.backbone, **config.backbone_kwargs)
+        state = torch.load(PRETRAINED_2D if source == "shipped" else source, map_location="cpu", weights_only=False)
+        if "meta" in state:  # package weights (float16)
+            load_pretrained_2d(model, PRETRAINED_2D if source == "shipped" else source)
+        else:
+            model.load_state_dict({**state["model"], **(state.get("ema") or {})})
+        model.eval()
+        radius = 0.5 * config.target_diameter * config.target_radius_fraction
+        print(source, _validate(model, val, radius, config.target_diameter), flush=True)
     return 0
 
 
