@@ -129,6 +129,8 @@ def train(name: str, train_paths, truth, diameter: float, model_dir: Path, args)
         config.init = args.init
     if args.epochs:
         config.epochs = args.epochs
+    if args.lr:
+        config.lr = args.lr
     stems = [p.stem for p in train_paths]
     train_truth = truth._with(truth.table[truth.table["micrograph"].isin(stems)])
     t = time.perf_counter()
@@ -216,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--init", choices=["pretrained", "random"], default=None,
                     help="starting weights of few-shot training (default: the library default, TrainConfig.init)")
+    ap.add_argument("--lr", type=float, default=None, help="learning rate (default: the library default, TrainConfig.lr)")
     ap.add_argument("--ttas", default=",".join(TTAS),
                     help=f"test-time augmentation modes scored (comma list of {', '.join(TTAS)}; default all)")
     ap.add_argument("--redo", action="store_true", help="retrain and rescore instead of using the cache")
