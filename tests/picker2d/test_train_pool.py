@@ -244,6 +244,22 @@ def test_an_interrupted_pool_stage_resumes_with_the_same_pseudo_labels(tmp_path,
     assert resumed.score_threshold == pytest.approx(reference.score_threshold)
 
 
+def test_train_from_files_with_unlabelled_micrographs(tmp_path, caplog):
+    from cryopick.picker2d.train import train_from_files
+
+    coords = write_set(tmp_path / "mics", 3, coords_for={0, 1})
+    write_set(tmp_path / "more", 2, coords_for=set(), start=10)
+    caplog.set_level(logging.INFO)
+    card = train_from_files(tmp_path / "mics", coords, 12.0, tmp_path / "m", coords_format="relion",
+                            unlabelled=[tmp_path / "more" / "m10.mrc", tmp_path / "more" / "m11.mrc"],
+                            config=TrainConfig(**dict(FAST, unlabelled_max=2, seed=1)))
+    pool = card.training["unlabelled_pool"]
+    assert pool["n_micrographs"] == 2 and len(set(pool["names"]) - {"m2", "m10", "m11"}) == 0 and pool["used"]
+    assert pool["sources"][0].endswith(".mrc") and card.data["n_micrographs"] == 2
+    assert "2 of 3 chosen (unlabelled_max 2)" in caplog.text and "+ 2 unannotated" in caplog.text
+    assert card.training["config"]["unlabelled_max"] == 2
+
+
 # -- the command ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("value", ["-1", "1.5", "nan", "x"])
 def test_the_train_command_checks_unlabelled_max(tmp_path, capsys, value):
