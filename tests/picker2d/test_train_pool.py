@@ -271,6 +271,15 @@ def test_the_train_command_checks_unlabelled_max(tmp_path, capsys, value):
     assert "--unlabelled-max" in err and "Traceback" not in err
 
 
+def test_the_train_command_states_the_library_default():
+    import re
+
+    from tests.picker2d.test_train_trust import _subparser
+
+    helps = {a.dest: a.help for a in _subparser("train")._actions}
+    assert int(re.search(r"default (\d+)", helps["unlabelled_max"]).group(1)) == TrainConfig().unlabelled_max
+
+
 def test_the_train_command_passes_the_pool_to_the_library(tmp_path, monkeypatch):
     import cryopick.picker2d.train as train2d
 
