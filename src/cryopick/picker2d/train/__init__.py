@@ -81,7 +81,8 @@ def load_training_set(micrographs: str | os.PathLike | Sequence[str | os.PathLik
         log.info("%d micrograph(s) have no coordinates: %s%s; %s", len(missing), ", ".join(n for _, n in missing[:5]),
                  " ..." if len(missing) > 5 else "",
                  "they are used as unannotated micrographs for self-training (up to unlabelled_max)"
-                 if unlabelled_max > 0 else "not used (unlabelled_max 0; particle-free micrographs go to --negatives)")
+                 if unlabelled_max > 0 else "not used (unlabelled_max 0 or self-training off; particle-free micrographs go "
+                 "to --negatives)")
     mics = []
     items = [(p, n) for p, n in zip(paths, names) if n in annotated]
     for p, n in tqdm(items, desc="loading", unit="mic", disable=not progress):
