@@ -25,6 +25,14 @@ per TTA mode; on EMPIAR-10017 these are 4096² micrographs.
 ``--init`` chooses the starting weights (``TrainConfig.init``); runs with ``pretrained`` are cached
 apart (``<quick|full>_pretrained``).
 
+``--unlabelled N`` gives each protein N unannotated micrographs of its own (the unlabelled pool of
+``TrainConfig.unlabelled_max``, self-training): the simulated families render 5 + n_test + N micrographs
+and the last N are the pool; on EMPIAR-10017 the micrographs after the train and test ones (20 exist, so
+at most 10 with ``--quick``). The test micrographs are never in the pool. Cached apart
+(``<quick|full>_<init>_unlabelled<N>``). ``--self-training-init previous`` and ``--ignore-margin M``
+(``TrainConfig.self_training_init``, ``unlabelled_ignore_margin``) measure the pool's variants (cached
+apart too: ``_previous``, ``_ignore<M>``).
+
 Trained models, rendered data and per-protein scores are cached under the ``--cache`` folder (default
 ``benchmarks/results/fewshot_loo/<quick|full>``); rerunning resumes (``--redo`` starts over).
 """
@@ -104,20 +112,24 @@ def render_family(name: str, out: Path, n: int, size: int = 1024):
 
 
 def load_protein(name: str, args, cache: Path):
-    """(train paths, test paths, truth Picks, diameter px) of one protein."""
+    """(train paths, test paths, unlabelled pool paths, truth Picks, diameter px) of one protein."""
+    end = 5 + args.n_test
     if name == "empiar10017":
         from cryopick.io.coords import read_picks
 
         jpgs = sorted((Path(args.data) / "micrographs").glob("*.jpg"))
         if len(jpgs) < 6:
             raise SystemExit(f"{args.data}: expected EMPIAR-10017 micrographs/*.jpg (give --data)")
+        if len(jpgs) < end + args.unlabelled:
+            raise SystemExit(f"--unlabelled {args.unlabelled}: {args.data} holds {len(jpgs)} micrographs, "
+                             f"{end} train and test ones; at most --unlabelled {max(0, len(jpgs) - end)}")
         truth = read_picks(Path(args.data) / "coordinates", format="cryoppp")
-        return jpgs[:5], jpgs[5 : 5 + args.n_test], truth, 108.0
-    paths, truth, diameter = render_family(name, cache / "data" / name, 5 + args.n_test)
-    return paths[:5], paths[5:], truth, diameter
+        return jpgs[:5], jpgs[5:end], jpgs[end : end + args.unlabelled], truth, 108.0
+    paths, truth, diameter = render_family(name, cache / "data" / name, end + args.unlabelled)
+    return paths[:5], paths[5:end], paths[end:], truth, diameter
 
 
-def train(name: str, train_paths, truth, diameter: float, model_dir: Path, args) -> dict:
+def train(name: str, train_paths, truth, diameter: float, model_dir: Path, args, pool=()) -> dict:
     from cryopick.picker2d.card import load_card
     from cryopick.picker2d.train import TrainConfig, train_from_files
 
@@ -131,12 +143,17 @@ def train(name: str, train_paths, truth, diameter: float, model_dir: Path, args)
         config.epochs = args.epochs
     if args.lr:
         config.lr = args.lr
+    if args.self_training_init:
+        config.self_training_init = args.self_training_init
+    if args.ignore_margin:
+        config.unlabelled_ignore_margin = args.ignore_margin
     stems = [p.stem for p in train_paths]
     train_truth = truth._with(truth.table[truth.table["micrograph"].isin(stems)])
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        card = train_from_files(train_paths, train_truth, diameter, model_dir, config=config)
+        card = train_from_files(train_paths, train_truth, diameter, model_dir, config=config,
+                                unlabelled=list(pool) or None)
     return {"cached": False, "train_seconds": round(time.perf_counter() - t, 1), **card.training}
 
 
@@ -222,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ttas", default=",".join(TTAS),
                     help=f"test-time augmentation modes scored (comma list of {', '.join(TTAS)}; default all)")
     ap.add_argument("--redo", action="store_true", help="retrain and rescore instead of using the cache")
+    ap.add_argument("--unlabelled", type=int, default=0,
+                    help="unannotated micrographs per protein for self-training (the unlabelled pool; default 0)")
+    ap.add_argument("--self-training-init", choices=["fresh", "previous"], default=None,
+                    help="starting weights of the self-training stage (default: the library default)")
+    ap.add_argument("--ignore-margin", type=float, default=0.0,
+                    help="TrainConfig.unlabelled_ignore_margin (default 0: the library default)")
     ap.add_argument("--speed-n", type=int, default=None,
                     help="4096² MRCs picked end to end per TTA mode with the empiar10017 model (default 3; 0 = skip)")
     args = ap.parse_args(argv)
@@ -233,7 +256,12 @@ def main(argv: list[str] | None = None) -> int:
         from cryopick.picker2d.train import TrainConfig
 
         args.init = TrainConfig().init
-    cache = Path(args.cache or f"benchmarks/results/fewshot_loo/{size}" + ("" if args.init == "random" else f"_{args.init}"))
+    if args.unlabelled < 0:
+        raise SystemExit("--unlabelled: a number >= 0")
+    cache = Path(args.cache or f"benchmarks/results/fewshot_loo/{size}" + ("" if args.init == "random" else f"_{args.init}")
+                 + (f"_unlabelled{args.unlabelled}" if args.unlabelled else "")
+                 + (f"_{args.self_training_init}" if args.self_training_init else "")
+                 + (f"_ignore{args.ignore_margin:g}" if args.ignore_margin else ""))
     cache.mkdir(parents=True, exist_ok=True)
 
     import torch
@@ -251,11 +279,14 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = json.loads(done.read_text())
             print(f"{name}: cached ({done})", flush=True)
             continue
-        train_paths, test_paths, truth, diameter = load_protein(name, args, cache)
-        tr = train(name, train_paths, truth, diameter, cache / name / "model", args)
+        train_paths, test_paths, pool, truth, diameter = load_protein(name, args, cache)
+        tr = train(name, train_paths, truth, diameter, cache / name / "model", args, pool)
         ev = evaluate(cache / name / "model", test_paths, truth, diameter, args.threads, ttas)
         ev["training"] = {k: tr.get(k) for k in ("cached", "train_seconds", "epochs_run", "best_epoch", "stopped",
-                                                 "best_val_f1", "wall_seconds", "cpu_seconds_this_session", "init")}
+                                                 "best_val_f1", "wall_seconds", "cpu_seconds_this_session", "init",
+                                                 "stages", "shipped_stage")}
+        ev["unlabelled_pool"] = {k: (tr.get("unlabelled_pool") or {}).get(k) for k in
+                                 ("n_micrographs", "n_pseudo_labels", "stage_validation_f1", "shipped")}
         ev["load_average"] = [round(x, 2) for x in os.getloadavg()]
         from cryopick.io.atomic import write_text
 
@@ -276,6 +307,11 @@ def main(argv: list[str] | None = None) -> int:
         tr = ev.get("training") or {}
         row.update({"epochs": tr.get("epochs_run"), "best epoch": tr.get("best_epoch"),
                     "train s": tr.get("train_seconds"), "val F1": tr.get("best_val_f1")})
+        pool = ev.get("unlabelled_pool") or {}
+        if pool.get("n_micrographs"):
+            row.update({"pool": pool["n_micrographs"], "pseudo": pool["n_pseudo_labels"],
+                        "val F1 per stage": "/".join(f"{f:.3f}" for f in pool["stage_validation_f1"] if f is not None),
+                        "shipped": pool["shipped"]})
         rows.append(row)
     print_table(rows)
     summary = {}
@@ -301,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             summary[f"picking mic/s tta={tta}"] = r["micrographs_per_second"]
     write_result(args.out, "fewshot_loo", args.quick, summary, proteins=results, speed=speeds,
                  settings={"threads": args.threads, "seed": args.seed, "epochs": args.epochs, "n_test": args.n_test,
-                           "init": args.init,
+                           "init": args.init, "unlabelled": args.unlabelled,
+                           "self_training_init": args.self_training_init, "ignore_margin": args.ignore_margin,
                            "cache": str(cache)})
     return 0
 

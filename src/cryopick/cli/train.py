@@ -5,8 +5,12 @@ A strip of each micrograph is held out for validation, early stopping and the sc
 With only some particles annotated, give --labelled-fraction (or --particles-per-micrograph):
 unlabelled pixels are then treated as positive-unlabelled (nnPU loss), not as background, and a second
 network is trained on the first one's calibrated picks plus the labels (self-training; --no-self-training
-skips it). The time budget (--max-minutes) is shared by the stages; it is charged as wall time less
-the share of the cores other processes took (load stretches the run, not cuts it), never stops before --min-epochs, and the run
+skips it). With --unlabelled-max N (default 0: off), up to N micrographs without coordinates, and those
+given with --unlabelled, are used unannotated for self-training: the first network's calibrated picks
+become their labels, a second network trains on labels + picks, and the stage with the better
+validation F1 is kept. The time budget (--max-minutes) is shared by the stages; it is charged as wall
+time less the share of the cores other processes took (load stretches the run, not cuts it), never
+stops before --min-epochs, and the run
 says up front how many epochs fit and warns (with the fix) when the budget cuts training short.
 PyTorch uses one thread per free core (--threads to choose). Writes model.pt, card.json and
 training_curve.png.
@@ -15,6 +19,7 @@ Examples:
   cryopick train --micrographs mics/ --coords manual/ --diameter 108 -o model/
   cryopick train --micrographs mics/ --coords picks.star --diameter 190 --diameter-unit A --pixel-size 1.77 -o model/
   cryopick train --micrographs mics/ --coords sparse/ --diameter 108 --labelled-fraction 0.1 -o model/
+  cryopick train --micrographs mics/ --coords manual/ --unlabelled 'all_mics/*.mrc' --diameter 108 -o model/
 """
 
 from __future__ import annotations
@@ -41,11 +46,13 @@ log = logging.getLogger(__name__)
 # Options passed to TrainConfig when given (argparse dest -> TrainConfig field); None = the library default.
 CONFIG_OPTIONS = ("backbone", "checkpoint", "init", "target_diameter", "epochs", "steps_per_epoch", "patience", "max_minutes",
                   "min_epochs", "batch_size", "patch_size", "lr", "val_fraction", "labelled_fraction", "min_distance",
-                  "seed")
+                  "seed", "unlabelled_max")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--micrographs", required=True, help="annotated micrographs: directory, glob or file")
+    parser.add_argument("--micrographs", required=True,
+                        help="annotated micrographs: directory, glob or file; those without coordinates are used "
+                             "unannotated for self-training (see --unlabelled)")
     parser.add_argument("--coords", required=True,
                         help="their coordinates: file, directory or glob, any supported format; coordinates of "
                              "micrographs not in --micrographs are skipped")
@@ -62,8 +69,16 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="fraction of the particles that are annotated, in (0, 1] (default 1: all)")
     parser.add_argument("--particles-per-micrograph", type=positive_float,
                         help="sparse annotation: expected particles per micrograph (sets the labelled fraction)")
+    parser.add_argument("--unlabelled", nargs="+", metavar="DIR|GLOB|FILE",
+                        help="unannotated micrographs of the same data set for self-training: the first network's "
+                             "calibrated picks become their labels for a second one (with the --micrographs "
+                             "without coordinates; needs --unlabelled-max N)")
+    parser.add_argument("--unlabelled-max", type=nonnegative_int,
+                        help="most unannotated micrographs used for self-training, chosen spread over the list "
+                             "(default 0 = off: it measured no gain for twice the training time)")
     parser.add_argument("--no-self-training", action="store_true",
-                        help="sparse annotation: stop after the positive-unlabelled stage")
+                        help="no second stage: sparse annotation stops after the positive-unlabelled stage, and "
+                             "unannotated micrographs are not used")
     parser.add_argument("--backbone", help="model from the registry (default: unet)")
     parser.add_argument("--checkpoint", help="base weights for the backbone (e.g. a SAM2 checkpoint; default: none)")
     parser.add_argument("--init", choices=["pretrained", "random"],
@@ -120,7 +135,25 @@ def summary_line(card, out) -> str:
     return (f"model written to {out}: backbone {card.backbone}, working scale 1/{card.factor:.2f} "
             f"(particle {card.working_diameter:.1f} px), score threshold {card.score_threshold:.3f}"
             + (f" (validation F1 {f1:.3f}, precision {cal['precision']:.3f}, recall {cal['recall']:.3f})" if f1 else "")
-            + f"; {epochs} epochs in {training['wall_seconds']:.0f} s (stopped: {training['stopped']})")
+            + f"; {epochs} epochs in {training['wall_seconds']:.0f} s (stopped: {training['stopped']})"
+            + _pool_note(training.get("unlabelled_pool")))
+
+
+def _pool_note(pool: dict | None) -> str:
+    if not pool:
+        return ""
+    if not pool.get("used"):
+        return f"; {pool['n_micrographs']} unannotated micrographs not used"
+    f1 = ", ".join(f"{f:.3f}" if f is not None else "-" for f in pool["stage_validation_f1"])
+    return (f"; self-training on {pool['n_micrographs']} unannotated micrographs ({pool['n_pseudo_labels']} "
+            f"pseudo-labels), stage {pool['shipped_stage']} shipped (validation F1 per stage: {f1})")
+
+
+def _one_or_list(values: list[str] | None):
+    """``--unlabelled`` as given: one directory or glob, or a list of files."""
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values
 
 
 def main(args: argparse.Namespace) -> int:
@@ -137,7 +170,7 @@ def main(args: argparse.Namespace) -> int:
                             pixel_size=args.pixel_size, coords_format=args.coords_format,
                             negatives=args.negatives, config=config,
                             particles_per_micrograph=args.particles_per_micrograph, redo=args.redo,
-                            **read_opts)
+                            unlabelled=_one_or_list(args.unlabelled), **read_opts)
     print(summary_line(card, out))
     log.debug(json.dumps(card.training["history"][-3:]))
     return 0

@@ -35,19 +35,24 @@ MIN_DIAMETER_PX = 4.0  # a smaller particle is a unit mix-up; the network could 
 
 def load_training_set(micrographs: str | os.PathLike | Sequence[str | os.PathLike], picks: Picks,
                       scale: WorkingScale, negatives: str | os.PathLike | Sequence | None = None,
-                      progress: bool = False) -> list[TrainingMicrograph]:
-    """Read annotated micrographs (and optional particle-free ones) at the working scale.
+                      progress: bool = False, unlabelled: str | os.PathLike | Sequence | None = None,
+                      unlabelled_max: int | None = None, seed: int = 0) -> list[TrainingMicrograph]:
+    """Read annotated micrographs (and optional particle-free and unannotated ones) at the working scale.
 
     Coordinates are matched to images by name (see :func:`cryopick.io.coords.match_micrograph_names`).
     Coordinates of micrographs not given are skipped, with a note of how many (train on a subset of an
-    annotated folder by passing only those micrographs). Images without any coordinates are skipped
-    with a warning (give particle-free images as ``negatives`` to train on them). Coordinates outside
-    their image are reported per file (:func:`cryopick.picker2d.train.data.report_outside`).
+    annotated folder by passing only those micrographs). Images without any coordinates, and the
+    ``unlabelled`` ones (directory, glob or files), form the unlabelled pool for self-training: at most
+    ``unlabelled_max`` of them (default :attr:`TrainConfig.unlabelled_max`; ``0``: none), chosen with
+    ``seed`` (:mod:`.pool`), returned last with ``unlabelled=True``. Give particle-free images as
+    ``negatives`` to train on them as background. Coordinates outside their image are reported per file
+    (:func:`cryopick.picker2d.train.data.report_outside`).
     """
     from tqdm.auto import tqdm
 
     from cryopick.io.coords import match_micrograph_names, normalise_name
     from cryopick.io.images import image_name, list_images
+    from cryopick.picker2d.train.pool import load_pool, pool_candidates
 
     paths = list_images(micrographs if isinstance(micrographs, (str, os.PathLike)) else list(micrographs))
     names = [image_name(p) for p in paths]
@@ -69,20 +74,36 @@ def load_training_set(micrographs: str | os.PathLike | Sequence[str | os.PathLik
         log.info("%s: %d of %d annotated micrographs are not among the micrographs given and are skipped%s",
                  source, len(given) - len(annotated), len(given),
                  f" (e.g. {', '.join(skipped[:3])})" if skipped else "")
-    missing = [n for n in names if n not in annotated]
-    if missing:
+    if unlabelled_max is None:
+        unlabelled_max = TrainConfig().unlabelled_max
+    missing = [(p, n) for p, n in zip(paths, names) if n not in annotated]
+    if missing and unlabelled_max > 0:
+        log.info("%d micrograph(s) have no coordinates: %s%s; they are used as unannotated micrographs for "
+                 "self-training (up to unlabelled_max)", len(missing), ", ".join(n for _, n in missing[:5]),
+                 " ..." if len(missing) > 5 else "")
+    elif missing:
         warnings.warn(f"{len(missing)} micrograph(s) have no coordinates and are not used: "
-                      f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
-                      "(pass particle-free micrographs with --negatives)", stacklevel=2)
+                      f"{', '.join(n for _, n in missing[:5])}{' ...' if len(missing) > 5 else ''} (pass "
+                      "particle-free micrographs with --negatives; --unlabelled-max N uses up to N of them "
+                      "unannotated for self-training)", stacklevel=2)
+    if unlabelled and unlabelled_max <= 0:
+        raise CryopickError(
+            f"--unlabelled {unlabelled if isinstance(unlabelled, (str, os.PathLike)) else f'({len(unlabelled)} files)'}: "
+            "unannotated micrographs are used only for self-training, which is off (--unlabelled-max is 0, the "
+            "default, or --no-self-training was given); add --unlabelled-max N (N > 0) to use up to N of them")
     mics = []
     items = [(p, n) for p, n in zip(paths, names) if n in annotated]
     for p, n in tqdm(items, desc="loading", unit="mic", disable=not progress):
         mics.append(load_training_micrograph(p, picks.for_micrograph(n).coords, scale, name=n))
     mics = report_outside(mics)
+    neg_paths = []
     if negatives:
         neg_paths = list_images(negatives if isinstance(negatives, (str, os.PathLike)) else list(negatives))
         for p in tqdm(neg_paths, desc="loading negatives", unit="mic", disable=not progress):
             mics.append(load_training_micrograph(p, None, scale, negative=True))
+    if unlabelled_max > 0:
+        candidates = pool_candidates(missing, unlabelled, annotated, {Path(p).resolve() for p in neg_paths})
+        mics += load_pool(candidates, scale, unlabelled_max, seed=seed, progress=progress)
     return mics
 
 
@@ -107,7 +128,7 @@ def read_coordinates(coords: str | os.PathLike, coords_format: str | None = None
 def train_from_files(micrographs, coords: str | os.PathLike | Picks, diameter: float, output_dir: str | os.PathLike,
                      diameter_unit: str = "px", pixel_size: float | None = None, coords_format: str | None = None,
                      negatives=None, config: TrainConfig | None = None, resume: bool = True, redo: bool = False,
-                     particles_per_micrograph: float | None = None, **read_opts):
+                     particles_per_micrograph: float | None = None, unlabelled=None, **read_opts):
     """Read images and coordinates, choose the working scale, train, write the model directory.
 
     Parameters
@@ -125,6 +146,10 @@ def train_from_files(micrographs, coords: str | os.PathLike | Picks, diameter: f
     particles_per_micrograph
         Expected number of particles per annotated micrograph, for sparse annotation when the
         labelled fraction is not known: it becomes ``labelled / (this x micrographs)``.
+    unlabelled
+        Unannotated micrographs of the same data set (directory, glob or files) for self-training;
+        with the ``micrographs`` that have no coordinates they form the unlabelled pool, at most
+        ``config.unlabelled_max`` (see :class:`TrainConfig`).
     **read_opts
         Conversion options for :func:`cryopick.io.coords.read_picks` (e.g. ``flip_y=True, height=4096``).
     """
@@ -147,15 +172,19 @@ def train_from_files(micrographs, coords: str | os.PathLike | Picks, diameter: f
     picks = coords if isinstance(coords, Picks) else read_coordinates(coords, coords_format, **read_opts)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*no pixel size.*")
-        mics = load_training_set(paths, picks, scale, negatives=negatives, progress=config.progress)
+        mics = load_training_set(paths, picks, scale, negatives=negatives, progress=config.progress,
+                                 unlabelled=unlabelled, seed=config.seed,
+                                 unlabelled_max=config.unlabelled_max if config.self_training else 0)
     if particles_per_micrograph:
-        annotated = [m for m in mics if not m.negative]
+        annotated = [m for m in mics if not m.negative and not m.unlabelled]
         n_lab = sum(len(m.coords) for m in annotated)
         config.labelled_fraction = float(min(1.0, n_lab / (particles_per_micrograph * len(annotated))))
         log.info("labelled fraction %.3f (%d labelled, %g expected per micrograph)", config.labelled_fraction,
                  n_lab, particles_per_micrograph)
-    log.info("training on %d micrographs (%d particles), working scale 1/%.2f: particle %.1f px",
-             len(mics), sum(len(m.coords) for m in mics), scale.factor, scale.working_diameter)
+    n_pool = sum(m.unlabelled for m in mics)
+    log.info("training on %d micrographs (%d particles)%s, working scale 1/%.2f: particle %.1f px",
+             len(mics) - n_pool, sum(len(m.coords) for m in mics), f" + {n_pool} unannotated" if n_pool else "",
+             scale.factor, scale.working_diameter)
     if redo:
         clear_training_outputs(output_dir)
     return train_picker(mics, scale, output_dir, config, resume=resume)

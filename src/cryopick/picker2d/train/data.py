@@ -43,6 +43,12 @@ class TrainingMicrograph:
     train_coords
         Training targets when they differ from the labels (self-training pseudo-labels); the
         validation always uses ``coords``.
+    unlabelled
+        True for a micrograph of the unlabelled pool (no annotation; :mod:`.pool`): never validated or
+        calibrated on, never a negative, trained on only once it has pseudo-labels (``train_coords``).
+    ignore_coords
+        Centres of uncertain pseudo-labels: pixels within a particle radius of them are left out of the
+        loss (neither particle nor background).
     """
 
     name: str
@@ -52,6 +58,8 @@ class TrainingMicrograph:
     negative: bool = False
     val_box: tuple[int, int, int, int] | None = None
     train_coords: np.ndarray | None = None
+    unlabelled: bool = False
+    ignore_coords: np.ndarray | None = None
     source: str = ""
     meta: dict = field(default_factory=dict)
 
@@ -172,7 +180,7 @@ def assign_validation(micrographs: list[TrainingMicrograph], fraction: float = 0
     there). With fewer micrographs, a strip of each is held out instead
     (:func:`assign_validation_strips`).
     """
-    annotated = [m for m in micrographs if not m.negative]
+    annotated = [m for m in micrographs if not m.negative and not m.unlabelled]
     if fraction <= 0 or len(annotated) < min_micrographs:
         assign_validation_strips(micrographs, fraction, seed)
         return "strips"
@@ -192,10 +200,12 @@ def assign_validation_strips(micrographs: list[TrainingMicrograph], fraction: fl
 
     The strip position rotates over the micrographs (left, ..., right) so the held-out data are not
     all from one edge; with a single micrograph the split still works. ``fraction = 0`` disables it.
+    Micrographs of the unlabelled pool are never held out (they have no labels to validate on).
     """
+    for m in micrographs:
+        m.val_box = None
+    micrographs = [m for m in micrographs if not m.unlabelled]
     if fraction <= 0:
-        for m in micrographs:
-            m.val_box = None
         return
     if not 0 < fraction < 1:
         raise CryopickError(f"validation fraction must be in [0, 1), got {fraction}")
@@ -236,10 +246,11 @@ def positive_prior(micrographs: list[TrainingMicrograph], radius: float, labelle
     """
     if labelled_fraction >= 1:
         return 0.0
-    area = sum(m.image.size for m in micrographs if not m.negative)
+    annotated = [m for m in micrographs if not m.negative and not m.unlabelled]
+    area = sum(m.image.size for m in annotated)
     if area == 0:
         return 0.0
-    n_lab = sum(len(m.coords) for m in micrographs if not m.negative)
+    n_lab = sum(len(m.coords) for m in annotated)
     disk = math.pi * radius**2
     labelled_area = n_lab * disk
     total_pos = min(labelled_area / max(labelled_fraction, 1e-6), max_prior * area)
@@ -247,9 +258,13 @@ def positive_prior(micrographs: list[TrainingMicrograph], radius: float, labelle
 
 
 def summarise(micrographs: list[TrainingMicrograph]) -> dict:
-    """Training data summary for the model card."""
+    """Training data summary for the model card (the unlabelled pool apart: ``unlabelled_micrographs``)."""
+    pool = [m.name for m in micrographs if m.unlabelled]
+    micrographs = [m for m in micrographs if not m.unlabelled]
     return {
         "n_micrographs": len(micrographs),
+        "n_unlabelled_micrographs": len(pool),
+        "unlabelled_micrographs": pool,
         "n_negative_micrographs": sum(m.negative for m in micrographs),
         "n_particles": int(sum(len(m.coords) for m in micrographs)),
         "micrographs": [

@@ -19,9 +19,8 @@ import logging
 import math
 import os
 import time
-import warnings
-from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,22 +29,20 @@ from cryopick.errors import CryopickError
 from cryopick.io.atomic import make_output_dir
 from cryopick.models.registry import build_model
 from cryopick.picker2d.calibrate import ValidationPicks, calibrate_postprocess, f1_curve, score_grid, validation_picks
-from cryopick.picker2d.card import CARD_NAME, WEIGHTS_NAME, ModelCard, save_card, save_weights
+from cryopick.picker2d.card import CARD_NAME, WEIGHTS_NAME, save_weights
 from cryopick.picker2d.scale import WorkingScale
 from cryopick.picker2d.train.batches import batch_loss, prepare_targets, sample_batch
-from cryopick.picker2d.train.budget import ESTIMATE_AFTER_STEPS, StageBudget, budget_record
+from cryopick.picker2d.train.budget import ESTIMATE_AFTER_STEPS, StageBudget
 from cryopick.picker2d.train.config import TrainConfig, initial_weights
-from cryopick.picker2d.train.data import (
-    TrainingMicrograph,
-    assign_validation,
-    assign_validation_strips,
-    positive_prior,
-    summarise,
-)
+from cryopick.picker2d.train.data import TrainingMicrograph, assign_validation, assign_validation_strips, positive_prior
+from cryopick.picker2d.train.pool import shipped_stage
 from cryopick.picker2d.train.pseudo import PSEUDO_NAME, load_pseudo_labels, make_pseudo_labels
-from cryopick.picker2d.train.report import CURVE_NAME, plot_training_curve, sparse_handling
+from cryopick.picker2d.train.report import CURVE_NAME, write_card
 from cryopick.runtime import busy_other_cores, choose_threads, configure_threads, cpu_sample
 from cryopick.training import BudgetClock, WeightAverage, cosine_schedule, save_checkpoint, set_seeds
+
+if TYPE_CHECKING:
+    from cryopick.picker2d.card import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +56,6 @@ PREVIOUS_STAGE_NAME = "previous_stage.pt"
 def clear_training_outputs(output_dir: str | os.PathLike) -> list[Path]:
     """Remove what a 2D training run writes in ``output_dir`` (model, card, checkpoints, pseudo-labels,
     curve) so it can start over; any other file there is left alone. Returns the removed paths."""
-    from cryopick.picker2d.train.pseudo import PSEUDO_NAME
-    from cryopick.picker2d.train.report import CURVE_NAME
-
     removed = []
     for name in (CARD_NAME, WEIGHTS_NAME, CHECKPOINT_NAME, PREVIOUS_STAGE_NAME, PSEUDO_NAME, CURVE_NAME):
         path = Path(output_dir) / name
@@ -76,14 +70,27 @@ _CHECKPOINT_KEYS = ("stage", "model", "optimiser", "scheduler", "rng", "torch_rn
                     "history", "config")
 
 
+def _saved_key(saved):
+    """A checkpoint's settings, with the defaults of settings added after it was written."""
+    if not isinstance(saved, dict):
+        return saved
+    return {**{k: v for k, v in TrainConfig().resume_key().items() if k in _ADDED_LATER}, **saved}
+
+
+_ADDED_LATER = ("unlabelled_max", "unlabelled_ignore_margin")
+
+
 def train_picker(mics: list[TrainingMicrograph], scale: WorkingScale, output_dir: str | os.PathLike,
                  config: TrainConfig | None = None, resume: bool = True) -> ModelCard:
     """Train a 2D picker on prepared micrographs and write ``model.pt`` + ``card.json``.
 
-    Fully annotated data: one stage (balanced BCE). Sparse annotation (``labelled_fraction < 1``):
-    stage 1 trains with the nnPU loss and calibrates a threshold; with ``self_training`` its picks
-    above that threshold (plus the labels) become dense pseudo-labels for stage 2, a fresh network
-    trained with balanced BCE, validated and calibrated against the true sparse labels only.
+    Fully annotated data: one stage (balanced BCE); with an unlabelled pool (micrographs with
+    ``unlabelled=True``, see :mod:`.pool`) and ``self_training``, stage 1's picks above its calibrated
+    threshold label the pool for stage 2, and the stage with the better validation F1 is shipped.
+    Sparse annotation (``labelled_fraction < 1``): stage 1 trains with the nnPU loss and calibrates a
+    threshold; with ``self_training`` its picks above that threshold (plus the labels) become dense
+    pseudo-labels for stage 2 (the pool's too), a fresh network trained with balanced BCE, validated
+    and calibrated against the true sparse labels only; stage 2 is shipped.
 
     Parameters
     ----------
@@ -135,15 +142,21 @@ class _Run:
             assign_validation_strips(mics, config.val_fraction, seed=config.seed)
             self.validation_mode = "strips"
         self.sparse = config.labelled_fraction < 1
+        self.has_val = any(m.val_box is not None for m in mics)
+        self.pool = [m.name for m in mics if m.unlabelled]
         self.stages = ["pu" if self.sparse and config.pu_loss else "bce"]
-        if self.sparse and config.self_training:
+        self.best_of_stages = not self.sparse  # the pool's stage must earn its place on validation
+        if config.self_training and (self.sparse or (self.pool and self.has_val)):
             self.stages.append("self-training")
+        elif self.pool:
+            log.info("the %d unannotated micrograph(s) are not used: %s", len(self.pool),
+                     "no validation data to judge a self-training stage by" if config.self_training
+                     else "self-training is off")
         self.radius = 0.5 * scale.working_diameter * config.target_radius_fraction
         self.context = int(round(2 * scale.working_diameter))
         self.match_tolerance = 0.5 * scale.working_diameter  # a pick is correct within one particle radius
         self.min_distance_w = (0.5 * scale.working_diameter if config.min_distance is None
                                else config.min_distance / scale.factor)
-        self.has_val = any(m.val_box is not None for m in mics)
         self.rng = np.random.default_rng(config.seed)
         self.ckpt_path = out / CHECKPOINT_NAME
         self.pseudo_path = out / PSEUDO_NAME
@@ -152,10 +165,16 @@ class _Run:
             raise CryopickError(f"{out}: already holds a trained model; choose another output directory or --redo")
         if self.ckpt_path.exists() and resume:
             self.state = self._read_checkpoint()
-            if self.state.get("config") != config.resume_key():
+            if _saved_key(self.state.get("config")) != config.resume_key():
                 raise CryopickError(
                     f"{self.ckpt_path}: an unfinished run with different settings is there; use the same settings "
                     "to resume, or --redo to start again"
+                )
+            if self.state.get("pool", []) != self.pool:
+                raise CryopickError(
+                    f"{self.ckpt_path}: an unfinished run with another unlabelled pool ({len(self.state.get('pool', []))} "
+                    f"micrograph(s); now {len(self.pool)}) is there; give the same micrographs and --unlabelled to "
+                    "resume (--unlabelled-max 0 when it had none), or --redo to start again"
                 )
         self.elapsed_before = self.state.get("elapsed", 0.0) if self.state else 0.0
         # Checkpoints written before the budget clock existed hold only the wall time.
@@ -244,13 +263,22 @@ class _Run:
             calibration, threshold = self._calibrate(model)
             records.append({"stage": kind, "prior": prior, **fit, "calibration": calibration})
             if index + 1 < len(self.stages):
-                if config.self_training_init == "previous":
+                if config.self_training_init == "previous" or self.best_of_stages:
                     save_checkpoint(self.out / PREVIOUS_STAGE_NAME, model.state_dict())
+                margin = config.unlabelled_ignore_margin
                 make_pseudo_labels(model, self.mics, threshold, records, self.pseudo_path, radius=self.radius,
                                    mask_threshold=config.mask_threshold, score_method=config.score_method,
                                    min_distance=self.min_distance_w, match_tolerance=self.match_tolerance,
-                                   bf16=self.bf16)
-        return self._finish(model, records)
+                                   bf16=self.bf16, only_unlabelled=not self.sparse,
+                                   ignore_below=threshold - margin if margin > 0 else None)
+        shipped = shipped_stage(records, self.best_of_stages)
+        if shipped != len(records) - 1:  # two stages at most: the first one's weights were kept
+            self._load_weights(model, self.out / PREVIOUS_STAGE_NAME)
+            save_weights(self.out, model)
+            log.info("stage %d (%s) is shipped: validation F1 %.3f, stage %d's %.3f", shipped + 1,
+                     records[shipped]["stage"], records[shipped]["calibration"].get("f1") or 0.0, len(records),
+                     records[-1]["calibration"].get("f1") or 0.0)
+        return self._finish(model, records, shipped)
 
     # -- one stage --
     def _fit(self, index, kind, model, optimiser, scheduler, ema, prior, state, records) -> dict:
@@ -258,7 +286,7 @@ class _Run:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         config = self.config
-        targets = prepare_targets(self.mics, self.radius)
+        targets = prepare_targets(self.mics, self.radius, ignore_radius=0.5 * self.scale.working_diameter)
         history: list[dict] = []
         start_epoch, best_f1, best_epoch = 0, -1.0, -1
         stage_start = self.clock.tick()
@@ -328,7 +356,7 @@ class _Run:
                     "model": model.state_dict(), "optimiser": optimiser.state_dict(),
                     "scheduler": scheduler.state_dict(), "rng": self.rng.bit_generator.state,
                     "torch_rng": torch.get_rng_state(), "epoch": epoch, "best_f1": best_f1, "best_epoch": best_epoch,
-                    "history": history, "config": config.resume_key(), "elapsed": self.elapsed(),
+                    "history": history, "config": config.resume_key(), "elapsed": self.elapsed(), "pool": self.pool,
                     "budget_used": self.clock.tick(), "stage_start": stage_start})
                 bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_f1=_shown(val["f1"]), best_f1=_shown(best_f1))
                 done = epoch + 1
@@ -387,55 +415,8 @@ class _Run:
         return calibration, calibration["variants"][f"s1/tta={calibration['tta']}"]["threshold"]
 
     # -- card --
-    def _finish(self, model, records: list[dict]) -> ModelCard:
-        config, scale = self.config, self.scale
-        last = records[-1]
-        n_pseudo = sum(len(m.train_coords) for m in self.mics if m.train_coords is not None)
-        card = ModelCard(
-            backbone=config.backbone,
-            backbone_kwargs=dict(getattr(model, "config", None) or config.backbone_kwargs),
-            backbone_checkpoint=config.checkpoint,
-            factor=scale.factor,
-            diameter=scale.diameter,
-            pixel_size=scale.pixel_size,
-            target_radius_fraction=config.target_radius_fraction,
-            normalisation={"method": "fourier_crop+median_mad", "clip_sigma": 4.0},
-            score_threshold=last["calibration"].get("threshold", 0.5),
-            mask_threshold=config.mask_threshold,
-            min_distance=config.min_distance,
-            score_method=config.score_method,
-            peak_method=last["calibration"].get("peak_method", "s1"),
-            tta=last["calibration"].get("tta", "none"),
-            calibration=last["calibration"],
-            training={
-                "config": {**asdict(config), "patch_size": self.patch, "batch_size": self.batch_size,
-                           "bf16": bool(self.bf16)},
-                "epochs_run": sum(r["epochs_run"] for r in records), "epochs_requested": config.epochs,
-                "best_epoch": last["best_epoch"], "best_val_f1": last["best_val_f1"], "stopped": last["stopped"],
-                "validation": self.validation_mode, "init": self.init_used, "stages": [r["stage"] for r in records],
-                "wall_seconds": round(self.elapsed(), 1),
-                "cpu_seconds_this_session": round(time.process_time() - self.cpu_start, 1),
-                "budget": budget_record(config, self.clock, self.elapsed(), records),
-                "torch_threads": torch.get_num_threads(), "thread_choice": self.thread_notes,
-                "positive_prior": records[0]["prior"],
-                "sparse_handling": sparse_handling(self.sparse, config.pu_loss, len(self.stages) > 1),
-                "n_pseudo_labels": n_pseudo if len(self.stages) > 1 else None,
-                "history": last["history"],
-                "earlier_stages": records[:-1],
-            },
-            data=summarise(self.mics),
-        )
-        if config.checkpoint:
-            save_weights(self.out, model, trainable_only=True)
-        try:
-            why = {"epochs": "all done", "early stopping": "early stopping", "time budget": "stopped by the time budget"}
-            title = f"{self.out.name}: {config.backbone}; " + "; ".join(
-                f"{r['stage'] + ': ' if len(records) > 1 else ''}{r['epochs_run']} of {config.epochs} epochs "
-                f"({why.get(r['stopped'], r['stopped'])})" for r in records)
-            plot_training_curve(self.out / CURVE_NAME, records, title=title)
-        except Exception as exc:  # a plot must not cost the trained model
-            warnings.warn(f"{self.out / CURVE_NAME}: not written ({type(exc).__name__}: {exc})", stacklevel=2)
-        save_card(self.out, card)
+    def _finish(self, model, records: list[dict], shipped: int) -> ModelCard:
+        card = write_card(self, model, records, shipped)
         self.ckpt_path.unlink(missing_ok=True)
         self.pseudo_path.unlink(missing_ok=True)
         (self.out / PREVIOUS_STAGE_NAME).unlink(missing_ok=True)
