@@ -1,7 +1,8 @@
 """The unlabelled pool of 2D training: micrographs of the data set that nobody annotated.
 
-Users always have many more micrographs than they annotate. Those given to training without coordinates
-(instead of being skipped) and those given as ``unlabelled`` form the pool, capped at
+Users always have many more micrographs than they annotate. Opt-in (``unlabelled_max`` > 0; the default 0
+is off because it measured no gain on the leave-one-out benchmark): those given to training without
+coordinates (instead of being skipped) and those given as ``unlabelled`` form the pool, capped at
 :attr:`TrainConfig.unlabelled_max <cryopick.picker2d.train.config.TrainConfig>` micrographs chosen
 deterministically and spread over the list (:func:`choose_spread`). The pool is loaded at the working
 scale like the annotated micrographs (``TrainingMicrograph.unlabelled``) but is never held out for
