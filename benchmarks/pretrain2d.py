@@ -60,26 +60,14 @@ def main(argv: list[str] | None = None) -> int:
 def evaluate(args) -> int:
     import torch
 
-    from cryopick.models.registry import build_model
-    from cryopick.models.unet2d import PRETRAINED_2D, load_pretrained_2d
-    from cryopick.picker2d.train.pretrain import VAL_INDEX_OFFSET, PretrainConfig, _Corpus, _validate
+    from cryopick.models.unet2d import PRETRAINED_2D
+    from cryopick.picker2d.train.pretrain import PretrainConfig, evaluate_weights
 
     torch.set_num_threads(args.threads)
-    config = PretrainConfig(seed=args.seed, pool_size=args.pool_size, val_micrographs=args.val_micrographs).validate()
-    corpus = _Corpus(config)
-    val = [corpus.micrograph(VAL_INDEX_OFFSET + i) for i in range(config.val_micrographs)]
-    for m in val:
-        m.val_box = (0, m.shape[0], 0, m.shape[1])
-    for source in args.evaluate:
-        model = build_model(config.backbone, **config.backbone_kwargs)
-        state = torch.load(PRETRAINED_2D if source == "shipped" else source, map_location="cpu", weights_only=False)
-        if "meta" in state:  # package weights (float16)
-            load_pretrained_2d(model, PRETRAINED_2D if source == "shipped" else source)
-        else:
-            model.load_state_dict({**state["model"], **(state.get("ema") or {})})
-        model.eval()
-        radius = 0.5 * config.target_diameter * config.target_radius_fraction
-        print(source, _validate(model, val, radius, config.target_diameter), flush=True)
+    config = PretrainConfig(seed=args.seed, pool_size=args.pool_size, val_micrographs=args.val_micrographs)
+    sources = [PRETRAINED_2D if s == "shipped" else s for s in args.evaluate]
+    for name, result in zip(args.evaluate, evaluate_weights(sources, config)):
+        print(name, {k: v for k, v in result.items() if k != "source"}, flush=True)
     return 0
 
 

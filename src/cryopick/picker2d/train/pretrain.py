@@ -117,6 +117,14 @@ class _Corpus:
         return simulate_corpus_micrograph(draw_settings(index, c.seed, self.kinds, c.working_size, c.target_diameter))
 
 
+def validation_micrographs(corpus: _Corpus) -> list:
+    """The run's held-out corpus micrographs (indices from :data:`VAL_INDEX_OFFSET`), each validated whole."""
+    val = [corpus.micrograph(VAL_INDEX_OFFSET + i) for i in range(corpus.config.val_micrographs)]
+    for m in val:
+        m.val_box = (0, m.shape[0], 0, m.shape[1])
+    return val
+
+
 def _validate(model, val_mics, radius: float, diameter: float) -> dict:
     from cryopick.picker2d.calibrate import f1_curve, score_grid, validation_picks
 
@@ -159,9 +167,7 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig | None = None, log_e
         log.info("resuming %s at step %d", out, start)
     t0 = time.perf_counter()
     pool = [corpus.micrograph(i) for i in pool_index]
-    val = [corpus.micrograph(VAL_INDEX_OFFSET + i) for i in range(config.val_micrographs)]
-    for m in val:
-        m.val_box = (0, m.shape[0], 0, m.shape[1])
+    val = validation_micrographs(corpus)
     targets = prepare_targets(pool, radius)
     log.info("pool of %d and %d validation micrographs simulated in %.0f s", len(pool), len(val),
              time.perf_counter() - t0)
@@ -219,13 +225,33 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig | None = None, log_e
     return {"history": history, "best_val_f1": best}
 
 
+def averaged_weights(state: dict) -> dict:
+    """The model weights of a saved run or package file: a ``checkpoint.pt``'s averaged (EMA) weights over
+    its model, else its ``"model"`` (``best.pt`` / ``last.pt`` already hold the averaged ones)."""
+    return {**state["model"], **state["ema"]} if state.get("ema") else state["model"]
+
+
+def evaluate_weights(sources: list, config: PretrainConfig) -> list[dict]:
+    """Validation F1 (as logged during pretraining) of each weights file on ``config``'s validation
+    micrographs: package weights (float16), a run's ``best.pt`` / ``last.pt`` or ``checkpoint.pt``."""
+    config = config.validate()
+    val = validation_micrographs(_Corpus(config))
+    radius = 0.5 * config.target_diameter * config.target_radius_fraction
+    results = []
+    for source in sources:
+        model = build_model(config.backbone, **config.backbone_kwargs)
+        model.load_state_dict(averaged_weights(torch.load(source, map_location="cpu", weights_only=False)))
+        model.eval()
+        results.append({"source": str(source), **_validate(model, val, radius, config.target_diameter)})
+    return results
+
+
 def export_pretrained(source: str | os.PathLike, dest: str | os.PathLike, note: dict | None = None) -> Path:
     """Write the weights of ``source`` as a float16 state dict with metadata (``{"model": ..., "meta": ...}``),
     the format :func:`cryopick.models.unet2d.load_pretrained_2d` reads. ``source``: ``best.pt`` / ``last.pt``
     of a run (averaged weights), or a copy of its ``checkpoint.pt`` (its averaged weights are taken)."""
     state = torch.load(source, map_location="cpu", weights_only=False)
-    model = {**state["model"], **state["ema"]} if state.get("ema") else state["model"]
-    weights = {k: (v.half() if v.is_floating_point() else v) for k, v in model.items()}
+    weights = {k: (v.half() if v.is_floating_point() else v) for k, v in averaged_weights(state).items()}
     meta = {"step": state.get("step"), "val_f1": state.get("val_f1"), "pretrain_config": state.get("config"),
             **(note or {})}
     return save_checkpoint(dest, {"model": weights, "meta": meta})
