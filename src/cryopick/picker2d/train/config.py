@@ -33,6 +33,19 @@ def check_number(owner, name: str, low: float, high: float = math.inf, *, intege
         raise CryopickError(f"{name} (--{name.replace('_', '-')}) must be {rule}, got {value!r}")
 
 
+
+def check_shared_numbers(owner) -> None:
+    """The settings few-shot training (:class:`TrainConfig`) and pretraining share, checked by one rule
+    each (:func:`check_number`): seed, warm-up, threads, optimiser, target painting, weight average."""
+    check_number(owner, "seed", 0, integer=True)
+    check_number(owner, "warmup_steps", 0, integer=True)
+    check_number(owner, "num_threads", 1, integer=True, optional=True)
+    check_number(owner, "lr", 0, open_low=True)
+    check_number(owner, "weight_decay", 0)
+    check_number(owner, "target_diameter", 4)
+    check_number(owner, "target_radius_fraction", 0, 1, open_low=True)
+    check_number(owner, "ema_decay", 0, 1, open_high=True)
+
 @dataclass
 class TrainConfig:
     """Training settings (all recorded in the model card).
@@ -162,28 +175,18 @@ class TrainConfig:
         def bad(name: str, rule: str) -> CryopickError:
             return CryopickError(f"{name} (--{name.replace('_', '-')}) must be {rule}, got {getattr(self, name)!r}")
 
-        def number(name: str, *args, **kwargs) -> None:
-            check_number(self, name, *args, **kwargs)
-
+        check_shared_numbers(self)
         for name in ("epochs", "steps_per_epoch", "patience", "min_epochs"):
-            number(name, 1, integer=True)
-        number("warmup_steps", 0, integer=True)
-        number("seed", 0, integer=True)
-        number("batch_size", 1, integer=True, optional=True)
-        number("patch_size", 16, integer=True, optional=True)
-        number("num_threads", 1, integer=True, optional=True)
-        number("max_minutes", 0, open_low=True, optional=True)
-        number("lr", 0, open_low=True)
-        number("weight_decay", 0)
-        number("target_diameter", 4)
-        number("target_radius_fraction", 0, 1, open_low=True)
-        number("val_fraction", 0, 1, open_high=True)
-        number("labelled_fraction", 0, 1, open_low=True)
-        number("mask_threshold", 0, 1, open_low=True, open_high=True)
-        number("ema_decay", 0, 1, open_high=True)
-        number("min_distance", 0, optional=True)
-        number("unlabelled_max", 0, integer=True)
-        number("unlabelled_ignore_margin", 0, 1)
+            check_number(self, name, 1, integer=True)
+        check_number(self, "batch_size", 1, integer=True, optional=True)
+        check_number(self, "patch_size", 16, integer=True, optional=True)
+        check_number(self, "max_minutes", 0, open_low=True, optional=True)
+        check_number(self, "val_fraction", 0, 1, open_high=True)
+        check_number(self, "labelled_fraction", 0, 1, open_low=True)
+        check_number(self, "mask_threshold", 0, 1, open_low=True, open_high=True)
+        check_number(self, "min_distance", 0, optional=True)
+        check_number(self, "unlabelled_max", 0, integer=True)
+        check_number(self, "unlabelled_ignore_margin", 0, 1)
         if self.val_mode not in ("strips", "micrographs"):
             raise bad("val_mode", "'strips' or 'micrographs'")
         if self.init not in INIT_MODES:

@@ -35,7 +35,7 @@ from cryopick.io.atomic import make_output_dir, write_text
 from cryopick.models.registry import build_model
 from cryopick.picker2d.train.augment import AugmentConfig
 from cryopick.picker2d.train.batches import batch_loss, prepare_targets, sample_batch
-from cryopick.picker2d.train.config import check_number
+from cryopick.picker2d.train.config import check_number, check_shared_numbers
 from cryopick.picker2d.train.corpus import HELD_OUT_KINDS, corpus_kinds, draw_settings, simulate_corpus_micrograph
 from cryopick.runtime import configure_threads
 from cryopick.training import WeightAverage, cosine_schedule, save_checkpoint, set_seeds
@@ -83,16 +83,9 @@ class PretrainConfig:
         for name in ("steps", "pool_size", "refresh_every", "batch_size", "checkpoint_every", "val_every",
                      "val_micrographs"):
             check_number(self, name, 1, integer=True)
-        check_number(self, "seed", 0, integer=True)
-        check_number(self, "warmup_steps", 0, integer=True)
+        check_shared_numbers(self)
         check_number(self, "working_size", 64, integer=True)
         check_number(self, "patch_size", 16, integer=True)
-        check_number(self, "num_threads", 1, integer=True, optional=True)
-        check_number(self, "lr", 0, open_low=True)
-        check_number(self, "weight_decay", 0)
-        check_number(self, "target_diameter", 4)
-        check_number(self, "target_radius_fraction", 0, 1, open_low=True)
-        check_number(self, "ema_decay", 0, 1, open_high=True)
         if self.patch_size > self.working_size:
             raise CryopickError(f"patch_size ({self.patch_size}) must be at most working_size ({self.working_size})")
         return self
