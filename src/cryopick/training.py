@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from cryopick.io.atomic import atomic_path
+from cryopick.runtime import cpu_sample
 
 
 def cosine_schedule(step: int, total: int, warmup: int, floor: float = 0.01) -> float:
@@ -104,8 +105,6 @@ class WeightAverage:
 def machine_counters() -> tuple[float, float] | None:
     """``(busy, total)`` core-seconds so far, summed over the cores this process may use (from
     ``/proc/stat``), or ``None`` where that cannot be read."""
-    from cryopick.runtime import cpu_sample
-
     sample = cpu_sample()
     return None if sample is None else (sample.busy, sample.total)
 
