@@ -70,14 +70,15 @@ _CHECKPOINT_KEYS = ("stage", "model", "optimiser", "scheduler", "rng", "torch_rn
                     "history", "config")
 
 
+_ADDED_LATER = ("unlabelled_max", "unlabelled_ignore_margin")  # settings newer than some checkpoints
+
+
 def _saved_key(saved):
     """A checkpoint's settings, with the defaults of settings added after it was written."""
     if not isinstance(saved, dict):
         return saved
     return {**{k: v for k, v in TrainConfig().resume_key().items() if k in _ADDED_LATER}, **saved}
 
-
-_ADDED_LATER = ("unlabelled_max", "unlabelled_ignore_margin")
 
 
 def train_picker(mics: list[TrainingMicrograph], scale: WorkingScale, output_dir: str | os.PathLike,

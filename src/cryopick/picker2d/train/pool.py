@@ -75,9 +75,7 @@ def load_pool(items: list[tuple[Path, str]], scale: WorkingScale, limit: int, se
     from tqdm.auto import tqdm
 
     chosen = choose_spread(items, limit, seed)
-    if not chosen:
-        if items:
-            log.info("%d unannotated micrograph(s) given; the unlabelled pool is off (unlabelled_max 0)", len(items))
+    if not chosen:  # nothing to choose from (load_training_set calls this only with limit > 0)
         return []
     log.info("%d unannotated micrograph(s) are used for self-training (the unlabelled pool)%s: %s%s", len(chosen),
              f", {len(chosen)} of {len(items)} chosen (unlabelled_max {limit})" if len(chosen) < len(items) else "",
