@@ -147,6 +147,8 @@ def train(name: str, train_paths, truth, diameter: float, model_dir: Path, args,
         config.self_training_init = args.self_training_init
     if args.ignore_margin:
         config.unlabelled_ignore_margin = args.ignore_margin
+    if args.template_prior:
+        config.template_prior = True
     stems = [p.stem for p in train_paths]
     train_truth = truth._with(truth.table[truth.table["micrograph"].isin(stems)])
     t = time.perf_counter()
@@ -245,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="starting weights of the self-training stage (default: the library default)")
     ap.add_argument("--ignore-margin", type=float, default=0.0,
                     help="TrainConfig.unlabelled_ignore_margin (default 0: the library default)")
+    ap.add_argument("--template-prior", action="store_true",
+                    help="TrainConfig.template_prior: the template-matching response as a second input channel "
+                         "(cached apart: _template)")
     ap.add_argument("--speed-n", type=int, default=None,
                     help="4096² MRCs picked end to end per TTA mode with the empiar10017 model (default 3; 0 = skip)")
     args = ap.parse_args(argv)
@@ -261,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(args.cache or f"benchmarks/results/fewshot_loo/{size}" + ("" if args.init == "random" else f"_{args.init}")
                  + (f"_unlabelled{args.unlabelled}" if args.unlabelled else "")
                  + (f"_{args.self_training_init}" if args.self_training_init else "")
-                 + (f"_ignore{args.ignore_margin:g}" if args.ignore_margin else ""))
+                 + (f"_ignore{args.ignore_margin:g}" if args.ignore_margin else "")
+                 + ("_template" if args.template_prior else ""))
     cache.mkdir(parents=True, exist_ok=True)
 
     import torch
@@ -339,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                  settings={"threads": args.threads, "seed": args.seed, "epochs": args.epochs, "n_test": args.n_test,
                            "init": args.init, "unlabelled": args.unlabelled,
                            "self_training_init": args.self_training_init, "ignore_margin": args.ignore_margin,
-                           "cache": str(cache)})
+                           "template_prior": args.template_prior, "cache": str(cache)})
     return 0
 
 

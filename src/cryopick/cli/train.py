@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 # Options passed to TrainConfig when given (argparse dest -> TrainConfig field); None = the library default.
 CONFIG_OPTIONS = ("backbone", "checkpoint", "init", "target_diameter", "epochs", "steps_per_epoch", "patience", "max_minutes",
                   "min_epochs", "batch_size", "patch_size", "lr", "val_fraction", "labelled_fraction", "min_distance",
-                  "seed", "unlabelled_max")
+                  "seed", "unlabelled_max", "template_prior")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +84,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", choices=["pretrained", "random"],
                         help="starting weights of the unet backbone: 'pretrained' (shipped in the package, pretrained on "
                              "simulated micrographs) or 'random' (default: pretrained)")
+    parser.add_argument("--template-prior", action=argparse.BooleanOptionalAction, default=None,
+                        help="also feed the unet the template-matching response to the average of the annotated "
+                             "particles, as a second input channel (default: off)")
     parser.add_argument("--target-diameter", type=positive_float,
                         help="particle diameter at the working scale, working px, >= 4 (sets the downsampling; "
                              "default 16)")

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from cryopick.models.registry import register_model
+from cryopick.models.template_prior import TemplateCorrelation
 
 
 class ConvBlock(nn.Sequential):
@@ -41,14 +42,24 @@ class UNet2d(nn.Module):
         Number of 2x poolings; input height and width must be multiples of ``2**depth``.
     dropout
         Dropout probability in the bottleneck (regularises the few-shot regime).
+    template_box, template_angles
+        With ``template_box > 0`` the network also sees the template-matching response of the image
+        (:class:`cryopick.models.template_prior.TemplateCorrelation`: a ``template_box``-pixel template in
+        ``template_angles`` rotations, set from the user's particles before training) as a second input
+        channel; ``0`` (default): the image alone.
     """
 
-    def __init__(self, base_channels: int = 16, depth: int = 3, dropout: float = 0.1) -> None:
+    def __init__(self, base_channels: int = 16, depth: int = 3, dropout: float = 0.1, template_box: int = 0,
+                 template_angles: int = 24) -> None:
         super().__init__()
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.config = {"base_channels": base_channels, "depth": depth, "dropout": dropout}
+        self.prior = None
+        if template_box:
+            self.prior = TemplateCorrelation(int(template_box), int(template_angles))
+            self.config.update(template_box=int(template_box), template_angles=int(template_angles))
         self.input_multiple = 2**depth
-        self.down = nn.ModuleList([ConvBlock(1, widths[0])])
+        self.down = nn.ModuleList([ConvBlock(1 if self.prior is None else 2, widths[0])])
         self.down.extend(ConvBlock(widths[i], widths[i + 1]) for i in range(depth))
         self.pool = nn.MaxPool2d(2)
         self.drop = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
@@ -60,6 +71,8 @@ class UNet2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 1, H, W)`` normalised image -> ``(B, 1, H, W)`` logits."""
+        if self.prior is not None:
+            x = torch.cat([x, self.prior(x).to(x.dtype)], dim=1)
         skips = []
         for i, block in enumerate(self.down):
             x = block(x if i == 0 else self.pool(x))
@@ -92,7 +105,16 @@ def load_pretrained_2d(model: nn.Module, path: str | Path | None = None) -> dict
     (``file``, pretraining step and settings, validation F1 on simulated micrographs)."""
     path = Path(path or PRETRAINED_2D)
     state = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
+    weights = dict(state["model"])
+    first = "down.0.0.weight"
+    if getattr(model, "prior", None) is not None and weights[first].shape[1] == 1:
+        # The template channel starts with zero weights: the network first computes what it did before.
+        weights[first] = torch.cat([weights[first], torch.zeros_like(weights[first])], dim=1)
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if unexpected or any(not k.startswith("prior.") for k in missing):
+            raise RuntimeError(f"pretrained weights do not fit: missing {missing}, unexpected {unexpected}")
+    else:
+        model.load_state_dict(weights)
     return {"file": path.name, **{k: v for k, v in (state.get("meta") or {}).items() if k != "pretrain_config"}}
 
 
@@ -106,13 +128,13 @@ def _load_checkpoint(model: nn.Module, checkpoint: str | None) -> nn.Module:
 
 @register_model("unet", task="picker2d")
 def build_unet(checkpoint: str | None = None, base_channels: int = 16, depth: int = 3,
-               dropout: float = 0.1) -> UNet2d:
+               dropout: float = 0.1, template_box: int = 0, template_angles: int = 24) -> UNet2d:
     """Compact 2D U-Net (16 base channels, 3 levels, ~0.47 M parameters); CPU default."""
-    return _load_checkpoint(UNet2d(base_channels, depth, dropout), checkpoint)
+    return _load_checkpoint(UNet2d(base_channels, depth, dropout, template_box, template_angles), checkpoint)
 
 
 @register_model("unet-small", task="picker2d")
 def build_unet_small(checkpoint: str | None = None, base_channels: int = 8, depth: int = 3,
-                     dropout: float = 0.1) -> UNet2d:
+                     dropout: float = 0.1, template_box: int = 0, template_angles: int = 24) -> UNet2d:
     """Smaller 2D U-Net (8 base channels, ~0.12 M parameters) for quick runs and tests."""
-    return _load_checkpoint(UNet2d(base_channels, depth, dropout), checkpoint)
+    return _load_checkpoint(UNet2d(base_channels, depth, dropout, template_box, template_angles), checkpoint)

@@ -11,6 +11,8 @@ from cryopick.picker2d.train.augment import AugmentConfig
 
 #: Starting weights of few-shot training (:attr:`TrainConfig.init`).
 INIT_MODES = ("pretrained", "random")
+#: Backbones that can take the template-matching input channel (:attr:`TrainConfig.template_prior`).
+TEMPLATE_BACKBONES = ("unet", "unet-small")
 
 
 def check_number(owner, name: str, low: float, high: float = math.inf, *, integer: bool = False,
@@ -116,6 +118,13 @@ class TrainConfig:
         Picks on pool micrographs scoring within this margin below the calibrated threshold are
         uncertain: the pixels around them are left out of the second stage's loss instead of being
         taught as background (``0``: none are).
+    template_prior
+        Give the ``unet`` backbones a second input channel: the template-matching response of the image
+        to the rotationally aligned average of the annotated training particles
+        (:mod:`cryopick.models.template_prior`, :mod:`.template`), a protein-specific prior from the
+        first step. The template travels with the weights; picking needs no extra input. Pretrained
+        weights load with the new channel's weights at zero. Leave-one-out F1 with and without it:
+        ``benchmarks/fewshot_loo.md``.
     bf16
         bfloat16 autocast; ``None`` = use it when the CPU has native bf16 arithmetic.
     ema_decay
@@ -153,6 +162,7 @@ class TrainConfig:
     self_training_init: str = "fresh"
     unlabelled_max: int = 0
     unlabelled_ignore_margin: float = 0.0
+    template_prior: bool = False
     bf16: bool | None = None
     mask_threshold: float = 0.5
     score_method: str = "mean_top"
@@ -193,6 +203,11 @@ class TrainConfig:
             raise bad("init", " or ".join(repr(m) for m in INIT_MODES))
         if self.self_training_init not in ("fresh", "previous"):
             raise bad("self_training_init", "'fresh' or 'previous'")
+        if not isinstance(self.template_prior, bool):
+            raise bad("template_prior", "True or False")
+        if self.template_prior and self.backbone not in TEMPLATE_BACKBONES:
+            raise CryopickError(f"template_prior (--template-prior) needs a unet backbone ({', '.join(TEMPLATE_BACKBONES)}), "
+                                f"not {self.backbone!r}; leave --template-prior out or use --backbone unet")
         return self
 
 

@@ -37,7 +37,8 @@ from cryopick.picker2d.train.config import TrainConfig, initial_weights
 from cryopick.picker2d.train.data import TrainingMicrograph, assign_validation, assign_validation_strips, positive_prior
 from cryopick.picker2d.train.pool import shipped_stage
 from cryopick.picker2d.train.pseudo import PSEUDO_NAME, load_pseudo_labels, make_pseudo_labels
-from cryopick.picker2d.train.report import CURVE_NAME, write_card
+from cryopick.picker2d.train.report import CURVE_NAME, TEMPLATE_NAME, write_card
+from cryopick.picker2d.train.template import particle_template, template_box
 from cryopick.runtime import busy_other_cores, choose_threads, configure_threads, cpu_sample
 from cryopick.training import BudgetClock, WeightAverage, cosine_schedule, save_checkpoint, set_seeds
 
@@ -57,7 +58,7 @@ def clear_training_outputs(output_dir: str | os.PathLike) -> list[Path]:
     """Remove what a 2D training run writes in ``output_dir`` (model, card, checkpoints, pseudo-labels,
     curve) so it can start over; any other file there is left alone. Returns the removed paths."""
     removed = []
-    for name in (CARD_NAME, WEIGHTS_NAME, CHECKPOINT_NAME, PREVIOUS_STAGE_NAME, PSEUDO_NAME, CURVE_NAME):
+    for name in (CARD_NAME, WEIGHTS_NAME, CHECKPOINT_NAME, PREVIOUS_STAGE_NAME, PSEUDO_NAME, CURVE_NAME, TEMPLATE_NAME):
         path = Path(output_dir) / name
         if path.is_file():
             path.unlink()
@@ -70,7 +71,7 @@ _CHECKPOINT_KEYS = ("stage", "model", "optimiser", "scheduler", "rng", "torch_rn
                     "history", "config")
 
 
-_ADDED_LATER = ("unlabelled_max", "unlabelled_ignore_margin")  # settings newer than some checkpoints
+_ADDED_LATER = ("unlabelled_max", "unlabelled_ignore_margin", "template_prior")  # settings newer than some checkpoints
 
 
 def _saved_key(saved):
@@ -162,6 +163,7 @@ class _Run:
         self.ckpt_path = out / CHECKPOINT_NAME
         self.pseudo_path = out / PSEUDO_NAME
         self.state = None
+        self.template: dict | None = None
         if (out / CARD_NAME).exists() and (out / WEIGHTS_NAME).exists() and not self.ckpt_path.exists():
             raise CryopickError(f"{out}: already holds a trained model; choose another output directory or --redo")
         if self.ckpt_path.exists() and resume:
@@ -204,8 +206,11 @@ class _Run:
 
     def build(self):
         config = self.config
+        kwargs = dict(config.backbone_kwargs)
+        if config.template_prior:
+            kwargs.setdefault("template_box", template_box(self.scale.working_diameter))
         try:
-            model = build_model(config.backbone, checkpoint=config.checkpoint, **config.backbone_kwargs)
+            model = build_model(config.backbone, checkpoint=config.checkpoint, **kwargs)
         except CryopickError:
             raise
         except Exception as exc:
@@ -219,6 +224,8 @@ class _Run:
                 f"({type(exc).__name__}); give a PyTorch state dict saved for this backbone, or leave --checkpoint out"
             ) from None
         self.init_used = initial_weights(model, config)
+        if config.template_prior:
+            self._set_template(model)
         preferred = getattr(model, "preferred_size", None)
         patch = int(config.patch_size or preferred or 192)
         multiple = int(getattr(model, "input_multiple", 1) or 1)
@@ -237,6 +244,18 @@ class _Run:
             self.bf16 = bool(config.bf16)
         ema = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
         return model, optimiser, scheduler, ema
+
+    def _set_template(self, model) -> None:
+        """Fill the template channel's bank from the training particles (built once per run)."""
+        if self.template is None:
+            template, n = particle_template(self.mics, model.prior.box, seed=self.config.seed)
+            self.template = {"image": template, "particles": n, "box": model.prior.box,
+                             "angles": model.prior.n_angles}
+            if template is not None:
+                log.info("template channel: average of %d training particles, %d px box, %d rotations", n,
+                         model.prior.box, model.prior.n_angles)
+        if self.template["image"] is not None:
+            model.prior.set_template(self.template["image"])
 
     def _load_weights(self, model, path: Path) -> None:
         try:

@@ -14,6 +14,7 @@ import numpy as np
 from cryopick.io.atomic import atomic_path
 
 CURVE_NAME = "training_curve.png"
+TEMPLATE_NAME = "template.png"
 
 
 def write_card(run, model, records: list[dict], shipped: int):
@@ -63,6 +64,8 @@ def write_card(run, model, records: list[dict], shipped: int):
                                                pool=len(run.pool) if len(run.stages) > 1 else 0),
             "n_pseudo_labels": n_pseudo if len(run.stages) > 1 else None,
             "unlabelled_pool": pool_record(run.mics, records, shipped),
+            "template_prior": ({k: v for k, v in run.template.items() if k != "image"} | {"image": TEMPLATE_NAME}
+                               if run.template and run.template["image"] is not None else None),
             "history": records[-1]["history"],
             "earlier_stages": records[:-1],
         },
@@ -70,6 +73,13 @@ def write_card(run, model, records: list[dict], shipped: int):
     )
     if config.checkpoint:
         save_weights(out, model, trainable_only=True)
+    if run.template and run.template["image"] is not None:
+        from cryopick.io.images import write_png
+
+        try:  # what the template channel looks for, enlarged for a person to look at
+            write_png(out / TEMPLATE_NAME, np.kron(run.template["image"], np.ones((8, 8), np.float32)))
+        except Exception as exc:
+            warnings.warn(f"{out / TEMPLATE_NAME}: not written ({type(exc).__name__}: {exc})", stacklevel=2)
     try:
         why = {"epochs": "all done", "early stopping": "early stopping", "time budget": "stopped by the time budget"}
         title = f"{out.name}: {config.backbone}; " + "; ".join(
