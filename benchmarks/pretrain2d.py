@@ -4,6 +4,11 @@
     OMP_NUM_THREADS=2 nice -n 5 python benchmarks/pretrain2d.py -o benchmarks/results/pretrain2d --steps 600 --val-every 100
     python benchmarks/pretrain2d.py -o benchmarks/results/pretrain2d --export src/cryopick/weights/unet2d_pretrained.pt
 
+    # with the template-matching input channel, warm-started from the shipped weights
+    OMP_NUM_THREADS=2 nice -n 5 python benchmarks/pretrain2d.py -o /work/pretrain2d_template --template-prior \
+        --start-weights src/cryopick/weights/unet2d_pretrained.pt --steps 1200 --pool-size 96 --val-micrographs 24
+    python benchmarks/pretrain2d.py -o /work/pretrain2d_template --export src/cryopick/weights/unet2d_pretrained_template.pt
+
     # validation F1 of weights on a run's validation micrographs (same --pool-size/--val-micrographs/--seed)
     python benchmarks/pretrain2d.py --evaluate shipped old.pt --pool-size 96 --val-micrographs 24
 
@@ -32,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-every", type=int, default=PretrainConfig.val_every)
     ap.add_argument("--pool-size", type=int, default=PretrainConfig.pool_size)
     ap.add_argument("--val-micrographs", type=int, default=PretrainConfig.val_micrographs)
+    ap.add_argument("--template-prior", action="store_true",
+                    help="pretrain the network with the template-matching input channel (PretrainConfig.template_prior)")
+    ap.add_argument("--start-weights", default=None,
+                    help="start from these weights (a run's best.pt / checkpoint.pt or a package file)")
     ap.add_argument("--export", default=None, help="write <out>/best.pt (or --source) as float16 package weights here")
     ap.add_argument("--source", default=None, help="checkpoint to export (default <out>/best.pt)")
     ap.add_argument("--evaluate", nargs="+", default=None, metavar="WEIGHTS",
@@ -48,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.evaluate:
         return evaluate(args)
     config = PretrainConfig(steps=args.steps, seed=args.seed, num_threads=args.threads, val_every=args.val_every,
-                            pool_size=args.pool_size, val_micrographs=args.val_micrographs).validate()
+                            pool_size=args.pool_size, val_micrographs=args.val_micrographs,
+                            template_prior=args.template_prior, start_weights=args.start_weights).validate()
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         handlers=[logging.StreamHandler(), logging.FileHandler(out / "pretrain.log")])
@@ -64,8 +74,12 @@ def evaluate(args) -> int:
     from cryopick.picker2d.train.pretrain import PretrainConfig, evaluate_weights
 
     torch.set_num_threads(args.threads)
-    config = PretrainConfig(seed=args.seed, pool_size=args.pool_size, val_micrographs=args.val_micrographs)
-    sources = [PRETRAINED_2D if s == "shipped" else s for s in args.evaluate]
+    from cryopick.models.unet2d import PRETRAINED_2D_TEMPLATE
+
+    config = PretrainConfig(seed=args.seed, pool_size=args.pool_size, val_micrographs=args.val_micrographs,
+                            template_prior=args.template_prior)
+    shipped = PRETRAINED_2D_TEMPLATE if args.template_prior and PRETRAINED_2D_TEMPLATE.is_file() else PRETRAINED_2D
+    sources = [shipped if s == "shipped" else s for s in args.evaluate]
     for name, result in zip(args.evaluate, evaluate_weights(sources, config)):
         print(name, {k: v for k, v in result.items() if k != "source"}, flush=True)
     return 0

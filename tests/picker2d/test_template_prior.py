@@ -120,3 +120,27 @@ def test_template_prior_setting_is_checked():
     base = ["--micrographs", "m", "--coords", "c", "--diameter", "50", "-o", "out"]
     assert cli_train.config_from_args(parser.parse_args(base + ["--template-prior"])).template_prior is True
     assert cli_train.config_from_args(parser.parse_args(base)).template_prior is TrainConfig().template_prior
+
+
+def test_pretraining_with_templates_warm_starts_resumes_and_ships_no_template(tmp_path):
+    from cryopick.picker2d.train.pretrain import PretrainConfig, export_pretrained, pretrain
+
+    from .test_pretrain import TINY_PRE
+
+    plain = pretrain(tmp_path / "plain", PretrainConfig(**TINY_PRE), log_every=100)
+    assert plain["history"]
+    config = PretrainConfig(**dict(TINY_PRE, working_size=96, patch_size=48), template_prior=True,
+                            start_weights=str(tmp_path / "plain" / "best.pt"))
+    result = pretrain(tmp_path / "tp", config, log_every=100)
+    assert [h["step"] for h in result["history"]] == [2, 4]
+    state = torch.load(tmp_path / "tp" / "last.pt", weights_only=False)["model"]
+    assert state["down.0.0.weight"].shape[1] == 2 and float(state["down.0.0.weight"][:, 1].abs().max()) > 0
+    shipped = torch.load(export_pretrained(tmp_path / "tp" / "best.pt", tmp_path / "w.pt"), weights_only=False)
+    assert not any(k.startswith("prior.") for k in shipped["model"])
+    # the shipped file loads into both kinds of network; the template one keeps its own (empty) template
+    with_prior, without = build_model("unet", template_box=21), build_model("unet")
+    load_pretrained_2d(with_prior, tmp_path / "w.pt")
+    load_pretrained_2d(without, tmp_path / "w.pt")
+    assert not with_prior.prior.is_set
+    with pytest.raises(CryopickError, match="start_weights"):
+        PretrainConfig(start_weights=str(tmp_path / "missing.pt")).validate()

@@ -23,6 +23,8 @@ from torch import nn
 #: Scale of the response fed to the network (peaks of a good match reach ~0.5 NCC; the image channel is
 #: robust-normalised to unit spread).
 DEFAULT_GAIN = 3.0
+#: In-plane rotations of the template bank (15 degrees apart).
+DEFAULT_ANGLES = 24
 
 
 def disk_mask(box: int) -> np.ndarray:
@@ -64,7 +66,7 @@ class TemplateCorrelation(nn.Module):
         Factor applied to the NCC before it is returned.
     """
 
-    def __init__(self, box: int, n_angles: int = 24, gain: float = DEFAULT_GAIN) -> None:
+    def __init__(self, box: int, n_angles: int = DEFAULT_ANGLES, gain: float = DEFAULT_GAIN) -> None:
         super().__init__()
         if box < 3 or box % 2 == 0 or n_angles < 1:
             raise ValueError(f"template box must be odd and >= 3 and n_angles >= 1, got {box}, {n_angles}")
@@ -86,13 +88,15 @@ class TemplateCorrelation(nn.Module):
             raise ValueError(f"template of shape {np.shape(template)} does not fit box {self.box}")
         self.bank.copy_(torch.as_tensor(bank)[:, None])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 1, H, W)`` image -> ``(B, 1, H, W)`` gain x NCC (float32, zero padding at the edges)."""
+    def forward(self, x: torch.Tensor, bank: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, 1, H, W)`` image -> ``(B, 1, H, W)`` gain x NCC (float32, zero padding at the edges), with
+        the module's bank or another ``(n_angles, 1, box, box)`` one (:func:`rotated_bank`)."""
+        bank = self.bank if bank is None else bank.to(self.bank)
         with torch.autocast(x.device.type, enabled=False):
             x = x.float()
             pad = self.box // 2
             mean = F.conv2d(x, self.mean_kernel, padding=pad)
             square = F.conv2d(x * x, self.mean_kernel, padding=pad)
             spread = (square - mean * mean).clamp_min(1e-6).sqrt() * math.sqrt(self.n_mask)
-            response = F.conv2d(x, self.bank, padding=pad).amax(dim=1, keepdim=True)
+            response = F.conv2d(x, bank, padding=pad).amax(dim=1, keepdim=True)
             return self.gain * (response / spread).clamp(-1.0, 1.0)

@@ -69,10 +69,12 @@ class UNet2d(nn.Module):
         self.merge = nn.ModuleList(ConvBlock(2 * widths[i], widths[i]) for i in reversed(range(depth)))
         self.head = nn.Conv2d(widths[0], 1, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 1, H, W)`` normalised image -> ``(B, 1, H, W)`` logits."""
+    def forward(self, x: torch.Tensor, response: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, 1, H, W)`` normalised image -> ``(B, 1, H, W)`` logits. With a template channel,
+        ``response`` (``(B, 1, H, W)``) replaces its template-matching response (pretraining gives each
+        sample its own micrograph's template)."""
         if self.prior is not None:
-            x = torch.cat([x, self.prior(x).to(x.dtype)], dim=1)
+            x = torch.cat([x, (self.prior(x) if response is None else response).to(x.dtype)], dim=1)
         skips = []
         for i, block in enumerate(self.down):
             x = block(x if i == 0 else self.pool(x))
@@ -89,7 +91,20 @@ class UNet2d(nn.Module):
 #: Weights of ``unet`` (default settings) pretrained on simulated micrographs at the working scale
 #: (see ``weights/unet2d_pretrained.md``); few-shot training starts from them (``TrainConfig.init``).
 PRETRAINED_2D = Path(__file__).resolve().parent.parent / "weights" / "unet2d_pretrained.pt"
+#: The same for ``unet`` with the template-matching channel (``template_box > 0``), pretrained with each
+#: corpus micrograph's own particle template; when absent such a model starts from :data:`PRETRAINED_2D`
+#: with the template channel's weights at zero.
+PRETRAINED_2D_TEMPLATE = PRETRAINED_2D.with_name("unet2d_pretrained_template.pt")
 _DEFAULT_CONFIG = {"base_channels": 16, "depth": 3, "dropout": 0.1}
+_FIRST = "down.0.0.weight"
+
+
+def pretrained_path_2d(model: nn.Module) -> Path:
+    """The shipped weights file for ``model``: the template-channel one when it has that channel and the file
+    is there, else :data:`PRETRAINED_2D`."""
+    if getattr(model, "prior", None) is not None and PRETRAINED_2D_TEMPLATE.is_file():
+        return PRETRAINED_2D_TEMPLATE
+    return PRETRAINED_2D
 
 
 def has_pretrained_2d(model: nn.Module, path: str | Path | None = None) -> bool:
@@ -97,24 +112,33 @@ def has_pretrained_2d(model: nn.Module, path: str | Path | None = None) -> bool:
     (dropout may differ; it holds no weights) and the weights file is there."""
     config = getattr(model, "config", None) or {}
     same = isinstance(model, UNet2d) and all(config.get(k) == _DEFAULT_CONFIG[k] for k in ("base_channels", "depth"))
-    return same and Path(path or PRETRAINED_2D).is_file()
+    return same and Path(path or pretrained_path_2d(model)).is_file()
+
+
+def load_weights_2d(model: nn.Module, weights: dict) -> None:
+    """Load a ``UNet2d`` state dict into ``model`` in place. Weights of a network without the template channel
+    fit one with it: that channel's first-layer weights start at zero (the network first computes what it did
+    before) and its template is left as it is; the reverse drops the channel's weights and template."""
+    weights = dict(weights)
+    has_prior = getattr(model, "prior", None) is not None
+    channels = weights[_FIRST].shape[1] if _FIRST in weights else None
+    if has_prior and channels == 1:
+        weights[_FIRST] = torch.cat([weights[_FIRST], torch.zeros_like(weights[_FIRST])], dim=1)
+    elif not has_prior and channels == 2:
+        weights[_FIRST] = weights[_FIRST][:, :1]
+        weights = {k: v for k, v in weights.items() if not k.startswith("prior.")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or any(not k.startswith("prior.") for k in missing):
+        raise RuntimeError(f"weights do not fit: missing {missing}, unexpected {unexpected}")
 
 
 def load_pretrained_2d(model: nn.Module, path: str | Path | None = None) -> dict:
-    """Load the pretrained weights (float16 on disk) into ``model`` in place; returns their metadata
-    (``file``, pretraining step and settings, validation F1 on simulated micrographs)."""
-    path = Path(path or PRETRAINED_2D)
+    """Load the pretrained weights (float16 on disk; default :func:`pretrained_path_2d`) into ``model`` in
+    place; returns their metadata (``file``, pretraining step and settings, validation F1 on simulated
+    micrographs)."""
+    path = Path(path or pretrained_path_2d(model))
     state = torch.load(path, map_location="cpu", weights_only=False)
-    weights = dict(state["model"])
-    first = "down.0.0.weight"
-    if getattr(model, "prior", None) is not None and weights[first].shape[1] == 1:
-        # The template channel starts with zero weights: the network first computes what it did before.
-        weights[first] = torch.cat([weights[first], torch.zeros_like(weights[first])], dim=1)
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        if unexpected or any(not k.startswith("prior.") for k in missing):
-            raise RuntimeError(f"pretrained weights do not fit: missing {missing}, unexpected {unexpected}")
-    else:
-        model.load_state_dict(weights)
+    load_weights_2d(model, state["model"])
     return {"file": path.name, **{k: v for k, v in (state.get("meta") or {}).items() if k != "pretrain_config"}}
 
 

@@ -45,7 +45,9 @@ def sample_weights(mics: list[TrainingMicrograph], targets) -> np.ndarray:
     return areas / areas.sum()
 
 
-def sample_batch(mics, targets, size, batch_size, rng, augment):
+def sample_batch(mics, targets, size, batch_size, rng, augment, with_index: bool = False):
+    """``batch_size`` random augmented patches: ``(x, target, weight, negative)`` tensors ``(B, 1, size, size)``,
+    and with ``with_index`` the index of each patch's micrograph in ``mics``."""
     areas = sample_weights(mics, targets)
     choice = rng.choice(len(mics), size=batch_size, p=areas)
     imgs, tgts, wgts, negs = [], [], [], []
@@ -56,6 +58,8 @@ def sample_batch(mics, targets, size, batch_size, rng, augment):
         wgts.append(wgt)
         negs.append(np.full(img.shape, float(mics[k].negative), np.float32))
     as_t = lambda xs: torch.from_numpy(np.stack(xs))[:, None]  # noqa: E731
+    if with_index:
+        return as_t(imgs), as_t(tgts), as_t(wgts), as_t(negs), [int(k) for k in choice]
     return as_t(imgs), as_t(tgts), as_t(wgts), as_t(negs)
 
 

@@ -256,6 +256,8 @@ class _Run:
                          model.prior.box, model.prior.n_angles)
         if self.template["image"] is not None:
             model.prior.set_template(self.template["image"])
+        else:  # no particle to build it from: no response (not pretrained weights' leftover template)
+            model.prior.bank.zero_()
 
     def _load_weights(self, model, path: Path) -> None:
         try:

@@ -33,14 +33,20 @@ import torch
 from cryopick.errors import CryopickError
 from cryopick.io.atomic import make_output_dir, write_text
 from cryopick.models.registry import build_model
+from cryopick.models.template_prior import DEFAULT_ANGLES, rotated_bank
+from cryopick.models.unet2d import load_weights_2d
 from cryopick.picker2d.train.augment import AugmentConfig
 from cryopick.picker2d.train.batches import batch_loss, prepare_targets, sample_batch
 from cryopick.picker2d.train.config import check_number, check_shared_numbers
 from cryopick.picker2d.train.corpus import HELD_OUT_KINDS, corpus_kinds, draw_settings, simulate_corpus_micrograph
+from cryopick.picker2d.train.template import particle_template, template_box
 from cryopick.runtime import configure_threads
 from cryopick.training import WeightAverage, cosine_schedule, save_checkpoint, set_seeds
 
 log = logging.getLogger(__name__)
+
+#: Settings newer than some checkpoints, with the value that reproduces the older runs.
+_ADDED_LATER = {"template_prior": False, "start_weights": None}
 
 #: Offset of the validation micrographs' corpus indices (never reached by the training pool).
 VAL_INDEX_OFFSET = 10_000_000
@@ -53,6 +59,13 @@ class PretrainConfig:
     ``exclude_kinds``: shape families kept out of the corpus (default: the leave-one-out test families).
     ``working_size``: side of each corpus micrograph at the working scale (pixels).
     ``bf16``: bfloat16 autocast (off: on a shared CPU it was slower than float32 for this network).
+    ``template_prior``: the network gets the template-matching input channel
+    (:mod:`cryopick.models.template_prior`); each corpus micrograph's template is the aligned average of
+    its own particles (as few-shot training builds one from the user's), so the network learns to use the
+    channel for any particle.
+    ``start_weights``: weights to start from instead of a random initialisation (a run's ``best.pt`` /
+    ``checkpoint.pt`` or a package file, with or without the template channel; see
+    :func:`cryopick.models.unet2d.load_weights_2d`).
     """
 
     steps: int = 1200
@@ -76,6 +89,8 @@ class PretrainConfig:
     val_micrographs: int = 8
     bf16: bool = False
     num_threads: int | None = 2
+    template_prior: bool = False
+    start_weights: str | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> "PretrainConfig":
@@ -88,7 +103,16 @@ class PretrainConfig:
         check_number(self, "patch_size", 16, integer=True)
         if self.patch_size > self.working_size:
             raise CryopickError(f"patch_size ({self.patch_size}) must be at most working_size ({self.working_size})")
+        if self.start_weights is not None and not Path(self.start_weights).is_file():
+            raise CryopickError(f"start_weights: {self.start_weights}: no such file")
         return self
+
+    def model_kwargs(self) -> dict:
+        """Keyword arguments of the backbone (with the template channel's box when ``template_prior``)."""
+        kwargs = dict(self.backbone_kwargs)
+        if self.template_prior:
+            kwargs.setdefault("template_box", template_box(self.target_diameter))
+        return kwargs
 
     def resume_key(self) -> dict:
         d = asdict(self)
@@ -106,8 +130,16 @@ class _Corpus:
         self.kinds = corpus_kinds(tuple(config.exclude_kinds))
 
     def micrograph(self, index: int):
+        """Corpus micrograph ``index``; with ``template_prior`` its template bank is in ``meta["bank"]``."""
         c = self.config
-        return simulate_corpus_micrograph(draw_settings(index, c.seed, self.kinds, c.working_size, c.target_diameter))
+        m = simulate_corpus_micrograph(draw_settings(index, c.seed, self.kinds, c.working_size, c.target_diameter))
+        if c.template_prior:
+            box = template_box(c.target_diameter)
+            template, _ = particle_template([m], box, max_particles=200, seed=index, include_validation=True)
+            bank = np.zeros((DEFAULT_ANGLES, box, box), np.float32) if template is None \
+                else rotated_bank(template, DEFAULT_ANGLES)
+            m.meta["bank"] = torch.from_numpy(bank)[:, None]
+        return m
 
 
 def validation_micrographs(corpus: _Corpus) -> list:
@@ -121,7 +153,16 @@ def validation_micrographs(corpus: _Corpus) -> list:
 def _validate(model, val_mics, radius: float, diameter: float) -> dict:
     from cryopick.picker2d.calibrate import f1_curve, score_grid, validation_picks
 
-    regions = validation_picks(model, val_mics, radius, int(round(2 * diameter)), False, 0.5, "mean_top", 0.5 * diameter)
+    def picks(mics):
+        return validation_picks(model, mics, radius, int(round(2 * diameter)), False, 0.5, "mean_top", 0.5 * diameter)
+
+    if getattr(model, "prior", None) is None:
+        regions = picks(val_mics)
+    else:  # each micrograph with its own template
+        regions = []
+        for m in val_mics:
+            model.prior.bank.copy_(m.meta["bank"])
+            regions.extend(picks([m]))
     p, r, f1 = f1_curve(regions, 0.5 * diameter, score_grid(regions))
     k = int(np.argmax(f1))
     return {"val_f1": round(float(f1[k]), 4), "val_precision": round(float(p[k]), 4),
@@ -135,7 +176,9 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig | None = None, log_e
     configure_threads(config.num_threads)
     set_seeds(config.seed)
     corpus = _Corpus(config)
-    model = build_model(config.backbone, **config.backbone_kwargs)
+    model = build_model(config.backbone, **config.model_kwargs())
+    if config.start_weights:
+        load_weights_2d(model, averaged_weights(torch.load(config.start_weights, map_location="cpu", weights_only=False)))
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda s: cosine_schedule(s, config.steps, config.warmup_steps))
@@ -147,7 +190,7 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig | None = None, log_e
     pool_index = list(range(config.pool_size))
     if ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if state["config"] != config.resume_key():
+        if {**_ADDED_LATER, **state["config"]} != config.resume_key():
             raise CryopickError(f"{ckpt}: a pretraining run with other settings is there; use the same settings "
                                 "or another folder")
         model.load_state_dict(state["model"])
@@ -175,9 +218,13 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig | None = None, log_e
             pool_index[slot] = index
             targets[slot] = prepare_targets([pool[slot]], radius)[0]
             sim_seconds += time.perf_counter() - t_sim
-        x, y, w, neg = sample_batch(pool, targets, config.patch_size, config.batch_size, rng, config.augment)
+        x, y, w, neg, index = sample_batch(pool, targets, config.patch_size, config.batch_size, rng, config.augment,
+                                           with_index=True)
+        response = None
+        if config.template_prior:  # each patch with its own micrograph's template
+            response = torch.cat([model.prior(x[i : i + 1], pool[k].meta["bank"]) for i, k in enumerate(index)])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-            logits = model(x)
+            logits = model(x, response=response) if response is not None else model(x)
         loss = batch_loss(logits, y, w, neg, 0.0)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -232,8 +279,8 @@ def evaluate_weights(sources: list, config: PretrainConfig) -> list[dict]:
     radius = 0.5 * config.target_diameter * config.target_radius_fraction
     results = []
     for source in sources:
-        model = build_model(config.backbone, **config.backbone_kwargs)
-        model.load_state_dict(averaged_weights(torch.load(source, map_location="cpu", weights_only=False)))
+        model = build_model(config.backbone, **config.model_kwargs())
+        load_weights_2d(model, averaged_weights(torch.load(source, map_location="cpu", weights_only=False)))
         model.eval()
         results.append({"source": str(source), **_validate(model, val, radius, config.target_diameter)})
     return results
@@ -244,7 +291,9 @@ def export_pretrained(source: str | os.PathLike, dest: str | os.PathLike, note: 
     the format :func:`cryopick.models.unet2d.load_pretrained_2d` reads. ``source``: ``best.pt`` / ``last.pt``
     of a run (averaged weights), or a copy of its ``checkpoint.pt`` (its averaged weights are taken)."""
     state = torch.load(source, map_location="cpu", weights_only=False)
-    weights = {k: (v.half() if v.is_floating_point() else v) for k, v in averaged_weights(state).items()}
+    # A template channel's bank holds the last corpus micrograph's template: not shipped (training sets the user's).
+    weights = {k: (v.half() if v.is_floating_point() else v) for k, v in averaged_weights(state).items()
+               if not k.startswith("prior.")}
     meta = {"step": state.get("step"), "val_f1": state.get("val_f1"), "pretrain_config": state.get("config"),
             **(note or {})}
     return save_checkpoint(dest, {"model": weights, "meta": meta})

@@ -24,18 +24,22 @@ def template_box(working_diameter: float) -> int:
 
 
 def particle_template(mics: list[TrainingMicrograph], box: int, max_particles: int = 1000,
-                      angle_step: float = 10.0, seed: int = 0) -> tuple[np.ndarray | None, int]:
+                      angle_step: float = 10.0, seed: int = 0,
+                      include_validation: bool = False) -> tuple[np.ndarray | None, int]:
     """``((box, box) float32 template or None, particles used)`` from the labelled particles outside the
-    validation data. ``None`` when no labelled particle box lies fully inside its micrograph."""
+    validation data (all of them with ``include_validation``: pretraining's per-micrograph templates).
+    ``None`` when no labelled particle box lies fully inside its micrograph."""
     patches = []
     for m in mics:
         if m.negative or m.unlabelled or not len(m.coords):
             continue
-        coords = m.coords[~m.in_val(m.coords)]
+        coords = m.coords if include_validation else m.coords[~m.in_val(m.coords)]
         if len(coords):
             patches.append(extract_boxes(m.image, coords, box))
     particles = np.concatenate(patches) if patches else np.zeros((0, box, box), np.float32)
     if len(particles) == 0:
+        if include_validation:
+            return None, 0
         log.warning("no labelled particle box lies inside its micrograph: the template channel stays empty")
         return None, 0
     rng = np.random.default_rng(seed)
