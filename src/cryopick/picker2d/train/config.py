@@ -123,7 +123,9 @@ class TrainConfig:
         to the rotationally aligned average of the annotated training particles
         (:mod:`cryopick.models.template_prior`, :mod:`.template`), a protein-specific prior from the
         first step. The template travels with the weights; picking needs no extra input. Pretrained
-        weights load with the new channel's weights at zero. Leave-one-out F1 with and without it:
+        weights load with the new channel's weights at zero. Off by default: on the leave-one-out
+        benchmark it gave no gain from the shipped weights (mean F1 −0.0015, 2 seeds) and lost when the
+        network was pretrained or trained from scratch with it (−0.010, −0.004); see
         ``benchmarks/fewshot_loo.md``.
     bf16
         bfloat16 autocast; ``None`` = use it when the CPU has native bf16 arithmetic.
