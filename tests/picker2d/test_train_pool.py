@@ -199,6 +199,8 @@ def test_the_first_stage_is_shipped_when_self_training_validates_worse(tmp_path,
     assert card.training["shipped_stage"] == 1 and card.training["unlabelled_pool"]["shipped"] == "bce"
     assert card.score_threshold == first["calibration"]["threshold"] != 0.987
     assert card.calibration == first["calibration"]
+    assert (card.training["best_epoch"], card.training["best_val_f1"], card.training["stopped"]) == (
+        first["best_epoch"], first["best_val_f1"], first["stopped"])  # the card describes the shipped stage
     shipped = torch.load(tmp_path / "m" / "model.pt", weights_only=True)  # the first stage's weights again
     assert kept and all(torch.equal(shipped[k], v) for k, v in kept.items())
 

@@ -51,8 +51,8 @@ def write_card(run, model, records: list[dict], shipped: int):
             "config": {**asdict(config), "patch_size": run.patch, "batch_size": run.batch_size,
                        "bf16": bool(run.bf16)},
             "epochs_run": sum(r["epochs_run"] for r in records), "epochs_requested": config.epochs,
-            "best_epoch": records[-1]["best_epoch"], "best_val_f1": records[-1]["best_val_f1"],
-            "stopped": records[-1]["stopped"],
+            # the shipped stage's (the last one unless the unlabelled pool's stage lost on validation)
+            "best_epoch": ship["best_epoch"], "best_val_f1": ship["best_val_f1"], "stopped": ship["stopped"],
             "validation": run.validation_mode, "init": run.init_used, "stages": [r["stage"] for r in records],
             "shipped_stage": shipped + 1,
             "wall_seconds": round(run.elapsed(), 1),
