@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -24,6 +23,7 @@ from bench_fewshot_loo import FAMILIES, render_family  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cryopick.evaluate.matching import match_points, precision_recall_f1
     from cryopick.picker2d.train.data import disk_target
     from cryopick.postprocess.peaks2d import find_peaks_2d
 
@@ -43,14 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         side = int(np.ceil(1024 / factor)) + 1
         probability = disk_target((side, side), centres, 0.25 * working).astype(np.float32)
         picks = find_peaks_2d(probability, 0.5 * working, threshold=0.5, min_distance=0.5 * working)
-        cost = np.linalg.norm(picks.coords[:, None] - centres[None], axis=2)
-        cost[cost > 0.5 * working] = 1e6
-        rows, cols = linear_sum_assignment(cost)
-        matched = int((cost[rows, cols] < 1e6).sum())
-        tp, fp, fn = tp + matched, fp + len(picks.coords) - matched, fn + len(centres) - matched
+        match = match_points(picks.coords, centres, 0.5 * working)
+        tp, fp, fn = tp + match.tp, fp + match.fp, fn + match.fn
     nearest = np.concatenate(nearest) / working
     print(f"{args.family}: {len(paths) - 5} test micrographs, {tp + fn} particles; post-processing ceiling "
-          f"F1 {2 * tp / (2 * tp + fp + fn):.4f} (tp {tp}, fp {fp}, fn {fn}); nearest neighbour "
+          f"F1 {precision_recall_f1(tp, tp + fp, tp + fn)[2]:.4f} (tp {tp}, fp {fp}, fn {fn}); nearest neighbour "
           f"< 0.5 diameter: {np.mean(nearest < 0.5):.4f}, median {np.median(nearest):.2f} diameters")
     return 0
 
