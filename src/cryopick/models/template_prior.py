@@ -27,17 +27,12 @@ DEFAULT_GAIN = 3.0
 DEFAULT_ANGLES = 24
 
 
-def disk_mask(box: int) -> np.ndarray:
-    """``(box, box)`` float32 disk inscribed in the box, centred on ``box // 2``."""
-    r = np.arange(box) - box // 2
-    return ((r[:, None] ** 2 + r[None, :] ** 2) <= (box / 2.0 - 0.5) ** 2 + 1e-9).astype(np.float32)
-
-
 def rotated_bank(template: np.ndarray, n_angles: int) -> np.ndarray:
     """``(n_angles, box, box)`` copies of a ``(box, box)`` template rotated in-plane by ``k x 360 / n_angles``
     degrees (bilinear, about ``box // 2``), each zero-mean with unit norm under the disk mask and zero
     outside it (so a correlation with it is a normalised cross-correlation once divided by the local spread)."""
     from cryopick.postprocess.rotations import rotate_template, rotation_matrices, rotations_2d
+    from cryopick.postprocess.template_matching import _default_template_mask  # the disk match_template uses
 
     template = np.asarray(template, np.float32)
     box = template.shape[0]
@@ -45,7 +40,7 @@ def rotated_bank(template: np.ndarray, n_angles: int) -> np.ndarray:
         raise ValueError(f"template must be a square of odd side, got shape {template.shape}")
     mats = torch.as_tensor(rotation_matrices(rotations_2d(360.0 / n_angles), 2), dtype=torch.float32)
     bank = rotate_template(torch.as_tensor(template), mats).numpy()
-    mask = disk_mask(box)
+    mask = _default_template_mask((box, box))
     n = mask.sum()
     bank = bank * mask
     bank -= (bank.sum(axis=(1, 2), keepdims=True) / n) * mask
@@ -70,8 +65,10 @@ class TemplateCorrelation(nn.Module):
         super().__init__()
         if box < 3 or box % 2 == 0 or n_angles < 1:
             raise ValueError(f"template box must be odd and >= 3 and n_angles >= 1, got {box}, {n_angles}")
+        from cryopick.postprocess.template_matching import _default_template_mask  # imported only when used
+
         self.box, self.n_angles, self.gain = int(box), int(n_angles), float(gain)
-        mask = torch.as_tensor(disk_mask(box))
+        mask = torch.as_tensor(_default_template_mask((box, box)))
         self.register_buffer("bank", torch.zeros(n_angles, 1, box, box))
         self.register_buffer("mean_kernel", (mask / mask.sum())[None, None])
         self.n_mask = float(mask.sum())
