@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from cryopick import CryopickError
+from cryopick.baselines.template2d import box_size
 from cryopick.models.registry import build_model
 from cryopick.models.template_prior import TemplateCorrelation, rotated_bank
 from cryopick.models.unet2d import PRETRAINED_2D, load_pretrained_2d
 from cryopick.picker2d.train import TrainConfig, train_picker
 from cryopick.picker2d.train.augment import AugmentConfig
-from cryopick.picker2d.train.template import particle_template, template_box
+from cryopick.picker2d.train.template import particle_template
 
 from .test_pretrain import _unseen_particle_micrographs
 
@@ -76,7 +77,7 @@ def test_pretrained_weights_load_with_the_template_channel_at_zero():
 
 def test_template_is_the_average_of_training_particles_only():
     mics, scale = _unseen_particle_micrographs()
-    box = template_box(scale.working_diameter)
+    box = box_size(scale.working_diameter)
     assert box % 2 == 1 and box >= scale.working_diameter
     template, n = particle_template(mics, box)
     assert template.shape == (box, box) and n > 10
@@ -98,7 +99,7 @@ def test_trained_model_carries_its_template_to_picking(tmp_path):
                          augment=AugmentConfig(scale_range=1.0, blur=0.0))
     card = train_picker(mics, scale, tmp_path / "m", config)
     record = card.training["template_prior"]
-    assert record["particles"] > 10 and record["box"] == template_box(scale.working_diameter)
+    assert record["particles"] > 10 and record["box"] == box_size(scale.working_diameter)
     assert (tmp_path / "m" / record["image"]).is_file()
     assert card.backbone_kwargs["template_box"] == record["box"]
     model, _ = load_model(tmp_path / "m")

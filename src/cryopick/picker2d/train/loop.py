@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from cryopick.baselines.template2d import box_size
 from cryopick.errors import CryopickError
 from cryopick.io.atomic import make_output_dir
 from cryopick.models.registry import build_model
@@ -38,7 +39,7 @@ from cryopick.picker2d.train.data import TrainingMicrograph, assign_validation, 
 from cryopick.picker2d.train.pool import shipped_stage
 from cryopick.picker2d.train.pseudo import PSEUDO_NAME, load_pseudo_labels, make_pseudo_labels
 from cryopick.picker2d.train.report import CURVE_NAME, TEMPLATE_NAME, write_card
-from cryopick.picker2d.train.template import particle_template, template_box
+from cryopick.picker2d.train.template import particle_template
 from cryopick.runtime import busy_other_cores, choose_threads, configure_threads, cpu_sample
 from cryopick.training import BudgetClock, WeightAverage, cosine_schedule, save_checkpoint, set_seeds
 
@@ -208,7 +209,7 @@ class _Run:
         config = self.config
         kwargs = dict(config.backbone_kwargs)
         if config.template_prior:
-            kwargs.setdefault("template_box", template_box(self.scale.working_diameter))
+            kwargs.setdefault("template_box", box_size(self.scale.working_diameter))
         try:
             model = build_model(config.backbone, checkpoint=config.checkpoint, **kwargs)
         except CryopickError:

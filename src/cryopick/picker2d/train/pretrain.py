@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cryopick.baselines.template2d import box_size
 from cryopick.errors import CryopickError
 from cryopick.io.atomic import make_output_dir, write_text
 from cryopick.models.registry import build_model
@@ -39,7 +40,7 @@ from cryopick.picker2d.train.augment import AugmentConfig
 from cryopick.picker2d.train.batches import batch_loss, prepare_targets, sample_batch
 from cryopick.picker2d.train.config import check_number, check_shared_numbers
 from cryopick.picker2d.train.corpus import HELD_OUT_KINDS, corpus_kinds, draw_settings, simulate_corpus_micrograph
-from cryopick.picker2d.train.template import particle_template, template_box
+from cryopick.picker2d.train.template import particle_template
 from cryopick.runtime import configure_threads
 from cryopick.training import WeightAverage, cosine_schedule, save_checkpoint, set_seeds
 
@@ -111,7 +112,7 @@ class PretrainConfig:
         """Keyword arguments of the backbone (with the template channel's box when ``template_prior``)."""
         kwargs = dict(self.backbone_kwargs)
         if self.template_prior:
-            kwargs.setdefault("template_box", template_box(self.target_diameter))
+            kwargs.setdefault("template_box", box_size(self.target_diameter))
         return kwargs
 
     def resume_key(self) -> dict:
@@ -134,7 +135,7 @@ class _Corpus:
         c = self.config
         m = simulate_corpus_micrograph(draw_settings(index, c.seed, self.kinds, c.working_size, c.target_diameter))
         if c.template_prior:
-            box = template_box(c.target_diameter)
+            box = box_size(c.target_diameter)
             template, _ = particle_template([m], box, max_particles=200, seed=index, include_validation=True)
             bank = np.zeros((DEFAULT_ANGLES, box, box), np.float32) if template is None \
                 else rotated_bank(template, DEFAULT_ANGLES)

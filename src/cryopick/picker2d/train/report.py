@@ -31,6 +31,7 @@ def write_card(run, model, records: list[dict], shipped: int):
     config, scale, out = run.config, run.scale, run.out
     ship = records[shipped]
     n_pseudo = sum(len(m.train_coords) for m in run.mics if m.train_coords is not None)
+    template = run.template if run.template and run.template["image"] is not None else None  # the channel's, if built
     card = ModelCard(
         backbone=config.backbone,
         backbone_kwargs=dict(getattr(model, "config", None) or config.backbone_kwargs),
@@ -64,8 +65,8 @@ def write_card(run, model, records: list[dict], shipped: int):
                                                pool=len(run.pool) if len(run.stages) > 1 else 0),
             "n_pseudo_labels": n_pseudo if len(run.stages) > 1 else None,
             "unlabelled_pool": pool_record(run.mics, records, shipped),
-            "template_prior": ({k: v for k, v in run.template.items() if k != "image"} | {"image": TEMPLATE_NAME}
-                               if run.template and run.template["image"] is not None else None),
+            "template_prior": ({k: v for k, v in template.items() if k != "image"} | {"image": TEMPLATE_NAME}
+                               if template else None),
             "history": records[-1]["history"],
             "earlier_stages": records[:-1],
         },
@@ -73,11 +74,11 @@ def write_card(run, model, records: list[dict], shipped: int):
     )
     if config.checkpoint:
         save_weights(out, model, trainable_only=True)
-    if run.template and run.template["image"] is not None:
+    if template:
         from cryopick.io.images import write_png
 
         try:  # what the template channel looks for, enlarged for a person to look at
-            write_png(out / TEMPLATE_NAME, np.kron(run.template["image"], np.ones((8, 8), np.float32)))
+            write_png(out / TEMPLATE_NAME, np.kron(template["image"], np.ones((8, 8), np.float32)))
         except Exception as exc:
             warnings.warn(f"{out / TEMPLATE_NAME}: not written ({type(exc).__name__}: {exc})", stacklevel=2)
     try:

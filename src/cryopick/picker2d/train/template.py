@@ -3,7 +3,8 @@
 The template is the rotationally aligned average of the user's annotated particles at the working scale
 (:func:`cryopick.baselines.template2d.align_and_average`): boxes of ``box`` working pixels around the
 labelled centres of the *training* part of the annotated micrographs (never the validation data, so the
-calibration stays honest), at most ``max_particles`` of them.
+calibration stays honest), at most ``max_particles`` of them. The box side is
+:func:`cryopick.baselines.template2d.box_size` of the working diameter (odd, ~1.3 diameters).
 """
 
 from __future__ import annotations
@@ -12,15 +13,10 @@ import logging
 
 import numpy as np
 
-from cryopick.baselines.template2d import align_and_average, box_size, extract_boxes
+from cryopick.baselines.template2d import align_and_average, extract_boxes
 from cryopick.picker2d.train.data import TrainingMicrograph
 
 log = logging.getLogger(__name__)
-
-
-def template_box(working_diameter: float) -> int:
-    """Odd template side in working pixels: ~1.3 particle diameters."""
-    return box_size(working_diameter)
 
 
 def particle_template(mics: list[TrainingMicrograph], box: int, max_particles: int = 1000,
