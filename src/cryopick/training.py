@@ -35,6 +35,15 @@ def set_seeds(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
+def saved_settings(saved, defaults: dict, added_later: tuple[str, ...]):
+    """A checkpoint's recorded settings (``resume_key()``) with the ``defaults`` of the settings in
+    ``added_later`` that it predates, so a run written before a setting existed still resumes when that
+    setting keeps its default. Anything but a dict is returned as it is (it then matches nothing)."""
+    if not isinstance(saved, dict):
+        return saved
+    return {**{k: v for k, v in defaults.items() if k in added_later}, **saved}
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     """``torch.save`` ``state`` to ``path`` atomically (a reader sees the old or the new file, never half)."""
     path = Path(path)

@@ -41,7 +41,7 @@ from cryopick.picker2d.train.pseudo import PSEUDO_NAME, load_pseudo_labels, make
 from cryopick.picker2d.train.report import CURVE_NAME, TEMPLATE_NAME, write_card
 from cryopick.picker2d.train.template import particle_template
 from cryopick.runtime import busy_other_cores, choose_threads, configure_threads, cpu_sample
-from cryopick.training import BudgetClock, WeightAverage, cosine_schedule, save_checkpoint, set_seeds
+from cryopick.training import BudgetClock, WeightAverage, cosine_schedule, save_checkpoint, saved_settings, set_seeds
 
 if TYPE_CHECKING:
     from cryopick.picker2d.card import ModelCard
@@ -73,14 +73,6 @@ _CHECKPOINT_KEYS = ("stage", "model", "optimiser", "scheduler", "rng", "torch_rn
 
 
 _ADDED_LATER = ("unlabelled_max", "unlabelled_ignore_margin", "template_prior")  # settings newer than some checkpoints
-
-
-def _saved_key(saved):
-    """A checkpoint's settings, with the defaults of settings added after it was written."""
-    if not isinstance(saved, dict):
-        return saved
-    return {**{k: v for k, v in TrainConfig().resume_key().items() if k in _ADDED_LATER}, **saved}
-
 
 
 def train_picker(mics: list[TrainingMicrograph], scale: WorkingScale, output_dir: str | os.PathLike,
@@ -169,7 +161,8 @@ class _Run:
             raise CryopickError(f"{out}: already holds a trained model; choose another output directory or --redo")
         if self.ckpt_path.exists() and resume:
             self.state = self._read_checkpoint()
-            if _saved_key(self.state.get("config")) != config.resume_key():
+            saved = saved_settings(self.state.get("config"), TrainConfig().resume_key(), _ADDED_LATER)
+            if saved != config.resume_key():
                 raise CryopickError(
                     f"{self.ckpt_path}: an unfinished run with different settings is there; use the same settings "
                     "to resume, or --redo to start again"

@@ -42,12 +42,12 @@ from cryopick.picker2d.train.config import check_number, check_shared_numbers
 from cryopick.picker2d.train.corpus import HELD_OUT_KINDS, corpus_kinds, draw_settings, simulate_corpus_micrograph
 from cryopick.picker2d.train.template import particle_template
 from cryopick.runtime import configure_threads
-from cryopick.training import WeightAverage, cosine_schedule, save_checkpoint, set_seeds
+from cryopick.training import WeightAverage, cosine_schedule, save_checkpoint, saved_settings, set_seeds
 
 log = logging.getLogger(__name__)
 
-#: Settings newer than some checkpoints, with the value that reproduces the older runs.
-_ADDED_LATER = {"template_prior": False, "start_weights": None}
+#: Settings newer than some checkpoints (their defaults reproduce the older runs).
+_ADDED_LATER = ("template_prior", "start_weights")
 
 #: Offset of the validation micrographs' corpus indices (never reached by the training pool).
 VAL_INDEX_OFFSET = 10_000_000
@@ -191,7 +191,7 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig | None = None, log_e
     pool_index = list(range(config.pool_size))
     if ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if {**_ADDED_LATER, **state["config"]} != config.resume_key():
+        if saved_settings(state["config"], PretrainConfig().resume_key(), _ADDED_LATER) != config.resume_key():
             raise CryopickError(f"{ckpt}: a pretraining run with other settings is there; use the same settings "
                                 "or another folder")
         model.load_state_dict(state["model"])
