@@ -9,6 +9,10 @@
         --start-weights src/cryopick/weights/unet2d_pretrained.pt --steps 1200 --pool-size 96 --val-micrographs 24
     python benchmarks/pretrain2d.py -o /work/pretrain2d_template --export src/cryopick/weights/unet2d_pretrained_template.pt
 
+    # domain randomisation and a harder corpus (particles at 0.25-0.8x the simulator's contrast)
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/pretrain2d.py -o /work/pretrain2d_strong --augment strong \
+        --steps 4000 --val-every 250 --pool-size 96 --val-micrographs 24 --threads 1 [--particle-contrast 0.25 0.8]
+
     # validation F1 of weights on a run's validation micrographs (same --pool-size/--val-micrographs/--seed)
     python benchmarks/pretrain2d.py --evaluate shipped old.pt --pool-size 96 --val-micrographs 24
 
@@ -27,6 +31,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cryopick.picker2d.train.augment import AUGMENT_PRESETS, augment_preset
     from cryopick.picker2d.train.pretrain import PretrainConfig, export_pretrained, pretrain
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -39,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-micrographs", type=int, default=PretrainConfig.val_micrographs)
     ap.add_argument("--template-prior", action="store_true",
                     help="pretrain the network with the template-matching input channel (PretrainConfig.template_prior)")
+    ap.add_argument("--augment", default="default", choices=AUGMENT_PRESETS,
+                    help="patch augmentation preset (augment.augment_preset; 'strong' = domain randomisation)")
+    ap.add_argument("--particle-contrast", type=float, nargs=2, default=PretrainConfig.particle_contrast,
+                    metavar=("LOW", "HIGH"), help="corpus particle contrast range, x the simulator's default "
+                    "(lower = harder corpus; also selects the validation micrographs of --evaluate)")
     ap.add_argument("--start-weights", default=None,
                     help="start from these weights (a run's best.pt / checkpoint.pt or a package file)")
     ap.add_argument("--export", default=None, help="write <out>/best.pt (or --source) as float16 package weights here")
@@ -58,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         return evaluate(args)
     config = PretrainConfig(steps=args.steps, seed=args.seed, num_threads=args.threads, val_every=args.val_every,
                             pool_size=args.pool_size, val_micrographs=args.val_micrographs,
-                            template_prior=args.template_prior, start_weights=args.start_weights).validate()
+                            template_prior=args.template_prior, start_weights=args.start_weights,
+                            particle_contrast=tuple(args.particle_contrast),
+                            augment=augment_preset(args.augment)).validate()
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         handlers=[logging.StreamHandler(), logging.FileHandler(out / "pretrain.log")])
@@ -77,7 +89,7 @@ def evaluate(args) -> int:
     from cryopick.models.unet2d import PRETRAINED_2D_TEMPLATE
 
     config = PretrainConfig(seed=args.seed, pool_size=args.pool_size, val_micrographs=args.val_micrographs,
-                            template_prior=args.template_prior)
+                            template_prior=args.template_prior, particle_contrast=tuple(args.particle_contrast))
     shipped = PRETRAINED_2D_TEMPLATE if args.template_prior and PRETRAINED_2D_TEMPLATE.is_file() else PRETRAINED_2D
     sources = [shipped if s == "shipped" else s for s in args.evaluate]
     for name, result in zip(args.evaluate, evaluate_weights(sources, config)):

@@ -12,7 +12,7 @@ from cryopick.models.registry import build_model
 from cryopick.models.unet2d import PRETRAINED_2D, has_pretrained_2d, load_pretrained_2d
 from cryopick.picker2d.train import TrainConfig, WorkingScale, train_picker
 from cryopick.picker2d.train import pretrain as pretrain_mod
-from cryopick.picker2d.train.augment import AugmentConfig
+from cryopick.picker2d.train.augment import AugmentConfig, augment_preset
 from cryopick.picker2d.train.config import initial_weights
 from cryopick.picker2d.train.corpus import HELD_OUT_KINDS, corpus_kinds, draw_settings, simulate_corpus_micrograph
 from cryopick.picker2d.train.data import TrainingMicrograph
@@ -139,8 +139,33 @@ def test_shipped_weights_beat_random_init_after_one_short_epoch(tmp_path):
     assert scores["pretrained"] >= scores["random"] + 0.3, scores
 
 
+def test_harder_corpus_changes_only_the_particle_contrast():
+    for i in range(20):
+        easy, hard = draw_settings(i), draw_settings(i, contrast_range=(0.25, 0.8))
+        assert 0.25 <= hard["contrast"] <= 0.8 and hard["contrast"] < easy["contrast"]
+        assert {k: v for k, v in easy.items() if k != "contrast"} == {k: v for k, v in hard.items() if k != "contrast"}
+
+
+def test_augmentation_presets():
+    assert augment_preset("default") == AugmentConfig()
+    strong = augment_preset("strong")
+    assert strong.noise > AugmentConfig().noise and strong.blur > AugmentConfig().blur
+    with pytest.raises(ValueError, match="strong"):
+        augment_preset("wild")
+
+
+def test_runs_before_particle_contrast_existed_still_resume():
+    old = PretrainConfig().resume_key()
+    del old["particle_contrast"]
+    assert pretrain_mod.saved_settings(old, PretrainConfig().resume_key(), pretrain_mod._ADDED_LATER) \
+        == PretrainConfig().resume_key()
+    harder = PretrainConfig(particle_contrast=(0.25, 0.8)).resume_key()
+    assert harder != PretrainConfig().resume_key() and harder["particle_contrast"] == [0.25, 0.8]
+
+
 @pytest.mark.parametrize("name, value", [("steps", 0), ("pool_size", -1), ("lr", float("nan")), ("batch_size", 1.5),
-                                         ("ema_decay", 1.0), ("patch_size", 512)])
+                                         ("ema_decay", 1.0), ("patch_size", 512), ("particle_contrast", (0.8, 0.2)),
+                                         ("particle_contrast", (0.0, 1.0)), ("particle_contrast", (1.0,))])
 def test_pretraining_settings_are_checked(tmp_path, name, value):
     with pytest.raises(CryopickError, match=name):
         pretrain(tmp_path / "out", PretrainConfig(**{name: value}))

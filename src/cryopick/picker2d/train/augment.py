@@ -44,6 +44,21 @@ class AugmentConfig:
     blur: float = 1.0
 
 
+#: Named augmentation strengths: ``default`` (few-shot training's) and ``strong`` (domain randomisation for
+#: pretraining on simulated micrographs: twice the rescale, contrast and offset range, noise up to 0.8 and
+#: blur up to 2 working pixels, so the network cannot lean on the simulator's exact noise and sharpness).
+AUGMENT_PRESETS = ("default", "strong")
+
+
+def augment_preset(name: str) -> AugmentConfig:
+    """The :class:`AugmentConfig` of a named preset (:data:`AUGMENT_PRESETS`)."""
+    if name == "default":
+        return AugmentConfig()
+    if name == "strong":
+        return AugmentConfig(scale_range=1.3, contrast=0.4, offset=0.4, noise=0.8, blur=2.0)
+    raise ValueError(f"unknown augmentation preset {name!r}; choose from {', '.join(AUGMENT_PRESETS)}")
+
+
 def _crop(array: np.ndarray, y: int, x: int, size: int, fill: float) -> np.ndarray:
     """``size x size`` window at top-left ``(y, x)``; out-of-image pixels get ``fill``."""
     h, w = array.shape

@@ -46,8 +46,13 @@ def corpus_kinds(exclude: tuple[str, ...] = HELD_OUT_KINDS) -> tuple[str, ...]:
 
 
 def draw_settings(index: int, seed: int = 0, kinds: tuple[str, ...] | None = None,
-                  working_size: int = 224, target_diameter: float = 16.0) -> dict:
-    """Simulation and rendering settings of corpus micrograph ``index`` (deterministic)."""
+                  working_size: int = 224, target_diameter: float = 16.0,
+                  contrast_range: tuple[float, float] = (0.5, 1.1)) -> dict:
+    """Simulation and rendering settings of corpus micrograph ``index`` (deterministic).
+
+    ``contrast_range``: particle contrast as a multiple of the simulator's default, drawn uniformly; a
+    lower range makes the particles harder to see without changing any other draw of the micrograph.
+    """
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 90210]))
     kinds = kinds or corpus_kinds()
     pixel_size = float(rng.uniform(1.0, 4.5))
@@ -73,7 +78,7 @@ def draw_settings(index: int, seed: int = 0, kinds: tuple[str, ...] | None = Non
         "defocus_um": float(rng.uniform(0.5, 3.5)), "astigmatism_um": float(rng.uniform(0.0, 0.15)),
         "ice_thickness_A": float(rng.uniform(150, 900)), "ice_gradient": float(rng.uniform(0.0, 0.8)),
         "ice_noise": float(rng.uniform(0.5, 1.5)), "clutter_A": float(rng.uniform(10, 45)),
-        "bfactor": float(rng.uniform(30, 150)), "contrast": float(rng.uniform(0.5, 1.1)),
+        "bfactor": float(rng.uniform(30, 150)), "contrast": float(rng.uniform(*contrast_range)),
         "aggregates": int(rng.choice([0, 0, 1, 2, 4])), "ice_crystals": int(rng.choice([0, 0, 0, 1, 2])),
         "carbon_edge": bool(rng.random() < 0.25), "render": render, "lowpass": float(rng.uniform(0.8, 2.5)),
         "jpeg_quality": int(rng.integers(70, 96)), "distractor": distractor, "shape_seed": int(rng.integers(2**31)),

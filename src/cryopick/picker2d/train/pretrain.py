@@ -47,7 +47,7 @@ from cryopick.training import WeightAverage, cosine_schedule, save_checkpoint, s
 log = logging.getLogger(__name__)
 
 #: Settings newer than some checkpoints (their defaults reproduce the older runs).
-_ADDED_LATER = ("template_prior", "start_weights")
+_ADDED_LATER = ("template_prior", "start_weights", "particle_contrast")
 
 #: Offset of the validation micrographs' corpus indices (never reached by the training pool).
 VAL_INDEX_OFFSET = 10_000_000
@@ -64,6 +64,8 @@ class PretrainConfig:
     (:mod:`cryopick.models.template_prior`); each corpus micrograph's template is the aligned average of
     its own particles (as few-shot training builds one from the user's), so the network learns to use the
     channel for any particle.
+    ``particle_contrast``: range of the corpus particles' contrast as a multiple of the simulator's default
+    (:func:`.corpus.draw_settings`); lower values make a harder corpus.
     ``start_weights``: weights to start from instead of a random initialisation (a run's ``best.pt`` /
     ``checkpoint.pt`` or a package file, with or without the template channel; see
     :func:`cryopick.models.unet2d.load_weights_2d`).
@@ -92,6 +94,7 @@ class PretrainConfig:
     num_threads: int | None = 2
     template_prior: bool = False
     start_weights: str | None = None
+    particle_contrast: tuple = (0.5, 1.1)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> "PretrainConfig":
@@ -104,6 +107,12 @@ class PretrainConfig:
         check_number(self, "patch_size", 16, integer=True)
         if self.patch_size > self.working_size:
             raise CryopickError(f"patch_size ({self.patch_size}) must be at most working_size ({self.working_size})")
+        try:
+            lo, hi = (float(v) for v in self.particle_contrast)
+        except (TypeError, ValueError):
+            lo = hi = float("nan")
+        if not 0 < lo <= hi < float("inf"):
+            raise CryopickError(f"particle_contrast must be two numbers with 0 < low <= high, got {self.particle_contrast}")
         if self.start_weights is not None and not Path(self.start_weights).is_file():
             raise CryopickError(f"start_weights: {self.start_weights}: no such file")
         return self
@@ -120,6 +129,7 @@ class PretrainConfig:
         for k in ("num_threads", "checkpoint_every", "val_every"):
             d.pop(k)
         d["exclude_kinds"] = list(d["exclude_kinds"])
+        d["particle_contrast"] = [float(v) for v in d["particle_contrast"]]
         return d
 
 
@@ -133,7 +143,8 @@ class _Corpus:
     def micrograph(self, index: int):
         """Corpus micrograph ``index``; with ``template_prior`` its template bank is in ``meta["bank"]``."""
         c = self.config
-        m = simulate_corpus_micrograph(draw_settings(index, c.seed, self.kinds, c.working_size, c.target_diameter))
+        m = simulate_corpus_micrograph(draw_settings(index, c.seed, self.kinds, c.working_size, c.target_diameter,
+                                                         tuple(c.particle_contrast)))
         if c.template_prior:
             box = box_size(c.target_diameter)
             template, _ = particle_template([m], box, max_particles=200, seed=index, include_validation=True)
