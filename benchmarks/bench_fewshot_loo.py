@@ -250,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--template-prior", action="store_true",
                     help="TrainConfig.template_prior: the template-matching response as a second input channel "
                          "(cached apart: _template)")
+    ap.add_argument("--pretrained-weights", default=None, metavar="FILE",
+                    help="use this file (pretrain2d.py --export) as the package's pretrained weights for --init "
+                         "pretrained, to compare candidate weights without replacing the shipped file (give --cache)")
     ap.add_argument("--speed-n", type=int, default=None,
                     help="4096² MRCs picked end to end per TTA mode with the empiar10017 model (default 3; 0 = skip)")
     args = ap.parse_args(argv)
@@ -268,6 +271,14 @@ def main(argv: list[str] | None = None) -> int:
                  + (f"_{args.self_training_init}" if args.self_training_init else "")
                  + (f"_ignore{args.ignore_margin:g}" if args.ignore_margin else "")
                  + ("_template" if args.template_prior else ""))
+    if args.pretrained_weights:
+        if not args.cache:
+            raise SystemExit("--pretrained-weights: give --cache too (the default cache holds the shipped weights' runs)")
+        if not Path(args.pretrained_weights).is_file():
+            raise SystemExit(f"--pretrained-weights: {args.pretrained_weights}: no such file")
+        import cryopick.models.unet2d as unet2d
+
+        unet2d.PRETRAINED_2D = Path(args.pretrained_weights).resolve()
     cache.mkdir(parents=True, exist_ok=True)
 
     import torch
@@ -345,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
                  settings={"threads": args.threads, "seed": args.seed, "epochs": args.epochs, "n_test": args.n_test,
                            "init": args.init, "unlabelled": args.unlabelled,
                            "self_training_init": args.self_training_init, "ignore_margin": args.ignore_margin,
-                           "template_prior": args.template_prior, "cache": str(cache)})
+                           "template_prior": args.template_prior, "cache": str(cache),
+                           "pretrained_weights": args.pretrained_weights})
     return 0
 
 
