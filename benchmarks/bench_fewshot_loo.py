@@ -149,6 +149,8 @@ def train(name: str, train_paths, truth, diameter: float, model_dir: Path, args,
         config.unlabelled_ignore_margin = args.ignore_margin
     if args.template_prior:
         config.template_prior = True
+    if args.target_diameter:
+        config.target_diameter = args.target_diameter
     stems = [p.stem for p in train_paths]
     train_truth = truth._with(truth.table[truth.table["micrograph"].isin(stems)])
     t = time.perf_counter()
@@ -250,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--template-prior", action="store_true",
                     help="TrainConfig.template_prior: the template-matching response as a second input channel "
                          "(cached apart: _template)")
+    ap.add_argument("--target-diameter", type=float, default=None,
+                    help="TrainConfig.target_diameter: particle diameter at the working scale, px (default: the "
+                         "library default; give --cache)")
     ap.add_argument("--pretrained-weights", default=None, metavar="FILE",
                     help="use this file (pretrain2d.py --export) as the package's pretrained weights for --init "
                          "pretrained, to compare candidate weights without replacing the shipped file (give --cache)")
@@ -271,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                  + (f"_{args.self_training_init}" if args.self_training_init else "")
                  + (f"_ignore{args.ignore_margin:g}" if args.ignore_margin else "")
                  + ("_template" if args.template_prior else ""))
+    if args.target_diameter and not args.cache:
+        raise SystemExit("--target-diameter: give --cache too (the default cache holds the default scale's runs)")
     if args.pretrained_weights:
         if not args.cache:
             raise SystemExit("--pretrained-weights: give --cache too (the default cache holds the shipped weights' runs)")
@@ -357,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
                            "init": args.init, "unlabelled": args.unlabelled,
                            "self_training_init": args.self_training_init, "ignore_margin": args.ignore_margin,
                            "template_prior": args.template_prior, "cache": str(cache),
-                           "pretrained_weights": args.pretrained_weights})
+                           "pretrained_weights": args.pretrained_weights, "target_diameter": args.target_diameter})
     return 0
 
 
