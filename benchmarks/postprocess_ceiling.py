@@ -7,6 +7,7 @@ post-processing alone loses (particles closer than the disks can separate); the 
 of a trained model is the network's.
 
     python benchmarks/postprocess_ceiling.py --family sim_crowded      # renders into the benchmark cache if needed
+    python benchmarks/postprocess_ceiling.py --family empiar10017 --radius-fraction 0.35   # the real set, smaller disks
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fewshot_loo import FAMILIES, render_family  # noqa: E402
+from bench_fewshot_loo import DEFAULT_DATA, FAMILIES, render_family  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,25 +29,38 @@ def main(argv: list[str] | None = None) -> int:
     from cryopick.postprocess.peaks2d import find_peaks_2d
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--family", choices=sorted(FAMILIES), default="sim_crowded")
+    ap.add_argument("--family", choices=sorted(FAMILIES) + ["empiar10017"], default="sim_crowded")
+    ap.add_argument("--radius-fraction", type=float, default=0.5,
+                    help="painted disk radius as a fraction of the particle radius (TrainConfig.target_radius_fraction)")
+    ap.add_argument("--data", default=DEFAULT_DATA, help="EMPIAR-10017 folder (micrographs/*.jpg, coordinates/)")
     ap.add_argument("--cache", default="benchmarks/results/fewshot_loo/full_pretrained_s0/data",
                     help="rendered families (bench_fewshot_loo.py's data folder)")
     ap.add_argument("--n-test", type=int, default=10)
     args = ap.parse_args(argv)
-    paths, truth, diameter = render_family(args.family, Path(args.cache) / args.family, 5 + args.n_test)
+    if not 0 < args.radius_fraction <= 1:
+        raise SystemExit("--radius-fraction: a number in (0, 1]")
+    if args.family == "empiar10017":
+        from cryopick.io.coords import read_picks
+
+        paths = sorted(Path(args.data, "micrographs").glob("*.jpg"))[: 5 + args.n_test]
+        truth, diameter, side_px = read_picks(Path(args.data) / "coordinates", format="cryoppp"), 108.0, 4096
+    else:
+        paths, truth, diameter = render_family(args.family, Path(args.cache) / args.family, 5 + args.n_test)
+        side_px = 1024
     factor, working = diameter / 16.0, 16.0
     tp = fp = fn = 0
     nearest = []
     for path in paths[5:]:
         centres = truth.table[truth.table["micrograph"] == path.stem][["x", "y"]].to_numpy() / factor
         nearest.append(cKDTree(centres).query(centres, k=2)[0][:, 1])
-        side = int(np.ceil(1024 / factor)) + 1
-        probability = disk_target((side, side), centres, 0.25 * working).astype(np.float32)
-        picks = find_peaks_2d(probability, 0.5 * working, threshold=0.5, min_distance=0.5 * working)
+        side = int(np.ceil(side_px / factor)) + 1
+        probability = disk_target((side, side), centres, 0.5 * args.radius_fraction * working).astype(np.float32)
+        picks = find_peaks_2d(probability, 0.5 * args.radius_fraction * working, threshold=0.5,
+                              min_distance=0.5 * working)
         match = match_points(picks.coords, centres, 0.5 * working)
         tp, fp, fn = tp + match.tp, fp + match.fp, fn + match.fn
     nearest = np.concatenate(nearest) / working
-    print(f"{args.family}: {len(paths) - 5} test micrographs, {tp + fn} particles; post-processing ceiling "
+    print(f"{args.family} (disks of {args.radius_fraction:g} x the radius): {len(paths) - 5} test micrographs, {tp + fn} particles; post-processing ceiling "
           f"F1 {precision_recall_f1(tp, tp + fp, tp + fn)[2]:.4f} (tp {tp}, fp {fp}, fn {fn}); nearest neighbour "
           f"< 0.5 diameter: {np.mean(nearest < 0.5):.4f}, median {np.median(nearest):.2f} diameters")
     return 0
