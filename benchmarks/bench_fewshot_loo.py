@@ -151,6 +151,8 @@ def train(name: str, train_paths, truth, diameter: float, model_dir: Path, args,
         config.template_prior = True
     if args.target_diameter:
         config.target_diameter = args.target_diameter
+    if args.backbone_kwargs:
+        config.backbone_kwargs = json.loads(args.backbone_kwargs)
     stems = [p.stem for p in train_paths]
     train_truth = truth._with(truth.table[truth.table["micrograph"].isin(stems)])
     t = time.perf_counter()
@@ -255,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target-diameter", type=float, default=None,
                     help="TrainConfig.target_diameter: particle diameter at the working scale, px (default: the "
                          "library default; give --cache)")
+    ap.add_argument("--backbone-kwargs", default=None, metavar="JSON",
+                    help='TrainConfig.backbone_kwargs, e.g. \'{"depth": 4}\' (give --cache)')
     ap.add_argument("--pretrained-weights", default=None, metavar="FILE",
                     help="use this file (pretrain2d.py --export) as the package's pretrained weights for --init "
                          "pretrained, to compare candidate weights without replacing the shipped file (give --cache)")
@@ -276,8 +280,16 @@ def main(argv: list[str] | None = None) -> int:
                  + (f"_{args.self_training_init}" if args.self_training_init else "")
                  + (f"_ignore{args.ignore_margin:g}" if args.ignore_margin else "")
                  + ("_template" if args.template_prior else ""))
-    if args.target_diameter and not args.cache:
-        raise SystemExit("--target-diameter: give --cache too (the default cache holds the default scale's runs)")
+    for option in ("target_diameter", "backbone_kwargs"):
+        if getattr(args, option) and not args.cache:
+            raise SystemExit(f"--{option.replace('_', '-')}: give --cache too (the default cache holds the default "
+                             "settings' runs)")
+    if args.backbone_kwargs:
+        try:
+            if not isinstance(json.loads(args.backbone_kwargs), dict):
+                raise ValueError
+        except ValueError:
+            raise SystemExit("--backbone-kwargs: a JSON object, e.g. '{\"depth\": 4}'") from None
     if args.pretrained_weights:
         if not args.cache:
             raise SystemExit("--pretrained-weights: give --cache too (the default cache holds the shipped weights' runs)")
@@ -364,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
                            "init": args.init, "unlabelled": args.unlabelled,
                            "self_training_init": args.self_training_init, "ignore_margin": args.ignore_margin,
                            "template_prior": args.template_prior, "cache": str(cache),
-                           "pretrained_weights": args.pretrained_weights, "target_diameter": args.target_diameter})
+                           "pretrained_weights": args.pretrained_weights, "target_diameter": args.target_diameter,
+                           "backbone_kwargs": args.backbone_kwargs})
     return 0
 
 

@@ -24,6 +24,7 @@ See :mod:`cryopick.picker2d.train.pretrain` and :mod:`cryopick.picker2d.train.co
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import subprocess
 import sys
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--particle-contrast", type=float, nargs=2, default=PretrainConfig.particle_contrast,
                     metavar=("LOW", "HIGH"), help="corpus particle contrast range, x the simulator's default "
                     "(lower = harder corpus; also selects the validation micrographs of --evaluate)")
+    ap.add_argument("--backbone-kwargs", default="{}", metavar="JSON",
+                    help="keyword arguments of the unet (PretrainConfig.backbone_kwargs), e.g. '{\"depth\": 4}'")
     ap.add_argument("--start-weights", default=None,
                     help="start from these weights (a run's best.pt / checkpoint.pt or a package file)")
     ap.add_argument("--export", default=None, help="write <out>/best.pt (or --source) as float16 package weights here")
@@ -59,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
                          "--val-micrographs, --seed)")
     args = ap.parse_args(argv)
     out = Path(args.out)
+    try:
+        backbone_kwargs = json.loads(args.backbone_kwargs)
+        if not isinstance(backbone_kwargs, dict):
+            raise ValueError
+    except ValueError:
+        ap.error("--backbone-kwargs: a JSON object, e.g. '{\"depth\": 4}'")
     if args.export:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         path = export_pretrained(args.source or out / "best.pt", args.export, note={"commit": commit})
@@ -69,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     config = PretrainConfig(steps=args.steps, seed=args.seed, num_threads=args.threads, val_every=args.val_every,
                             pool_size=args.pool_size, val_micrographs=args.val_micrographs,
                             template_prior=args.template_prior, start_weights=args.start_weights,
-                            particle_contrast=tuple(args.particle_contrast),
+                            particle_contrast=tuple(args.particle_contrast), backbone_kwargs=backbone_kwargs,
                             augment=augment_preset(args.augment)).validate()
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
@@ -89,6 +98,7 @@ def evaluate(args) -> int:
     from cryopick.models.unet2d import PRETRAINED_2D_TEMPLATE
 
     config = PretrainConfig(seed=args.seed, pool_size=args.pool_size, val_micrographs=args.val_micrographs,
+                            backbone_kwargs=json.loads(args.backbone_kwargs),
                             template_prior=args.template_prior, particle_contrast=tuple(args.particle_contrast))
     shipped = PRETRAINED_2D_TEMPLATE if args.template_prior and PRETRAINED_2D_TEMPLATE.is_file() else PRETRAINED_2D
     sources = [shipped if s == "shipped" else s for s in args.evaluate]
