@@ -83,6 +83,23 @@ def test_pretraining_resumes_exactly_and_exports_float16(tmp_path, monkeypatch):
                if last[k].is_floating_point())
 
 
+def test_pretrained_weights_fit_only_their_architecture(tmp_path):
+    from cryopick.models.unet2d import weights_architecture_2d
+
+    for kwargs in ({}, {"depth": 4}, {"base_channels": 8, "depth": 2}):
+        model = build_model("unet", **kwargs)
+        found = weights_architecture_2d(model.state_dict())
+        assert found == {k: model.config[k] for k in ("base_channels", "depth")}
+    deep = build_model("unet", depth=4)
+    torch.save({"model": deep.state_dict()}, tmp_path / "deep.pt")
+    assert has_pretrained_2d(build_model("unet", depth=4, dropout=0.3), tmp_path / "deep.pt")
+    assert not has_pretrained_2d(build_model("unet"), tmp_path / "deep.pt")
+    (tmp_path / "broken.pt").write_bytes(b"not a torch file")
+    assert not has_pretrained_2d(deep, tmp_path / "broken.pt")
+    if PRETRAINED_2D.is_file():  # the shipped file fits the default unet only
+        assert has_pretrained_2d(build_model("unet")) and not has_pretrained_2d(deep)
+
+
 def test_init_option_is_checked_and_recorded():
     with pytest.raises(CryopickError, match="init"):
         TrainConfig(init="imagenet").validate()

@@ -95,7 +95,6 @@ PRETRAINED_2D = Path(__file__).resolve().parent.parent / "weights" / "unet2d_pre
 #: corpus micrograph's own particle template; when absent such a model starts from :data:`PRETRAINED_2D`
 #: with the template channel's weights at zero.
 PRETRAINED_2D_TEMPLATE = PRETRAINED_2D.with_name("unet2d_pretrained_template.pt")
-_DEFAULT_CONFIG = {"base_channels": 16, "depth": 3, "dropout": 0.1}
 _FIRST = "down.0.0.weight"
 
 
@@ -107,12 +106,25 @@ def pretrained_path_2d(model: nn.Module) -> Path:
     return PRETRAINED_2D
 
 
+def weights_architecture_2d(weights: dict) -> dict:
+    """``base_channels`` and ``depth`` of the ``UNet2d`` a state dict belongs to (read from its tensors)."""
+    depth = sum(1 for k in weights if k.startswith("down.") and k.endswith(".0.weight") and k.count(".") == 3) - 1
+    return {"base_channels": int(weights[_FIRST].shape[0]), "depth": depth}
+
+
 def has_pretrained_2d(model: nn.Module, path: str | Path | None = None) -> bool:
-    """Whether shipped pretrained weights fit ``model``: a ``UNet2d`` of the default width and depth
-    (dropout may differ; it holds no weights) and the weights file is there."""
+    """Whether pretrained weights (default: the shipped file for ``model``) fit ``model``: the file is there
+    and holds a ``UNet2d`` of the model's width and depth (dropout may differ; it holds no weights)."""
+    path = Path(path or pretrained_path_2d(model))
+    if not isinstance(model, UNet2d) or not path.is_file():
+        return False
     config = getattr(model, "config", None) or {}
-    same = isinstance(model, UNet2d) and all(config.get(k) == _DEFAULT_CONFIG[k] for k in ("base_channels", "depth"))
-    return same and Path(path or pretrained_path_2d(model)).is_file()
+    try:
+        weights = torch.load(path, map_location="cpu", weights_only=False)["model"]
+        found = weights_architecture_2d(weights)
+    except Exception:  # an unreadable file fits nothing; loading it reports why
+        return False
+    return all(config.get(k) == v for k, v in found.items())
 
 
 def load_weights_2d(model: nn.Module, weights: dict) -> None:
