@@ -16,6 +16,17 @@ def add_common_args(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--out", default=default_out, help=f"result JSON (default {default_out})")
 
 
+def json_object(text: str) -> dict:
+    """argparse ``type=`` for an option that takes a JSON object (e.g. ``'{"depth": 4}'``)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object, e.g. '{{\"depth\": 4}}', not {text!r}")
+    return value
+
+
 def peak_rss_gb() -> float:
     """Peak resident memory of this process and its finished children, GB."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

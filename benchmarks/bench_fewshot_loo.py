@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import add_common_args, print_table, write_result  # noqa: E402
+from _bench import add_common_args, json_object, print_table, write_result  # noqa: E402
 from bench_fewshot_empiar import DEFAULT_DATA  # noqa: E402
 
 PROTEINS = ("empiar10017", "sim_raw", "sim_denoised", "sim_crowded")
@@ -152,7 +152,7 @@ def train(name: str, train_paths, truth, diameter: float, model_dir: Path, args,
     if args.target_diameter:
         config.target_diameter = args.target_diameter
     if args.backbone_kwargs:
-        config.backbone_kwargs = json.loads(args.backbone_kwargs)
+        config.backbone_kwargs = dict(args.backbone_kwargs)
     stems = [p.stem for p in train_paths]
     train_truth = truth._with(truth.table[truth.table["micrograph"].isin(stems)])
     t = time.perf_counter()
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target-diameter", type=float, default=None,
                     help="TrainConfig.target_diameter: particle diameter at the working scale, px (default: the "
                          "library default; give --cache)")
-    ap.add_argument("--backbone-kwargs", default=None, metavar="JSON",
+    ap.add_argument("--backbone-kwargs", type=json_object, default=None, metavar="JSON",
                     help='TrainConfig.backbone_kwargs, e.g. \'{"depth": 4}\' (give --cache)')
     ap.add_argument("--pretrained-weights", default=None, metavar="FILE",
                     help="use this file (pretrain2d.py --export) as the package's pretrained weights for --init "
@@ -284,12 +284,6 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, option) and not args.cache:
             raise SystemExit(f"--{option.replace('_', '-')}: give --cache too (the default cache holds the default "
                              "settings' runs)")
-    if args.backbone_kwargs:
-        try:
-            if not isinstance(json.loads(args.backbone_kwargs), dict):
-                raise ValueError
-        except ValueError:
-            raise SystemExit("--backbone-kwargs: a JSON object, e.g. '{\"depth\": 4}'") from None
     if args.pretrained_weights:
         if not args.cache:
             raise SystemExit("--pretrained-weights: give --cache too (the default cache holds the shipped weights' runs)")

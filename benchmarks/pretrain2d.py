@@ -24,7 +24,6 @@ See :mod:`cryopick.picker2d.train.pretrain` and :mod:`cryopick.picker2d.train.co
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    from _bench import json_object
     from cryopick.picker2d.train.augment import AUGMENT_PRESETS, augment_preset
     from cryopick.picker2d.train.pretrain import PretrainConfig, export_pretrained, pretrain
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--particle-contrast", type=float, nargs=2, default=PretrainConfig.particle_contrast,
                     metavar=("LOW", "HIGH"), help="corpus particle contrast range, x the simulator's default "
                     "(lower = harder corpus; also selects the validation micrographs of --evaluate)")
-    ap.add_argument("--backbone-kwargs", default="{}", metavar="JSON",
+    ap.add_argument("--backbone-kwargs", type=json_object, default={}, metavar="JSON",
                     help="keyword arguments of the unet (PretrainConfig.backbone_kwargs), e.g. '{\"depth\": 4}'")
     ap.add_argument("--start-weights", default=None,
                     help="start from these weights (a run's best.pt / checkpoint.pt or a package file)")
@@ -62,12 +62,6 @@ def main(argv: list[str] | None = None) -> int:
                          "--val-micrographs, --seed)")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    try:
-        backbone_kwargs = json.loads(args.backbone_kwargs)
-        if not isinstance(backbone_kwargs, dict):
-            raise ValueError
-    except ValueError:
-        ap.error("--backbone-kwargs: a JSON object, e.g. '{\"depth\": 4}'")
     if args.export:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         path = export_pretrained(args.source or out / "best.pt", args.export, note={"commit": commit})
@@ -78,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     config = PretrainConfig(steps=args.steps, seed=args.seed, num_threads=args.threads, val_every=args.val_every,
                             pool_size=args.pool_size, val_micrographs=args.val_micrographs,
                             template_prior=args.template_prior, start_weights=args.start_weights,
-                            particle_contrast=tuple(args.particle_contrast), backbone_kwargs=backbone_kwargs,
+                            particle_contrast=tuple(args.particle_contrast), backbone_kwargs=args.backbone_kwargs,
                             augment=augment_preset(args.augment)).validate()
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
@@ -98,7 +92,7 @@ def evaluate(args) -> int:
     from cryopick.models.unet2d import PRETRAINED_2D_TEMPLATE
 
     config = PretrainConfig(seed=args.seed, pool_size=args.pool_size, val_micrographs=args.val_micrographs,
-                            backbone_kwargs=json.loads(args.backbone_kwargs),
+                            backbone_kwargs=args.backbone_kwargs,
                             template_prior=args.template_prior, particle_contrast=tuple(args.particle_contrast))
     shipped = PRETRAINED_2D_TEMPLATE if args.template_prior and PRETRAINED_2D_TEMPLATE.is_file() else PRETRAINED_2D
     sources = [shipped if s == "shipped" else s for s in args.evaluate]
