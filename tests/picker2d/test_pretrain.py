@@ -9,7 +9,7 @@ import torch
 
 from cryopick import CryopickError
 from cryopick.models.registry import build_model
-from cryopick.models.unet2d import PRETRAINED_2D, has_pretrained_2d, load_pretrained_2d
+from cryopick.models.unet2d import PRETRAINED_2D, has_pretrained_2d, load_pretrained_2d, load_weights_2d
 from cryopick.picker2d.train import TrainConfig, WorkingScale, train_picker
 from cryopick.picker2d.train import pretrain as pretrain_mod
 from cryopick.picker2d.train.augment import AugmentConfig, augment_preset
@@ -83,7 +83,7 @@ def test_pretraining_resumes_exactly_and_exports_float16(tmp_path, monkeypatch):
                if last[k].is_floating_point())
 
 
-def test_pretrained_weights_fit_only_their_architecture(tmp_path):
+def test_pretrained_weights_fit_their_width_and_depth_or_deeper(tmp_path):
     from cryopick.models.unet2d import weights_architecture_2d
 
     for kwargs in ({}, {"depth": 4}, {"base_channels": 8, "depth": 2}):
@@ -93,11 +93,56 @@ def test_pretrained_weights_fit_only_their_architecture(tmp_path):
     deep = build_model("unet", depth=4)
     torch.save({"model": deep.state_dict()}, tmp_path / "deep.pt")
     assert has_pretrained_2d(build_model("unet", depth=4, dropout=0.3), tmp_path / "deep.pt")
-    assert not has_pretrained_2d(build_model("unet"), tmp_path / "deep.pt")
+    assert has_pretrained_2d(build_model("unet", depth=5), tmp_path / "deep.pt")  # grows into a deeper one
+    assert not has_pretrained_2d(build_model("unet"), tmp_path / "deep.pt")  # never cut down
+    assert not has_pretrained_2d(build_model("unet", base_channels=8, depth=4), tmp_path / "deep.pt")
+    with pytest.raises(ValueError, match="depth 4"):
+        load_weights_2d(build_model("unet"), deep.state_dict())
     (tmp_path / "broken.pt").write_bytes(b"not a torch file")
     assert not has_pretrained_2d(deep, tmp_path / "broken.pt")
-    if PRETRAINED_2D.is_file():  # the shipped file fits the default unet only
-        assert has_pretrained_2d(build_model("unet")) and not has_pretrained_2d(deep)
+    if PRETRAINED_2D.is_file():  # the shipped depth-3 file fits the default unet and deeper ones of its width
+        assert has_pretrained_2d(build_model("unet")) and has_pretrained_2d(deep)
+        assert not has_pretrained_2d(build_model("unet", depth=2))
+
+
+def _smooth_image(seed: int, size: int = 128) -> torch.Tensor:
+    noise = torch.randn(1, 1, size, size, generator=torch.Generator().manual_seed(seed))
+    image = torch.nn.functional.avg_pool2d(noise, 5, stride=1, padding=2)
+    return (image - image.mean()) / image.std()
+
+
+@pytest.mark.parametrize("added", [1, 2])
+def test_grown_network_starts_from_what_the_shallow_one_computes(added):
+    torch.manual_seed(added)
+    shallow = build_model("unet", base_channels=8, depth=2, dropout=0.0)
+    with torch.no_grad():  # batch norms away from their defaults, as after training
+        for module in shallow.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    deep = build_model("unet", base_channels=8, depth=2 + added, dropout=0.0)
+    assert load_weights_2d(deep, shallow.state_dict()) == added
+    weights = deep.state_dict()
+    for key, value in shallow.state_dict().items():  # every shared tensor where it belongs
+        part = key.split(".")
+        if part[0] in ("up", "merge"):
+            part[1] = str(int(part[1]) + added)
+        assert torch.equal(weights[".".join(part)], value), key
+    image = _smooth_image(added)
+    shallow.train(), deep.train()  # batch statistics, as in fine-tuning
+    with torch.no_grad():
+        before, after = shallow(image).flatten(), deep(image).flatten()
+    assert np.corrcoef(before, after)[0, 1] > 0.99
+    assert (after - before).abs().mean() < 0.1 * before.std()
+    fresh = build_model("unet", base_channels=8, depth=2 + added, dropout=0.0).train()
+    with torch.no_grad():
+        assert np.corrcoef(before, fresh(image).flatten())[0, 1] < 0.9  # the check can fail
+
+
+@shipped
+def test_shipped_weights_start_a_deeper_network():
+    meta = initial_weights(build_model("unet", depth=4), TrainConfig(init="pretrained", backbone_kwargs={"depth": 4}))
+    assert meta["init"] == "pretrained" and meta["random_levels"] == 1
 
 
 def test_init_option_is_checked_and_recorded():

@@ -114,7 +114,8 @@ def weights_architecture_2d(weights: dict) -> dict:
 
 def has_pretrained_2d(model: nn.Module, path: str | Path | None = None) -> bool:
     """Whether pretrained weights (default: the shipped file for ``model``) fit ``model``: the file is there
-    and holds a ``UNet2d`` of the model's width and depth (dropout may differ; it holds no weights)."""
+    and holds a ``UNet2d`` of the model's width and of its depth or shallower (a shallower network's weights
+    start the levels the two share, :func:`grow_weights_2d`; dropout may differ, it holds no weights)."""
     path = Path(path or pretrained_path_2d(model))
     if not isinstance(model, UNet2d) or not path.is_file():
         return False
@@ -124,14 +125,37 @@ def has_pretrained_2d(model: nn.Module, path: str | Path | None = None) -> bool:
         found = weights_architecture_2d(weights)
     except Exception:  # an unreadable file fits nothing; loading it reports why
         return False
-    return all(config.get(k) == v for k, v in found.items())
+    return config.get("base_channels") == found["base_channels"] and 0 < found["depth"] <= config.get("depth", 0)
 
 
-def load_weights_2d(model: nn.Module, weights: dict) -> None:
+def grow_weights_2d(weights: dict, depth: int) -> tuple[dict, int]:
+    """Rename a ``UNet2d`` state dict for a network of the same width with ``depth`` poolings, ``depth`` at least
+    the weights' own. Encoder levels keep their names; the decoder blocks (``up.k``, ``merge.k``, ordered from
+    the deepest level) move down by the number of added levels, so each block keeps its resolution. The added
+    encoder levels and their decoder blocks are absent and start from random. Returns the renamed weights and
+    the number of added levels."""
+    added = depth - weights_architecture_2d(weights)["depth"]
+    if added < 0:
+        raise ValueError(f"weights of depth {depth - added} do not fit a network of depth {depth}")
+    grown = {}
+    for key, value in weights.items():
+        part = key.split(".")
+        if part[0] in ("up", "merge"):
+            part[1] = str(int(part[1]) + added)
+        grown[".".join(part)] = value
+    return grown, added
+
+
+def load_weights_2d(model: nn.Module, weights: dict) -> int:
     """Load a ``UNet2d`` state dict into ``model`` in place. Weights of a network without the template channel
     fit one with it: that channel's first-layer weights start at zero (the network first computes what it did
-    before) and its template is left as it is; the reverse drops the channel's weights and template."""
-    weights = dict(weights)
+    before) and its template is left as it is; the reverse drops the channel's weights and template. Weights of
+    a shallower network of the same width start the levels the two share (:func:`grow_weights_2d`). Returns the
+    number of levels that start from random (0: every weight loaded)."""
+    depth = model.config["depth"]
+    weights, added = grow_weights_2d(dict(weights), depth)
+    new = tuple(f"down.{depth - i}." for i in range(added)) + tuple(f"{block}.{i}." for block in ("up", "merge")
+                                                                    for i in range(added))
     has_prior = getattr(model, "prior", None) is not None
     channels = weights[_FIRST].shape[1] if _FIRST in weights else None
     if has_prior and channels == 1:
@@ -140,18 +164,50 @@ def load_weights_2d(model: nn.Module, weights: dict) -> None:
         weights[_FIRST] = weights[_FIRST][:, :1]
         weights = {k: v for k, v in weights.items() if not k.startswith("prior.")}
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected or any(not k.startswith("prior.") for k in missing):
+    if unexpected or any(not k.startswith(("prior.", *new)) for k in missing):
         raise RuntimeError(f"weights do not fit: missing {missing}, unexpected {unexpected}")
+    if added:
+        _bridge_added_levels(model, depth - added, added)
+    return added
+
+
+@torch.no_grad()
+def _bridge_added_levels(model: UNet2d, old_depth: int, added: int) -> None:
+    """Start a grown network computing about what the shallower one did: the old bottleneck's features pass
+    through the decoder block that now merges them with the added level (a near-identity: centre taps on the
+    skip half, batch norms set to undo each other with the features' expected mean and spread, which are read
+    from the old bottleneck's last batch norm as a rectified normal), and the added level's up-convolution
+    starts at zero so it joins in only as training moves it (its merge weights stay random, so it gets a
+    gradient from the first step)."""
+    merge, up = model.merge[added - 1], model.up[added - 1]
+    bn = model.down[old_depth][4]
+    gamma, beta = bn.weight.float().abs().clamp_min(1e-3), bn.bias.float()
+    normal = torch.distributions.Normal(0.0, 1.0)
+    a = beta / gamma
+    cdf, pdf = normal.cdf(a), normal.log_prob(a).exp()
+    mean = beta * cdf + gamma * pdf
+    var = ((beta**2 + gamma**2) * cdf + beta * gamma * pdf - mean**2).clamp_min(1e-6)
+    width = merge[0].out_channels
+    for conv in (merge[0], merge[3]):
+        conv.weight[:, :width].zero_()
+        conv.weight[:, :width, 1, 1] = torch.eye(width)
+    merge[1].weight.fill_(1.0)
+    merge[1].bias.fill_(4.0)  # keeps the normalised features (>= -mean/spread) above the ReLU's cut
+    merge[4].weight.copy_(var.sqrt())
+    merge[4].bias.copy_(mean)
+    up.weight.zero_()
 
 
 def load_pretrained_2d(model: nn.Module, path: str | Path | None = None) -> dict:
     """Load the pretrained weights (float16 on disk; default :func:`pretrained_path_2d`) into ``model`` in
     place; returns their metadata (``file``, pretraining step and settings, validation F1 on simulated
-    micrographs)."""
+    micrographs; ``random_levels`` when the network is deeper than the weights and its added levels start
+    from random)."""
     path = Path(path or pretrained_path_2d(model))
     state = torch.load(path, map_location="cpu", weights_only=False)
-    load_weights_2d(model, state["model"])
-    return {"file": path.name, **{k: v for k, v in (state.get("meta") or {}).items() if k != "pretrain_config"}}
+    added = load_weights_2d(model, state["model"])
+    meta = {k: v for k, v in (state.get("meta") or {}).items() if k != "pretrain_config"}
+    return {"file": path.name, **meta, **({"random_levels": added} if added else {})}
 
 
 def _load_checkpoint(model: nn.Module, checkpoint: str | None) -> nn.Module:
