@@ -142,7 +142,7 @@ def test_grown_network_starts_from_what_the_shallow_one_computes(added):
 @shipped
 def test_shipped_weights_start_a_deeper_network():
     meta = initial_weights(build_model("unet", depth=4), TrainConfig(init="pretrained", backbone_kwargs={"depth": 4}))
-    assert meta["init"] == "pretrained" and meta["random_levels"] == 1
+    assert meta["init"] == "pretrained" and meta["added_levels"] == 1
 
 
 def test_init_option_is_checked_and_recorded():

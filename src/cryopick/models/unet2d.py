@@ -150,8 +150,9 @@ def load_weights_2d(model: nn.Module, weights: dict) -> int:
     """Load a ``UNet2d`` state dict into ``model`` in place. Weights of a network without the template channel
     fit one with it: that channel's first-layer weights start at zero (the network first computes what it did
     before) and its template is left as it is; the reverse drops the channel's weights and template. Weights of
-    a shallower network of the same width start the levels the two share (:func:`grow_weights_2d`). Returns the
-    number of levels that start from random (0: every weight loaded)."""
+    a shallower network of the same width start the levels the two share (:func:`grow_weights_2d`) and the added
+    levels start from random, bridged (:func:`_bridge_added_levels`). Returns the number of added levels (0: every
+    weight loaded)."""
     depth = model.config["depth"]
     weights, added = grow_weights_2d(dict(weights), depth)
     new = tuple(f"down.{depth - i}." for i in range(added)) + tuple(f"{block}.{i}." for block in ("up", "merge")
@@ -201,13 +202,12 @@ def _bridge_added_levels(model: UNet2d, old_depth: int, added: int) -> None:
 def load_pretrained_2d(model: nn.Module, path: str | Path | None = None) -> dict:
     """Load the pretrained weights (float16 on disk; default :func:`pretrained_path_2d`) into ``model`` in
     place; returns their metadata (``file``, pretraining step and settings, validation F1 on simulated
-    micrographs; ``random_levels`` when the network is deeper than the weights and its added levels start
-    from random)."""
+    micrographs; ``added_levels`` when the network is deeper than the weights, see :func:`load_weights_2d`)."""
     path = Path(path or pretrained_path_2d(model))
     state = torch.load(path, map_location="cpu", weights_only=False)
     added = load_weights_2d(model, state["model"])
     meta = {k: v for k, v in (state.get("meta") or {}).items() if k != "pretrain_config"}
-    return {"file": path.name, **meta, **({"random_levels": added} if added else {})}
+    return {"file": path.name, **meta, **({"added_levels": added} if added else {})}
 
 
 def _load_checkpoint(model: nn.Module, checkpoint: str | None) -> nn.Module:
