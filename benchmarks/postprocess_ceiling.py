@@ -17,10 +17,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image as PILImage
 from scipy.spatial import cKDTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fewshot_loo import DEFAULT_DATA, FAMILIES, render_family  # noqa: E402
+from bench_fewshot_loo import DEFAULT_DATA, FAMILIES, load_protein  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,34 +34,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--radius-fraction", type=float, default=0.5,
                     help="painted disk radius as a fraction of the particle radius (TrainConfig.target_radius_fraction)")
     ap.add_argument("--data", default=DEFAULT_DATA, help="EMPIAR-10017 folder (micrographs/*.jpg, coordinates/)")
-    ap.add_argument("--cache", default="benchmarks/results/fewshot_loo/full_pretrained_s0/data",
-                    help="rendered families (bench_fewshot_loo.py's data folder)")
+    ap.add_argument("--cache", default="benchmarks/results/fewshot_loo/full_pretrained_s0",
+                    help="a bench_fewshot_loo.py cache folder (its data/ holds the rendered families)")
     ap.add_argument("--n-test", type=int, default=10)
     args = ap.parse_args(argv)
     if not 0 < args.radius_fraction <= 1:
         raise SystemExit("--radius-fraction: a number in (0, 1]")
-    if args.family == "empiar10017":
-        from cryopick.io.coords import read_picks
-
-        paths = sorted(Path(args.data, "micrographs").glob("*.jpg"))[: 5 + args.n_test]
-        truth, diameter, side_px = read_picks(Path(args.data) / "coordinates", format="cryoppp"), 108.0, 4096
-    else:
-        paths, truth, diameter = render_family(args.family, Path(args.cache) / args.family, 5 + args.n_test)
-        side_px = 1024
+    ns = argparse.Namespace(n_test=args.n_test, unlabelled=0, data=args.data)
+    _, test_paths, _, truth, diameter = load_protein(args.family, ns, Path(args.cache))
     factor, working = diameter / 16.0, 16.0
     tp = fp = fn = 0
     nearest = []
-    for path in paths[5:]:
+    for path in test_paths:
+        with PILImage.open(path) as image:  # the header only
+            width, height = image.size
         centres = truth.table[truth.table["micrograph"] == path.stem][["x", "y"]].to_numpy() / factor
         nearest.append(cKDTree(centres).query(centres, k=2)[0][:, 1])
-        side = int(np.ceil(side_px / factor)) + 1
-        probability = disk_target((side, side), centres, 0.5 * args.radius_fraction * working).astype(np.float32)
+        shape = (int(np.ceil(height / factor)) + 1, int(np.ceil(width / factor)) + 1)
+        probability = disk_target(shape, centres, 0.5 * args.radius_fraction * working).astype(np.float32)
         picks = find_peaks_2d(probability, 0.5 * args.radius_fraction * working, threshold=0.5,
                               min_distance=0.5 * working)
         match = match_points(picks.coords, centres, 0.5 * working)
         tp, fp, fn = tp + match.tp, fp + match.fp, fn + match.fn
     nearest = np.concatenate(nearest) / working
-    print(f"{args.family} (disks of {args.radius_fraction:g} x the radius): {len(paths) - 5} test micrographs, {tp + fn} particles; post-processing ceiling "
+    print(f"{args.family} (disks of {args.radius_fraction:g} x the radius): {len(test_paths)} test micrographs, {tp + fn} particles; post-processing ceiling "
           f"F1 {precision_recall_f1(tp, tp + fp, tp + fn)[2]:.4f} (tp {tp}, fp {fp}, fn {fn}); nearest neighbour "
           f"< 0.5 diameter: {np.mean(nearest < 0.5):.4f}, median {np.median(nearest):.2f} diameters")
     return 0
