@@ -280,13 +280,11 @@ def main(argv: list[str] | None = None) -> int:
                  + (f"_{args.self_training_init}" if args.self_training_init else "")
                  + (f"_ignore{args.ignore_margin:g}" if args.ignore_margin else "")
                  + ("_template" if args.template_prior else ""))
-    for option in ("target_diameter", "backbone_kwargs"):
+    for option, holds in (("target_diameter", "the default settings' runs"), ("backbone_kwargs", "the default "
+                          "settings' runs"), ("pretrained_weights", "the shipped weights' runs")):
         if getattr(args, option) and not args.cache:
-            raise SystemExit(f"--{option.replace('_', '-')}: give --cache too (the default cache holds the default "
-                             "settings' runs)")
+            raise SystemExit(f"--{option.replace('_', '-')}: give --cache too (the default cache holds {holds})")
     if args.pretrained_weights:
-        if not args.cache:
-            raise SystemExit("--pretrained-weights: give --cache too (the default cache holds the shipped weights' runs)")
         if not Path(args.pretrained_weights).is_file():
             raise SystemExit(f"--pretrained-weights: {args.pretrained_weights}: no such file")
         import cryopick.models.unet2d as unet2d
