@@ -20,13 +20,9 @@ in ``summary.json`` and the run goes on (exit code 3 from the CLI).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import shutil
-import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -34,6 +30,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from cryopick.distribute.engine import Job, Outcome, Task
+from cryopick.distribute.runner import Batch, BatchRun, check_unique
 from cryopick.errors import CryopickError
 from cryopick.io.jsonutil import to_jsonable
 from cryopick.picker2d.card import model_digest
@@ -122,8 +119,78 @@ class Pick2dJob(Job):
         return Picked(picks, record, overlay)
 
 
-def _settings_hash(fingerprint: dict) -> str:
-    return hashlib.sha256(json.dumps(to_jsonable(fingerprint), sort_keys=True, default=str).encode()).hexdigest()[:16]
+@dataclass
+class Pick2dBatch(Batch):
+    """The 2D outputs of a run, for :class:`~cryopick.distribute.runner.BatchRun`: per micrograph the
+    coordinate file in ``module``'s format, an overlay PNG for some, and its record; at the end the
+    summary over the folder (:func:`cryopick.picker2d.outputs.write_summary`)."""
+
+    picker: Picker
+    output_dir: Path
+    module: Any
+    threshold: float
+    settings: dict
+    digest: str
+    n_overlays: int = 3
+    overlay_names: frozenset = frozenset()
+    project_dir: str | os.PathLike | None = None
+    watch: str | os.PathLike | None = None
+
+    noun = "micrograph"
+    unit = "mic"
+
+    def coordinates(self, name: str) -> Path:
+        return self.output_dir / f"{name}{self.module.DEFAULT_SUFFIX}"
+
+    def overlay(self, name: str) -> Path:
+        return self.output_dir / "overlays" / f"{name}.png"
+
+    def outputs(self, name: str) -> list[Path]:
+        return [self.coordinates(name)]
+
+    def extra(self, name: str, source, number: int) -> dict:
+        return {"overlay": name in self.overlay_names if self.overlay_names else number <= self.n_overlays}
+
+    def write(self, outcome: Outcome) -> dict:
+        from cryopick.picker2d.outputs import write_overlay
+
+        task, picked = outcome.task, outcome.result
+        picks = picked.picks
+        self.module.write(picks if len(picks) else Picks.empty(pixel_size=picks.pixel_size),
+                          self.coordinates(task.key))
+        if picked.overlay is not None:
+            display, frame, diameter, area = picked.overlay
+            write_overlay(display, frame, picks, self.overlay(task.key), diameter, threshold=self.threshold,
+                          area=area, title=f"{task.key}: {len(picks)} picks")
+        return {**picked.record, "path": task.path, "abspath": os.path.abspath(task.path), "model": self.digest,
+                "seconds": round(outcome.seconds, 3), "worker": outcome.worker}
+
+    def discard(self, task: Task) -> None:
+        for path in (self.coordinates(task.key), self.overlay(task.key)):
+            path.unlink(missing_ok=True)
+
+    def failed(self, task: Task, error: str) -> None:
+        # listed in the summary; said at once only while watching (a long run)
+        (log.warning if self.watch is not None else log.debug)("%s: failed: %s", task.key, error)
+
+    def interrupted(self) -> bool:
+        if self.watch is None:
+            return False
+        log.info("stopped watching %s (Ctrl-C); the summary covers what was picked", self.watch)  # the usual end
+        return True
+
+    def summarize(self, run: BatchRun) -> dict:
+        """Log the edge drops of this run and write the summary over the folder (see :func:`pick_micrographs`)."""
+        from cryopick.picker2d.outputs import write_summary
+
+        total_edge = sum(int(r.get("n_edge", 0) or 0) for r in run.state.records([t.key for t in run.todo]))
+        if total_edge:
+            border = self.picker.border
+            log.info("dropped %d picks in padding bands or within %s of the micrograph edges (border)",
+                     total_edge, "one particle radius" if border is None else f"{border:g} px")
+        return write_summary(self.output_dir, run.given, self.module, self.threshold, self.picker.model_dir,
+                             run.elapsed, run.tally.done, settings=self.settings, project_dir=self.project_dir,
+                             run=run.tally.to_dict())
 
 
 def pick_micrographs(picker: Picker, micrographs, output_dir: str | os.PathLike, format: str = "relion",
@@ -142,7 +209,8 @@ def pick_micrographs(picker: Picker, micrographs, output_dir: str | os.PathLike,
     with finished picks is refused unless ``redo`` (``resume=False`` is the same). At the end, over
     every finished micrograph of the folder: the RELION ``autopick.star`` index, ``summary.json``
     (with this run's picked / skipped / failed counts and failures), ``summary.csv``,
-    ``score_histogram.png`` (:func:`cryopick.picker2d.outputs.write_summary`).
+    ``score_histogram.png`` (:func:`cryopick.picker2d.outputs.write_summary`). Lock, manifest, stale
+    temporaries and exit codes: :class:`cryopick.distribute.runner.BatchRun`.
 
     ``engine``: ``"pipeline"`` (overlapped; default) or ``"sequential"``; ``prefetch``: preparing
     threads. ``dask`` / ``cluster`` + ``cluster_config``: run on Dask instead (the workers need
@@ -151,21 +219,16 @@ def pick_micrographs(picker: Picker, micrographs, output_dir: str | os.PathLike,
     ``<file>.done`` marker), until ``watch_timeout`` seconds pass without a new one.
     """
     from cryopick import distribute
-    from cryopick.distribute.summary import RunTally, progress_bar
-    from cryopick.io.atomic import remove_stale_temporaries
     from cryopick.io.coords import format_module
-    from cryopick.io.images import IMAGE_SUFFIXES, image_name, list_images
-    from cryopick.io.resume import RunState, input_stamp
-    from cryopick.picker2d.outputs import check_output_dir, write_overlay
+    from cryopick.io.images import image_name, list_images
+    from cryopick.picker2d.outputs import check_output_dir
 
     paths = [] if micrographs is None else list_images(
         list(micrographs) if isinstance(micrographs, (list, tuple)) else micrographs)
     if micrographs is None and watch is None:
         raise CryopickError("give the micrographs to pick (--micrographs) or a folder to watch (--watch)")
     names = [image_name(p) for p in paths]
-    dupes = {n for n, k in Counter(names).items() if k > 1}
-    if dupes:
-        raise CryopickError(f"several micrographs share the name(s) {', '.join(sorted(dupes)[:5])}; names must be unique")
+    check_unique(names, "micrograph")
     module = format_module(format)
     if 2 not in getattr(module, "NDIM", (2,)):
         raise CryopickError(f"format {module.NAME!r} holds 3D picks only; choose relion, cryolo, eman2, topaz, cryoppp or imod")
@@ -180,132 +243,45 @@ def pick_micrographs(picker: Picker, micrographs, output_dir: str | os.PathLike,
                             f"(names are file names without extension, e.g. {names[0]})")
     created = not Path(output_dir).exists()
     output_dir = check_output_dir(output_dir)
-    state = RunState(output_dir)
     thr = picker.threshold if threshold is None else threshold
     md = picker.min_distance if min_distance is None else min_distance
     settings = {**picker.settings(), "threshold": thr, "min_distance": md}
     digest = model_digest(picker.model_dir)
-    fingerprint = {"model": digest, **settings}
-    settings_hash = _settings_hash(fingerprint)
-    tally = RunTally()
+    batch = Pick2dBatch(picker, output_dir, module, thr, settings, digest, n_overlays, frozenset(overlay_names or ()),
+                        project_dir, watch)
+    run = BatchRun(batch, output_dir, {"model": digest, **settings}, redo=redo or not resume, created=created)
+    job = Pick2dJob(picker.model_dir, picker_options or {}, thr, md, digest, picker=picker,
+                    fft_threads=1 if engine == "pipeline" and not (dask or cluster) else None)
 
-    def out_file(name: str) -> Path:
-        return output_dir / f"{name}{module.DEFAULT_SUFFIX}"
+    def execute(tasks: Iterable[Task], write) -> None:
+        distribute.run(job, tasks, write, state=picker, dask=dask, cluster=cluster,
+                       cluster_config=None if cluster_config is None else str(cluster_config),
+                       engine=engine, prefetch=prefetch)
 
-    wanted = set(overlay_names or ())
-    given: dict[str, str] = {}
-
-    def tasks(candidates: Iterable[Path]) -> Iterator[Task]:
-        for path in candidates:
-            name = image_name(path)
-            if name in given and given[name] != str(path):
-                tally.add(Outcome(Task(name, str(path)), error=f"another micrograph named {name} ({given[name]}) "
-                                                               "was picked in this run; names must be unique"))
-                continue
-            given[name] = str(path)
-            if not redo and state.is_done(name, out_file(name), source=path):
-                tally.skipped += 1
-                continue
-            try:
-                stamp = input_stamp(path)
-            except OSError as exc:
-                tally.add(Outcome(Task(name, str(path)), error=f"{path}: cannot read ({exc.strerror or exc})"))
-                continue
-            overlay = name in wanted if overlay_names else len(given) <= n_overlays
-            yield Task(name, str(path), {"overlay": overlay, "stamp": stamp})
-
-    def write(outcome: Outcome) -> None:
-        task = outcome.task
-        if not outcome.ok:  # listed in the summary; said at once only while watching (a long run)
-            (log.warning if watch is not None else log.debug)("%s: failed: %s", task.key, outcome.error)
-            tally.add(outcome)
-            return
-        picked: Picked = outcome.result
-        try:
-            picks = picked.picks
-            module.write(picks if len(picks) else Picks.empty(pixel_size=picks.pixel_size), out_file(task.key))
-            if picked.overlay is not None:
-                display, frame, diameter, area = picked.overlay
-                write_overlay(display, frame, picks, output_dir / "overlays" / f"{task.key}.png", diameter,
-                              threshold=thr, area=area, title=f"{task.key}: {len(picks)} picks")
-            state.mark_done(task.key, {**picked.record, "path": task.path, "abspath": os.path.abspath(task.path),
-                                       "input": task.extra["stamp"], "model": digest, "settings_hash": settings_hash,
-                                       "seconds": round(outcome.seconds, 3), "worker": outcome.worker})
-        except OSError as exc:
-            raise CryopickError(f"{output_dir}: cannot write the picks of {task.key} ({exc.strerror or exc}); free "
-                                "space or fix permissions and rerun: finished micrographs are kept") from None
-        tally.add(outcome)
-
-    redo = redo or not resume
-    with state.lock():
-        if remove_stale_temporaries(output_dir):
-            log.info("%s: removed temporary files an interrupted run left behind", output_dir)
-        if not state.check_fingerprint(fingerprint, redo=redo):
-            redo = True
-        todo = list(tasks(paths))
-        if tally.skipped:
-            log.info("%d of %d micrographs already picked in %s; skipping them", tally.skipped, len(paths),
-                     output_dir)
-        source: Iterable[Task] = todo
-        if watch is not None:
-            from cryopick.distribute.watch import watch_folder
-
-            suffixes, listed = IMAGE_SUFFIXES, {str(p) for p in paths}
-
-            def accept(p: Path) -> bool:
-                if p.suffix.lower() not in suffixes or str(p) in listed:
-                    return False
-                name = image_name(p)
-                if name not in given and not redo and state.is_done(name, out_file(name), source=p):
-                    given[name] = str(p)  # finished by an earlier run: no need to wait for it to settle
-                    tally.skipped += 1
-                    return False
-                return True
-
-            source = _chain(todo, tasks(watch_folder(watch, accept, settle=settle, timeout=watch_timeout)))
-        start = time.perf_counter()
-        tally.bar = progress_bar(None if watch is not None else len(todo), enabled=progress)
-        job = Pick2dJob(picker.model_dir, picker_options or {}, thr, md, digest, picker=picker,
-                        fft_threads=1 if engine == "pipeline" and not (dask or cluster) else None)
-        try:
-            distribute.run(job, source, write, state=picker, dask=dask, cluster=cluster,
-                           cluster_config=None if cluster_config is None else str(cluster_config),
-                           engine=engine, prefetch=prefetch)
-        except KeyboardInterrupt:
-            if watch is None:
-                raise
-            log.info("stopped watching %s (Ctrl-C); the summary covers what was picked", watch)  # the usual end
-        finally:
-            tally.bar.close()
-        elapsed = time.perf_counter() - start
-        nothing = not tally.done and tally.failed and not state.records()
-        if not nothing:
-            return _finish(state, picker, todo, output_dir, given, module, thr, elapsed, tally, settings, project_dir)
-    # Every micrograph failed and nothing was picked before: a user error, and no output folder left.
-    if created:
-        shutil.rmtree(output_dir, ignore_errors=True)
-    first = tally.to_dict()["failed"][0]["error"]
-    if len(tally.failed) == 1:
-        raise CryopickError(first)
-    raise CryopickError(f"none of the {len(tally.failed)} micrographs could be picked; the first: {first}")
+    follow = None
+    if watch is not None:
+        def follow(run: BatchRun) -> Iterator[Task]:
+            return run.tasks((image_name(p), p) for p in _watched(run, watch, {str(p) for p in paths}, settle,
+                                                                  watch_timeout))
+    return run.run(list(zip(names, paths)), execute, follow=follow, progress=progress)
 
 
-def _finish(state, picker: Picker, todo: list, output_dir: Path, given: dict, module, thr: float, elapsed: float,
-            tally, settings: dict, project_dir) -> dict:
-    """Log the edge drops of this run and write the summary over the folder (see :func:`pick_micrographs`)."""
-    from cryopick.picker2d.outputs import write_summary
+def _watched(run: BatchRun, watch, listed: set[str], settle: float, timeout: float | None) -> Iterator[Path]:
+    """Micrographs landing in ``watch`` that are not listed and not finished by an earlier run."""
+    from cryopick.distribute.watch import watch_folder
+    from cryopick.io.images import IMAGE_SUFFIXES, image_name
 
-    total_edge = sum(int(r.get("n_edge", 0) or 0) for r in state.records([t.key for t in todo]))
-    if total_edge:
-        log.info("dropped %d picks in padding bands or within %s of the micrograph edges (border)",
-                 total_edge, "one particle radius" if picker.border is None else f"{picker.border:g} px")
-    return write_summary(output_dir, given, module, thr, picker.model_dir, elapsed, tally.done,
-                         settings=settings, project_dir=project_dir, run=tally.to_dict())
+    def accept(p: Path) -> bool:
+        if p.suffix.lower() not in IMAGE_SUFFIXES or str(p) in listed:
+            return False
+        name = image_name(p)
+        if name not in run.given and not run.redo and run.is_finished(name, p):
+            run.given[name] = str(p)  # finished by an earlier run: no need to wait for it to settle
+            run.tally.skipped += 1
+            return False
+        return True
 
-
-def _chain(first: list, then: Iterator) -> Iterator:
-    yield from first
-    yield from then
+    return watch_folder(watch, accept, settle=settle, timeout=timeout)
 
 
 def pick_folder(model_dir: str | os.PathLike, micrographs, output_dir: str | os.PathLike, *,
