@@ -1,11 +1,20 @@
 """pick3d as a batch: every finished tomogram in the index (across runs), empty files for no picks,
-refusal of a rerun with other settings, old resume markers, bad tomograms skipped and reported.
+refusal of a rerun with other settings, old resume markers, bad tomograms skipped and reported; the
+batch runner it shares with ``pick`` (folder lock, input stamps, stale temporaries, SIGKILL and rerun,
+nothing written when no tomogram could be picked).
 
 The segmenter is replaced by a position-faithful stand-in (probability = brightness of the voxel), so
-the picks are known exactly and the tests take seconds; the real network runs in ``test_cli.py``.
+the picks are known exactly and the tests take seconds; the real network runs in ``test_cli.py``. The
+``pick3d`` subprocesses run the same stand-in through :data:`SCRIPT`.
 """
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -242,3 +251,161 @@ def test_interrupted_run_indexes_what_finished_and_resumes(env, monkeypatch, cap
     assert pick3d(tomos=("t0", "t1", "t2")) == 0
     assert len(read_picks(folder, tomo_size=SHAPE[::-1], voxel_size=10.0)) == _n("t0", "t1", "t2")
     assert json.loads((env / "out" / "summary.json").read_text())["n_skipped"] == 1
+
+
+# -- the batch runner (shared with `pick`): lock, stamps, temporaries, SIGKILL, nothing processed ----------
+ROOT = Path(__file__).resolve().parents[2]
+#: ``pick3d`` in a subprocess with the stand-in segmenter; each tomogram waits for the file named by
+#: PICK3D_GATE (when set) and then PICK3D_DELAY seconds, so a test can hold or stop the run mid-way.
+SCRIPT = """
+import os, sys, time
+import cryopick.picker3d.pick as P
+from tests.picker3d.test_batch import fake_segment
+
+def held(*a, **k):
+    gate, end = os.environ.get("PICK3D_GATE"), time.monotonic() + 60
+    while gate and not os.path.exists(gate) and time.monotonic() < end:
+        time.sleep(0.02)
+    time.sleep(float(os.environ.get("PICK3D_DELAY", "0")))
+    return fake_segment(*a, **k)
+
+P.segment = held
+from cryopick.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def start_pick3d(tomos, out, **env):
+    args = ["pick3d", "--prompt", "blob.prompt", "--tomograms", *[f"tomos/{t}.mrc" for t in tomos], "-o", out,
+            "--window", "32", "--no-similarity", "--no-montage", "--format", "relion5", "imod", "--threads", "1"]
+    path = os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    return subprocess.Popen([sys.executable, "-c", SCRIPT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **env})
+
+
+def more_tomograms(root, n):
+    """t0..t{n-1}: the three known tomograms, then copies of their particles in other noise."""
+    names = [f"t{k}" for k in range(n)]
+    for k in range(3, n):
+        write_mrc(root / "tomos" / f"t{k}.mrc", _tomogram(CENTRES[f"t{k % 3}"], k), pixel_size=10.0)
+    return names
+
+
+def picks_of(out, name):
+    """(N, 4) rows x, y, z (voxels), score of one tomogram's relion5 file, sorted."""
+    p = read_picks(out / "relion5" / "blob" / f"{name}_autopick.star",
+                   tomograms_star=out / "relion5" / "tomograms.star")
+    rows = np.column_stack([p.coords, p.scores])
+    return rows[np.lexsort(rows.T[::-1])]
+
+
+def outputs_exactly_once(out, names):
+    """Each tomogram has its files in both formats, one record and one index row; no temporaries."""
+    from cryopick.io.resume import RunState
+
+    assert sorted(p.name for p in (out / "relion5" / "blob").glob("t*_autopick.star")) == \
+        sorted(f"{n}_autopick.star" for n in names)
+    assert sorted(p.stem for p in (out / "imod" / "blob").glob("*.coords")) == sorted(names)
+    assert sorted(r["tomogram"] for r in RunState(out).records()) == sorted(names)
+    index = (out / "relion5" / "blob" / "autopick.star").read_text()
+    assert all(index.count(f"/{n}_autopick.star") == 1 for n in names)
+    leftovers = [p.name for p in out.rglob(".*") if ".tmp" in p.name or p.name.startswith(".cryopick-write-test")]
+    assert not leftovers, leftovers
+
+
+def test_a_second_pick3d_into_the_same_folder_is_refused_naming_the_lock(env, capsys):
+    first = start_pick3d(["t0", "t1"], "out", PICK3D_GATE=str(env / "go"))
+    try:
+        lock = env / "out" / ".cryopick" / "lock"
+        deadline = time.monotonic() + 120
+        while not (lock.is_file() and lock.read_text().startswith("process")) and time.monotonic() < deadline:
+            assert first.poll() is None, first.communicate()[1].decode()[-2000:]
+            time.sleep(0.05)
+        assert pick3d("--format", "relion5", "imod", tomos=("t0", "t1", "t2")) == 2
+        err = capsys.readouterr().err.strip()
+        assert "another run is writing into this folder" in err and str(Path("out") / ".cryopick" / "lock") in err
+        assert f"process {first.pid} " in err and "\n" not in err and "Traceback" not in err
+    finally:
+        (env / "go").write_text("")
+        _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stderr.decode()[-2000:]
+    outputs_exactly_once(env / "out", ["t0", "t1"])  # the refused run touched nothing
+    summary = json.loads((env / "out" / "summary.json").read_text())
+    assert summary["n_picked_this_run"] == 2 and summary["n_tomograms"] == 2
+
+
+def test_a_replaced_tomogram_is_picked_again(env):
+    from cryopick.io.resume import RunState
+
+    assert pick3d("--format", "relion5", "imod") == 0
+    out = env / "out"
+    t1_star = out / "relion5" / "blob" / "t1_autopick.star"
+    kept = t1_star.stat().st_mtime_ns
+    # A new reconstruction of t0 (other particles, other size) under the same name.
+    new = np.asarray(CENTRES["t2"], float)
+    write_mrc(env / "tomos" / "t0.mrc", np.ascontiguousarray(_tomogram(CENTRES["t2"], 9)[:, :, :44]), pixel_size=10.0)
+    assert pick3d("--format", "relion5", "imod") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["n_picked_this_run"], summary["n_skipped"]) == (1, 1)
+    np.testing.assert_allclose(picks_of(out, "t0")[:, :3], new[np.lexsort(new.T[::-1])], atol=0.1)
+    assert t1_star.stat().st_mtime_ns == kept
+    st = os.stat(env / "tomos" / "t0.mrc")
+    stamp = RunState(out).record("t0")["input"]
+    assert (stamp["size"], stamp["mtime_ns"]) == (st.st_size, st.st_mtime_ns)
+    # Same size, touched (a rewrite in place): picked again too; unchanged files are not.
+    os.utime(env / "tomos" / "t0.mrc", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert pick3d("--format", "relion5", "imod") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["n_picked_this_run"], summary["n_skipped"]) == (1, 1)
+
+
+def test_sigkill_mid_run_then_rerun_leaves_every_output_exactly_once(env):
+    names = more_tomograms(env, 8)
+    run = start_pick3d(names, "out", PICK3D_DELAY="0.3")
+    from cryopick.io.resume import RunState
+
+    out = env / "out"
+    deadline = time.monotonic() + 120
+    while len(RunState(out).records()) < 2 and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.01)
+    run.send_signal(signal.SIGKILL)
+    run.communicate(timeout=60)
+    done_before = len(RunState(out).records())
+    assert 2 <= done_before < len(names), "the run was not stopped mid-way"
+    # The kill may land anywhere; plant what one landing mid-write leaves: a temporary of an atomic
+    # write, a write probe, and a tomogram with one of its two files and no record.
+    assert RunState(out).record("t7") is None
+    (out / "relion5" / "blob" / ".t7_autopick.k3Xq9_ab.tmp.star").write_text("data_\nhalf")
+    (out / ".cryopick-write-test-zz1").write_text("")
+    (out / "imod" / "blob" / "t7.coords").write_text("1 2 3\n")
+    assert pick3d("--format", "relion5", "imod", tomos=names) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_skipped"] == done_before and summary["n_picked_this_run"] == len(names) - done_before
+    outputs_exactly_once(out, names)
+    assert pick3d("--format", "relion5", "imod", tomos=names, out="reference") == 0
+    for name in names:
+        np.testing.assert_allclose(picks_of(out, name), picks_of(env / "reference", name), atol=1e-6)
+    assert (out / "imod" / "blob" / "t7.coords").read_text() == \
+        (env / "reference" / "imod" / "blob" / "t7.coords").read_text()  # redone, not the planted file
+
+
+def test_when_no_tomogram_can_be_picked_it_is_one_user_error_and_nothing_is_written(env, capsys):
+    write_mrc(env / "tomos" / "bad.mrc", np.full(SHAPE, np.nan, np.float32), pixel_size=10.0)
+    (env / "tomos" / "worse.mrc").write_bytes(b"not an MRC file" * 10)
+    assert pick3d(tomos=("bad",)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cryopick pick3d: error: ") and "bad.mrc" in err and "\n" not in err  # one line
+    assert not (env / "out").exists()
+    assert pick3d(tomos=("bad", "worse")) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "none of the 2 tomograms could be picked; the first: " in errors[0]
+    assert "bad.mrc" in errors[0]
+    assert not (env / "out").exists()
+    (env / "empty").mkdir()  # a folder that was there stays as it was: empty
+    assert pick3d(tomos=("bad",), out="empty") == 2
+    assert list((env / "empty").iterdir()) == []
+    # With picks of an earlier run in the folder the run is not for nothing: exit 3, the summary lists it.
+    assert pick3d(tomos=("t0",)) == 0
+    assert pick3d(tomos=("t0", "bad")) == 3
+    summary = json.loads((env / "out" / "summary.json").read_text())
+    assert [f["tomogram"] for f in summary["failed"]] == ["bad"] and summary["n_finished"] == 1

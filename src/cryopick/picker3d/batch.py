@@ -23,9 +23,11 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from cryopick.distribute.engine import Job, Outcome, Task
+from cryopick.distribute.runner import Batch, BatchRun, check_unique
 from cryopick.errors import CryopickError
 from cryopick.io.images import Image, image_name, list_images
 from cryopick.models.promptable3d import ProPicker
@@ -108,6 +110,99 @@ class Pick3dJob(Job):
         return Picked3d(picks, tuple(int(s) for s in image.shape), image.pixel_size, montages)
 
 
+@dataclass
+class Pick3dBatch(Batch):
+    """The 3D outputs of a run, for :class:`~cryopick.distribute.runner.BatchRun`: per tomogram one file
+    per format and class (:mod:`cryopick.picker3d.outputs`), a montage per class, ``on_picked``'s
+    writes, then its record; at the end the RELION indexes and ``summary.json`` over the folder."""
+
+    out: Path
+    formats: list
+    labels: list
+    montage: bool = True
+    distributed: bool = False
+    on_picked: Callable[[str, Picks, Picked3d], dict] | None = None
+    project_dir: str | os.PathLike | None = None
+    info: dict = field(default_factory=dict)  # settings, diameters, engine, ...: copied into the summary
+
+    noun = "tomogram"
+    unit = "tomo"
+    summary_on_error = True  # the index and summary also cover what finished before Ctrl-C or an error
+
+    def outputs(self, name: str) -> list[Path]:
+        from cryopick.picker3d.outputs import output_path
+
+        return [output_path(self.out, f, label, name) for f in self.formats for label in self.labels]
+
+    def montages(self, name: str) -> list[Path]:
+        from cryopick.picker3d.outputs import label_folder
+
+        return [self.out / "montage" / f"{name}_{label_folder(label)}.png" for label in self.labels] \
+            if self.montage else []
+
+    def extra(self, name: str, source, number: int) -> dict:
+        if not isinstance(source, (str, os.PathLike)):  # e.g. a copick run: the task reads it
+            return {"number": number, "source": source}
+        # Dask workers have their own working folder.
+        return {"number": number, **({"source": os.path.abspath(source)} if self.distributed else {})}
+
+    def opened(self, state) -> None:
+        from cryopick.picker3d.outputs import migrate_legacy_markers
+
+        migrate_legacy_markers(self.out, state)
+
+    def replaced(self, records: list[dict]) -> None:
+        from cryopick.picker3d.outputs import remove_outputs
+
+        log.info("%s: removed %d file(s) made with the earlier settings", self.out, remove_outputs(records, self.out))
+
+    def write(self, outcome: Outcome) -> dict:
+        from cryopick.io.atomic import write_bytes
+        from cryopick.picker3d.outputs import picks_counts, write_tomogram_picks
+
+        task, picked = outcome.task, outcome.result
+        name, picks = task.key, picked.picks
+        written = write_tomogram_picks(picks, self.out, self.formats, name, self.labels, picked.shape) \
+            if self.formats else []
+        for label, png in zip(self.labels, self.montages(name)):
+            write_bytes(png, picked.montages[label])
+            written.append(png)
+        extra = self.on_picked(name, picks, picked) if self.on_picked else {}  # e.g. back into a copick project
+        counts = picks_counts(picks, self.labels)
+        log.info("[%s/%d] %s: %s (%.1f s)", task.extra.get("number", "?"), self.info["n_tomograms"], name,
+                 ", ".join(f"{counts[label]} {label or 'particle'}" for label in self.labels), outcome.seconds)
+        return {"tomogram": name, "path": task.path, "shape": list(picked.shape), "voxel_size": picked.voxel_size,
+                "picks": counts, "files": written, "seconds": round(outcome.seconds, 2),
+                **({"worker": outcome.worker} if self.distributed else {}), **extra}
+
+    def discard(self, task: Task) -> None:
+        from cryopick.picker3d.outputs import remove_outputs
+
+        remove_outputs([{"files": self.outputs(task.key) + self.montages(task.key)}])  # no partial set of files
+
+    def failed(self, task: Task, error: str) -> None:
+        # Said at once in a run of several; a run of one ends with this error as its message.
+        (log.warning if self.info["n_tomograms"] > 1 else log.debug)("[%s/%d] %s: not picked: %s", task.extra.get("number", "?"), self.info["n_tomograms"], task.key,
+                    error)
+
+    def summarize(self, run: BatchRun) -> dict:
+        from cryopick.io.atomic import write_text
+        from cryopick.io.jsonutil import dumps
+        from cryopick.picker3d.outputs import rebuild_indexes
+
+        records = run.state.records()
+        index = rebuild_indexes(self.out, records, self.labels, self.formats, project_dir=self.project_dir)
+        totals = {label: int(sum(r.get("picks", {}).get(label, 0) for r in records)) for label in self.labels}
+        failed = [{"tomogram": f["input"], "path": f["path"], "error": f["error"]} for f in run.tally.to_dict()["failed"]]
+        summary = {"n_tomograms": run.n_listed, "n_finished": len(records), "n_picked_this_run": run.tally.done,
+                   "n_skipped": run.tally.skipped, "n_failed": len(failed), "failed": failed, "picks": totals,
+                   "picks_per_tomogram": {r["tomogram"]: r.get("picks", {}) for r in records},
+                   "formats": self.formats, "index_files": index, **self.info,
+                   "seconds_this_run": round(run.elapsed, 2), "output_dir": self.out}
+        write_text(self.out / "summary.json", dumps(summary, indent=1) + "\n")
+        return summary
+
+
 def pick_tomograms(
     tomograms: str | os.PathLike | Sequence[str | os.PathLike],
     prompts: Sequence[Prompt | str | os.PathLike],
@@ -154,28 +249,29 @@ def pick_tomograms(
     Dask task per tomogram (see the module docstring); the model must then be a file (or the shipped
     weights) the workers can read, and ``sources`` must pickle (copick runs do).
 
-    Per tomogram: read and check it, pick every prompt, write one file per format and class (an empty
-    valid file for a class without picks), a slice montage per class (``montage``), then its record
-    ``.cryopick/<name>.json`` (:class:`~cryopick.io.resume.RunState`) that marks it finished. A rerun
-    skips finished tomograms whose files exist; a rerun with another model, prompt, settings, stride or
-    window is refused unless ``redo`` (which replaces the folder's picks). Records of earlier versions
-    (``.done/<name>.json``) count as finished. A tomogram that cannot be picked (unreadable,
-    NaN/constant voxels, ...) is skipped with a warning and listed under ``failed``; the others go on.
-    At the end (also after an interruption) the RELION indexes are rebuilt over every finished
-    tomogram of the folder, from all runs, and ``summary.json`` is written.
+    The run is a :class:`~cryopick.distribute.runner.BatchRun` (as ``pick``'s): the folder is locked
+    (a second run into it is refused), temporaries a killed run left are removed, and per tomogram:
+    read and check it, pick every prompt, write one file per format and class (an empty valid file for
+    a class without picks), a slice montage per class (``montage``), then its record
+    ``.cryopick/<name>.json`` (:class:`~cryopick.io.resume.RunState`, with the tomogram file's size and
+    mtime) that marks it finished. A rerun skips finished tomograms whose files exist and whose tomogram
+    file is unchanged (a replaced tomogram is picked again); a rerun with another model, prompt,
+    settings, stride or window is refused unless ``redo`` (which replaces the folder's picks). Records
+    of earlier versions (``.done/<name>.json``) count as finished. A tomogram that cannot be picked
+    (unreadable, NaN/constant voxels, ...) is skipped with a warning and listed under ``failed``; the
+    others go on; when not one tomogram could be picked (and none was before), nothing is written and
+    a :class:`CryopickError` says why. At the end (also after an interruption) the RELION indexes are
+    rebuilt over every finished tomogram of the folder, from all runs, and ``summary.json`` is written.
 
     Returns
     -------
     dict
-        The summary: counts of tomograms (listed, finished in the folder, picked now, skipped),
+        The summary: counts of tomograms (listed, finished in the folder, picked now, skipped, failed),
         ``failed`` (``[{"tomogram", "path", "error"}]``), picks per class over the folder, index files,
         seconds.
     """
     from cryopick import distribute
-    from cryopick.distribute.summary import progress_bar
-    from cryopick.io.atomic import make_output_dir, write_bytes, write_text
-    from cryopick.io.jsonutil import dumps
-    from cryopick.io.resume import RunState
+    from cryopick.io.atomic import make_output_dir
     from cryopick.picker3d import outputs as O
 
     distributed = bool(dask or cluster)
@@ -187,26 +283,13 @@ def pick_tomograms(
         raise CryopickError("--save-maps writes the probability maps where they are computed; pick without "
                             "--dask / --cluster to save them")
     formats = [] if on_picked and not formats else O.check_formats([formats] if isinstance(formats, str) else formats)
-    if isinstance(prompts, (str, os.PathLike, Prompt)):
-        prompts = [prompts]
-    prompts = [p if isinstance(p, Prompt) else load_prompt(p) for p in prompts]
-    check_prompts(prompts)
-    diameters = describe_diameters(prompts)
+    prompts = _load_prompts(prompts)
     picker = TomogramPicker(model, stride=stride, window=window, batch_size=batch_size, bf16=bf16, device=device,
                             progress=progress)
     settings_list = resolve_settings(picker.model, settings, len(prompts), overrides)
-    labels = [p.label for p in prompts]
-    if sources is None:
-        paths = list_images(tomograms if isinstance(tomograms, (str, os.PathLike)) else list(tomograms))
-        names = [image_name(p) for p in paths]
-    else:
-        paths, names = list(sources), [s.name for s in sources]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise CryopickError(f"several tomograms share the name(s) {', '.join(dupes[:5])}; names must be unique")
+    inputs = _inputs(tomograms, sources)
+    created = not Path(output_dir).exists()
     out = make_output_dir(output_dir)
-    state = RunState(out)
-    O.migrate_legacy_markers(out, state)
     model_id = model_fingerprint(picker.model)
     fingerprint = {"model": model_id, "prompts": [prompt_fingerprint(p) for p in prompts],
                    "settings": [asdict(s) for s in settings_list], "stride": stride, "window": window}
@@ -214,81 +297,46 @@ def pick_tomograms(
         fingerprint["source"] = source_info
     if adapted:
         fingerprint["adapted"] = {label: a.fingerprint() for label, a in sorted(adapted.items())}
-    before = state.records()
-    if not state.check_fingerprint(fingerprint, redo=redo):
-        n = O.remove_outputs(before, out)
-        log.info("%s: removed %d file(s) made with the earlier settings", out, n)
+    info = {"n_tomograms": len(inputs), "settings": settings_list, "diameters": describe_diameters(prompts),
+            **({"engine": f"dask {dask}" if dask else f"cluster {cluster}"} if distributed else {}),
+            **({"adapted": {label: a.info for label, a in adapted.items()}} if adapted else {}),
+            **({"source": source_info} if source_info else {})}
+    batch = Pick3dBatch(out, formats, [p.label for p in prompts], montage, distributed, on_picked, project_dir, info)
     job = Pick3dJob(None if model is None else str(model), model_id, prompts, settings_list, formats, stride=stride,
                     window=window, batch_size=batch_size, bf16=bf16, device=device, montage=montage,
                     adapted=adapted, save_maps=out / "maps" if save_maps else None,
                     progress=progress and not distributed, model=picker.model)
-    failed, n_new, start = [], 0, time.perf_counter()
-    todo = []
-    for i, (path, name) in enumerate(zip(paths, names)):
-        files = [O.output_path(out, f, label, name) for f in formats for label in labels]
-        if not redo and state.is_done(name, *files):
-            log.info("[%d/%d] %s: already picked in %s; skipping", i + 1, len(paths), name, out)
-        else:
-            extra = {"files": files, "number": i + 1}
-            if sources is not None or distributed:  # workers have their own working folder
-                extra["source"] = path if sources is not None else os.path.abspath(path)
-            todo.append(Task(name, str(getattr(path, "path", path)), extra))
 
-    # One overall bar on Dask (locally each tomogram's segmentation has its own).
-    bar = progress_bar(len(todo), unit="tomo", enabled=progress and distributed and bool(todo))
-
-    def write(outcome: Outcome) -> None:
-        """One tomogram's outputs, then its record (in this process, whichever engine picked it)."""
-        nonlocal n_new
-        bar.update(1)
-        task, name, i = outcome.task, outcome.task.key, outcome.task.extra["number"]
-        state.forget(name)
-        pngs = [out / "montage" / f"{name}_{O.label_folder(label)}.png" for label in labels] if montage else []
-        try:
-            if not outcome.ok:
-                raise CryopickError(outcome.error)
-            picked: Picked3d = outcome.result
-            picks = picked.picks
-            written = O.write_tomogram_picks(picks, out, formats, name, labels, picked.shape) if formats else []
-            for label, png in zip(labels, pngs):
-                write_bytes(png, picked.montages[label])
-                written.append(png)
-            extra = on_picked(name, picks, picked) if on_picked else {}  # e.g. back into a copick project
-        except CryopickError as exc:
-            log.warning("[%d/%d] %s: not picked: %s", i, len(paths), name, exc)
-            failed.append({"tomogram": name, "path": task.path, "error": str(exc)})
-            O.remove_outputs([{"files": task.extra["files"] + pngs}])  # no partial set of files for it
-            return
-        counts = O.picks_counts(picks, labels)
-        state.mark_done(name, {"tomogram": name, "path": task.path, "shape": list(picked.shape),
-                               "voxel_size": picked.voxel_size, "picks": counts, "files": written,
-                               "seconds": round(outcome.seconds, 2),
-                               **({"worker": outcome.worker} if distributed else {}), **extra})
-        n_new += 1
-        log.info("[%d/%d] %s: %s (%.1f s)", i, len(paths), name,
-                 ", ".join(f"{counts[label]} {label or 'particle'}" for label in labels), outcome.seconds)
-
-    try:
+    def execute(tasks: list[Task], write: Callable[[Outcome], None]) -> None:
         if distributed:
-            distribute.run(job, todo, write, dask=dask, cluster=cluster,
+            distribute.run(job, tasks, write, dask=dask, cluster=cluster,
                            cluster_config=None if cluster_config is None else str(cluster_config))
         else:
-            _run_local(job, picker.model, todo, write, prefetch)
-    finally:
-        bar.close()
-        records = state.records()
-        index = O.rebuild_indexes(out, records, labels, formats, project_dir=project_dir)
-        totals = {label: int(sum(r.get("picks", {}).get(label, 0) for r in records)) for label in labels}
-        summary = {"n_tomograms": len(paths), "n_finished": len(records), "n_picked_this_run": n_new,
-                   "n_skipped": len(paths) - n_new - len(failed), "failed": failed, "picks": totals,
-                   "picks_per_tomogram": {r["tomogram"]: r.get("picks", {}) for r in records},
-                   "formats": formats, "index_files": index, "settings": settings_list, "diameters": diameters,
-                   "seconds_this_run": round(time.perf_counter() - start, 2), "output_dir": out,
-                   **({"engine": f"dask {dask}" if dask else f"cluster {cluster}"} if distributed else {}),
-                   **({"adapted": {label: a.info for label, a in adapted.items()}} if adapted else {}),
-                   **({"source": source_info} if source_info else {})}
-        write_text(out / "summary.json", dumps(summary, indent=1) + "\n")
-    return summary
+            _run_local(job, picker.model, tasks, write, prefetch)
+
+    # One overall bar on Dask (locally each tomogram's segmentation has its own).
+    return BatchRun(batch, out, fingerprint, redo=redo, created=created).run(
+        inputs, execute, progress=progress and distributed)
+
+
+def _load_prompts(prompts) -> list[Prompt]:
+    """Prompt objects from objects or files, checked (labels unique, one working scale)."""
+    if isinstance(prompts, (str, os.PathLike, Prompt)):
+        prompts = [prompts]
+    prompts = [p if isinstance(p, Prompt) else load_prompt(p) for p in prompts]
+    check_prompts(prompts)
+    return prompts
+
+
+def _inputs(tomograms, sources: Sequence | None) -> list[tuple[str, Any]]:
+    """``(name, path or source)`` of every tomogram to pick; names must be unique."""
+    if sources is None:
+        paths = list_images(tomograms if isinstance(tomograms, (str, os.PathLike)) else list(tomograms))
+        inputs = [(image_name(p), p) for p in paths]
+    else:
+        inputs = [(s.name, s) for s in sources]
+    check_unique([n for n, _ in inputs], "tomogram")
+    return inputs
 
 
 def _run_local(job: Pick3dJob, model: ProPicker, todo: list[Task], write: Callable[[Outcome], None],
