@@ -1,6 +1,6 @@
 """`cryopick pick3d --dask`: one task per tomogram x prompt set on a LocalCluster of 2 worker processes
 gives the same picks as the local run, resumes a local run's folder, isolates a bad tomogram, writes
-copick picks from the client; a bad --dask value is one line.
+copick picks from the client, survives a worker killed mid-run; a bad --dask value is one line.
 
 The real network (shipped weights) on the small tomograms of test_batch: the stand-in segmenter of the
 other tests is a monkeypatch, which does not reach worker processes.
@@ -9,6 +9,10 @@ other tests is a monkeypatch, which does not reach worker processes.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -152,3 +156,42 @@ def test_adapted_classifier_travels_with_the_tasks(env, cluster):
     summary = json.loads((env / "dask" / "summary.json").read_text())
     assert summary["adapted"]["blob"]["n_positive"] == 4 and summary["n_picked_this_run"] == 3
     assert_same(picks_of(env / "dask"), local)  # the classifier was used on the workers
+
+
+def test_a_worker_killed_mid_run_has_its_tomogram_picked_again_elsewhere(env, cluster):
+    from tests.picker3d.test_batch import more_tomograms, outputs_exactly_once
+
+    names = more_tomograms(env, 6)
+    tomos = [f"{n}.mrc" for n in names]
+    fmt = ["--format", "relion5", "imod", "--no-montage"]
+    assert pick3d(tomos, "local", *fmt) == 0
+    out, killed = env / "dask", {}
+    # The LocalCluster's scheduler lives in this process, so the killer reads which worker is busy, on
+    # which tomogram, and its pid, from it directly (its nanny then starts a new worker).
+    scheduler = cluster.scheduler
+
+    def kill_a_busy_worker():
+        deadline = time.monotonic() + 300
+        while not RunState(out).records() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        busy = [ws for ws in list(scheduler.workers.values()) if ws.processing and ws.pid]
+        if busy:
+            key = next(iter(busy[0].processing)).key  # cryopick-<run>-<tomogram>
+            os.kill(busy[0].pid, signal.SIGKILL)
+            killed.update(pid=busy[0].pid, tomogram=key.split("-", 2)[2])
+
+    killer = threading.Thread(target=kill_a_busy_worker)
+    killer.start()
+    code = pick3d(tomos, "dask", *fmt, "--dask", cluster.scheduler_address)
+    killer.join()
+    assert killed, "no worker was busy when the run had written its first output"
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_picked_this_run"] == len(names) and summary["failed"] == []
+    outputs_exactly_once(out, names)
+    for name in names:
+        assert (out / "imod" / "blob" / f"{name}.coords").read_text() == \
+            (env / "local" / "imod" / "blob" / f"{name}.coords").read_text(), name
+    records = {n: RunState(out).record(n) for n in names}
+    again = records[killed["tomogram"]]["worker"]
+    assert not again.endswith(f":{killed['pid']}")  # the killed worker's tomogram was picked by another

@@ -208,7 +208,7 @@ class BatchRun:
             self._open(listed)
             source: Iterable[Task] = self.todo if follow is None else _chain(self.todo, follow(self))
             self.tally.bar = progress_bar(None if follow is not None else len(self.todo), unit=self.batch.unit,
-                                          desc=desc, enabled=progress)
+                                          desc=desc, enabled=progress and (follow is not None or bool(self.todo)))
             start = time.perf_counter()
             finished = False
             try:
@@ -303,7 +303,7 @@ def _read_holder(lock: Path) -> str:
 def _with_name(failure: dict) -> str:
     """A failure's error, with the input's path in front when the error does not name it."""
     error, path = str(failure["error"]), str(failure.get("path") or failure["input"])
-    return error if path in error or str(failure["input"]) in error else f"{path}: {error}"
+    return error if path in error or Path(path).name in error else f"{path}: {error}"
 
 
 def _chain(first: Iterable, then: Iterable) -> Iterator:
