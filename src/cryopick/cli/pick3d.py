@@ -30,7 +30,10 @@ A tomogram without picks gets empty, valid files; picks/montage/<tomogram>_<labe
 with the picks; picks/summary.json counts them. Finished tomograms are skipped on a rerun; a rerun with
 another prompt, model or settings into the same folder is refused unless --redo. A tomogram that
 cannot be picked (unreadable, NaN or constant voxels) is skipped with a warning, the others are picked,
-and the command exits with code 3 ("finished with failures", 0 = all picked, 2 = bad input) naming it.
+and the command exits with code 3 ("finished with failures", 0 = all picked, 2 = bad input) naming it;
+when not one tomogram could be picked it exits 2 and writes nothing. A tomogram file replaced since it
+was picked (other size or modification time) is picked again; a second run into a folder another run
+is writing to is refused.
 The next tomogram is read, checked and rescaled in a background thread while one is picked.
 Whole data sets: --dask runs one task per tomogram (with the whole prompt set) on a Dask cluster (an
 existing scheduler tcp://HOST:8786, or local[:N] worker processes here); --cluster slurm
