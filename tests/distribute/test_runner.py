@@ -108,6 +108,7 @@ def test_a_second_run_is_refused_naming_the_lock_and_its_holder(tmp_path):
         run_sequential(Square(), tasks, write)
 
     assert run(out, inputs, execute=execute)["n_picked"] == 1
+    assert (out / ".cryopick" / "lock").read_text() == ""  # released: names nobody
     assert refused == [f"{out}: another run is writing into this folder now (it holds the lock "
                        f"{out / '.cryopick' / 'lock'}, process {os.getpid()} on {os.uname().nodename} since "
                        f"{refused[0].split(' since ')[1].split(')')[0]}); wait for it to finish or choose another "

@@ -274,7 +274,10 @@ class BatchRun:
         self._had_state = had_state
         with stack:
             _claim(self.state.dir / LOCK_FILE)
-            yield
+            try:
+                yield
+            finally:
+                _claim(self.state.dir / LOCK_FILE, "")  # released: nobody holds it
 
     def _leave_nothing(self) -> None:
         """Not one input could be processed: remove what this run made (the folder, or its state)."""
@@ -286,11 +289,13 @@ class BatchRun:
                     shutil.rmtree(self.state.dir)
 
 
-def _claim(lock: Path) -> None:
+def _claim(lock: Path, holder: str | None = None) -> None:
     """Write who holds the lock into the lock file (in place: the lock is on the file itself)."""
+    if holder is None:
+        holder = (f"process {os.getpid()} on {socket.gethostname()} since "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime())}\n")
     with contextlib.suppress(OSError), open(lock, "w") as fh:
-        fh.write(f"process {os.getpid()} on {socket.gethostname()} since "
-                 f"{time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime())}\n")
+        fh.write(holder)
 
 
 def _read_holder(lock: Path) -> str:
