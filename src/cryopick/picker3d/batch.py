@@ -249,7 +249,8 @@ def pick_tomograms(
                 raise CryopickError(outcome.error)
             picked: Picked3d = outcome.result
             picks = picked.picks
-            written = O.write_tomogram_picks(picks, out, formats, name, labels, picked.shape) if formats else []
+            geometry = getattr(task.extra.get("source"), "geometry", None)  # from a RELION tomograms.star
+            written = O.write_tomogram_picks(picks, out, formats, name, labels, picked.shape, geometry) if formats else []
             for label, png in zip(labels, pngs):
                 write_bytes(png, picked.montages[label])
                 written.append(png)
@@ -263,7 +264,8 @@ def pick_tomograms(
         state.mark_done(name, {"tomogram": name, "path": task.path, "shape": list(picked.shape),
                                "voxel_size": picked.voxel_size, "picks": counts, "files": written,
                                "seconds": round(outcome.seconds, 2),
-                               **({"worker": outcome.worker} if distributed else {}), **extra})
+                               **({"worker": outcome.worker} if distributed else {}),
+                               **({"relion": geometry.as_record()} if geometry is not None else {}), **extra})
         n_new += 1
         log.info("[%d/%d] %s: %s (%.1f s)", i, len(paths), name,
                  ", ".join(f"{counts[label]} {label or 'particle'}" for label in labels), outcome.seconds)
