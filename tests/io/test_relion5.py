@@ -6,6 +6,7 @@ lines); the expected Å values below are computed by hand from RELION's conventi
 ``Å = (voxel * binning - size / 2) * pixel_size`` (``size`` in bin-1 pixels), not by cryopick.
 """
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,8 @@ def test_tomograms_star_paths_resolve_from_the_project_folder(tmp_path, monkeypa
     assert Path(star_tomograms(STAR, project_dir=PROJECT)[1].path) == PROJECT / "Tomograms/job005/tomograms/rec_TS_02.mrc"
     image = sources[0].read()
     assert image.name == "TS_01" and image.pixel_size == pytest.approx(10.8) and image.data.shape == (32, 40, 40)
+    again = pickle.loads(pickle.dumps(sources[1]))  # what a Dask worker gets
+    assert again.read().name == "TS_02" and again.geometry == sources[1].geometry
     with pytest.raises(CryopickError, match="none of the tomograms in _rlnTomoReconstructedTomogram found.*"
                                             "--project-dir"):
         star_tomograms(STAR, project_dir=tmp_path)
@@ -103,6 +106,16 @@ def test_tomograms_star_that_does_not_match_the_file_is_refused(tmp_path):
     starfile.write({"global": bad}, tmp_path / "bad.star")
     with pytest.raises(CryopickError, match="no _rlnTomoTiltSeriesPixelSize column"):
         read_tomograms_star(tmp_path / "bad.star")
+
+
+def test_unreadable_tomograms_star_is_one_named_error(tmp_path):
+    (tmp_path / "random.star").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(CryopickError, match="random.star: no data table found; expected a RELION 5 tomograms.star"):
+        read_tomograms_star(tmp_path / "random.star")
+    (tmp_path / "particles.star").write_text(PARTICLES.read_text())
+    with pytest.raises(CryopickError, match=r"particles.star: no _rlnTomoSizeX, _rlnTomoSizeY, _rlnTomoSizeZ, "
+                                            r"_rlnTomoTiltSeriesPixelSize column\(s\)"):
+        read_tomograms_star(tmp_path / "particles.star")
 
 
 def test_numeric_tomogram_names_stay_text(tmp_path):

@@ -121,3 +121,11 @@ def test_pick3d_denoised_kind_fails_a_tomogram_without_one_alone(project, capsys
 def test_pick3d_relion_option_errors(project, capsys, args, message):
     assert pick3d(*args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_relion3_is_a_deprecated_spelling_of_relion4(caplog):
+    from cryopick.picker3d.outputs import check_formats
+
+    assert check_formats(["relion5", "relion3", "relion4"]) == ["relion5", "relion4"]
+    assert "'relion3' is deprecated" in caplog.text
+

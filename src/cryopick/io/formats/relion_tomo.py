@@ -239,7 +239,8 @@ def _resolve(entry: str, star: Path, project_dir: str | os.PathLike | None) -> P
     if p.is_absolute():
         return p if p.exists() else None
     bases = [Path(project_dir)] if project_dir is not None else [Path.cwd(), *star.resolve().parents]
-    return next((b / p for b in bases if (b / p).exists()), None)
+    found = next((b / p for b in bases if (b / p).exists()), None)
+    return None if found is None else Path(os.path.abspath(found))  # Dask workers have their own folder
 
 
 def star_tomograms(star: str | os.PathLike, kind: str = "reconstructed", names: Sequence[str] | None = None,
