@@ -72,6 +72,10 @@ def test_pick3d_tomograms_star_writes_relion_names_and_centred_angstrom(picked):
         np.testing.assert_allclose(_sorted(got), _sorted(ANGSTROM[name]), atol=1.1)  # 0.1 voxel = 1.08 Å
     merged = starfile.read(picked / "relion5" / "blob" / "particles.star", parse_as_string=["rlnTomoName"])
     assert sorted(merged["rlnTomoName"]) == ["TS_01"] * 3 + ["TS_02"] * 2
+    # As RELION's picking job: an optimisation set naming that table and the tomograms.star (project paths).
+    opt = starfile.read(picked / "relion5" / "blob" / "optimisation_set.star")
+    assert opt.iloc[0].to_dict() == {"rlnTomoParticlesFile": "picks/relion5/blob/particles.star",
+                                     "rlnTomoTomogramsFile": "picks/relion5/tomograms.star"}
     summary = json.loads((picked / "summary.json").read_text())
     assert sorted(summary["picks_per_tomogram"]) == ["TS_01", "TS_02"]
 

@@ -22,7 +22,8 @@ Outputs per format and class (<label> = the prompt's label, <tomogram> = the tom
   relion5 (default)  picks/relion5/<label>/<tomogram>_autopick.star: RELION 5 tomography STAR,
                      _rlnCenteredCoordinate{X,Y,Z}Angst = Å from the tomogram centre; plus the index
                      picks/relion5/<label>/autopick.star over every finished tomogram, all their picks in
-                     picks/relion5/<label>/particles.star, and picks/relion5/tomograms.star (the input
+                     picks/relion5/<label>/particles.star (+ optimisation_set.star for RELION 5's jobs),
+                     and picks/relion5/tomograms.star (the input
                      tomograms.star rows, else sizes and voxel sizes at binning 1, to read the Å back)
   relion4            picks/relion4/<label>/<tomogram>.star: RELION 4 tomography STAR, _rlnTomoName and
                      _rlnCoordinateX/Y/Z in bin-1 pixels (voxels x binning; relion3 = old name, deprecated)

@@ -8,6 +8,7 @@ prompt's label)::
     OUT/relion5/<label>/<name>_autopick.star      RELION 5 tomography STAR: centred Å (_rlnCenteredCoordinate*Angst)
     OUT/relion5/<label>/autopick.star             index over every finished tomogram
     OUT/relion5/<label>/particles.star            every finished tomogram's picks in one RELION 5 particles table
+    OUT/relion5/<label>/optimisation_set.star     that table + OUT/relion5/tomograms.star, for RELION 5's jobs
     OUT/relion5/tomograms.star                    RELION 5 tomograms.star of every finished tomogram: its row of
                                                   the input tomograms.star, else bin-1 size = size as stored,
                                                   tilt-series pixel size = voxel size, binning 1
@@ -141,7 +142,7 @@ def rebuild_indexes(out_dir: str | os.PathLike, records: Sequence[dict], labels:
 
     from cryopick.io.formats._star import write_star
     from cryopick.io.formats.relion import write_index
-    from cryopick.io.formats.relion_tomo import write_tomograms_star
+    from cryopick.io.formats.relion_tomo import write_optimisation_set, write_tomograms_star
 
     out_dir = Path(out_dir)
     if "relion5" not in formats:
@@ -161,11 +162,15 @@ def rebuild_indexes(out_dir: str | os.PathLike, records: Sequence[dict], labels:
             written.append(folder / "particles.star")
         else:
             (folder / "particles.star").unlink(missing_ok=True)
+            (folder / "optimisation_set.star").unlink(missing_ok=True)
     geometry = [g for g in map(tomo_geometry, records) if g is not None]
     if geometry:
         path = out_dir / "relion5" / "tomograms.star"
         write_tomograms_star(geometry, path, {r["tomogram"]: r["path"] for r in records if r.get("path")})
         written.append(path)
+        for particles in [p for p in written if p.name == "particles.star"]:
+            written.append(particles.parent / "optimisation_set.star")
+            write_optimisation_set(particles, path, written[-1], project_dir)
     return written
 
 
@@ -210,6 +215,7 @@ def remove_outputs(records: Sequence[dict], out_dir: str | os.PathLike | None = 
     if out_dir is not None:
         files += sorted(Path(out_dir).glob("relion5/*/autopick.star")) + [Path(out_dir) / "relion5" / "tomograms.star"]
         files += sorted(Path(out_dir).glob("relion5/*/particles.star"))
+        files += sorted(Path(out_dir).glob("relion5/*/optimisation_set.star"))
     n = 0
     for p in files:
         if p.is_file():

@@ -320,3 +320,18 @@ def open_tomogram(path: str | os.PathLike | None = None, tomograms_star: str | o
         return read_tomogram(path)
     is_rule = name == "relion" or name.startswith(("strip:", "regex:"))
     return TomogramFile(tomo_name(path, name) if is_rule else name, str(path)).read()
+
+
+def write_optimisation_set(particles: str | os.PathLike, tomograms: str | os.PathLike, path: str | os.PathLike,
+                           project_dir: str | os.PathLike | None = None) -> None:
+    """A RELION 5 ``optimisation_set.star`` (``_rlnTomoParticlesFile``, ``_rlnTomoTomogramsFile``), as
+    RELION's picking job writes next to its ``particles.star``; paths relative to ``project_dir``
+    (default: the current folder) when inside it, else absolute."""
+    base = Path(project_dir if project_dir is not None else Path.cwd()).resolve()
+
+    def rel(p) -> str:
+        p = Path(p).resolve()
+        return p.relative_to(base).as_posix() if p.is_relative_to(base) else p.as_posix()
+
+    write_star({"optimisation_set": pd.DataFrame({"rlnTomoParticlesFile": [rel(particles)],
+                                                  "rlnTomoTomogramsFile": [rel(tomograms)]})}, path)
