@@ -120,7 +120,7 @@ def test_prompt_pick3d_and_review_in_the_browser(tomo_project, tmp_path):
             browser.close()
     finally:
         s.stop()
-    for sub in ("relion5/target/ts0_autopick.star", "relion3/target/ts0.star", "relion5/tomograms.star"):
+    for sub in ("relion5/target/ts0_autopick.star", "relion4/target/ts0.star", "relion5/tomograms.star"):
         assert (root / "picks3d" / sub).is_file(), sub
     assert list((root / "picks3d" / "copick").rglob("*.json"))
     assert (root / "prompts" / "target.prompt").is_file()

@@ -106,10 +106,10 @@ def test_index_lists_every_finished_tomogram_across_runs(env):
 
 
 def test_no_picks_gives_empty_valid_files_in_every_format(env):
-    assert pick3d("--threshold", "1", "--format", "relion5", "relion3", "imod", "copick") == 0
+    assert pick3d("--threshold", "1", "--format", "relion5", "relion4", "imod", "copick") == 0
     out = env / "out"
     for name in ("t0", "t1"):
-        files = [out / "relion5" / "blob" / f"{name}_autopick.star", out / "relion3" / "blob" / f"{name}.star",
+        files = [out / "relion5" / "blob" / f"{name}_autopick.star", out / "relion4" / "blob" / f"{name}.star",
                  out / "imod" / "blob" / f"{name}.coords",
                  out / "copick" / "ExperimentRuns" / name / "Picks" / "cryopick_0_blob.json"]
         for f in files:

@@ -52,13 +52,13 @@ def env(tmp_path, monkeypatch):
 
 def pick3d(tomos, out, *extra):
     return cli(["pick3d", "--prompt", "blob.prompt", "--tomograms", *[f"tomos/{t}" for t in tomos], "-o", out,
-                "--format", "relion3", *PICK, *extra])
+                "--format", "relion4", *PICK, *extra])
 
 
 def picks_of(folder) -> dict:
-    """{tomogram: (N, 4) rows x, y, z, score sorted} from a relion3 output folder."""
+    """{tomogram: (N, 4) rows x, y, z, score sorted} from a relion4 output folder."""
     out = {}
-    for f in sorted((folder / "relion3" / "blob").glob("*.star")):
+    for f in sorted((folder / "relion4" / "blob").glob("*.star")):
         p = read_picks(f)
         rows = np.column_stack([p.coords, p.scores]) if len(p) else np.zeros((0, 4))
         out[f.stem] = rows[np.lexsort(rows.T[::-1])]
@@ -108,8 +108,8 @@ def test_copick_runs_as_dask_tasks(env, cluster):
 
     config = make_project(env / "project", {f"TS_0{k}": _tomogram(c, k) for k, c in enumerate(CENTRES.values())})
     args = ["pick3d", "--prompt", "blob.prompt", "--copick", str(config), "--no-montage", "--session-id", "1", *PICK]
-    assert cli([*args, "-o", "local", "--format", "relion3"]) == 0
-    assert cli([*args, "-o", "dask", "--format", "relion3", "--dask", cluster.scheduler_address, "--redo"]) == 0
+    assert cli([*args, "-o", "local", "--format", "relion4"]) == 0
+    assert cli([*args, "-o", "dask", "--format", "relion4", "--dask", cluster.scheduler_address, "--redo"]) == 0
     assert_same(picks_of(env / "dask"), picks_of(env / "local"))
     root = copick.from_file(str(config))
     for run in ("TS_00", "TS_01", "TS_02"):

@@ -5,7 +5,7 @@ Layout inside the project::
     PROJECT/tomograms/<name>.mrc                   the tomograms (MRC; opened in place)
     PROJECT/prompts/prompts.json                   per class: the tomogram and the clicked centres (x, y, z voxels)
     PROJECT/prompts/<class>.prompt                 the prompt files `cryopick pick3d` reads (made by the job)
-    PROJECT/picks3d/                               `cryopick pick3d` output: relion5/, relion3/, copick/
+    PROJECT/picks3d/                               `cryopick pick3d` output: relion5/, relion4/, copick/
     PROJECT/answers3d/answers.csv                  reviewed picks as answers (:mod:`cryopick.app.review3d`)
 """
 
@@ -27,7 +27,7 @@ AXES = {"z": 0, "y": 1, "x": 2}
 MAX_SLAB = 32
 MAX_PROMPT_POSITIONS = 50
 MAX_REJECTED = 20000
-FORMATS_3D = ("relion5", "relion3", "copick")
+FORMATS_3D = ("relion5", "relion4", "copick")
 
 
 def tomograms(project) -> dict[str, Path]:
@@ -115,12 +115,15 @@ def edit_prompt(project, name: str, label: str, xyz, remove: bool = False, diame
 
 
 def picks3d(project, name: str) -> dict:
-    """Per class: the picks of ``name`` (x, y, z voxels) and their scores, from ``picks3d/relion3/``."""
+    """Per class: the picks of ``name`` (x, y, z voxels) and their scores, from ``picks3d/relion4/`` (bin-1
+    pixels = voxels: the project's tomograms are picked as stored), or ``relion3/`` of earlier versions."""
     from cryopick.io.coords import read_picks
 
     check_name(name)
     out = {}
-    folder = project.root / "picks3d" / "relion3"
+    folder = project.root / "picks3d" / "relion4"
+    if not folder.is_dir():
+        folder = project.root / "picks3d" / "relion3"
     if not folder.is_dir():
         return out
     project.confined(folder)

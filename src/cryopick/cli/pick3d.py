@@ -6,15 +6,27 @@ Examples:
   cryopick pick3d --prompt ribosome.prompt --tomograms tomos/ -o picks/ --settings ribosome_calibrated.json
   cryopick pick3d --prompt ribosome.prompt --tomograms tomos/ -o picks/ --answers questions/
   cryopick pick3d --prompt ribosome.prompt --tomograms more/ -o picks2/ --adapted picks/adapted/ribosome.adapted.npz
+  cryopick pick3d --prompt ribosome.prompt --tomograms-star Tomograms/job005/tomograms.star -o picks/
+  cryopick pick3d --prompt ribosome.prompt --tomograms Tomograms/job005/tomograms/ --tomo-name relion -o picks/
+RELION 5: --tomograms-star picks the tomograms of a RELION 5 tomograms.star (run from the RELION
+project folder, or give --project-dir): each is named by its _rlnTomoName, read from
+_rlnTomoReconstructedTomogram (--tomogram-kind denoised/half1/half2: the other columns), and placed by
+its bin-1 size, tilt-series pixel size and binning, so the centred Å coordinates are RELION's. Without
+it the <tomogram> name is the file stem, or what --tomo-name makes of it: relion (rec_TS_01.mrc ->
+TS_01, as RELION's Reconstruct job names them), strip:TEXT[,TEXT] (remove those substrings) or
+regex:PATTERN (its first group).
 With --answers (from `cryopick ask3d`) the prompts are first adapted to the answers (a small
 classifier over the candidates, saved as picks/adapted/<label>.adapted.npz); --adapted picks with
 such a file without more answers. Scores are then the classifier's probability.
-Outputs per format and class (<label> = the prompt's label, <tomogram> = the tomogram's file stem):
+Outputs per format and class (<label> = the prompt's label, <tomogram> = the tomogram's name):
   relion5 (default)  picks/relion5/<label>/<tomogram>_autopick.star: RELION 5 tomography STAR,
                      _rlnCenteredCoordinate{X,Y,Z}Angst = Å from the tomogram centre; plus the index
-                     picks/relion5/<label>/autopick.star over every finished tomogram and
-                     picks/relion5/tomograms.star (sizes and voxel sizes, to read the Å back)
-  relion3            picks/relion3/<label>/<tomogram>.star: _rlnCoordinateX/Y/Z in voxels as stored
+                     picks/relion5/<label>/autopick.star over every finished tomogram, all their picks in
+                     picks/relion5/<label>/particles.star (+ optimisation_set.star for RELION 5's jobs),
+                     and picks/relion5/tomograms.star (the input
+                     tomograms.star rows, else sizes and voxel sizes at binning 1, to read the Å back)
+  relion4            picks/relion4/<label>/<tomogram>.star: RELION 4 tomography STAR, _rlnTomoName and
+                     _rlnCoordinateX/Y/Z in bin-1 pixels (voxels x binning; relion3 = old name, deprecated)
   imod               picks/imod/<label>/<tomogram>.coords: x y z in voxels as stored
   copick             picks/copick/ExperimentRuns/<tomogram>/Picks/cryopick_0_<label>.json: Å
 With --copick (a copick project's config JSON) the tomograms are the project's runs (--runs, default
@@ -67,7 +79,7 @@ from cryopick.cli._args import (
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("relion5", "relion3", "copick", "imod")
+FORMATS = ("relion5", "relion4", "copick", "imod")
 
 
 def _names(text: str) -> list[str]:
@@ -83,6 +95,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--tomograms", nargs="+", help="tomogram files, a folder, or a glob")
     source.add_argument("--copick", metavar="CONFIG", help="copick project config JSON: pick its runs' tomograms "
                         "and write the picks back into it")
+    source.add_argument("--tomograms-star", metavar="STAR", help="RELION 5 tomograms.star: pick its tomograms, "
+                        "named by _rlnTomoName")
+    parser.add_argument("--tomo-name", metavar="RULE", help="name the tomogram files: relion (rec_TS_01.mrc -> "
+                        "TS_01), strip:TEXT[,TEXT] or regex:PATTERN (default: the file stem)")
+    parser.add_argument("--tomogram-kind", choices=("reconstructed", "denoised", "half1", "half2"),
+                        help="which tomograms of --tomograms-star (default: reconstructed)")
     parser.add_argument("-o", "--output", help="output folder (required with --tomograms; optional with --copick)")
     copick = parser.add_argument_group("copick (with --copick)")
     copick.add_argument("--runs", type=_names, help="comma-separated run names (default: every run with the tomogram)")
@@ -130,7 +148,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="answers.csv from `cryopick ask3d` (or its folder; repeatable): adapt, then pick")
     parser.add_argument("--adapted", action="append", default=[],
                         help="<label>.adapted.npz from `cryopick ask3d` or an earlier --answers run (repeatable)")
-    parser.add_argument("--format", nargs="+", choices=FORMATS,
+    parser.add_argument("--format", nargs="+", choices=(*FORMATS, "relion3"),
                         help="output formats in -o OUT (default: relion5)")
     parser.add_argument("--model", help="ProPicker checkpoint (default: the shipped propicker-small weights)")
     parser.add_argument("--save-maps", action="store_true", help="also write probability maps (MRC) to OUT/maps")
@@ -152,6 +170,7 @@ def main(args: argparse.Namespace) -> int:
     from cryopick.picker3d.copick_runs import pick_copick
     from cryopick.picker3d.predict import set_threads
     from cryopick.picker3d.questions import pick_with_answers
+    from cryopick.picker3d.relion_project import pick_relion
 
     if args.min_similarity is not None and args.no_similarity:
         raise CryopickError("give either --min-similarity or --no-similarity")
@@ -184,9 +203,16 @@ def main(args: argparse.Namespace) -> int:
                    **{k: getattr(args, k) for k in ("dask", "cluster", "cluster_config") if getattr(args, k)},
                    **{k: v for k, v in {"stride": args.stride, "window": args.window, "batch_size": args.batch}.items()
                       if v is not None})
+    relion = {k: getattr(args, k) for k in ("tomograms_star", "tomo_name", "tomogram_kind") if getattr(args, k)}
+    if args.copick is not None and relion:
+        raise CryopickError(f"--{next(iter(relion)).replace('_', '-')} names tomogram files; copick runs have names")
     if args.copick is not None:
         summary = pick_copick(args.copick, args.prompt, args.model, args.settings or None, args.output, formats,
                               adapted=args.adapted, **copick, **options)
+    elif relion:
+        summary = pick_relion(args.tomograms[0] if args.tomograms and len(args.tomograms) == 1 else args.tomograms,
+                              args.prompt, args.model, args.settings or None, args.output, formats, **relion, **learn,
+                              **options)
     else:
         summary = (pick_with_answers if learn else pick_tomograms)(
             args.tomograms[0] if len(args.tomograms) == 1 else args.tomograms, args.prompt, args.model,

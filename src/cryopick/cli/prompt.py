@@ -5,6 +5,11 @@ Examples:
   cryopick prompt --tomogram TS_01.mrc --at 412,388,96 --at 120,80,60 --diameter 280 -o ribosome.prompt
   cryopick prompt --tomogram TS_01.mrc --coords examples.star -o ribosome.prompt
   cryopick prompt --copick config.json --run TS_01 --object ribosome -o ribosome.prompt
+  cryopick prompt --tomograms-star Tomograms/job005/tomograms.star --tomo-name TS_01 --at 412,388,96 -o ribosome.prompt
+With --tomograms-star (RELION 5) the tomogram is the --tomo-name row's reconstruction (--tomogram-kind
+for the denoised or half tomograms), its voxel size the tilt-series pixel size x binning, and --coords
+may be RELION 5 centred Å coordinates (the rows of that tomogram are used). With --tomogram,
+--tomo-name names the tomogram (a name, or relion / strip:TEXT / regex:PATTERN as in pick3d).
 With --copick the examples are the run's copick picks of --object (narrowed by --user-id and
 --session-id when the run holds several such pick sets), cut from the run's tomogram (--voxel-spacing,
 --tomo-type: optional when the run has one); the label defaults to the object name, so that
@@ -41,6 +46,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--tomogram", help="tomogram (MRC or OME-Zarr) holding the example(s)")
     source.add_argument("--copick", metavar="CONFIG", help="copick project config JSON: examples from its picks")
+    source.add_argument("--tomograms-star", metavar="STAR", help="RELION 5 tomograms.star: cut from its --tomo-name "
+                        "tomogram")
+    parser.add_argument("--tomo-name", metavar="NAME", help="with --tomograms-star: which tomogram (_rlnTomoName); "
+                        "with --tomogram: its name, or a rule (relion, strip:TEXT, regex:PATTERN)")
+    parser.add_argument("--tomogram-kind", choices=("reconstructed", "denoised", "half1", "half2"),
+                        help="which tomogram of --tomograms-star (default: reconstructed)")
+    parser.add_argument("--project-dir", help="RELION project folder the tomograms.star paths are relative to "
+                        "(default: the current folder, else a folder above the file)")
     copick = parser.add_argument_group("copick (with --copick)")
     copick.add_argument("--run", help="copick run holding the examples")
     copick.add_argument("--object", help="pickable object whose picks are the examples")
@@ -71,6 +84,7 @@ def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cryopick.errors import CryopickError
+    from cryopick.io.formats.relion_tomo import open_tomogram
     from cryopick.picker3d.card import load_model
     from cryopick.picker3d.predict import set_threads
     from cryopick.picker3d.prompt import make_prompt, save_prompt
@@ -83,6 +97,8 @@ def main(args: argparse.Namespace) -> int:
               if getattr(args, k) is not None}
     if args.copick is None and copick:
         raise CryopickError(f"--{next(iter(copick)).replace('_', '-')} selects copick picks; give --copick CONFIG")
+    if args.copick is not None and (args.tomo_name or args.tomogram_kind or args.project_dir):
+        raise CryopickError("--tomo-name / --tomogram-kind / --project-dir name a tomogram file; not with --copick")
     if args.copick is not None:
         if args.coords or not (args.run and args.object):
             raise CryopickError("with --copick give --run RUN and --object NAME (the examples are its picks), "
@@ -92,14 +108,18 @@ def main(args: argparse.Namespace) -> int:
     if args.coords:
         from cryopick.io.coords import read_picks
 
-        picks = read_picks(args.coords)
+        picks = read_picks(args.coords, **({"tomograms_star": args.tomograms_star} if args.tomograms_star else {}))
         if picks.ndim != 3:
             raise CryopickError(f"{args.coords}: 2D coordinates; a 3D prompt needs x, y, z")
+        if args.tomograms_star and len(picks.micrographs) > 1:
+            picks = picks.for_micrograph(args.tomo_name)
         positions += picks.coords.tolist()
     if not positions:
         raise CryopickError("give at least one example with --at x,y,z or --coords FILE")
     model = load_model(args.model) if (args.diameter is None and args.diameter_px is None) else None
-    prompt = make_prompt(args.tomogram, positions, label=args.label or Path(args.output).stem,
+    tomogram = open_tomogram(args.tomogram, args.tomograms_star, args.tomo_name, args.tomogram_kind or "reconstructed",
+                             args.project_dir)
+    prompt = make_prompt(tomogram, positions, label=args.label or Path(args.output).stem,
                          binning=args.binning or 1.0, voxel_size=args.voxel_size, diameter_A=args.diameter,
                          diameter_px=args.diameter_px, invert=args.invert, model=model)
     if prompt.diameter is None:

@@ -162,7 +162,8 @@ class Pick3dBatch(Batch):
 
         task, picked = outcome.task, outcome.result
         name, picks = task.key, picked.picks
-        written = write_tomogram_picks(picks, self.out, self.formats, name, self.labels, picked.shape) \
+        geometry = getattr(task.extra.get("source"), "geometry", None)  # from a RELION tomograms.star
+        written = write_tomogram_picks(picks, self.out, self.formats, name, self.labels, picked.shape, geometry) \
             if self.formats else []
         for label, png in zip(self.labels, self.montages(name)):
             write_bytes(png, picked.montages[label])
@@ -173,7 +174,8 @@ class Pick3dBatch(Batch):
                  ", ".join(f"{counts[label]} {label or 'particle'}" for label in self.labels), outcome.seconds)
         return {"tomogram": name, "path": task.path, "shape": list(picked.shape), "voxel_size": picked.voxel_size,
                 "picks": counts, "files": written, "seconds": round(outcome.seconds, 2),
-                **({"worker": outcome.worker} if self.distributed else {}), **extra}
+                **({"worker": outcome.worker} if self.distributed else {}),
+                **({"relion": geometry.as_record()} if geometry is not None else {}), **extra}
 
     def discard(self, task: Task) -> None:
         from cryopick.picker3d.outputs import remove_outputs

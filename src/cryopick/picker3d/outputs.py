@@ -1,12 +1,19 @@
 """Files of a 3D picking run: coordinate files per format and class, the indexes over every finished
 tomogram, old-style resume markers, and the annotated truth of a tomogram.
 
-Layout of an output folder ``OUT`` (``<name>`` = tomogram file stem, ``<label>`` = the prompt's label)::
+Layout of an output folder ``OUT`` (``<name>`` = the tomogram's ``_rlnTomoName``: from the
+``tomograms.star`` it came from, else its file stem under the ``--tomo-name`` rule; ``<label>`` = the
+prompt's label)::
 
     OUT/relion5/<label>/<name>_autopick.star      RELION 5 tomography STAR: centred Å (_rlnCenteredCoordinate*Angst)
     OUT/relion5/<label>/autopick.star             index over every finished tomogram
-    OUT/relion5/tomograms.star                    size and voxel size of every finished tomogram
-    OUT/relion3/<label>/<name>.star               _rlnCoordinateX/Y/Z in voxels as stored
+    OUT/relion5/<label>/particles.star            every finished tomogram's picks in one RELION 5 particles table
+    OUT/relion5/<label>/optimisation_set.star     that table + OUT/relion5/tomograms.star, for RELION 5's jobs
+    OUT/relion5/tomograms.star                    RELION 5 tomograms.star of every finished tomogram: its row of
+                                                  the input tomograms.star, else bin-1 size = size as stored,
+                                                  tilt-series pixel size = voxel size, binning 1
+    OUT/relion4/<label>/<name>.star               RELION 4 tomography STAR: _rlnTomoName, _rlnCoordinateX/Y/Z in
+                                                  bin-1 pixels (voxels x binning)
     OUT/imod/<label>/<name>.coords                x y z voxels as stored
     OUT/copick/ExperimentRuns/<name>/Picks/cryopick_0_<label>.json    copick, Å
     OUT/montage/<name>_<label>.png                z-slices with the picks
@@ -25,20 +32,26 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from cryopick.errors import CryopickError
-from cryopick.io.atomic import atomic_path
 from cryopick.io.images import Image
 from cryopick.io.resume import RunState
 from cryopick.picks import Picks
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("relion5", "relion3", "copick", "imod")
+FORMATS = ("relion5", "relion4", "copick", "imod")
+#: Old spellings of formats: ``relion3`` wrote voxels under ``_rlnMicrographName``, which RELION 4/5 do not
+#: read for tomograms; it now means ``relion4``.
+ALIASES = {"relion3": "relion4"}
 LEGACY_DIR = ".done"  # resume markers of cryopick <= 0.1 (pick3d), still honoured
 
 
 def check_formats(formats: Iterable[str]) -> list[str]:
-    """The requested 3D output formats, checked and without duplicates."""
-    out = list(dict.fromkeys(formats))
+    """The requested 3D output formats, checked and without duplicates (old spellings warned and mapped)."""
+    formats = list(formats)
+    for old in dict.fromkeys(f for f in formats if f in ALIASES):
+        log.warning("3D output format %r is deprecated (RELION does not read its voxels under _rlnMicrographName "
+                    "for tomograms); writing %r instead", old, ALIASES[old])
+    out = list(dict.fromkeys(ALIASES.get(f, f) for f in formats))
     bad = [f for f in out if f not in FORMATS]
     if bad or not out:
         raise CryopickError(f"unknown 3D output format(s) {', '.join(bad) or '(none)'}; use {', '.join(FORMATS)}")
@@ -55,8 +68,8 @@ def output_path(out_dir: str | os.PathLike, fmt: str, label: str | None, name: s
     out_dir, folder = Path(out_dir), label_folder(label)
     if fmt == "relion5":
         return out_dir / "relion5" / folder / f"{name}_autopick.star"
-    if fmt == "relion3":
-        return out_dir / "relion3" / folder / f"{name}.star"
+    if fmt == "relion4":
+        return out_dir / "relion4" / folder / f"{name}.star"
     if fmt == "imod":
         return out_dir / "imod" / folder / f"{name}.coords"
     if fmt == "copick":
@@ -65,10 +78,13 @@ def output_path(out_dir: str | os.PathLike, fmt: str, label: str | None, name: s
 
 
 def write_tomogram_picks(picks: Picks, out_dir: str | os.PathLike, formats: Iterable[str], name: str,
-                         labels: Sequence[str], tomo_shape: Sequence[int]) -> list[Path]:
+                         labels: Sequence[str], tomo_shape: Sequence[int], geometry=None) -> list[Path]:
     """Write the picks of one tomogram ``name`` (shape ``(D, H, W)`` as stored), one file per format and
-    label in ``labels`` — an empty, valid file for a class without picks. Returns the files."""
+    label in ``labels`` — an empty, valid file for a class without picks. ``geometry``
+    (:class:`~cryopick.io.formats.relion_tomo.TomoGeometry`, from a ``tomograms.star``) places its voxels
+    in RELION's frame (default: as stored, binning 1). Returns the files."""
     from cryopick.io.formats import copick, imod, relion
+    from cryopick.io.formats.relion_tomo import write_relion4
 
     written = []
     size = tuple(int(s) for s in tomo_shape[::-1])
@@ -77,9 +93,9 @@ def write_tomogram_picks(picks: Picks, out_dir: str | os.PathLike, formats: Iter
         for fmt in check_formats(formats):
             path = output_path(out_dir, fmt, label, name)
             if fmt == "relion5":
-                relion.write(sub, path, tomo_size=size)
-            elif fmt == "relion3":
-                _write_relion3_tomo(sub, name, path)
+                relion.write(sub, path, tomo_size=size, tomograms={name: geometry} if geometry else None)
+            elif fmt == "relion4":
+                write_relion4(sub, path, geometry)
             elif fmt == "imod":
                 imod.write(sub, path)
             else:
@@ -102,27 +118,31 @@ def write_picks3d(picks: Picks, out_dir: str | os.PathLike, formats: Iterable[st
     return written
 
 
-def _write_relion3_tomo(picks: Picks, name: str, path: Path) -> None:
-    """RELION 3-style sub-tomogram picking STAR (voxel coordinates, no centring)."""
-    import pandas as pd
-    import starfile
+def tomo_geometry(record: dict):
+    """Where a finished tomogram (its record) lies in RELION's frame: from its ``tomograms.star`` row,
+    else as stored (binning 1); ``None`` when its size or voxel size is unknown."""
+    from cryopick.io.formats.relion_tomo import TomoGeometry
 
-    table = picks.table
-    df = pd.DataFrame({"rlnMicrographName": [f"{name}.mrc"] * len(table),
-                       "rlnCoordinateX": table["x"].to_numpy(float), "rlnCoordinateY": table["y"].to_numpy(float),
-                       "rlnCoordinateZ": table["z"].to_numpy(float),
-                       "rlnAutopickFigureOfMerit": table["score"].fillna(-999).to_numpy(float)})
-    with atomic_path(path) as tmp:
-        starfile.write({"particles": df}, tmp, overwrite=True)
+    if record.get("relion"):
+        return TomoGeometry.from_record(record["relion"])
+    if record.get("shape") and record.get("voxel_size"):
+        return TomoGeometry.as_stored(record["tomogram"], record["shape"][::-1], record["voxel_size"])
+    return None
 
 
 def rebuild_indexes(out_dir: str | os.PathLike, records: Sequence[dict], labels: Sequence[str],
                     formats: Iterable[str], project_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Write the RELION indexes over every finished tomogram (``records``: the run's finished-tomogram
+    """Write the RELION files over every finished tomogram (``records``: the run's finished-tomogram
     records, from every run into ``out_dir``): ``relion5/<label>/autopick.star`` listing each
     tomogram's coordinate file (paths relative to ``project_dir``, default the current directory, when
-    inside it), and ``relion5/tomograms.star`` with each tomogram's size and voxel size."""
-    from cryopick.io.formats.relion import write_index, write_tomograms_star
+    inside it), ``relion5/<label>/particles.star`` with all their picks, and ``relion5/tomograms.star``
+    (each tomogram's row of the ``tomograms.star`` it came from, else its size and voxel size)."""
+    import pandas as pd
+    import starfile
+
+    from cryopick.io.formats._star import write_star
+    from cryopick.io.formats.relion import write_index
+    from cryopick.io.formats.relion_tomo import write_optimisation_set, write_tomograms_star
 
     out_dir = Path(out_dir)
     if "relion5" not in formats:
@@ -132,14 +152,25 @@ def rebuild_indexes(out_dir: str | os.PathLike, records: Sequence[dict], labels:
         coords = {r["tomogram"]: output_path(out_dir, "relion5", label, r["tomogram"]) for r in records}
         coords = {n: p for n, p in coords.items() if p.is_file()}
         tomo_paths = {r["tomogram"]: r.get("path") or f"{r['tomogram']}.mrc" for r in records}
-        written.append(write_index(coords, out_dir / "relion5" / label_folder(label), micrograph_paths=tomo_paths,
-                                   project_dir=project_dir))
-    geometry = {r["tomogram"]: (r["shape"][::-1], r["voxel_size"]) for r in records
-                if r.get("shape") and r.get("voxel_size")}
+        folder = out_dir / "relion5" / label_folder(label)
+        written.append(write_index(coords, folder, micrograph_paths=tomo_paths, project_dir=project_dir))
+        tables = [starfile.read(p, always_dict=True, parse_as_string=["rlnTomoName"]).get("particles")
+                  for p in coords.values()]
+        tables = [t for t in tables if isinstance(t, pd.DataFrame) and len(t)]
+        if tables:
+            write_star({"particles": pd.concat(tables, ignore_index=True)}, folder / "particles.star")
+            written.append(folder / "particles.star")
+        else:
+            (folder / "particles.star").unlink(missing_ok=True)
+            (folder / "optimisation_set.star").unlink(missing_ok=True)
+    geometry = [g for g in map(tomo_geometry, records) if g is not None]
     if geometry:
         path = out_dir / "relion5" / "tomograms.star"
-        write_tomograms_star(geometry, path)
+        write_tomograms_star(geometry, path, {r["tomogram"]: r["path"] for r in records if r.get("path")})
         written.append(path)
+        for particles in [p for p in written if p.name == "particles.star"]:
+            written.append(particles.parent / "optimisation_set.star")
+            write_optimisation_set(particles, path, written[-1], project_dir)
     return written
 
 
@@ -183,6 +214,8 @@ def remove_outputs(records: Sequence[dict], out_dir: str | os.PathLike | None = 
     files = [Path(f) for r in records for f in r.get("files", [])]
     if out_dir is not None:
         files += sorted(Path(out_dir).glob("relion5/*/autopick.star")) + [Path(out_dir) / "relion5" / "tomograms.star"]
+        files += sorted(Path(out_dir).glob("relion5/*/particles.star"))
+        files += sorted(Path(out_dir).glob("relion5/*/optimisation_set.star"))
     n = 0
     for p in files:
         if p.is_file():

@@ -81,6 +81,6 @@ def prepare_tomogram(source: str | os.PathLike | Image, prompt: Prompt,
     if needs_angstrom and image.pixel_size is None:
         raise CryopickError(f"{image.path}: no voxel size in the header, which {' and '.join(needs_angstrom)} output "
                             "needs (coordinates in Å); set it in the header (e.g. alterheader) or choose "
-                            "--format imod relion3")
+                            "--format imod relion4")
     work = working_tomogram(image, binning=prompt.binning, voxel_size=prompt.voxel_size, invert=prompt.invert)
     return image, work

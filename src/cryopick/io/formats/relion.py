@@ -13,8 +13,12 @@ Variants (all read by :func:`read`, which recognises them from their columns)
 - **Particle table** (``particles.star``, with or without ``data_optics``): ``_rlnMicrographName`` plus
   coordinates, many micrographs in one file.
 - **RELION 5 tomography** particles: ``_rlnTomoName`` and ``_rlnCenteredCoordinate{X,Y,Z}Angst``, Å
-  from the tomogram centre. Converting to voxels needs the tomogram size (X, Y, Z voxels) and voxel
-  size: ``voxel = Å / voxel_size + size / 2``.
+  from the tomogram centre. Converting to voxels needs where the tomogram lies in RELION's frame: a
+  ``tomograms.star`` (bin-1 size, tilt-series pixel size, binning), else the size as stored and the
+  voxel size (binning 1): ``voxel = (Å / pixel_size + size / 2) / binning``, RELION 5's own convention
+  (:mod:`cryopick.io.formats.relion_tomo` cites the source).
+- **RELION 4 tomography** particles: ``_rlnTomoName`` and ``_rlnCoordinate{X,Y,Z}`` in bin-1 pixels
+  (divided by the binning when a ``tomograms.star`` is given).
 
 Coordinates are pixels of the micrograph (no half-pixel offset, no y-flip relative to the MRC array).
 RELION writes ``-999`` for "no value"; a figure of merit of ``-999`` is read as no score.
@@ -30,15 +34,16 @@ import numpy as np
 import pandas as pd
 
 from cryopick.errors import CryopickError
-from cryopick.io.atomic import atomic_path
 from cryopick.io.formats._common import (
     finish,
-    first_line,
     micrograph_name_from_path,
     numeric,
     single_micrograph,
     voxel_size_for,
 )
+from cryopick.io.formats._star import FOM as _FOM
+from cryopick.io.formats._star import find_block, fom, read_blocks, scores, write_star
+from cryopick.io.formats.relion_tomo import TomoGeometry, read_tomograms_star
 from cryopick.io.images import image_name
 from cryopick.picks import Picks, concat
 
@@ -50,48 +55,16 @@ NDIM = (2, 3)
 INDEX_NAME = "autopick.star"
 DESCRIPTION = "a RELION STAR file (loop_ with _rlnCoordinateX/_rlnCoordinateY or a coordinate index)"
 
-_FOM = "rlnAutopickFigureOfMerit"
-_UNSET = -999.0
 
 TomoSize = Sequence[float] | Mapping[str, Sequence[float]]
 
 
 # -- reading -----------------------------------------------------------------------------------
 def _read_blocks(path: Path) -> dict[str, pd.DataFrame]:
-    import starfile
-
-    if not path.exists():
-        raise CryopickError(f"{path}: no such file")
-    if path.is_dir():
-        raise CryopickError(f"{path}: is a directory, expected {DESCRIPTION}")
-    try:
-        blocks = starfile.read(path, always_dict=True)
-    except UnicodeDecodeError as exc:
-        raise CryopickError(f"{path}: not a text file ({exc.reason} at byte {exc.start}); expected "
-                            f"{DESCRIPTION}") from exc
-    except Exception as exc:  # starfile raises assorted parser errors on malformed files
-        raise CryopickError(f"{path}: not a readable STAR file ({first_line(exc)}); expected {DESCRIPTION}") from exc
-    blocks = {name: block for name, block in blocks.items() if isinstance(block, pd.DataFrame)}
-    if not blocks:
-        raise CryopickError(f"{path}: no data table found; expected {DESCRIPTION}")
-    for name, block in blocks.items():
-        columns = [str(c) for c in block.columns]
-        dupes = sorted({c for c in columns if columns.count(c) > 1})
-        if dupes:
-            raise CryopickError(f"{path}: column(s) {', '.join('_' + c for c in dupes)} appear more than once in "
-                                f"data_{name}; remove the duplicate loop_ label(s)")
-    return blocks
+    return read_blocks(path, DESCRIPTION)
 
 
-def _find_block(blocks: dict[str, pd.DataFrame], *columns: str) -> pd.DataFrame | None:
-    for preferred in ("particles", "coordinate_files", ""):
-        block = blocks.get(preferred)
-        if block is not None and all(c in block.columns for c in columns):
-            return block
-    for block in blocks.values():
-        if all(c in block.columns for c in columns):
-            return block
-    return None
+_find_block = find_block
 
 
 def read(path: str | os.PathLike, micrograph: str | None = None, pixel_size: float | None = None,
@@ -115,9 +88,10 @@ def read(path: str | os.PathLike, micrograph: str | None = None, pixel_size: flo
     voxel_size
         Å/voxel of that tomogram; needed for centred Å coordinates.
     tomograms_star
-        Alternatively, a RELION 5 ``tomograms.star`` giving ``_rlnTomoSize{X,Y,Z}``,
-        ``_rlnTomoTiltSeriesPixelSize`` and ``_rlnTomoTomogramBinning`` per tomogram (coordinates are
-        then voxels of the binned tomogram).
+        Alternatively, a RELION 5 ``tomograms.star`` giving ``_rlnTomoSize{X,Y,Z}`` (bin-1 pixels),
+        ``_rlnTomoTiltSeriesPixelSize`` and ``_rlnTomoTomogramBinning`` per tomogram: centred Å and
+        RELION 4 ``_rlnCoordinate{X,Y,Z}`` (bin-1 pixels, with ``_rlnTomoName``) are then read as voxels of
+        the reconstruction (:mod:`cryopick.io.formats.relion_tomo`).
     project_dir
         RELION project directory that index paths are relative to (default: tried from the current
         directory and the index file's parent directories).
@@ -156,16 +130,14 @@ def read(path: str | os.PathLike, micrograph: str | None = None, pixel_size: flo
                           "y": numeric(table["rlnCoordinateY"], path, "rlnCoordinateY")})
     if is_3d:
         frame["z"] = numeric(table["rlnCoordinateZ"], path, "rlnCoordinateZ")
-    frame["score"] = _scores(table, path)
+        if tomograms_star is not None and "rlnTomoName" in table.columns:  # RELION 4: bin-1 pixels
+            geometry = _tomo_geometry(list(dict.fromkeys(names)), path, None, None, tomograms_star)
+            binning = np.array([geometry[n].binning for n in names], dtype=np.float64)
+            frame[["x", "y", "z"]] = frame[["x", "y", "z"]].to_numpy(float) / binning[:, None]
+            pixel_size = _one_voxel_size(path, [geometry[n].voxel_size for n in names], pixel_size)
+    frame["score"] = scores(table, path)
     frame["diameter"] = np.nan if diameter is None else float(diameter)
     return finish(Picks(frame, pixel_size=pixel_size, ndim=3 if is_3d else 2), path)
-
-
-def _scores(table: pd.DataFrame, path: Path) -> np.ndarray:
-    if _FOM not in table.columns:
-        return np.full(len(table), np.nan)
-    s = numeric(table[_FOM], path, _FOM)
-    return np.where(s == _UNSET, np.nan, s)
 
 
 def _optics_pixel_size(blocks: dict[str, pd.DataFrame]) -> float | None:
@@ -205,19 +177,10 @@ def _read_index(path: Path, index: pd.DataFrame, pixel_size, project_dir, diamet
     return concat(parts)
 
 
-def _tomo_geometry(names: Sequence[str], path: Path, tomo_size, voxel_size, tomograms_star):
-    """Per-tomogram ``(size_xyz, voxel_size)``."""
-    table: dict[str, tuple[np.ndarray, float]] = {}
-    if tomograms_star is not None:
-        blocks = _read_blocks(Path(tomograms_star))
-        g = _find_block(blocks, "rlnTomoName", "rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ")
-        if g is None:
-            raise CryopickError(f"{tomograms_star}: no _rlnTomoName/_rlnTomoSize{{X,Y,Z}} columns")
-        for _, row in g.iterrows():
-            binning = float(row.get("rlnTomoTomogramBinning", 1.0))
-            px = float(row.get("rlnTomoTiltSeriesPixelSize", np.nan)) * binning
-            size = np.array([row["rlnTomoSizeX"], row["rlnTomoSizeY"], row["rlnTomoSizeZ"]], float) / binning
-            table[str(row["rlnTomoName"])] = (size, voxel_size if voxel_size is not None else px)
+def _tomo_geometry(names: Sequence[str], path: Path, tomo_size, voxel_size, tomograms_star) -> dict[str, TomoGeometry]:
+    """Per tomogram: where its voxels lie in RELION's frame (from ``tomograms_star``, else its size as
+    stored with ``voxel_size``)."""
+    table = read_tomograms_star(tomograms_star) if tomograms_star is not None else {}
     out = {}
     for name in names:
         if name in table:
@@ -225,15 +188,23 @@ def _tomo_geometry(names: Sequence[str], path: Path, tomo_size, voxel_size, tomo
             continue
         size = tomo_size.get(name) if isinstance(tomo_size, Mapping) else tomo_size
         if size is None or voxel_size is None:
+            where = f"{tomograms_star} has no row {name!r}" if tomograms_star is not None else "give --tomo-size X,Y,Z "\
+                "--voxel-size A (or --tomograms-star tomograms.star)"
             raise CryopickError(
                 f"{path}: RELION 5 centred coordinates (Å from the tomogram centre) of tomogram {name!r} need "
-                "the tomogram size and voxel size; give --tomo-size X,Y,Z --voxel-size A (or tomograms_star)"
-            )
+                f"the tomogram size and voxel size; {where}")
         size = np.asarray(size, dtype=np.float64)
         if size.shape != (3,):
             raise CryopickError(f"{path}: tomo_size must be three numbers X,Y,Z, got {size.tolist()}")
-        out[name] = (size, float(voxel_size))
+        out[name] = TomoGeometry.as_stored(name, size, float(voxel_size))
     return out
+
+
+def _one_voxel_size(path, sizes, default):
+    spacing = sorted({round(float(v), 9) for v in sizes})
+    if len(spacing) > 1:
+        raise CryopickError(f"{path}: tomograms with different voxel sizes {spacing}; convert them separately")
+    return spacing[0] if spacing else default
 
 
 def _read_centred(path, table, tomo_size, voxel_size, tomograms_star, diameter) -> Picks:
@@ -243,16 +214,14 @@ def _read_centred(path, table, tomo_size, voxel_size, tomograms_star, diameter) 
     geometry = _tomo_geometry(list(dict.fromkeys(names)), path, tomo_size, voxel_size, tomograms_star)
     angst = np.stack([numeric(table[f"rlnCenteredCoordinate{a}Angst"], path, f"rlnCenteredCoordinate{a}Angst")
                       for a in "XYZ"], axis=1)
-    sizes = np.stack([geometry[n][0] for n in names]) if len(names) else np.zeros((0, 3))
-    voxels = np.array([geometry[n][1] for n in names], dtype=np.float64)
-    coords = angst / voxels[:, None] + sizes / 2.0
-    spacing = sorted({float(v) for v in voxels})
-    if len(spacing) > 1:
-        raise CryopickError(f"{path}: tomograms with different voxel sizes {spacing}; convert them separately")
+    coords = np.zeros((len(names), 3))
+    for name, g in geometry.items():
+        rows = names == name
+        coords[rows] = g.to_voxels(angst[rows])
     frame = pd.DataFrame({"micrograph": names, "x": coords[:, 0], "y": coords[:, 1], "z": coords[:, 2],
-                          "score": _scores(table, path),
+                          "score": scores(table, path),
                           "diameter": np.nan if diameter is None else float(diameter)})
-    ps = spacing[0] if spacing else voxel_size
+    ps = _one_voxel_size(path, [geometry[n].voxel_size for n in names], voxel_size)
     return finish(Picks(frame, pixel_size=ps, ndim=3), path)
 
 
@@ -267,20 +236,17 @@ def is_index(path: str | os.PathLike) -> bool:
 
 # -- writing -----------------------------------------------------------------------------------
 def _write_star(blocks: dict[str, pd.DataFrame], path: str | os.PathLike, float_format: str) -> None:
-    import starfile
-
-    with atomic_path(path) as tmp:
-        starfile.write(blocks, tmp, float_format=float_format)
+    write_star(blocks, path, float_format)
 
 
 def _fom(picks: Picks) -> np.ndarray:
-    s = picks.table["score"].to_numpy(dtype=np.float64)
-    return np.where(np.isfinite(s), s, _UNSET)
+    return fom(picks.table["score"].to_numpy(dtype=np.float64))
 
 
 def write(picks: Picks, path: str | os.PathLike, micrograph_paths: Mapping[str, str] | None = None,
           micrograph_suffix: str = ".mrc", tomo_size: TomoSize | None = None, voxel_size: float | None = None,
-          decimals: int = 6, micrograph_column: bool | None = None, **_: object) -> None:
+          decimals: int = 6, micrograph_column: bool | None = None,
+          tomograms: Mapping[str, TomoGeometry] | None = None, **_: object) -> None:
     """Write a RELION STAR file, atomically.
 
     - 2D picks of one micrograph: a RELION 3.x-style per-micrograph coordinate file
@@ -288,11 +254,12 @@ def write(picks: Picks, path: str | os.PathLike, micrograph_paths: Mapping[str, 
     - 2D picks of several micrographs (or ``micrograph_column=True``): one ``data_particles`` table
       with ``_rlnMicrographName`` = ``micrograph_paths[name]`` or ``name + micrograph_suffix``.
     - 3D picks: RELION 5 tomography particles (``_rlnTomoName``, ``_rlnCenteredCoordinate{X,Y,Z}Angst``),
-      which needs ``tomo_size`` (voxels) and the voxel size (the picks' pixel size, else ``voxel_size``).
+      placed by ``tomograms`` (name -> :class:`TomoGeometry`, e.g. from a ``tomograms.star``), else by
+      ``tomo_size`` (voxels) and the voxel size (the picks' pixel size, else ``voxel_size``), binning 1.
     """
     fmt = f"%.{decimals}f"
     if picks.ndim == 3:
-        _write_centred(picks, path, tomo_size, voxel_size, fmt)
+        _write_centred(picks, path, tomo_size, voxel_size, fmt, tomograms or {})
         return
     t = picks.table
     if micrograph_column is None:
@@ -310,13 +277,17 @@ def write(picks: Picks, path: str | os.PathLike, micrograph_paths: Mapping[str, 
     _write_star({"particles": block}, path, fmt)
 
 
-def _write_centred(picks: Picks, path, tomo_size, voxel_size, fmt: str) -> None:
-    voxel_size = voxel_size_for(picks, voxel_size, path, "RELION 5 tomography STAR")
-    names = picks.table["micrograph"].astype(str).tolist()
-    geometry = _tomo_geometry(list(dict.fromkeys(names)), Path(path), tomo_size, voxel_size, None)
-    coords = picks.coords
-    sizes = np.stack([geometry[n][0] for n in names]) if names else np.zeros((0, 3))
-    angst = (coords - sizes / 2.0) * float(voxel_size)
+def _write_centred(picks: Picks, path, tomo_size, voxel_size, fmt: str, tomograms) -> None:
+    names = picks.table["micrograph"].astype(str).to_numpy()
+    unplaced = [n for n in dict.fromkeys(names) if n not in tomograms]
+    geometry = dict(tomograms)
+    if unplaced:
+        voxel_size = voxel_size_for(picks, voxel_size, path, "RELION 5 tomography STAR")
+        geometry.update(_tomo_geometry(unplaced, Path(path), tomo_size, voxel_size, None))
+    angst = np.zeros((len(names), 3))
+    for name in dict.fromkeys(names):
+        rows = names == name
+        angst[rows] = geometry[name].to_angstrom(picks.coords.reshape(-1, 3)[rows])
     block = pd.DataFrame({"rlnTomoName": names,
                           "rlnCenteredCoordinateXAngst": angst[:, 0],
                           "rlnCenteredCoordinateYAngst": angst[:, 1],
@@ -376,21 +347,3 @@ def write_index(written: Mapping[str, Path], directory: str | os.PathLike,
     out = Path(directory) / index_name
     write_autopick_index(mapping, out)
     return out
-
-
-def write_tomograms_star(geometry: Mapping[str, tuple[Sequence[float], float]], path: str | os.PathLike) -> None:
-    """Write a RELION 5-style ``tomograms.star`` describing tomograms as stored, atomically.
-
-    ``geometry``: tomogram name -> ``((X, Y, Z) size in voxels, voxel size in Å)``. Written with
-    ``_rlnTomoTomogramBinning 1`` and ``_rlnTomoTiltSeriesPixelSize`` = the voxel size, so that
-    ``read(..., tomograms_star=path)`` converts centred Å coordinates of every listed tomogram (each
-    with its own size) to its voxels.
-    """
-    names = list(geometry)
-    sizes = np.asarray([geometry[n][0] for n in names], dtype=np.float64).reshape(-1, 3)
-    block = pd.DataFrame({"rlnTomoName": names,
-                          "rlnTomoSizeX": sizes[:, 0].astype(int), "rlnTomoSizeY": sizes[:, 1].astype(int),
-                          "rlnTomoSizeZ": sizes[:, 2].astype(int),
-                          "rlnTomoTiltSeriesPixelSize": [float(geometry[n][1]) for n in names],
-                          "rlnTomoTomogramBinning": np.ones(len(names))})
-    _write_star({"global": block}, path, "%.6f")
