@@ -32,11 +32,12 @@ def _number(value, key: str, lo: float, hi: float, integer: bool = False) -> flo
 
 
 def _label(value, key: str) -> str:
-    from cryopick.picker3d.prompt import check_label
-
-    if not isinstance(value, str):
-        raise ValueError(f"{key} must be a class name")
-    check_label(value)
+    # the class names pick3d accepts (picker3d.prompt.check_label), checked here without importing torch:
+    # the page saves its state while the user types
+    if (not isinstance(value, str) or not value or len(value) > 200 or any(c in value for c in "/\\\0")
+            or value.startswith(".") or value.strip() != value):
+        raise ValueError(f"{key} must be a class name (no / or \\, not starting with a dot or a space), "
+                         f"got {str(value)[:40]!r}")
     return value
 
 

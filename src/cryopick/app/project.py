@@ -255,7 +255,7 @@ class Project:
         if not card:
             return None
         keep = ("backbone", "diameter", "factor", "score_threshold", "calibration", "training", "created")
-        return {k: card.get(k) for k in keep}
+        return {**{k: card.get(k) for k in keep}, "notes": card_notes(card)}
 
     def pick_counts(self) -> dict[str, int]:
         """Picks per micrograph of the last pick run at or above the model's calibrated threshold."""
@@ -308,6 +308,18 @@ class Project:
                 row["error"] = str(exc)
             rows.append(row)
         return rows
+
+
+def card_notes(card: dict) -> list[str]:
+    """What a model card says the user should know (its ``notes`` and its calibration's ``note``, e.g. "no
+    labelled particles in the validation data; default threshold used"), once each, for the page."""
+    notes = card.get("notes") if isinstance(card.get("notes"), list) else []
+    calibration = card.get("calibration") if isinstance(card.get("calibration"), dict) else {}
+    out: list[str] = []
+    for note in [*notes, calibration.get("note")]:
+        if isinstance(note, str) and note.strip() and note.strip() not in out:
+            out.append(note.strip())
+    return out
 
 
 def check_name(name: str) -> str:
