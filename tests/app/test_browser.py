@@ -254,13 +254,11 @@ def test_train_pick_review_and_export(browser, server):
     drawn = page.evaluate("window.cryopick.picks.scores.filter(s => s >= 0.3).length")
     assert drawn == n
     page.locator("#min-distance").fill("1.5")  # display-side minimum distance, in particle diameters
+    from cryopick.app.review import visible  # the server's rule: the page draws exactly its picks
+
     coords, scores = page.evaluate("[window.cryopick.picks.coords, window.cryopick.picks.scores]")
-    order = sorted((i for i, v in enumerate(scores) if v is not None and v >= 0.3), key=lambda i: -scores[i])
-    kept = []
-    for i in order:  # greedy by score, as the page does
-        if all(np.hypot(*np.subtract(coords[i], coords[k])) >= 1.5 * 20 for k in kept):
-            kept.append(i)
-    assert 0 < shown() == len(kept) <= n
+    kept = visible(coords, scores, [], 0.3, 1.5 * 20, 20 / 4)
+    assert page.evaluate("visiblePicks()") == kept and 0 < shown() == len(kept) <= n
     page.locator("#min-distance").fill("0")
     assert shown() == n
     xy = page.evaluate("(() => { const S = window.cryopick; return S.picks.coords[S.picks.scores.findIndex(s => s >= 0.3)]; })()")
@@ -290,13 +288,13 @@ def test_train_pick_review_and_export(browser, server):
     assert "rlnMicrographName" in index.columns
     # "picks ≥ threshold" exports what the review shows, the minimum distance included (one rule)
     page.locator("#min-distance").fill("1.5")
-    shown = page.evaluate("visiblePicks()")
-    assert 0 < len(shown) < n
+    drawn = page.evaluate("visiblePicks()")
+    assert 0 < len(drawn) < n
     page.select_option("#export-source", "picks")
     page.click("#export")
     sync_api.expect(page.locator("#export-result")).to_contain_text("wrote", timeout=10000)
     table = starfile.read(root / "export" / "picks-relion" / "mic_2_autopick.star")
-    assert same_points(table[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(), shown)
+    assert same_points(table[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(), drawn)
     page.close()
 
 

@@ -28,14 +28,6 @@ def run(c, kind, params):
     return status
 
 
-def test_visible_is_the_pages_rule():
-    coords = [[10, 10], [14, 10], [50, 50], [90, 90]]
-    scores = [0.9, 0.95, 0.4, None]
-    assert visible(coords, scores, [], 0.5, 0, 5) == [[10, 10], [14, 10]]
-    assert visible(coords, scores, [], 0.3, 20, 5) == [[14, 10], [50, 50]]  # the better of the close pair
-    assert visible(coords, scores, [[14.5, 10]], 0.3, 0, 2) == [[10, 10], [50, 50]]  # rejected one left out
-
-
 def test_reviewed_picks_feed_a_second_round_of_training(project):
     root, truth = project
     with TestClient(create_app(root), raise_server_exceptions=False) as c:

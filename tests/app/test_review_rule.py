@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cryopick.app.review import same_picks, visible
+from cryopick.app.review import visible
 
 SPEC = Path(__file__).parents[1] / "data" / "review" / "visible.json"
 RULE_JS = Path(__file__).parents[2] / "src" / "cryopick" / "app" / "static" / "review.js"
@@ -63,6 +63,8 @@ def test_both_rules_agree_on_random_picks():
 
 
 def test_same_picks_compares_sets_not_counts():
+    from cryopick.app.review import same_picks
+
     assert same_picks([[1, 2, 3], [4, 5, 6]], [[4, 5, 6.001], [1, 2, 3]])
     assert not same_picks([[1, 2, 3], [4, 5, 6]], [[1, 2, 3], [4, 5, 7]])
     assert not same_picks([[1, 2, 3]], [[1, 2, 3], [1, 2, 3]])

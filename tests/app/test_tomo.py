@@ -75,6 +75,7 @@ def test_prompt_pick3d_and_review_in_the_browser(tomo_project, tmp_path):
     item 6: a reload put the threshold back at 0 and "accept" rewrote 11 yes answers as 12)."""
     import math
     import shutil
+    import time
 
     from cryopick.io.coords import read_picks
     from cryopick.picker3d.answers import Answers
@@ -143,7 +144,15 @@ def test_prompt_pick3d_and_review_in_the_browser(tomo_project, tmp_path):
             assert index == min(math.floor(v + 0.5) for v in centres), (index, centres)  # JS Math.round
             before, count = sorted(map(tuple, shown(page))), page.text_content("#pick-count")
             assert 0 < len(before) < n - 1 or scores[0] >= threshold, (len(before), n, scores)
-            page.wait_for_timeout(800)  # the state is saved a moment after the last change
+            want = {"tomogram": "ts0", "index": index, "slab": 2, "label": "target", "diameter": 180.0, "unit": "A",
+                    "thresholds": {"target": threshold}}
+            deadline = time.time() + 20  # saved in the project a moment after the last change
+            while time.time() < deadline:
+                kept = json.loads((root / "app.json").read_text()).get("tomogram_page", {})
+                if {k: kept.get(k) for k in want} == want:
+                    break
+                time.sleep(0.1)
+            assert {k: kept.get(k) for k in want} == want, kept
             page.reload()
             page.wait_for_function("window.cryotomo && window.cryotomo.img && window.cryotomo.picks.target")
             assert page.input_value("#label") == "target"  # a click now adds to "target", not a new "particle"

@@ -27,7 +27,14 @@ async function flushState() {
   const r = await api("PUT", "/api/tomograms-page", body);
   if (!r.ok) say("page state not saved: " + r.data.error); else T.page = r.data;
 }
-window.addEventListener("pagehide", () => { if (Object.keys(T.pendingState).length) flushState(); });
+// leaving the page (reload, close) within the debounce: send what is pending, surviving the unload
+window.addEventListener("pagehide", () => {
+  if (!Object.keys(T.pendingState).length) return;
+  clearTimeout(T.stateTimer);
+  fetch("/api/tomograms-page", { method: "PUT", keepalive: true, headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(T.pendingState) });
+  T.pendingState = {};
+});
 function restore(page) {
   T.page = page;
   $("axis").value = page.axis || "z";
