@@ -292,7 +292,7 @@ def test_train_pick_review_and_export(browser, server):
     assert 0 < len(drawn) < n
     page.select_option("#export-source", "picks")
     page.click("#export")
-    sync_api.expect(page.locator("#export-result")).to_contain_text("wrote", timeout=10000)
+    sync_api.expect(page.locator("#export-result")).to_contain_text("particles: export/picks-relion", timeout=10000)
     table = starfile.read(root / "export" / "picks-relion" / "mic_2_autopick.star")
     assert same_points(table[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(), drawn)
     page.close()

@@ -53,7 +53,13 @@ def test_reviewed_picks_feed_a_second_round_of_training(project):
                      {"version": "0", "threshold": 0.5, "min_distance": -1}, {"version": 0, "threshold": 0.5}):
             assert c.post("/api/micrographs/mic_1/accept", json=body).status_code == 400
         assert c.post("/api/micrographs/mic_1/accept", json={"version": "stale", "threshold": 0.5}).status_code == 409
-        r = c.post("/api/micrographs/mic_1/accept", json={"version": "0", "threshold": threshold, "min_distance": 0.5})
+        # a page that shows other picks than the server keeps at these settings: refused, nothing written
+        r = c.post("/api/micrographs/mic_1/accept", json={"version": "0", "threshold": threshold, "min_distance": 0.5,
+                                                          "shown": expected[1:]})
+        assert r.status_code == 409 and f"the page shows {len(expected) - 1} picks of mic_1" in r.json()["error"]
+        assert not (root / "annotations" / "mic_1_manualpick.star").exists()
+        r = c.post("/api/micrographs/mic_1/accept", json={"version": "0", "threshold": threshold, "min_distance": 0.5,
+                                                          "shown": expected[::-1]})  # in any order
         assert r.status_code == 200, r.text
         accepted = r.json()
         assert accepted["accepted"] == accepted["kept"] == len(expected) == len(accepted["coords"])

@@ -1,8 +1,9 @@
-"""Review of 2D picks in ``cryopick app``: the picks a threshold and a minimum distance keep, accepting them
-as annotations (for a second round of training), and the per-micrograph review record.
+"""Review in ``cryopick app``: the one rule for the picks a review shows (:func:`visible`, micrographs and
+tomograms alike), accepting 2D picks as annotations (for a second round of training), and the
+per-micrograph review record.
 
-The page filters the drawn picks itself (no network rerun); :func:`visible` is the same rule on the
-server, so "accept" turns exactly the picks shown into annotations. ``picks/reviewed.json`` records,
+The pages filter the drawn picks themselves (no network rerun) with ``static/review.js``, the same rule;
+an accept sends the picks shown and the server writes exactly those or nothing (:func:`check_shown`). ``picks/reviewed.json`` records,
 per micrograph, how many picks were accepted and at which settings (the list's "accepted" count and
 its reviewed / to-review filters).
 """
