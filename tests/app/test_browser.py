@@ -91,6 +91,15 @@ def screen(page, x, y):
                          [x, y])
 
 
+def same_points(a, b, tol: float = 0.01) -> bool:
+    """Whether two lists of coordinates hold the same points (any order), each within ``tol``."""
+    a, b = np.asarray(a, float).reshape(len(a), -1), np.asarray(b, float).reshape(len(b), -1)
+    if a.shape != b.shape:
+        return False
+    d = np.linalg.norm(a[:, None, :] - b[None, :, :], axis=-1) <= tol
+    return bool(d.any(axis=1).all() and d.any(axis=0).all() and len(a) == len(b))
+
+
 def count(page):
     return int(page.text_content("#ann-count").split()[0])
 
@@ -211,6 +220,13 @@ def test_train_pick_review_and_export(browser, server):
         page.screenshot(path=str(Path(SHOTS) / "app_train.png"))
     sync_api.expect(page.locator("#job-state")).to_contain_text("train: done", timeout=90000)
     sync_api.expect(page.locator("#model-card")).to_contain_text("threshold", timeout=10000)
+    # what the card says the user should know is on the page, as it says it (issue 27 item 1)
+    from cryopick.app.project import card_notes
+
+    notes = card_notes(json.loads((root / "model" / "card.json").read_text()))
+    sync_api.expect(page.locator("#model-notes li")).to_have_count(len(notes))
+    assert page.locator("#model-notes li").all_text_contents() == notes
+    assert page.locator("#model-notes").is_visible() == bool(notes)
     page.click("#pick")
     sync_api.expect(page.locator("#job-state")).to_contain_text("pick: done", timeout=90000)
     page.click("#suggest")  # the only micrograph not annotated, with the reason
@@ -238,19 +254,19 @@ def test_train_pick_review_and_export(browser, server):
     drawn = page.evaluate("window.cryopick.picks.scores.filter(s => s >= 0.3).length")
     assert drawn == n
     page.locator("#min-distance").fill("1.5")  # display-side minimum distance, in particle diameters
+    from cryopick.app.review import visible  # the server's rule: the page draws exactly its picks
+
     coords, scores = page.evaluate("[window.cryopick.picks.coords, window.cryopick.picks.scores]")
-    order = sorted((i for i, v in enumerate(scores) if v is not None and v >= 0.3), key=lambda i: -scores[i])
-    kept = []
-    for i in order:  # greedy by score, as the page does
-        if all(np.hypot(*np.subtract(coords[i], coords[k])) >= 1.5 * 20 for k in kept):
-            kept.append(i)
-    assert 0 < shown() == len(kept) <= n
+    kept = visible(coords, scores, [], 0.3, 1.5 * 20, 20 / 4)
+    assert page.evaluate("visiblePicks()") == kept and 0 < shown() == len(kept) <= n
     page.locator("#min-distance").fill("0")
     assert shown() == n
     xy = page.evaluate("(() => { const S = window.cryopick; return S.picks.coords[S.picks.scores.findIndex(s => s >= 0.3)]; })()")
     page.mouse.click(*screen(page, *xy), button="right")  # reject one pick in review
     sync_api.expect(page.locator("#pick-count")).to_contain_text(f"{n - 1} picks", timeout=10000)
     n -= 1
+    accepted = page.evaluate("visiblePicks()")  # what the page shows
+    assert len(accepted) == n and xy not in accepted  # the rejected pick is the one missing
     page.click("#accept")  # the reviewed picks become annotations (for a second round of training)
     sync_api.expect(page.locator("#ann-count")).to_have_text(f"{n} particles", timeout=10000)
     sync_api.expect(page.locator("#save-state")).to_have_text(f"accepted {n} picks", timeout=10000)
@@ -266,10 +282,35 @@ def test_train_pick_review_and_export(browser, server):
     page.click("#export")
     sync_api.expect(page.locator("#export-result")).to_contain_text("wrote", timeout=10000)
     table = starfile.read(root / "export" / "annotations-relion" / "mic_2_autopick.star")
-    assert len(table) == n
+    exported = table[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy()
+    assert same_points(exported, accepted)  # the very picks accepted, not just as many
     index = starfile.read(root / "export" / "annotations-relion" / "autopick.star")
     assert "rlnMicrographName" in index.columns
+    # "picks ≥ threshold" exports what the review shows, the minimum distance included (one rule)
+    page.locator("#min-distance").fill("1.5")
+    drawn = page.evaluate("visiblePicks()")
+    assert 0 < len(drawn) < n
+    page.select_option("#export-source", "picks")
+    page.click("#export")
+    sync_api.expect(page.locator("#export-result")).to_contain_text("particles: export/picks-relion", timeout=10000)
+    table = starfile.read(root / "export" / "picks-relion" / "mic_2_autopick.star")
+    assert same_points(table[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(), drawn)
     page.close()
+
+
+def test_the_pages_review_rule_follows_the_spec(browser, server):
+    """The rule both pages draw with (static/review.js, as chromium loads it) against the spec the server's
+    Python rule follows too (tests/data/review/visible.json, test_review_rule.py)."""
+    s, root, truth = server
+    cases = json.loads((Path(__file__).parents[1] / "data" / "review" / "visible.json").read_text())["cases"]
+    for url in (s.url, s.url + "tomograms"):
+        page = browser.new_context().new_page()
+        page.goto(url)
+        page.wait_for_function("typeof reviewVisible === 'function'")
+        got = page.evaluate("(cases) => cases.map((c) => reviewVisible(c.coords, c.scores, c.rejected, c.threshold,"
+                            " c.min_distance, c.near))", cases)
+        assert {c["name"]: g for c, g in zip(cases, got)} == {c["name"]: c["shown"] for c in cases}
+        page.close()
 
 
 def test_zoomed_in_view_of_a_large_micrograph_uses_cached_tiles(browser, tmp_path):

@@ -28,14 +28,6 @@ def run(c, kind, params):
     return status
 
 
-def test_visible_is_the_pages_rule():
-    coords = [[10, 10], [14, 10], [50, 50], [90, 90]]
-    scores = [0.9, 0.95, 0.4, None]
-    assert visible(coords, scores, [], 0.5, 0, 5) == [[10, 10], [14, 10]]
-    assert visible(coords, scores, [], 0.3, 20, 5) == [[14, 10], [50, 50]]  # the better of the close pair
-    assert visible(coords, scores, [[14.5, 10]], 0.3, 0, 2) == [[10, 10], [50, 50]]  # rejected one left out
-
-
 def test_reviewed_picks_feed_a_second_round_of_training(project):
     root, truth = project
     with TestClient(create_app(root), raise_server_exceptions=False) as c:
@@ -61,7 +53,13 @@ def test_reviewed_picks_feed_a_second_round_of_training(project):
                      {"version": "0", "threshold": 0.5, "min_distance": -1}, {"version": 0, "threshold": 0.5}):
             assert c.post("/api/micrographs/mic_1/accept", json=body).status_code == 400
         assert c.post("/api/micrographs/mic_1/accept", json={"version": "stale", "threshold": 0.5}).status_code == 409
-        r = c.post("/api/micrographs/mic_1/accept", json={"version": "0", "threshold": threshold, "min_distance": 0.5})
+        # a page that shows other picks than the server keeps at these settings: refused, nothing written
+        r = c.post("/api/micrographs/mic_1/accept", json={"version": "0", "threshold": threshold, "min_distance": 0.5,
+                                                          "shown": expected[1:]})
+        assert r.status_code == 409 and f"the page shows {len(expected) - 1} picks of mic_1" in r.json()["error"]
+        assert not (root / "annotations" / "mic_1_manualpick.star").exists()
+        r = c.post("/api/micrographs/mic_1/accept", json={"version": "0", "threshold": threshold, "min_distance": 0.5,
+                                                          "shown": expected[::-1]})  # in any order
         assert r.status_code == 200, r.text
         accepted = r.json()
         assert accepted["accepted"] == accepted["kept"] == len(expected) == len(accepted["coords"])

@@ -117,6 +117,7 @@ class JobManager:
         if job["kind"] == "train":
             out["history"] = _read(job_dir / "progress.json").get("history", [])
             out["card"] = self.project.model_card() if state == "done" else None
+            out["notes"] = (out["card"] or {}).get("notes", [])  # the card's notes: the page shows them
         else:
             out["done"], out["total"] = self._pick_progress(job, result)
         out["log"] = _tail(job_dir / "log.txt")

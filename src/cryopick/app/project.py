@@ -5,7 +5,7 @@ Layout (created on demand; an existing folder of micrographs or RELION project i
     PROJECT/                      micrographs here, or in PROJECT/micrographs/
     PROJECT/annotations/<name>_manualpick.star   RELION per-micrograph coordinates (readable by RELION)
     PROJECT/annotations/flags.json               per micrograph: "complete" | "partial" | "empty"
-    PROJECT/app.json                             settings: particle diameter (px)
+    PROJECT/app.json                             settings: particle diameter (px); the tomogram page's state
     PROJECT/model/                               `cryopick train` output
     PROJECT/picks/                               `cryopick pick` output
     PROJECT/export/<format>/                     exports (same writers as `cryopick convert`)
@@ -138,8 +138,10 @@ class Project:
         return {"diameter": float(diameter) if ok else DEFAULT_DIAMETER}
 
     def set_settings(self, diameter: float) -> dict:
-        with self.lock:
-            write_text(self.root / "app.json", dumps({"diameter": float(diameter)}) + "\n")
+        with self.lock:  # the file's other keys (the tomogram page's state) are kept
+            data = _read_json(self.root / "app.json")
+            data["diameter"] = float(diameter)
+            write_text(self.root / "app.json", dumps(data, indent=1) + "\n")
         return self.settings()
 
     def flags(self) -> dict[str, str]:
@@ -243,15 +245,6 @@ class Project:
             write_text(self.picks_dir / "rejected.json", dumps(data) + "\n")
         return data[name]
 
-    def reviewed_picks(self, name: str, threshold: float) -> tuple[list, list]:
-        """Coordinates and scores of the picks of ``name`` at or above ``threshold``, less the rejected ones."""
-        data = self.picks(name)
-        near = self.settings()["diameter"] / 4
-        keep = [(c, s) for c, s in zip(data["coords"], data["scores"])
-                if s is not None and s >= threshold
-                and not any(np.hypot(c[0] - r[0], c[1] - r[1]) <= near for r in data["rejected"])]
-        return [c for c, _ in keep], [s for _, s in keep]
-
     def threshold(self) -> float | None:
         card = _read_json(self.model_dir / "card.json")
         t = card.get("score_threshold")
@@ -262,7 +255,7 @@ class Project:
         if not card:
             return None
         keep = ("backbone", "diameter", "factor", "score_threshold", "calibration", "training", "created")
-        return {k: card.get(k) for k in keep}
+        return {**{k: card.get(k) for k in keep}, "notes": card_notes(card)}
 
     def pick_counts(self) -> dict[str, int]:
         """Picks per micrograph of the last pick run at or above the model's calibrated threshold."""
@@ -315,6 +308,18 @@ class Project:
                 row["error"] = str(exc)
             rows.append(row)
         return rows
+
+
+def card_notes(card: dict) -> list[str]:
+    """What a model card says the user should know (its ``notes`` and its calibration's ``note``, e.g. "no
+    labelled particles in the validation data; default threshold used"), once each, for the page."""
+    notes = card.get("notes") if isinstance(card.get("notes"), list) else []
+    calibration = card.get("calibration") if isinstance(card.get("calibration"), dict) else {}
+    out: list[str] = []
+    for note in [*notes, calibration.get("note")]:
+        if isinstance(note, str) and note.strip() and note.strip() not in out:
+            out.append(note.strip())
+    return out
 
 
 def check_name(name: str) -> str:

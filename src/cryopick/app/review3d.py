@@ -12,30 +12,27 @@ per tomogram and class what was accepted and at which threshold (the page's coun
 
 from __future__ import annotations
 
-import numpy as np
+import math
 
 from cryopick.app.project import _read_json
+from cryopick.app.review import check_shown, visible
 from cryopick.io.atomic import write_text
 from cryopick.io.jsonutil import dumps
-
-NEAR = 2.0  # voxels: a rejection matches a pick this close
 
 
 def answers_path(project):
     return project.root / "answers3d" / "answers.csv"
 
 
-def split(data: dict, threshold: float) -> tuple[list, list, list]:
-    """Picks of one class (``{"coords", "scores", "rejected"}``): (kept, rejected, below threshold)."""
-    kept, rejected, below = [], [], []
-    for c, s in zip(data["coords"], data["scores"]):
-        if any(np.linalg.norm(np.subtract(c, r)) <= NEAR for r in data.get("rejected", [])):
-            rejected.append(c)
-        elif s is None or s >= threshold:
-            kept.append(c)
-        else:
-            below.append(c)
-    return kept, rejected, below
+def split(data: dict, threshold: float, near: float) -> tuple[list, list, list]:
+    """Picks of one class (``{"coords", "scores", "rejected"}``): (kept, rejected, the others). Kept: the
+    review's one rule (:func:`cryopick.app.review.visible`, no minimum distance); rejected: within ``near``
+    voxels of a rejection (a quarter of the page's particle diameter, :func:`~cryopick.app.pagestate.near_vox`)."""
+    rejections = data.get("rejected", [])
+    kept = visible(data["coords"], data["scores"], rejections, threshold, 0.0, near)
+    rejected = [list(c) for c in data["coords"] if any(math.dist(c, r) <= near for r in rejections)]
+    shown = {tuple(c) for c in kept} | {tuple(c) for c in rejected}
+    return kept, rejected, [list(c) for c in data["coords"] if tuple(c) not in shown]
 
 
 def check_threshold(value, key: str = "threshold") -> float:
@@ -59,9 +56,11 @@ def reviewed3d(project) -> dict:
     return {k: v for k, v in data.items() if isinstance(v, dict)}
 
 
-def accept3d(project, name: str, path, label: str, threshold, picks: dict) -> dict:
+def accept3d(project, name: str, path, label: str, threshold, picks: dict, near: float, shown) -> dict:
     """Write the reviewed picks of class ``label`` in tomogram ``name`` (file ``path``; ``picks``: its picks
-    per class, :func:`cryopick.app.tomo.picks3d`) as answers (see the module)."""
+    per class, :func:`cryopick.app.tomo.picks3d`; ``near``: the rejection radius in voxels) as answers (see
+    the module). ``shown``: the picks the page shows for the class; when they are not the ones the server
+    keeps at ``threshold``, nothing is written (:func:`cryopick.app.review.check_shown`, HTTP 409)."""
     import pandas as pd
 
     from cryopick.picker3d.answers import Answers
@@ -73,7 +72,8 @@ def accept3d(project, name: str, path, label: str, threshold, picks: dict) -> di
         data = picks.get(label)
         if not data or not data["coords"]:
             raise ValueError(f"no {label!r} picks in {name} to accept: run Pick 3D first")
-        kept, rejected, _ = split(data, threshold)
+        kept, rejected, _ = split(data, threshold, near)
+        check_shown(shown, kept, f"{label} picks of {name} at threshold {threshold:.2f}")
         rows = [{"tomogram": name, "label": label, "x": c[0], "y": c[1], "z": c[2], "answer": answer,
                  "path": str(path)} for cs, answer in ((kept, "yes"), (rejected, "no")) for c in cs]
         out = answers_path(project)
@@ -85,6 +85,7 @@ def accept3d(project, name: str, path, label: str, threshold, picks: dict) -> di
         record = reviewed3d(project)
         record.setdefault(name, {})[label] = {"accepted": len(kept), "rejected": len(rejected),
                                               "threshold": round(threshold, 4)}
+        (project.root / "picks3d").mkdir(exist_ok=True)
         write_text(project.root / "picks3d" / "reviewed.json", dumps(record, indent=1) + "\n")
     return {"accepted": len(kept), "rejected": len(rejected), "answers": str(out.relative_to(project.root)),
             "reviewed": record[name]}

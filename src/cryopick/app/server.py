@@ -24,7 +24,7 @@ from cryopick.app.endpoint import BadRequest, api, number
 from cryopick.app.images import image_info, render, render_region, render_tile
 from cryopick.app.jobs import JobManager
 from cryopick.app.project import Project, check_name
-from cryopick.app.review import accept, counts, filter_rows, summary
+from cryopick.app.review import accept, counts, filter_rows, reviewed_picks, summary
 from cryopick.app.security import Guard
 from cryopick.app.tomo import routes as tomo_routes
 
@@ -103,7 +103,8 @@ def put_annotations(state, params, query, body):
 
 def accept_picks(state, params, query, body):
     name = _existing(state, params["name"])
-    return accept(state.project, name, body.get("threshold"), body.get("min_distance", 0.0), body.get("version"))
+    return accept(state.project, name, body.get("threshold"), body.get("min_distance", 0.0), body.get("version"),
+                  body.get("shown"))
 
 
 def put_flag(state, params, query, body):
@@ -177,11 +178,15 @@ def export(state, params, query, body):
         picks = p.all_annotations()
     elif source == "picks":
         threshold = number(body, "threshold", p.threshold() or 0.5)
+        min_distance = number(body, "min_distance", 0.0)
+        if not 0 <= threshold <= 1 or not 0 <= min_distance <= 10:
+            raise BadRequest("threshold must be between 0 and 1, min_distance between 0 and 10 (diameters)")
         tables = []
         for name in p.micrographs():
-            keep, scores = p.reviewed_picks(name, threshold)
+            keep, scores = reviewed_picks(p, name, threshold, min_distance)
             if keep:
-                tables.append(Picks.from_arrays(name, keep, score=scores, diameter=p.settings()["diameter"]))
+                tables.append(Picks.from_arrays(name, keep, score=[float("nan") if v is None else v for v in scores],
+                                                diameter=p.settings()["diameter"]))
         picks = concat(tables) if tables else Picks.empty()
     else:
         raise BadRequest("source must be annotations or picks")

@@ -7,6 +7,7 @@ Layout inside the project::
     PROJECT/prompts/<class>.prompt                 the prompt files `cryopick pick3d` reads (made by the job)
     PROJECT/picks3d/                               `cryopick pick3d` output: relion5/, relion4/, copick/
     PROJECT/answers3d/answers.csv                  reviewed picks as answers (:mod:`cryopick.app.review3d`)
+    PROJECT/app.json ("tomogram_page")             the page's state (:mod:`cryopick.app.pagestate`)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cryopick.app.endpoint import BadRequest, api
+from cryopick.app.pagestate import near_vox, page_state, set_page_state
 from cryopick.app.project import _read_json, check_name
 from cryopick.app.review3d import accept3d, reviewed3d, split, thresholds_from
 from cryopick.io.atomic import write_text
@@ -147,16 +149,22 @@ def rejected3d(project) -> dict:
     return {k: v for k, v in data.items() if isinstance(v, dict)}
 
 
+def near3d(project, path: Path) -> float:
+    """The review's rejection radius in voxels of the tomogram at ``path``: a quarter of the page's diameter."""
+    return near_vox(page_state(project), _read(path).pixel_size)
+
+
 def reject3d(project, name: str, label: str, xyz, undo: bool = False) -> list:
-    """Reject the pick of class ``label`` at ``xyz`` in tomogram ``name`` (or take that back)."""
+    """Reject the pick of class ``label`` at ``xyz`` in tomogram ``name`` (or take that back: the rejections
+    within the review's radius, :func:`near3d`, are removed)."""
     from cryopick.picker3d.prompt import check_label
 
     check_label(label)
-    tomogram(project, name)
+    near = near3d(project, tomogram(project, name))
     _check_xyz(xyz)
     with project.lock:
         data = rejected3d(project)
-        rows = [r for r in data.get(name, {}).get(label, []) if np.linalg.norm(np.subtract(r, xyz)) > 2]
+        rows = [r for r in data.get(name, {}).get(label, []) if math.dist(r, xyz) > near]
         if not undo:
             rows.append([round(float(v), 2) for v in xyz])
         data.setdefault(name, {})[label] = rows[:MAX_REJECTED]
@@ -182,9 +190,10 @@ def export3d(project, threshold: float, thresholds: dict[str, float] | None = No
     files, records, n = [], [], 0
     for name, path in tomograms(project).items():
         img = _read(path)
+        near = near_vox(page_state(project), img.pixel_size)
         rows = []
         for label, data in picks3d(project, name).items():
-            kept = split(data, (thresholds or {}).get(label, threshold))[0]
+            kept = split(data, (thresholds or {}).get(label, threshold), near)[0]
             score = {tuple(c): s for c, s in zip(data["coords"], data["scores"])}
             rows += [{"micrograph": name, "x": c[0], "y": c[1], "z": c[2], "score": score[tuple(c)], "label": label}
                      for c in kept]
@@ -228,7 +237,7 @@ def list_tomograms(state, params, query, body):
         rows.append({"name": name, "shape": list(img.data.shape), "voxel_size": img.pixel_size,
                      "picked": {label: len(d["coords"]) for label, d in picks3d(state.project, name).items()},
                      "reviewed": reviewed.get(name, {})})
-    return {"tomograms": rows, "prompts": prompts(state.project)}
+    return {"tomograms": rows, "prompts": prompts(state.project), "page": page_state(state.project)}
 
 
 def get_slice(state, params, query, body):
@@ -278,12 +287,25 @@ def post_export3d(state, params, query, body):
 
 
 def post_accept3d(state, params, query, body):
+    """Accept the picks of a class as answers: the page sends the class, its threshold and the picks it shows
+    (``shown``), and nothing is written when the server would keep others (a 409 saying both counts)."""
     if not isinstance(body.get("label"), str):
-        raise BadRequest("send {\"label\": class, \"threshold\": 0..1}")
+        raise BadRequest("send {\"label\": class, \"threshold\": 0..1, \"shown\": [[x, y, z], ...]}")
     name = params["name"]
     path = tomogram(state.project, name)
     with state.project.lock:
-        return accept3d(state.project, name, path, body["label"], body.get("threshold"), picks3d(state.project, name))
+        out = accept3d(state.project, name, path, body["label"], body.get("threshold"), picks3d(state.project, name),
+                       near3d(state.project, path), body.get("shown"))
+        set_page_state(state.project, {"thresholds": {body["label"]: body["threshold"]}})
+    return out
+
+
+def get_page(state, params, query, body):
+    return page_state(state.project)
+
+
+def put_page(state, params, query, body):
+    return set_page_state(state.project, body)
 
 
 def routes():
@@ -294,4 +316,5 @@ def routes():
             Route(t + "/prompts", api(post_prompt), methods=["POST"]), Route(t + "/picks", api(get_picks3d)),
             Route(t + "/reject", api(post_reject3d), methods=["POST"]),
             Route(t + "/accept", api(post_accept3d), methods=["POST"]),
-            Route("/api/tomograms-export", api(post_export3d), methods=["POST"])]
+            Route("/api/tomograms-export", api(post_export3d), methods=["POST"]),
+            Route("/api/tomograms-page", api(get_page)), Route("/api/tomograms-page", api(put_page), methods=["PUT"])]

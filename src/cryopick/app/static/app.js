@@ -120,27 +120,12 @@ function fit() {
 const toScreen = (x, y) => [S.panX + (x + 0.5) * S.zoom, S.panY + (y + 0.5) * S.zoom];
 const toImage = (sx, sy) => [(sx - S.panX) / S.zoom - 0.5, (sy - S.panY) / S.zoom - 0.5];
 
-// Picks at or above the threshold; with a minimum distance (in particle diameters) the best-scoring
-// pick of any closer pair is kept (greedy, by score) — display only, the network is not rerun.
+// The picks the review shows (review.js, the server's rule too): at or above the threshold, not rejected,
+// and with a minimum distance (in particle diameters) the best-scoring pick of any closer pair —
+// display only, the network is not rerun.
 function visiblePicks() {
-  const t = parseFloat($("threshold").value);
-  const d = parseFloat($("min-distance").value) * S.diameter;
-  const idx = [];
-  S.picks.coords.forEach((c, i) => {
-    const s = S.picks.scores[i]; if (s !== null && s >= t && !isRejected(c)) idx.push(i);
-  });
-  if (!(d > 0)) return idx.map((i) => S.picks.coords[i]);
-  idx.sort((a, b) => S.picks.scores[b] - S.picks.scores[a]);
-  const kept = [];
-  for (const i of idx) {
-    const [x, y] = S.picks.coords[i];
-    if (!kept.some(([kx, ky]) => Math.hypot(kx - x, ky - y) < d)) kept.push(S.picks.coords[i]);
-  }
-  return kept;
-}
-
-function isRejected([x, y]) {
-  return (S.picks.rejected || []).some(([rx, ry]) => Math.hypot(rx - x, ry - y) <= S.diameter / 4);
+  return reviewVisible(S.picks.coords, S.picks.scores, S.picks.rejected || [], parseFloat($("threshold").value),
+    parseFloat($("min-distance").value) * S.diameter, S.diameter / 4);
 }
 
 function draw() {
@@ -387,7 +372,9 @@ $("flag").onchange = async () => {
 $("accept").onclick = async () => {
   if (S.saving || S.pending || S.conflict) { setState("wait for the annotations to be saved, then accept"); return; }
   const r = await api("POST", `/api/micrographs/${encodeURIComponent(S.current)}/accept`,
-    { version: S.version, threshold: +$("threshold").value, min_distance: +$("min-distance").value });
+    { version: S.version, threshold: +$("threshold").value, min_distance: +$("min-distance").value,
+      shown: visiblePicks() });
+  if (r.status === 409 && !r.data.current) { setState(r.data.error); openMicrograph(S.current); return; }
   if (r.status === 409) { S.conflict = r.data.current; showConflict(); return; }
   if (!r.ok) { setState(r.data.error); return; }
   S.coords = r.data.coords; S.version = r.data.version; unjournal(S.current);
@@ -395,7 +382,7 @@ $("accept").onclick = async () => {
 };
 $("export").onclick = async () => {
   const body = { format: $("export-format").value, source: $("export-source").value,
-                 threshold: parseFloat($("threshold").value) };
+                 threshold: parseFloat($("threshold").value), min_distance: parseFloat($("min-distance").value) };
   const r = await api("POST", "/api/export", body);
   $("export-result").textContent = r.ok ? `wrote ${r.data.n} particles: ${r.data.files.slice(0, 3).join(", ")}` +
     (r.data.files.length > 3 ? ` … (${r.data.files.length} files)` : "") : r.data.error;

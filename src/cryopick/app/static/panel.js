@@ -37,6 +37,9 @@ async function startJob(kind, params) {
 function openStream() { followJob(S, showJob, finished); }
 async function finished(job) {
   if (job.kind === "train" && job.card) showCard(job.card);
+  if (job.kind === "train" && job.notes && job.notes.length) {
+    $("job-state").textContent += ` · ${job.notes.length} note(s) from training: see Train`;
+  }
   S.thresholdTouched = false;
   await loadList();
   if (S.current) openMicrograph(S.current);
@@ -87,7 +90,15 @@ function drawCurve(h) {
   plot(h.map((e) => e.loss), "#c62828", maxLoss);
   plot(h.map((e) => e.f1), "#2e7d32", 1);
 }
+// The card's notes (sparse annotation detected, validation F1 not measurable, default threshold used, ...):
+// a visible notice under the card, so what training decided by itself is never only in a file.
+function showNotes(notes) {
+  const box = $("model-notes"); box.innerHTML = "";
+  for (const n of notes || []) { const li = document.createElement("li"); li.textContent = n; box.append(li); }
+  box.hidden = !box.children.length;
+}
 function showCard(card) {
+  showNotes(card && card.notes);
   if (!card) { $("model-card").textContent = "no model yet"; return; }
   const t = card.training || {};
   $("model-card").textContent = `model: ${card.backbone}, threshold ${(+card.score_threshold).toFixed(3)}` +

@@ -1,17 +1,84 @@
 // cryopick app, tomograms: slice viewer, clicked prompts per class, pick3d in the background, review.
 "use strict";
-// Loaded after common.js ($, api, postJob, followJob).
+// Loaded after common.js ($, api, postJob, followJob) and review.js (reviewVisible: the review's one rule).
+// The page's state (tomogram, slice, view, slab, class, diameter, each class's threshold) is kept in the
+// project (PUT /api/tomograms-page, PROJECT/app.json) and restored on load: the server reads the thresholds
+// too, and an accept sends the picks shown, which the server checks against what it would write.
 
 const COLORS = ["#00e5ff", "#ff4081", "#76ff03", "#ffea00", "#e040fb", "#ff9100"];
-const T = { tomos: [], current: null, shape: null, img: null, prompts: {}, picks: {}, stream: null, thresholds: {} };
+const DEFAULT_DIAMETER_VOX = 16;
+const T = { tomos: [], current: null, shape: null, img: null, prompts: {}, picks: {}, stream: null, thresholds: {},
+  page: null, diam: { value: null, unit: "A" }, restoring: null, pendingState: {}, stateTimer: null };
 window.cryotomo = T;
 
 const say = (t) => { $("state").textContent = t; };
+
+// ---- the page's state, kept in the project --------------------------------------------------------
+function saveState(changes) {
+  for (const [k, v] of Object.entries(changes)) {
+    T.pendingState[k] = k === "thresholds" ? { ...(T.pendingState.thresholds || {}), ...v } : v;
+  }
+  clearTimeout(T.stateTimer);
+  T.stateTimer = setTimeout(flushState, 250);
+}
+async function flushState() {
+  const body = T.pendingState; T.pendingState = {};
+  if (!Object.keys(body).length) return;
+  const r = await api("PUT", "/api/tomograms-page", body);
+  if (!r.ok) say("page state not saved: " + r.data.error); else T.page = r.data;
+}
+// leaving the page (reload, close) within the debounce: send what is pending, surviving the unload
+window.addEventListener("pagehide", () => {
+  if (!Object.keys(T.pendingState).length) return;
+  clearTimeout(T.stateTimer);
+  fetch("/api/tomograms-page", { method: "PUT", keepalive: true, headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(T.pendingState) });
+  T.pendingState = {};
+});
+function restore(page) {
+  T.page = page;
+  $("axis").value = page.axis || "z";
+  $("slab").value = page.slab || 0;
+  const classes = Object.keys(T.prompts);
+  $("label").value = page.label || classes[0] || "particle"; // never a new class behind the user's back
+  T.thresholds = { ...(page.thresholds || {}) };
+  T.diam = { value: page.diameter, unit: page.unit || "A" };
+  T.restoring = page;
+}
+
+// ---- the diameter: Å when the tomogram's voxel size is known, else (or by choice) voxels -----------
+const voxelSize = () => { const t = T.tomos.find((t) => t.name === T.current); return t && t.voxel_size; };
+function diameterVox() {
+  const d = T.diam.value, vs = voxelSize();
+  if (d === null || d === undefined) return DEFAULT_DIAMETER_VOX;
+  if (T.diam.unit === "A") return vs ? d / vs : DEFAULT_DIAMETER_VOX;
+  return d;
+}
+function showDiameter() {
+  const vs = voxelSize(), inA = T.diam.unit === "A" && vs, dv = diameterVox();
+  $("diameter-unit").disabled = !vs;
+  $("diameter-unit").value = inA ? "A" : "vox";
+  $("diameter").value = inA ? +(dv * vs).toFixed(1) : +dv.toFixed(2);
+  $("diameter-note").textContent = !vs ? "(no voxel size in the header)" : inA ? `= ${dv.toFixed(1)} vox at ${vs.toFixed(2)} Å/vox`
+    : `= ${(dv * vs).toFixed(0)} Å at ${vs.toFixed(2)} Å/vox`;
+}
+$("diameter").onchange = () => {
+  const v = parseFloat($("diameter").value);
+  if (!(v > 0)) { say("the diameter must be a number > 0"); showDiameter(); return; }
+  T.diam = { value: v, unit: $("diameter-unit").value === "A" && voxelSize() ? "A" : "vox" };
+  saveState({ diameter: T.diam.value, unit: T.diam.unit }); showDiameter(); draw();
+};
+$("diameter-unit").onchange = () => {
+  const dv = diameterVox(), vs = voxelSize(), unit = $("diameter-unit").value;
+  T.diam = unit === "A" && vs ? { value: +(dv * vs).toFixed(2), unit: "A" } : { value: +dv.toFixed(2), unit: "vox" };
+  saveState({ diameter: T.diam.value, unit: T.diam.unit }); showDiameter(); draw();
+};
 
 async function loadList() {
   const r = await api("GET", "/api/tomograms");
   if (!r.ok) { say(r.data.error); return; }
   T.tomos = r.data.tomograms; T.prompts = r.data.prompts;
+  if (!T.page) restore(r.data.page);
   const ul = $("tomo-list"); ul.innerHTML = "";
   for (const t of T.tomos) {
     const li = document.createElement("li"); li.dataset.name = t.name;
@@ -27,27 +94,34 @@ async function loadList() {
   T.tomos = T.tomos.filter((t) => !t.error);
   $("totals").textContent = T.tomos.length ? `${T.tomos.length} tomograms` : "no tomograms yet: put MRC files in PROJECT/tomograms/";
   showPrompts();
-  if (!T.current && T.tomos.length) openTomo(T.tomos[0].name);
+  if (!T.current && T.tomos.length) {
+    const saved = T.restoring && T.tomos.find((t) => t.name === T.restoring.tomogram);
+    openTomo(saved ? saved.name : T.tomos[0].name, saved ? T.restoring.index : null);
+  }
 }
 
-async function openTomo(name) {
+async function openTomo(name, index = null) {
   T.current = name; T.shape = T.tomos.find((t) => t.name === name).shape;
   $("tomo-name").textContent = name;
   for (const li of $("tomo-list").children) li.className = li.dataset.name === name ? "current" : "";
-  setAxis();
+  showDiameter();
+  setAxis(index);
   await loadPicks();
 }
 
 const axisIndex = () => ({ z: 0, y: 1, x: 2 })[$("axis").value];
-function setAxis() {
+function setAxis(index = null) {
   const n = T.shape[axisIndex()];
-  $("index").max = n - 1; $("index").value = Math.floor(n / 2); loadSlice();
+  $("index").max = n - 1;
+  $("index").value = index !== null && index !== undefined && index >= 0 && index < n ? index : Math.floor(n / 2);
+  loadSlice();
 }
 // image columns/rows of the current view, as voxel axes (numpy order z, y, x = 0, 1, 2)
 function viewAxes() { return { z: [2, 1], y: [2, 0], x: [1, 0] }[$("axis").value]; }
 
 function loadSlice() {
   $("index-value").textContent = $("index").value;
+  if (T.current) saveState({ tomogram: T.current, axis: $("axis").value, index: +$("index").value, slab: +$("slab").value || 0 });
   const img = new Image();
   img.onload = () => { T.img = img; draw(); };
   img.src = `/api/tomograms/${encodeURIComponent(T.current)}/slice?axis=${$("axis").value}` +
@@ -73,14 +147,30 @@ function unproject(sx, sy) {
 }
 
 const near3 = (a, b, r) => Math.hypot(a[0] - b[0], a[1] - b[1], a[2] - b[2]) <= r;
-// Each class has its own threshold (the slider shows the class chosen under Review).
+// Each class has its own threshold (the slider shows the class chosen under Review); the picks shown follow
+// the review's one rule (review.js), rejections matched within a quarter diameter as on micrographs.
 const thresholdOf = (label) => T.thresholds[label] ?? 0;
 function visible(label) {
-  const t = thresholdOf(label), p = T.picks[label];
+  const p = T.picks[label];
   if (!p) return [];
-  return p.coords.filter((c, i) => (p.scores[i] === null || p.scores[i] >= t) &&
-    !(p.rejected || []).some((r) => near3(r, c, 2)));
+  return reviewVisible(p.coords, p.scores, p.rejected || [], thresholdOf(label), 0, diameterVox() / 4);
 }
+// Slices (along the current view's axis) that hold the centre of a shown pick or of a prompt example.
+function slicesWithPicks() {
+  const a = axisIndex(), out = new Set();
+  const add = (xyz) => out.add(Math.round([xyz[2], xyz[1], xyz[0]][a]));
+  for (const label of Object.keys(T.picks)) visible(label).forEach(add);
+  for (const e of Object.values(T.prompts)) if (e.tomogram === T.current) e.positions.forEach(add);
+  return [...out].sort((x, y) => x - y);
+}
+function jumpToPicks(direction) {
+  const i = +$("index").value, slices = slicesWithPicks();
+  const to = direction > 0 ? slices.find((s) => s > i) : slices.filter((s) => s < i).pop();
+  if (to === undefined) { say(`no ${direction > 0 ? "later" : "earlier"} slice with picks`); return; }
+  $("index").value = to; loadSlice();
+}
+$("next-picks").onclick = () => jumpToPicks(1);
+$("prev-picks").onclick = () => jumpToPicks(-1);
 function draw() {
   const w = canvas.clientWidth, h = canvas.clientHeight;
   if (canvas.width !== w || canvas.height !== h) { canvas.width = w; canvas.height = h; }
@@ -88,7 +178,7 @@ function draw() {
   if (!T.img || !T.shape) return;
   const g = geometry(), [c, r] = viewAxes();
   ctx.drawImage(T.img, g.ox, g.oy, T.shape[c] * g.zoom, T.shape[r] * g.zoom);
-  const R = +$("diameter").value / 2;
+  const R = diameterVox() / 2;
   Object.keys(T.picks).forEach((label, k) => {
     ctx.strokeStyle = COLORS[k % COLORS.length]; ctx.lineWidth = 1.5; ctx.setLineDash([4, 3]);
     for (const xyz of visible(label)) {
@@ -121,6 +211,8 @@ function counts() {
   const labels = Object.keys(T.picks);
   $("pick-count").textContent = labels.length ? labels.map((l) => `${visible(l).length} ${l} picks ≥ ` +
     `${thresholdOf(l).toFixed(2)}`).join(" · ") : "no picks";
+  const slices = slicesWithPicks(), here = slices.includes(+$("index").value);
+  $("pick-slices").textContent = slices.length ? `${slices.length} slice(s) with picks${here ? " (this one too)" : ""}` : "";
   drawHistogram();
 }
 function drawHistogram() {
@@ -128,7 +220,8 @@ function drawHistogram() {
   drawScoreHistogram($("histogram"), p ? p.scores : [], [[+$("threshold").value, "#ff6f00"]]);
 }
 function showClasses() {
-  const sel = $("review-class"), was = sel.value, labels = Object.keys(T.picks);
+  const sel = $("review-class"), labels = Object.keys(T.picks);
+  const was = sel.value || (T.page && T.page.review_class);
   sel.innerHTML = "";
   for (const l of labels) { const o = document.createElement("option"); o.value = o.textContent = l; sel.append(o); }
   if (labels.includes(was)) sel.value = was;
@@ -142,15 +235,16 @@ function showPrompts() {
 
 async function editPrompt(xyz, remove) {
   const r = await api("POST", `/api/tomograms/${encodeURIComponent(T.current)}/prompts`,
-    { label: $("label").value, xyz, remove, diameter: +$("diameter").value > 0 ? +$("diameter").value : null });
+    { label: $("label").value, xyz, remove, diameter: +diameterVox().toFixed(2) });
   if (!r.ok) { say(r.data.error); return; }
+  if (!remove) saveState({ label: $("label").value });
   T.prompts = r.data.prompts; showPrompts(); draw(); say(remove ? "example removed" : "example added");
 }
 canvas.addEventListener("click", (e) => editPrompt(unproject(e.offsetX, e.offsetY), false));
 // right-click: remove a prompt example of the class near the click, else reject (or restore) a pick there
 canvas.addEventListener("contextmenu", (e) => {
   e.preventDefault();
-  const xyz = unproject(e.offsetX, e.offsetY), R = +$("diameter").value / 2;
+  const xyz = unproject(e.offsetX, e.offsetY), R = diameterVox() / 2;
   const entry = T.prompts[$("label").value];
   if (entry && entry.tomogram === T.current && entry.positions.some((p) => near3(p, xyz, 4))) {
     editPrompt(xyz, true); return;
@@ -171,8 +265,8 @@ $("accept3d").onclick = async () => {
   const label = $("review-class").value;
   if (!label) { say("no picks to accept: run Pick 3D first"); return; }
   const r = await api("POST", `/api/tomograms/${encodeURIComponent(T.current)}/accept`,
-    { label, threshold: thresholdOf(label) });
-  if (!r.ok) { say(r.data.error); return; }
+    { label, threshold: thresholdOf(label), shown: visible(label) }); // the server writes these or nothing
+  if (!r.ok) { say(r.data.error); if (r.status === 409) loadPicks(); return; }
   say(`accepted ${r.data.accepted} ${label} picks as answers (${r.data.rejected} rejected: no) in ${r.data.answers}`);
   loadList();
 };
@@ -185,15 +279,22 @@ canvas.addEventListener("wheel", (e) => { e.preventDefault(); stepSlice(e.deltaY
 document.addEventListener("keydown", (e) => {
   if (e.target.tagName === "INPUT") return;
   if (e.key === "ArrowUp") stepSlice(1); else if (e.key === "ArrowDown") stepSlice(-1);
+  else if (e.key === "]") jumpToPicks(1); else if (e.key === "[") jumpToPicks(-1);
 });
 function stepSlice(d) {
   const i = Math.min(+$("index").max, Math.max(0, +$("index").value + d));
   $("index").value = i; loadSlice();
 }
-$("index").oninput = loadSlice; $("slab").onchange = loadSlice; $("axis").onchange = setAxis;
-$("threshold").oninput = () => { T.thresholds[$("review-class").value] = +$("threshold").value; draw(); };
-$("review-class").onchange = () => { $("threshold").value = thresholdOf($("review-class").value); draw(); };
-$("diameter").onchange = draw;
+$("index").oninput = loadSlice; $("slab").onchange = loadSlice; $("axis").onchange = () => setAxis();
+$("threshold").oninput = () => {
+  const label = $("review-class").value;
+  if (!label) return;
+  T.thresholds[label] = +$("threshold").value; saveState({ thresholds: { [label]: +$("threshold").value } }); draw();
+};
+$("review-class").onchange = () => {
+  $("threshold").value = thresholdOf($("review-class").value); saveState({ review_class: $("review-class").value }); draw();
+};
+$("label").onchange = () => { if ($("label").value) saveState({ label: $("label").value }); };
 window.addEventListener("resize", draw);
 
 async function loadPicks() {
