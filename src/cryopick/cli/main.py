@@ -14,11 +14,11 @@ import logging
 import os
 import pkgutil
 import sys
-import warnings
 
 import cryopick
 import cryopick.cli
 from cryopick.errors import CryopickError
+from cryopick.runtime import show_warnings
 
 
 def _command_modules() -> dict[str, str]:
@@ -50,16 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _format_warning(message, category, filename, lineno, line=None) -> str:
-    return f"cryopick: warning: {message}\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if not os.environ.get("CRYOPICK_DEBUG"):
-        warnings.formatwarning = _format_warning
+        show_warnings()  # one line each, once per run, above the progress bars
     if not getattr(args, "_run", None):
         parser.print_help()
         return 1
