@@ -3,7 +3,8 @@
 Every module in this package that defines ``add_args(parser)`` and ``main(args)`` is a subcommand
 named after the module (underscores become hyphens); its docstring's first line is the help text.
 User errors (:class:`cryopick.errors.CryopickError`) print one line and exit non-zero, without a
-traceback; set ``CRYOPICK_DEBUG=1`` to see tracebacks anyway.
+traceback; set ``CRYOPICK_DEBUG=1`` to see tracebacks anyway. Ctrl-C exits 130 and SIGTERM 143, each
+with one line saying that finished outputs are kept and a rerun resumes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import importlib
 import logging
 import os
 import pkgutil
+import signal
 import sys
+import warnings
 
 import cryopick
 import cryopick.cli
@@ -54,11 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    if not os.environ.get("CRYOPICK_DEBUG"):
-        show_warnings()  # one line each, once per run, above the progress bars
     if not getattr(args, "_run", None):
         parser.print_help()
         return 1
+    shown = warnings.showwarning
+    if not os.environ.get("CRYOPICK_DEBUG"):
+        show_warnings()  # one line each, once per run, above the progress bars
+    previous = _stop_on_sigterm()
     try:
         result = args._run(args)
     except CryopickError as exc:
@@ -66,10 +71,36 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"cryopick {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Terminated:
+        print(f"cryopick {args.command}: terminated (SIGTERM); finished outputs are kept, rerun to resume",
+              file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"cryopick {args.command}: interrupted; finished outputs are kept, rerun to resume", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown  # a caller's own display (in-process use) is back after the run
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return int(result or 0)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch system's time limit): unwinds like Ctrl-C, so the same clean-up runs
+    (finished outputs kept, checkpoints in place), and the command says so and exits 143."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _stop_on_sigterm():
+    """Turn SIGTERM into :class:`Terminated` for the command's run; returns the previous handler
+    (``None`` where it cannot be set: not the main thread)."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 if __name__ == "__main__":
