@@ -347,10 +347,11 @@ class _Run:
                     bar.update(1)
                     bar.set_postfix(loss=f"{np.mean(losses):.3f}", best_f1=_shown(best_f1), refresh=False)
                     if step == 0:
-                        t_first = self.clock.used
+                        t_first, wall_first = self.clock.used, time.monotonic()
                     if first and step == min(ESTIMATE_AFTER_STEPS, steps - 1):
                         per_step = (self.clock.used - t_first) / step if step else self.clock.used - t_epoch
-                        budget.announce(per_step, torch.get_num_threads(), epoch)
+                        wall_step = (time.monotonic() - wall_first) / step if step else None
+                        budget.announce(per_step, torch.get_num_threads(), epoch, wall_step)
                 bar.set_postfix_str("validating", refresh=True)
                 t_val = self.clock.tick()
                 if ema is not None:
@@ -388,6 +389,9 @@ class _Run:
                     break
                 if self.threads_auto:
                     self._recheck_threads(load_sample, epoch)
+        if stopped != "epochs" and not bar.disable:  # close the bar at 100 % and say why it ended there
+            bar.total = bar.n
+            bar.set_description(f"{label}: stopped early at epoch {done}/{config.epochs} ({stopped})", refresh=True)
         bar.close()
         warning = None
         if stopped == "time budget":
