@@ -33,8 +33,16 @@ def _command_modules() -> dict[str, str]:
     return dict(sorted(names.items()))
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the usage block is for ``-h``), like every other
+    user error of the command line; sub-command parsers are of the same class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (options: {self.prog} -h)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cryopick",
         description="Few-shot particle picking for cryo-EM micrographs and cryo-ET tomograms.",
     )
