@@ -235,6 +235,11 @@ def show_warnings(write: Callable[[str], object] | None = None) -> Callable[...,
     out = write or default_write
 
     def showwarning(message, category, filename, lineno, file=None, line=None) -> None:
+        keep = getattr(warnings, "_showwarnmsg_impl", None)
+        if keep is not None and getattr(keep, "__name__", "") != "_showwarnmsg_impl":
+            # catch_warnings(record=True) is collecting warnings (pytest.warns, a caller's own record):
+            # it gets every one of them, as it would without this display.
+            keep(warnings.WarningMessage(message, category, filename, lineno, file, line))
         once = bool(getattr(category, "once_per_run", False))
         key = category if once else (category, str(message))
         if key in seen:
