@@ -83,7 +83,7 @@ def test_app_job_log_gets_one_line_per_warning_not_python_warnings(tmp_path, mon
             read_micrograph(path)
         return {}
 
-    monkeypatch.setitem(jobs.run_job.__globals__, "_pick", fake_pick)
+    monkeypatch.setattr(jobs, "_pick", fake_pick)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     try:
