@@ -163,6 +163,15 @@ class StageBudget:
         return text
 
 
+def close_bar(bar, label: str, stopped: str, done: int, epochs: int) -> None:
+    """Close a stage's progress bar; when early stopping or the budget ended the stage before its last
+    epoch, at 100 % and saying so ("stopped early at epoch 7/30"), not stuck at 23 %."""
+    if stopped != "epochs" and not bar.disable:
+        bar.total = bar.n
+        bar.set_description(f"{label}: stopped early at epoch {done}/{epochs} ({stopped})", refresh=True)
+    bar.close()
+
+
 def budget_record(config: TrainConfig, clock: BudgetClock, wall_seconds: float, records: list[dict]) -> dict:
     """What ``card.json`` says about the budget (``training["budget"]``)."""
     warnings_ = [r["budget_warning"] for r in records if r.get("budget_warning")]

@@ -33,7 +33,7 @@ from cryopick.picker2d.calibrate import ValidationPicks, calibrate_postprocess, 
 from cryopick.picker2d.card import CARD_NAME, WEIGHTS_NAME, save_weights
 from cryopick.picker2d.scale import WorkingScale
 from cryopick.picker2d.train.batches import batch_loss, prepare_targets, sample_batch
-from cryopick.picker2d.train.budget import ESTIMATE_AFTER_STEPS, StageBudget
+from cryopick.picker2d.train.budget import ESTIMATE_AFTER_STEPS, StageBudget, close_bar
 from cryopick.picker2d.train.config import TrainConfig, initial_weights
 from cryopick.picker2d.train.data import TrainingMicrograph, assign_validation, assign_validation_strips, positive_prior
 from cryopick.picker2d.train.pool import shipped_stage
@@ -350,8 +350,8 @@ class _Run:
                         t_first, wall_first = self.clock.used, time.monotonic()
                     if first and step == min(ESTIMATE_AFTER_STEPS, steps - 1):
                         per_step = (self.clock.used - t_first) / step if step else self.clock.used - t_epoch
-                        wall_step = (time.monotonic() - wall_first) / step if step else None
-                        budget.announce(per_step, torch.get_num_threads(), epoch, wall_step)
+                        budget.announce(per_step, torch.get_num_threads(), epoch,
+                                        (time.monotonic() - wall_first) / step if step else None)  # wall s/step
                 bar.set_postfix_str("validating", refresh=True)
                 t_val = self.clock.tick()
                 if ema is not None:
@@ -389,10 +389,7 @@ class _Run:
                     break
                 if self.threads_auto:
                     self._recheck_threads(load_sample, epoch)
-        if stopped != "epochs" and not bar.disable:  # close the bar at 100 % and say why it ended there
-            bar.total = bar.n
-            bar.set_description(f"{label}: stopped early at epoch {done}/{config.epochs} ({stopped})", refresh=True)
-        bar.close()
+        close_bar(bar, label, stopped, done, config.epochs)
         warning = None
         if stopped == "time budget":
             warning = budget.cut_short(done, epoch_cost, reserve, torch.get_num_threads())
