@@ -16,7 +16,7 @@ ROOT = Path(cryopick.__file__).parent
 PKG = "cryopick"
 MAX_LINES = 450
 WINGS = ("cryopick.picker2d", "cryopick.picker3d")
-TOP = ("cryopick.cli", "cryopick.__main__", "cryopick.app", "cryopick.scale")  # layers above the wings
+TOP = ("cryopick.cli", "cryopick.__main__", "cryopick.app")  # layers above the wings
 
 
 def _modules() -> dict[str, Path]:
@@ -85,6 +85,13 @@ def test_wings_do_not_import_each_other_and_floors_do_not_import_wings():
             if floor and _in(b, WINGS + TOP):
                 bad.append(f"floor imports a higher layer: {a} -> {b}")
     assert not bad, "\n".join(bad)
+
+
+def test_every_listed_layer_is_a_module_of_the_package():
+    # A layer that names no module (a typo, a module moved away) silently exempts nothing and checks nothing.
+    mods = _modules()
+    missing = [m for m in WINGS + TOP if not any(_in(k, [m]) for k in mods)]  # a module, or a package of them
+    assert not missing, f"listed as a layer but not a module of {PKG}: {missing}"
 
 
 def test_facade_lists_every_lazy_name():

@@ -14,6 +14,11 @@ applies the choice and says what it chose::
 
     >>> n = configure_threads()          # logs e.g. "using 1 CPU thread: 2 cores, 1.0 busy with other processes"
 
+:func:`show_warnings` makes every warning one line (no file name and line number of the code that
+issued it), says a warning only once per run (a category with ``once_per_run = True``, such as a
+missing pixel size, only the first time at all), and prints it above any progress bar instead of
+through it.
+
 Long runs can re-check between epochs without sleeping: take :func:`cpu_sample` at the start of an
 epoch, and pass :func:`busy_other_cores` of it and a sample at the end to ``choose_threads(busy=...)``.
 """
@@ -24,7 +29,9 @@ import functools
 import logging
 import math
 import os
+import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -180,14 +187,16 @@ def choose_threads(requested: int | None = None, *, cores: int | None = None, bu
 
 
 def configure_threads(requested: int | None = None, log: Callable[[str], object] | None = None,
-                      **choose_kwargs) -> int:
+                      reason: str | None = None, **choose_kwargs) -> int:
     """Choose the thread count (:func:`choose_threads`), apply it with ``torch.set_num_threads``
-    and report the reason through ``log`` (default: this module's logger at INFO). Returns it."""
+    and report the reason through ``log`` (default: this module's logger at INFO). Returns it.
+    ``reason`` replaces the reported line when the caller chose ``requested`` itself (so it is not
+    called "as requested" when the user asked for nothing)."""
     import torch
 
-    n, reason = choose_threads(requested, **choose_kwargs)
+    n, why = choose_threads(requested, **choose_kwargs)
     torch.set_num_threads(n)
-    (log or _log.info)(reason)
+    (log or _log.info)(reason or why)
     return n
 
 
@@ -201,3 +210,43 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def show_warnings(write: Callable[[str], object] | None = None) -> Callable[..., None]:
+    """Show warnings as one line each, once per run, above the progress bars; returns the function
+    installed as :func:`warnings.showwarning`.
+
+    ``write(text)`` receives the warning's message (default: ``cryopick: warning: <message>`` on
+    stderr through ``tqdm.write``, which clears and redraws any progress bar around it). A message is
+    shown once; of a category whose ``once_per_run`` attribute is true (e.g.
+    :class:`cryopick.io.images.MissingPixelSizeWarning`, raised for every file that lacks a pixel
+    size) only the first is shown, saying that it is not repeated.
+    """
+    seen: set = set()
+
+    def default_write(text: str) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(f"cryopick: warning: {text}", file=sys.stderr)
+        except ImportError:  # pragma: no cover - tqdm is a dependency
+            print(f"cryopick: warning: {text}", file=sys.stderr)
+
+    out = write or default_write
+
+    def showwarning(message, category, filename, lineno, file=None, line=None) -> None:
+        keep = getattr(warnings, "_showwarnmsg_impl", None)
+        if keep is not None and getattr(keep, "__name__", "") != "_showwarnmsg_impl":
+            # catch_warnings(record=True) is collecting warnings (pytest.warns, a caller's own record):
+            # it gets every one of them, as it would without this display.
+            keep(warnings.WarningMessage(message, category, filename, lineno, file, line))
+        once = bool(getattr(category, "once_per_run", False))
+        key = category if once else (category, str(message))
+        if key in seen:
+            return
+        seen.add(key)
+        text = str(message)
+        out(f"{text} (said once; other files without it are not named)" if once else text)
+
+    warnings.showwarning = showwarning
+    return showwarning

@@ -150,3 +150,33 @@ def test_missing_copick_names_the_extra(monkeypatch, tmp_path):
     (tmp_path / "c.json").write_text("{}")
     with pytest.raises(CryopickError, match=r"pip install 'cryopick\[copick\]'"):
         C.open_project(tmp_path / "c.json")
+
+
+def test_picks_json_written_by_the_format_writer_reads_back_with_the_copick_library(project, tmp_path):
+    """``io/formats/copick.py`` writes copick JSON by hand (``cryopick convert --to copick``, ``pick3d
+    --format copick``): the copick library itself must read what it writes, points, scores and metadata."""
+    import pandas as pd
+
+    from cryopick.io.coords import write_picks
+    from cryopick.picks import Picks
+
+    config, _ = project
+    voxels = np.array([[1.0, 2.0, 3.0], [4.5, 5.5, 6.5], [7.0, 0.0, 2.25]])
+    table = pd.DataFrame({"micrograph": ["TS_01", "TS_01", "TS_02"], "x": voxels[:, 0], "y": voxels[:, 1],
+                          "z": voxels[:, 2], "score": [0.9, np.nan, 0.25], "diameter": np.nan,
+                          "label": ["blob", "blob", "other"]})
+    write_picks(Picks(table, pixel_size=10.0, ndim=3), tmp_path / "overlay", format="copick", user_id="cryopick",
+                session_id="7")
+    root = copick.from_file(str(config))  # a fresh root: only what is on disk
+    [ts1] = root.get_run("TS_01").get_picks(object_name="blob")
+    [ts2] = root.get_run("TS_02").get_picks(object_name="other")
+    assert root.get_run("TS_01").get_picks(object_name="other") == []
+    for picks, rows in ((ts1, [0, 1]), (ts2, [2])):
+        positions, transforms = picks.numpy()  # loads the file (copick reads the metadata lazily)
+        np.testing.assert_allclose(positions, voxels[rows] * 10.0)  # Å: voxel index x voxel size
+        np.testing.assert_allclose(transforms, np.broadcast_to(np.eye(4), (len(rows), 4, 4)))
+        assert (picks.pickable_object_name, picks.user_id, picks.session_id) == (
+            table["label"][rows[0]], "cryopick", "7")
+        assert picks.meta.run_name == table["micrograph"][rows[0]] and picks.meta.voxel_spacing == 10.0
+        assert picks.meta.unit == "angstrom" and picks.meta.trust_orientation is False
+    assert [p.score for p in ts1.points] == [pytest.approx(0.9), None] and ts2.points[0].score == 0.25

@@ -172,7 +172,10 @@ def run_job(kind: str, root: str, job_dir: str, params: dict) -> None:
     handler = logging.FileHandler(out / "log.txt")
     handler.setFormatter(logging.Formatter("%(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    logging.captureWarnings(True)
+    from cryopick.runtime import show_warnings
+
+    warning_log = logging.getLogger("cryopick")
+    show_warnings(lambda text: warning_log.warning("warning: %s", text))  # one line, once per job
     warnings.simplefilter("ignore", ResourceWarning)
     try:
         result = {"train": _train, "pick": _pick, "pick3d": _pick3d}[kind](root, out, params)

@@ -96,6 +96,28 @@ def _method_sources(args) -> dict[str, Path]:
     return sources
 
 
+def _match(picks, names: list[str], what: str, target: str):
+    """Picks whose micrograph names match ``names`` (those that do not are dropped with a warning),
+    or an error when none does and ``picks`` is not empty: scoring against micrographs that share
+    nothing with the picks (or truth without its images) gives a meaningless F1, not a result."""
+    import warnings
+
+    from cryopick.io.coords import match_micrograph_names
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        matched = match_micrograph_names(picks, names, allow_unmatched=True, source=what)
+    if len(picks) and not len(matched):
+        own = picks.micrographs
+        raise CryopickError(
+            f"{what}: none of its {len(own)} micrograph name(s) (e.g. {own[0]!r}) is {target} (named like "
+            f"{', '.join(repr(n) for n in names[:3]) or 'nothing'}); give files of the same micrographs, or rename "
+            "one side to the other's file stems")
+    for w in caught:
+        warnings.warn(w.message, w.category, stacklevel=2)
+    return matched
+
+
 def main(args: argparse.Namespace) -> int:
     import warnings
 
@@ -110,7 +132,7 @@ def _main(args: argparse.Namespace) -> int:
     import numpy as np
 
     from cryopick.evaluate.report import evaluate_methods, write_report
-    from cryopick.io.coords import match_micrograph_names, read_picks
+    from cryopick.io.coords import read_picks
     from cryopick.io.images import image_name, list_images, read_image
     from cryopick.picks import concat, flip_y
 
@@ -126,7 +148,7 @@ def _main(args: argparse.Namespace) -> int:
         raise CryopickError(f"{args.truth}: the ground truth holds no particle")
     image_paths = {image_name(p): p for p in list_images(args.images)} if args.images else {}
     if image_paths:
-        truth = match_micrograph_names(truth, list(image_paths), allow_unmatched=True, source=args.truth)
+        truth = _match(truth, list(image_paths), f"--truth {args.truth}", f"an image in --images {args.images}")
 
     def heights() -> dict[str, float]:
         if args.height is not None:
@@ -150,7 +172,8 @@ def _main(args: argparse.Namespace) -> int:
                            **({"scale": args.picks_scale} if args.picks_scale else {}))
         if picks.ndim != truth.ndim:
             raise CryopickError(f"{path}: picks are {picks.ndim}D but the truth ({args.truth}) is {truth.ndim}D")
-        picks = match_micrograph_names(picks, truth.micrographs, allow_unmatched=True, source=str(path))
+        picks = _match(picks, truth.micrographs, f"{path} ({len(picks)} picks read as {picks.meta.get('format')})",
+                       f"a micrograph of the ground truth {args.truth}")
         if args.flip_y_picks:
             picks = flip(picks, heights())
         methods[name] = picks

@@ -27,7 +27,10 @@ ZARR_SUFFIXES = {".zarr"}
 
 
 class MissingPixelSizeWarning(UserWarning):
-    """The file does not state its pixel size."""
+    """The file does not state its pixel size (PNG and JPEG never do): said once per run by the
+    command line and the app (:func:`cryopick.runtime.show_warnings`), not once per file."""
+
+    once_per_run = True
 
 
 @dataclass

@@ -309,11 +309,11 @@ def pick_folder(model_dir: str | os.PathLike, micrographs, output_dir: str | os.
     check_options(options.get("dask"), options.get("cluster"), options.get("cluster_config"))
     picker_options = dict(threshold=threshold, min_distance=min_distance, pixel_size=pixel_size, border=border,
                           detect_padding=detect_padding, bf16=bf16, tta=tta, peak_method=peak_method)
-    local_threads = num_threads
+    local_threads, threads_reason = num_threads, None
     if num_threads is None and options.get("engine", "pipeline") == "pipeline":
         free, reason = choose_threads()
         local_threads = max(1, free - 1)
-        log.info("%s; the network uses %d, the rest read, preprocess and write", reason, local_threads)
-    picker = Picker(model_dir, num_threads=local_threads, **picker_options)
+        threads_reason = f"{reason}; the network uses {local_threads}, the rest read, preprocess and write"
+    picker = Picker(model_dir, num_threads=local_threads, threads_reason=threads_reason, **picker_options)
     return pick_micrographs(picker, micrographs, output_dir, picker_options={**picker_options,
                                                                              "num_threads": num_threads}, **options)

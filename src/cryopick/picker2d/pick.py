@@ -111,13 +111,14 @@ class Picker:
                  min_distance: float | None = None, pixel_size: float | None = None,
                  bf16: bool | None = None, num_threads: int | None = None, device: str = "cpu",
                  border: float | None = None, detect_padding: bool = True, tta: str | None = None,
-                 peak_method: str | None = None) -> None:
+                 peak_method: str | None = None, threads_reason: str | None = None) -> None:
         threshold = check_number("threshold", threshold, 0.0, 1.0)
         self.min_distance = check_number("min_distance", min_distance, 0.0)
         self.pixel_size = check_number("pixel_size", pixel_size, 0.0, low_open=True)
         self.border = check_number("border", border, 0.0)
         self.detect_padding = bool(detect_padding)
-        configure_threads(num_threads)  # None: as many as there are free cores now (cryopick.runtime)
+        # None: as many as there are free cores now (cryopick.runtime); threads_reason: what chose num_threads
+        configure_threads(num_threads, reason=threads_reason)
         self.model_dir = Path(model_dir)
         self.model, self.card = load_model(self.model_dir, device=device)
         fold_batchnorm(self.model)

@@ -7,7 +7,7 @@ stage gets an equal share of what the earlier ones left), and never stops a stag
 
 1. after the first optimiser steps, what an epoch costs and how many epochs the budget fits;
 2. after the first epoch (validation included), a warning when not all epochs will fit, with the
-   ``--max-minutes`` that would fit them (Ctrl-C and a rerun with it resumes the run);
+   ``--max-minutes`` that would fit them (at a terminal: Ctrl-C and a rerun with it resumes the run);
 3. when the budget did stop a stage early, a warning with the fix, also stored in ``card.json``.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import warnings
 from dataclasses import dataclass, field
 
@@ -26,6 +27,15 @@ log = logging.getLogger(__name__)
 MARGIN = 1.15  # the next epoch may be a little slower than the last one
 ESTIMATE_AFTER_STEPS = 4  # optimiser steps timed for the first estimate (the first one is not counted)
 CLOCK = "wall time less the share of the cores other processes took"
+
+
+def _interactive() -> bool:
+    """Whether a person at a terminal runs this (so Ctrl-C and a rerun are theirs to do): not in the
+    app's job process or a batch job, whose standard input is not a terminal."""
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 def _plural(n: int, word: str) -> str:
@@ -87,16 +97,24 @@ class StageBudget:
                    + later * (self.config.epochs * epoch_seconds * MARGIN + 2 * reserve))
         return int(math.ceil(seconds / 60.0))
 
-    def announce(self, step_seconds: float, threads: int, epochs_done: int) -> str:
-        """The first estimate, from the first optimiser steps; logged and returned."""
+    def announce(self, step_seconds: float, threads: int, epochs_done: int,
+                 wall_step_seconds: float | None = None) -> str:
+        """The first estimate, from the first optimiser steps; logged and returned.
+
+        ``step_seconds`` is charged to the budget (the free share of the wall time); the durations
+        told to the user are wall time (``wall_step_seconds``, measured at the current load), and the
+        total is said to be a lower bound: validation is not in it, and more load stretches it."""
         c = self.config
         epoch = step_seconds * c.steps_per_epoch
+        wall = (wall_step_seconds if wall_step_seconds is not None else step_seconds) * c.steps_per_epoch
         left = c.epochs - epochs_done
         self.estimate = {"seconds_per_step": round(step_seconds, 3), "threads": threads,
+                         "wall_seconds_per_step": round(wall / c.steps_per_epoch, 3),
                          "seconds_per_epoch_without_validation": round(epoch, 1)}
-        text = (f"~{step_seconds:.2f} s per optimiser step with {_plural(threads, 'thread')}: an epoch "
-                f"({c.steps_per_epoch} steps) takes ~{epoch:.0f} s plus validation, "
-                f"{_plural(left, 'epoch')}{self._label()} ~{left * epoch / 60:.1f} min; ")
+        text = (f"~{wall / c.steps_per_epoch:.2f} s per optimiser step with {_plural(threads, 'thread')} at the "
+                f"current load: an epoch ({c.steps_per_epoch} steps) takes ~{wall:.0f} s plus validation, "
+                f"{_plural(left, 'epoch')}{self._label()} at least ~{left * wall / 60:.1f} min (validation and "
+                "a busier machine add to it); ")
         if self.limit is None:
             text += "no time budget"
         else:
@@ -105,7 +123,7 @@ class StageBudget:
             text += (f"the time budget (--max-minutes {c.max_minutes:g}"
                      + (f", shared by {self.n_stages} stages" if self.n_stages > 1 else "")
                      + f") fits ~{fit} of {c.epochs}; at least {_plural(self.min_epochs, 'epoch')} "
-                     "are trained whatever the budget")
+                     f"{'is' if self.min_epochs == 1 else 'are'} trained whatever the budget")
         log.info(text)
         return text
 
@@ -121,8 +139,8 @@ class StageBudget:
         need = self.needed_minutes(epochs_done, epoch_seconds, reserve)
         text = (f"warning: at ~{epoch_seconds:.0f} s per epoch the time budget (--max-minutes "
                 f"{self.config.max_minutes:g}) fits ~{fit} of {self.config.epochs} epochs{self._label()}; "
-                f"to train them all allow --max-minutes {need} (Ctrl-C now and rerun with it: training "
-                "resumes from its checkpoint) or ask for fewer --epochs")
+                f"to train them all allow --max-minutes {need} or ask for fewer --epochs"
+                + (" (Ctrl-C now and rerun with it: training resumes from its checkpoint)" if _interactive() else ""))
         log.warning(text)
         return text
 
@@ -143,6 +161,15 @@ class StageBudget:
                 f"{c.epochs} epochs rerun with --redo --max-minutes {need}, or ask for fewer --epochs")
         warnings.warn(text, stacklevel=2)
         return text
+
+
+def close_bar(bar, label: str, stopped: str, done: int, epochs: int) -> None:
+    """Close a stage's progress bar; when early stopping or the budget ended the stage before its last
+    epoch, at 100 % and saying so ("stopped early at epoch 7/30"), not stuck at 23 %."""
+    if stopped != "epochs" and not bar.disable:
+        bar.total = bar.n
+        bar.set_description(f"{label}: stopped early at epoch {done}/{epochs} ({stopped})", refresh=True)
+    bar.close()
 
 
 def budget_record(config: TrainConfig, clock: BudgetClock, wall_seconds: float, records: list[dict]) -> dict:

@@ -33,7 +33,7 @@ from cryopick.picker2d.calibrate import ValidationPicks, calibrate_postprocess, 
 from cryopick.picker2d.card import CARD_NAME, WEIGHTS_NAME, save_weights
 from cryopick.picker2d.scale import WorkingScale
 from cryopick.picker2d.train.batches import batch_loss, prepare_targets, sample_batch
-from cryopick.picker2d.train.budget import ESTIMATE_AFTER_STEPS, StageBudget
+from cryopick.picker2d.train.budget import ESTIMATE_AFTER_STEPS, StageBudget, close_bar
 from cryopick.picker2d.train.config import TrainConfig, initial_weights
 from cryopick.picker2d.train.data import TrainingMicrograph, assign_validation, assign_validation_strips, positive_prior
 from cryopick.picker2d.train.pool import shipped_stage
@@ -347,10 +347,11 @@ class _Run:
                     bar.update(1)
                     bar.set_postfix(loss=f"{np.mean(losses):.3f}", best_f1=_shown(best_f1), refresh=False)
                     if step == 0:
-                        t_first = self.clock.used
+                        t_first, wall_first = self.clock.used, time.monotonic()
                     if first and step == min(ESTIMATE_AFTER_STEPS, steps - 1):
                         per_step = (self.clock.used - t_first) / step if step else self.clock.used - t_epoch
-                        budget.announce(per_step, torch.get_num_threads(), epoch)
+                        budget.announce(per_step, torch.get_num_threads(), epoch,
+                                        (time.monotonic() - wall_first) / step if step else None)  # wall s/step
                 bar.set_postfix_str("validating", refresh=True)
                 t_val = self.clock.tick()
                 if ema is not None:
@@ -388,7 +389,7 @@ class _Run:
                     break
                 if self.threads_auto:
                     self._recheck_threads(load_sample, epoch)
-        bar.close()
+        close_bar(bar, label, stopped, done, config.epochs)
         warning = None
         if stopped == "time budget":
             warning = budget.cut_short(done, epoch_cost, reserve, torch.get_num_threads())
