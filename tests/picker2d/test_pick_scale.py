@@ -128,6 +128,7 @@ def test_interrupted_run_resumes_with_every_output_exactly_once(ws, tmp_path, si
         assert proc.returncode == 130 and b"rerun to resume" in err and b"Traceback" not in err
     assert cli(["pick", "--model", str(ws / "model"), "--micrographs", str(mics), "-o", str(out), *PICK]) == 0
     summary = json.loads((out / "summary.json").read_text())
+    # records are written last and atomically: exactly the inputs finished before the stop are skipped
     assert summary["n_skipped"] == done_before and summary["n_picked"] + summary["n_skipped"] == len(names)
     outputs_exactly_once(out, names)
     reference = tmp_path / "reference"

@@ -14,7 +14,9 @@ executor:
 ``on_result`` always runs in the client process, one outcome at a time, so writing needs no locks;
 it should write atomically and record the input as finished last (:class:`cryopick.io.resume.RunState`).
 :mod:`cryopick.distribute.watch` yields inputs as they land; :mod:`cryopick.distribute.summary`
-counts outcomes and draws the progress bar.
+counts outcomes and draws the progress bar; :mod:`cryopick.distribute.runner` is the batch skeleton
+around all of it that ``pick`` and ``pick3d`` share (folder lock, stale temporaries, settings
+fingerprint, input stamps, the ``on_result`` writer, summary, exit codes).
 
 How ``pick3d`` uses it (one task per tomogram x prompt set)::
 

@@ -15,7 +15,9 @@ as its result arrives: the coordinate file, an overlay for some, then the record
 marks it finished, all atomically; so after a crash, Ctrl-C or a killed worker a rerun skips finished
 micrographs, redoes the others and those whose file changed, and never leaves a duplicated or
 truncated output. A micrograph that cannot be read or picked fails alone: it is listed with its error
-in ``summary.json`` and the run goes on (exit code 3 from the CLI).
+in ``summary.json`` and the run goes on (exit code 3 from the CLI). The skeleton (lock, manifest,
+stale temporaries, write callback, summary, exit codes) is :class:`~cryopick.distribute.runner.BatchRun`,
+shared with ``pick3d``; this module supplies the job and :class:`Pick2dBatch`.
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ which holds the model's fingerprint) and sends back only the picks, the tomogram
 and the montage PNGs (:class:`Picked3d`). This process writes every output as results arrive, exactly
 as a local run: the coordinate files, montages, copick picks (``on_picked``), then the record that
 marks the tomogram finished, and at the end the RELION indexes and ``summary.json``; so local and Dask
-runs resume each other.
+runs resume each other. What every batch shares (folder lock, stale temporaries, settings fingerprint,
+input stamps, the write callback, summary and exit codes) is :class:`~cryopick.distribute.runner.BatchRun`;
+this module supplies the job and :class:`Pick3dBatch` (the files, the record, the summary).
 """
 
 from __future__ import annotations
