@@ -191,10 +191,10 @@ def pick_tomograms(
         prompts = [prompts]
     prompts = [p if isinstance(p, Prompt) else load_prompt(p) for p in prompts]
     check_prompts(prompts)
-    diameters = describe_diameters(prompts)
     picker = TomogramPicker(model, stride=stride, window=window, batch_size=batch_size, bf16=bf16, device=device,
                             progress=progress)
-    settings_list = resolve_settings(picker.model, settings, len(prompts), overrides)
+    diameters = describe_diameters(prompts, picker.model)
+    settings_list = resolve_settings(picker.model, settings, len(prompts), overrides, prompt=prompts[0])
     labels = [p.label for p in prompts]
     if sources is None:
         paths = list_images(tomograms if isinstance(tomograms, (str, os.PathLike)) else list(tomograms))
