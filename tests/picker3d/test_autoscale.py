@@ -167,3 +167,35 @@ def test_old_spelling_diameter_px_still_works_with_one_line(tmp_path, capsys):
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "deprecated" in ln]
     assert lines == ["cryopick: warning: --diameter-px is deprecated; use --diameter-vox (same meaning)"]
     assert load_prompt(tmp_path / "p.prompt").diameter == pytest.approx(9.0)
+
+
+@pytest.mark.slow
+def test_shipped_network_finds_the_same_particles_at_three_voxel_sizes(tmp_path, monkeypatch):
+    """Issue 25's case with the real network: particles of ~230 Å simulated at 2.5 Å/voxel (92 voxels
+    across, three times larger than any the network was trained on), the same tomogram at 5 and 10 Å
+    (bin 2, bin 4). `prompt` (no diameter: estimated) + `pick3d` with defaults: the same particles, in Å,
+    at all three; before, the 2.5 Å tomogram was segmented as stored and its picks differed."""
+    from cryopick.simulate.shapes import procedural_class
+    from cryopick.simulate.tomogram import simulate_tomogram
+
+    monkeypatch.chdir(tmp_path)
+    cls = procedural_class("blob", "globular", 230.0, 2.5, seed=1)
+    tomo = simulate_tomogram([cls], shape=(128, 256, 256), voxel_size=2.5, seed=1, n_particles=6, snr=1.0,
+                             membranes=0, gold_beads=0, crowding=0.1)
+    truth = tomo.picks.coords * 2.5  # Å
+    paths = _three_scales(tmp_path, tomo.volume.astype(np.float32))
+    found = {}
+    for vs, path in paths.items():
+        at = ",".join(f"{c / vs:.2f}" for c in truth[0])
+        assert cli(["prompt", "--tomogram", str(path), "--at", at, "-o", f"p{vs:g}.prompt", "--label", "blob",
+                    "--threads", "1"]) == 0
+        assert load_prompt(f"p{vs:g}.prompt").voxel_size == pytest.approx(10.0)
+        assert cli(["pick3d", "--prompt", f"p{vs:g}.prompt", "--tomograms", str(path), "-o", f"out{vs:g}",
+                    "--no-montage", "--format", "imod", "--threads", "1"]) == 0
+        picks = read_picks(tmp_path / f"out{vs:g}" / "imod" / "blob" / f"t{vs:g}.coords")
+        found[vs] = np.array(sorted(picks.coords.tolist())).reshape(-1, 3) * vs
+    for vs in (2.5, 5.0):
+        assert found[vs].shape == found[10.0].shape, (vs, found)
+        np.testing.assert_allclose(found[vs], found[10.0], atol=10.0)  # one working voxel
+    near = np.linalg.norm(found[10.0][:, None] - truth[None], axis=2).min(1) < 230.0 / 4
+    assert near.sum() >= 2, (found[10.0], truth)
