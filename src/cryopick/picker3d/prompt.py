@@ -240,7 +240,7 @@ def _cut_examples(image: Image, positions: np.ndarray, binning: float | None, vo
             raise CryopickError(f"{image.path}: the tomogram around {at.tolist()} holds NaN or constant voxels; "
                                 "click a particle in a region with data")
     if work.voxel_size is not None or work.binning != 1.0:
-        log.info("%s: working voxel size %s (binning %.2f of the tomogram as stored)", image.name,
+        log.debug("%s: working voxel size %s (binning %.2f of the tomogram as stored)", image.name,
                  "unknown" if work.voxel_size is None else f"{work.voxel_size:.2f} Å", work.binning)
     return work, subs
 
