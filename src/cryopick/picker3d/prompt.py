@@ -249,7 +249,8 @@ def describe_diameters(prompts: Sequence[Prompt], model: ProPicker | None = None
     """Each prompt's particle diameter (working voxels, Å, estimated or given), logged once per class:
     the size limits and the NMS distance of picking follow from it. With ``model``, a particle outside
     the scale it was trained on gets the warning of :func:`check_particle_scale` (a prompt made before
-    ``prompt`` chose the scale by itself, or with an explicit --voxel-size)."""
+    ``prompt`` chose the scale by itself, or with an explicit --voxel-size); a particle under 2 working
+    voxels is refused (a prompt made before ``prompt`` refused it: nothing could be picked)."""
     out = {}
     trained = trained_scale(model) if model is not None else None
     for p in prompts:
@@ -261,8 +262,7 @@ def describe_diameters(prompts: Sequence[Prompt], model: ProPicker | None = None
         logging.getLogger("cryopick.picker3d.batch").info(
             "%s: particle diameter %s", p.label, text + (" (estimated by `cryopick prompt`; remake the prompt with "
                                                          "--diameter to set it)" if d["estimated"] else " (given)"))
-        if trained is not None and p.diameter is not None and p.diameter >= 2.0:
-            check_particle_scale(p.diameter, p.voxel_size, trained, f"prompt {p.label!r}", box=PROMPT_SIZE)
+        check_particle_scale(p.diameter, p.voxel_size, trained, f"prompt {p.label!r}", box=PROMPT_SIZE)
     return out
 
 

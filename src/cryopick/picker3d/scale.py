@@ -90,7 +90,7 @@ def check_particle_scale(diameter: float | None, voxel_size: float | None, train
     size = f"{diameter:.1f} voxels {at}"
     what = f"particle diameter {given + ' = ' if given else ''}{size}"
     if diameter < MIN_VISIBLE_DIAMETER:
-        hint = ""
+        hint = "; remake the prompt with the diameter in Å (--diameter) or in voxels of the tomogram (--diameter-vox)"
         if given.startswith("--diameter "):
             hint = f"; --diameter is in Å: if {given.split()[1]} is voxels, give --diameter-vox {given.split()[1]}"
         known = "" if trained is None else f", and was trained on {trained.diameter[0]:g}-{trained.diameter[1]:g}"
