@@ -35,6 +35,25 @@ def test_shipped_weights_state_their_trained_scale():
     assert trained_scale(load_propicker()) == TRAINED
 
 
+def test_train3d_records_the_scale_of_its_pool(tmp_path):
+    """train3d's checkpoints carry their pool's ranges (pool.json as make_pool writes it), so prompts made
+    with a newly trained model follow its scale; a model without them is not rescaled."""
+    import json
+    from dataclasses import asdict, replace
+
+    from cryopick.picker3d.train.pool import PoolConfig, pool_scale
+
+    cfg = replace(PoolConfig(), voxel_size=(4.0, 6.0), min_diameter_px=8.0, max_diameter_px=40.0)
+    (tmp_path / "pool.json").write_text(json.dumps({"seed": 1, "config": asdict(cfg)}))
+    meta = pool_scale(tmp_path)
+    assert meta == {"trained_voxel_size": [4.0, 6.0], "trained_diameter_voxels": [8.0, 40.0]}
+    model = load_propicker()
+    model.meta = {**model.meta, **meta}
+    assert trained_scale(model) == TrainedScale((4.0, 6.0), (8.0, 40.0))
+    model.meta = {k: v for k, v in model.meta.items() if not k.startswith("trained_")}
+    assert trained_scale(model) is None and pool_scale(tmp_path / "nothing") == {}
+
+
 @pytest.mark.parametrize("source, diameter, expected", [
     (2.5, None, 10.0), (5.0, None, 10.0), (10.0, None, 10.0),  # bin 4, bin 2, as stored: one scale
     (1.35, None, 9.45), (12.0, None, 12.0), (20.0, None, 20.0),  # bin 7; in range; never upsampled
