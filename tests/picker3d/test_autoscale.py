@@ -241,3 +241,23 @@ def test_shipped_network_finds_the_same_particles_at_three_voxel_sizes(tmp_path,
         assert found[vs].shape == found[10.0].shape, (vs, found)
         np.testing.assert_allclose(found[vs], found[10.0], atol=10.0)  # one working voxel
     assert (np.linalg.norm(found[10.0][:, None] - truth[None], axis=2).min(1) < 50.0).all(), (found[10.0], truth)
+
+
+def test_estimated_diameter_outside_the_range_moves_the_scale_once(tmp_path, monkeypatch):
+    """No diameter given: the estimate at the first scale (10 Å) says 50 voxels = 500 Å, more than the
+    trained 33, so the examples are cut again at 500/33 Å and measured there."""
+    import cryopick.picker3d.prompt as PR
+
+    calls = []
+
+    def estimate(model, prompt, work, **kw):
+        calls.append(work.voxel_size)
+        return 50.0 if len(calls) == 1 else 31.0
+
+    monkeypatch.setattr(PR, "estimate_diameter", estimate)
+    write_mrc(tmp_path / "t.mrc", np.random.default_rng(0).normal(size=(64, 96, 96)).astype(np.float32),
+              pixel_size=5.0)
+    prompt = PR.make_prompt(tmp_path / "t.mrc", [(40, 40, 30)])
+    assert calls == [pytest.approx(10.0), pytest.approx(500 / 33, rel=1e-3)]
+    assert prompt.voxel_size == pytest.approx(500 / 33, rel=1e-3) and prompt.diameter == 31.0
+    assert prompt.binning == pytest.approx(prompt.voxel_size / 5.0) and prompt.meta["diameter_estimated"]
