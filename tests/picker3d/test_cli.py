@@ -88,7 +88,7 @@ def test_finetune3d_cli_writes_a_usable_checkpoint(tomo_dir):
     truth0 = read_picks(root / "truth_ts0.coords").coords
     prompt = root / "ft.prompt"
     assert cli(["prompt", "--tomogram", str(root / "tomos" / "ts0.mrc"), "--at", ",".join(map(str, truth0[1])),
-                "--diameter-px", f"{cls.diameter / 10:.1f}", "-o", str(prompt), "--threads", "1"]) == 0
+                "--diameter-vox", f"{cls.diameter / 10:.1f}", "-o", str(prompt), "--threads", "1"]) == 0
     ckpt = root / "ft.pt"
     assert cli(["finetune3d", "--tomograms", str(root / "tomos" / "ts0.mrc"), "--coords", str(root / "truth_ts0.coords"),
                 "--prompt", str(prompt), "-o", str(ckpt), "--steps", "2", "--window", "32", "--threads", "1"]) == 0

@@ -31,7 +31,7 @@ def test_component_diameter_solid_and_none():
     assert component_diameter(prob, 0.9) is None
 
 
-@pytest.mark.parametrize("flag, value, expected", [("--diameter", "217", 21.7), ("--diameter-px", "20", 20.0)])
+@pytest.mark.parametrize("flag, value, expected", [("--diameter", "217", 21.7), ("--diameter-vox", "20", 20.0)])
 def test_prompt_cli_diameter_reaches_the_prompt(tmp_path, flag, value, expected):
     from cryopick.cli.main import main as cli
     from cryopick.io.images import write_mrc

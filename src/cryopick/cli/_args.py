@@ -9,6 +9,9 @@ argparse turns an ``ArgumentTypeError`` into one line (``cryopick pick: error: a
 
 Shared vocabulary of 2D and 3D commands (:func:`add_bf16`, :func:`add_threads`, :func:`add_redo`):
 ``--bf16 auto|on|off``, ``--threads N`` (default: chosen from the cores free now), ``--redo``.
+Units are in the flag's name where they are not Å: 3D ``--diameter`` and ``--min-distance`` are Å,
+``--diameter-vox`` / ``--min-distance-vox`` voxels of the tomogram as stored. An old spelling stays
+accepted through :func:`deprecated` (one warning line, then the new option's value).
 CLI flags default to ``None`` so the library's dataclass default is the one source of truth.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 
 def _number(text: str, kind=float):
@@ -135,3 +139,15 @@ def check_distribute(args: argparse.Namespace) -> None:
 
     if getattr(args, "cluster_config", None) is not None and getattr(args, "cluster", None) is None:
         raise CryopickError("--cluster-config only applies with --cluster")
+
+
+def deprecated(new: str, note: str = "same meaning") -> type[argparse.Action]:
+    """``action=`` of an old option spelling: stores the value like ``new`` (give the same ``dest``) and
+    prints one line saying what to write instead (on stderr at parse time, before logging is set up)."""
+
+    class Deprecated(argparse._StoreAction):
+        def __call__(self, parser, namespace, values, option_string=None):
+            sys.stderr.write(f"cryopick: warning: {option_string} is deprecated; use {new} ({note})\n")
+            setattr(namespace, self.dest, values)
+
+    return Deprecated

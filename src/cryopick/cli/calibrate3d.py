@@ -6,7 +6,7 @@ Sweeps threshold x min size x max size x minimum prompt similarity (cluster mode
 leaves the last out) or the NCC threshold (--mode tm), prints the
 best-case F1 and writes the best settings (default: <prompt>_settings.json) and the whole sweep (.csv).
 Use the settings on other tomograms: cryopick pick3d ... --settings ribosome_settings.json
-A pick is correct within one particle radius (--tolerance, voxels of the working scale), one-to-one.
+A pick is correct within one particle radius (--tolerance, in radii like `evaluate`), one-to-one.
 The prompt's own example particle(s) are left out of the scoring (neither found nor false) when the
 prompt was cut from this tomogram: finding the clicked particle says little, and with few annotated
 particles it would decide the calibration. --include-prompt scores them; --exclude-prompt leaves them
@@ -35,11 +35,13 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=["cluster", "tm"], default="cluster",
                         help="sweep ProPicker-C or ProPicker-TM settings (default: cluster)")
     parser.add_argument("--stride", type=positive_int,
-                        help="window spacing in working voxels, as you will pick with (default: 32)")
+                        help="spacing of the network's windows, in its own voxels (the prompt's scale), as you will "
+                        "pick with (default: 32)")
     parser.add_argument("--window", type=positive_int,
-                        help="window edge in working voxels, a multiple of 16, as you will pick with (default: 64)")
-    parser.add_argument("--tolerance", type=positive_float,
-                        help="match distance in working voxels (default: the particle radius)")
+                        help="edge of the network's input window, in its own voxels, a multiple of 16, as you will "
+                        "pick with (default: 64)")
+    parser.add_argument("--tolerance", type=positive_float, metavar="RADII",
+                        help="match distance as a multiple of the particle radius, like `evaluate` (default: 1)")
     parser.add_argument("--no-similarity", dest="similarity", action="store_false",
                         help="do not sweep the minimum prompt similarity of a pick (cluster mode)")
     parser.add_argument("--refine", type=nonnegative_int, metavar="N",
@@ -84,7 +86,11 @@ def main(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.device)
     opts = {k: v for k, v in {"stride": args.stride, "window": args.window, "tm_angle": args.tm_angle,
                               "refine": args.refine}.items() if v is not None}
-    result, payload = calibrate_tomogram(image, truth, prompt, model, mode=args.mode, tolerance=args.tolerance,
+    if args.tolerance is not None and prompt.diameter is None:
+        raise CryopickError(f"{args.prompt}: no particle diameter, so --tolerance (radii) has no length; remake "
+                            "the prompt with --diameter")
+    tolerance = None if args.tolerance is None else args.tolerance * prompt.diameter / 2
+    result, payload = calibrate_tomogram(image, truth, prompt, model, mode=args.mode, tolerance=tolerance,
                                          similarity=args.similarity, bf16=bf16_value(args.bf16),
                                          exclude_prompt=args.exclude_prompt,
                                          adapted=args.adapted and args.mode == "cluster", **opts)

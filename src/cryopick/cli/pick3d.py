@@ -15,6 +15,10 @@ its bin-1 size, tilt-series pixel size and binning, so the centred Å coordinate
 it the <tomogram> name is the file stem, or what --tomo-name makes of it: relion (rec_TS_01.mrc ->
 TS_01, as RELION's Reconstruct job names them), strip:TEXT[,TEXT] (remove those substrings) or
 regex:PATTERN (its first group).
+Scale and units: pick3d works at the prompt's voxel size (chosen by `cryopick prompt` for the model's
+trained scale); each tomogram is Fourier-cropped to it on the fly and the picks are written in the
+tomogram's own voxels (or Å). Distances are Å (--min-distance) or voxels of the tomogram as stored
+(--min-distance-vox); --window and --stride are the network's own windows.
 With --answers (from `cryopick ask3d`) the prompts are first adapted to the answers (a small
 classifier over the candidates, saved as picks/adapted/<label>.adapted.npz); --adapted picks with
 such a file without more answers. Scores are then the classifier's probability.
@@ -113,18 +117,21 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="ProPicker-C (connected components) or ProPicker-TM (template matching in the mask) "
                         "(default: the settings file's, else cluster)")
     parser.add_argument("--stride", type=positive_int,
-                        help="window spacing in working voxels, at most --window (default: 32; 64 = no overlap, "
-                        "about 8x faster, slightly less accurate)")
+                        help="spacing of the network's windows, in its own voxels (the prompt's scale), at most "
+                        "--window (default: 32 = half a window; 64 = no overlap, about 8x faster, slightly less "
+                        "accurate)")
     parser.add_argument("--window", type=positive_int,
-                        help="window edge in working voxels, a multiple of 16 (default: 64)")
+                        help="edge of the network's input window, in its own voxels, a multiple of 16 (default: 64)")
     parser.add_argument("--batch", type=positive_int,
                         help="windows per forward pass (default: 4; more uses more memory, not less time on a CPU)")
     parser.add_argument("--settings", action="append", default=[],
                         help="calibration JSON from `cryopick calibrate3d` (one, or one per --prompt)")
     parser.add_argument("--threshold", type=fraction,
                         help="probability threshold, 0-1 (overrides settings; default: the model's recommended value)")
-    parser.add_argument("--min-size", type=nonnegative_float, help="minimum component size, working voxels")
-    parser.add_argument("--max-size", type=positive_float, help="maximum component size, working voxels")
+    parser.add_argument("--min-size", type=nonnegative_float,
+                        help="minimum component volume, in voxels at the prompt's scale (prefer --min-factor)")
+    parser.add_argument("--max-size", type=positive_float,
+                        help="maximum component volume, in voxels at the prompt's scale (prefer --max-factor)")
     parser.add_argument("--min-factor", type=nonnegative_float,
                         help="minimum component size as a multiple of the particle's sphere volume "
                         "(default: the model's recommended value)")
@@ -135,8 +142,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="drop components whose sub-volume's similarity to the prompt (cosine, -1..1) is "
                         "below this (cluster mode; default: the model's recommended value)")
     parser.add_argument("--no-similarity", action="store_true", help="no prompt-similarity check of the components")
-    parser.add_argument("--min-distance", type=nonnegative_float,
-                        help="NMS distance, working voxels (default: the particle radius)")
+    distance = parser.add_mutually_exclusive_group()
+    distance.add_argument("--min-distance", type=nonnegative_float, metavar="A",
+                          help="least distance between two picks, Å (default: the particle radius)")
+    distance.add_argument("--min-distance-vox", type=nonnegative_float, metavar="VOXELS",
+                          help="least distance between two picks, in voxels of the tomogram as stored")
     parser.add_argument("--tm-threshold", type=finite_float, help="minimum NCC (-1..1) of a ProPicker-TM pick "
                         "(default: the settings file's, else 0.15)")
     parser.add_argument("--tm-angle", type=positive_float,
@@ -177,7 +187,8 @@ def main(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     overrides = {k: v for k, v in {"mode": args.mode, "threshold": args.threshold, "min_size": args.min_size,
                                    "max_size": args.max_size, "min_factor": args.min_factor,
-                                   "max_factor": args.max_factor, "min_distance": args.min_distance,
+                                   "max_factor": args.max_factor, "min_distance_A": args.min_distance,
+                                   "min_distance_vox": args.min_distance_vox,
                                    "tm_threshold": args.tm_threshold, "tm_angle": args.tm_angle,
                                    "refine": args.refine, "min_similarity": args.min_similarity}.items()
                  if v is not None}

@@ -14,8 +14,14 @@ With --copick the examples are the run's copick picks of --object (narrowed by -
 --session-id when the run holds several such pick sets), cut from the run's tomogram (--voxel-spacing,
 --tomo-type: optional when the run has one); the label defaults to the object name, so that
 `pick3d --copick` writes the picks to that object.
-Positions are x,y,z in voxels of the tomogram as stored (0-based). Without --diameter the particle
-diameter is estimated from the segmentation around the examples (stored in the prompt file).
+Positions are x,y,z in voxels of the tomogram as stored (0-based). The particle diameter is --diameter
+in Å (or --diameter-vox in voxels of the tomogram as stored); without either it is estimated from the
+segmentation around the examples (stored in the prompt file).
+Scale: by default the network works at the voxel size it was trained at (the weights' card: 9-13 Å/voxel,
+particles 6-33 voxels across), the nearest one that puts the particle in that range; finer tomograms are
+Fourier-cropped on the fly and picks come back in the tomogram's own voxels. --voxel-size or --binning
+override the choice; a particle the network cannot see there is refused (< 2 voxels) or warned about.
+`pick3d` works at the prompt's scale.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import argparse
 import logging
 import math
 
-from cryopick.cli._args import add_threads, positive_float
+from cryopick.cli._args import add_threads, deprecated, positive_float
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +75,19 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label", help="class name used in outputs (default: the output file stem)")
     scale = parser.add_mutually_exclusive_group()
     scale.add_argument("--binning", type=positive_float,
-                       help="work on the tomogram binned by this factor, >= 1 (default: 1, as stored)")
-    scale.add_argument("--voxel-size", type=positive_float,
-                       help="work at this voxel size (Å), Fourier-cropping the tomogram")
+                       help="work on the tomogram binned by this factor, >= 1 (default: chosen by itself, see "
+                       "--voxel-size)")
+    scale.add_argument("--voxel-size", type=positive_float, metavar="A",
+                       help="work at this voxel size (Å), Fourier-cropping the tomogram (default: the voxel size "
+                       "the model was trained at, nearest the tomogram's, moved so the particle fits its range)")
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--diameter", type=positive_float, help="particle diameter in Å")
-    size.add_argument("--diameter-px", type=positive_float, help="particle diameter in voxels of the tomogram as stored")
+    size.add_argument("--diameter", type=positive_float, metavar="A", help="particle diameter in Å")
+    size.add_argument("--diameter-vox", type=positive_float, metavar="VOXELS",
+                      help="particle diameter in voxels of the tomogram as stored")
+    size.add_argument("--diameter-px", type=positive_float, dest="diameter_vox", action=deprecated("--diameter-vox"),
+                      help=argparse.SUPPRESS)
     parser.add_argument("--invert", action="store_true", help="the tomogram has bright particles (multiply by -1)")
-    parser.add_argument("--model", help="ProPicker checkpoint for the diameter estimate (default: shipped weights)")
+    parser.add_argument("--model", help="ProPicker checkpoint: its trained scale and the diameter estimate (default: shipped weights)")
     add_threads(parser)
 
 
@@ -116,21 +127,22 @@ def main(args: argparse.Namespace) -> int:
         positions += picks.coords.tolist()
     if not positions:
         raise CryopickError("give at least one example with --at x,y,z or --coords FILE")
-    model = load_model(args.model) if (args.diameter is None and args.diameter_px is None) else None
     tomogram = open_tomogram(args.tomogram, args.tomograms_star, args.tomo_name, args.tomogram_kind or "reconstructed",
                              args.project_dir)
     prompt = make_prompt(tomogram, positions, label=args.label or Path(args.output).stem,
-                         binning=args.binning or 1.0, voxel_size=args.voxel_size, diameter_A=args.diameter,
-                         diameter_px=args.diameter_px, invert=args.invert, model=model)
+                         binning=args.binning, voxel_size=args.voxel_size, diameter_A=args.diameter,
+                         diameter_px=args.diameter_vox, invert=args.invert, model=load_model(args.model))
     if prompt.diameter is None:
         log.warning("could not estimate the particle diameter from the examples; size limits need it: "
-                    "remake the prompt with --diameter (Å) or --diameter-px")
+                    "remake the prompt with --diameter (Å) or --diameter-vox")
     save_prompt(prompt, args.output)
     d = "unknown" if prompt.diameter is None else f"{prompt.diameter:.1f} working voxels" + (
         f" = {prompt.diameter * prompt.voxel_size:.0f} Å" if prompt.voxel_size else "") + (
         " (estimated: the extent of the example's segmentation; give --diameter in Å if you know it)"
         if prompt.meta.get("diameter_estimated") else " (given)")
-    vs = "unknown" if prompt.voxel_size is None else f"{prompt.voxel_size:g} Å"
+    vs = ("unknown" if prompt.voxel_size is None else f"{prompt.voxel_size:.2f} Å") + (
+        f" (binning {prompt.binning:.2f}" + (", chosen for the model's trained scale)"
+                                              if prompt.meta.get("scale") == "auto" else ")"))
     log.info("%s: %d example(s) of %r, working voxel size %s, diameter %s", args.output, len(positions),
              prompt.label, vs, d)
     return 0
@@ -141,14 +153,14 @@ def _from_copick(args: argparse.Namespace) -> int:
     from cryopick.picker3d.copick_runs import prompt_from_copick
     from cryopick.picker3d.prompt import save_prompt
 
-    model = load_model(args.model) if (args.diameter is None and args.diameter_px is None) else None
     prompt = prompt_from_copick(args.copick, args.run, args.object, user_id=args.user_id, session_id=args.session_id,
                                 voxel_spacing=args.voxel_spacing, tomo_type=args.tomo_type, label=args.label,
-                                at=args.at, binning=args.binning or 1.0, voxel_size=args.voxel_size,
-                                diameter_A=args.diameter, diameter_px=args.diameter_px, invert=args.invert, model=model)
+                                at=args.at, binning=args.binning, voxel_size=args.voxel_size,
+                                diameter_A=args.diameter, diameter_px=args.diameter_vox, invert=args.invert,
+                                model=load_model(args.model))
     if prompt.diameter is None:
         log.warning("could not estimate the particle diameter from the examples; size limits need it: "
-                    "remake the prompt with --diameter (Å) or --diameter-px")
+                    "remake the prompt with --diameter (Å) or --diameter-vox")
     save_prompt(prompt, args.output)
     log.info("%s: %d example(s) of %r from copick run %s", args.output, len(prompt.subvolumes), prompt.label, args.run)
     return 0

@@ -7,6 +7,7 @@ the settings recommended with the weights (their ``meta``).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, replace
@@ -17,7 +18,10 @@ import numpy as np
 
 from cryopick.errors import CryopickError
 from cryopick.models.promptable3d import ProPicker
+from cryopick.picker3d.scale import TrainedScale
 from cryopick.postprocess.cluster3d import sphere_volume
+
+log = logging.getLogger(__name__)
 
 
 # -- settings ---------------------------------------------------------------------------------------------------
@@ -124,6 +128,20 @@ def default_threshold(model: ProPicker) -> float:
     return float(model.meta.get("default_threshold", 0.5))
 
 
+def trained_scale(model: ProPicker) -> TrainedScale | None:
+    """The voxel sizes and particle diameters ``model`` was trained on (``meta["trained_voxel_size"]``,
+    Å, and ``meta["trained_diameter_voxels"]``, voxels; written by ``train3d`` from its pool), or ``None``
+    for weights that do not record them (then nothing is rescaled by itself)."""
+    vs, diameter = model.meta.get("trained_voxel_size"), model.meta.get("trained_diameter_voxels")
+    try:
+        vs, diameter = (float(vs[0]), float(vs[1])), (float(diameter[0]), float(diameter[1]))
+    except (TypeError, ValueError, IndexError, KeyError):
+        return None
+    if not (0 < vs[0] <= vs[1] and 0 < diameter[0] <= diameter[1]):
+        return None
+    return TrainedScale(vs, diameter)
+
+
 def default_settings(model: ProPicker) -> PickSettings:
     """ProPicker-C settings recommended with ``model``, for picking without a calibration file.
 
@@ -143,13 +161,16 @@ def default_settings(model: ProPicker) -> PickSettings:
 
 
 def resolve_settings(model: ProPicker, settings: PickSettings | str | os.PathLike | Sequence | None, n_prompts: int,
-                     overrides: Mapping[str, Any] | None = None) -> list[PickSettings]:
+                     overrides: Mapping[str, Any] | None = None, prompt=None) -> list[PickSettings]:
     """One :class:`PickSettings` per prompt, checked, threshold resolved.
 
     ``settings``: ``None`` (the model's :func:`default_settings`), one settings object or file (for
     every prompt), or one per prompt. ``overrides`` (e.g. from command-line options) replace those
-    keys in each; unknown keys are refused.
+    keys in each; unknown keys are refused. ``min_distance_A`` (Å) and ``min_distance_vox`` (voxels of the
+    tomogram as stored) are converted to ``min_distance`` (working voxels) at ``prompt``'s scale (the
+    :class:`~cryopick.picker3d.prompt.Prompt` of the run: every prompt of a run shares one scale).
     """
+    overrides = working_distance(dict(overrides or {}), prompt)
     items = list(settings) if isinstance(settings, (list, tuple)) else [settings]
     if not items:
         items = [None]
@@ -167,7 +188,6 @@ def resolve_settings(model: ProPicker, settings: PickSettings | str | os.PathLik
         out.append(s)
     if len(out) == 1:
         out = out * n_prompts
-    overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(PickSettings.__dataclass_fields__))
     if unknown:
         raise CryopickError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(PickSettings.__dataclass_fields__)}")
@@ -175,6 +195,32 @@ def resolve_settings(model: ProPicker, settings: PickSettings | str | os.PathLik
     out = [s if s.threshold is not None else replace(s, threshold=default_threshold(model)) for s in out]
     return [s.validate("picking settings" if not overrides else "picking settings (with the options given)")
             for s in out]
+
+
+def working_distance(overrides: dict, prompt) -> dict:
+    """``overrides`` with ``min_distance_A`` / ``min_distance_vox`` replaced by ``min_distance`` in working
+    voxels of ``prompt`` (see :func:`resolve_settings`)."""
+    given = {k: overrides.pop(k) for k in ("min_distance_A", "min_distance_vox") if overrides.get(k) is not None}
+    for k in ("min_distance_A", "min_distance_vox"):
+        overrides.pop(k, None)
+    if not given:
+        return overrides
+    if len(given) > 1 or "min_distance" in overrides:
+        raise CryopickError("give the NMS distance once: --min-distance (Å) or --min-distance-vox")
+    if prompt is None:
+        raise CryopickError("a distance in Å or tomogram voxels needs the prompt's working scale")
+    (key, value), = given.items()
+    if key == "min_distance_A":
+        if prompt.voxel_size is None:
+            raise CryopickError(f"prompt {prompt.label!r}: its tomogram had no voxel size in the header, so a "
+                                "distance in Å cannot be converted; give --min-distance-vox (voxels)")
+        overrides["min_distance"] = value / prompt.voxel_size
+        if 0 < value / prompt.voxel_size < 1:
+            log.warning("--min-distance %g Å is less than one working voxel (%.2f Å); --min-distance is in Å "
+                        "(use --min-distance-vox for voxels of the tomogram)", value, prompt.voxel_size)
+    else:
+        overrides["min_distance"] = value / prompt.binning
+    return overrides
 
 
 def load_model(model: ProPicker | str | os.PathLike | None = None, device: str | None = None) -> ProPicker:

@@ -14,7 +14,8 @@ Frames and units
   tomogram as stored (0-based ``x, y, z`` of the voxel centre, ``x`` = column), with
   ``Picks.pixel_size`` = its voxel size. Output files convert them (RELION 5: Å from the centre).
 - The network works at the *working voxel size* of the prompt (``binning`` × the voxel size of the
-  prompt's tomogram). Other tomograms are Fourier-cropped to that voxel size when their header
+  prompt's tomogram; :func:`make_prompt` chooses it for the scale the weights were trained at, see
+  :func:`cryopick.picker3d.scale.choose_voxel_size`). Other tomograms are Fourier-cropped to that voxel size when their header
   states a voxel size, else binned by the prompt's ``binning``. Particle diameters and size limits
   (``diameter``, ``min_size``, ``max_size``) are in **working** voxels, stated as such.
 - Contrast: the network and the prompt see the tomogram with dark particles (the usual

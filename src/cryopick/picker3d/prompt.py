@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -25,12 +26,21 @@ from cryopick.io.atomic import atomic_path
 from cryopick.io.images import Image, read_tomogram
 from cryopick.models.prompt_encoder import PROMPT_SIZE
 from cryopick.models.promptable3d import ProPicker, load_propicker
-from cryopick.picker3d.card import default_threshold
+from cryopick.picker3d.card import default_threshold, trained_scale
 from cryopick.picker3d.predict import predict_tomogram
-from cryopick.picker3d.scale import WorkingTomogram, working_tomogram
+from cryopick.picker3d.scale import (
+    TrainedScale,
+    WorkingTomogram,
+    check_particle_scale,
+    choose_binning,
+    choose_voxel_size,
+    working_tomogram,
+)
 from cryopick.preprocess import cut_cube
 
 PROMPT_FORMAT = "cryopick-prompt3d-v1"
+
+log = logging.getLogger(__name__)
 
 
 # -- prompts -------------------------------------------------------------------------------------------
@@ -126,7 +136,7 @@ def prompt_fingerprint(prompt: Prompt) -> dict:
 
 
 def make_prompt(tomogram: str | os.PathLike | Image, positions: Sequence[Sequence[float]], label: str = "particle",
-                binning: float = 1.0, voxel_size: float | None = None, diameter_A: float | None = None,
+                binning: float | None = None, voxel_size: float | None = None, diameter_A: float | None = None,
                 diameter_px: float | None = None, invert: bool = False, model: ProPicker | None = None,
                 estimate: bool = True) -> Prompt:
     """Cut 37³ prompt sub-volumes around ``positions`` (``x, y, z`` voxels of ``tomogram`` as stored).
@@ -134,24 +144,81 @@ def make_prompt(tomogram: str | os.PathLike | Image, positions: Sequence[Sequenc
     Parameters
     ----------
     binning, voxel_size
-        Working scale: bin by ``binning`` or go to ``voxel_size`` Å/voxel.
+        Working scale: bin by ``binning`` or go to ``voxel_size`` Å/voxel. Neither (the default): the
+        scale ``model`` was trained at (:func:`~cryopick.picker3d.card.trained_scale`), the nearest one
+        that puts the particle in its trained diameter range (:func:`choose_voxel_size`); a tomogram
+        without a voxel size in its header is binned only as far as a particle of known voxel diameter
+        needs (:func:`choose_binning`). A diameter estimated outside the trained range moves the scale
+        once more. ``meta["scale"]`` says ``"auto"`` or ``"given"``.
     diameter_A, diameter_px
         Particle diameter, in Å or in voxels of ``tomogram`` as stored. When neither is given and
         ``estimate`` is true, it is estimated by :func:`estimate_diameter` with ``model`` (default:
         the shipped weights) and ``meta["diameter_estimated"]`` is set.
+
+    A particle under 2 working voxels is refused; one outside the trained range or larger than the
+    prompt box gets a warning saying what to do (:func:`check_particle_scale`).
     """
     check_label(label)
     image = tomogram if isinstance(tomogram, Image) else read_tomogram(tomogram)
+    positions = _check_positions(image, positions)
+    for key, value in (("diameter_A", diameter_A), ("diameter_px", diameter_px), ("binning", binning),
+                       ("voxel_size", voxel_size)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise CryopickError(f"{image.path}: {key} must be a number > 0, got {value!r}")
+    auto = binning is None and voxel_size is None
+    if model is None and (auto or (diameter_A is None and diameter_px is None and estimate)):
+        model = load_propicker()
+    trained = trained_scale(model) if model is not None else None
+    src = image.pixel_size
+    if diameter_A is not None and src is None:
+        raise CryopickError(f"{image.path}: no voxel size in the header; give the diameter in voxels")
+    if auto:
+        d_A = diameter_A if diameter_A is not None else (diameter_px * src if diameter_px and src else None)
+        binning, voxel_size = _auto_scale(src, trained, d_A, diameter_px)
+    work, subs = _cut_examples(image, positions, binning, voxel_size, invert)
+    diameter = None
+    if diameter_A is not None:
+        diameter = diameter_A / work.voxel_size
+    elif diameter_px is not None:
+        diameter = diameter_px / work.binning
+    prompt = Prompt(subs, positions, image.name, work.voxel_size, work.binning, diameter, label, invert,
+                    meta={"scale": "auto" if auto else "given"})
+    if diameter is None and estimate:
+        diameter = estimate_diameter(model, prompt, work)
+        if auto and trained is not None and diameter is not None and not (
+                trained.diameter[0] <= diameter <= trained.diameter[1]):
+            # the particle is outside the trained range at the first scale: move once, measure again
+            stored = diameter * work.binning  # voxels of the tomogram as stored
+            b2, v2 = _auto_scale(src, trained, stored * src if src else None, stored)
+            if abs((v2 / work.voxel_size if v2 else b2 / work.binning) - 1.0) > 0.05:
+                work, subs = _cut_examples(image, positions, b2, v2, invert)
+                prompt.subvolumes, prompt.voxel_size, prompt.binning = subs, work.voxel_size, work.binning
+                diameter = estimate_diameter(model, prompt, work) or stored / work.binning
+        prompt.diameter = diameter
+        prompt.meta["diameter_estimated"] = True
+    given = (f"--diameter {diameter_A:g}" if diameter_A is not None else
+             f"--diameter-vox {diameter_px:g}" if diameter_px is not None else "")
+    check_particle_scale(prompt.diameter, prompt.voxel_size, trained, str(image.path), box=PROMPT_SIZE, given=given)
+    return prompt
+
+
+def _auto_scale(src: float | None, trained: TrainedScale | None, diameter_A: float | None,
+                diameter_vox: float | None) -> tuple[float | None, float | None]:
+    """``(binning, voxel_size)`` chosen by :func:`make_prompt` when the user gave neither."""
+    if trained is None:
+        return 1.0, None
+    if src is not None:
+        return None, choose_voxel_size(src, trained, diameter_A)
+    return choose_binning(diameter_vox, trained), None
+
+
+def _check_positions(image: Image, positions) -> np.ndarray:
     positions = np.asarray(positions, dtype=float).reshape(-1, 3)
     if len(positions) == 0:
         raise CryopickError("give at least one example position (--at x,y,z)")
     if not np.isfinite(positions).all():
         bad = positions[~np.isfinite(positions).all(axis=1)][0].tolist()
         raise CryopickError(f"{image.path}: example position {bad} is not a finite number; give x,y,z in voxels")
-    for key, value in (("diameter_A", diameter_A), ("diameter_px", diameter_px), ("binning", binning),
-                       ("voxel_size", voxel_size)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise CryopickError(f"{image.path}: {key} must be a number > 0, got {value!r}")
     shape_xyz = np.asarray(image.data.shape[::-1])
     bad = np.any((positions < 0) | (positions > shape_xyz - 1), axis=1)
     if bad.any():
@@ -159,34 +226,33 @@ def make_prompt(tomogram: str | os.PathLike | Image, positions: Sequence[Sequenc
             f"{image.path}: position {positions[bad][0].tolist()} is outside the tomogram "
             f"(x, y, z size {shape_xyz.tolist()}); give x,y,z in voxels"
         )
-    work = working_tomogram(image, binning=binning if voxel_size is None else None, voxel_size=voxel_size,
+    return positions
+
+
+def _cut_examples(image: Image, positions: np.ndarray, binning: float | None, voxel_size: float | None,
+                  invert: bool) -> tuple[WorkingTomogram, np.ndarray]:
+    """The tomogram at the working scale and the 37³ sub-volumes around ``positions`` (stored voxels)."""
+    work = working_tomogram(image, binning=(binning or 1.0) if voxel_size is None else None, voxel_size=voxel_size,
                             invert=invert)
-    centres = work.to_working(positions)
-    subs = np.stack([cut_prompt(work.volume, c) for c in centres])
+    subs = np.stack([cut_prompt(work.volume, c) for c in work.to_working(positions)])
     for sub, at in zip(subs, positions):
         if not np.isfinite(sub).all() or not sub.std() > 0:
             raise CryopickError(f"{image.path}: the tomogram around {at.tolist()} holds NaN or constant voxels; "
                                 "click a particle in a region with data")
-    diameter = None
-    if diameter_A is not None:
-        if work.voxel_size is None:
-            raise CryopickError(f"{image.path}: no voxel size in the header; give the diameter in voxels")
-        diameter = diameter_A / work.voxel_size
-    elif diameter_px is not None:
-        diameter = diameter_px / work.binning
-    prompt = Prompt(subs, positions, image.name, work.voxel_size, work.binning, diameter, label, invert)
-    if diameter is None and estimate:
-        prompt.diameter = estimate_diameter(model or load_propicker(), prompt, work)
-        prompt.meta["diameter_estimated"] = True
-    return prompt
+    if work.voxel_size is not None or work.binning != 1.0:
+        log.debug("%s: working voxel size %s (binning %.2f of the tomogram as stored)", image.name,
+                 "unknown" if work.voxel_size is None else f"{work.voxel_size:.2f} Å", work.binning)
+    return work, subs
 
 
-def describe_diameters(prompts: Sequence[Prompt]) -> dict:
+def describe_diameters(prompts: Sequence[Prompt], model: ProPicker | None = None) -> dict:
     """Each prompt's particle diameter (working voxels, Å, estimated or given), logged once per class:
-    the size limits and the NMS distance of picking follow from it."""
-    import logging
-
+    the size limits and the NMS distance of picking follow from it. With ``model``, a particle outside
+    the scale it was trained on gets the warning of :func:`check_particle_scale` (a prompt made before
+    ``prompt`` chose the scale by itself, or with an explicit --voxel-size); a particle under 2 working
+    voxels is refused (a prompt made before ``prompt`` refused it: nothing could be picked)."""
     out = {}
+    trained = trained_scale(model) if model is not None else None
     for p in prompts:
         angstrom = p.diameter * p.voxel_size if p.diameter and p.voxel_size else None
         out[p.label] = d = {"working_voxels": p.diameter, "angstrom": angstrom,
@@ -196,6 +262,7 @@ def describe_diameters(prompts: Sequence[Prompt]) -> dict:
         logging.getLogger("cryopick.picker3d.batch").info(
             "%s: particle diameter %s", p.label, text + (" (estimated by `cryopick prompt`; remake the prompt with "
                                                          "--diameter to set it)" if d["estimated"] else " (given)"))
+        check_particle_scale(p.diameter, p.voxel_size, trained, f"prompt {p.label!r}", box=PROMPT_SIZE)
     return out
 
 

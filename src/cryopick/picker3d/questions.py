@@ -101,7 +101,8 @@ class AnswerSession:
                 raise CryopickError(f"prompt {p.label!r} has no particle diameter; remake it with --diameter")
         self.picker = TomogramPicker(model, stride=stride, window=window, batch_size=batch_size, bf16=bf16,
                                      device=device, progress=progress)
-        self.settings = resolve_settings(self.picker.model, settings, len(self.prompts), overrides)
+        self.settings = resolve_settings(self.picker.model, settings, len(self.prompts), overrides,
+                                         prompt=self.prompts[0])
         self.candidate_threshold = [s.threshold / 2 if candidate_threshold is None else candidate_threshold
                                     for s in self.settings]
         self.pools: dict[tuple[str, str], CandidateSet] = {}

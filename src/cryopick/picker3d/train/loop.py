@@ -27,7 +27,7 @@ from cryopick.picker3d.card import load_model
 from cryopick.picker3d.predict import check_window
 from cryopick.picker3d.train.finetune import recommend_settings
 from cryopick.picker3d.train.losses import contrastive_loss, segmentation_loss
-from cryopick.picker3d.train.pool import PoolTomogram, load_pool
+from cryopick.picker3d.train.pool import PoolTomogram, load_pool, pool_scale
 from cryopick.picker3d.train.sampling import Batch, SampleConfig, sample_batch
 from cryopick.training import WeightAverage, cosine_schedule, save_checkpoint
 
@@ -232,7 +232,7 @@ def train(cfg: TrainConfig, pool_dir: str | os.PathLike, out_dir: str | os.PathL
         step, best, history = state["step"], state["best"], state["history"]
         log.info("resuming %s at step %d", last, step)
     meta = {"train_config": json.loads(dumps(cfg, strict=False)), "pool": str(pool_dir), "n_pool": len(pool),
-            "window": cfg.sample.window}
+            "window": cfg.sample.window, **pool_scale(pool_dir)}
     model.train()
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
     bar = tqdm(total=cfg.steps, initial=step, desc="training", unit="step", disable=not progress)

@@ -104,6 +104,17 @@ def write_tomogram(path: Path, tomo, set_id: int = 0) -> None:
                  class_names=np.array(names), set_id=set_id, voxel_size=tomo.voxel_size)
 
 
+def pool_scale(directory: str | os.PathLike) -> dict:
+    """The voxel sizes (Å) and particle diameters (voxels) a pool was drawn with, as model metadata
+    (``trained_voxel_size``, ``trained_diameter_voxels``; empty for a pool without ``pool.json``)."""
+    try:
+        cfg = json.loads((Path(directory) / "pool.json").read_text())["config"]
+        return {"trained_voxel_size": [float(v) for v in cfg["voxel_size"]],
+                "trained_diameter_voxels": [float(cfg["min_diameter_px"]), float(cfg["max_diameter_px"])]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 @dataclass
 class PoolTomogram:
     volume: np.ndarray      # (D, H, W) float16 memory map
