@@ -290,6 +290,7 @@ def pick_tomograms(
     prompts = _load_prompts(prompts)
     picker = TomogramPicker(model, stride=stride, window=window, batch_size=batch_size, bf16=bf16, device=device,
                             progress=progress)
+    diameters = describe_diameters(prompts, picker.model)  # refuses a particle the network cannot see
     settings_list = resolve_settings(picker.model, settings, len(prompts), overrides, prompt=prompts[0])
     inputs = _inputs(tomograms, sources)
     created = not Path(output_dir).exists()
@@ -301,7 +302,7 @@ def pick_tomograms(
         fingerprint["source"] = source_info
     if adapted:
         fingerprint["adapted"] = {label: a.fingerprint() for label, a in sorted(adapted.items())}
-    info = {"n_tomograms": len(inputs), "settings": settings_list, "diameters": describe_diameters(prompts, picker.model),
+    info = {"n_tomograms": len(inputs), "settings": settings_list, "diameters": diameters,
             **({"engine": f"dask {dask}" if dask else f"cluster {cluster}"} if distributed else {}),
             **({"adapted": {label: a.info for label, a in adapted.items()}} if adapted else {}),
             **({"source": source_info} if source_info else {})}
