@@ -174,7 +174,7 @@ def test_prompt_from_copick_picks(env, capsys):
     x, y, z = CENTRES["t0"][0]
     picks.points = [CopickPoint(location=CopickLocation(x=x * 10.0, y=y * 10.0, z=z * 10.0))]
     picks.store()
-    assert cli(["prompt", "--copick", str(config), "--run", "TS_01", "--object", "blob", "--diameter-px", "8",
+    assert cli(["prompt", "--copick", str(config), "--run", "TS_01", "--object", "blob", "--diameter-vox", "8",
                 "-o", "from_copick.prompt"]) == 0
     made = load_prompt(tmp / "from_copick.prompt")
     same = load_prompt(tmp / "blob.prompt")  # cut from the same tomogram at the same voxel

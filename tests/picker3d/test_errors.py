@@ -24,7 +24,7 @@ def tomo(tmp_path):
 @pytest.fixture
 def prompt(tmp_path, tomo):
     path = tmp_path / "p.prompt"
-    assert cli(["prompt", "--tomogram", str(tomo), "--at", "20,20,16", "--diameter-px", "8", "-o", str(path)]) == 0
+    assert cli(["prompt", "--tomogram", str(tomo), "--at", "20,20,16", "--diameter-vox", "8", "-o", str(path)]) == 0
     return path
 
 
@@ -49,7 +49,7 @@ def test_pick3d_numeric_options_are_checked(tmp_path, prompt, capsys, option, va
 
 @pytest.mark.parametrize("argv,option", [
     (["prompt", "--tomogram", "t.mrc", "-o", "p.prompt", "--at", "nan,10,10"], "--at"),
-    (["prompt", "--tomogram", "t.mrc", "-o", "p.prompt", "--at", "1,2,3", "--diameter-px", "0"], "--diameter-px"),
+    (["prompt", "--tomogram", "t.mrc", "-o", "p.prompt", "--at", "1,2,3", "--diameter-vox", "0"], "--diameter-vox"),
     (["prompt", "--tomogram", "t.mrc", "-o", "p.prompt", "--at", "1,2,3", "--diameter", "-5"], "--diameter"),
     (["prompt", "--tomogram", "t.mrc", "-o", "p.prompt", "--at", "1,2,3", "--binning", "0"], "--binning"),
     (["calibrate3d", "--prompt", "p", "--tomogram", "t", "--truth", "x", "--stride", "0"], "--stride"),
@@ -214,14 +214,14 @@ def test_pick3d_help_states_units_files_and_defaults(capsys):
 
 def test_unwritable_outputs_are_one_line_errors(tmp_path, tomo, prompt, capsys):
     (tmp_path / "file").write_text("x")  # a file where a folder should be: cannot be written into, even by root
-    assert cli(["prompt", "--tomogram", str(tomo), "--at", "20,20,16", "--diameter-px", "8",
+    assert cli(["prompt", "--tomogram", str(tomo), "--at", "20,20,16", "--diameter-vox", "8",
                 "-o", str(tmp_path / "file" / "p.prompt")]) == 2
     err = capsys.readouterr().err
     assert "cannot write the prompt file" in err and "Traceback" not in err
 
 
 def test_prompt_output_that_is_a_folder(tmp_path, tomo, capsys):
-    assert cli(["prompt", "--tomogram", str(tomo), "--at", "20,20,16", "--diameter-px", "8", "-o", str(tmp_path)]) == 2
+    assert cli(["prompt", "--tomogram", str(tomo), "--at", "20,20,16", "--diameter-vox", "8", "-o", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
 
 

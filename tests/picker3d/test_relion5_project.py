@@ -29,7 +29,7 @@ def project(tmp_path, monkeypatch):
     root = copy_project(tmp_path)
     monkeypatch.chdir(root)
     monkeypatch.setattr(P, "segment", fake_segment)
-    assert cli(["prompt", "--tomograms-star", TOMOS, "--tomo-name", "TS_01", "--at", "10,12,9", "--diameter-px", "8",
+    assert cli(["prompt", "--tomograms-star", TOMOS, "--tomo-name", "TS_01", "--at", "10,12,9", "--diameter-vox", "8",
                 "-o", "blob.prompt"]) == 0
     return root
 
@@ -52,7 +52,7 @@ def test_prompt_from_tomograms_star_is_named_and_scaled_as_relion(project):
     np.testing.assert_allclose(prompt.positions, [VOXELS["TS_01"][0]])
     # --coords: RELION 5 centred Å, converted through the tomograms.star, rows of TS_01 only.
     assert cli(["prompt", "--tomograms-star", TOMOS, "--tomo-name", "TS_01", "--coords", "Picks/job006/particles.star",
-                "--diameter-px", "8", "-o", "three.prompt"]) == 0
+                "--diameter-vox", "8", "-o", "three.prompt"]) == 0
     np.testing.assert_allclose(load_prompt("three.prompt").positions, VOXELS["TS_01"], atol=1e-6)
 
 
