@@ -141,7 +141,7 @@ CASES = [
      "argument --at: expected finite x,y,z voxel numbers, got 'nan,10,10'"),
     ("prompt-diameter-px-0", ["prompt", "--tomogram", "{d}/tomo.mrc", "--at", "30,30,20", "--diameter-vox", "0",
                               "-o", "{o}.prompt"],
-     "argument --diameter-px: must be > 0, got 0"),
+     "argument --diameter-vox: must be > 0, got 0"),
     ("prompt-random-tomogram", ["prompt", "--tomogram", "{d}/random.mrc", "--at", "30,30,20", "-o", "{o}.prompt"],
      "{d}/random.mrc: not a readable MRC header"),
     ("prompt-outside", ["prompt", "--tomogram", "{d}/tomo.mrc", "--at", "1000,30,20", "--diameter-vox", "8",

@@ -202,7 +202,7 @@ def test_particle_outside_the_trained_range_is_warned_about(tmp_path, caplog):
 def test_old_spelling_diameter_px_still_works_with_one_line(tmp_path, capsys):
     write_mrc(tmp_path / "t.mrc", np.random.default_rng(0).normal(size=(32, 48, 48)).astype(np.float32),
               pixel_size=10.0)
-    assert cli(["prompt", "--tomogram", str(tmp_path / "t.mrc"), "--at", "20,20,16", "--diameter-vox", "9",
+    assert cli(["prompt", "--tomogram", str(tmp_path / "t.mrc"), "--at", "20,20,16", "--diameter-px", "9",
                 "-o", str(tmp_path / "p.prompt"), "--threads", "1"]) == 0
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "deprecated" in ln]
     assert lines == ["cryopick: warning: --diameter-px is deprecated; use --diameter-vox (same meaning)"]
