@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import warnings
 
+import numpy as np
 import pytest
 
 from cryopick.io.images import write_mrc
@@ -132,3 +133,84 @@ def test_sparse_labels_need_ten_held_out_to_validate(tmp_path):
     run = train_loop._Run(mics, scale, tmp_path / "model2", TrainConfig(**dict(config.__dict__, labelled_fraction=1.0)),
                           resume=False)
     assert run.has_val and not run.notes  # complete labels: one held-out label measures F1
+
+
+def _simulated_set(root, seeds, n_particles=70):
+    """Simulated micrographs (one 150 Å dihedral particle at 3 Å/px: 50 px) as MRC files; their truth."""
+    from cryopick.simulate.micrograph import simulate_micrograph
+    from cryopick.simulate.shapes import procedural_class
+
+    cls = procedural_class("test", "dihedral", 150.0, 3.0, 101)
+    root.mkdir(parents=True)
+    truth = {}
+    for seed in seeds:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = simulate_micrograph([cls], shape=(640, 640), pixel_size=3.0, seed=seed, n_particles=n_particles,
+                                    crowding=0.3, dose=20.0)
+        write_mrc(root / f"s{seed}.mrc", m.image, pixel_size=3.0)
+        truth[f"s{seed}"] = m.picks.coords
+    return truth
+
+
+def _f1_on(model_dir, folder, truth, diameter):
+    from cryopick.evaluate.matching import match_points
+    from cryopick.picker2d.pick import Picker
+
+    picker = Picker(model_dir, num_threads=1)
+    tp = n_pred = n_truth = 0
+    for name, xy in truth.items():
+        picker.set_image(folder / f"{name}.mrc", name=name)
+        picks = picker.predict().coords
+        tp += match_points(picks, xy, 0.5 * diameter).tp
+        n_pred, n_truth = n_pred + len(picks), n_truth + len(xy)
+    return 2 * tp / max(n_pred + n_truth, 1)
+
+
+@pytest.mark.slow
+def test_five_clicks_on_three_micrographs_train_nearly_as_well_as_full_annotation(tmp_path):
+    """The app's most common path (issue 27): 5 clicks on each of 3 micrographs full of particles, nothing
+    else said. Trained by itself as positive-unlabelled, it must reach 0.8 of full annotation's F1 on
+    held-out simulated micrographs."""
+    from cryopick.picks import Picks, concat
+
+    train = _simulated_set(tmp_path / "train", (700, 701, 702))
+    test = _simulated_set(tmp_path / "test", (710, 711))
+    rng = np.random.default_rng(0)
+    clicks = {n: xy[rng.choice(len(xy), 5, replace=False)] for n, xy in train.items()}
+    settings = dict(epochs=8, steps_per_epoch=20, batch_size=4, patch_size=96, max_minutes=None, num_threads=1,
+                    progress=False, bf16=False, seed=0)
+    f1 = {}
+    for kind, coords in (("full", train), ("clicks", clicks)):
+        picks = concat([Picks.from_arrays(n, xy, diameter=50.0) for n, xy in coords.items()])
+        card = train_from_files(tmp_path / "train", picks, 50.0, tmp_path / kind, config=TrainConfig(**settings))
+        f1[kind] = _f1_on(tmp_path / kind, tmp_path / "test", test, 50.0)
+        if kind == "clicks":
+            assert card.notes and card.notes[0].startswith("sparse annotation detected: ~"), card.notes
+            assert card.training["config"]["labelled_fraction"] < 0.2
+        else:
+            assert not any("sparse" in n for n in card.notes), card.notes
+    assert f1["full"] > 0.6, f1
+    assert f1["clicks"] >= 0.8 * f1["full"], f1
+
+
+def test_the_train_command_turns_detection_off_and_prints_the_card_notes(tmp_path, monkeypatch, capsys):
+    import cryopick.picker2d.train as train2d
+    from cryopick.cli.main import main as cli
+    from cryopick.picker2d.card import ModelCard
+
+    seen = {}
+
+    def capture(*args, detect_sparse=True, **kwargs):
+        seen["detect_sparse"] = detect_sparse
+        return ModelCard(diameter=12.0, training={"epochs_run": 1, "wall_seconds": 1.0, "stopped": "epochs", "history": []},
+                         notes=["sparse annotation detected: ~40 particles per micrograph, 5 annotated → "
+                                "positive-unlabelled training"])
+
+    monkeypatch.setattr(train2d, "train_from_files", capture)
+    base = ["train", "--micrographs", str(tmp_path), "--coords", str(tmp_path), "--diameter", "10", "-o",
+            str(tmp_path / "m"), "--no-progress"]
+    assert cli(base) == 0 and seen["detect_sparse"] is True
+    assert ("note: sparse annotation detected: ~40 particles per micrograph, 5 annotated → positive-unlabelled "
+            "training") in capsys.readouterr().out.splitlines()
+    assert cli(base + ["--no-sparse-detection"]) == 0 and seen["detect_sparse"] is False
