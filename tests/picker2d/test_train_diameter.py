@@ -61,3 +61,14 @@ def test_a_right_diameter_is_not_warned_about(tmp_path, captured, caplog):
     _write_set(tmp_path)
     assert _train(tmp_path, tmp_path / "coords", 12.0, caplog) == []
     assert captured["notes"] == []
+
+
+def test_a_few_clicks_are_held_to_a_wider_margin(tmp_path, captured, caplog):
+    """From 15 clicks the profile is noisy: 1.7x is not said, 3.3x still is."""
+    truth = _write_set(tmp_path, clicks=5)
+    few = {name: xy[:5] for name, xy in truth.items()}
+    assert _train(tmp_path, _picks_without_diameter(few), 20.0, caplog) == []
+    caplog.clear()
+    said = _train(tmp_path, _picks_without_diameter(few), 40.0, caplog)
+    assert len(said) == 1 and said[0].startswith("--diameter 40 (40 px) looks too large: the annotated particles are "
+                                                 "about "), said

@@ -186,7 +186,7 @@ def test_five_clicks_on_three_micrographs_train_nearly_as_well_as_full_annotatio
         card = train_from_files(tmp_path / "train", picks, 50.0, tmp_path / kind, config=TrainConfig(**settings))
         f1[kind] = _f1_on(tmp_path / kind, tmp_path / "test", test, 50.0)
         if kind == "clicks":
-            assert card.notes and card.notes[0].startswith("sparse annotation detected: ~"), card.notes
+            assert any(n.startswith("sparse annotation detected: ~") for n in card.notes), (card.notes, f1)
             assert card.training["config"]["labelled_fraction"] < 0.2
         else:
             assert not any("sparse" in n for n in card.notes), card.notes
