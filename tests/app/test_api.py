@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,6 +77,28 @@ def test_flags_settings_image_and_export(client):
     np.testing.assert_allclose(table[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(), truth["mic_0"], atol=1e-3)
     assert_json_error(c.post("/api/export", json={"format": "../../x"}), 400)
     assert_json_error(c.post("/api/export", json={"format": "relion", "source": "/etc"}), 400)
+
+
+def test_relion_export_index_paths_are_relative_to_the_project(project, tmp_path, monkeypatch):
+    """Issue 27 item 3: the server started in the project's parent folder; the exported autopick.star must
+    name micrographs and coordinate files both relative to the project (as a RELION project reads them)."""
+    root, truth = project
+    elsewhere = root.parent  # a folder above the project: relative paths from it would start with "proj/"
+    monkeypatch.chdir(elsewhere)
+    with TestClient(create_app(root), raise_server_exceptions=False) as c:
+        for name in ("mic_0", "mic_2"):
+            r = put(c, f"/api/micrographs/{name}/annotations", {"version": "0", "coords": truth[name].tolist()})
+            assert r.status_code == 200, r.text
+        r = c.post("/api/export", json={"format": "relion"})
+        assert r.status_code == 200, r.text
+    monkeypatch.chdir(root)  # as RELION would: from the project folder
+    index = starfile.read(Path("export") / "annotations-relion" / "autopick.star")
+    assert sorted(index["rlnMicrographName"]) == ["micrographs/mic_0.mrc", "micrographs/mic_2.mrc"]
+    for mic, coord in zip(index["rlnMicrographName"], index["rlnMicrographCoordinates"]):
+        assert not Path(coord).is_absolute() and Path(mic).is_file(), (mic, coord)
+        table = starfile.read(coord)
+        name = Path(mic).stem
+        np.testing.assert_allclose(table[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(), truth[name], atol=1e-3)
 
 
 @pytest.mark.parametrize("path", [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -82,3 +84,46 @@ def test_micrograph_names_are_plain_stems():
     for bad in ("..", ".", "", ".hidden", "a/b", "a\\b", "/etc/passwd", "a\0b", "x" * 201, None):
         with pytest.raises(ValueError):
             check_name(bad)
+
+
+def test_the_train_job_passes_the_card_notes_on_and_complete_flags_turn_detection_off(project, tmp_path, monkeypatch):
+    """Issue 27 item 1: the card's notes (sparse annotation detected, validation not measurable) reach the job's
+    result and log; micrographs all marked complete are trained as complete (no detection)."""
+    import logging
+
+    import cryopick.picker2d.train as train2d
+    from cryopick.app import jobs
+    from cryopick.picker2d.card import ModelCard
+
+    root, truth = project
+    p = Project(root)
+    annotate(p, "mic_0", 3)
+    annotate(p, "mic_1", 3)
+    seen = {}
+    note = "sparse annotation detected: ~12 particles per micrograph, 3 annotated → positive-unlabelled training"
+
+    def fake(paths, picks, diameter, out, detect_sparse=True, **kwargs):
+        seen["detect_sparse"] = detect_sparse
+        logging.getLogger("cryopick.picker2d.train").info(note)
+        return ModelCard(diameter=diameter, notes=[note])
+
+    monkeypatch.setattr(train2d, "train_from_files", fake)
+    job = tmp_path / "job"
+    job.mkdir()
+    root_logger = logging.getLogger()
+    handlers, level = list(root_logger.handlers), root_logger.level
+    try:  # run_job sets up the worker process's logging: undo it for the tests that follow
+        jobs.run_job("train", str(root), str(job), {})
+        result = json.loads((job / "result.json").read_text())
+        assert result["state"] == "done" and result["notes"] == [note] and seen["detect_sparse"] is True
+        assert note in (job / "log.txt").read_text()
+        p.set_flag("mic_0", "complete")
+        p.set_flag("mic_1", "complete")
+        jobs.run_job("train", str(root), str(job), {})
+        assert seen["detect_sparse"] is False
+    finally:
+        for h in root_logger.handlers:
+            if h not in handlers:
+                h.close()
+        root_logger.handlers[:], root_logger.level = handlers, level
+        logging.captureWarnings(False)

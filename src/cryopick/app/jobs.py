@@ -207,8 +207,11 @@ def _train(root: str, out: Path, params: dict) -> dict:
                                daemon=True)
     watcher.start()
     try:
+        flags = project.flags()  # micrographs all marked complete: the user said so, no sparse detection
+        complete = all(flags.get(n) == "complete" for n in picks.micrographs)
         card = train_from_files(paths, picks, project.settings()["diameter"], project.model_dir,
-                                negatives=negatives or None, config=config, redo=True, particles_per_micrograph=ppm)
+                                negatives=negatives or None, config=config, redo=True, particles_per_micrograph=ppm,
+                                detect_sparse=not complete)
     finally:
         stop.set()
         watcher.join(5)
@@ -218,7 +221,8 @@ def _train(root: str, out: Path, params: dict) -> dict:
     names = sorted(picks.micrographs)
     accepted = reviewed(project)
     return {"threshold": card.score_threshold, "micrographs": names, "particles": len(picks),
-            "negatives": len(negatives), "accepted": sum(accepted.get(n, {}).get("accepted", 0) for n in names)}
+            "negatives": len(negatives), "accepted": sum(accepted.get(n, {}).get("accepted", 0) for n in names),
+            "notes": list(card.notes)}  # also in the job's log (library log lines) and card.json
 
 
 def training_inputs(project, params: dict) -> tuple[list, object, list, float | None]:

@@ -200,7 +200,8 @@ def export(state, params, query, body):
         files = write_picks(picks, out.with_suffix(".star"), format="relion", per_micrograph=False,
                             micrograph_paths=paths)
     else:
-        opts = {"micrograph_paths": paths} if fmt == "relion" else {}
+        # both columns of the RELION index relative to the project, whatever folder the server started in
+        opts = {"micrograph_paths": paths, "project_dir": p.root} if fmt == "relion" else {}
         files = write_picks(picks, out, format=EXPORT_FORMATS[fmt], **opts)
     return {"files": [str(Path(f).relative_to(p.root)) for f in files], "n": len(picks)}
 

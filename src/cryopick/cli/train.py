@@ -2,7 +2,9 @@
 
 The working scale is chosen from the particle diameter (about --target-diameter px per particle).
 A strip of each micrograph is held out for validation, early stopping and the score threshold.
-With only some particles annotated, give --labelled-fraction (or --particles-per-micrograph):
+With only some particles annotated, give --labelled-fraction (or --particles-per-micrograph); without
+either, far fewer annotated particles than a blob count at the diameter finds is detected as sparse
+annotation, said in one line, and trained the same way (--no-sparse-detection: trained as complete):
 unlabelled pixels are then treated as positive-unlabelled (nnPU loss), not as background, and a second
 network is trained on the first one's calibrated picks plus the labels (self-training; --no-self-training
 skips it). With --unlabelled-max N (default 0: off), up to N micrographs without coordinates, and those
@@ -69,6 +71,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="fraction of the particles that are annotated, in (0, 1] (default 1: all)")
     parser.add_argument("--particles-per-micrograph", type=positive_float,
                         help="sparse annotation: expected particles per micrograph (sets the labelled fraction)")
+    parser.add_argument("--no-sparse-detection", action="store_true",
+                        help="do not estimate how many particles the annotated micrographs hold (by default, when "
+                             "far more than annotated and neither option above is given, training treats the "
+                             "annotation as sparse: positive-unlabelled loss, PU-corrected threshold)")
     parser.add_argument("--unlabelled", nargs="+", metavar="DIR|GLOB|FILE",
                         help="unannotated micrographs of the same data set for self-training: the first network's "
                              "calibrated picks become their labels for a second one (with the --micrographs "
@@ -173,7 +179,10 @@ def main(args: argparse.Namespace) -> int:
                             pixel_size=args.pixel_size, coords_format=args.coords_format,
                             negatives=args.negatives, config=config,
                             particles_per_micrograph=args.particles_per_micrograph, redo=args.redo,
-                            unlabelled=_one_or_list(args.unlabelled), **read_opts)
+                            unlabelled=_one_or_list(args.unlabelled), detect_sparse=not args.no_sparse_detection,
+                            **read_opts)
     print(summary_line(card, out))
+    for note in card.notes:
+        print(f"note: {note}")
     log.debug(json.dumps(card.training["history"][-3:]))
     return 0

@@ -35,6 +35,44 @@ if TYPE_CHECKING:
 #: Whether training chooses the peak method on the validation data (see the module docstring).
 CHOOSE_METHOD = False
 
+#: Held-out labelled particles below which validation F1 is not measured (early stopping and calibration
+#: fall back to the last epoch and the default threshold). With every particle annotated one label makes
+#: precision and recall measurable; with sparse labels precision is only estimated from the recall of the
+#: held-out labels (see the module docstring), which a handful of labels leave at chance.
+MIN_VALIDATION_LABELS = 1
+MIN_VALIDATION_LABELS_SPARSE = 10
+
+
+#: Score threshold when none can be calibrated (no measurable validation data).
+DEFAULT_THRESHOLD = 0.5
+
+
+def min_validation_labels(sparse: bool) -> int:
+    """Fewest held-out labelled particles that make validation F1 measurable."""
+    return MIN_VALIDATION_LABELS_SPARSE if sparse else MIN_VALIDATION_LABELS
+
+
+def unmeasurable_validation(mics: list[TrainingMicrograph], sparse: bool, val_fraction: float) -> str | None:
+    """The note to give when validation F1 cannot be measured, else ``None``.
+
+    With held-out data holding fewer labelled particles than :func:`min_validation_labels` (none; with
+    sparse labels, a handful), nothing is held out (in place: every ``val_box`` is cleared, so the few
+    labels all train): training then never stops early, keeps the last epoch's weights and uses
+    :data:`DEFAULT_THRESHOLD`. Without held-out data (``val_fraction`` 0) the same holds."""
+    if not any(m.val_box is not None for m in mics):
+        return (f"no validation data (val_fraction {val_fraction:g}): no early stopping (the last epoch's "
+                f"weights are kept) and the default score threshold {DEFAULT_THRESHOLD:g} is used")
+    held_out = sum(int(m.in_val(m.coords).sum()) for m in mics if not m.negative and not m.unlabelled)
+    needed = min_validation_labels(sparse)
+    if held_out >= needed:
+        return None
+    for m in mics:
+        m.val_box = None
+    return (f"validation cannot be measured: {held_out} labelled particle(s) would be held out (at least "
+            f"{needed} needed{' with sparse labels' if sparse else ''}); all labels are used for training, no "
+            f"early stopping (the last epoch's weights are kept) and the default score threshold "
+            f"{DEFAULT_THRESHOLD:g} is used")
+
 
 @dataclass
 class ValidationPicks:

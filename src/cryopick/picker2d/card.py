@@ -55,6 +55,9 @@ class ModelCard:
     calibration: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
+    #: sentences a person must read about this model (sparse annotation detected, validation that could not
+    #: be measured, default threshold, time budget cut): shown by the CLI, the app's job log and model panel
+    notes: list = field(default_factory=list)
     cryopick_version: str = cryopick.__version__
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
     task: str = "picker2d"

@@ -128,7 +128,8 @@ def read_coordinates(coords: str | os.PathLike, coords_format: str | None = None
 def train_from_files(micrographs, coords: str | os.PathLike | Picks, diameter: float, output_dir: str | os.PathLike,
                      diameter_unit: str = "px", pixel_size: float | None = None, coords_format: str | None = None,
                      negatives=None, config: TrainConfig | None = None, resume: bool = True, redo: bool = False,
-                     particles_per_micrograph: float | None = None, unlabelled=None, **read_opts):
+                     particles_per_micrograph: float | None = None, unlabelled=None, detect_sparse: bool = True,
+                     **read_opts):
     """Read images and coordinates, choose the working scale, train, write the model directory.
 
     Parameters
@@ -146,6 +147,11 @@ def train_from_files(micrographs, coords: str | os.PathLike | Picks, diameter: f
     particles_per_micrograph
         Expected number of particles per annotated micrograph, for sparse annotation when the
         labelled fraction is not known: it becomes ``labelled / (this x micrographs)``.
+    detect_sparse
+        When neither ``particles_per_micrograph`` nor ``config.labelled_fraction`` (< 1) says how complete
+        the annotation is, estimate what the annotated micrographs hold (:mod:`.sparse`) and, when far more
+        particles are there than annotated, train as with ``particles_per_micrograph`` = that estimate
+        (positive-unlabelled loss, PU-corrected calibration); logged and recorded in the card's ``notes``.
     unlabelled
         Unannotated micrographs of the same data set (directory, glob or files) for self-training;
         with the ``micrographs`` that have no coordinates they form the unlabelled pool, at most
@@ -175,6 +181,14 @@ def train_from_files(micrographs, coords: str | os.PathLike | Picks, diameter: f
         mics = load_training_set(paths, picks, scale, negatives=negatives, progress=config.progress,
                                  unlabelled=unlabelled, seed=config.seed,
                                  unlabelled_max=config.unlabelled_max if config.self_training else 0)
+    notes: list[str] = []
+    from cryopick.picker2d.train.sizecheck import check_diameter, column_diameter
+
+    notes += check_diameter(mics, scale.working_diameter, scale.factor, diameter_px, column_diameter(picks),
+                            source=str(picks.meta.get("source", "the coordinate files")),
+                            given=f"--diameter {diameter:g}{' A' if diameter_unit == 'A' else ''}")
+    if detect_sparse and particles_per_micrograph is None and config.labelled_fraction >= 1:
+        particles_per_micrograph = _detect_sparse(mics, scale, notes)
     if particles_per_micrograph:
         annotated = [m for m in mics if not m.negative and not m.unlabelled]
         n_lab = sum(len(m.coords) for m in annotated)
@@ -187,4 +201,20 @@ def train_from_files(micrographs, coords: str | os.PathLike | Picks, diameter: f
              scale.factor, scale.working_diameter)
     if redo:
         clear_training_outputs(output_dir)
-    return train_picker(mics, scale, output_dir, config, resume=resume)
+    return train_picker(mics, scale, output_dir, config, resume=resume, notes=notes)
+
+
+def _detect_sparse(mics: list[TrainingMicrograph], scale: WorkingScale, notes: list[str]) -> float | None:
+    """Particles per micrograph to train with when the annotation is detected as sparse (:mod:`.sparse`),
+    else ``None``; says so in the log and in ``notes``."""
+    from cryopick.picker2d.train.sparse import detect_sparse_annotation
+
+    found = detect_sparse_annotation(mics, scale.working_diameter)
+    if found is None or not found.sparse:
+        return None
+    message = found.message()
+    log.info("%s (from a blob count at the given diameter; --particles-per-micrograph N sets the number, "
+             "--no-sparse-detection turns this off)", message)
+    notes.append(f"{message}; estimated from a blob count at the given diameter, per micrograph: "
+                 + ", ".join(f"{k} {v:.0f}" for k, v in found.counts.items()))
+    return found.per_micrograph

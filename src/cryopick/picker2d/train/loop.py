@@ -29,6 +29,7 @@ from cryopick.baselines.template2d import box_size
 from cryopick.errors import CryopickError
 from cryopick.io.atomic import make_output_dir
 from cryopick.models.registry import build_model
+from cryopick.picker2d import calibrate as cal
 from cryopick.picker2d.calibrate import ValidationPicks, calibrate_postprocess, f1_curve, score_grid, validation_picks
 from cryopick.picker2d.card import CARD_NAME, WEIGHTS_NAME, save_weights
 from cryopick.picker2d.scale import WorkingScale
@@ -76,7 +77,7 @@ _ADDED_LATER = ("unlabelled_max", "unlabelled_ignore_margin", "template_prior") 
 
 
 def train_picker(mics: list[TrainingMicrograph], scale: WorkingScale, output_dir: str | os.PathLike,
-                 config: TrainConfig | None = None, resume: bool = True) -> ModelCard:
+                 config: TrainConfig | None = None, resume: bool = True, notes: list[str] | None = None) -> ModelCard:
     """Train a 2D picker on prepared micrographs and write ``model.pt`` + ``card.json``.
 
     Fully annotated data: one stage (balanced BCE); with an unlabelled pool (micrographs with
@@ -98,6 +99,8 @@ def train_picker(mics: list[TrainingMicrograph], scale: WorkingScale, output_dir
         Model directory. An unfinished run there (``checkpoint.pt``) is resumed when ``resume``.
     config
         Training settings.
+    notes
+        Sentences for the card's ``notes`` (e.g. sparse annotation detected); the run adds its own.
 
     Returns
     -------
@@ -105,7 +108,7 @@ def train_picker(mics: list[TrainingMicrograph], scale: WorkingScale, output_dir
         The card written to ``output_dir/card.json``.
     """
     config = config or TrainConfig()
-    run = _Run(mics, scale, Path(output_dir), config, resume)
+    run = _Run(mics, scale, Path(output_dir), config, resume, notes)
     return run.train()
 
 
@@ -117,7 +120,7 @@ def _shown(f1: float | None) -> str:
 class _Run:
     """State shared by the stages of one training run (see :func:`train_picker`)."""
 
-    def __init__(self, mics, scale, out: Path, config: TrainConfig, resume: bool) -> None:
+    def __init__(self, mics, scale, out: Path, config: TrainConfig, resume: bool, notes: list[str] | None = None) -> None:
         self.t_start = time.perf_counter()
         self.cpu_start = time.process_time()
         self.mics, self.scale, self.out, self.config = mics, scale, out, config
@@ -128,6 +131,7 @@ class _Run:
             raise CryopickError("the training micrographs have no labelled particles; annotate at least one micrograph")
         make_output_dir(out, "model directory")
         self.thread_notes: list[str] = []
+        self.notes: list[str] = list(notes or [])
         self.threads_auto = config.num_threads is None
         configure_threads(config.num_threads, log=self._thread_note)
         set_seeds(config.seed)
@@ -138,6 +142,11 @@ class _Run:
             self.validation_mode = "strips"
         self.sparse = config.labelled_fraction < 1
         self.has_val = any(m.val_box is not None for m in mics)
+        note = cal.unmeasurable_validation(mics, self.sparse, config.val_fraction)  # clears the held-out boxes
+        if note:  # nothing to measure: no early stopping, the last epoch's weights, the default threshold
+            self.has_val, self.validation_mode = False, "none" if self.has_val else self.validation_mode
+            log.warning(note)
+            self.notes.append(note)
         self.pool = [m.name for m in mics if m.unlabelled]
         self.stages = ["pu" if self.sparse and config.pu_loss else "bce"]
         self.best_of_stages = not self.sparse  # the pool's stage must earn its place on validation
@@ -345,7 +354,7 @@ class _Run:
                     losses.append(float(loss.detach()))
                     self.clock.tick()
                     bar.update(1)
-                    bar.set_postfix(loss=f"{np.mean(losses):.3f}", best_f1=_shown(best_f1), refresh=False)
+                    bar.set_postfix(loss=f"{np.mean(losses):.3f}", best_f1=_shown(best_f1 if self.has_val else None), refresh=False)
                     if step == 0:
                         t_first, wall_first = self.clock.used, time.monotonic()
                     if first and step == min(ESTIMATE_AFTER_STEPS, steps - 1):
@@ -357,7 +366,7 @@ class _Run:
                 if ema is not None:
                     ema.swap(model)  # validate and keep the averaged weights
                 val = self._validate(model) if self.has_val else {"f1": None}
-                score = val["f1"] if val["f1"] is not None else -float(np.mean(losses))
+                score = val["f1"] if val["f1"] is not None else float(epoch)  # unmeasured: the newest is kept
                 if score > best_f1:
                     best_f1, best_epoch = score, epoch
                     save_weights(self.out, model)
@@ -375,13 +384,14 @@ class _Run:
                     "torch_rng": torch.get_rng_state(), "epoch": epoch, "best_f1": best_f1, "best_epoch": best_epoch,
                     "history": history, "config": config.resume_key(), "elapsed": self.elapsed(), "pool": self.pool,
                     "budget_used": self.clock.tick(), "stage_start": stage_start})
-                bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_f1=_shown(val["f1"]), best_f1=_shown(best_f1))
+                bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_f1=_shown(val["f1"]),
+                               best_f1=_shown(best_f1 if self.has_val else None))
                 done = epoch + 1
                 reserve = 2.0 * val_cost + 2.0  # the calibration after the stage is a finer validation
                 if first:
                     first = False
                     budget.after_first_epoch(done, epoch_cost, reserve)
-                if epoch - best_epoch >= config.patience:
+                if self.has_val and epoch - best_epoch >= config.patience:
                     stopped = "early stopping"
                     break
                 if budget.should_stop(done, epoch_cost, reserve):
@@ -393,7 +403,8 @@ class _Run:
         warning = None
         if stopped == "time budget":
             warning = budget.cut_short(done, epoch_cost, reserve, torch.get_num_threads())
-        return {"epochs_run": len(history), "best_epoch": best_epoch, "best_val_f1": best_f1, "stopped": stopped,
+        return {"epochs_run": len(history), "best_epoch": best_epoch, "best_val_f1": best_f1 if self.has_val else None,
+                "stopped": stopped,
                 "history": history, "budget_estimate": budget.estimate, "budget_warning": warning}
 
     def _recheck_threads(self, before, epoch: int) -> None:
@@ -423,7 +434,7 @@ class _Run:
 
     def _calibrate(self, model) -> tuple[dict, float]:
         if not self.has_val:
-            return {"note": "no validation data; default threshold"}, 0.5
+            return {"threshold": cal.DEFAULT_THRESHOLD, "f1": None, "note": "no validation data"}, cal.DEFAULT_THRESHOLD
         config = self.config
         calibration = calibrate_postprocess(model, self.mics, self.radius, self.context, self.bf16,
                                             config.mask_threshold, config.score_method, self.min_distance_w,

@@ -71,6 +71,7 @@ def write_card(run, model, records: list[dict], shipped: int):
             "earlier_stages": records[:-1],
         },
         data=summarise(run.mics),
+        notes=card_notes(run.notes, records),
     )
     if config.checkpoint:
         save_weights(out, model, trainable_only=True)
@@ -91,6 +92,16 @@ def write_card(run, model, records: list[dict], shipped: int):
         warnings.warn(f"{out / CURVE_NAME}: not written ({type(exc).__name__}: {exc})", stacklevel=2)
     save_card(out, card)
     return card
+
+
+def card_notes(notes: list[str], records: list[dict]) -> list[str]:
+    """``card.notes``: the run's notes (they say when no threshold could be calibrated), then any stage's
+    budget warning, each once."""
+    out = list(notes)
+    for text in (r.get("budget_warning") for r in records):
+        if text and text not in out:
+            out.append(str(text))
+    return out
 
 
 def sparse_handling(sparse: bool, pu_loss: bool, self_training: bool, pool: int = 0) -> str:
