@@ -65,6 +65,11 @@ def f1_of(coords, truth, d) -> float:
     return match_points(np.asarray(coords, float).reshape(-1, 3), truth, d / 2).f1
 
 
+def cache_folder(s: int, args) -> Path:
+    tag = f"{args.classes}c_{'x'.join(map(str, args.shape))}_{args.particles}p"
+    return Path(args.cache) / (tag + (f"_sparse{args.sparse}" if args.sparse else "")) / f"set{s}"
+
+
 # -- the cached first pass of one set -------------------------------------------------------------------------------
 def prepare(s: int, model, args) -> Path:
     """Simulate set ``s``, segment A and B, find and encode the candidates, score defaults and
@@ -78,20 +83,24 @@ def prepare(s: int, model, args) -> Path:
     from cryopick.picker3d.similarity import PromptSimilarity
     from cryopick.postprocess.cluster3d import cluster_picks
 
-    tag = f"{args.classes}c_{'x'.join(map(str, args.shape))}_{args.particles}p"
-    folder = Path(args.cache) / tag / f"set{s}"
+    folder = cache_folder(s, args)
     if (folder / "done.json").is_file() and not args.no_cache:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     classes, tomos = make_set(s, args.classes, args.shape, args.particles)
+    if args.sparse:  # tomogram A holds about args.sparse particles of each class (B as in the dense set)
+        from cryopick.simulate.tomogram import simulate_tomogram
+
+        tomos[0] = simulate_tomogram(classes, shape=args.shape, voxel_size=tomos[0].voxel_size, seed=1000 * s,
+                                     n_particles=args.sparse * len(classes), name=f"set{s}_A")
     rng = np.random.default_rng(s)
     images = [Image(t.volume, t.voxel_size, Path(f"{t.name}.mrc")) for t in tomos]
     prompts = []
     for c in classes:
         counts = [int((t.picks.table["label"] == c.name).sum()) for t in tomos]
         pos = choose_prompt(tomos[0], c.name, rng)
-        if min(counts) < args.min_instances or pos is None:
+        if counts[1] < args.min_instances or counts[0] < (2 if args.sparse else args.min_instances) or pos is None:
             continue
         d = c.diameter / tomos[0].voxel_size
         prompts.append(Prompt(cut_prompt(tomos[0].volume, pos)[None], np.asarray([pos]), images[0].name,
@@ -119,8 +128,12 @@ def prepare(s: int, model, args) -> Path:
     rows = {}
     for k, p in enumerate(prompts):
         d = p.diameter
-        r = rows[p.label] = {"set": s, "class": p.label, "diameter_px": round(d, 1), "n_B": len(truth[1][p.label])}
+        r = rows[p.label] = {"set": s, "class": p.label, "diameter_px": round(d, 1), "n_A": len(truth[0][p.label]),
+                             "n_B": len(truth[1][p.label])}
         sim_b = PromptSimilarity(model, work_b.volume, z_b[k])
+        # every grid point scored on B too: any rule that chooses settings on A is scored on B by a look-up
+        sweep_cluster(prob_b[k], truth[1][p.label], d, similarity=sim_b).table.to_csv(folder / f"sweep_b_{k:02d}.csv",
+                                                                                      index=False)
         lo, hi = defaults.size_limits(d)
         c, _ = cluster_picks(prob_b[k], threshold=defaults.threshold, min_size=lo, max_size=hi, min_distance=d / 2,
                              similarity=sim_b, min_similarity=defaults.min_similarity)
@@ -302,6 +315,9 @@ def main() -> int:
     parser.add_argument("--no-cache", action="store_true", help="recompute the cached first pass")
     parser.add_argument("--timing", action="store_true", help="only the 200x512x512 seconds-per-round timing")
     parser.add_argument("--timing-rounds", type=int, default=3)
+    parser.add_argument("--sparse", type=int, default=0, metavar="N",
+                        help="tomogram A (prompts, answers, calibration) holds about N particles of each class")
+    parser.add_argument("--first-set", type=int, default=0)
     parser.add_argument("--prepare-only", action="store_true", help="only fill the cache of the first passes")
     args = parser.parse_args()
     args.shape = tuple(int(v) for v in args.shape.split(","))
@@ -323,11 +339,11 @@ def main() -> int:
         print(json.dumps(summary, indent=1))
         return 0
     if args.prepare_only:
-        for s in range(args.sets):
+        for s in range(args.first_set, args.first_set + args.sets):
             prepare(s, model, args)
         return 0
     rows, seconds, folders = [], [], []
-    for s in range(args.sets):
+    for s in range(args.first_set, args.first_set + args.sets):
         folders.append(prepare(s, model, args))
         r, sec = run_set(folders[-1], model, args)
         rows += r
