@@ -52,6 +52,9 @@ from _bench import add_common_args, print_table, write_result  # noqa: E402
 from bench_propicker import choose_prompt, make_set  # noqa: E402
 
 KS = (0, 5, 10, 20)
+#: --small-grid: a coarse calibration grid around the defaults (0.15, 0.05-3x, 0.8), ~40x fewer points
+SMALL_GRID = {"thresholds": (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8), "min_factors": (0.0, 0.05, 0.2),
+              "max_factors": (1.2, 3.0, np.inf), "min_similarities": (None, 0.5, 0.6, 0.7, 0.8, 0.9)}
 ROUND = 5
 
 
@@ -75,7 +78,7 @@ def f1_of(coords, truth, d) -> float:
 
 
 def cache_folder(s: int, args) -> Path:
-    tag = f"{args.classes}c_{'x'.join(map(str, args.shape))}_{args.particles}p"
+    tag = f"{args.classes}c_{'x'.join(map(str, args.shape))}_{args.particles}p" + ("_smallgrid" if args.small_grid else "")
     return Path(args.cache) / (tag + (f"_sparse{args.sparse}" if args.sparse else "")) / f"set{s}"
 
 
@@ -134,6 +137,7 @@ def prepare(s: int, model, args) -> Path:
     _save_pools(folder / "pools_b.npz", pools_b, {})
     truth = [{p.label: t.picks.coords[(t.picks.table["label"] == p.label).to_numpy()] for p in prompts} for t in tomos]
     defaults = default_settings(model)
+    grid = SMALL_GRID if args.small_grid else {}
     rows = {}
     for k, p in enumerate(prompts):
         d = p.diameter
@@ -141,14 +145,14 @@ def prepare(s: int, model, args) -> Path:
                              "n_B": len(truth[1][p.label])}
         sim_b = PromptSimilarity(model, work_b.volume, z_b[k])
         # every grid point scored on B too: any rule that chooses settings on A is scored on B by a look-up
-        sweep_cluster(prob_b[k], truth[1][p.label], d, similarity=sim_b).table.to_csv(folder / f"sweep_b_{k:02d}.csv",
-                                                                                      index=False)
+        sweep_cluster(prob_b[k], truth[1][p.label], d, similarity=sim_b, **grid).table.to_csv(
+            folder / f"sweep_b_{k:02d}.csv", index=False)
         lo, hi = defaults.size_limits(d)
         c, _ = cluster_picks(prob_b[k], threshold=defaults.threshold, min_size=lo, max_size=hi, min_distance=d / 2,
                              similarity=sim_b, min_similarity=defaults.min_similarity)
         r["default"] = f1_of(c, truth[1][p.label], d)
         sim_a = PromptSimilarity(model, tomos[0].volume, z_b[k])  # same prompt code (refine 0)
-        sweep = sweep_cluster(prob_a[k], truth[0][p.label], d, similarity=sim_a, ignore=p.positions)
+        sweep = sweep_cluster(prob_a[k], truth[0][p.label], d, similarity=sim_a, ignore=p.positions, **grid)
         sweep.table.assign(cls=p.label, diameter_px=d).to_csv(folder / f"sweep_a_{k:02d}.csv", index=False)
         best = settings_from_best(sweep.best)
         r["calibrated_settings"] = best
@@ -370,6 +374,7 @@ def main() -> int:
     parser.add_argument("--sparse", type=int, default=0, metavar="N",
                         help="tomogram A (prompts, answers, calibration) holds about N particles of each class")
     parser.add_argument("--first-set", type=int, default=0)
+    parser.add_argument("--small-grid", action="store_true", help="a coarse calibration grid (SMALL_GRID), for speed")
     parser.add_argument("--prepare-only", action="store_true", help="only fill the cache of the first passes")
     args = parser.parse_args()
     args.shape = tuple(int(v) for v in args.shape.split(","))
