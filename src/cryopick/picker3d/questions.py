@@ -295,6 +295,8 @@ def ask_tomogram(prompts: Sequence[Prompt | str | os.PathLike], tomogram: str | 
     table = table.concat(new)
     table.write(csv_path)
     files = [str(a.save(out / f"{label}.adapted.npz")) for label, a in session.adapted.items() if a.fitted]
+    for label in [label for label, a in session.adapted.items() if not a.fitted]:  # fell back: no stale model
+        (out / f"{label}.adapted.npz").unlink(missing_ok=True)
     done = table.answered().table
     return {"tomogram": name, "n_new": len(new), "n_questions": len(table), "n_answered": len(done),
             "answers": {p.label: done[done["label"] == p.label]["answer"].value_counts().to_dict() for p in prompts},
