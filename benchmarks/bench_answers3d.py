@@ -15,6 +15,15 @@ The expensive part (simulation, segmentation of A and B, encoding every candidat
 under ``benchmarks/results/answers3d/cache/`` (``--no-cache`` recomputes): reruns that change only the
 adaptation take seconds per set.
 
+``--sparse N`` (issue 24): tomogram A, where the prompts are cut, the user answers and the calibration is
+made, holds about N particles of each class (B as in the dense set): calibration from N - 1 particles
+(the prompt's own is left out) and answers where the class is rare. Calibration is scored twice: the
+best setting on A (as before) and :func:`~cryopick.picker3d.calibrate.choose_settings` (shrunk toward
+the defaults), both looked up in B's sweep of the same grid. The answer loop runs twice: ``unguarded``
+(the adapted model always) and ``guarded`` (:func:`~cryopick.picker3d.fallback.adapt_or_keep`: kept
+only where it beats the settings on the answers, leave one out), with the share of "likely" questions
+answered yes.
+
 ``--timing``: seconds per answer round on a synthetic 200×512×512 tomogram (one prompt, the real
 segmentation and candidates; the round = adapt + choose the next questions, as ``cryopick ask3d``
 after its first pass), plus the one-off first pass.
@@ -43,6 +52,9 @@ from _bench import add_common_args, print_table, write_result  # noqa: E402
 from bench_propicker import choose_prompt, make_set  # noqa: E402
 
 KS = (0, 5, 10, 20)
+#: --small-grid: a coarse calibration grid around the defaults (0.15, 0.05-3x, 0.8), ~40x fewer points
+SMALL_GRID = {"thresholds": (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8), "min_factors": (0.0, 0.05, 0.2),
+              "max_factors": (1.2, 3.0, np.inf), "min_similarities": (None, 0.5, 0.6, 0.7, 0.8, 0.9)}
 ROUND = 5
 
 
@@ -65,6 +77,11 @@ def f1_of(coords, truth, d) -> float:
     return match_points(np.asarray(coords, float).reshape(-1, 3), truth, d / 2).f1
 
 
+def cache_folder(s: int, args) -> Path:
+    tag = f"{args.classes}c_{'x'.join(map(str, args.shape))}_{args.particles}p" + ("_smallgrid" if args.small_grid else "")
+    return Path(args.cache) / (tag + (f"_sparse{args.sparse}" if args.sparse else "")) / f"set{s}"
+
+
 # -- the cached first pass of one set -------------------------------------------------------------------------------
 def prepare(s: int, model, args) -> Path:
     """Simulate set ``s``, segment A and B, find and encode the candidates, score defaults and
@@ -78,20 +95,24 @@ def prepare(s: int, model, args) -> Path:
     from cryopick.picker3d.similarity import PromptSimilarity
     from cryopick.postprocess.cluster3d import cluster_picks
 
-    tag = f"{args.classes}c_{'x'.join(map(str, args.shape))}_{args.particles}p"
-    folder = Path(args.cache) / tag / f"set{s}"
+    folder = cache_folder(s, args)
     if (folder / "done.json").is_file() and not args.no_cache:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     classes, tomos = make_set(s, args.classes, args.shape, args.particles)
+    if args.sparse:  # tomogram A holds about args.sparse particles of each class (B as in the dense set)
+        from cryopick.simulate.tomogram import simulate_tomogram
+
+        tomos[0] = simulate_tomogram(classes, shape=args.shape, voxel_size=tomos[0].voxel_size, seed=1000 * s,
+                                     n_particles=args.sparse * len(classes), name=f"set{s}_A")
     rng = np.random.default_rng(s)
     images = [Image(t.volume, t.voxel_size, Path(f"{t.name}.mrc")) for t in tomos]
     prompts = []
     for c in classes:
         counts = [int((t.picks.table["label"] == c.name).sum()) for t in tomos]
         pos = choose_prompt(tomos[0], c.name, rng)
-        if min(counts) < args.min_instances or pos is None:
+        if counts[1] < args.min_instances or counts[0] < (2 if args.sparse else args.min_instances) or pos is None:
             continue
         d = c.diameter / tomos[0].voxel_size
         prompts.append(Prompt(cut_prompt(tomos[0].volume, pos)[None], np.asarray([pos]), images[0].name,
@@ -116,17 +137,22 @@ def prepare(s: int, model, args) -> Path:
     _save_pools(folder / "pools_b.npz", pools_b, {})
     truth = [{p.label: t.picks.coords[(t.picks.table["label"] == p.label).to_numpy()] for p in prompts} for t in tomos]
     defaults = default_settings(model)
+    grid = SMALL_GRID if args.small_grid else {}
     rows = {}
     for k, p in enumerate(prompts):
         d = p.diameter
-        r = rows[p.label] = {"set": s, "class": p.label, "diameter_px": round(d, 1), "n_B": len(truth[1][p.label])}
+        r = rows[p.label] = {"set": s, "class": p.label, "diameter_px": round(d, 1), "n_A": len(truth[0][p.label]),
+                             "n_B": len(truth[1][p.label])}
         sim_b = PromptSimilarity(model, work_b.volume, z_b[k])
+        # every grid point scored on B too: any rule that chooses settings on A is scored on B by a look-up
+        sweep_cluster(prob_b[k], truth[1][p.label], d, similarity=sim_b, **grid).table.to_csv(
+            folder / f"sweep_b_{k:02d}.csv", index=False)
         lo, hi = defaults.size_limits(d)
         c, _ = cluster_picks(prob_b[k], threshold=defaults.threshold, min_size=lo, max_size=hi, min_distance=d / 2,
                              similarity=sim_b, min_similarity=defaults.min_similarity)
         r["default"] = f1_of(c, truth[1][p.label], d)
         sim_a = PromptSimilarity(model, tomos[0].volume, z_b[k])  # same prompt code (refine 0)
-        sweep = sweep_cluster(prob_a[k], truth[0][p.label], d, similarity=sim_a, ignore=p.positions)
+        sweep = sweep_cluster(prob_a[k], truth[0][p.label], d, similarity=sim_a, ignore=p.positions, **grid)
         sweep.table.assign(cls=p.label, diameter_px=d).to_csv(folder / f"sweep_a_{k:02d}.csv", index=False)
         best = settings_from_best(sweep.best)
         r["calibrated_settings"] = best
@@ -190,28 +216,71 @@ def run_set(folder: Path, model, args) -> tuple[list[dict], list[float]]:
         y = (np.linalg.norm(pool_a.coords[:, None] - t[None], axis=2).min(1) <= d / 2).astype(int)
         am = adapt(model, p, pool_a, pool_a, y, candidate_threshold=session.candidate_threshold[0])
         rows[p.label]["calibrated_classifier"] = pick_f1(am, pools_b[p.label], truth_b[p.label], d)
-    answers, seconds = Answers(), []
-    for K in KS:
-        while (len(answers) // max(1, len(prompts))) < K:
-            t0 = time.perf_counter()
-            q = session.ask(ROUND, answers, tomogram=name_a, seed=args.seed)
-            seconds.append(time.perf_counter() - t0)
-            if not len(q):
-                break
-            simulated_answers(q, data["truth_a"], data["names_a"], diam)
-            answers = answers.concat(q)
-        adapted = session.adapt(answers)
-        for p in prompts:
-            am, pool, r = adapted[p.label], pools_b[p.label], rows[p.label]
-            if am.fitted:
-                r[f"answered_K{K}"] = pick_f1(am, pool, truth_b[p.label], p.diameter)
-            else:  # no yes and no no yet: pick3d --answers picks this class with its settings
-                r[f"answered_K{K}"] = r["default"]
-            r[f"thr_K{K}"] = am.threshold
-        yes = answers.table["answer"].eq("yes").sum()
-        print(f"{folder.name} K={K}: {len(answers)} answers ({yes} yes), mean F1 on B "
-              f"{np.mean([r[f'answered_K{K}'] for r in rows.values()]):.3f}", flush=True)
+    calibration_rows(folder, prompts, rows, model)
+    seconds = []
+    for guard in (False, True):
+        session.guard = guard
+        tag = "guarded" if guard else "unguarded"
+        answers, likely = Answers(), []
+        for K in KS:
+            while (len(answers) // max(1, len(prompts))) < K:
+                t0 = time.perf_counter()
+                q = session.ask(ROUND, answers, tomogram=name_a, seed=args.seed)
+                seconds.append(time.perf_counter() - t0)
+                if not len(q):
+                    break
+                simulated_answers(q, data["truth_a"], data["names_a"], diam)
+                # the first round(0.4 * ROUND) questions of each class are its most likely candidates
+                n_top = int(round(0.4 * ROUND))
+                likely += [a == "yes" for _, g in q.table.groupby("label", sort=False) for a in g["answer"][:n_top]]
+                answers = answers.concat(q)
+            adapted = session.adapt(answers)
+            for p in prompts:
+                am, pool, r = adapted[p.label], pools_b[p.label], rows[p.label]
+                if am.fitted:
+                    r[f"{tag}_K{K}"] = pick_f1(am, pool, truth_b[p.label], p.diameter)
+                else:  # no yes and no no yet, or the answers fell back: pick3d --answers uses the settings
+                    r[f"{tag}_K{K}"] = r["default"]
+                r[f"{tag}_picker_K{K}"] = am.info.get("expected", {}).get("picker", "settings")
+                r[f"{tag}_expected_f1_K{K}"] = am.info.get("expected", {}).get("f1")
+            yes = answers.table["answer"].eq("yes").sum()
+            print(f"{folder.name} {tag} K={K}: {len(answers)} answers ({yes} yes; likely questions "
+                  f"{sum(likely)}/{len(likely)} yes), mean F1 on B "
+                  f"{np.mean([r[f'{tag}_K{K}'] for r in rows.values()]):.3f}", flush=True)
+            for r in rows.values():
+                r[f"{tag}_likely_yes_K{K}"] = f"{sum(likely)}/{len(likely)}"
     return list(rows.values()), seconds
+
+
+def _grid_key(table) -> list[tuple]:
+    from cryopick.picker3d.calibrate import _knob_values
+
+    return [tuple(np.round(v, 3)) for v in _knob_values(table).to_numpy()]
+
+
+def calibration_rows(folder: Path, prompts, rows: dict, model) -> None:
+    """Settings chosen on A's sweep (the best F1, as before; :func:`choose_settings`, now), scored on B by
+    a look-up in B's sweep of the same grid (``prepare``'s ``sweep_b_*.csv``)."""
+    import pandas as pd
+
+    from cryopick.picker3d.calibrate import KNOBS, choose_settings
+    from cryopick.picker3d.card import default_settings
+
+    defaults = default_settings(model)
+    default_key = _grid_key(pd.DataFrame([{k: getattr(defaults, k) for k in KNOBS}]))[0]
+    for k, p in enumerate(prompts):
+        a_path, b_path = folder / f"sweep_a_{k:02d}.csv", folder / f"sweep_b_{k:02d}.csv"
+        if not b_path.is_file():
+            continue
+        ta, tb = pd.read_csv(a_path), pd.read_csv(b_path)
+        f1_b = dict(zip(_grid_key(tb), tb["f1"]))
+        best = ta.sort_values(["f1", "threshold"], ascending=[False, True], kind="stable").iloc[[0]]
+        row, report = choose_settings(ta, defaults)
+        r = rows[p.label]
+        r.update({"n_truth_A": report["n_truth"], "default_lookup": f1_b.get(default_key, np.nan),
+                  "calibrated_best": f1_b.get(_grid_key(best)[0], np.nan),
+                  "calibrated_shrunk": f1_b.get(_grid_key(pd.DataFrame([row]))[0], np.nan),
+                  "shrunk_kept_defaults": report["kept_defaults"], "shrunk_steps": report["steps_from_defaults"]})
 
 
 # -- the recommended settings for small particles -------------------------------------------------------------------
@@ -302,6 +371,10 @@ def main() -> int:
     parser.add_argument("--no-cache", action="store_true", help="recompute the cached first pass")
     parser.add_argument("--timing", action="store_true", help="only the 200x512x512 seconds-per-round timing")
     parser.add_argument("--timing-rounds", type=int, default=3)
+    parser.add_argument("--sparse", type=int, default=0, metavar="N",
+                        help="tomogram A (prompts, answers, calibration) holds about N particles of each class")
+    parser.add_argument("--first-set", type=int, default=0)
+    parser.add_argument("--small-grid", action="store_true", help="a coarse calibration grid (SMALL_GRID), for speed")
     parser.add_argument("--prepare-only", action="store_true", help="only fill the cache of the first passes")
     args = parser.parse_args()
     args.shape = tuple(int(v) for v in args.shape.split(","))
@@ -323,24 +396,25 @@ def main() -> int:
         print(json.dumps(summary, indent=1))
         return 0
     if args.prepare_only:
-        for s in range(args.sets):
+        for s in range(args.first_set, args.first_set + args.sets):
             prepare(s, model, args)
         return 0
     rows, seconds, folders = [], [], []
-    for s in range(args.sets):
+    for s in range(args.first_set, args.first_set + args.sets):
         folders.append(prepare(s, model, args))
         r, sec = run_set(folders[-1], model, args)
         rows += r
         seconds += sec
     print_table(rows)
-    summary = {f"mean_f1_{m}": float(np.mean([r[m] for r in rows]))
-               for m in ("default", "calibrated", "calibrated_classifier")}
-    summary.update({f"mean_f1_answered_K{K}": float(np.mean([r[f"answered_K{K}"] for r in rows])) for K in KS})
+    methods = ["default", "default_lookup", "calibrated", "calibrated_best", "calibrated_shrunk",
+               "calibrated_classifier"] + [f"{g}_K{K}" for g in ("unguarded", "guarded") for K in KS]
+    summary = {f"mean_f1_{m}": float(np.nanmean([r.get(m, np.nan) for r in rows])) for m in methods}
     small = [r for r in rows if 10 <= r["diameter_px"] <= 15]
     if small:
-        summary.update({f"small_mean_f1_{m}": float(np.mean([r[m] for r in small]))
-                        for m in ["default", "calibrated", "calibrated_classifier"] + [f"answered_K{K}" for K in KS]})
+        summary.update({f"small_mean_f1_{m}": float(np.nanmean([r.get(m, np.nan) for r in small])) for m in methods})
         summary["small_n_classes"] = len(small)
+    for m in methods[3:]:  # classes below the defaults by more than 0.02
+        summary[f"n_below_default_{m}"] = int(sum(r.get(m, np.nan) < r["default"] - 0.02 for r in rows))
     summary.update({"n_classes": len(rows), "seconds_per_round_mean": float(np.mean(seconds)) if seconds else None,
                     "seconds_per_round_max": float(np.max(seconds)) if seconds else None,
                     "threads": args.threads, "wall_s": time.time() - t0})

@@ -211,7 +211,7 @@ def _answer_from_truth(csv, tomo, target, radius):
     return table
 
 
-def test_cli_ask3d_answers_pick3d_loop(sim, tmp_path):
+def test_cli_ask3d_answers_pick3d_loop(sim, tmp_path, capsys):
     from cryopick.cli.main import main as cli
     from cryopick.io.coords import read_picks
 
@@ -225,6 +225,7 @@ def test_cli_ask3d_answers_pick3d_loop(sim, tmp_path):
     ask = ["ask3d", "--prompt", str(prompt), "--tomogram", str(root / "tomos" / "ts0.mrc"), "-k", "4", "-o", str(q),
            "--threads", "1"]
     assert cli(ask) == 0
+    assert capsys.readouterr().out.startswith("expected from the answers (leave-one-out): target: no answer yet")
     first = Answers.read(q / "answers.csv")
     assert len(first) == 4 and (first.table["answer"] == "").all() and (first.table["label"] == "target").all()
     assert all((q / img).is_file() for img in first.table["image"])
@@ -244,6 +245,8 @@ def test_cli_ask3d_answers_pick3d_loop(sim, tmp_path):
     out = tmp_path / "picks"
     assert cli(["pick3d", "--prompt", str(prompt), "--tomograms", str(root / "tomos"), "-o", str(out),
                 "--answers", str(q), "--format", "imod", "--threads", "1"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("expected from the answers (leave-one-out): target: adapted, precision") and "yes of" in line
     adapted = AdaptedModel.load(out / "adapted" / "target.adapted.npz")
     assert adapted.fitted and adapted.info["n_positive"] >= 2  # the prompt and the yes answers
     picks = read_picks(out / "imod" / "target" / "ts1.coords")

@@ -53,7 +53,9 @@ def test_calibration_leaves_the_prompt_particle_out_by_default(env, capsys):
     for flag, n_truth in (([], 2), (["--include-prompt"], 3)):
         assert cli(["calibrate3d", "--prompt", "blob.prompt", "--tomogram", "tomos/t0.mrc", "--truth", "truth.coords",
                     "--window", "32", "--no-similarity", "-o", "s.json", *flag]) == 0
-        assert json.loads((env / "s.json").read_text())["best_case"]["n_truth"] == n_truth
+        saved = json.loads((env / "s.json").read_text())
+        assert saved["best_case"]["n_truth"] == n_truth and saved["calibration"]["n_truth"] == n_truth
+        assert f"calibrated on {n_truth} annotated particle(s)" in capsys.readouterr().out
 
 
 def test_calibrate3d_saves_the_classifier_for_the_other_tomograms(env):

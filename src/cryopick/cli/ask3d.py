@@ -67,4 +67,5 @@ def main(args: argparse.Namespace) -> int:
              summary["answers_csv"], summary["n_new"], summary["n_answered"], summary["n_questions"],
              "; ".join(f"{label} {counts}" for label, counts in summary["answers"].items()),
              summary["seconds_round"], summary["seconds"])
+    print(summary["expected"])
     return 0

@@ -4,7 +4,10 @@ Example:
   cryopick calibrate3d --prompt ribosome.prompt --tomogram TS_01.mrc --truth TS_01_ribo.star
 Sweeps threshold x min size x max size x minimum prompt similarity (cluster mode; --no-similarity
 leaves the last out) or the NCC threshold (--mode tm), prints the
-best-case F1 and writes the best settings (default: <prompt>_settings.json) and the whole sweep (.csv).
+best-case F1 and writes the settings (default: <prompt>_settings.json) and the whole sweep (.csv).
+With few annotated particles the F1 of each setting is noisy: the settings saved are, among those within
+that noise of the best (and never below the recommended settings here), the closest to the recommended
+ones; one line says how many particles were used and how sure the calibration is (also in the file).
 Use the settings on other tomograms: cryopick pick3d ... --settings ribosome_settings.json
 A pick is correct within one particle radius (--tolerance, in radii like `evaluate`), one-to-one.
 The prompt's own example particle(s) are left out of the scoring (neither found nor false) when the
@@ -102,6 +105,8 @@ def main(args: argparse.Namespace) -> int:
     log.info("best-case F1 %.3f (precision %.3f, recall %.3f; %d picks, %d true%s) with %s", b["f1"], b["precision"],
              b["recall"], b["n_pred"], b["n_truth"],
              f", {left_out} prompt particle(s) left out" if left_out else "", payload["settings"])
+    if "calibration" in payload["info"]:
+        print(payload["info"]["calibration"]["summary"])
     log.info("settings written to %s (sweep: %s)", out, out.with_suffix(".csv"))
     if "adapted" in payload:
         a = payload["adapted"].save(out.with_name(out.stem + ".adapted.npz"))

@@ -233,6 +233,8 @@ def main(args: argparse.Namespace) -> int:
         first = failed[0]
         raise FinishedWithFailures(f"{len(failed)} of {summary['n_tomograms']} tomogram(s) not picked (listed in "
                                    f"{out}/summary.json); first: {first['error']}")
+    if summary.get("expected"):
+        print(summary["expected"])
     log.info("%d tomogram(s) finished in %s: %s", summary["n_finished"], out,
              ", ".join(f"{n} {label or 'particle'}" for label, n in summary["picks"].items()))
     return 0

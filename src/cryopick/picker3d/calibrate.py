@@ -3,8 +3,10 @@
 *Best-case F1* (the paper's protocol): the best F1 over a grid of threshold × minimum component size ×
 maximum component size (× minimum prompt similarity of a component, when a similarity function is
 given: :class:`cryopick.pick3d.PromptSimilarity`), on the tomogram being scored. *Fair protocol*: calibrate on one annotated
-tomogram, save the best settings (:func:`save_settings`, a small JSON file ``pick3d --settings``
-reads) and apply them unchanged to the others.
+tomogram, save the settings (:func:`save_settings`, a small JSON file ``pick3d --settings``
+reads) and apply them unchanged to the others. The settings saved are not simply the best on the
+calibration tomogram: :func:`choose_settings` shrinks toward the model's recommended settings as far as
+the number of annotated particles leaves the best uncertain (two particles cannot tell settings apart).
 
 A pick is correct when it lies within ``tolerance`` voxels (default: one particle radius) of a
 ground-truth centre, matched one-to-one (:func:`cryopick.evaluate.matching.match_points`).
@@ -155,6 +157,72 @@ def settings_from_best(best: dict, mode: str = "cluster") -> dict:
     return {"mode": "tm", "tm_threshold": best["tm_threshold"]}
 
 
+KNOBS = ("threshold", "min_factor", "max_factor", "min_similarity")
+
+
+def f1_noise(f1: float, n_truth: int) -> float:
+    """Standard error of an F1 measured on ``n_truth`` annotated particles: binomial, with one found and one
+    missed particle added (Laplace), so that finding both of two particles is not certainty (±0.31)."""
+    n = max(int(n_truth), 1)
+    p = (float(f1) * n + 1) / (n + 2)
+    return float(np.sqrt(p * (1 - p) / n))
+
+
+def _knob_values(frame: pd.DataFrame) -> pd.DataFrame:
+    """The swept knobs as numbers that sort as the settings do (no check / no upper limit: -1 / inf)."""
+    out = pd.DataFrame({k: pd.to_numeric(frame[k], errors="coerce") if k in frame else np.nan for k in KNOBS})
+    return out.fillna({"min_similarity": -1.0, "max_factor": np.inf, "min_factor": 0.0})
+
+
+def choose_settings(table: pd.DataFrame, defaults, *, noise_factor: float = 1.0) -> tuple[dict, dict]:
+    """The grid row of a cluster sweep to save, shrunk toward the ``defaults`` (:class:`PickSettings`) as
+    far as the number of annotated particles leaves it unsure which setting is best.
+
+    The F1 of each setting on a few particles is noisy (:func:`f1_noise` of the best F1 with the sweep's
+    ``n_truth``, times ``noise_factor``): the rows within that noise of the best and not below the
+    defaults' F1 are all as good as far as the annotations tell, and among them the one closest to the
+    defaults wins (distance: grid steps of each knob, summed; ties: the higher F1). The defaults themselves
+    win when they are within the noise; the result never scores below them on this tomogram. With many
+    particles the noise is small and the best setting wins as before. Returns the row and a report:
+    ``n_truth``, ``f1_best``, ``f1_defaults``, ``f1_chosen``, ``f1_noise``, ``steps_from_defaults``,
+    ``kept_defaults``."""
+    if table.empty:
+        raise CryopickError("the calibration sweep is empty; nothing to choose from")
+    knobs = _knob_values(table)
+    swept = [k for k in KNOBS if k in table and table[k].notna().any()] or ["threshold"]
+    want = _knob_values(pd.DataFrame([{k: getattr(defaults, k) for k in KNOBS}])).iloc[0]
+    is_default = np.ones(len(table), bool)
+    steps = np.zeros(len(table))
+    for k in swept:
+        grid = np.unique(knobs[k].to_numpy())
+        is_default &= np.isclose(knobs[k].to_numpy(), want[k]) | (knobs[k].to_numpy() == want[k])
+        steps += np.abs(np.searchsorted(grid, knobs[k].to_numpy()) - np.searchsorted(grid, want[k]))
+    f1 = table["f1"].to_numpy(float)
+    n_truth = int(table["n_truth"].iloc[0]) if "n_truth" in table else 0
+    best = float(f1.max())
+    f1_default = float(f1[is_default].max()) if is_default.any() else -np.inf
+    noise = noise_factor * f1_noise(best, n_truth)
+    ok = (f1 >= best - noise - 1e-9) & (f1 >= f1_default - 1e-9)
+    order = np.lexsort((knobs["threshold"].to_numpy(), -f1, steps))  # last key first: steps, then F1
+    i = int(next(j for j in order if ok[j]))
+    row = table.iloc[i].to_dict()
+    report = {"n_truth": n_truth, "f1_best": best, "f1_defaults": None if not np.isfinite(f1_default) else f1_default,
+              "f1_chosen": float(f1[i]), "f1_noise": round(noise, 3), "steps_from_defaults": int(steps[i]),
+              "kept_defaults": bool(is_default[i])}
+    return row, report
+
+
+def calibration_summary(report: dict) -> str:
+    """One line for the user: how many particles, how sure, what was kept."""
+    n, noise = report["n_truth"], report["f1_noise"]
+    what = ("kept the recommended settings (no setting is better by more than the noise)" if report["kept_defaults"]
+            else f"settings {report['steps_from_defaults']} grid step(s) from the recommended ones")
+    d = report["f1_defaults"]
+    return (f"calibrated on {n} annotated particle(s): F1 here {report['f1_chosen']:.3f} ± {noise:.2f} "
+            f"(best {report['f1_best']:.3f}" + ("" if d is None else f", recommended settings {d:.3f}") + f"); {what}"
+            + ("; annotate more particles to calibrate further" if noise >= 0.15 else ""))
+
+
 def save_settings(path: str | os.PathLike, settings: dict, **info) -> Path:
     """Write ``{"settings": {...}, ...info}`` as JSON, atomically (what ``pick3d --settings`` reads)."""
     path = Path(path)
@@ -207,7 +275,7 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
     """
     from cryopick import picks as P
     from cryopick.io.images import Image, read_tomogram
-    from cryopick.picker3d.card import load_model
+    from cryopick.picker3d.card import default_settings, load_model
     from cryopick.picker3d.pick import segment
     from cryopick.picker3d.predict import check_window, resolve_bf16
     from cryopick.picker3d.scale import check_tomogram, working_tomogram
@@ -241,9 +309,17 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
     probs, z = segment(model, work.volume, [prompt], [refine], window=window, stride=stride, bf16=bf16,
                        progress=progress)
     prob = probs[0]
+    report = None
     if mode == "cluster":
         sim = PromptSimilarity(model, work.volume, z[0], bf16=bf16) if similarity else None
-        result = sweep_cluster(prob, truth_w, prompt.diameter, tolerance=tol, similarity=sim, ignore=ignore)
+        d = default_settings(model)
+        grid = {"thresholds": sorted(set(DEFAULT_THRESHOLDS) | {round(float(d.threshold), 3)}),
+                "min_factors": sorted(set(DEFAULT_MIN_FACTORS) | {float(d.min_factor)}),
+                "max_factors": sorted(set(DEFAULT_MAX_FACTORS) | {np.inf if d.max_factor is None else d.max_factor})}
+        if d.min_similarity is not None:
+            grid["min_similarities"] = [None] + sorted(set(DEFAULT_MIN_SIMILARITIES[1:]) | {d.min_similarity})
+        result = sweep_cluster(prob, truth_w, prompt.diameter, tolerance=tol, similarity=sim, ignore=ignore, **grid)
+        chosen, report = choose_settings(result.table, d)
     elif mode == "tm":
         from cryopick.postprocess.propicker_tm import tm_in_mask
 
@@ -252,7 +328,7 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
         result = sweep_scores(coords, scores, truth_w, tol, ignore=ignore)
     else:
         raise CryopickError(f"unknown mode {mode!r}; use cluster or tm")
-    settings = settings_from_best(result.best, mode)
+    settings = settings_from_best(result.best if report is None else chosen, mode)
     settings["refine"] = refine
     if mode == "tm":
         settings["tm_angle"] = tm_angle
@@ -260,6 +336,8 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
             ("precision", "recall", "f1", "n_pred", "n_truth")}, "diameter_working_voxels": prompt.diameter,
             "tolerance_working_voxels": tol, "stride": stride, "window": window, "prompt_excluded": bool(exclude_prompt),
             "n_truth_excluded": int(n_excluded)}
+    if report is not None:
+        info["calibration"] = {**report, "summary": calibration_summary(report)}
     payload = {"settings": settings, "info": info}
     if adapted:
         payload["adapted"] = adapt_to_truth(model, prompt, work, prob, truth_w, tol, bf16=bf16,

@@ -28,9 +28,10 @@ import pandas as pd
 
 from cryopick.errors import CryopickError
 from cryopick.io.atomic import make_output_dir
-from cryopick.picker3d.answers import AdaptedModel, Answers, adapt, read_answers
+from cryopick.picker3d.answers import AdaptedModel, Answers, read_answers
 from cryopick.picker3d.candidates import CandidateSet, base_features, component_table, find_candidates
 from cryopick.picker3d.card import resolve_settings
+from cryopick.picker3d.fallback import adapt_or_keep, expected_line
 from cryopick.picker3d.pick import TomogramPicker, check_prompts
 from cryopick.picker3d.prompt import Prompt, load_prompt, prompt_embedding
 from cryopick.picker3d.similarity import encode_positions
@@ -111,6 +112,7 @@ class AnswerSession:
         self._tables: dict[tuple[str, int], tuple] = {}  # (tomogram, prompt index) -> component_table
         self.measured = False  # features measured at new positions since the tomogram was added
         self._codes: dict[str, np.ndarray] = {}  # label -> the prompt's code
+        self.guard = True  # keep an adapted model only where it beats the settings on the answers (leave-one-out)
 
     @property
     def model(self):
@@ -211,10 +213,10 @@ class AnswerSession:
             t0 = time.perf_counter()
             if p.label not in self._codes:  # the prompt's code, once: encoding it is most of a round's time
                 self._codes[p.label] = prompt_embedding(self.model, p).detach().float().numpy()
-            out[p.label] = adapt(self.model, p, CandidateSet.join(pools), labelled, y,
-                                 candidate_threshold=self.candidate_threshold[k], min_distance=s.min_distance,
-                                 fallback_threshold=0.5 if s.min_similarity is None else s.min_similarity,
-                                 code=self._codes[p.label])
+            out[p.label] = adapt_or_keep(self.model, p, CandidateSet.join(pools), labelled, y, settings=s,
+                                         candidate_threshold=self.candidate_threshold[k], min_distance=s.min_distance,
+                                         code=self._codes[p.label], guard=self.guard,
+                                         n_examples=sum(len(q.positions) for q in self.prompts if q.tomogram in self.frames))
             out[p.label].info.update({"seconds": round(time.perf_counter() - t0, 3), "refine": s.refine})
         self.adapted = out
         return out
@@ -294,10 +296,13 @@ def ask_tomogram(prompts: Sequence[Prompt | str | os.PathLike], tomogram: str | 
     table = table.concat(new)
     table.write(csv_path)
     files = [str(a.save(out / f"{label}.adapted.npz")) for label, a in session.adapted.items() if a.fitted]
+    for label in [label for label, a in session.adapted.items() if not a.fitted]:  # fell back: no stale model
+        (out / f"{label}.adapted.npz").unlink(missing_ok=True)
     done = table.answered().table
     return {"tomogram": name, "n_new": len(new), "n_questions": len(table), "n_answered": len(done),
             "answers": {p.label: done[done["label"] == p.label]["answer"].value_counts().to_dict() for p in prompts},
             "answers_csv": str(csv_path), "adapted": files, "seconds_round": round(seconds_round, 2),
+            "expected": expected_line(session.adapted),
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -343,9 +348,10 @@ def pick_with_answers(tomograms, prompts: Sequence[Prompt | str | os.PathLike], 
         if both:
             raise CryopickError(f"class(es) {', '.join(both)} given both --answers and --adapted; give one of them")
         learned.update(session.adapt(table))
+    expected = expected_line({label: a for label, a in learned.items() if "expected" in a.info})
     for label in [label for label, a in learned.items() if not a.fitted]:
-        log.warning("%s: no yes and no no answer yet; picked with its settings, not adapted", label)
-        del learned[label]
+        log.warning("%s: picked with its settings, not adapted (%s)", label, learned.pop(label).info.get(
+            "fallback", "no yes and no no answer yet"))
     for label, a in learned.items():
         a.save(make_output_dir(output_dir) / "adapted" / f"{label}.adapted.npz")
         log.info("%s: adapted to %d yes / %d no answer(s), threshold %.2f", label, a.info.get("n_positive", 0),
@@ -356,7 +362,7 @@ def pick_with_answers(tomograms, prompts: Sequence[Prompt | str | os.PathLike], 
                              formats, stride=stride,
                              window=window, batch_size=batch_size, bf16=bf16, progress=progress,
                              adapted=learned, **options)
-    return summary
+    return {**summary, "expected": expected}
 
 
 def _as_list(x) -> list:

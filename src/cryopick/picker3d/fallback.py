@@ -1,0 +1,124 @@
+"""Answers that never make the picker worse: adapt only where the answers say the adapted picker wins.
+
+With a handful of answers (one yes and nine no is common when the answered tomogram holds few particles
+of a class) the classifier of :func:`~cryopick.picker3d.answers.adapt` can keep almost nothing. So
+:func:`adapt_or_keep` estimates from the answers themselves, leave one out, how the adapted picker
+would have decided each answered candidate, and compares that with the un-adapted picker (the settings:
+map probability at or above their threshold and, when they have one, prompt similarity at or above their
+minimum similarity). The adapted model is kept only when its leave-one-out F1 on the answers is higher;
+else the class falls back to the un-adapted picker (an unfitted model: ``pick3d --answers`` then picks
+it with its settings). Either way ``info["expected"]`` holds the precision and recall on the answered
+candidates of the picker that will be used: what the user reads to decide whether to answer more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from cryopick.picker3d.answers import AdaptedModel, _balanced, _sigmoid, adapt, fit_logistic, reference_code
+from cryopick.picker3d.candidates import BASE_FEATURES, CandidateSet
+
+P_MAX = BASE_FEATURES.index("p_max")
+
+
+def _f1_pr(decide: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    tp = int((decide & (y == 1)).sum())
+    n_pred, n_true = int(decide.sum()), int((y == 1).sum())
+    precision = tp / n_pred if n_pred else 0.0
+    recall = tp / n_true if n_true else 0.0
+    return 2 * tp / max(1, n_pred + n_true), precision, recall
+
+
+def unadapted_decisions(am: AdaptedModel, labelled: CandidateSet, threshold: float,
+                        min_similarity: float | None, prompt_reference: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Whether the un-adapted picker (the settings) keeps each labelled candidate: its map maximum near
+    the centre reaches ``threshold`` and its similarity to the prompt alone (``prompt_reference``:
+    :func:`reference_code` without answers) reaches ``min_similarity`` (``None``: no check)."""
+    keep = labelled.base[:, P_MAX] >= threshold
+    if min_similarity is not None:
+        plain = replace(am, ref_embedding=prompt_reference[0], ref_prototypes=prompt_reference[1],
+                        weights=np.zeros_like(am.weights))
+        sims = plain.features(labelled)[:, len(BASE_FEATURES):len(BASE_FEATURES) + 2].mean(1)
+        keep &= sims >= min_similarity
+    return keep
+
+
+def loo_probabilities(am: AdaptedModel, model, prompt, labelled: CandidateSet, y: np.ndarray,
+                      code: np.ndarray | None, l2: float = 1.0) -> np.ndarray:
+    """The adapted classifier's probability of each labelled candidate when fitted without it (a left-out
+    positive also leaves the reference code, so that its similarity to the reference is not its own)."""
+    y = np.asarray(y, int)
+    pos = np.flatnonzero(y == 1)
+    xs_all = (am.features(labelled) - am.mean) / am.scale
+    p = np.full(len(y), 0.5)
+    for i in range(len(y)):
+        rest = np.arange(len(y)) != i
+        if not (y[rest] == 1).any() or not (y[rest] == 0).any():
+            continue
+        xs = xs_all
+        if y[i] == 1:
+            ref = reference_code(model, prompt, labelled.subset(pos[pos != i]), code)
+            fold = replace(am, ref_embedding=ref[0], ref_prototypes=ref[1])
+            xs = (fold.features(labelled) - am.mean) / am.scale
+        w, b = fit_logistic(xs[rest], y[rest], _balanced(y[rest]), l2)
+        p[i] = float(_sigmoid(xs[i] @ w + b))
+    return p
+
+
+def adapt_or_keep(model, prompt, pool: CandidateSet, labelled: CandidateSet, y: np.ndarray, *, settings,
+                  candidate_threshold: float, min_distance: float | None = None, code: np.ndarray | None = None,
+                  l2: float = 1.0, guard: bool = True, n_examples: int = 0) -> AdaptedModel:
+    """:func:`~cryopick.picker3d.answers.adapt`, kept only when it beats the un-adapted picker on the answers.
+
+    ``settings``: the :class:`~cryopick.picker3d.card.PickSettings` the class is picked with un-adapted;
+    ``n_examples``: how many of the labelled candidates are the prompts' examples (not answers).
+    ``guard=False``: always the adapted model (as before; for comparisons). ``info["expected"]``:
+    ``picker`` (``adapted`` / ``settings``), ``precision``, ``recall``, ``f1`` of it on the ``n`` labelled
+    candidates (leave-one-out for the adapted one), and the other picker's ``f1`` (``f1_adapted`` /
+    ``f1_settings``); ``info["fallback"]`` says why the answers were not used."""
+    y = np.asarray(y, int).reshape(-1)
+    fallback = 0.5 if settings.min_similarity is None else settings.min_similarity
+    am = adapt(model, prompt, pool, labelled, y, candidate_threshold=candidate_threshold, min_distance=min_distance,
+               fallback_threshold=fallback, l2=l2, code=code)
+    if len(y) <= n_examples:
+        am.info["expected"] = {"picker": "settings", "n": int(len(y)), "n_answers": 0}
+        return am
+    plain_ref = reference_code(model, prompt, None, code)
+    f1_s, p_s, r_s = _f1_pr(unadapted_decisions(am, labelled, settings.threshold, settings.min_similarity, plain_ref), y)
+    expected = {"picker": "settings", "n": int(len(y)), "n_answers": int(len(y) - n_examples),
+                "n_positive": int((y == 1).sum()), "precision": p_s,
+                "recall": r_s, "f1": f1_s, "f1_settings": f1_s}
+    if not am.fitted:
+        am.info["expected"] = expected
+        return am
+    p = loo_probabilities(am, model, prompt, labelled, y, code, l2)
+    f1_a, p_a, r_a = _f1_pr(p >= am.threshold, y)
+    expected["f1_adapted"] = f1_a
+    if not guard or f1_a > f1_s:
+        expected.update(picker="adapted", precision=p_a, recall=r_a, f1=f1_a)
+        am.info["expected"] = expected
+        return am
+    am.info["fallback"] = f"leave-one-out F1 on the answers {f1_a:.2f} <= {f1_s:.2f} of the settings"
+    am.weights, am.bias, am.threshold = np.zeros_like(am.weights), 0.0, float(fallback)
+    am.info["expected"] = expected
+    return am
+
+
+def expected_line(adapted: dict[str, AdaptedModel]) -> str:
+    """One line for the user: per class, the picker the answers support and its expected precision and
+    recall on the answered candidates (leave-one-out), from ``info["expected"]``; answering more is worth
+    it while these are low or the answers still fall back to the settings."""
+    parts = []
+    for label, am in adapted.items():
+        e = am.info.get("expected", {})
+        if not e.get("n_answers"):
+            parts.append(f"{label}: no answer yet (settings)")
+            continue
+        other = e.get("f1_settings" if e["picker"] == "adapted" else "f1_adapted")
+        parts.append(f"{label}: {e['picker']}, precision {e['precision']:.2f} recall {e['recall']:.2f} "
+                     f"({e['n_positive']} yes of {e['n']} labelled incl. the prompts" + ("" if other is None else
+                     f"; F1 {e['f1']:.2f} vs {other:.2f} {'settings' if e['picker'] == 'adapted' else 'adapted'}")
+                     + ")")
+    return "expected from the answers (leave-one-out): " + "; ".join(parts)
