@@ -282,8 +282,11 @@ def main(argv: list[str] | None = None) -> int:
                          "see /work/shared/tools/torchvision_shim/README.md")
     if not seeds:
         raise SystemExit("--seeds: give at least one seed")
+    import signal
+
     import torch
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so a stopped run stops its topaz subprocess too
     torch.set_num_threads(args.threads)
     results: dict = {}
     for name in proteins:
