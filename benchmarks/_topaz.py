@@ -148,7 +148,7 @@ class TopazRun:
                 "--epoch-size", str(EPOCH_SIZE), "--num-epochs", str(MAX_EPOCHS),
                 "--save-prefix", str(ckpt / "model"), "-o", str(self.work / "train_metrics.txt")]
         w0 = time.perf_counter()
-        seen: dict[str, float] = {}  # checkpoint -> CPU seconds of topaz train when it was first seen
+        seen: dict[str, tuple[float, float]] = {}  # checkpoint -> (CPU s of topaz train, wall s) when first seen
         with open(self.work / "train.log", "w") as fh:
             proc = subprocess.Popen([self.bin, *args], stdout=fh, stderr=subprocess.STDOUT, env=self.env,
                                     start_new_session=True)
@@ -158,7 +158,7 @@ class TopazRun:
                 while proc.poll() is None:
                     cpu = max(cpu, tree_cpu_seconds(ps))
                     for path in ckpt.glob("model_epoch*.sav"):
-                        seen.setdefault(path.name, round(cpu, 1))
+                        seen.setdefault(path.name, (round(cpu, 1), time.perf_counter()))
                     if cpu >= cap_s:
                         stopped = True
                         break
@@ -167,15 +167,15 @@ class TopazRun:
                 stop(proc)
         if not stopped and proc.returncode != 0:
             raise RuntimeError(f"topaz train failed (exit {proc.returncode}); see {self.work / 'train.log'}")
-        # the newest checkpoint may have been cut off while it was written: it is not used
+        # a checkpoint that appeared in the last seconds before the stop may be cut off mid-write: not used
         names = sorted(seen, key=lambda name: int(name.split("epoch")[-1].split(".")[0]))
-        if stopped and names:
+        if stopped and names and time.perf_counter() - seen[names[-1]][1] < 5.0:
             names = names[:-1]
         if not names:
             raise RuntimeError(f"topaz train finished no epoch of {EPOCH_SIZE} updates within {cap_s:.0f} CPU s; "
                                f"see {self.work / 'train.log'}")
         rec = {"checkpoints": [{"model": str(ckpt / name), "updates": int(name.split("epoch")[-1].split(".")[0])
-                                * EPOCH_SIZE, "cpu_seconds": seen[name]} for name in names],
+                                * EPOCH_SIZE, "cpu_seconds": seen[name][0]} for name in names],
                "epoch_size": EPOCH_SIZE, "cap_cpu_seconds": round(cap_s, 1), "train_cpu_seconds": round(cpu, 1),
                "train_wall_seconds": round(time.perf_counter() - w0, 1), "num_particles": n}
         done.write_text(json.dumps(rec, indent=1) + "\n")
