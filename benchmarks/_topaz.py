@@ -61,6 +61,18 @@ def tree_cpu_seconds(proc) -> float:
     return total
 
 
+def topaz_names(got: list[str], stems: list[str]) -> dict[str, str]:
+    """Names of the picks read back (``read_picks`` treats a trailing ``.bin`` of Topaz's ``image_name``
+    ``May08_04.33.57.bin`` as an extension: ``May08_04.33.57``) -> the micrograph stem each one begins
+    (unique match only; others are left as they are)."""
+    mapping = {}
+    for name in got:
+        match = [s for s in stems if s == name or s.startswith(name + ".")]
+        if len(match) == 1:
+            mapping[name] = match[0]
+    return mapping
+
+
 def stop(proc) -> None:
     """Kill a topaz subprocess (its own process group) if it still runs: also when the benchmark is stopped."""
     if proc.poll() is None:
@@ -209,6 +221,8 @@ class TopazRun:
                           cap_s: float | None = None) -> dict:
         """The whole run: train up to ``cap_s`` CPU seconds (default ``budget_s``), extract with the checkpoint
         of ``budget_s``; returns settings, CPU seconds and the test picks (``picks``)."""
+        from cryopick.picks import rename_micrographs
+
         self.work.mkdir(parents=True, exist_ok=True)
         train_dir, pre_train = self.preprocess(train_paths, "train")
         test_dir, pre_test = self.preprocess(test_paths, "test")
@@ -216,6 +230,7 @@ class TopazRun:
         tr = self.train(train_dir, self.work / "targets.txt", n, max(budget_s, cap_s or 0.0))
         chosen = self.checkpoint_for(tr, budget_s)
         picks, cpu_extract = self.extract(chosen, test_dir)
+        picks = rename_micrographs(picks, topaz_names(picks.micrographs, [p.stem for p in test_paths]))
         names = {p.stem for p in test_paths}
         got = set(picks.micrographs)
         if not got <= names:
