@@ -12,16 +12,23 @@ The three real data sets of ``--data`` (default ``/work/shared/data``), each wit
   micrographs: the calibration taken out).
 - ``topaz`` (``--topaz-bin``, a ``topaz`` executable of a separate venv; never a cryopick dependency):
   ``topaz preprocess`` (downsampled so the particle is ~30 px, the README's default normalisation),
-  ``topaz train`` from the pretrained ResNet8 on the same 5 micrographs, stopped when its CPU time reaches
-  the CPU time cryopick's training took for the same protein and seed (its last finished epoch is used),
-  ``topaz extract`` on the test micrographs. Scored at Topaz's own threshold (score 0: the log-likelihood
-  ratio where the classifier says particle, ``--topaz-threshold``) and best-case. See ``_topaz.py``.
+  ``topaz train`` from the pretrained ResNet8 on the same 5 micrographs, a checkpoint every 8 updates with the
+  CPU seconds at which it appeared; the model is the last checkpoint within the CPU time cryopick's training
+  took for the same protein and seed (``--topaz-cpu-seconds`` lets Topaz train to a cap while cryopick
+  trains, the checkpoint is chosen once cryopick's time exists), ``topaz extract`` on the test micrographs.
+  Scored at Topaz's own threshold (score 0: the log-likelihood ratio where the classifier says particle,
+  ``--topaz-threshold``) and best-case. See ``_topaz.py``.
+
+``--quick`` (run_all's size): EMPIAR-10059 only, cryopick capped at 2 epochs.
 
 Every score uses ``cryopick.evaluate`` (one-to-one matching, a pick is correct within one particle radius),
 pooled over the test micrographs. CPU seconds are those of the process (and its children), so load on the
 machine stretches wall time but not the budget.
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_real_loo.py --proteins empiar-10059 --seeds 0 \\
+        --tools cryopick,topaz --topaz-bin /work/venvs/topaz/bin/topaz
+    # on a loaded machine: the same comparison with cryopick capped at 1 epoch (real_loo.md)
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_real_loo.py --epochs 1 --proteins empiar-10059 \\
         --tools cryopick,topaz --topaz-bin /work/venvs/topaz/bin/topaz
 
 Cached per protein and seed under ``--cache`` (default ``benchmarks/results/real_loo``):
