@@ -8,9 +8,8 @@ weights with the best validation F1 are kept (``model.pt``), training stops earl
 ``patience`` epochs without improvement or when the time budget is spent (never before
 ``min_epochs``; see :mod:`.budget`), and a resumable checkpoint (``checkpoint.pt``: weights,
 optimiser, scheduler, RNG states, history, budget used) is written atomically after every epoch.
-The progress bar counts optimiser steps. PyTorch uses one thread per free core unless told
-otherwise, re-checked after every epoch (:mod:`cryopick.runtime`). At the end the score threshold is
-calibrated on the validation data and the model card and ``training_curve.png`` are written.
+The bar counts optimiser steps; PyTorch uses one thread per free core unless told otherwise (:mod:`cryopick.runtime`).
+At the end the threshold is calibrated on the validation data; the card and ``training_curve.png`` are written.
 """
 
 from __future__ import annotations
