@@ -61,7 +61,10 @@ def test_prompt_pick3d_calibrate3d_cli(tomo_dir):
     tol = calib["tolerance_working_voxels"]
     assert calib["prompt_excluded"] and calib["n_truth_excluded"] == 1
     away = lambda c: c[np.linalg.norm(c - truth0[0], axis=1) > tol]  # noqa: E731
-    assert match_points(away(picks0), away(truth0), radius).f1 == pytest.approx(calib["best_case"]["f1"], abs=1e-9)
+    # (the F1 of the setting calibrate3d kept: with few particles not the best case, issue 24)
+    kept = calib["calibration"]["f1_chosen"]
+    assert kept <= calib["best_case"]["f1"] and kept >= (calib["calibration"]["f1_defaults"] or 0.0)
+    assert match_points(away(picks0), away(truth0), radius).f1 == pytest.approx(kept, abs=1e-9)
     # Applied to the other tomogram (the fair protocol), far better than chance.
     picks = read_picks(out / "imod" / "target" / "ts1.coords").coords
     f1 = match_points(picks, truth1, radius).f1

@@ -332,6 +332,7 @@ def _pick3d(root: str, out: Path, params: dict) -> dict:
     else:
         summary = pick_tomograms(list(tomos.values()), made, **options)
     return {"done": len(tomos), "total": len(tomos), "picks": summary.get("picks"),
+            **({"expected": summary["expected"]} if summary.get("expected") else {}),  # adapted or kept, and why
             "adapted": [label for label in classes  # the classes this run adapted (not an earlier run's files)
                         if _newer(project.root / "picks3d" / "adapted" / f"{label}.adapted.npz", started)]}
 

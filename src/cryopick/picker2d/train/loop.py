@@ -141,10 +141,9 @@ class _Run:
             self.validation_mode = "strips"
         self.sparse = config.labelled_fraction < 1
         self.has_val = any(m.val_box is not None for m in mics)
-        note = cal.unmeasurable_validation(mics, self.sparse, config.val_fraction)  # clears the held-out boxes
+        note = self.unsaid = cal.unmeasurable_validation(mics, self.sparse, config.val_fraction)  # clears val_box
         if note:  # nothing to measure: no early stopping, the last epoch's weights, the default threshold
             self.has_val, self.validation_mode = False, "none" if self.has_val else self.validation_mode
-            log.warning(note)
             self.notes.append(note)
         self.pool = [m.name for m in mics if m.unlabelled]
         self.stages = ["pu" if self.sparse and config.pu_loss else "bce"]
@@ -213,10 +212,8 @@ class _Run:
             kwargs.setdefault("template_box", box_size(self.scale.working_diameter))
         try:
             model = build_model(config.backbone, checkpoint=config.checkpoint, **kwargs)
-        except CryopickError:
-            raise
         except Exception as exc:
-            if not config.checkpoint:
+            if isinstance(exc, CryopickError) or not config.checkpoint:
                 raise
             if isinstance(exc, FileNotFoundError):
                 raise CryopickError(f"--checkpoint {config.checkpoint}: no such file; give the path of the base "
@@ -226,6 +223,9 @@ class _Run:
                 f"({type(exc).__name__}); give a PyTorch state dict saved for this backbone, or leave --checkpoint out"
             ) from None
         self.init_used = initial_weights(model, config)
+        if self.unsaid:  # said once the model is built, so that a bad --checkpoint gets its message alone
+            log.warning(self.unsaid)
+            self.unsaid = None
         if config.template_prior:
             self._set_template(model)
         preferred = getattr(model, "preferred_size", None)
