@@ -13,21 +13,6 @@ from cryopick.picker3d.candidates import BASE_FEATURES, CandidateSet, find_candi
 from cryopick.picker3d.questions import choose_questions
 
 
-@pytest.fixture(scope="module")
-def model():
-    from cryopick.models.promptable3d import load_propicker
-
-    return load_propicker()
-
-
-@pytest.fixture(scope="module")
-def prompt():
-    from cryopick.picker3d.prompt import Prompt
-
-    rng = np.random.default_rng(0)
-    return Prompt(rng.normal(size=(1, 37, 37, 37)).astype(np.float32), np.zeros((1, 3)), "t", 10.0, 1.0, 12.0, "a")
-
-
 def _two_classes(model, prompt, n, seed):
     """Candidates of two classes that look the same to the un-adapted picker: the same map features and
     the same similarity to the prompt's code, told apart only by a direction orthogonal to it."""

@@ -11,21 +11,6 @@ from cryopick.picker3d.fallback import P_MAX, adapt_or_keep, expected_line
 SETTINGS = PickSettings(threshold=0.15, min_factor=0.05, max_factor=3.0, min_similarity=None)
 
 
-@pytest.fixture(scope="module")
-def model():
-    from cryopick.models.promptable3d import load_propicker
-
-    return load_propicker()
-
-
-@pytest.fixture(scope="module")
-def prompt():
-    from cryopick.picker3d.prompt import Prompt
-
-    rng = np.random.default_rng(0)
-    return Prompt(rng.normal(size=(1, 37, 37, 37)).astype(np.float32), np.zeros((1, 3)), "t", 10.0, 1.0, 12.0, "a")
-
-
 def _candidates(model, n, seed, p_max):
     """Candidates whose codes say nothing about the class (random), with the map maximum ``p_max``."""
     rng = np.random.default_rng(seed)
