@@ -438,3 +438,14 @@ def test_star_with_a_duplicated_column_is_an_error(tmp_path):
                                        "10 20 30\n")
     with pytest.raises(CryopickError, match=r"dup.star: column\(s\) _rlnCoordinateX appear more than once"):
         read_picks(tmp_path / "dup.star")
+
+
+def test_topaz_names_with_dots_are_kept_whole(tmp_path):
+    """Topaz writes ``image_name`` without extension; a name with a dot of its own (EMPIAR-10025's
+    ``…_00002es.frames``, ``grid1.2_0003``) must not lose its last part, while a real image suffix goes."""
+    (tmp_path / "t.txt").write_text("image_name\tx_coord\ty_coord\tscore\n"
+                                    "14sep05c_00024sq_00003hl_00002es.frames\t10\t20\t1.5\n"
+                                    "grid1.2_0003\t30\t40\t0.5\n"
+                                    "mic_0007.mrc\t50\t60\t0.1\n")
+    p = read_picks(tmp_path / "t.txt", "topaz")
+    assert p.table["micrograph"].tolist() == ["14sep05c_00024sq_00003hl_00002es.frames", "grid1.2_0003", "mic_0007"]

@@ -80,6 +80,16 @@ def image_name(path: str | os.PathLike) -> str:
     return p.stem
 
 
+def strip_image_suffix(name: str) -> str:
+    """``name`` without a known image suffix (``a.mrc`` -> ``a``); any other name is kept whole, so
+    micrograph names with dots (``mic_001.frames``, ``grid1.2_0003``) are not cut."""
+    lower = name.lower()
+    for suffix in sorted(IMAGE_SUFFIXES | ZARR_SUFFIXES | {".ome.zarr"}, key=len, reverse=True):
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def list_images(directory_or_files: str | os.PathLike | list, suffixes: set[str] | None = None) -> list[Path]:
     """Image files in a directory (sorted), a glob pattern, or a list of paths."""
     suffixes = suffixes or IMAGE_SUFFIXES

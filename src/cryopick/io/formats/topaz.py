@@ -30,7 +30,7 @@ from cryopick.io.formats._common import (
     read_text,
     require_columns,
 )
-from cryopick.io.images import image_name
+from cryopick.io.images import strip_image_suffix
 from cryopick.picks import Picks
 
 NAME = "topaz"
@@ -57,7 +57,7 @@ def read(path: str | os.PathLike, micrograph: str | None = None, diameter: float
     if micrograph is not None:
         names = np.full(n, micrograph, dtype=object)
     elif "image_name" in table.columns:
-        names = np.array([image_name(str(v)) if "." in str(v) else str(v) for v in table["image_name"]], dtype=object)
+        names = np.array([strip_image_suffix(str(v)) for v in table["image_name"]], dtype=object)
     else:
         names = np.full(n, micrograph_name_from_path(path), dtype=object)
     frame = pd.DataFrame({
