@@ -449,3 +449,21 @@ def test_topaz_names_with_dots_are_kept_whole(tmp_path):
                                     "mic_0007.mrc\t50\t60\t0.1\n")
     p = read_picks(tmp_path / "t.txt", "topaz")
     assert p.table["micrograph"].tolist() == ["14sep05c_00024sq_00003hl_00002es.frames", "grid1.2_0003", "mic_0007"]
+
+
+def test_folder_of_mixed_formats_says_what_it_left_out(tmp_path, caplog):
+    """A folder holding RELION .star beside cryoPPP .csv is read as the commoner format; the .csv files
+    are not silently dropped: one warning names them and the option that reads them."""
+    p = _picks2d(4)
+    write_picks(p, tmp_path / "a.star", "relion")
+    write_picks(p, tmp_path / "b.star", "relion")
+    write_picks(p, tmp_path / "c.csv", "cryoppp", per_micrograph=False)
+    caplog.set_level("WARNING")
+    got = read_picks(tmp_path)
+    assert got.meta["format"] == "relion"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert "left out 1 .csv file(s) of another format" in warnings[0] and "cryoppp" in warnings[0]
+    caplog.clear()
+    read_picks(tmp_path, "relion")  # the format given: no guess, nothing to say
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

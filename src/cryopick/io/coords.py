@@ -180,6 +180,8 @@ def read_picks(path_or_dir: str | os.PathLike, format: str | None = None, **opts
     pixel_size = fmt_opts.get("pixel_size")
     name = format or guess_format(path)
     module = format_module(name)
+    if path.is_dir() and format is None:
+        _warn_other_formats(path, module)
     if path.is_dir():
         picks = _read_directory(path, module, fmt_opts)
     else:
@@ -195,6 +197,21 @@ def read_picks(path_or_dir: str | os.PathLike, format: str | None = None, **opts
     if written is not None:
         picks.meta["written_threshold"], picks.meta["threshold_source"] = written[0], str(written[1])
     return picks
+
+
+def _warn_other_formats(directory: Path, module: ModuleType) -> None:
+    """A folder guessed as one format that also holds coordinate files of another (say RELION ``.star``
+    beside cryoPPP ``.csv``) reads only the first kind: say which files are left out and how to read them.
+    (``.json`` files are left out of this: output folders hold JSON manifests beside their coordinates.)"""
+    others = Counter(p.suffix.lower() for p in _files(directory)
+                     if p.suffix.lower() in _BY_EXTENSION and p.suffix.lower() not in module.EXTENSIONS
+                     and p.suffix.lower() != ".json")
+    if others:
+        left = ", ".join(f"{n} {ext}" for ext, n in sorted(others.items()))
+        choices = ", ".join(sorted({_BY_EXTENSION[ext] for ext in others}))
+        log.warning("%s: read as %s (%s files); left out %s file(s) of another format: give the format "
+                    "(--from / format=) %s to read those instead", directory, module.NAME,
+                    "/".join(module.EXTENSIONS), left, choices)
 
 
 def _fill_run_diameter(picks: Picks, path: Path) -> Picks:
