@@ -112,7 +112,27 @@ def cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def train_cryopick(train, truth, diameter: float, out: Path, seed: int, threads: int, epochs: int | None) -> dict:
+def parse_overrides(items: list[str]) -> dict:
+    """``--set key=value`` pairs as TrainConfig fields of the right type (a candidate change to measure)."""
+    from dataclasses import fields
+
+    from cryopick.picker2d.train import TrainConfig
+
+    kinds = {f.name: type(getattr(TrainConfig(), f.name)) for f in fields(TrainConfig)}
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in kinds or not value:
+            raise SystemExit(f"--set {item}: expected FIELD=VALUE with a TrainConfig field")
+        kind = kinds[key]
+        if kind is type(None):  # an optional number (min_distance, ...)
+            kind = float
+        out[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else (value if kind is str else kind(value))
+    return out
+
+
+def train_cryopick(train, truth, diameter: float, out: Path, seed: int, threads: int, epochs: int | None,
+                   overrides: dict | None = None) -> dict:
     """``cryopick train`` with its defaults (``epochs``: a cap, when given; cached in ``out/train.json``);
     returns the training record."""
     from cryopick.picker2d.card import load_card
@@ -127,6 +147,8 @@ def train_cryopick(train, truth, diameter: float, out: Path, seed: int, threads:
     config = TrainConfig(seed=seed, num_threads=threads, progress=False)
     if epochs:
         config.epochs = min(epochs, config.epochs)
+    for key, value in (overrides or {}).items():
+        setattr(config, key, value)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if not (model / "card.json").is_file():
@@ -157,7 +179,7 @@ def run_cryopick(name: str, train, test, truth, diameter: float, out: Path, seed
     if done.is_file() and not args.redo:
         return json.loads(done.read_text())
     threads = args.threads
-    tr = train_cryopick(train, truth, diameter, out, seed, threads, args.epochs)
+    tr = train_cryopick(train, truth, diameter, out, seed, threads, args.epochs, args.overrides)
     c0, w0 = cpu_seconds(), time.perf_counter()
     picker = Picker(out / "model", num_threads=threads)
     calibrated, candidates = [], []
@@ -257,11 +279,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--topaz-cpu-seconds", type=float, default=None,
                     help="Topaz's training CPU cap; its budget is cryopick's training CPU seconds (same protein and "
                          "seed) once they exist, else this. With it Topaz can train while cryopick does")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a TrainConfig field changed for cryopick (a candidate change to measure; cached apart)")
     ap.add_argument("--epochs", type=int, default=None,
                     help="cap cryopick's epochs (TrainConfig.epochs; a reduced budget for loaded machines; cached "
                          "apart: <cache>/epochs<N>, and Topaz gets the CPU time that run took)")
     ap.add_argument("--redo", action="store_true", help="score again (trained models are kept)")
     args = ap.parse_args(argv)
+    args.overrides = parse_overrides(args.set)
     if args.epochs is not None and args.epochs < 1:
         raise SystemExit("--epochs: an integer >= 1")
     if args.quick:  # run_all's size: the smallest protein, 2 epochs
@@ -270,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     args.data_cache = args.cache  # Topaz's preprocessed micrographs do not depend on the budget
     if args.epochs:
         args.cache = str(Path(args.cache) / f"epochs{args.epochs}")
+    if args.overrides:  # a candidate change: its own cache
+        args.cache = str(Path(args.cache) / ("set_" + "_".join(f"{k}-{v}" for k, v in sorted(args.overrides.items()))))
     proteins = [p for p in args.proteins.split(",") if p]
     tools = [t for t in args.tools.split(",") if t]
     try:
