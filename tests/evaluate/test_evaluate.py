@@ -46,6 +46,29 @@ def test_one_to_one_optimal_not_greedy():
     assert match_points(pred, truth, 10).tp == 2
 
 
+def test_matching_is_a_maximum_matching_of_least_distance_on_mixed_crowded_and_isolated_points():
+    """Against one dense assignment over every pair (no components, no shortcut for isolated pairs):
+    the same number of pairs, the same summed distance, each pair within the tolerance, one-to-one."""
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(7)
+    for trial in range(40):
+        truth = rng.uniform(0, 60, (int(rng.integers(5, 40)), 2))
+        pred = np.vstack([truth[: len(truth) // 2] + rng.normal(0, 1.5, (len(truth) // 2, 2)),  # isolated pairs
+                          rng.uniform(0, 60, (int(rng.integers(0, 30)), 2))])  # crowded / stray picks
+        tol = float(rng.uniform(1.0, 6.0))
+        r = match_points(pred, truth, tol)
+        d = np.linalg.norm(pred[:, None] - truth[None], axis=2)
+        big = d.max() * (len(pred) + len(truth)) + 1.0
+        a, b = linear_sum_assignment(np.where(d <= tol, d - big, 2 * big))
+        ok = d[a, b] <= tol
+        assert r.tp == int(ok.sum()), trial
+        assert r.distances.sum() == pytest.approx(d[a[ok], b[ok]].sum()), trial
+        assert len(set(r.pred_index.tolist())) == r.tp == len(set(r.truth_index.tolist()))
+        np.testing.assert_allclose(d[r.pred_index, r.truth_index], r.distances)
+        assert (r.distances <= tol).all()
+
+
 def test_iou3d_rule_hand_computed():
     # Cubes of edge 10: offset (1,1,1): 9^3 / (2000 - 729) = 0.574 (no); (1,1,0): 810/1190 = 0.681 (yes);
     # (2,0,0): 800/1200 = 0.667 (yes); (3,0,0): 700/1300 = 0.538 (no).

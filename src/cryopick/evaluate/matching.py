@@ -103,14 +103,21 @@ def match_candidates(rows: np.ndarray, cols: np.ndarray, cost: np.ndarray, n_pre
     empty = np.zeros(0, dtype=np.int64)
     if len(rows) == 0:
         return MatchResult(empty, empty, np.zeros(0), n, m)
-    # Solve each connected component of the candidate graph separately: small dense problems.
+    # Solve each connected component of the candidate graph separately: small dense problems. Most
+    # components are one admissible pair (isolated particles): those match as they are, without a solver.
     graph = coo_matrix((np.ones(len(rows)), (rows, n + cols)), shape=(n + m, n + m))
     _, component = connected_components(graph, directed=False)
-    pred_out, truth_out, dist_out = [], [], []
-    order = np.argsort(component[rows], kind="stable")
-    rows, cols, dist = rows[order], cols[order], cost[order]
-    bounds = np.flatnonzero(np.diff(component[rows])) + 1
-    for r, c, d in zip(np.split(rows, bounds), np.split(cols, bounds), np.split(dist, bounds)):
+    edge_component = component[rows]
+    single = np.bincount(edge_component)[edge_component] == 1
+    pred_out, truth_out, dist_out, comp_out = [rows[single]], [cols[single]], [cost[single]], [edge_component[single]]
+    rows, cols, dist, edge_component = rows[~single], cols[~single], cost[~single], edge_component[~single]
+    order = np.argsort(edge_component, kind="stable")
+    rows, cols, dist, edge_component = rows[order], cols[order], dist[order], edge_component[order]
+    bounds = np.flatnonzero(np.diff(edge_component)) + 1
+    for r, c, d, k in zip(np.split(rows, bounds), np.split(cols, bounds), np.split(dist, bounds),
+                          np.split(edge_component, bounds)):
+        if len(r) == 0:
+            continue
         ur, ri = np.unique(r, return_inverse=True)
         uc, ci = np.unique(c, return_inverse=True)
         big = (float(d.max()) + 1.0) * (len(ur) + len(uc) + 1)  # any real pair beats any number of non-pairs
@@ -121,10 +128,12 @@ def match_candidates(rows: np.ndarray, cols: np.ndarray, cost: np.ndarray, n_pre
         pred_out.append(ur[a[ok]])
         truth_out.append(uc[b[ok]])
         dist_out.append(cost_m[a[ok], b[ok]] + big)
+        comp_out.append(np.full(int(ok.sum()), k[0]))
+    by_component = np.argsort(np.concatenate(comp_out), kind="stable")  # the order of one solve per component
     return MatchResult(
-        np.concatenate(pred_out).astype(np.int64),
-        np.concatenate(truth_out).astype(np.int64),
-        np.concatenate(dist_out),
+        np.concatenate(pred_out).astype(np.int64)[by_component],
+        np.concatenate(truth_out).astype(np.int64)[by_component],
+        np.concatenate(dist_out)[by_component],
         n,
         m,
     )
