@@ -72,3 +72,24 @@ def test_a_few_clicks_are_held_to_a_wider_margin(tmp_path, captured, caplog):
     said = _train(tmp_path, _picks_without_diameter(few), 40.0, caplog)
     assert len(said) == 1 and said[0].startswith("--diameter 40 (40 px) looks too large: the annotated particles are "
                                                  "about "), said
+
+
+
+def test_a_centre_in_the_last_half_pixel_is_in_the_edge_pixel():
+    """A centre at y = 99.6 on a 100-row working image rounds to row 100: the size check crashed on it
+    ('boolean index did not match', EMPIAR-10146's training set after the working-scale resampling).
+    It is averaged as the edge pixel; a centre outside the image is left out."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from cryopick.picker2d.train.sizecheck import radial_profile
+
+    image = np.zeros((100, 120), np.float32)
+    image[95:, 45:56] = 1.0  # a bright patch at the bottom edge around x = 50
+    edge = SimpleNamespace(negative=False, unlabelled=False, image=image,
+                           coords=np.array([[50.0, 99.6], [119.7, 3.0], [300.0, 50.0]]))
+    profile, n = radial_profile([edge], 10)
+    assert n == 2  # the two edge centres; (300, 50) is outside
+    inside = SimpleNamespace(negative=False, unlabelled=False, image=image, coords=np.array([[50.0, 99.0], [119.0, 3.0]]))
+    np.testing.assert_allclose(profile, radial_profile([inside], 10)[0])

@@ -51,8 +51,12 @@ def radial_profile(mics: list[TrainingMicrograph], half: int, max_particles: int
         if m.negative or m.unlabelled or not len(m.coords):
             continue
         padded = np.pad(m.image.astype(np.float64), half, constant_values=np.nan)
+        height, width = m.image.shape
         for x, y in m.coords[: max(0, max_particles - n)]:
-            cx, cy = int(round(x)) + half, int(round(y)) + half
+            if not (-1 < x < width and -1 < y < height):
+                continue  # a centre outside the image: nothing of it to average
+            # a centre in the last half pixel rounds to the image's size: it is in the edge pixel
+            cx, cy = min(max(int(round(x)), 0), width - 1) + half, min(max(int(round(y)), 0), height - 1) + half
             cut = padded[cy - half: cy + half + 1, cx - half: cx + half + 1]
             ok = np.isfinite(cut)
             total[ok] += cut[ok]
