@@ -94,6 +94,32 @@ def test_every_listed_layer_is_a_module_of_the_package():
     assert not missing, f"listed as a layer but not a module of {PKG}: {missing}"
 
 
+def test_only_the_top_layers_import_the_package_root():
+    # The root is a facade that reaches every wing (lazily, so the cycle check cannot see it): a wing or floor
+    # importing ``cryopick`` itself closes a hidden circle. The version lives in the leaf ``cryopick._version``.
+    mods = _modules()
+    bad = []
+    for m, f in mods.items():
+        if m == PKG or _in(m, TOP):
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import) and any(a.name == PKG for a in node.names):
+                bad.append(f"{m}: import {PKG}")
+            elif isinstance(node, ast.ImportFrom) and node.module == PKG and not node.level:
+                # ``from cryopick import picks`` names a submodule, not the root's own attributes
+                bad += [f"{m}: from {PKG} import {a.name}" for a in node.names if f"{PKG}.{a.name}" not in mods]
+    assert not bad, f"import the package root {PKG!r} (import what you need from its module instead): {bad}"
+
+
+def test_one_version_everywhere():
+    from cryopick._version import __version__
+    from cryopick.picker2d.card import ModelCard
+
+    pyproject = (ROOT.parents[1] / "pyproject.toml").read_text()
+    assert 'version = { attr = "cryopick._version.__version__" }' in pyproject
+    assert cryopick.__version__ == __version__ == ModelCard().cryopick_version
+
+
 def test_facade_lists_every_lazy_name():
     assert set(cryopick._LAZY) <= set(cryopick.__all__)
 
