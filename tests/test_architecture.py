@@ -125,7 +125,7 @@ def test_facade_lists_every_lazy_name():
 
 
 def test_wings_have_matching_module_names():
-    shared = {"scale", "predict", "pick", "calibrate", "card", "train"}
+    shared = {"scale", "predict", "pick", "train"}
     for wing in ("picker2d", "picker3d"):
         names = {p.stem if p.is_file() else p.name for p in (ROOT / wing).iterdir() if not p.name.startswith("_")}
         assert shared <= names, f"{wing} lacks {shared - names}"

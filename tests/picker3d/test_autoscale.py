@@ -18,9 +18,9 @@ from cryopick.cli.main import main as cli
 from cryopick.io.coords import read_picks
 from cryopick.io.images import write_mrc
 from cryopick.models.promptable3d import load_propicker
-from cryopick.picker3d.card import trained_scale
 from cryopick.picker3d.prompt import load_prompt
 from cryopick.picker3d.scale import TrainedScale, choose_voxel_size
+from cryopick.picker3d.settings import trained_scale
 from cryopick.preprocess import downsample
 
 from .test_batch import fake_segment
@@ -41,7 +41,7 @@ def test_train3d_records_the_scale_of_its_pool(tmp_path):
     import json
     from dataclasses import asdict, replace
 
-    from cryopick.picker3d.train.pool import PoolConfig, pool_scale
+    from cryopick.picker3d.train.corpus import PoolConfig, pool_scale
 
     cfg = replace(PoolConfig(), voxel_size=(4.0, 6.0), min_diameter_px=8.0, max_diameter_px=40.0)
     (tmp_path / "pool.json").write_text(json.dumps({"seed": 1, "config": asdict(cfg)}))
@@ -114,7 +114,7 @@ def test_prompt_and_pick3d_agree_in_angstrom_at_three_voxel_sizes(tmp_path, monk
 def test_min_distance_in_angstrom_and_in_tomogram_voxels(tmp_path, monkeypatch):
     """--min-distance is Å, --min-distance-vox voxels of the tomogram: both become the same working
     distance (here 200 Å = 80 voxels at 2.5 Å = 20 working voxels, wider than two particles' spacing)."""
-    from cryopick.picker3d.card import resolve_settings
+    from cryopick.picker3d.settings import resolve_settings
 
     monkeypatch.setattr(P, "segment", fake_segment)
     monkeypatch.chdir(tmp_path)

@@ -187,8 +187,8 @@ def test_montage_per_tomogram_and_class(env):
 
 def test_tomogram_picker_segments_once_and_rethresholds(env, monkeypatch):
     import cryopick
-    from cryopick.picker3d.card import PickSettings
     from cryopick.picker3d.prompt import load_prompt
+    from cryopick.picker3d.settings import PickSettings
 
     calls = []
     monkeypatch.setattr(P, "segment", lambda *a, **kw: calls.append(1) or fake_segment(*a, **kw))

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from cryopick.picker3d.train.corpus import PoolConfig, load_pool, make_pool
 from cryopick.picker3d.train.finetune import occupancy_from_picks
 from cryopick.picker3d.train.loop import TrainConfig, train
-from cryopick.picker3d.train.pool import PoolConfig, load_pool, make_pool
 from cryopick.picker3d.train.sampling import SampleConfig, sample_batch
 
 TINY_POOL = PoolConfig(shape=(32, 48, 48), classes_per_tomogram=3, n_particles=(6, 8), diameter_A=(60, 120),
@@ -76,9 +76,9 @@ def test_occupancy_targets_are_balls():
 def test_export_records_settings_with_the_best_mean_f1(pool_dir, tmp_path, monkeypatch):
     import pandas as pd
 
-    import cryopick.picker3d.calibrate as cal
+    import cryopick.picker3d.sweep as cal
     from cryopick.models.promptable3d import build_propicker_small, load_propicker
-    from cryopick.picker3d.card import default_settings
+    from cryopick.picker3d.settings import default_settings
     from cryopick.picker3d.train.finetune import recommend_settings
     from cryopick.picker3d.train.loop import export_weights
 

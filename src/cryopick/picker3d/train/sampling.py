@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from cryopick.models.prompt_encoder import PROMPT_SIZE, zscore_windows
-from cryopick.picker3d.train.pool import PoolTomogram
+from cryopick.picker3d.train.corpus import PoolTomogram
 from cryopick.preprocess import cut_cube, read_block
 
 
