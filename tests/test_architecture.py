@@ -124,11 +124,29 @@ def test_facade_lists_every_lazy_name():
     assert set(cryopick._LAZY) <= set(cryopick.__all__)
 
 
-def test_wings_have_matching_module_names():
-    shared = {"scale", "predict", "pick", "train"}
-    for wing in ("picker2d", "picker3d"):
-        names = {p.stem if p.is_file() else p.name for p in (ROOT / wing).iterdir() if not p.name.startswith("_")}
-        assert shared <= names, f"{wing} lacks {shared - names}"
+def _wing_names(wing: str) -> set[str]:
+    """Module and package names of a wing and of its ``train`` package (``train/loop``), without ``__init__``."""
+    base = ROOT / wing
+    names = {p.stem if p.is_file() else p.name for p in base.iterdir()
+             if not p.name.startswith("_") and (p.suffix == ".py" or (p.is_dir() and p.name != "__pycache__"))}
+    names |= {f"train/{p.stem}" for p in (base / "train").glob("*.py") if not p.name.startswith("_")}
+    return names
+
+
+def test_one_name_one_idea_table_lists_exactly_the_names_both_wings_share():
+    # A file name means one thing in both wings; docs/architecture.md says what, for every shared name.
+    doc = (ROOT.parents[1] / "docs" / "architecture.md").read_text()
+    section = doc.split("## One name, one idea", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:4] for line in section.splitlines() if line.startswith("| `")]
+    table = {cells[0].strip().strip("`"): cells for cells in rows}
+    shared = _wing_names("picker2d") & _wing_names("picker3d")
+    assert {"card", "pick", "predict", "scale", "train", "train/corpus"} <= shared
+    assert set(table) == shared, f"shared but not in the table: {shared - set(table)}; " \
+                                 f"in the table but not shared: {set(table) - shared}"
+    assert all(cells[1].strip() and cells[2].strip() for cells in table.values())
+    # the three names that used to mean different things in the two wings
+    assert "calibrate" not in _wing_names("picker3d") and "train/pool" not in _wing_names("picker3d")
+    assert "settings" not in _wing_names("picker2d")
 
 
 def test_modules_stay_small():

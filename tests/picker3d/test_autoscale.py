@@ -18,9 +18,9 @@ from cryopick.cli.main import main as cli
 from cryopick.io.coords import read_picks
 from cryopick.io.images import write_mrc
 from cryopick.models.promptable3d import load_propicker
+from cryopick.picker3d.card import trained_scale
 from cryopick.picker3d.prompt import load_prompt
 from cryopick.picker3d.scale import TrainedScale, choose_voxel_size
-from cryopick.picker3d.settings import trained_scale
 from cryopick.preprocess import downsample
 
 from .test_batch import fake_segment

@@ -142,8 +142,8 @@ def test_settings_files_are_checked(tmp_path):
 def test_shipped_weights_and_old_prompt_files_still_load(tmp_path, tomo):
     import io
 
+    from cryopick.picker3d.card import load_model
     from cryopick.picker3d.prompt import PROMPT_FORMAT, load_prompt
-    from cryopick.picker3d.settings import load_model
 
     assert load_model().meta["default_threshold"] > 0
     # A prompt file as the first version wrote it (no "meta" key).

@@ -41,11 +41,11 @@ def main(args: argparse.Namespace) -> int:
     from cryopick.cli._args import bf16_value
     from cryopick.errors import CryopickError
     from cryopick.io.images import read_tomogram
+    from cryopick.picker3d.card import load_model
     from cryopick.picker3d.outputs import read_truth
     from cryopick.picker3d.predict import resolve_bf16, set_threads
     from cryopick.picker3d.prompt import load_prompt
     from cryopick.picker3d.scale import check_tomogram, working_tomogram
-    from cryopick.picker3d.settings import load_model
     from cryopick.picker3d.train.finetune import finetune, occupancy_from_picks
 
     set_threads(args.threads)

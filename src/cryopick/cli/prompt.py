@@ -96,9 +96,9 @@ def main(args: argparse.Namespace) -> int:
 
     from cryopick.errors import CryopickError
     from cryopick.io.formats.relion_tomo import open_tomogram
+    from cryopick.picker3d.card import load_model
     from cryopick.picker3d.predict import set_threads
     from cryopick.picker3d.prompt import make_prompt, save_prompt
-    from cryopick.picker3d.settings import load_model
 
     set_threads(args.threads)
     out = Path(args.output)
@@ -149,9 +149,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _from_copick(args: argparse.Namespace) -> int:
+    from cryopick.picker3d.card import load_model
     from cryopick.picker3d.copick_runs import prompt_from_copick
     from cryopick.picker3d.prompt import save_prompt
-    from cryopick.picker3d.settings import load_model
 
     prompt = prompt_from_copick(args.copick, args.run, args.object, user_id=args.user_id, session_id=args.session_id,
                                 voxel_spacing=args.voxel_spacing, tomo_type=args.tomo_type, label=args.label,

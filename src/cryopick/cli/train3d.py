@@ -81,8 +81,8 @@ def main(args: argparse.Namespace) -> int:
 
     from cryopick.cli._args import bf16_value
     from cryopick.errors import CryopickError
+    from cryopick.picker3d.card import resolve_device
     from cryopick.picker3d.predict import resolve_bf16, set_threads
-    from cryopick.picker3d.settings import resolve_device
     from cryopick.picker3d.train.corpus import make_pool
     from cryopick.picker3d.train.loop import TrainConfig, train
     from cryopick.picker3d.train.sampling import SampleConfig

@@ -33,10 +33,11 @@ from cryopick.distribute.runner import Batch, BatchRun, check_unique
 from cryopick.errors import CryopickError
 from cryopick.io.images import Image, image_name, list_images
 from cryopick.models.promptable3d import ProPicker
+from cryopick.picker3d.card import load_model, model_fingerprint
 from cryopick.picker3d.pick import TomogramPicker, check_prompts
 from cryopick.picker3d.prefetch import prefetched, prepare_tomogram
 from cryopick.picker3d.prompt import Prompt, describe_diameters, load_prompt, prompt_fingerprint
-from cryopick.picker3d.settings import PickSettings, load_model, model_fingerprint, resolve_settings
+from cryopick.picker3d.settings import PickSettings, resolve_settings
 from cryopick.picks import Picks
 
 log = logging.getLogger(__name__)

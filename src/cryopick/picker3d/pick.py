@@ -40,6 +40,7 @@ import torch
 from cryopick.errors import CryopickError
 from cryopick.io.images import Image, read_tomogram
 from cryopick.models.promptable3d import ProPicker
+from cryopick.picker3d.card import load_model
 from cryopick.picker3d.predict import check_window, predict_tomogram, resolve_bf16
 from cryopick.picker3d.prompt import (
     Prompt,
@@ -51,7 +52,7 @@ from cryopick.picker3d.prompt import (
     prompt_fingerprint,
 )
 from cryopick.picker3d.scale import WorkingTomogram, check_tomogram, working_tomogram
-from cryopick.picker3d.settings import PickSettings, default_settings, load_model, resolve_settings
+from cryopick.picker3d.settings import PickSettings, default_settings, resolve_settings
 from cryopick.picker3d.similarity import PromptSimilarity
 from cryopick.picks import Picks
 from cryopick.postprocess.cluster3d import cluster_picks

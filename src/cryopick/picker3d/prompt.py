@@ -26,6 +26,7 @@ from cryopick.io.atomic import atomic_path
 from cryopick.io.images import Image, read_tomogram
 from cryopick.models.prompt_encoder import PROMPT_SIZE
 from cryopick.models.promptable3d import ProPicker, load_propicker
+from cryopick.picker3d.card import default_threshold, trained_scale
 from cryopick.picker3d.predict import predict_tomogram
 from cryopick.picker3d.scale import (
     TrainedScale,
@@ -35,7 +36,6 @@ from cryopick.picker3d.scale import (
     choose_voxel_size,
     working_tomogram,
 )
-from cryopick.picker3d.settings import default_threshold, trained_scale
 from cryopick.preprocess import cut_cube
 
 PROMPT_FORMAT = "cryopick-prompt3d-v1"
@@ -145,7 +145,7 @@ def make_prompt(tomogram: str | os.PathLike | Image, positions: Sequence[Sequenc
     ----------
     binning, voxel_size
         Working scale: bin by ``binning`` or go to ``voxel_size`` Å/voxel. Neither (the default): the
-        scale ``model`` was trained at (:func:`~cryopick.picker3d.settings.trained_scale`), the nearest one
+        scale ``model`` was trained at (:func:`~cryopick.picker3d.card.trained_scale`), the nearest one
         that puts the particle in its trained diameter range (:func:`choose_voxel_size`); a tomogram
         without a voxel size in its header is binned only as far as a particle of known voxel diameter
         needs (:func:`choose_binning`). A diameter estimated outside the trained range moves the scale

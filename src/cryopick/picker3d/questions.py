@@ -370,8 +370,8 @@ def _as_list(x) -> list:
 def _pool_fingerprint(session: AnswerSession, tomogram) -> dict:
     from dataclasses import asdict
 
+    from cryopick.picker3d.card import model_fingerprint
     from cryopick.picker3d.prompt import prompt_fingerprint
-    from cryopick.picker3d.settings import model_fingerprint
 
     path = Path(getattr(tomogram, "path", tomogram))
     stat = path.stat() if path.exists() else None

@@ -1,7 +1,10 @@
 """Typed picking settings of a 3D model: threshold, size limits, minimum similarity, refinement.
 
-:class:`PickSettings` is what ``calibrate3d`` writes and ``pick3d`` reads; :func:`default_settings` gives
-the settings recommended with the weights (their ``meta``).
+:class:`PickSettings` is what ``calibrate3d`` writes (:mod:`cryopick.picker3d.sweep`) and ``pick3d`` reads;
+:func:`default_settings` gives the settings recommended with the weights (their ``meta``, read through
+:mod:`cryopick.picker3d.card`); :func:`resolve_settings` turns what a run was given into one checked
+:class:`PickSettings` per prompt. Settings files written by earlier versions (``{"settings": {...}}`` or the
+bare keys) load unchanged.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 
 from cryopick.errors import CryopickError
 from cryopick.models.promptable3d import ProPicker
-from cryopick.picker3d.scale import TrainedScale
+from cryopick.picker3d.card import default_threshold
 from cryopick.postprocess.cluster3d import sphere_volume
 
 log = logging.getLogger(__name__)
@@ -123,32 +126,13 @@ class PickSettings:
         return self
 
 
-def default_threshold(model: ProPicker) -> float:
-    """The probability threshold recommended with ``model`` (``meta["default_threshold"]``, else 0.5)."""
-    return float(model.meta.get("default_threshold", 0.5))
-
-
-def trained_scale(model: ProPicker) -> TrainedScale | None:
-    """The voxel sizes and particle diameters ``model`` was trained on (``meta["trained_voxel_size"]``,
-    Å, and ``meta["trained_diameter_voxels"]``, voxels; written by ``train3d`` from its pool), or ``None``
-    for weights that do not record them (then nothing is rescaled by itself)."""
-    vs, diameter = model.meta.get("trained_voxel_size"), model.meta.get("trained_diameter_voxels")
-    try:
-        vs, diameter = (float(vs[0]), float(vs[1])), (float(diameter[0]), float(diameter[1]))
-    except (TypeError, ValueError, IndexError, KeyError):
-        return None
-    if not (0 < vs[0] <= vs[1] and 0 < diameter[0] <= diameter[1]):
-        return None
-    return TrainedScale(vs, diameter)
-
-
 def default_settings(model: ProPicker) -> PickSettings:
     """ProPicker-C settings recommended with ``model``, for picking without a calibration file.
 
     ``meta["default_threshold"]``, ``meta["default_min_factor"]`` and ``meta["default_max_factor"]``
     (and ``meta["default_min_similarity"]``) are the single setting with the best mean F1 over
-    held-out classes when the weights were made (:func:`cryopick.train3d.recommend_settings`); absent
-    keys fall back to 0.5, 0.1, 1.2 and no similarity check.
+    held-out classes when the weights were made (:func:`cryopick.picker3d.train.finetune.recommend_settings`);
+    absent keys fall back to 0.5, 0.1, 1.2 and no similarity check.
     """
     meta, fallback = model.meta, PickSettings()
     max_factor = meta.get("default_max_factor", fallback.max_factor)
@@ -157,7 +141,6 @@ def default_settings(model: ProPicker) -> PickSettings:
                         min_factor=float(meta.get("default_min_factor", fallback.min_factor)),
                         max_factor=None if max_factor is None or not math.isfinite(max_factor) else float(max_factor),
                         min_similarity=None if min_similarity is None else float(min_similarity))
-
 
 
 def resolve_settings(model: ProPicker, settings: PickSettings | str | os.PathLike | Sequence | None, n_prompts: int,
@@ -223,59 +206,7 @@ def working_distance(overrides: dict, prompt) -> dict:
     return overrides
 
 
-def load_model(model: ProPicker | str | os.PathLike | None = None, device: str | None = None) -> ProPicker:
-    """A :class:`ProPicker` from a checkpoint path (``None``: the shipped weights), or ``model`` as is.
-
-    Any unreadable file (random bytes, truncated, another program's checkpoint) gives one
-    :class:`CryopickError` naming the file and what it should be, without library advice."""
-    from cryopick.models.promptable3d import load_propicker
-
-    if model is None or isinstance(model, (str, os.PathLike)):
-        path = model
-        try:
-            model = load_propicker(path)
-        except CryopickError as exc:
-            if path is None or not Path(path).is_file():
-                raise
-            raise CryopickError(
-                f"{path}: not a readable cryopick ProPicker checkpoint (expected a .pt file written by "
-                "`cryopick train3d` or `cryopick finetune3d`); give such a file, or leave --model out for "
-                "the shipped weights") from exc.__cause__ or exc
-        except Exception as exc:  # a checkpoint with the right tag but a broken state dict
-            raise CryopickError(f"{path}: damaged ProPicker checkpoint ({type(exc).__name__}); write it again with "
-                                "`cryopick train3d` or `cryopick finetune3d`") from exc
-    if device is not None:
-        model = model.to(resolve_device(device))
-    return model
 
 
-def resolve_device(device: str | None) -> str:
-    """Check a torch device name (``cpu``, ``cuda``, ``cuda:1``, ``mps``) is usable here."""
-    import torch
-
-    name = device or "cpu"
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise CryopickError(f"unknown device {name!r}; use cpu or cuda (cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CryopickError(f"device {name!r}: no CUDA GPU is available to this PyTorch; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise CryopickError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) here")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise CryopickError(f"device {name!r} is not supported; use cpu or cuda")
-    return name
 
 
-def model_fingerprint(model: ProPicker) -> str:
-    """SHA-256 of a model's weights and recommended settings (what a run's fingerprint records)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().cpu().float().numpy().tobytes())
-    h.update(json.dumps({k: v for k, v in model.meta.items() if k.startswith("default_") or k in ("finetuned",
-                                                                                                    "embedding")},
-                        sort_keys=True, default=str).encode())
-    return h.hexdigest()

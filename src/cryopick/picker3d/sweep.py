@@ -275,10 +275,11 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
     """
     from cryopick import picks as P
     from cryopick.io.images import Image, read_tomogram
+    from cryopick.picker3d.card import load_model
     from cryopick.picker3d.pick import segment
     from cryopick.picker3d.predict import check_window, resolve_bf16
     from cryopick.picker3d.scale import check_tomogram, working_tomogram
-    from cryopick.picker3d.settings import default_settings, load_model
+    from cryopick.picker3d.settings import default_settings
     from cryopick.picker3d.similarity import PromptSimilarity
 
     model = load_model(model)

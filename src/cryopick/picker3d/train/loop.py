@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from cryopick.errors import CryopickError
 from cryopick.io.jsonutil import dumps
 from cryopick.models.promptable3d import ProPicker, build_propicker_paper, build_propicker_small, load_propicker
+from cryopick.picker3d.card import load_model
 from cryopick.picker3d.predict import check_window
-from cryopick.picker3d.settings import load_model
 from cryopick.picker3d.train.corpus import PoolTomogram, load_pool, pool_scale
 from cryopick.picker3d.train.finetune import recommend_settings
 from cryopick.picker3d.train.losses import contrastive_loss, segmentation_loss
