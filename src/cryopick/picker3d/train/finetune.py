@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from cryopick.errors import CryopickError
 from cryopick.models.prompt_encoder import zscore_windows
 from cryopick.models.promptable3d import ProPicker
-from cryopick.picker3d.train.corpus import PoolTomogram, load_pool
+from cryopick.picker3d.train.corpus import CorpusTomogram, load_corpus
 from cryopick.picker3d.train.losses import segmentation_loss
 from cryopick.picker3d.train.sampling import _augment
 from cryopick.preprocess import read_block
@@ -115,8 +115,8 @@ def recommend_settings(model: ProPicker, val_pool_dir: str | os.PathLike, min_in
     from cryopick.picker3d.similarity import PromptSimilarity
     from cryopick.picker3d.sweep import sweep_cluster
 
-    pool = load_pool(val_pool_dir)
-    by_set: dict[int, list[PoolTomogram]] = {}
+    pool = load_corpus(val_pool_dir)
+    by_set: dict[int, list[CorpusTomogram]] = {}
     for t in pool:
         by_set.setdefault(t.set_id, []).append(t)
     tables = []
