@@ -58,6 +58,7 @@ def make_corpus(directory: str | os.PathLike, n_tomograms: int, seed: int = 0, c
     Class sets come from ``random_particle_classes`` seeded by ``(seed, set index)``: use different
     ``seed`` values for training and held-out corpora so their classes never coincide.
     """
+    from cryopick.simulate.config import TomogramSimulation
     from cryopick.simulate.tomogram import random_particle_classes, simulate_tomogram
 
     cfg = config or CorpusConfig()
@@ -83,16 +84,15 @@ def make_corpus(directory: str | os.PathLike, n_tomograms: int, seed: int = 0, c
             classes = random_particle_classes(cfg.classes_per_tomogram, seed=int(seed * 100_003 + set_id),
                                               voxel_size=voxel, diameter_range_A=(lo, hi))
         tilt = float(rng.uniform(*cfg.tilt_max))
-        tomo = simulate_tomogram(
-            classes, shape=cfg.shape, voxel_size=voxel, seed=int(rng.integers(2**31)),
-            n_particles=int(rng.integers(cfg.n_particles[0], cfg.n_particles[1] + 1)),
+        sim_seed = int(rng.integers(2**31))
+        simulation = TomogramSimulation(
+            shape=cfg.shape, voxel_size=voxel, n_particles=int(rng.integers(cfg.n_particles[0], cfg.n_particles[1] + 1)),
             tilt_range=(-tilt, tilt), snr=tuple(cfg.snr), defocus_um=tuple(cfg.defocus_um),
             membranes=int(rng.integers(cfg.membranes[0], cfg.membranes[1] + 1)),
             gold_beads=int(rng.integers(cfg.gold_beads[0], cfg.gold_beads[1] + 1)),
             crowding=float(rng.uniform(*cfg.crowding)),
-            ctf_correction="none" if rng.uniform() < cfg.raw_ctf_fraction else "phaseflip",
-            name=path.name,
-        )
+            ctf_correction="none" if rng.uniform() < cfg.raw_ctf_fraction else "phaseflip")
+        tomo = simulate_tomogram(classes, simulation, seed=sim_seed, name=path.name)
         write_tomogram(path, tomo, set_id)
     return paths
 
