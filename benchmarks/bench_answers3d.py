@@ -18,7 +18,7 @@ adaptation take seconds per set.
 ``--sparse N`` (issue 24): tomogram A, where the prompts are cut, the user answers and the calibration is
 made, holds about N particles of each class (B as in the dense set): calibration from N - 1 particles
 (the prompt's own is left out) and answers where the class is rare. Calibration is scored twice: the
-best setting on A (as before) and :func:`~cryopick.picker3d.calibrate.choose_settings` (shrunk toward
+best setting on A (as before) and :func:`~cryopick.picker3d.sweep.choose_settings` (shrunk toward
 the defaults), both looked up in B's sweep of the same grid. The answer loop runs twice: ``unguarded``
 (the adapted model always) and ``guarded`` (:func:`~cryopick.picker3d.fallback.adapt_or_keep`: kept
 only where it beats the settings on the answers, leave one out), with the share of "likely" questions
@@ -87,12 +87,12 @@ def prepare(s: int, model, args) -> Path:
     """Simulate set ``s``, segment A and B, find and encode the candidates, score defaults and
     calibration; everything under the returned folder (reused when there)."""
     from cryopick.io.images import Image
-    from cryopick.picker3d.calibrate import settings_from_best, sweep_cluster
     from cryopick.picker3d.candidates import CandidateSet, component_table, find_candidates
-    from cryopick.picker3d.card import default_settings
     from cryopick.picker3d.prompt import Prompt, cut_prompt, save_prompt
     from cryopick.picker3d.questions import AnswerSession, _save_pools
+    from cryopick.picker3d.settings import default_settings
     from cryopick.picker3d.similarity import PromptSimilarity
+    from cryopick.picker3d.sweep import settings_from_best, sweep_cluster
     from cryopick.postprocess.cluster3d import cluster_picks
 
     folder = cache_folder(s, args)
@@ -253,7 +253,7 @@ def run_set(folder: Path, model, args) -> tuple[list[dict], list[float]]:
 
 
 def _grid_key(table) -> list[tuple]:
-    from cryopick.picker3d.calibrate import _knob_values
+    from cryopick.picker3d.sweep import _knob_values
 
     return [tuple(np.round(v, 3)) for v in _knob_values(table).to_numpy()]
 
@@ -263,8 +263,8 @@ def calibration_rows(folder: Path, prompts, rows: dict, model) -> None:
     a look-up in B's sweep of the same grid (``prepare``'s ``sweep_b_*.csv``)."""
     import pandas as pd
 
-    from cryopick.picker3d.calibrate import KNOBS, choose_settings
-    from cryopick.picker3d.card import default_settings
+    from cryopick.picker3d.settings import default_settings
+    from cryopick.picker3d.sweep import KNOBS, choose_settings
 
     defaults = default_settings(model)
     default_key = _grid_key(pd.DataFrame([{k: getattr(defaults, k) for k in KNOBS}]))[0]
@@ -290,7 +290,7 @@ def defaults_check(folders, model) -> dict:
     set out) so that the gain is not the choice's own luck."""
     import pandas as pd
 
-    from cryopick.picker3d.card import default_settings
+    from cryopick.picker3d.settings import default_settings
 
     tables = [pd.read_csv(f).assign(set=folder.name) for folder in folders for f in sorted(folder.glob("sweep_a_*.csv"))]
     if not tables:

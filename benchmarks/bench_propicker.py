@@ -7,7 +7,7 @@ Measures, on simulated tomograms whose particle classes were never seen in train
    instance; segmentation of tomograms A and B (all classes in one pass, stride 32); best-case F1
    (threshold × min size × max size on the tomogram scored) on A and B; *fair* F1: the settings
    calibrated on A applied to B and those from B applied to A; F1 with the default settings
-   (`cryopick.picker3d.card.default_settings`: the threshold and size factors recommended with the weights,
+   (`cryopick.picker3d.settings.default_settings`: the threshold and size factors recommended with the weights,
    applied to the true diameter). A pick is correct within one radius of a true centre, one-to-one.
    The sweeps include the minimum prompt similarity (``--no-similarity``: without it; the summary
    also gives the best case without it); ``--refine N`` segments a second time with self-prompting.
@@ -69,12 +69,12 @@ def generalisation(model, args, quick: bool) -> tuple[list[dict], dict]:
 
     import torch
 
-    from cryopick.picker3d.calibrate import score_points, settings_from_best, sweep_cluster
-    from cryopick.picker3d.card import default_settings
     from cryopick.picker3d.pick import refined_code
     from cryopick.picker3d.predict import predict_tomogram
     from cryopick.picker3d.prompt import Prompt, cut_prompt, flipped_views
+    from cryopick.picker3d.settings import default_settings
     from cryopick.picker3d.similarity import PromptSimilarity
+    from cryopick.picker3d.sweep import score_points, settings_from_best, sweep_cluster
     from cryopick.postprocess.cluster3d import cluster_picks
 
     defaults = default_settings(model)
@@ -152,9 +152,9 @@ def speed_child(args) -> None:
 
     from cryopick.io.images import read_tomogram
     from cryopick.models.promptable3d import load_propicker
-    from cryopick.picker3d.card import default_settings
     from cryopick.picker3d.pick import pick_tomogram
     from cryopick.picker3d.prompt import Prompt, cut_prompt
+    from cryopick.picker3d.settings import default_settings
 
     torch.set_num_threads(args.threads)
     meta = json.loads(Path(args.speed_child).with_suffix(".json").read_text())
@@ -214,9 +214,9 @@ def speed(args, quick: bool) -> dict:
 
 def tm_comparison(model, cache: dict, args, quick: bool) -> list[dict]:
 
-    from cryopick.picker3d.calibrate import sweep_cluster, sweep_scores
     from cryopick.picker3d.predict import predict_tomogram
     from cryopick.picker3d.prompt import flipped_views
+    from cryopick.picker3d.sweep import sweep_cluster, sweep_scores
     from cryopick.postprocess.propicker_tm import prompt_template, tm_in_mask, tm_pick
 
     tomo = cache["tomos"][1]

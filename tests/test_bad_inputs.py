@@ -63,10 +63,10 @@ def d(tmp_path_factory) -> Path:
     (root / "coords3d").mkdir()  # 3D picks in the tomogram (finetune3d)
     (root / "coords3d" / "tomo.star").write_text(
         "data_\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n_rlnCoordinateZ #3\n30 30 20\n40 20 25\n")
-    from cryopick.picker3d.train.pool import PoolConfig, make_pool
+    from cryopick.picker3d.train.corpus import CorpusConfig, make_corpus
 
-    make_pool(root / "pool", 1, seed=5, progress=False,  # one tiny simulated tomogram (train3d)
-              config=PoolConfig(shape=(32, 48, 48), classes_per_tomogram=3, n_particles=(6, 8),
+    make_corpus(root / "pool", 1, seed=5, progress=False,  # one tiny simulated tomogram (train3d)
+              config=CorpusConfig(shape=(32, 48, 48), classes_per_tomogram=3, n_particles=(6, 8),
                                 diameter_A=(60, 120), membranes=(0, 0), gold_beads=(0, 1)))
     (root / "settings_extra.json").write_text(json.dumps({"settings": {"threshold": 0.3, "bogus_key": 1}}))
     return root

@@ -30,7 +30,7 @@ def test_old_prompt_loads():
 
 
 def test_old_settings_load():
-    from cryopick.picker3d.card import PickSettings
+    from cryopick.picker3d.settings import PickSettings
 
     settings = PickSettings.load(DATA / "settings_v0_1_0.json")
     assert settings.threshold == 0.3 and settings.min_similarity == 0.8 and settings.mode == "cluster"

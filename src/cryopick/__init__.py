@@ -15,10 +15,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from cryopick._version import __version__
 from cryopick.errors import CryopickError
 from cryopick.picks import Picks
-
-__version__ = "0.1.0"
 
 _LAZY = {
     "Picker": "cryopick.picker2d.pick",

@@ -20,3 +20,8 @@ class FinishedWithFailures(CryopickError):
     start (2) and from a clean one (0)."""
 
     exit_code = 3
+
+
+class ConfigError(CryopickError, ValueError):
+    """A bad value in a settings dataclass (:mod:`cryopick.config`): the message names the class and the field.
+    Also a ``ValueError``, as the library's checks of programming arguments are."""

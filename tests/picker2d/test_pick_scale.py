@@ -222,3 +222,50 @@ def test_when_no_micrograph_can_be_picked_it_is_one_user_error_and_nothing_is_wr
     assert [line for line in err.splitlines() if "error:" in line] == [line for line in err.splitlines() if line]
     assert "none of the 2 micrographs could be picked" in err and "a.mrc" in err
     assert not out.exists()
+
+
+def test_run_settings_as_objects_or_keywords_pick_the_same(ws, tmp_path):
+    """pick_micrographs / pick_folder take the Execution and Watch objects or their fields as keywords: the
+    same run, coordinate files equal line for line (but the creation time)."""
+    from cryopick.distribute import Execution
+    from cryopick.picker2d.batch import Watch, pick_micrographs
+    from cryopick.picker2d.pick import Picker
+
+    picker = Picker(ws / "model", num_threads=1, bf16=False)
+    common = dict(overlays=0, progress=False)
+    pick_micrographs(picker, ws / "mics", tmp_path / "objects", execution=Execution(engine="sequential"),
+                     watching=Watch(), **common)
+    pick_micrographs(picker, ws / "mics", tmp_path / "keywords", engine="sequential", **common)
+    pick_folder(ws / "model", ws / "mics", tmp_path / "folder", num_threads=1, bf16=False,
+                execution=Execution(engine="pipeline", prefetch=2), **common)
+    names = sorted(p.name for p in (ws / "reference").glob("*_autopick.star"))
+    assert len(names) == 8
+    for out in ("objects", "keywords", "folder"):
+        assert sorted(p.name for p in (tmp_path / out).glob("*_autopick.star")) == names
+        for name in names:
+            text, reference = ((folder / name).read_text().splitlines() for folder in (tmp_path / out, ws / "reference"))
+            assert [t for t in text if not t.startswith("# Created")] == \
+                [t for t in reference if not t.startswith("# Created")], (out, name)
+
+
+@pytest.mark.parametrize("keywords, message", [
+    ({"engine": "threads"}, r"Execution\.engine must be 'pipeline' or 'sequential', got 'threads'"),
+    ({"prefetch": -1}, r"Execution\.prefetch must be a whole number >= 0 or None, got -1"),
+    ({"watch": "in", "watch_timeout": 0}, r"Watch\.watch_timeout must be a number > 0 or None, got 0"),
+    ({"watch": "in", "settle": -5.0}, r"Watch\.settle must be a number >= 0 or None, got -5.0"),
+])
+def test_a_bad_run_setting_names_the_field_and_writes_nothing(ws, tmp_path, keywords, message):
+    from cryopick.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        pick_folder(ws / "model", ws / "mics", tmp_path / "out", progress=False, **keywords)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_pick_keywords_are_refused(ws, tmp_path):
+    from cryopick.picker2d.batch import pick_micrographs
+    from cryopick.picker2d.pick import Picker
+
+    with pytest.raises(TypeError, match=r"pick_micrographs\(\) got an unexpected keyword argument 'engin'"):
+        pick_micrographs(Picker(ws / "model", num_threads=1), ws / "mics", tmp_path / "out", engin="sequential")
+    assert not (tmp_path / "out").exists()

@@ -14,7 +14,7 @@ from cryopick.io.coords import read_picks, write_picks
 from cryopick.io.images import write_mrc
 from cryopick.picker2d.batch import pick_folder
 from cryopick.picker2d.pick import Picker
-from cryopick.postprocess.peaks2d import inside_region
+from cryopick.postprocess.edges import inside_region
 
 DIAMETER = 24.0
 TRAIN_ARGS = ["--backbone", "unet-small", "--target-diameter", "12", "--patch-size", "64", "--batch-size", "4",

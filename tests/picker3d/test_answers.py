@@ -327,9 +327,9 @@ def test_later_rounds_with_two_prompts_never_segment_again(sim, monkeypatch):
     """An answer about one class labels the other too; its features there are measured in the first
     pass, so a round from the cached candidates (no map) does not segment the tomogram again."""
     from cryopick.io.images import Image
-    from cryopick.picker3d.card import PickSettings
     from cryopick.picker3d.prompt import Prompt, cut_prompt
     from cryopick.picker3d.questions import AnswerSession
+    from cryopick.picker3d.settings import PickSettings
 
     def work_prompts(session, name):
         return np.concatenate([session.frames[name][0].to_working(q.positions) for q in session.prompts])

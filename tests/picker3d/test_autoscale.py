@@ -35,23 +35,26 @@ def test_shipped_weights_state_their_trained_scale():
     assert trained_scale(load_propicker()) == TRAINED
 
 
-def test_train3d_records_the_scale_of_its_pool(tmp_path):
-    """train3d's checkpoints carry their pool's ranges (pool.json as make_pool writes it), so prompts made
-    with a newly trained model follow its scale; a model without them is not rescaled."""
+def test_train3d_records_the_scale_of_its_corpus(tmp_path):
+    """train3d's checkpoints carry their corpus's ranges (corpus.json as make_corpus writes it, or the pool.json
+    of corpora written before), so prompts made with a newly trained model follow its scale; a model without
+    them is not rescaled."""
     import json
     from dataclasses import asdict, replace
 
-    from cryopick.picker3d.train.pool import PoolConfig, pool_scale
+    from cryopick.picker3d.train.corpus import CorpusConfig, corpus_scale
 
-    cfg = replace(PoolConfig(), voxel_size=(4.0, 6.0), min_diameter_px=8.0, max_diameter_px=40.0)
-    (tmp_path / "pool.json").write_text(json.dumps({"seed": 1, "config": asdict(cfg)}))
-    meta = pool_scale(tmp_path)
-    assert meta == {"trained_voxel_size": [4.0, 6.0], "trained_diameter_voxels": [8.0, 40.0]}
+    cfg = replace(CorpusConfig(), voxel_size=(4.0, 6.0), min_diameter_px=8.0, max_diameter_px=40.0)
+    for name in ("corpus.json", "pool.json"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / name).write_text(json.dumps({"seed": 1, "config": asdict(cfg)}))
+        assert corpus_scale(tmp_path / name) == {"trained_voxel_size": [4.0, 6.0], "trained_diameter_voxels": [8.0, 40.0]}
+    meta = corpus_scale(tmp_path / "pool.json")
     model = load_propicker()
     model.meta = {**model.meta, **meta}
     assert trained_scale(model) == TrainedScale((4.0, 6.0), (8.0, 40.0))
     model.meta = {k: v for k, v in model.meta.items() if not k.startswith("trained_")}
-    assert trained_scale(model) is None and pool_scale(tmp_path / "nothing") == {}
+    assert trained_scale(model) is None and corpus_scale(tmp_path / "nothing") == {}
 
 
 @pytest.mark.parametrize("source, diameter, expected", [
@@ -114,7 +117,7 @@ def test_prompt_and_pick3d_agree_in_angstrom_at_three_voxel_sizes(tmp_path, monk
 def test_min_distance_in_angstrom_and_in_tomogram_voxels(tmp_path, monkeypatch):
     """--min-distance is Å, --min-distance-vox voxels of the tomogram: both become the same working
     distance (here 200 Å = 80 voxels at 2.5 Å = 20 working voxels, wider than two particles' spacing)."""
-    from cryopick.picker3d.card import resolve_settings
+    from cryopick.picker3d.settings import resolve_settings
 
     monkeypatch.setattr(P, "segment", fake_segment)
     monkeypatch.chdir(tmp_path)

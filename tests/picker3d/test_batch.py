@@ -187,8 +187,8 @@ def test_montage_per_tomogram_and_class(env):
 
 def test_tomogram_picker_segments_once_and_rethresholds(env, monkeypatch):
     import cryopick
-    from cryopick.picker3d.card import PickSettings
     from cryopick.picker3d.prompt import load_prompt
+    from cryopick.picker3d.settings import PickSettings
 
     calls = []
     monkeypatch.setattr(P, "segment", lambda *a, **kw: calls.append(1) or fake_segment(*a, **kw))
@@ -212,6 +212,50 @@ def test_pick_tomograms_library_call(env):
                              overrides={"min_similarity": None}, montage=False, progress=False)
     assert summary["n_finished"] == 3 and summary["picks"] == {"blob": _n("t0", "t1", "t2")}
     assert sorted(p.name for p in (env / "lib" / "imod" / "blob").iterdir()) == ["t0.coords", "t1.coords", "t2.coords"]
+
+
+def test_run_settings_as_objects_or_keywords_pick_the_same(env):
+    """pick_tomograms takes the Segmentation and Execution objects or their fields as keywords: the same picks."""
+    from cryopick.distribute import Execution
+    from cryopick.picker3d.batch import pick_tomograms
+    from cryopick.picker3d.predict import Segmentation
+
+    common = dict(overrides={"min_similarity": None}, montage=False, progress=False)
+    pick_tomograms(env / "tomos", [env / "blob.prompt"], None, None, env / "keywords", ["imod"], window=32, stride=16,
+                   batch_size=2, prefetch=0, **common)
+    pick_tomograms(env / "tomos", [env / "blob.prompt"], None, None, env / "objects", ["imod"],
+                   segmentation=Segmentation(window=32, stride=16, batch_size=2), execution=Execution(prefetch=0),
+                   **common)
+    pick_tomograms(env / "tomos", [env / "blob.prompt"], None, None, env / "mixed", ["imod"],
+                   segmentation=Segmentation(window=64, stride=16, batch_size=2), window=32,
+                   execution=Execution(engine="sequential"), **common)
+    for name in ("t0", "t1", "t2"):
+        texts = {out: (env / out / "imod" / "blob" / f"{name}.coords").read_text()
+                 for out in ("keywords", "objects", "mixed")}
+        assert texts["objects"] == texts["keywords"] == texts["mixed"] and texts["keywords"].strip()
+    for out in ("keywords", "objects", "mixed"):  # what a rerun must match: the segmentation actually used
+        run = json.loads((env / out / ".cryopick" / "run.json").read_text())
+        assert (run["stride"], run["window"]) == (16, 32)
+
+
+@pytest.mark.parametrize("keywords, message", [
+    ({"window": 32, "stride": 0}, r"Segmentation\.stride must be a whole number >= 1, got 0"),
+    ({"window": -32}, r"Segmentation\.window must be a whole number >= 1, got -32"),
+    ({"batch_size": 0}, r"Segmentation\.batch_size must be a whole number >= 1, got 0"),
+    ({"bf16": "on"}, r"Segmentation\.bf16 must be None, True or False, got 'on'"),
+    ({"prefetch": -1}, r"Execution\.prefetch must be a whole number >= 0 or None, got -1"),
+    ({"engine": "fast"}, r"Execution\.engine must be 'pipeline' or 'sequential', got 'fast'"),
+])
+def test_a_bad_run_setting_names_the_field_and_writes_nothing(env, keywords, message):
+    from cryopick.errors import ConfigError
+    from cryopick.picker3d.batch import pick_tomograms
+
+    with pytest.raises(ConfigError, match=message):
+        pick_tomograms(env / "tomos", [env / "blob.prompt"], None, None, env / "out", ["imod"], progress=False,
+                       **keywords)
+    with pytest.raises(TypeError, match=r"pick_tomograms\(\) got an unexpected keyword argument 'strides'"):
+        pick_tomograms(env / "tomos", [env / "blob.prompt"], None, None, env / "out", ["imod"], strides=8)
+    assert not (env / "out").exists()
 
 
 def test_pick3d_refuses_bad_output_folder(env, capsys):

@@ -18,9 +18,9 @@ def env(tmp_path, monkeypatch):
 
 def test_calibration_leaves_the_prompt_particle_out_by_default(env, capsys):
     from cryopick.io.images import read_tomogram
-    from cryopick.picker3d.calibrate import calibrate_tomogram, sweep_cluster
     from cryopick.picker3d.outputs import read_truth
     from cryopick.picker3d.prompt import load_prompt
+    from cryopick.picker3d.sweep import calibrate_tomogram, sweep_cluster
     from cryopick.picks import Picks
 
     centres = np.array(CENTRES["t0"], float)

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cryopick.picker3d.calibrate import calibration_summary, choose_settings, f1_noise
-from cryopick.picker3d.card import PickSettings
+from cryopick.picker3d.settings import PickSettings
+from cryopick.picker3d.sweep import calibration_summary, choose_settings, f1_noise
 
 DEFAULTS = PickSettings(threshold=0.15, min_factor=0.05, max_factor=3.0, min_similarity=0.8)
 
@@ -72,10 +72,11 @@ def test_two_or_three_particles_calibrate_no_worse_than_the_defaults_on_another_
     from pathlib import Path
 
     from cryopick.io.images import Image
-    from cryopick.picker3d.calibrate import calibrate_tomogram, sweep_cluster
-    from cryopick.picker3d.card import default_settings, load_model
+    from cryopick.picker3d.card import load_model
     from cryopick.picker3d.pick import segment
     from cryopick.picker3d.prompt import Prompt, cut_prompt
+    from cryopick.picker3d.settings import default_settings
+    from cryopick.picker3d.sweep import calibrate_tomogram, sweep_cluster
     from cryopick.picks import Picks
     from cryopick.simulate.tomogram import random_particle_classes, simulate_tomogram
 

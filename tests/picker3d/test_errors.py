@@ -116,7 +116,7 @@ def test_make_prompt_rejects_nan_positions_and_bad_diameters(tomo):
 
 
 def test_settings_files_are_checked(tmp_path):
-    from cryopick.picker3d.card import PickSettings
+    from cryopick.picker3d.settings import PickSettings
 
     path = tmp_path / "s.json"
     path.write_text(json.dumps({"settings": {"threshhold": 0.5}}))

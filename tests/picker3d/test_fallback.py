@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from cryopick.picker3d.candidates import BASE_FEATURES, CandidateSet
-from cryopick.picker3d.card import PickSettings
 from cryopick.picker3d.fallback import P_MAX, adapt_or_keep, expected_line
+from cryopick.picker3d.settings import PickSettings
 
 SETTINGS = PickSettings(threshold=0.15, min_factor=0.05, max_factor=3.0, min_similarity=None)
 

@@ -247,9 +247,9 @@ def test_prototype_mode_and_warm_start_from_a_plain_network():
 
 
 def test_calibration_sweep_finds_settings_that_pick3d_reads(tmp_path):
-    from cryopick.picker3d.calibrate import save_settings, settings_from_best, sweep_cluster
-    from cryopick.picker3d.card import PickSettings
     from cryopick.picker3d.pick import postprocess
+    from cryopick.picker3d.settings import PickSettings
+    from cryopick.picker3d.sweep import save_settings, settings_from_best, sweep_cluster
 
     rng = np.random.default_rng(7)
     centres = np.array([[12, 15, 10], [40, 20, 30], [25, 50, 22], [60, 60, 12]], float)
@@ -272,7 +272,7 @@ def test_calibration_sweep_finds_settings_that_pick3d_reads(tmp_path):
 
 def test_default_settings_come_from_the_model_meta():
     from cryopick.models.promptable3d import build_propicker_small
-    from cryopick.picker3d.card import default_settings
+    from cryopick.picker3d.settings import default_settings
 
     model = build_propicker_small()
     model.meta = {}
@@ -303,9 +303,9 @@ def test_clustering_drops_components_dissimilar_to_the_prompt():
 
 
 def test_calibration_sweep_finds_the_similarity_that_removes_other_particles(tmp_path):
-    from cryopick.picker3d.calibrate import save_settings, settings_from_best, sweep_cluster
-    from cryopick.picker3d.card import PickSettings
     from cryopick.picker3d.pick import postprocess
+    from cryopick.picker3d.settings import PickSettings
+    from cryopick.picker3d.sweep import save_settings, settings_from_best, sweep_cluster
 
     true = np.array([[12, 15, 10], [40, 20, 30], [25, 50, 22]], float)
     other = np.array([[60, 60, 12], [60, 15, 36]], float)  # same size and probability: only similarity tells
@@ -346,9 +346,9 @@ def test_prompt_similarity_of_the_prompt_itself_is_one_and_is_cached():
 
 def test_refined_code_adds_the_most_similar_first_pass_picks():
     from cryopick.models.promptable3d import build_propicker_small
-    from cryopick.picker3d.card import PickSettings
     from cryopick.picker3d.pick import refined_code
     from cryopick.picker3d.prompt import Prompt, cut_prompt, flipped_views, prompt_embedding
+    from cryopick.picker3d.settings import PickSettings
     from cryopick.picker3d.similarity import PromptSimilarity
 
     torch.manual_seed(0)
@@ -374,8 +374,8 @@ def test_pick_tomogram_refine_segments_twice_with_the_refined_code(monkeypatch):
     import cryopick.picker3d.pick as P
     from cryopick.io.images import Image
     from cryopick.models.promptable3d import build_propicker_small
-    from cryopick.picker3d.card import PickSettings
     from cryopick.picker3d.prompt import Prompt, cut_prompt
+    from cryopick.picker3d.settings import PickSettings
 
     torch.manual_seed(0)
     model = build_propicker_small(widths=[4, 8], encoder_widths=[4, 4]).eval()

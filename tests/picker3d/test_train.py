@@ -1,28 +1,31 @@
-"""ProPicker training: pool, batch sampling, and exact resume after an interruption."""
+"""ProPicker training: simulated corpus, batch sampling, and exact resume after an interruption."""
 
 import numpy as np
 import pytest
 import torch
 
+from cryopick.picker3d.train.corpus import CorpusConfig, load_corpus, make_corpus
 from cryopick.picker3d.train.finetune import occupancy_from_picks
 from cryopick.picker3d.train.loop import TrainConfig, train
-from cryopick.picker3d.train.pool import PoolConfig, load_pool, make_pool
 from cryopick.picker3d.train.sampling import SampleConfig, sample_batch
 
-TINY_POOL = PoolConfig(shape=(32, 48, 48), classes_per_tomogram=3, n_particles=(6, 8), diameter_A=(60, 120),
-                       membranes=(0, 0), gold_beads=(0, 1))
+TINY_CORPUS = CorpusConfig(shape=(32, 48, 48), classes_per_tomogram=3, n_particles=(6, 8), diameter_A=(60, 120),
+                           membranes=(0, 0), gold_beads=(0, 1))
 TINY_MODEL = {"widths": [4, 8], "encoder_widths": [4, 4]}
 
 
 @pytest.fixture(scope="module")
 def pool_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("pool")
-    make_pool(path, 2, seed=5, config=TINY_POOL, progress=False)
+    make_corpus(path, 2, seed=5, config=TINY_CORPUS, progress=False)
     return path
 
 
 def test_batches_have_prompts_of_present_classes(pool_dir):
-    pool = load_pool(pool_dir)
+    import json
+
+    assert json.loads((pool_dir / "corpus.json").read_text())["config"]["classes_per_tomogram"] == 3
+    pool = load_corpus(pool_dir)
     assert len(pool) == 2 and pool[0].set_id == pool[1].set_id  # siblings share classes
     cfg = SampleConfig(window=16, batch=3, prompts=2, negative_prompt_prob=0.0)
     batch = sample_batch(pool, np.random.default_rng(0), cfg)
@@ -76,9 +79,9 @@ def test_occupancy_targets_are_balls():
 def test_export_records_settings_with_the_best_mean_f1(pool_dir, tmp_path, monkeypatch):
     import pandas as pd
 
-    import cryopick.picker3d.calibrate as cal
+    import cryopick.picker3d.sweep as cal
     from cryopick.models.promptable3d import build_propicker_small, load_propicker
-    from cryopick.picker3d.card import default_settings
+    from cryopick.picker3d.settings import default_settings
     from cryopick.picker3d.train.finetune import recommend_settings
     from cryopick.picker3d.train.loop import export_weights
 

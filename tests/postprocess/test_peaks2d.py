@@ -114,3 +114,50 @@ def test_find_peaks_2d_dispatches_and_simple_peaks_honour_region_and_border():
     assert len(find_peaks_2d(prob, 4, method="peaks", min_score=1.1)) == 0
     with pytest.raises(ValueError, match="peaks"):
         find_peaks_2d(prob, 4, method="watershed")
+
+
+def _touching_and_ragged_map():
+    """Touching pairs, a lone disk, a faint disk and speckle: every S1 step has something to do."""
+    prob = disks((128, 128), np.array([[20.0, 20.0], [31.0, 20.0], [60.0, 60.0], [100.0, 30.0], [30.0, 100.0]]), 6)
+    prob = np.maximum(prob, disks((128, 128), np.array([[95.0, 95.0]]), 5, value=0.55))
+    rng = np.random.default_rng(1)
+    return np.clip(prob + 0.3 * (rng.random(prob.shape) > 0.995), 0, 1).astype(np.float32)
+
+
+def test_peak_finding_config_and_keywords_give_the_same_peaks():
+    from cryopick.postprocess.peaks2d import PeakFinding
+
+    prob = _touching_and_ragged_map()
+    settings = dict(threshold=0.5, second_pass=False, min_circularity=0.3, score="mean", min_distances=(0.4, 0.5))
+    by_keywords = find_peaks_s1(prob, 6, min_distance=3, border=4, return_labels=True, **settings)
+    by_config = find_peaks_s1(prob, 6, PeakFinding(**settings), min_distance=3, border=4, return_labels=True)
+    mixed = find_peaks_s1(prob, 6, PeakFinding(**{**settings, "threshold": 0.6}), min_distance=3, border=4,
+                          return_labels=True, threshold=0.5)  # a keyword replaces that field of the config
+    for other in (by_config, mixed):
+        for name in ("coords", "scores", "areas", "labels", "edge_scores"):
+            assert np.array_equal(getattr(other, name), getattr(by_keywords, name)), name
+    assert len(by_keywords) >= 4
+    # a changed field changes the answer (so the comparisons above can fail)
+    assert 0.55 in np.round(by_keywords.scores, 2)  # the faint disk
+    assert len(find_peaks_s1(prob, 6, PeakFinding(**{**settings, "threshold": 0.6}), min_distance=3,
+                             border=4)) == len(by_keywords) - 1
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"threshold": 1.5}, "threshold"), ({"min_area": -0.1}, "min_area"), ({"max_area": 0.01}, "max_area"),
+    ({"distance_thresholds": (0.1, -0.2)}, "distance_thresholds"), ({"score": "median"}, "score"),
+    ({"second_pass": "yes"}, "second_pass"), ({"erosion_diameter": float("nan")}, "erosion_diameter"),
+])
+def test_a_bad_peak_finding_value_names_the_field(change, field):
+    from cryopick.errors import ConfigError
+    from cryopick.postprocess.peaks2d import PeakFinding, find_peaks_2d
+
+    with pytest.raises(ConfigError, match=rf"PeakFinding\.{field} must be .*got "):
+        PeakFinding(**change)
+    with pytest.raises(ValueError, match=rf"PeakFinding\.{field} must be"):
+        find_peaks_s1(np.zeros((16, 16)), 4, **change)
+    if field not in ("threshold", "score"):
+        with pytest.raises(ValueError, match=rf"PeakFinding\.{field} must be"):
+            find_peaks_2d(np.zeros((16, 16)), 4, method="s1", **change)
+    with pytest.raises(TypeError, match=r"find_peaks_s1\(\) got unexpected keyword argument\(s\) 'thresold'"):
+        find_peaks_s1(np.zeros((16, 16)), 4, thresold=0.5)

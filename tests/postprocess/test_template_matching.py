@@ -191,3 +191,39 @@ def test_split_modules_are_re_exported():
     assert template_matching.find_peaks is peaks.find_peaks
     assert template_matching.rotations_3d is rotations.rotations_3d
     assert template_matching.rotate_template is rotations.rotate_template
+
+
+def test_template_search_config_and_keywords_give_the_same_scores():
+    from cryopick.postprocess.template_matching import TemplateSearch
+
+    rng = np.random.default_rng(3)
+    vol = rng.standard_normal((20, 24, 22)).astype(np.float32)
+    t = rng.standard_normal((7, 7, 7)).astype(np.float32)
+    mask = np.zeros(vol.shape, bool)
+    mask[4:12, 3:20, 6:10] = True
+    rot = rotations_3d(90)
+    settings = dict(tile=8, batch_size=3, fill_value=-2.0, memory_mb=1.0)
+    by_keywords = match_template(vol, t, rot, mask=mask, **settings)
+    by_config = match_template(vol, t, rot, mask, None, TemplateSearch(**settings))
+    mixed = match_template(vol, t, rot, mask=mask, config=TemplateSearch(**{**settings, "fill_value": 5.0}),
+                           fill_value=-2.0)  # a keyword replaces that field of the config
+    for other in (by_config, mixed):
+        assert np.array_equal(other[0], by_keywords[0]) and np.array_equal(other[1], by_keywords[1])
+    assert (by_keywords[0][~mask] == -2.0).all() and (by_keywords[1][mask] >= 0).all()
+    assert (match_template(vol, t, rot, mask=mask, config=TemplateSearch(fill_value=5.0))[0][~mask] == 5.0).all()
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"batch_size": 0}, "batch_size"), ({"tile": -4}, "tile"), ({"tile": (8, 0)}, "tile"),
+    ({"memory_mb": 0.0}, "memory_mb"), ({"fill_value": "low"}, "fill_value"),
+])
+def test_a_bad_template_search_value_names_the_field(change, field):
+    from cryopick.errors import ConfigError
+    from cryopick.postprocess.template_matching import TemplateSearch
+
+    with pytest.raises(ConfigError, match=rf"TemplateSearch\.{field} must be .*got "):
+        TemplateSearch(**change)
+    with pytest.raises(ValueError, match=rf"TemplateSearch\.{field} must be"):
+        match_template(np.zeros((16, 16)), np.ones((5, 5)), **change)
+    with pytest.raises(TypeError, match=r"match_template\(\) got unexpected keyword argument\(s\) 'tiles'"):
+        match_template(np.zeros((16, 16)), np.ones((5, 5)), tiles=4)

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from cryopick.postprocess.peaks2d import find_peaks_s1, inside_region, valid_region
+from cryopick.postprocess.edges import inside_region, valid_region
+from cryopick.postprocess.peaks2d import find_peaks_s1
 
 
 def noise(h=200, w=260, seed=0):

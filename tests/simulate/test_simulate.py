@@ -398,7 +398,7 @@ def test_cli_numeric_options_are_validated(tmp_path, capsys, argv):
 @pytest.mark.parametrize("mode, argv, pattern", [
     ("2d", ["--diameter", "300", "100"], r"--diameter MIN MAX: MIN \(300\) is larger than MAX \(100\)"),
     ("3d", ["--tilt-range", "-100", "50"], r"--tilt-range must lie within -90 .. 90"),
-    ("2d", ["--shape", "8", "8"], r"micrograph shape must be 2 sizes >= 16 pixels"),
+    ("2d", ["--shape", "8", "8"], r"micrograph shape \(MicrographSimulation.shape\) must be 2 sizes >= 16 pixels"),
     ("3d", ["--shape", "64", "64"], r"--shape needs 3 numbers"),
 ])
 def test_cli_inconsistent_options_leave_no_output(tmp_path, capsys, mode, argv, pattern):

@@ -73,11 +73,11 @@ def main(args: argparse.Namespace) -> int:
     from cryopick.errors import CryopickError
     from cryopick.io.atomic import atomic_path
     from cryopick.io.images import read_tomogram
-    from cryopick.picker3d.calibrate import calibrate_tomogram, save_settings
     from cryopick.picker3d.card import load_model
     from cryopick.picker3d.outputs import read_truth
     from cryopick.picker3d.predict import set_threads
     from cryopick.picker3d.prompt import load_prompt
+    from cryopick.picker3d.sweep import calibrate_tomogram, save_settings
 
     set_threads(args.threads)
     prompt = load_prompt(args.prompt)

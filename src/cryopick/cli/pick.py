@@ -111,9 +111,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from cryopick.distribute import Execution
     from cryopick.distribute.summary import EXIT_FAILURES, EXIT_OK
     from cryopick.errors import CryopickError
-    from cryopick.picker2d.batch import pick_folder
+    from cryopick.picker2d.batch import Watch, pick_folder
 
     if args.micrographs is None and args.watch is None:
         raise CryopickError("give --micrographs (a folder, glob or file) or --watch DIR")
@@ -125,14 +126,14 @@ def main(args: argparse.Namespace) -> int:
         raise CryopickError("--prefetch and --sequential apply to the local run, not to --dask / --cluster "
                             "(each Dask worker runs one micrograph at a time per thread)")
     options = {"threshold": args.threshold, "min_distance": args.min_distance, "border": args.border,
-               "pixel_size": args.pixel_size, "overlays": args.overlays, "project_dir": args.project_dir,
-               "prefetch": args.prefetch, "dask": args.dask, "cluster": args.cluster,
-               "cluster_config": args.cluster_config, "watch": args.watch, "watch_timeout": args.watch_timeout,
-               "settle": args.settle}
+               "pixel_size": args.pixel_size, "overlays": args.overlays, "project_dir": args.project_dir}
+    execution = Execution(engine="sequential" if args.sequential else "pipeline", prefetch=args.prefetch,
+                          dask=args.dask, cluster=args.cluster, cluster_config=args.cluster_config)
+    watching = Watch(args.watch, args.watch_timeout, args.settle)
     summary = pick_folder(args.model, args.micrographs, args.output, format=args.format,
                           overlay_names=args.overlay or None, detect_padding=not args.no_padding_check,
                           bf16=bf16_value(args.bf16), num_threads=args.threads, redo=args.redo,
-                          progress=not args.no_progress, engine="sequential" if args.sequential else "pipeline",
+                          progress=not args.no_progress, execution=execution, watching=watching,
                           **{k: v for k, v in options.items() if v is not None})
     rate = summary["micrographs_per_second"]
     ppm = summary["picks_per_micrograph"]

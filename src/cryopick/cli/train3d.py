@@ -83,8 +83,8 @@ def main(args: argparse.Namespace) -> int:
     from cryopick.errors import CryopickError
     from cryopick.picker3d.card import resolve_device
     from cryopick.picker3d.predict import resolve_bf16, set_threads
+    from cryopick.picker3d.train.corpus import make_corpus
     from cryopick.picker3d.train.loop import TrainConfig, train
-    from cryopick.picker3d.train.pool import make_pool
     from cryopick.picker3d.train.sampling import SampleConfig
 
     set_threads(args.threads)
@@ -108,9 +108,9 @@ def main(args: argparse.Namespace) -> int:
            {"freeze_bn_after": None if args.freeze_bn_after < 0 else args.freeze_bn_after}),
     )
     if args.make_pool:
-        make_pool(args.pool, args.make_pool, seed=args.pool_seed)
+        make_corpus(args.pool, args.make_pool, seed=args.pool_seed)
     if args.val_pool and args.make_val_pool:
-        make_pool(args.val_pool, args.make_val_pool, seed=args.val_seed)
+        make_corpus(args.val_pool, args.make_val_pool, seed=args.val_seed)
     train(cfg, args.pool, args.output, val_pool_dir=args.val_pool)
     out = Path(args.output)
     log.info("checkpoints in %s (best.pt: best validation Dice on unseen classes)", out)

@@ -35,14 +35,55 @@ How ``pick3d`` uses it (one task per tomogram x prompt set)::
 
 from __future__ import annotations
 
+import os
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable
 
+from cryopick.config import check, check_number, set_field
 from cryopick.distribute.engine import Job, Outcome, Task
 from cryopick.errors import CryopickError
 
-__all__ = ["Job", "Outcome", "Task", "run", "check_options", "ENGINES"]
+__all__ = ["Execution", "Job", "Outcome", "Task", "run", "check_options", "ENGINES"]
 
 ENGINES = ("pipeline", "sequential")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Where and how a batch runs (``pick``, ``pick3d``): the settings :func:`run` takes.
+
+    ``engine``: ``"pipeline"`` (overlapped; default) or ``"sequential"`` (no overlap, the reference) on this
+    machine; ``prefetch``: how far reading runs ahead locally (``None``: the batch's default); ``dask``
+    (``tcp://HOST:8786`` or ``local[:N]``) or ``cluster`` (``"slurm"``) + ``cluster_config`` (site file):
+    run on Dask instead (:func:`check_options` checks them before anything heavy is loaded).
+    """
+
+    engine: str = "pipeline"
+    prefetch: int | None = None
+    dask: str | None = None
+    cluster: str | None = None
+    cluster_config: str | None = None
+
+    def __post_init__(self) -> None:
+        check(self, "engine", self.engine in ENGINES, " or ".join(map(repr, ENGINES)))
+        check_number(self, "prefetch", 0, integer=True, optional=True)
+        for name in ("dask", "cluster"):
+            check(self, name, getattr(self, name) is None or isinstance(getattr(self, name), str), "None or a string")
+        path = self.cluster_config
+        check(self, "cluster_config", path is None or isinstance(path, (str, os.PathLike)), "None or a path")
+        set_field(self, "cluster_config", None if path is None else str(path))
+
+    @property
+    def distributed(self) -> bool:
+        return bool(self.dask or self.cluster)
+
+    def check(self) -> None:
+        """:func:`check_options` of the Dask / cluster settings."""
+        check_options(self.dask, self.cluster, self.cluster_config)
+
+    def run_options(self) -> dict:
+        """The keyword arguments of :func:`run`."""
+        return asdict(self)
 
 
 def check_options(dask: str | None = None, cluster: str | None = None,

@@ -31,6 +31,9 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from cryopick.config import check, configure, split_options
+from cryopick.config import check_number as check_field_number
+from cryopick.distribute import Execution
 from cryopick.distribute.engine import Job, Outcome, Task
 from cryopick.distribute.runner import Batch, BatchRun, check_unique
 from cryopick.errors import CryopickError
@@ -195,14 +198,29 @@ class Pick2dBatch(Batch):
                              run=run.tally.to_dict())
 
 
-def pick_micrographs(picker: Picker, micrographs, output_dir: str | os.PathLike, format: str = "relion",
-                     overlays: int = 3, overlay_names: Iterable[str] | None = None, redo: bool = False,
-                     resume: bool = True, project_dir: str | os.PathLike | None = None, progress: bool = True,
+@dataclass(frozen=True)
+class Watch:
+    """Picking micrographs as they land in a folder (``cryopick pick --watch``): ``watch`` the folder
+    (``None``: no watching), ``watch_timeout`` seconds without a new micrograph before stopping (``None``:
+    until Ctrl-C), ``settle`` seconds a file must stay unchanged before it is read (or a ``<file>.done``
+    marker; ``None``: 5)."""
+
+    watch: str | os.PathLike | None = None
+    watch_timeout: float | None = None
+    settle: float | None = None
+
+    def __post_init__(self) -> None:
+        check(self, "watch", self.watch is None or isinstance(self.watch, (str, os.PathLike)), "None or a folder")
+        check_field_number(self, "watch_timeout", 0, strict_lo=True, optional=True)
+        check_field_number(self, "settle", 0, optional=True)
+
+
+def pick_micrographs(picker: Picker, micrographs, output_dir: str | os.PathLike, format: str = "relion", *,
+                     execution: Execution | None = None, watching: Watch | None = None, overlays: int = 3,
+                     overlay_names: Iterable[str] | None = None, redo: bool = False, resume: bool = True,
+                     project_dir: str | os.PathLike | None = None, progress: bool = True,
                      threshold: float | None = None, min_distance: float | None = None,
-                     engine: str = "pipeline", prefetch: int | None = None, dask: str | None = None,
-                     cluster: str | None = None, cluster_config: str | os.PathLike | None = None,
-                     watch: str | os.PathLike | None = None, watch_timeout: float | None = None,
-                     settle: float | None = None, picker_options: dict | None = None) -> dict:
+                     picker_options: dict | None = None, **options) -> dict:
     """Pick ``micrographs`` (a list, folder or glob; or ``None`` with ``watch``) into ``output_dir``.
 
     Per micrograph: the coordinate file in ``format`` (RELION: ``<name>_autopick.star``), an overlay PNG
@@ -214,35 +232,24 @@ def pick_micrographs(picker: Picker, micrographs, output_dir: str | os.PathLike,
     ``score_histogram.png`` (:func:`cryopick.picker2d.outputs.write_summary`). Lock, manifest, stale
     temporaries and exit codes: :class:`cryopick.distribute.runner.BatchRun`.
 
-    ``engine``: ``"pipeline"`` (overlapped; default) or ``"sequential"``; ``prefetch``: preparing
-    threads. ``dask`` / ``cluster`` + ``cluster_config``: run on Dask instead (the workers need
-    ``picker_options``, the :class:`Picker` keyword arguments). ``watch``: also pick micrographs as
-    they land in that folder, once complete (``settle`` seconds unchanged, default 5, or a
-    ``<file>.done`` marker), until ``watch_timeout`` seconds pass without a new one.
+    ``execution``: :class:`~cryopick.distribute.Execution` (``engine``, ``prefetch``: preparing threads,
+    ``dask`` / ``cluster`` + ``cluster_config``: run on Dask instead, the workers then need
+    ``picker_options``, the :class:`Picker` keyword arguments); ``watching``: :class:`Watch` (also pick
+    micrographs as they land in a folder). Their fields may also be given as keywords (``dask="local:4"``,
+    ``watch="incoming/"``), which replace those of the objects given.
     """
-    from cryopick import distribute
-    from cryopick.io.coords import format_module
-    from cryopick.io.images import image_name, list_images
-    from cryopick.picker2d.outputs import check_output_dir
-
-    paths = [] if micrographs is None else list_images(
-        list(micrographs) if isinstance(micrographs, (list, tuple)) else micrographs)
-    if micrographs is None and watch is None:
-        raise CryopickError("give the micrographs to pick (--micrographs) or a folder to watch (--watch)")
-    names = [image_name(p) for p in paths]
-    check_unique(names, "micrograph")
-    module = format_module(format)
-    if 2 not in getattr(module, "NDIM", (2,)):
-        raise CryopickError(f"format {module.NAME!r} holds 3D picks only; choose relion, cryolo, eman2, topaz, cryoppp or imod")
+    execution, watching = _run_settings(execution, watching, options, "pick_micrographs")
+    paths, names = _listed(micrographs, watching)
+    module = _format_2d(format)
     threshold = check_number("threshold", threshold, 0.0, 1.0)
     min_distance = check_number("min_distance", min_distance, 0.0)
-    watch_timeout = check_number("watch_timeout", watch_timeout, 0.0, low_open=True)
-    settle = 5.0 if settle is None else check_number("settle", settle, 0.0)
     n_overlays = int(check_number("overlays", overlays, 0.0) or 0)
-    unknown = sorted(set(overlay_names or ()) - set(names)) if watch is None else []
+    unknown = sorted(set(overlay_names or ()) - set(names)) if watching.watch is None else []
     if unknown:
         raise CryopickError(f"--overlay {', '.join(unknown[:5])}: no such micrograph among the {len(names)} given "
                             f"(names are file names without extension, e.g. {names[0]})")
+    from cryopick.picker2d.outputs import check_output_dir
+
     created = not Path(output_dir).exists()
     output_dir = check_output_dir(output_dir)
     thr = picker.threshold if threshold is None else threshold
@@ -250,22 +257,61 @@ def pick_micrographs(picker: Picker, micrographs, output_dir: str | os.PathLike,
     settings = {**picker.settings(), "threshold": thr, "min_distance": md}
     digest = model_digest(picker.model_dir)
     batch = Pick2dBatch(picker, output_dir, module, thr, settings, digest, n_overlays, frozenset(overlay_names or ()),
-                        project_dir, watch)
+                        project_dir, watching.watch)
     run = BatchRun(batch, output_dir, {"model": digest, **settings}, redo=redo or not resume, created=created)
+    local_pipeline = execution.engine == "pipeline" and not execution.distributed
     job = Pick2dJob(picker.model_dir, picker_options or {}, thr, md, digest, picker=picker,
-                    fft_threads=1 if engine == "pipeline" and not (dask or cluster) else None)
+                    fft_threads=1 if local_pipeline else None)
 
     def execute(tasks: Iterable[Task], write) -> None:
-        distribute.run(job, tasks, write, state=picker, dask=dask, cluster=cluster,
-                       cluster_config=None if cluster_config is None else str(cluster_config),
-                       engine=engine, prefetch=prefetch)
+        from cryopick import distribute
+
+        distribute.run(job, tasks, write, state=picker, **execution.run_options())
 
     follow = None
-    if watch is not None:
+    if watching.watch is not None:
+        from cryopick.io.images import image_name
+
+        settle = 5.0 if watching.settle is None else watching.settle
+
         def follow(run: BatchRun) -> Iterator[Task]:
-            return run.tasks((image_name(p), p) for p in _watched(run, watch, {str(p) for p in paths}, settle,
-                                                                  watch_timeout))
+            return run.tasks((image_name(p), p) for p in _watched(run, watching.watch, {str(p) for p in paths},
+                                                                  settle, watching.watch_timeout))
     return run.run(list(zip(names, paths)), execute, follow=follow, progress=progress)
+
+
+#: keywords of :func:`pick_micrographs` that are fields of :class:`Execution` or :class:`Watch`
+RUN_KEYWORDS = ("engine", "prefetch", "dask", "cluster", "cluster_config", "watch", "watch_timeout", "settle")
+
+
+def _run_settings(execution: Execution | None, watching: Watch | None, options: dict,
+                  caller: str) -> tuple[Execution, Watch]:
+    """The :class:`Execution` and :class:`Watch` of a call, with the keywords of their fields applied."""
+    run_keys, watch_keys = split_options(options, (Execution, Watch), caller)
+    return (configure(Execution, execution, run_keys, caller), configure(Watch, watching, watch_keys, caller))
+
+
+def _listed(micrographs, watching: Watch) -> tuple[list, list[str]]:
+    """The micrograph paths given and their names (unique); none at all only when watching a folder."""
+    from cryopick.io.images import image_name, list_images
+
+    paths = [] if micrographs is None else list_images(
+        list(micrographs) if isinstance(micrographs, (list, tuple)) else micrographs)
+    if micrographs is None and watching.watch is None:
+        raise CryopickError("give the micrographs to pick (--micrographs) or a folder to watch (--watch)")
+    names = [image_name(p) for p in paths]
+    check_unique(names, "micrograph")
+    return paths, names
+
+
+def _format_2d(format: str):
+    """The coordinate format module, refused when it holds 3D picks only."""
+    from cryopick.io.coords import format_module
+
+    module = format_module(format)
+    if 2 not in getattr(module, "NDIM", (2,)):
+        raise CryopickError(f"format {module.NAME!r} holds 3D picks only; choose relion, cryolo, eman2, topaz, cryoppp or imod")
+    return module
 
 
 def _watched(run: BatchRun, watch, listed: set[str], settle: float, timeout: float | None) -> Iterator[Path]:
@@ -294,8 +340,9 @@ def pick_folder(model_dir: str | os.PathLike, micrographs, output_dir: str | os.
     """What ``cryopick pick`` does: load the model, pick ``micrographs`` into ``output_dir``, summarise.
 
     Picking settings go to :class:`Picker`; ``options`` (``format``, ``overlays``, ``overlay_names``,
-    ``redo``, ``project_dir``, ``progress``, ``engine``, ``prefetch``, ``dask``, ``cluster``,
-    ``cluster_config``, ``watch``, ``watch_timeout``, ``settle``) to :func:`pick_micrographs`. The output
+    ``redo``, ``project_dir``, ``progress``, ``execution`` or its fields ``engine``, ``prefetch``, ``dask``,
+    ``cluster``, ``cluster_config``, ``watching`` or its fields ``watch``, ``watch_timeout``, ``settle``) to
+    :func:`pick_micrographs`. The output
     folder and the format are checked before the model is loaded, so a bad ``-o`` fails at once and
     leaves nothing. In the local pipeline the network gets one thread less than the free cores (that
     core reads, preprocesses and writes), unless ``num_threads`` is given.
@@ -306,16 +353,16 @@ def pick_folder(model_dir: str | os.PathLike, micrographs, output_dir: str | os.
 
     check_output_dir(output_dir, create=False)
     format_module(options.get("format", "relion"))
-    from cryopick.distribute import check_options
-
-    check_options(options.get("dask"), options.get("cluster"), options.get("cluster_config"))
+    execution, watching = _run_settings(options.pop("execution", None), options.pop("watching", None),
+                                        {k: options.pop(k) for k in list(options) if k in RUN_KEYWORDS}, "pick_folder")
+    execution.check()
     picker_options = dict(threshold=threshold, min_distance=min_distance, pixel_size=pixel_size, border=border,
                           detect_padding=detect_padding, bf16=bf16, tta=tta, peak_method=peak_method)
     local_threads, threads_reason = num_threads, None
-    if num_threads is None and options.get("engine", "pipeline") == "pipeline":
+    if num_threads is None and execution.engine == "pipeline":
         free, reason = choose_threads()
         local_threads = max(1, free - 1)
         threads_reason = f"{reason}; the network uses {local_threads}, the rest read, preprocess and write"
     picker = Picker(model_dir, num_threads=local_threads, threads_reason=threads_reason, **picker_options)
-    return pick_micrographs(picker, micrographs, output_dir, picker_options={**picker_options,
-                                                                             "num_threads": num_threads}, **options)
+    return pick_micrographs(picker, micrographs, output_dir, execution=execution, watching=watching,
+                            picker_options={**picker_options, "num_threads": num_threads}, **options)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-import cryopick
+from cryopick._version import __version__
 from cryopick.errors import CryopickError
 from cryopick.io.atomic import atomic_path, write_text
 from cryopick.io.jsonutil import dumps
@@ -58,7 +58,7 @@ class ModelCard:
     #: sentences a person must read about this model (sparse annotation detected, validation that could not
     #: be measured, default threshold, time budget cut): shown by the CLI, the app's job log and model panel
     notes: list = field(default_factory=list)
-    cryopick_version: str = cryopick.__version__
+    cryopick_version: str = __version__
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
     task: str = "picker2d"
 

@@ -9,7 +9,7 @@
 >>> picks = picker.predict(threshold=0.3)           #   re-threshold without re-running the network
 
 Pipeline per micrograph: read -> find the valid region (padding bands at the edges, see
-:func:`cryopick.postprocess.peaks2d.valid_region`) -> Fourier-crop to the working scale recorded in the
+:func:`cryopick.postprocess.edges.valid_region`) -> Fourier-crop to the working scale recorded in the
 model card -> robust normalisation -> network (tiled when the image is large) -> sigmoid -> Algorithm
 S1 with per-pick scores; centres in padding bands or within ``border`` (default one particle radius)
 of the valid region's edge are dropped before duplicate suppression -> coordinates back to original
@@ -31,7 +31,8 @@ from cryopick.io.images import read_micrograph
 from cryopick.picker2d.card import load_model
 from cryopick.picker2d.predict import TTA_MODES, bf16_is_faster, fold_batchnorm, predict_probability
 from cryopick.picks import Picks
-from cryopick.postprocess.peaks2d import PEAK_METHODS, Peaks2d, find_peaks_2d, valid_region
+from cryopick.postprocess.edges import valid_region
+from cryopick.postprocess.peaks2d import PEAK_METHODS, Peaks2d, find_peaks_2d
 from cryopick.preprocess import WorkingFrame
 from cryopick.runtime import configure_threads
 

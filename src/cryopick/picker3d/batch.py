@@ -3,6 +3,8 @@ Dask / SLURM through :mod:`cryopick.distribute`, resumable either way.
 
 >>> summary = pick_tomograms("tomos/", ["ribosome.prompt"], output_dir="picks/")             # this machine
 >>> summary = pick_tomograms("tomos/", ["ribosome.prompt"], output_dir="picks/", dask="local:2")
+>>> summary = pick_tomograms("tomos/", ["ribosome.prompt"], output_dir="picks/",       # the same, as objects
+...                          segmentation=Segmentation(window=64), execution=Execution(dask="local:2"))
 >>> summary = pick_tomograms("/shared/tomos/", [...], output_dir="picks/", cluster="slurm",
 ...                          cluster_config="site.yaml")
 
@@ -28,15 +30,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from cryopick import distribute
+from cryopick.config import configure, split_options
+from cryopick.distribute import Execution
 from cryopick.distribute.engine import Job, Outcome, Task
 from cryopick.distribute.runner import Batch, BatchRun, check_unique
 from cryopick.errors import CryopickError
 from cryopick.io.images import Image, image_name, list_images
 from cryopick.models.promptable3d import ProPicker
-from cryopick.picker3d.card import PickSettings, load_model, model_fingerprint, resolve_settings
+from cryopick.picker3d.card import load_model, model_fingerprint
 from cryopick.picker3d.pick import TomogramPicker, check_prompts
+from cryopick.picker3d.predict import Segmentation
 from cryopick.picker3d.prefetch import prefetched, prepare_tomogram
 from cryopick.picker3d.prompt import Prompt, describe_diameters, load_prompt, prompt_fingerprint
+from cryopick.picker3d.settings import PickSettings, resolve_settings
 from cryopick.picks import Picks
 
 log = logging.getLogger(__name__)
@@ -62,15 +69,16 @@ class Pick3dJob(Job):
     """
 
     def __init__(self, model_path: str | None, fingerprint: str, prompts: Sequence[Prompt],
-                 settings: Sequence[PickSettings], formats: Sequence[str], *, stride: int = 32, window: int = 64,
-                 batch_size: int = 4, bf16: bool | None = None, device: str | None = None, montage: bool = True,
-                 adapted: dict | None = None, save_maps: str | os.PathLike | None = None,
-                 progress: bool = False, model: ProPicker | None = None) -> None:
+                 settings: Sequence[PickSettings], formats: Sequence[str], *,
+                 segmentation: Segmentation | None = None, montage: bool = True, adapted: dict | None = None,
+                 save_maps: str | os.PathLike | None = None, progress: bool = False,
+                 model: ProPicker | None = None) -> None:
         self.model_path = None if model_path is None else os.path.abspath(model_path)
         self.fingerprint = fingerprint
         self.prompts, self.settings, self.formats = list(prompts), list(settings), list(formats)
-        self.options = dict(stride=stride, window=window, batch_size=batch_size, bf16=bf16)
-        self.device, self.montage, self.adapted = device, montage, adapted
+        segmentation = segmentation or Segmentation()
+        self.options = segmentation.picker_options()
+        self.device, self.montage, self.adapted = segmentation.device, montage, adapted
         self.save_maps, self.progress = save_maps, progress
         self.preloaded = model
 
@@ -207,34 +215,15 @@ class Pick3dBatch(Batch):
         return summary
 
 
-def pick_tomograms(
-    tomograms: str | os.PathLike | Sequence[str | os.PathLike],
-    prompts: Sequence[Prompt | str | os.PathLike],
-    model: ProPicker | str | os.PathLike | None = None,
-    settings: PickSettings | str | os.PathLike | Sequence | None = None,
-    output_dir: str | os.PathLike = "picks",
-    formats: Iterable[str] = ("relion5",),
-    *,
-    redo: bool = False,
-    overrides: dict | None = None,
-    stride: int = 32,
-    window: int = 64,
-    batch_size: int = 4,
-    bf16: bool | None = None,
-    device: str | None = None,
-    save_maps: bool = False,
-    montage: bool = True,
-    progress: bool = True,
-    project_dir: str | os.PathLike | None = None,
-    adapted: dict | None = None,
-    sources: Sequence | None = None,
-    on_picked: Callable[[str, Picks, Picked3d], dict] | None = None,
-    source_info: dict | None = None,
-    prefetch: int = 1,
-    dask: str | None = None,
-    cluster: str | None = None,
-    cluster_config: str | os.PathLike | None = None,
-) -> dict:
+def pick_tomograms(tomograms: str | os.PathLike | Sequence[str | os.PathLike] | None,
+                   prompts: Sequence[Prompt | str | os.PathLike], model: ProPicker | str | os.PathLike | None = None,
+                   settings: PickSettings | str | os.PathLike | Sequence | None = None,
+                   output_dir: str | os.PathLike = "picks", formats: Iterable[str] = ("relion5",), *,
+                   segmentation: Segmentation | None = None, execution: Execution | None = None, redo: bool = False,
+                   overrides: dict | None = None, save_maps: bool = False, montage: bool = True, progress: bool = True,
+                   project_dir: str | os.PathLike | None = None, adapted: dict | None = None,
+                   sources: Sequence | None = None, on_picked: Callable[[str, Picks, Picked3d], dict] | None = None,
+                   source_info: dict | None = None, **options) -> dict:
     """Pick tomograms into ``output_dir`` (the batch behind ``cryopick pick3d``); resumable.
 
     ``tomograms``: files, a folder or a glob; ``prompts``: :class:`Prompt` objects or prompt files;
@@ -246,82 +235,89 @@ def pick_tomograms(
     ``on_picked(name, picks, picked)`` (``picked``: the :class:`Picked3d`) runs in this process after a
     tomogram's files are written and before it is marked finished, its dict is kept in the record;
     ``source_info`` joins the fingerprint and the summary. ``formats`` may be empty when ``on_picked``
-    writes the picks. ``prefetch``: tomograms read, checked and rescaled ahead in a background thread
-    while one is picked (:mod:`cryopick.picker3d.prefetch`; 0 = none).
+    writes the picks.
 
-    ``dask`` (``tcp://HOST:8786`` or ``local[:N]``) or ``cluster="slurm"`` + ``cluster_config``: one
-    Dask task per tomogram (see the module docstring); the model must then be a file (or the shipped
-    weights) the workers can read, and ``sources`` must pickle (copick runs do).
+    ``segmentation``: the :class:`~cryopick.picker3d.predict.Segmentation` (``stride``, ``window``,
+    ``batch_size``, ``bf16``, ``device``); ``execution``: the :class:`~cryopick.distribute.Execution`:
+    ``prefetch`` tomograms read, checked and rescaled ahead in a background thread while one is picked
+    (:mod:`cryopick.picker3d.prefetch`; ``None``: 1, 0 or ``engine="sequential"``: none), or ``dask``
+    (``tcp://HOST:8786`` or ``local[:N]``) / ``cluster="slurm"`` + ``cluster_config``: one Dask task per
+    tomogram (see the module docstring; the model must then be a file, or the shipped weights, the workers
+    can read, and ``sources`` must pickle, as copick runs do). Their fields may also be given as keywords
+    (``window=32``, ``dask="local:2"``), which replace those of the objects given.
 
-    The run is a :class:`~cryopick.distribute.runner.BatchRun` (as ``pick``'s): the folder is locked
-    (a second run into it is refused), temporaries a killed run left are removed, and per tomogram:
-    read and check it, pick every prompt, write one file per format and class (an empty valid file for
-    a class without picks), a slice montage per class (``montage``), then its record
-    ``.cryopick/<name>.json`` (:class:`~cryopick.io.resume.RunState`, with the tomogram file's size and
-    mtime) that marks it finished. A rerun skips finished tomograms whose files exist and whose tomogram
-    file is unchanged (a replaced tomogram is picked again); a rerun with another model, prompt,
-    settings, stride or window is refused unless ``redo`` (which replaces the folder's picks). Records
-    of earlier versions (``.done/<name>.json``) count as finished. A tomogram that cannot be picked
-    (unreadable, NaN/constant voxels, ...) is skipped with a warning and listed under ``failed``; the
-    others go on; when not one tomogram could be picked (and none was before), nothing is written and
-    a :class:`CryopickError` says why. At the end (also after an interruption) the RELION indexes are
-    rebuilt over every finished tomogram of the folder, from all runs, and ``summary.json`` is written.
-
-    Returns
-    -------
-    dict
-        The summary: counts of tomograms (listed, finished in the folder, picked now, skipped, failed),
-        ``failed`` (``[{"tomogram", "path", "error"}]``), picks per class over the folder, index files,
-        seconds.
+    The run is a :class:`~cryopick.distribute.runner.BatchRun`: per tomogram one file per format and class (an
+    empty valid file for a class without picks), a slice montage per class (``montage``), then its record
+    ``.cryopick/<name>.json``; a rerun skips finished tomograms whose file is unchanged and refuses other model,
+    prompts, settings, stride or window unless ``redo``; a tomogram that cannot be picked is listed under
+    ``failed`` and the others go on (none picked at all: a :class:`CryopickError` says why). Returns the
+    summary written to ``summary.json`` (counts of tomograms listed, finished, picked now, skipped, failed;
+    ``failed``; picks per class; index files; seconds), also after an interruption.
     """
-    from cryopick import distribute
     from cryopick.io.atomic import make_output_dir
     from cryopick.picker3d import outputs as O
 
-    distributed = bool(dask or cluster)
-    distribute.check_options(dask, cluster, None if cluster_config is None else str(cluster_config))
-    if distributed and isinstance(model, ProPicker):
-        raise CryopickError("--dask / --cluster need the model as a file the workers can load (--model PATH, or "
-                            "leave it out for the shipped weights)")
-    if distributed and save_maps:
-        raise CryopickError("--save-maps writes the probability maps where they are computed; pick without "
-                            "--dask / --cluster to save them")
+    seg_keys, run_keys = split_options(options, (Segmentation, Execution), "pick_tomograms")
+    segmentation = configure(Segmentation, segmentation, seg_keys, "pick_tomograms")
+    execution = configure(Execution, execution, run_keys, "pick_tomograms")
+    _check_execution(execution, model, save_maps)
     formats = [] if on_picked and not formats else O.check_formats([formats] if isinstance(formats, str) else formats)
     prompts = _load_prompts(prompts)
-    picker = TomogramPicker(model, stride=stride, window=window, batch_size=batch_size, bf16=bf16, device=device,
-                            progress=progress)
+    picker = TomogramPicker(model, progress=progress, **segmentation.picker_options(), device=segmentation.device)
     diameters = describe_diameters(prompts, picker.model)  # refuses a particle the network cannot see
     settings_list = resolve_settings(picker.model, settings, len(prompts), overrides, prompt=prompts[0])
     inputs = _inputs(tomograms, sources)
     created = not Path(output_dir).exists()
     out = make_output_dir(output_dir)
     model_id = model_fingerprint(picker.model)
+    fingerprint = _fingerprint(model_id, prompts, settings_list, segmentation, source_info, adapted)
+    info = {"n_tomograms": len(inputs), "settings": settings_list, "diameters": diameters,
+            **({"engine": f"dask {execution.dask}" if execution.dask else f"cluster {execution.cluster}"}
+               if execution.distributed else {}),
+            **({"adapted": {label: a.info for label, a in adapted.items()}} if adapted else {}),
+            **({"source": source_info} if source_info else {})}
+    batch = Pick3dBatch(out, formats, [p.label for p in prompts], montage, execution.distributed, on_picked,
+                        project_dir, info)
+    job = Pick3dJob(None if model is None else str(model), model_id, prompts, settings_list, formats,
+                    segmentation=segmentation, montage=montage, adapted=adapted,
+                    save_maps=out / "maps" if save_maps else None, progress=progress and not execution.distributed,
+                    model=picker.model)
+
+    def execute(tasks: list[Task], write: Callable[[Outcome], None]) -> None:
+        if execution.distributed:
+            distribute.run(job, tasks, write, dask=execution.dask, cluster=execution.cluster,
+                           cluster_config=execution.cluster_config)
+        else:
+            ahead = 0 if execution.engine == "sequential" else (1 if execution.prefetch is None else execution.prefetch)
+            _run_local(job, picker.model, tasks, write, ahead)
+
+    # One overall bar on Dask (locally each tomogram's segmentation has its own).
+    return BatchRun(batch, out, fingerprint, redo=redo, created=created).run(
+        inputs, execute, progress=progress and execution.distributed)
+
+
+def _check_execution(execution: Execution, model, save_maps: bool) -> None:
+    """Refuse what a Dask / cluster run cannot do, before anything is loaded."""
+    execution.check()
+    if execution.distributed and isinstance(model, ProPicker):
+        raise CryopickError("--dask / --cluster need the model as a file the workers can load (--model PATH, or "
+                            "leave it out for the shipped weights)")
+    if execution.distributed and save_maps:
+        raise CryopickError("--save-maps writes the probability maps where they are computed; pick without "
+                            "--dask / --cluster to save them")
+
+
+def _fingerprint(model_id: str, prompts: list[Prompt], settings_list: list[PickSettings], segmentation: Segmentation,
+                 source_info: dict | None, adapted: dict | None) -> dict:
+    """What a rerun into the same folder must match (model, prompts, settings, stride, window, source, answers)."""
     fingerprint = {"model": model_id, "prompts": [prompt_fingerprint(p) for p in prompts],
-                   "settings": [asdict(s) for s in settings_list], "stride": stride, "window": window}
+                   "settings": [asdict(s) for s in settings_list], "stride": segmentation.stride,
+                   "window": segmentation.window}
     if source_info:
         fingerprint["source"] = source_info
     if adapted:
         fingerprint["adapted"] = {label: a.fingerprint() for label, a in sorted(adapted.items())}
-    info = {"n_tomograms": len(inputs), "settings": settings_list, "diameters": diameters,
-            **({"engine": f"dask {dask}" if dask else f"cluster {cluster}"} if distributed else {}),
-            **({"adapted": {label: a.info for label, a in adapted.items()}} if adapted else {}),
-            **({"source": source_info} if source_info else {})}
-    batch = Pick3dBatch(out, formats, [p.label for p in prompts], montage, distributed, on_picked, project_dir, info)
-    job = Pick3dJob(None if model is None else str(model), model_id, prompts, settings_list, formats, stride=stride,
-                    window=window, batch_size=batch_size, bf16=bf16, device=device, montage=montage,
-                    adapted=adapted, save_maps=out / "maps" if save_maps else None,
-                    progress=progress and not distributed, model=picker.model)
-
-    def execute(tasks: list[Task], write: Callable[[Outcome], None]) -> None:
-        if distributed:
-            distribute.run(job, tasks, write, dask=dask, cluster=cluster,
-                           cluster_config=None if cluster_config is None else str(cluster_config))
-        else:
-            _run_local(job, picker.model, tasks, write, prefetch)
-
-    # One overall bar on Dask (locally each tomogram's segmentation has its own).
-    return BatchRun(batch, out, fingerprint, redo=redo, created=created).run(
-        inputs, execute, progress=progress and distributed)
+    return fingerprint
 
 
 def _load_prompts(prompts) -> list[Prompt]:

@@ -72,7 +72,7 @@ def adapt_or_keep(model, prompt, pool: CandidateSet, labelled: CandidateSet, y: 
                   l2: float = 1.0, guard: bool = True, n_examples: int = 0) -> AdaptedModel:
     """:func:`~cryopick.picker3d.answers.adapt`, kept only when it beats the un-adapted picker on the answers.
 
-    ``settings``: the :class:`~cryopick.picker3d.card.PickSettings` the class is picked with un-adapted;
+    ``settings``: the :class:`~cryopick.picker3d.settings.PickSettings` the class is picked with un-adapted;
     ``n_examples``: how many of the labelled candidates are the prompts' examples (not answers).
     ``guard=False``: always the adapted model (as before; for comparisons). ``info["expected"]``:
     ``picker`` (``adapted`` / ``settings``), ``precision``, ``recall``, ``f1`` of it on the ``n`` labelled

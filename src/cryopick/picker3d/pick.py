@@ -21,7 +21,7 @@ Frames and units
 - Contrast: the network and the prompt see the tomogram with dark particles (the usual
   reconstruction). For tomograms with bright particles give ``invert=True`` when making the prompt.
 
-Settings (thresholds and size limits) come from :mod:`cryopick.picker3d.calibrate` JSON files, from
+Settings (thresholds and size limits) come from :mod:`cryopick.picker3d.sweep` JSON files, from
 arguments, or default to the model's recommended settings (:func:`default_settings`: threshold and
 size limits as multiples of the sphere volume of the prompt's diameter, chosen on held-out classes when
 the weights were made; 0.5, 0.1× and 1.2× when the weights carry none).
@@ -40,7 +40,7 @@ import torch
 from cryopick.errors import CryopickError
 from cryopick.io.images import Image, read_tomogram
 from cryopick.models.promptable3d import ProPicker
-from cryopick.picker3d.card import PickSettings, default_settings, load_model, resolve_settings
+from cryopick.picker3d.card import load_model
 from cryopick.picker3d.predict import check_window, predict_tomogram, resolve_bf16
 from cryopick.picker3d.prompt import (
     Prompt,
@@ -52,6 +52,7 @@ from cryopick.picker3d.prompt import (
     prompt_fingerprint,
 )
 from cryopick.picker3d.scale import WorkingTomogram, check_tomogram, working_tomogram
+from cryopick.picker3d.settings import PickSettings, default_settings, resolve_settings
 from cryopick.picker3d.similarity import PromptSimilarity
 from cryopick.picks import Picks
 from cryopick.postprocess.cluster3d import cluster_picks

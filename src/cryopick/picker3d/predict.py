@@ -18,15 +18,43 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cryopick.config import check, check_number
 from cryopick.models.prompt_encoder import zscore_windows
 from cryopick.preprocess import read_block
 from cryopick.runtime import cpu_has_native_bf16
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """How tomograms are segmented (:class:`~cryopick.picker3d.pick.TomogramPicker`, ``pick3d``): cubic windows of
+    ``window`` voxels every ``stride`` voxels, ``batch_size`` windows per forward pass, ``bf16`` autocast
+    (``None``: where it is faster, :func:`resolve_bf16`), on ``device`` (``None``: CPU, or the model's).
+    Whether ``window`` suits the network (a multiple of its input multiple), and ``stride <= window``, are
+    checked with the model (:func:`check_window`: a window that does not suit is the first thing to say)."""
+
+    stride: int = 32
+    window: int = 64
+    batch_size: int = 4
+    bf16: bool | None = None
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        check_number(self, "window", 1, integer=True)
+        check_number(self, "stride", 1, integer=True)
+        check_number(self, "batch_size", 1, integer=True)
+        check(self, "bf16", self.bf16 is None or isinstance(self.bf16, bool), "None, True or False")
+        check(self, "device", self.device is None or isinstance(self.device, str), "None or a device name (cpu, cuda:1)")
+
+    def picker_options(self) -> dict:
+        """The :class:`~cryopick.picker3d.pick.TomogramPicker` keywords (besides ``device``)."""
+        return dict(stride=self.stride, window=self.window, batch_size=self.batch_size, bf16=self.bf16)
 
 
 def window_starts(length: int, window: int, stride: int) -> np.ndarray:

@@ -30,10 +30,10 @@ from cryopick.errors import CryopickError
 from cryopick.io.atomic import make_output_dir
 from cryopick.picker3d.answers import AdaptedModel, Answers, read_answers
 from cryopick.picker3d.candidates import CandidateSet, base_features, component_table, find_candidates
-from cryopick.picker3d.card import resolve_settings
 from cryopick.picker3d.fallback import adapt_or_keep, expected_line
 from cryopick.picker3d.pick import TomogramPicker, check_prompts
 from cryopick.picker3d.prompt import Prompt, load_prompt, prompt_embedding
+from cryopick.picker3d.settings import resolve_settings
 from cryopick.picker3d.similarity import encode_positions
 
 log = logging.getLogger(__name__)

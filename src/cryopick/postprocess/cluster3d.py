@@ -8,7 +8,7 @@ Optionally, components whose *prompt similarity* (any callable of the centroids,
 instances of other particles that the map also lights up — and non-maximum suppression at
 ``min_distance`` removes picks closer than that.
 
-For sweeps (:mod:`cryopick.picker3d.calibrate`) the labelling is split from the size filter:
+For sweeps (:mod:`cryopick.picker3d.sweep`) the labelling is split from the size filter:
 :func:`components` labels once per threshold, :func:`select` filters by size cheaply.
 """
 

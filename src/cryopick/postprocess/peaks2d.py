@@ -17,14 +17,12 @@ Algorithm S1 (CryoFSL supplement), for a particle of radius ``r`` pixels in the 
 8. second pass: blobs of the mask not covered by kept regions with ``area >= 0.05 E`` and centroid
    more than ``0.8 r`` from every pick are added.
 
-Every factor above is a keyword argument. Each pick gets a score from the probability map inside
+Every factor above is a field of :class:`PeakFinding` (or a keyword argument of the same name). Each pick gets a score from the probability map inside
 its region (``"mean"``, ``"max"``, or the default ``"mean_top"``: the mean of the highest half),
 and picks closer than ``min_distance`` are suppressed by :func:`cryopick.postprocess.nms.nms_points`.
 
-Micrograph edges: :func:`valid_region` finds the part of a micrograph not covered by padding bands
-(constant rows/columns, or streaks where each line repeats its neighbour, as left by motion
-correction or by edge-replicating a shifted frame), and :func:`inside_region` keeps picks whose
-centre lies at least a margin (e.g. one particle radius) inside it.
+Micrograph edges (:func:`~cryopick.postprocess.edges.valid_region`, ``inside_region``) live in
+:mod:`cryopick.postprocess.edges`.
 """
 
 from __future__ import annotations
@@ -35,10 +33,14 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
+from cryopick.config import check, check_number, configure, is_number, set_field
+from cryopick.postprocess.edges import inside_region
 from cryopick.postprocess.nms import nms_points
 
 DISTANCE_THRESHOLDS = (0.05, 0.10, 0.15, 0.20, 0.25)
 MIN_DISTANCES = (0.3, 0.4, 0.5)
+#: region scores of a pick (:func:`region_scores`)
+SCORE_METHODS = ("mean_top", "mean", "max")
 
 
 @dataclass
@@ -109,91 +111,98 @@ def _perimeters(labels: np.ndarray, n: int) -> np.ndarray:
     return edges[1:] * (np.pi / 4)
 
 
-def find_peaks_s1(
-    probability: np.ndarray,
-    radius: float,
-    threshold: float = 0.5,
-    distance_thresholds: tuple[float, ...] = DISTANCE_THRESHOLDS,
-    min_distances: tuple[float, ...] = MIN_DISTANCES,
-    erosion_diameter: float = 0.8,
-    seed_separation: float = 0.5,
-    min_area: float = 0.05,
-    max_area: float = 2.5,
-    min_circularity: float = 0.4,
-    small_area: float = 1.3,
-    second_pass: bool = True,
-    second_pass_min_area: float = 0.05,
-    second_pass_separation: float = 0.8,
-    score: str = "mean_top",
-    min_distance: float | None = None,
-    min_score: float | None = None,
-    return_labels: bool = False,
-    region: tuple[float, float, float, float] | None = None,
-    border: float = 0.0,
-) -> Peaks2d:
+@dataclass(frozen=True)
+class PeakFinding:
+    """The settings of Algorithm S1 (see the module docstring; lengths are fractions of the particle radius
+    ``r``, areas fractions of ``E = pi r^2``).
+
+    ``threshold``: probability above which a pixel belongs to the mask (step 1); ``distance_thresholds``,
+    ``min_distances``: the step 3 grid; ``erosion_diameter``: step 4 erosion disk; ``seed_separation``:
+    step 5, seeds closer than this are merged; ``min_area``, ``max_area``, ``small_area``,
+    ``min_circularity``: step 7 (circularity ``4 pi A / P^2``, 1 for a disk); ``second_pass``,
+    ``second_pass_min_area``, ``second_pass_separation``: step 8; ``score``: region score of a pick,
+    ``"mean_top"`` (mean of the top half of the region's probabilities), ``"mean"`` or ``"max"``.
+    """
+
+    threshold: float = 0.5
+    distance_thresholds: tuple[float, ...] = DISTANCE_THRESHOLDS
+    min_distances: tuple[float, ...] = MIN_DISTANCES
+    erosion_diameter: float = 0.8
+    seed_separation: float = 0.5
+    min_area: float = 0.05
+    max_area: float = 2.5
+    min_circularity: float = 0.4
+    small_area: float = 1.3
+    second_pass: bool = True
+    second_pass_min_area: float = 0.05
+    second_pass_separation: float = 0.8
+    score: str = "mean_top"
+
+    def __post_init__(self) -> None:
+        check_number(self, "threshold", 0, 1)
+        for name in ("distance_thresholds", "min_distances"):
+            value = getattr(self, name)
+            values = list(value) if isinstance(value, (list, tuple)) else [value]
+            check(self, name, all(is_number(v) and v >= 0 for v in values), "numbers >= 0")
+            set_field(self, name, tuple(values))
+        for name in ("erosion_diameter", "seed_separation", "min_area", "min_circularity", "small_area",
+                     "second_pass_min_area", "second_pass_separation"):
+            check_number(self, name, 0)
+        check_number(self, "max_area", self.min_area, strict_lo=True)
+        check(self, "second_pass", isinstance(self.second_pass, (bool, np.bool_)), "True or False")
+        check(self, "score", self.score in SCORE_METHODS, " or ".join(map(repr, SCORE_METHODS)))
+
+
+def find_peaks_s1(probability: np.ndarray, radius: float, config: PeakFinding | None = None, *,
+                  min_distance: float | None = None, min_score: float | None = None, return_labels: bool = False,
+                  region: tuple[float, float, float, float] | None = None, border: float = 0.0,
+                  **options) -> Peaks2d:
     """Algorithm S1 on a probability map, then scores and duplicate suppression.
 
-    Parameters
-    ----------
-    probability
-        ``(H, W)`` particle probability in [0, 1] (sigmoid of the network logits).
-    radius
-        Particle radius ``r`` in pixels of the map (the radius of the target blobs the model was
-        trained to paint). All other length factors are multiples of it, areas multiples of
-        ``E = pi r^2``.
-    threshold
-        Probability above which a pixel belongs to the mask.
-    distance_thresholds, min_distances
-        Step 3 grid, as fractions of ``r``.
-    erosion_diameter
-        Step 4: diameter of the erosion disk, fraction of ``r``.
-    seed_separation
-        Step 5: seeds closer than this fraction of ``r`` are merged.
-    min_area, max_area, small_area
-        Step 7 area bounds, fractions of ``E``.
-    min_circularity
-        Step 7 circularity bound ``4 pi A / P^2`` (1 for a disk).
-    second_pass, second_pass_min_area, second_pass_separation
-        Step 8 switch, minimum area (fraction of ``E``) and separation (fraction of ``r``).
-    score
-        ``"mean_top"`` (mean of the top half of the region's probabilities), ``"mean"`` or ``"max"``.
-    min_distance
-        Duplicate suppression distance in pixels; ``None`` -> ``r`` (picks closer than one radius
-        are treated as the same particle); ``0`` disables it.
-    min_score
-        Drop picks scoring below this (``None`` keeps all).
-    return_labels
-        Keep the region label image in the result.
-    region, border
-        Keep only centres inside ``region`` (``(x0, y0, x1, y1)`` inclusive bounds in pixels of the map,
-        e.g. :func:`valid_region` mapped to the map's scale; default the whole map) and at least
-        ``border`` pixels from its edge; applied before duplicate suppression, so a dropped edge pick
-        suppresses nothing. Their scores are kept in :attr:`Peaks2d.edge_scores`.
-
-    Returns
-    -------
-    Peaks2d
-        Picks sorted by decreasing score.
+    ``probability``: ``(H, W)`` particle probability in [0, 1]; ``radius``: particle radius ``r`` in pixels of
+    the map (of the target blobs the model was trained to paint). ``config``: the :class:`PeakFinding` settings;
+    its fields may also be given as keywords (``threshold=0.6``, ``second_pass=False``), which replace those
+    of ``config``. ``min_distance``: duplicate suppression distance in pixels (``None``: ``r``, picks closer
+    than one radius are one particle; 0: none); ``min_score``: drop picks scoring below it;
+    ``return_labels``: keep the region label image. ``region``, ``border``: keep only centres inside
+    ``region`` (``(x0, y0, x1, y1)`` inclusive bounds in pixels of the map, e.g.
+    :func:`~cryopick.postprocess.edges.valid_region` at the map's scale; default the whole map) and at least
+    ``border`` pixels from its edge, before duplicate suppression (a dropped edge pick suppresses nothing);
+    their scores go to :attr:`Peaks2d.edge_scores`. Returns picks sorted by decreasing score.
     """
+    cfg = configure(PeakFinding, config, options, "find_peaks_s1")
     prob = np.asarray(probability, dtype=np.float32)
     if prob.ndim != 2:
         raise ValueError(f"probability map must be 2D, got shape {prob.shape}")
     if radius <= 0:
         raise ValueError(f"radius must be positive, got {radius}")
     r = float(radius)
-    E = np.pi * r * r
-    mask = prob > threshold
+    mask = prob > cfg.threshold
     empty = Peaks2d(np.zeros((0, 2)), np.zeros(0), np.zeros(0), np.zeros(prob.shape, np.int32) if return_labels else None)
     if not mask.any():
         return empty
-
-    # Steps 2-5: seeds from the distance transform and from the eroded mask.
     dist = ndi.distance_transform_edt(mask).astype(np.float32)
+    seeds = _seeds(mask, dist, r, cfg)  # steps 2-5
+    regions = _watershed(dist, seeds, mask)  # step 6
+    centres, labels, areas = _kept_regions(mask, regions, len(seeds), r, cfg)  # step 7
+    if cfg.second_pass:  # step 8
+        centres, labels, areas = _second_pass(mask, labels, centres, areas, r, cfg)
+    if len(centres) == 0:
+        return empty
+    coords, scores, labels = _scored(prob, labels, centres, cfg.score)
+    coords, scores, areas, edge_scores = _selected(coords, scores, areas, prob.shape, r, min_distance, min_score,
+                                                   region, border)
+    order = np.argsort(-scores, kind="stable")
+    return Peaks2d(coords[order], scores[order], areas[order], labels if return_labels else None, edge_scores)
+
+
+def _seeds(mask: np.ndarray, dist: np.ndarray, r: float, cfg: PeakFinding) -> np.ndarray:
+    """Steps 3-5: ``(K, 2)`` row, col seeds from the distance map's local maxima and the eroded mask, merged."""
     seeds = []
-    for md in min_distances:
-        seeds.extend(_local_maxima(dist, max(1, int(round(md * r))), [t * r for t in distance_thresholds]))
+    for md in cfg.min_distances:
+        seeds.extend(_local_maxima(dist, max(1, int(round(md * r))), [t * r for t in cfg.distance_thresholds]))
     seeds = np.unique(np.concatenate(seeds), axis=0) if seeds else np.zeros((0, 2), np.int64)
-    eroded = ndi.binary_erosion(mask, structure=_disk(erosion_diameter * r / 2))
+    eroded = ndi.binary_erosion(mask, structure=_disk(cfg.erosion_diameter * r / 2))
     if eroded.any():
         # Extra seeds for cores the peak finder missed: eroded blobs holding no seed yet contribute
         # their centroid. (Adding the centroid of *every* eroded blob would put a spurious seed in
@@ -206,81 +215,92 @@ def find_peaks_s1(
             centres = np.asarray(ndi.center_of_mass(eroded, eroded_labels, missing)).reshape(-1, 2)
             seeds = np.concatenate([seeds, np.round(centres).astype(np.int64)])
     seeds = seeds[mask[seeds[:, 0], seeds[:, 1]]] if len(seeds) else seeds
-    seeds = _merge_seeds(seeds, dist[seeds[:, 0], seeds[:, 1]] if len(seeds) else np.zeros(0),
-                         seed_separation * r)
+    return _merge_seeds(seeds, dist[seeds[:, 0], seeds[:, 1]] if len(seeds) else np.zeros(0), cfg.seed_separation * r)
 
-    # Step 6: marker watershed of -distance inside the mask.
+
+def _watershed(dist: np.ndarray, seeds: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Step 6: marker watershed of ``-dist`` inside the mask; seed ``k`` owns label ``k + 1``."""
     from skimage.segmentation import watershed
 
-    markers = np.zeros(prob.shape, np.int32)
+    markers = np.zeros(mask.shape, np.int32)
     markers[seeds[:, 0], seeds[:, 1]] = np.arange(1, len(seeds) + 1)
-    regions = watershed(-dist, markers, mask=mask) if len(seeds) else np.zeros(prob.shape, np.int32)
+    return watershed(-dist, markers, mask=mask) if len(seeds) else np.zeros(mask.shape, np.int32)
 
-    # Step 7: area and circularity filter.
-    n = len(seeds)
+
+def _kept_regions(mask: np.ndarray, regions: np.ndarray, n: int, r: float, cfg: PeakFinding):
+    """Step 7: the regions within the area bounds that are round enough (or small): their centroids
+    (row, col), the label image of the kept regions, their areas."""
+    E = np.pi * r * r
     index = np.arange(1, n + 1)
     areas = np.bincount(regions.ravel(), minlength=n + 1)[1:].astype(np.float64)
     perimeters = _perimeters(regions, n) if n else np.zeros(0)
     with np.errstate(divide="ignore", invalid="ignore"):
         circularity = np.where(perimeters > 0, 4 * np.pi * areas / perimeters**2, 0.0)
-    keep = (areas >= min_area * E) & (areas <= max_area * E) & ((circularity > min_circularity) | (areas < small_area * E))
+    keep = (areas >= cfg.min_area * E) & (areas <= cfg.max_area * E) & (
+        (circularity > cfg.min_circularity) | (areas < cfg.small_area * E))
     kept = index[keep]
     centres = np.asarray(ndi.center_of_mass(mask, regions, kept)).reshape(-1, 2) if len(kept) else np.zeros((0, 2))
-    final_labels = np.where(np.isin(regions, kept), regions, 0).astype(np.int32)
-    kept_areas = areas[keep]
+    return centres, np.where(np.isin(regions, kept), regions, 0).astype(np.int32), areas[keep]
 
-    # Step 8: leftover blobs far from every pick.
-    if second_pass:
-        leftover = mask & (final_labels == 0)
-        blob_labels, n_blobs = ndi.label(leftover)
-        if n_blobs:
-            blob_index = np.arange(1, n_blobs + 1)
-            blob_areas = np.bincount(blob_labels.ravel(), minlength=n_blobs + 1)[1:].astype(np.float64)
-            big = blob_index[blob_areas >= second_pass_min_area * E]
-            if len(big):
-                blob_centres = np.asarray(ndi.center_of_mass(leftover, blob_labels, big)).reshape(-1, 2)
-                if len(centres):
-                    d, _ = cKDTree(centres).query(blob_centres)
-                    far = d > second_pass_separation * r
-                else:
-                    far = np.ones(len(big), bool)
-                start = int(final_labels.max()) + 1
-                for k, b in enumerate(big[far]):
-                    final_labels[blob_labels == b] = start + k
-                centres = np.concatenate([centres, blob_centres[far]])
-                kept_areas = np.concatenate([kept_areas, blob_areas[big[far] - 1]])
 
-    if len(centres) == 0:
-        return empty
-    # Relabel 1..N in pick order so scores can be gathered per label.
-    order_labels = np.unique(final_labels[final_labels > 0])
-    lut = np.zeros(int(final_labels.max()) + 1, np.int32)
+def _second_pass(mask: np.ndarray, labels: np.ndarray, centres: np.ndarray, areas: np.ndarray, r: float,
+                 cfg: PeakFinding):
+    """Step 8: blobs of the mask left uncovered, large enough and far enough from every pick, join as picks."""
+    E = np.pi * r * r
+    leftover = mask & (labels == 0)
+    blob_labels, n_blobs = ndi.label(leftover)
+    if not n_blobs:
+        return centres, labels, areas
+    blob_index = np.arange(1, n_blobs + 1)
+    blob_areas = np.bincount(blob_labels.ravel(), minlength=n_blobs + 1)[1:].astype(np.float64)
+    big = blob_index[blob_areas >= cfg.second_pass_min_area * E]
+    if not len(big):
+        return centres, labels, areas
+    blob_centres = np.asarray(ndi.center_of_mass(leftover, blob_labels, big)).reshape(-1, 2)
+    if len(centres):
+        d, _ = cKDTree(centres).query(blob_centres)
+        far = d > cfg.second_pass_separation * r
+    else:
+        far = np.ones(len(big), bool)
+    start = int(labels.max()) + 1
+    for k, b in enumerate(big[far]):
+        labels[blob_labels == b] = start + k
+    return (np.concatenate([centres, blob_centres[far]]), labels,
+            np.concatenate([areas, blob_areas[big[far] - 1]]))
+
+
+def _scored(prob: np.ndarray, labels: np.ndarray, centres: np.ndarray, method: str):
+    """``x, y`` coordinates, scores and the label image relabelled 1..N in pick order."""
+    order_labels = np.unique(labels[labels > 0])
+    lut = np.zeros(int(labels.max()) + 1, np.int32)
     lut[order_labels] = np.arange(1, len(order_labels) + 1)
-    final_labels = lut[final_labels]
-    owner = final_labels[np.clip(np.round(centres[:, 0]).astype(int), 0, prob.shape[0] - 1),
-                         np.clip(np.round(centres[:, 1]).astype(int), 0, prob.shape[1] - 1)]
-    scores = region_scores(prob, final_labels, len(order_labels), method=score)
+    labels = lut[labels]
+    owner = labels[np.clip(np.round(centres[:, 0]).astype(int), 0, prob.shape[0] - 1),
+                   np.clip(np.round(centres[:, 1]).astype(int), 0, prob.shape[1] - 1)]
+    scores = region_scores(prob, labels, len(order_labels), method=method)
     # A centroid can fall outside its own (non-convex) region; fall back to the map value there.
     pick_scores = np.where(owner > 0, scores[np.maximum(owner, 1) - 1],
                            prob[np.round(centres[:, 0]).astype(int), np.round(centres[:, 1]).astype(int)])
-    coords = centres[:, ::-1].copy()  # (row, col) -> (x, y)
+    return centres[:, ::-1].copy(), pick_scores, labels  # (row, col) -> (x, y)
 
+
+def _selected(coords, scores, areas, shape, r, min_distance, min_score, region, border):
+    """Drop centres outside ``region`` / within ``border`` (their scores returned apart), suppress
+    duplicates closer than ``min_distance`` (``None``: ``r``), drop scores below ``min_score``."""
     edge_scores = np.zeros(0)
     if region is not None or border > 0:
-        h, w = prob.shape
+        h, w = shape
         inside = inside_region(coords, region if region is not None else (0, 0, w - 1, h - 1), border)
-        edge_scores = pick_scores[~inside]
-        coords, pick_scores, kept_areas = coords[inside], pick_scores[inside], kept_areas[inside]
+        edge_scores = scores[~inside]
+        coords, scores, areas = coords[inside], scores[inside], areas[inside]
     if min_distance is None:
         min_distance = r
-    keep_idx = nms_points(coords, pick_scores, min_distance) if min_distance > 0 else np.arange(len(coords))
-    coords, pick_scores, kept_areas = coords[keep_idx], pick_scores[keep_idx], kept_areas[keep_idx]
+    keep = nms_points(coords, scores, min_distance) if min_distance > 0 else np.arange(len(coords))
+    coords, scores, areas = coords[keep], scores[keep], areas[keep]
     if min_score is not None:
-        ok = pick_scores >= min_score
-        coords, pick_scores, kept_areas = coords[ok], pick_scores[ok], kept_areas[ok]
-    order = np.argsort(-pick_scores, kind="stable")
-    return Peaks2d(coords[order], pick_scores[order], kept_areas[order], final_labels if return_labels else None,
-                   edge_scores)
+        ok = scores >= min_score
+        coords, scores, areas = coords[ok], scores[ok], areas[ok]
+    return coords, scores, areas, edge_scores
 
 
 def region_scores(probability: np.ndarray, labels: np.ndarray, n: int, method: str = "mean_top") -> np.ndarray:
@@ -344,88 +364,13 @@ def find_peaks_2d(probability: np.ndarray, radius: float, method: str = "s1", th
                   region: tuple[float, float, float, float] | None = None, border: float = 0.0,
                   **s1_options) -> Peaks2d:
     """Picks from a probability map with ``method``: ``"s1"`` (:func:`find_peaks_s1`; ``threshold`` is its
-    mask threshold, ``score`` its region score) or ``"peaks"`` (:func:`find_peaks_simple` with candidates
+    mask threshold, ``score`` its region score, ``s1_options`` other :class:`PeakFinding` fields) or ``"peaks"`` (:func:`find_peaks_simple` with candidates
     above ``min(threshold, PEAKS_FLOOR)``; ``score`` and ``s1_options`` unused)."""
     if method == "s1":
-        return find_peaks_s1(probability, radius, threshold=threshold, score=score, min_distance=min_distance,
-                             min_score=min_score, region=region, border=border, **s1_options)
+        config = configure(PeakFinding, None, {"threshold": threshold, "score": score, **s1_options}, "find_peaks_2d")
+        return find_peaks_s1(probability, radius, config, min_distance=min_distance, min_score=min_score,
+                             region=region, border=border)
     if method == "peaks":
         return find_peaks_simple(probability, radius, threshold=min(threshold, PEAKS_FLOOR),
                                  min_distance=min_distance, min_score=min_score, region=region, border=border)
     raise ValueError(f"unknown peak method {method!r}; use one of {', '.join(PEAK_METHODS)}")
-
-
-# -- micrograph edges ----------------------------------------------------------------------------
-def _padding_width(across: np.ndarray, along: np.ndarray, ref_across: float, ref_along: float,
-                   flat: float) -> int:
-    """Number of padding lines at the start of ``across``/``along`` (ordered from the edge inward).
-
-    A line is padding when it is constant along its length, or when it barely differs from its inner
-    neighbour (``across < flat * ref``) while varying along its length (a streak). The band ends at the innermost
-    such line that keeps at least half of the lines from the edge to it padding, so one odd line at
-    the very edge does not hide a band and a lone flat line inside the image does not make one.
-    """
-    constant = along < 0.02 * ref_along
-    degenerate = constant | ((across < flat * ref_across) & (along > 3.0 * across))
-    if not degenerate.any():
-        return 0
-    share = np.cumsum(degenerate) / np.arange(1, len(degenerate) + 1)
-    ok = np.flatnonzero(degenerate & (share >= 0.5))
-    return int(ok[-1]) + 1 if len(ok) else 0
-
-
-def valid_region(image: np.ndarray, max_fraction: float = 0.2, flat: float = 0.3) -> tuple[int, int, int, int]:
-    """Bounds ``(x0, y0, x1, y1)`` (inclusive pixel indices) of the part of a micrograph that is
-    not a padding band.
-
-    A band is a run of rows or columns at an edge that are constant (zero or mean fill) or striped
-    (each line a copy of its neighbour: edge replication after drift correction, streaks across the
-    edge). Detection compares, per line, the mean absolute change to the next line inward with the
-    same statistic in the centre of the image; bands may be at most ``max_fraction`` of the size.
-    An image without bands gives ``(0, 0, W - 1, H - 1)``.
-
-    Parameters
-    ----------
-    image
-        ``(H, W)`` micrograph (any scale; the bounds are in its pixels).
-    max_fraction
-        Widest band searched, as a fraction of the image size on that axis.
-    flat
-        A line is padding when its change to the next line is below this fraction of the typical
-        change between neighbouring lines in the image centre.
-    """
-    a = np.asarray(image, dtype=np.float32)
-    if a.ndim != 2:
-        raise ValueError(f"expected a 2D image, got shape {a.shape}")
-    h, w = a.shape
-    full = (0, 0, w - 1, h - 1)
-    if h < 8 or w < 8 or not np.isfinite(a).all():
-        return full
-    cy, cx = slice(h // 4, h - h // 4), slice(w // 4, w - w // 4)
-    centre = a[cy, cx]
-    ref_x = float(np.abs(np.diff(centre, axis=1)).mean())  # change between neighbouring columns
-    ref_y = float(np.abs(np.diff(centre, axis=0)).mean())  # ... and rows
-    if ref_x <= 0 or ref_y <= 0:  # a flat centre: nothing to compare the edges with
-        return full
-
-    def band(lines: np.ndarray, ref_across: float, ref_along: float) -> int:
-        # ``lines``: (n_lines + 1, length), ordered from the edge inward.
-        across = np.abs(np.diff(lines, axis=0)).mean(axis=1)
-        along = np.abs(np.diff(lines[:-1], axis=1)).mean(axis=1)
-        return _padding_width(across, along, ref_across, ref_along, flat)
-
-    kx, ky = max(1, int(max_fraction * w)), max(1, int(max_fraction * h))
-    left = band(a[:, : kx + 1].T, ref_x, ref_y)
-    right = band(a[:, ::-1][:, : kx + 1].T, ref_x, ref_y)
-    top = band(a[: ky + 1], ref_y, ref_x)
-    bottom = band(a[::-1][: ky + 1], ref_y, ref_x)
-    return (left, top, w - 1 - right, h - 1 - bottom)
-
-
-def inside_region(coords: np.ndarray, region: tuple[float, float, float, float], margin: float = 0.0) -> np.ndarray:
-    """Boolean mask of ``(N, 2)`` ``x, y`` points at least ``margin`` pixels inside ``region``
-    (``(x0, y0, x1, y1)``, inclusive bounds as from :func:`valid_region`)."""
-    c = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
-    x0, y0, x1, y1 = region
-    m = float(margin)
-    return (c[:, 0] >= x0 + m) & (c[:, 0] <= x1 - m) & (c[:, 1] >= y0 + m) & (c[:, 1] <= y1 - m)

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -34,11 +35,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from cryopick.config import configure
 from cryopick.errors import CryopickError
 from cryopick.io.atomic import write_text
 from cryopick.io.images import write_mrc, write_png
 from cryopick.io.jsonutil import dumps
 from cryopick.picks import Picks, concat
+from cryopick.simulate.config import MicrographSimulation, TomogramSimulation
 from cryopick.simulate.densities import ParticleClass
 from cryopick.simulate.placement import PlacementWarning
 from cryopick.simulate.rotations import matrix_to_euler_zyz
@@ -168,14 +171,17 @@ def _summarise(out: Path, names: list[str], shortfalls: list[str], what: str) ->
 
 
 def simulate_dataset_2d(out: str | os.PathLike, n: int, seed: int, classes: Sequence[ParticleClass],
-                        png: bool = False, carbon_edge_fraction: float = 0.3, **kwargs) -> list[str]:
+                        png: bool = False, carbon_edge_fraction: float = 0.3,
+                        config: MicrographSimulation | None = None, **options) -> list[str]:
     """Simulate ``n`` micrographs into ``out`` (skipping finished ones); returns all item names.
 
-    ``carbon_edge_fraction`` of the micrographs (chosen per item seed) get a carbon edge; other
-    keyword arguments go to :func:`~cryopick.simulate.micrograph.simulate_micrograph`.
+    ``carbon_edge_fraction`` of the micrographs (chosen per item seed) get a carbon edge; ``config`` and
+    ``options`` (its fields as keywords) are the :class:`~cryopick.simulate.config.MicrographSimulation` of
+    :func:`~cryopick.simulate.micrograph.simulate_micrograph`, checked before anything is written.
     """
     from cryopick.simulate.micrograph import simulate_micrograph
 
+    cfg = configure(MicrographSimulation, config, options, "simulate_dataset_2d")
     out = Path(out)
     names = [f"mic_{i:05d}" for i in range(n)]
     shortfalls: list[str] = []
@@ -187,19 +193,21 @@ def simulate_dataset_2d(out: str | os.PathLike, n: int, seed: int, classes: Sequ
         s = item_seed(seed, i)
         edge = bool(np.random.default_rng(s).uniform() < carbon_edge_fraction)
         with _placement_notes(said) as notes:
-            m = simulate_micrograph(classes, seed=s, name=name, carbon_edge=edge, **kwargs)
+            m = simulate_micrograph(classes, replace(cfg, carbon_edge=edge), seed=s, name=name)
         write_micrograph_item(m, out, png=png)
         shortfalls += notes
-    write_classes(classes, out, kwargs.get("pixel_size", 2.0))  # after the items: a bad setting leaves nothing
+    write_classes(classes, out, cfg.pixel_size)  # after the items: a bad setting leaves nothing
     _summarise(out, names, shortfalls, "micrograph")
     return names
 
 
 def simulate_dataset_3d(out: str | os.PathLike, n: int, seed: int, classes: Sequence[ParticleClass],
-                        png: bool = False, **kwargs) -> list[str]:
-    """Simulate ``n`` tomograms into ``out`` (skipping finished ones); returns all item names."""
+                        png: bool = False, config: TomogramSimulation | None = None, **options) -> list[str]:
+    """Simulate ``n`` tomograms into ``out`` (skipping finished ones); returns all item names. ``config`` and
+    ``options`` (its fields as keywords): the :class:`~cryopick.simulate.config.TomogramSimulation`."""
     from cryopick.simulate.tomogram import simulate_tomogram
 
+    cfg = configure(TomogramSimulation, config, options, "simulate_dataset_3d")
     out = Path(out)
     names = [f"tomo_{i:04d}" for i in range(n)]
     shortfalls: list[str] = []
@@ -209,9 +217,9 @@ def simulate_dataset_3d(out: str | os.PathLike, n: int, seed: int, classes: Sequ
         log.info("%d of %d tomograms already exist; simulating the other %d", n - len(todo), n, len(todo))
     for i, name in tqdm(todo, desc="tomograms", unit="tomo", disable=not todo):
         with _placement_notes(said) as notes:
-            t = simulate_tomogram(classes, seed=item_seed(seed, i), name=name, **kwargs)
+            t = simulate_tomogram(classes, cfg, seed=item_seed(seed, i), name=name)
         write_tomogram_item(t, out, png=png)
         shortfalls += notes
-    write_classes(classes, out, kwargs.get("voxel_size", 10.0))
+    write_classes(classes, out, cfg.voxel_size)
     _summarise(out, names, shortfalls, "tomogram")
     return names

@@ -29,21 +29,21 @@ import numpy as np
 import scipy.fft
 from scipy import ndimage
 
+from cryopick.config import configure
 from cryopick.errors import CryopickError
 from cryopick.picks import Picks
 from cryopick.simulate import ctf as ctf_mod
 from cryopick.simulate import rotations
+from cryopick.simulate.config import PHASE_PER_A, MicrographSimulation
 from cryopick.simulate.densities import ParticleClass
 from cryopick.simulate.placement import PlacementWarning, fitting_weights, shortfall_message
 from cryopick.simulate.shapes import procedural_class, random_particle_classes
 
-__all__ = ["Micrograph", "simulate_micrograph"]
+__all__ = ["Micrograph", "MicrographSimulation", "PHASE_PER_A", "simulate_micrograph"]
 
 
 #: Inelastic mean free path of vitreous ice at 300 kV, Å (energy-filtered imaging).
 ICE_MFP_A = 3800.0
-#: Phase shift per Å of protein over ice at 300 kV: sigma (6.5e-4 rad/(V Å)) x ~2 V contrast.
-PHASE_PER_A = 1.3e-3
 
 
 @dataclass
@@ -87,145 +87,125 @@ def _draw(value, rng: np.random.Generator) -> float:
     return float(rng.uniform(lo, hi))
 
 
-def simulate_micrograph(
-    classes: Sequence[ParticleClass] | None = None,
-    shape: tuple[int, int] = (1024, 1024),
-    pixel_size: float = 2.0,
-    seed: int = 0,
-    n_particles: int = 200,
-    dose: float | tuple[float, float] = 30.0,
-    defocus_um: float | tuple[float, float] = (1.0, 2.5),
-    astigmatism_um: float | tuple[float, float] = (0.0, 0.1),
-    ice_thickness_A: float | tuple[float, float] = (300.0, 600.0),
-    ice_gradient: float | tuple[float, float] = (0.0, 0.5),
-    ice_noise: float = 1.0,
-    clutter_A: float = 25.0,
-    dqe: float = 0.5,
-    carbon_edge: bool = False,
-    ice_crystals: int = 0,
-    aggregates: int = 0,
-    crowding: float = 0.3,
-    class_weights: Sequence[float] | None = None,
-    voltage_kv: float = 300.0,
-    cs_mm: float = 2.7,
-    amplitude_contrast: float = 0.07,
-    bfactor: float = 60.0,
-    phase_per_A: float = PHASE_PER_A,
-    mask_threshold: float = 0.2,
-    name: str = "micrograph",
-    keep_clean: bool = False,
-    max_attempts_per_particle: int = 100,
-) -> Micrograph:
-    """Simulate one micrograph; deterministic for a given ``seed`` and arguments.
+def simulate_micrograph(classes: Sequence[ParticleClass] | None = None, config: MicrographSimulation | None = None, *,
+                        seed: int = 0, name: str = "micrograph", keep_clean: bool = False, **options) -> Micrograph:
+    """Simulate one micrograph; deterministic for a given ``seed`` and settings.
 
-    Parameters
-    ----------
-    classes
-        Particle classes; ``None`` draws one procedural class of 150–250 Å for this seed.
-    shape
-        ``(H, W)`` pixels.
-    pixel_size
-        Å per pixel.
-    n_particles
-        Wanted number of particles. Particles never overlap, so fewer fit when they would cover more
-        than about half of the free area (random packing jams there); a
-        :class:`~cryopick.simulate.placement.PlacementWarning` then says how many were placed and why,
-        and ``params["n_placed"]`` holds the number.
-    dose
-        Electron dose in e⁻/Å² (sets the shot noise), or a ``(low, high)`` range.
-    defocus_um, astigmatism_um
-        Mean defocus (positive = underfocus) and defocus difference ``du - dv`` in µm, or ranges;
-        the astigmatism angle is uniform.
-    ice_thickness_A, ice_gradient
-        Mean ice thickness (Å) and its relative linear change across the image (0.5 = ±25%).
-    ice_noise
-        Scale of the vitreous ice's structural (phase) noise; 0 removes the Thon rings of the ice.
-    clutter_A
-        Standard deviation (Å of protein-equivalent thickness) of background clutter on 10-40 Å
-        scales: small contaminants, buffer components and ice surface roughness, the blob-like
-        background of real micrographs. 0 disables it.
-    dqe
-        Detector quantum efficiency: the shot noise is that of ``dose * dqe`` electrons (counts are
-        returned at that effective dose).
-    carbon_edge
-        Put a curved edge of the support film's hole across the image; the carbon side has no particles.
-    ice_crystals, aggregates
-        Numbers of those distractors.
-    crowding
-        Probability in [0, 1] that a particle is placed touching an existing one.
-    bfactor
-        CTF envelope B-factor, Å².
-    phase_per_A
-        Phase shift (rad) per Å of projected protein over ice.
-    keep_clean
-        Also return the noiseless expected image in :attr:`Micrograph.clean`.
+    ``classes``: particle classes (``None``: one procedural class of 150–250 Å drawn for this seed);
+    ``config``: a :class:`~cryopick.simulate.config.MicrographSimulation` (shape, pixel size, number of
+    particles, dose, defocus, ice, distractors, optics ...); its fields may also be given as keywords
+    (``dose=60.0``), which replace those of ``config``. ``keep_clean``: also return the noiseless expected
+    image in :attr:`Micrograph.clean`. The steps: :func:`_draw_conditions`, :func:`_background`,
+    :func:`_place_particles`, :func:`_project_particles`, :func:`_form_image`.
     """
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 2 or min(shape) < 16:
-        raise CryopickError(f"micrograph shape must be 2 sizes >= 16 pixels, got {shape}")
+    cfg = configure(MicrographSimulation, config, options, "simulate_micrograph")
     ss = np.random.SeedSequence([int(seed), 4242])
     rng_place, rng_noise, rng_params, rng_shapes = (np.random.default_rng(s) for s in ss.spawn(4))
     if classes is None:
-        classes = random_particle_classes(1, seed=int(seed), voxel_size=pixel_size, diameter_range_A=(150.0, 250.0))
+        classes = random_particle_classes(1, seed=int(seed), voxel_size=cfg.pixel_size,
+                                          diameter_range_A=(150.0, 250.0))
     classes = list(classes)
     if not classes:
         raise CryopickError("give at least one particle class")
-    H, W = shape
-    params = dict(
-        dose=_draw(dose, rng_params),
-        defocus_um=_draw(defocus_um, rng_params),
-        astigmatism_um=_draw(astigmatism_um, rng_params),
-        astigmatism_angle=float(rng_params.uniform(0, 180)),
-        ice_thickness_A=_draw(ice_thickness_A, rng_params),
-        ice_gradient=_draw(ice_gradient, rng_params),
-        seed=int(seed), pixel_size=pixel_size,
+    params = _draw_conditions(cfg, seed, rng_params)
+    scene = _background(cfg, params, rng_params, rng_shapes, rng_noise)
+    centres, labels = _place_particles(scene, classes, cfg, rng_place, name)
+    rots = rotations.random_rotations(len(centres), rng_place)
+    mask = _project_particles(scene.projection, classes, centres, labels, rots, cfg)
+    image, expected = _form_image(scene, cfg, params, rng_noise)
+
+    ps = cfg.pixel_size
+    coords = np.array(centres, dtype=np.float64).reshape(-1, 2)
+    picks = Picks.from_arrays(name, coords, diameter=np.array([classes[c].diameter / ps for c in labels]),
+                              label=[classes[c].name for c in labels], pixel_size=ps)
+    params.update(n_requested=int(cfg.n_particles), n_placed=len(centres), crowding=cfg.crowding,
+                  carbon_edge=bool(cfg.carbon_edge), ice_crystals=int(cfg.ice_crystals),
+                  aggregates=int(cfg.aggregates))
+    return Micrograph(image=image, picks=picks, pixel_size=float(ps), mask=mask,
+                      distractor_mask=scene.distractor, class_names=[c.name for c in classes],
+                      orientations=rots.reshape(-1, 3, 3), params=params,
+                      clean=expected.astype(np.float32) if keep_clean else None, name=name)
+
+
+def _draw_conditions(cfg: MicrographSimulation, seed: int, rng: np.random.Generator) -> dict:
+    """The imaging conditions of this micrograph, drawn from the ranges of ``cfg`` (its ``params``)."""
+    return dict(
+        dose=_draw(cfg.dose, rng),
+        defocus_um=_draw(cfg.defocus_um, rng),
+        astigmatism_um=_draw(cfg.astigmatism_um, rng),
+        astigmatism_angle=float(rng.uniform(0, 180)),
+        ice_thickness_A=_draw(cfg.ice_thickness_A, rng),
+        ice_gradient=_draw(cfg.ice_gradient, rng),
+        seed=int(seed), pixel_size=cfg.pixel_size,
     )
 
-    thickness = _ice_thickness(shape, pixel_size, params["ice_thickness_A"], params["ice_gradient"], rng_params)
-    projection = np.zeros(shape, np.float32)    # Å of protein-equivalent material
-    absorption = np.zeros(shape, np.float32)    # extra amplitude loss (exponent) of carbon / crystals
-    distractor = np.zeros(shape, np.uint8)
-    blocked = np.zeros(shape, bool)             # where particles must not sit
 
-    if carbon_edge:
-        carbon = _carbon_region(shape, pixel_size, rng_shapes)
+@dataclass
+class _Scene:
+    """The micrograph before particles: ice thickness (Å), projected material (Å of protein-equivalent
+    thickness), extra amplitude loss of carbon / crystals, the distractor labels, where particles must not
+    sit, and the occupied discs (centres ``x, y``, radii; distractors first)."""
+
+    thickness: np.ndarray
+    projection: np.ndarray
+    absorption: np.ndarray
+    distractor: np.ndarray
+    blocked: np.ndarray
+    layout_c: list = field(default_factory=list)
+    layout_r: list = field(default_factory=list)
+
+
+def _background(cfg: MicrographSimulation, params: dict, rng_params, rng_shapes, rng_noise) -> _Scene:
+    """Ice, then the carbon edge, ice crystals and aggregates (all never picks)."""
+    shape, ps = cfg.shape, cfg.pixel_size
+    thickness = _ice_thickness(shape, ps, params["ice_thickness_A"], params["ice_gradient"], rng_params)
+    scene = _Scene(thickness, np.zeros(shape, np.float32), np.zeros(shape, np.float32), np.zeros(shape, np.uint8),
+                   np.zeros(shape, bool))
+    if cfg.carbon_edge:
+        carbon = _carbon_region(shape, ps, rng_shapes)
         thick_c = rng_shapes.uniform(150.0, 300.0)
-        grain = _correlated_noise(shape, pixel_size, 8.0, rng_noise)
-        projection += carbon * (1.8 * thick_c * (1.0 + 0.25 * grain)).astype(np.float32)
-        absorption += carbon * np.float32(thick_c / 1500.0)
-        distractor[carbon > 0.5] = 3
-        blocked |= ndimage.binary_dilation(carbon > 0.05, iterations=2)
-
-    layout_c, layout_r = [], []
-    for _ in range(int(ice_crystals)):
-        _add_ice_crystal(projection, absorption, distractor, blocked, layout_c, layout_r, pixel_size, rng_shapes)
+        grain = _correlated_noise(shape, ps, 8.0, rng_noise)
+        scene.projection += carbon * (1.8 * thick_c * (1.0 + 0.25 * grain)).astype(np.float32)
+        scene.absorption += carbon * np.float32(thick_c / 1500.0)
+        scene.distractor[carbon > 0.5] = 3
+        scene.blocked |= ndimage.binary_dilation(carbon > 0.05, iterations=2)
+    for _ in range(int(cfg.ice_crystals)):
+        _add_ice_crystal(scene.projection, scene.absorption, scene.distractor, scene.blocked, scene.layout_c,
+                         scene.layout_r, ps, rng_shapes)
     fragments = None
-    for _ in range(int(aggregates)):
+    for _ in range(int(cfg.aggregates)):
         if fragments is None:
-            fragments = [procedural_class(f"fragment{i}", "globular", float(rng_shapes.uniform(60, 140)), pixel_size,
-                                          rng_shapes, spacing_A=max(pixel_size, 3.0)) for i in range(3)]
-        _add_aggregate(projection, distractor, blocked, layout_c, layout_r, fragments, pixel_size, rng_shapes)
+            fragments = [procedural_class(f"fragment{i}", "globular", float(rng_shapes.uniform(60, 140)), ps,
+                                          rng_shapes, spacing_A=max(ps, 3.0)) for i in range(3)]
+        _add_aggregate(scene.projection, scene.distractor, scene.blocked, scene.layout_c, scene.layout_r, fragments,
+                       ps, rng_shapes)
+    return scene
 
-    # -- particles --------------------------------------------------------------------------------
-    radii = np.array([c.diameter / 2.0 / pixel_size for c in classes])
-    weights = np.ones(len(classes)) if class_weights is None else np.asarray(class_weights, float)
-    if len(weights) != len(classes) or (weights < 0).any() or weights.sum() <= 0:
+
+def _place_particles(scene: _Scene, classes: list[ParticleClass], cfg: MicrographSimulation,
+                     rng: np.random.Generator, name: str) -> tuple[list[np.ndarray], list[int]]:
+    """Centres (``x, y`` pixels) and class indices of particles as non-overlapping discs, off the blocked
+    area, scattered or touching (``crowding``); warns when fewer than ``n_particles`` fit."""
+    (H, W), n_particles = cfg.shape, cfg.n_particles
+    layout_c, layout_r, blocked = scene.layout_c, scene.layout_r, scene.blocked
+    radii = np.array([c.diameter / 2.0 / cfg.pixel_size for c in classes])
+    weights = np.ones(len(classes)) if cfg.class_weights is None else np.asarray(cfg.class_weights, float)
+    if len(weights) != len(classes):
         raise CryopickError("class_weights must have one non-negative weight per class")
-    weights = weights / weights.sum()
-    weights = fitting_weights(radii, weights, shape, [c.name for c in classes], name)
+    weights = fitting_weights(radii, weights / weights.sum(), cfg.shape, [c.name for c in classes], name)
     n_fixed = len(layout_c)  # distractor discs
     centres, labels = [], []
     attempts = 0
-    while len(centres) < n_particles and attempts < max_attempts_per_particle * max(n_particles, 1):
+    while len(centres) < n_particles and attempts < cfg.max_attempts_per_particle * max(n_particles, 1):
         attempts += 1
-        c = int(rng_place.choice(len(classes), p=weights))
+        c = int(rng.choice(len(classes), p=weights))
         r = radii[c]
-        if centres and rng_place.uniform() < crowding:
-            j = n_fixed + int(rng_place.integers(len(centres)))
-            angle = rng_place.uniform(0, 2 * np.pi)
-            pos = np.asarray(layout_c[j]) + (layout_r[j] + r + rng_place.uniform(0, 0.1) * r) * np.r_[np.cos(angle), np.sin(angle)]
+        if centres and rng.uniform() < cfg.crowding:
+            j = n_fixed + int(rng.integers(len(centres)))
+            angle = rng.uniform(0, 2 * np.pi)
+            pos = np.asarray(layout_c[j]) + (layout_r[j] + r + rng.uniform(0, 0.1) * r) * np.r_[np.cos(angle), np.sin(angle)]
         else:
-            pos = np.array([rng_place.uniform(r, W - 1 - r), rng_place.uniform(r, H - 1 - r)])
+            pos = np.array([rng.uniform(r, W - 1 - r), rng.uniform(r, H - 1 - r)])
         if not (r <= pos[0] <= W - 1 - r and r <= pos[1] <= H - 1 - r):
             continue
         if blocked[int(round(pos[1])), int(round(pos[0]))]:
@@ -239,62 +219,62 @@ def simulate_micrograph(
         centres.append(pos)
         labels.append(c)
     if len(centres) < n_particles:
-        warnings.warn(shortfall_message(name, len(centres), n_particles, radii[labels], shape,
+        warnings.warn(shortfall_message(name, len(centres), n_particles, radii[labels], cfg.shape,
                                         blocked_share=float(blocked.mean())),
-                      PlacementWarning, stacklevel=2)
-    rots = rotations.random_rotations(len(centres), rng_place)
+                      PlacementWarning, stacklevel=3)
+    return centres, labels
+
+
+def _project_particles(projection, classes, centres, labels, rots, cfg: MicrographSimulation) -> np.ndarray:
+    """Add each particle's projection; returns the instance mask (0 background, ``k`` = particle ``k - 1``)."""
+    shape, ps = cfg.shape, cfg.pixel_size
     mask = np.zeros(shape, np.int32)
     for k, (pos, c, rot) in enumerate(zip(centres, labels, rots)):
         cls = classes[c]
-        box = cls.box_size(pixel_size)
+        box = cls.box_size(ps)
         ipos = np.round(pos).astype(int)
-        local = cls.project(pixel_size, rotation=rot, offset=np.r_[pos - ipos, 0.0], box=box)
+        local = cls.project(ps, rotation=rot, offset=np.r_[pos - ipos, 0.0], box=box)
         dst, src = _overlap2d(ipos, box, shape)
         if dst is None:
             continue
         piece = local[src]
         projection[dst] += piece
-        own = (piece > mask_threshold * local.max()) & (mask[dst] == 0)
+        own = (piece > cfg.mask_threshold * local.max()) & (mask[dst] == 0)
         mask[dst][own] = k + 1
+    return mask
 
-    # -- image formation --------------------------------------------------------------------------
+
+def _form_image(scene: _Scene, cfg: MicrographSimulation, params: dict, rng_noise) -> tuple[np.ndarray, np.ndarray]:
+    """Ice noise and clutter, phase, CTF and detector MTF (on a reflection-padded copy, so delocalised signal
+    does not wrap around), amplitude loss, then shot noise: ``(image in counts, expected counts)``."""
+    (H, W), ps = cfg.shape, cfg.pixel_size
+    projection, thickness = scene.projection, scene.thickness
     # Structural noise of vitreous ice: white phase noise whose variance grows with thickness
     # (scaled so that 500 Å of ice gives clear Thon rings at 30 e/Å², as in real data).
-    if clutter_A > 0:
-        clutter = sum(_correlated_noise(shape, pixel_size, length, rng_noise) for length in (6.0, 12.0, 24.0))
-        projection += np.float32(clutter_A / math.sqrt(3.0)) * clutter * np.sqrt(thickness / 500.0).astype(np.float32)
-    if ice_noise > 0:
-        ice = rng_noise.standard_normal(shape, dtype=np.float32)
-        ice *= np.float32(ice_noise * 25.0 * (2.0 / pixel_size)) * np.sqrt(thickness / 500.0).astype(np.float32)
+    if cfg.clutter_A > 0:
+        clutter = sum(_correlated_noise(cfg.shape, ps, length, rng_noise) for length in (6.0, 12.0, 24.0))
+        projection += np.float32(cfg.clutter_A / math.sqrt(3.0)) * clutter * np.sqrt(thickness / 500.0).astype(np.float32)
+    if cfg.ice_noise > 0:
+        ice = rng_noise.standard_normal(cfg.shape, dtype=np.float32)
+        ice *= np.float32(cfg.ice_noise * 25.0 * (2.0 / ps)) * np.sqrt(thickness / 500.0).astype(np.float32)
         projection += ice
-    phase = projection * np.float32(phase_per_A)
+    phase = projection * np.float32(cfg.phase_per_A)
     phase -= np.float32(phase.mean())
     defocus_A = params["defocus_um"] * 1e4
     astig_A = params["astigmatism_um"] * 1e4
-    # Pad by reflection before filtering so the CTF's delocalisation does not wrap objects near
-    # one border onto the opposite one.
-    pad = int(min(max(H, W) // 4, max(16, math.ceil(_delocalisation_A(defocus_A + abs(astig_A), pixel_size, voltage_kv) / pixel_size))))
+    reach = _delocalisation_A(defocus_A + abs(astig_A), ps, cfg.voltage_kv) / ps
+    pad = int(min(max(H, W) // 4, max(16, math.ceil(reach))))
     padded = np.pad(phase, pad, mode="reflect")
     pshape = padded.shape
-    ctf = ctf_mod.ctf_2d(pshape, pixel_size, defocus_A + astig_A / 2, defocus_A - astig_A / 2,
-                         params["astigmatism_angle"], voltage_kv, cs_mm, amplitude_contrast, 0.0, bfactor)
-    ky, kx = ctf_mod.frequency_grid(pshape, pixel_size)
-    mtf = np.sinc(kx * pixel_size) * np.sinc(ky * pixel_size)  # pixel-integrating detector
+    ctf = ctf_mod.ctf_2d(pshape, ps, defocus_A + astig_A / 2, defocus_A - astig_A / 2, params["astigmatism_angle"],
+                         cfg.voltage_kv, cfg.cs_mm, cfg.amplitude_contrast, 0.0, cfg.bfactor)
+    ky, kx = ctf_mod.frequency_grid(pshape, ps)
+    mtf = np.sinc(kx * ps) * np.sinc(ky * ps)  # pixel-integrating detector
     contrast = scipy.fft.irfftn(scipy.fft.rfftn(padded, workers=1) * (ctf * mtf), s=pshape, workers=1)
     contrast = contrast[pad:pad + H, pad:pad + W]
-    amplitude = np.exp(-thickness / ICE_MFP_A - absorption)
-    expected = (params["dose"] * dqe * pixel_size**2) * amplitude * np.clip(1.0 + 2.0 * contrast, 0.05, None)
-    image = rng_noise.poisson(expected).astype(np.float32)
-
-    coords = np.array(centres, dtype=np.float64).reshape(-1, 2)
-    picks = Picks.from_arrays(name, coords, diameter=np.array([classes[c].diameter / pixel_size for c in labels]),
-                              label=[classes[c].name for c in labels], pixel_size=pixel_size)
-    params.update(n_requested=int(n_particles), n_placed=len(centres), crowding=crowding,
-                  carbon_edge=bool(carbon_edge), ice_crystals=int(ice_crystals), aggregates=int(aggregates))
-    return Micrograph(image=image, picks=picks, pixel_size=float(pixel_size), mask=mask,
-                      distractor_mask=distractor, class_names=[c.name for c in classes],
-                      orientations=rots.reshape(-1, 3, 3), params=params,
-                      clean=expected.astype(np.float32) if keep_clean else None, name=name)
+    amplitude = np.exp(-thickness / ICE_MFP_A - scene.absorption)
+    expected = (params["dose"] * cfg.dqe * ps**2) * amplitude * np.clip(1.0 + 2.0 * contrast, 0.05, None)
+    return rng_noise.poisson(expected).astype(np.float32), expected
 
 
 def _delocalisation_A(defocus_A: float, pixel_size: float, voltage_kv: float) -> float:

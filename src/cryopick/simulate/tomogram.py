@@ -33,15 +33,18 @@ from typing import Sequence
 import numpy as np
 import scipy.fft
 
+from cryopick.config import configure
 from cryopick.errors import CryopickError
 from cryopick.picks import Picks
 from cryopick.simulate import ctf as ctf_mod
 from cryopick.simulate import rotations
+from cryopick.simulate.config import TomogramSimulation
 from cryopick.simulate.densities import ParticleClass
 from cryopick.simulate.placement import PlacementWarning, fitting_weights, shortfall_message
 from cryopick.simulate.shapes import random_particle_classes
 
-__all__ = ["ParticleClass", "Tomogram", "random_particle_classes", "simulate_tomogram", "missing_wedge_mask"]
+__all__ = ["ParticleClass", "Tomogram", "TomogramSimulation", "random_particle_classes", "simulate_tomogram",
+           "missing_wedge_mask"]
 
 
 GOLD_DENSITY = 3.0
@@ -98,167 +101,118 @@ def _draw(value: float | Sequence[float], rng: np.random.Generator) -> float:
     return float(rng.uniform(lo, hi))
 
 
-def simulate_tomogram(
-    classes: Sequence[ParticleClass],
-    shape: tuple[int, int, int] = (128, 256, 256),
-    voxel_size: float = 10.0,
-    seed: int = 0,
-    n_particles: int = 100,
-    tilt_range: tuple[float, float] = (-60.0, 60.0),
-    snr: float | tuple[float, float] = 1.0,
-    defocus_um: float | tuple[float, float] = 4.0,
-    membranes: int = 2,
-    gold_beads: int = 5,
-    crowding: float = 0.3,
-    class_weights: Sequence[float] | None = None,
-    min_gap_A: float = 0.0,
-    mask_threshold: float = 0.25,
-    ctf_correction: str = "phaseflip",
-    voltage_kv: float = 300.0,
-    cs_mm: float = 2.7,
-    amplitude_contrast: float = 0.07,
-    bfactor: float = 100.0,
-    name: str = "tomogram",
-    keep_clean: bool = False,
-    max_attempts_per_particle: int = 200,
-) -> Tomogram:
-    """Simulate one tomogram; deterministic for a given ``seed`` and arguments.
+def simulate_tomogram(classes: Sequence[ParticleClass], config: TomogramSimulation | None = None, *, seed: int = 0,
+                      name: str = "tomogram", keep_clean: bool = False, **options) -> Tomogram:
+    """Simulate one tomogram; deterministic for a given ``seed`` and settings.
 
-    Parameters
-    ----------
-    classes
-        Particle classes (e.g. from :func:`random_particle_classes`); any voxel size.
-    shape
-        ``(D, H, W)`` voxels; D is the thickness along the beam.
-    voxel_size
-        Å per voxel.
-    n_particles
-        Wanted number of particles; when fewer fit without overlap, a
-        :class:`~cryopick.simulate.placement.PlacementWarning` says how many and why
-        (``params["n_placed"]`` holds the number).
-    tilt_range
-        ``(min, max)`` tilt angles in degrees; tilt axis = y. ``(-90, 90)`` means no missing wedge.
-    snr
-        Signal-to-noise ratio (see module docstring), or a ``(low, high)`` range to draw from.
-        ``float('inf')`` gives no noise.
-    defocus_um
-        Defocus in µm (positive = underfocus) or a range. 0 disables the CTF.
-    membranes, gold_beads
-        Numbers of vesicles and gold fiducials (distractors, not in picks).
-    crowding
-        Probability in [0, 1] that a particle is placed touching an already placed one
-        (0 = uniformly scattered, 1 = tight clusters).
-    class_weights
-        Relative abundance of each class (default equal).
-    min_gap_A
-        Minimum surface-to-surface gap between particles' bounding spheres, Å.
-    mask_threshold
-        Fraction of a particle's maximum density that defines its occupancy mask.
-    ctf_correction
-        ``"phaseflip"`` (transfer ``-|CTF|``) or ``"none"`` (raw CTF, contrast reverses between zeros).
-    bfactor
-        Envelope B-factor (Å²) of the CTF.
-    keep_clean
-        Also return the noiseless filtered volume in :attr:`Tomogram.clean`.
+    ``classes``: particle classes (e.g. from :func:`random_particle_classes`), any voxel size; ``config``: a
+    :class:`~cryopick.simulate.config.TomogramSimulation` (shape, voxel size, number of particles, tilt range,
+    SNR, defocus, distractors, optics ...); its fields may also be given as keywords (``shape=(64, 96, 96)``),
+    which replace those of ``config``. ``keep_clean``: also return the noiseless filtered volume in
+    :attr:`Tomogram.clean`. The steps: :func:`_draw_conditions`, :func:`_place_distractors`,
+    :func:`_place_particles`, :func:`_render_potential`, :func:`_form_volume`.
     """
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 3 or min(shape) < 8:
-        raise CryopickError(f"tomogram shape must be 3 sizes >= 8 voxels, got {shape}")
+    cfg = configure(TomogramSimulation, config, options, "simulate_tomogram")
     if not classes:
         raise CryopickError("give at least one particle class")
-    if ctf_correction not in ("phaseflip", "none"):
-        raise CryopickError(f"ctf_correction must be 'phaseflip' or 'none', got {ctf_correction!r}")
     ss = np.random.SeedSequence([int(seed), 31337])
     rng_place, rng_noise, rng_params = (np.random.default_rng(s) for s in ss.spawn(3))
-    snr_value = _draw(snr, rng_params)
-    defocus_A = _draw(defocus_um, rng_params) * 1e4
+    snr_value, defocus_A = _draw(cfg.snr, rng_params), _draw(cfg.defocus_um, rng_params) * 1e4
+    layout = _Layout(cfg.shape)
+    distractors = _place_distractors(layout, cfg, rng_place)
+    centres, labels = _place_particles(layout, classes, cfg, rng_place, name)
+    rots = rotations.random_rotations(len(centres), rng_place)
+    potential, instance, class_mask, gold = _render_potential(classes, centres, labels, rots, distractors, cfg)
+    volume, clean, power = _form_volume(potential, gold, instance, cfg, snr_value, defocus_A, rng_noise, keep_clean)
 
-    # -- layout ---------------------------------------------------------------------------------
-    layout = _Layout(shape)
-    distractors = []
-    for _ in range(int(membranes)):
-        v = _place_vesicle(layout, voxel_size, rng_place)
-        if v:
-            distractors.append(v)
-    for _ in range(int(gold_beads)):
-        b = _place_bead(layout, voxel_size, rng_place)
-        if b:
-            distractors.append(b)
-    radii = np.array([c.diameter / 2.0 / voxel_size for c in classes])
-    weights = np.ones(len(classes)) if class_weights is None else np.asarray(class_weights, float)
-    if len(weights) != len(classes) or (weights < 0).any() or weights.sum() <= 0:
+    vs = cfg.voxel_size
+    coords = np.array(centres, dtype=np.float64).reshape(-1, 3)
+    picks = Picks.from_arrays(name, coords, diameter=np.array([classes[c].diameter / vs for c in labels]),
+                              label=[classes[c].name for c in labels], pixel_size=vs)
+    params = dict(snr=snr_value, defocus_um=defocus_A / 1e4, tilt_range=tuple(cfg.tilt_range), seed=int(seed),
+                  voxel_size=vs, n_requested=int(cfg.n_particles), n_placed=len(centres),
+                  crowding=cfg.crowding, ctf_correction=cfg.ctf_correction, signal_power=power)
+    return Tomogram(volume=volume, picks=picks, instance_mask=instance, class_mask=class_mask,
+                    class_names=[c.name for c in classes], voxel_size=float(vs),
+                    orientations=rots.reshape(-1, 3, 3), distractors=distractors, params=params,
+                    clean=clean, name=name)
+
+
+def _place_distractors(layout: _Layout, cfg: TomogramSimulation, rng: np.random.Generator) -> list[dict]:
+    """Vesicles, then gold beads, where they fit (a distractor that finds no room is left out)."""
+    placed = [_place_vesicle(layout, cfg.voxel_size, rng) for _ in range(int(cfg.membranes))]
+    placed += [_place_bead(layout, cfg.voxel_size, rng) for _ in range(int(cfg.gold_beads))]
+    return [d for d in placed if d]
+
+
+def _place_particles(layout: _Layout, classes: Sequence[ParticleClass], cfg: TomogramSimulation,
+                     rng: np.random.Generator, name: str) -> tuple[list[np.ndarray], list[int]]:
+    """Centres (``x, y, z`` voxels) and class indices of non-overlapping particles, scattered or touching
+    (``crowding``); warns when fewer than ``n_particles`` fit."""
+    shape, n_particles = cfg.shape, cfg.n_particles
+    radii = np.array([c.diameter / 2.0 / cfg.voxel_size for c in classes])
+    weights = np.ones(len(classes)) if cfg.class_weights is None else np.asarray(cfg.class_weights, float)
+    if len(weights) != len(classes):
         raise CryopickError("class_weights must have one non-negative weight per class")
-    weights = weights / weights.sum()
-    weights = fitting_weights(radii, weights, shape, [c.name for c in classes], name, "tomogram")
-    gap = min_gap_A / voxel_size
+    weights = fitting_weights(radii, weights / weights.sum(), shape, [c.name for c in classes], name, "tomogram")
+    gap = cfg.min_gap_A / cfg.voxel_size
     centres, labels = [], []
     attempts = 0
-    while len(centres) < n_particles and attempts < max_attempts_per_particle * max(n_particles, 1):
+    while len(centres) < n_particles and attempts < cfg.max_attempts_per_particle * max(n_particles, 1):
         attempts += 1
-        c = int(rng_place.choice(len(classes), p=weights))
+        c = int(rng.choice(len(classes), p=weights))
         r = radii[c]
-        if centres and rng_place.uniform() < crowding:
-            j = int(rng_place.integers(len(centres)))
-            u = rng_place.normal(size=3)
+        if centres and rng.uniform() < cfg.crowding:
+            j = int(rng.integers(len(centres)))
+            u = rng.normal(size=3)
             u /= np.linalg.norm(u)
-            d = layout.particle_r[j] + r + gap + rng_place.uniform(0.0, 0.15) * r
+            d = layout.particle_r[j] + r + gap + rng.uniform(0.0, 0.15) * r
             pos = layout.particle_c[j] + u * d
         else:
-            pos = np.array([rng_place.uniform(r, n - 1 - r) for n in shape[::-1]])
+            pos = np.array([rng.uniform(r, n - 1 - r) for n in shape[::-1]])
         if layout.free(pos, r, gap):
             layout.add_particle(pos, r)
             centres.append(pos)
             labels.append(c)
     if len(centres) < n_particles:
         warnings.warn(shortfall_message(name, len(centres), n_particles, radii[labels], shape, "tomogram"),
-                      PlacementWarning, stacklevel=2)
-    rots = rotations.random_rotations(len(centres), rng_place)
+                      PlacementWarning, stacklevel=3)
+    return centres, labels
 
-    # -- potential and masks ----------------------------------------------------------------------
+
+def _render_potential(classes, centres, labels, rots, distractors, cfg: TomogramSimulation):
+    """The scattering potential (particles and vesicles), the instance and class masks, and the gold beads'
+    density apart (``None`` without beads: gold is an amplitude object, filtered differently)."""
+    shape, vs = cfg.shape, cfg.voxel_size
     potential = np.zeros(shape, np.float32)
     instance = np.zeros(shape, np.int32)
     class_mask = np.zeros(shape, np.int16)
     for k, (pos, c, rot) in enumerate(zip(centres, labels, rots)):
         cls = classes[c]
-        box = cls.box_size(voxel_size)
+        box = cls.box_size(vs)
         ipos = np.round(pos).astype(int)
-        local = cls.render(voxel_size, rotation=rot, offset=pos - ipos, box=box)
+        local = cls.render(vs, rotation=rot, offset=pos - ipos, box=box)
         dst, src = _overlap(ipos, box, shape)
         if dst is None:
             continue
         piece = local[src]
         potential[dst] += piece
-        occupied = (piece > mask_threshold * local.max()) & (instance[dst] == 0)
+        occupied = (piece > cfg.mask_threshold * local.max()) & (instance[dst] == 0)
         instance[dst][occupied] = k + 1
         class_mask[dst][occupied] = c + 1
     gold = np.zeros(shape, np.float32) if any(d["kind"] == "gold" for d in distractors) else None
     for d in distractors:
-        _render_distractor(gold if d["kind"] == "gold" else potential, d, voxel_size)
+        _render_distractor(gold if d["kind"] == "gold" else potential, d, vs)
+    return potential, instance, class_mask, gold
 
-    # -- image formation --------------------------------------------------------------------------
-    spectrum = scipy.fft.rfftn(potential, workers=1)
-    wedge = missing_wedge_mask(shape, tilt_range)
-    transfer = wedge.astype(np.float32)
-    if defocus_A > 0:
-        ctf = ctf_mod.ctf_3d(shape, voxel_size, defocus_A, voltage_kv, cs_mm, amplitude_contrast, bfactor)
-        transfer = transfer * (ctf_mod.phase_flip(ctf) if ctf_correction == "phaseflip" else ctf)
-    else:
-        transfer = -transfer  # no CTF: still dark protein
-    # Tomograms are binned by averaging voxels: both signal and noise pass the box filter's sinc.
-    fz, fy, fx = ctf_mod.frequency_grid(shape, 1.0)
-    binning = (np.sinc(fz) * np.sinc(fy) * np.sinc(fx)).astype(np.float32)
-    wedge = wedge * binning
-    transfer = transfer * binning
-    spectrum *= transfer
-    if gold is not None:
-        # Gold scatters electrons out of the aperture: amplitude contrast, dark at all frequencies
-        # (no CTF oscillation), but still missing the wedge.
-        kz, ky, kx = ctf_mod.frequency_grid(shape, voxel_size)
-        envelope = np.exp(-bfactor * (kx * kx + ky * ky + kz * kz) / 4.0)
-        spectrum -= scipy.fft.rfftn(gold, workers=1) * (wedge * envelope)  # wedge includes the binning sinc
-        del gold
-    signal = scipy.fft.irfftn(spectrum, s=shape, workers=1).astype(np.float32)
-    del spectrum
+
+def _form_volume(potential, gold, instance, cfg: TomogramSimulation, snr_value: float, defocus_A: float,
+                 rng_noise: np.random.Generator, keep_clean: bool):
+    """CTF, missing wedge and binning filter of the potential, noise at the SNR, then z-scoring:
+    ``(volume, clean or None, signal power)``."""
+    shape = cfg.shape
+    wedge = _wedge_and_binning(shape, cfg.tilt_range)
+    signal = _filtered_signal(potential, gold, cfg, defocus_A, wedge)
     reference = float(np.median(signal))
     inside = instance > 0
     power = float(np.mean((signal[inside] - reference) ** 2)) if inside.any() else float(np.var(signal))
@@ -277,20 +231,32 @@ def simulate_tomogram(
     mean, std = float(volume.mean()), float(volume.std()) or 1.0
     volume = ((volume - mean) / std).astype(np.float32)
     clean = ((signal - mean) / std).astype(np.float32) if keep_clean else None
+    return volume, clean, power
 
-    coords = np.array(centres, dtype=np.float64).reshape(-1, 3)
-    picks = Picks.from_arrays(
-        name, coords,
-        diameter=np.array([classes[c].diameter / voxel_size for c in labels]),
-        label=[classes[c].name for c in labels], pixel_size=voxel_size,
-    )
-    params = dict(snr=snr_value, defocus_um=defocus_A / 1e4, tilt_range=tuple(tilt_range), seed=int(seed),
-                  voxel_size=voxel_size, n_requested=int(n_particles), n_placed=len(centres),
-                  crowding=crowding, ctf_correction=ctf_correction, signal_power=power)
-    return Tomogram(volume=volume, picks=picks, instance_mask=instance, class_mask=class_mask,
-                    class_names=[c.name for c in classes], voxel_size=float(voxel_size),
-                    orientations=rots.reshape(-1, 3, 3), distractors=distractors, params=params,
-                    clean=clean, name=name)
+
+def _wedge_and_binning(shape, tilt_range) -> np.ndarray:
+    """The missing wedge times the sinc of binning by voxel averaging (both signal and noise pass it)."""
+    fz, fy, fx = ctf_mod.frequency_grid(shape, 1.0)
+    return missing_wedge_mask(shape, tilt_range) * (np.sinc(fz) * np.sinc(fy) * np.sinc(fx)).astype(np.float32)
+
+
+def _filtered_signal(potential, gold, cfg: TomogramSimulation, defocus_A: float, wedge: np.ndarray) -> np.ndarray:
+    """The noiseless reconstruction: protein through CTF (phase-flipped or raw), wedge and binning; gold dark at
+    every frequency (amplitude contrast, B-factor envelope), also missing the wedge."""
+    shape, vs = cfg.shape, cfg.voxel_size
+    spectrum = scipy.fft.rfftn(potential, workers=1)
+    transfer = wedge
+    if defocus_A > 0:
+        ctf = ctf_mod.ctf_3d(shape, vs, defocus_A, cfg.voltage_kv, cfg.cs_mm, cfg.amplitude_contrast, cfg.bfactor)
+        transfer = transfer * (ctf_mod.phase_flip(ctf) if cfg.ctf_correction == "phaseflip" else ctf)
+    else:
+        transfer = -transfer  # no CTF: still dark protein
+    spectrum *= transfer
+    if gold is not None:
+        kz, ky, kx = ctf_mod.frequency_grid(shape, vs)
+        envelope = np.exp(-cfg.bfactor * (kx * kx + ky * ky + kz * kz) / 4.0)
+        spectrum -= scipy.fft.rfftn(gold, workers=1) * (wedge * envelope)
+    return scipy.fft.irfftn(spectrum, s=shape, workers=1).astype(np.float32)
 
 
 def missing_wedge_mask(shape: tuple[int, int, int], tilt_range: tuple[float, float] = (-60.0, 60.0)) -> np.ndarray:

@@ -28,7 +28,8 @@ import numpy as np
 
 from cryopick.picker2d.scale import prepare_image
 from cryopick.picker2d.train.data import TrainingMicrograph
-from cryopick.simulate.micrograph import PHASE_PER_A, simulate_micrograph
+from cryopick.simulate.config import PHASE_PER_A, MicrographSimulation
+from cryopick.simulate.micrograph import simulate_micrograph
 from cryopick.simulate.shapes import SHAPE_KINDS, procedural_class
 
 #: Shape families of the leave-one-out test "proteins" (sim_raw, sim_denoised, sim_crowded), kept out.
@@ -120,14 +121,14 @@ def simulate_corpus_micrograph(settings: dict, name: str | None = None) -> Train
     side = settings["side"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # placement shortfalls in dense settings are expected
-        m = simulate_micrograph(
-            classes, shape=(side, side), pixel_size=ps, seed=settings["sim_seed"], n_particles=settings["n_particles"],
-            dose=settings["dose"], defocus_um=settings["defocus_um"], astigmatism_um=settings["astigmatism_um"],
+        config = MicrographSimulation(
+            shape=(side, side), pixel_size=ps, n_particles=settings["n_particles"], dose=settings["dose"],
+            defocus_um=settings["defocus_um"], astigmatism_um=settings["astigmatism_um"],
             ice_thickness_A=settings["ice_thickness_A"], ice_gradient=settings["ice_gradient"],
             ice_noise=settings["ice_noise"], clutter_A=settings["clutter_A"], carbon_edge=settings["carbon_edge"],
             ice_crystals=settings["ice_crystals"], aggregates=settings["aggregates"], crowding=settings["crowding"],
-            class_weights=weights, bfactor=settings["bfactor"], phase_per_A=PHASE_PER_A * settings["contrast"],
-            name=name or f"corpus{settings['index']:06d}")
+            class_weights=weights, bfactor=settings["bfactor"], phase_per_A=PHASE_PER_A * settings["contrast"])
+        m = simulate_micrograph(classes, config, seed=settings["sim_seed"], name=name or f"corpus{settings['index']:06d}")
     table = m.picks.table
     coords = m.picks.coords[(table["label"] == "target").to_numpy()]
     work, frame = prepare_image(render(m.image, settings), settings["factor"])

@@ -15,7 +15,7 @@ import numpy as np
 from cryopick.errors import CryopickError
 from cryopick.io.atomic import atomic_path
 from cryopick.picker2d.train.data import TrainingMicrograph
-from cryopick.postprocess.peaks2d import find_peaks_s1
+from cryopick.postprocess.peaks2d import PeakFinding, find_peaks_s1
 
 PSEUDO_NAME = "pseudo_labels.npz"
 
@@ -36,14 +36,14 @@ def make_pseudo_labels(model, mics: list[TrainingMicrograph], threshold: float, 
     from cryopick.picker2d.predict import predict_probability
 
     model.eval()
+    finding = PeakFinding(threshold=mask_threshold, score=score_method)
     coords, ignore = {}, {}
     for m in mics:
         if m.negative or (only_unlabelled and not m.unlabelled):
             continue
         prob = predict_probability(model, m.image, bf16=bf16)
         low = threshold if ignore_below is None or not m.unlabelled else min(ignore_below, threshold)
-        peaks = find_peaks_s1(prob, radius, threshold=mask_threshold, score=score_method,
-                              min_distance=min_distance, min_score=low)
+        peaks = find_peaks_s1(prob, radius, finding, min_distance=min_distance, min_score=low)
         sure = peaks.scores >= threshold
         pseudo = peaks.coords[sure]
         if len(pseudo) and len(m.coords):

@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 from cryopick.errors import CryopickError
 from cryopick.models.prompt_encoder import zscore_windows
 from cryopick.models.promptable3d import ProPicker
+from cryopick.picker3d.train.corpus import CorpusTomogram, load_corpus
 from cryopick.picker3d.train.losses import segmentation_loss
-from cryopick.picker3d.train.pool import PoolTomogram, load_pool
 from cryopick.picker3d.train.sampling import _augment
 from cryopick.preprocess import read_block
 
@@ -99,7 +99,7 @@ def recommend_settings(model: ProPicker, val_pool_dir: str | os.PathLike, min_in
     """ProPicker-C settings to use without calibration, chosen on held-out classes.
 
     Every class of the validation pool is prompted from one tomogram of its set and picked on the
-    sibling tomogram over the :func:`cryopick.picker3d.calibrate.sweep_cluster` grid (threshold × minimum ×
+    sibling tomogram over the :func:`cryopick.picker3d.sweep.sweep_cluster` grid (threshold × minimum ×
     maximum size factor, × minimum prompt similarity when ``similarity``). The default is the one grid point with the best *mean* F1 over classes
     (what a user who cannot calibrate gets on average), not a per-class optimum.
 
@@ -110,13 +110,13 @@ def recommend_settings(model: ProPicker, val_pool_dir: str | os.PathLike, min_in
         limit), ``default_min_similarity`` (``None`` = no check), ``val_pick_default_f1_mean`` (mean F1 at those settings), ``val_pick_best_f1_mean``
         (mean best-case F1) and ``val_pick_classes``.
     """
-    from cryopick.picker3d.calibrate import sweep_cluster
     from cryopick.picker3d.predict import predict_tomogram
     from cryopick.picker3d.prompt import cut_prompt, flipped_views
     from cryopick.picker3d.similarity import PromptSimilarity
+    from cryopick.picker3d.sweep import sweep_cluster
 
-    pool = load_pool(val_pool_dir)
-    by_set: dict[int, list[PoolTomogram]] = {}
+    pool = load_corpus(val_pool_dir)
+    by_set: dict[int, list[CorpusTomogram]] = {}
     for t in pool:
         by_set.setdefault(t.set_id, []).append(t)
     tables = []

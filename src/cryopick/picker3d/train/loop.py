@@ -25,9 +25,9 @@ from cryopick.io.jsonutil import dumps
 from cryopick.models.promptable3d import ProPicker, build_propicker_paper, build_propicker_small, load_propicker
 from cryopick.picker3d.card import load_model
 from cryopick.picker3d.predict import check_window
+from cryopick.picker3d.train.corpus import CorpusTomogram, corpus_scale, load_corpus
 from cryopick.picker3d.train.finetune import recommend_settings
 from cryopick.picker3d.train.losses import contrastive_loss, segmentation_loss
-from cryopick.picker3d.train.pool import PoolTomogram, load_pool, pool_scale
 from cryopick.picker3d.train.sampling import Batch, SampleConfig, sample_batch
 from cryopick.training import WeightAverage, cosine_schedule, save_checkpoint
 
@@ -143,7 +143,7 @@ def train_step(model: ProPicker, batch: Batch, cfg: TrainConfig) -> torch.Tensor
     return loss
 
 
-def validation_batches(pool: list[PoolTomogram], n: int, cfg: SampleConfig, seed: int = 12345) -> list:
+def validation_batches(pool: list[CorpusTomogram], n: int, cfg: SampleConfig, seed: int = 12345) -> list:
     """``n`` fixed batches from a held-out pool (same every call)."""
     return [sample_batch(pool, np.random.default_rng([seed, i]), cfg) for i in range(n)]
 
@@ -208,8 +208,8 @@ def train(cfg: TrainConfig, pool_dir: str | os.PathLike, out_dir: str | os.PathL
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pool = load_pool(pool_dir)
-    val = validation_batches(load_pool(val_pool_dir), n_val_batches, cfg.sample) if val_pool_dir else []
+    pool = load_corpus(pool_dir)
+    val = validation_batches(load_corpus(val_pool_dir), n_val_batches, cfg.sample) if val_pool_dir else []
     torch.manual_seed(cfg.seed)
     model = _build(cfg).to(cfg.device)
     check_window(model, cfg.sample.window)
@@ -232,7 +232,7 @@ def train(cfg: TrainConfig, pool_dir: str | os.PathLike, out_dir: str | os.PathL
         step, best, history = state["step"], state["best"], state["history"]
         log.info("resuming %s at step %d", last, step)
     meta = {"train_config": json.loads(dumps(cfg, strict=False)), "pool": str(pool_dir), "n_pool": len(pool),
-            "window": cfg.sample.window, **pool_scale(pool_dir)}
+            "window": cfg.sample.window, **corpus_scale(pool_dir)}
     model.train()
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
     bar = tqdm(total=cfg.steps, initial=step, desc="training", unit="step", disable=not progress)
@@ -318,7 +318,7 @@ def export_weights(checkpoint: str | os.PathLike, out_path: str | os.PathLike, v
     model = load_propicker(checkpoint)
     if val_pool_dir:
         cfg = SampleConfig(window=window)
-        record = evaluate_batches(model, validation_batches(load_pool(val_pool_dir), n_val_batches, cfg))
+        record = evaluate_batches(model, validation_batches(load_corpus(val_pool_dir), n_val_batches, cfg))
         model.meta = {**model.meta, **record, **recommend_settings(model, val_pool_dir, min_instances)}
     model.save(out_path, half=True)
     return model

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from cryopick.models.prompt_encoder import PROMPT_SIZE, zscore_windows
-from cryopick.picker3d.train.pool import PoolTomogram
+from cryopick.picker3d.train.corpus import CorpusTomogram
 from cryopick.preprocess import cut_cube, read_block
 
 
@@ -75,14 +75,14 @@ def _augment(arrays: Sequence[np.ndarray], rng: np.random.Generator, rot90: bool
     return out
 
 
-def _prompt_volume(tomo: PoolTomogram, centre: np.ndarray) -> np.ndarray:
+def _prompt_volume(tomo: CorpusTomogram, centre: np.ndarray) -> np.ndarray:
     return cut_cube(tomo.volume, centre, PROMPT_SIZE)
 
 
-def sample_batch(pool: list[PoolTomogram], rng: np.random.Generator, cfg: SampleConfig) -> Batch:
+def sample_batch(pool: list[CorpusTomogram], rng: np.random.Generator, cfg: SampleConfig) -> Batch:
     """One training batch (see :class:`Batch`); deterministic for a given ``rng`` state."""
     w = cfg.window
-    by_set: dict[int, list[PoolTomogram]] = {}
+    by_set: dict[int, list[CorpusTomogram]] = {}
     for t in pool:
         by_set.setdefault(t.set_id, []).append(t)
     windows, prompts, targets, empty, positives, ids = [], [], [], [], [], []

@@ -275,10 +275,11 @@ def calibrate_tomogram(tomogram, truth, prompt, model=None, *, mode: str = "clus
     """
     from cryopick import picks as P
     from cryopick.io.images import Image, read_tomogram
-    from cryopick.picker3d.card import default_settings, load_model
+    from cryopick.picker3d.card import load_model
     from cryopick.picker3d.pick import segment
     from cryopick.picker3d.predict import check_window, resolve_bf16
     from cryopick.picker3d.scale import check_tomogram, working_tomogram
+    from cryopick.picker3d.settings import default_settings
     from cryopick.picker3d.similarity import PromptSimilarity
 
     model = load_model(model)
@@ -355,7 +356,7 @@ def adapt_to_truth(model, prompt, work, prob: np.ndarray, truth: np.ndarray, tol
     recommended threshold)."""
     from cryopick.picker3d.answers import adapt
     from cryopick.picker3d.candidates import CandidateSet, component_table, find_candidates
-    from cryopick.picker3d.card import default_settings
+    from cryopick.picker3d.settings import default_settings
 
     thr = default_settings(model).threshold / 2 if candidate_threshold is None else candidate_threshold
     coords = find_candidates(prob, prompt.diameter, thr)
