@@ -93,3 +93,36 @@ def test_a_centre_in_the_last_half_pixel_is_in_the_edge_pixel():
     assert n == 2  # the two edge centres; (300, 50) is outside
     inside = SimpleNamespace(negative=False, unlabelled=False, image=image, coords=np.array([[50.0, 99.0], [119.0, 3.0]]))
     np.testing.assert_allclose(profile, radial_profile([inside], 10)[0])
+
+
+def _fringed(seed, n=60, size=400, radius=6.0):
+    """Particles of diameter 12 px ringed by defocus-like fringes out to 4 diameters (raw micrographs)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    image = rng.normal(0, 0.3, (size, size)).astype(np.float32)
+    yy, xx = np.mgrid[:size, :size]
+    centres = rng.uniform(60, size - 60, (n, 2))
+    for x, y in centres:
+        r = np.hypot(xx - x, yy - y)
+        image += (r <= radius) * 1.0 - ((r > 8) & (r <= 11)) * 0.6 + ((r > 18) & (r <= 22)) * 0.3 \
+            - ((r > 30) & (r <= 34)) * 0.25
+    return image, centres
+
+
+def test_fringes_far_beyond_the_particle_do_not_make_a_right_diameter_wrong(caplog):
+    """Raw micrographs (EMPIAR-10146: 61 px apoferritin) ring their particles with fringes: the outermost
+    ring alone said 'looks too small: about 217 px' for the right diameter. The strongest ring bounds the
+    size from below, so the right diameter is not warned about, while one 4x too small still is."""
+    from types import SimpleNamespace
+
+    from cryopick.picker2d.train.sizecheck import check_diameter, estimate_diameter
+
+    mics = [SimpleNamespace(negative=False, unlabelled=False, image=img, coords=c)
+            for img, c in (_fringed(s) for s in range(3))]
+    (smallest, largest), unsettled = estimate_diameter(mics, 12.0)
+    assert not unsettled and smallest <= 16 and largest >= 40, (smallest, largest)  # the fringes reach 34 px out
+    with caplog.at_level("WARNING"):
+        assert check_diameter(mics, 12.0, 1.0, 12.0) == []
+        said = check_diameter(mics, 12.0, 1.0, 3.0)
+    assert len(said) == 1 and said[0].startswith("--diameter 3 (3 px) looks too small"), said

@@ -7,13 +7,18 @@ value (:func:`check_diameter`):
 - the ``Diameter`` column of the coordinate files (CryoPPP, crYOLO ``.cbox``, STAR ``_rlnDiameter`` ...),
   when it states one;
 - the particles themselves (:func:`estimate_diameter`): the average of boxes around the annotated centres at
-  the working scale, its radial profile, and the radius where it settles to the background. A particle in
-  a micrograph is a disc of one contrast ringed by a halo of the other (defocus fringes, or the ice the
-  particle displaces); the particle ends at the outermost ring whose deviation from the background is at
-  least ``settle`` (15 %) of the largest. On the bundled EMPIAR-10017 example (labelled 27 px) this gives
-  27-34 px from the full annotation and from 5 clicks per micrograph, whatever diameter was given between
-  8 and 108 px; on simulated micrographs (50 px, defocus fringes) 51-58 px for given diameters of 12.5-50 px
-  and 71 px for 200 px (5 clicks there: unsettled, no estimate).
+  the working scale and its radial profile. A particle in a micrograph is a disc of one contrast ringed by
+  a halo of the other (defocus fringes, or the ice the particle displaces), and on crowded micrographs by
+  the shell of its neighbours. The profile bounds the size from both sides: the strongest ring ends
+  inside the particle's edge or at it (*smallest*), and the outermost ring deviating from the background
+  by at least ``settle`` (15 %) of the largest deviation lies at the edge or beyond it (*largest*). The
+  diameter is said to be wrong only outside those bounds (by ``RATIO``). On the real training sets with
+  the diameters of their coordinate files: EMPIAR-10017 (108 px) 60-115 px, EMPIAR-10059 (36 px, crowded)
+  25-44 px, EMPIAR-10146 (61 px, raw, strong fringes) 75-217 px: no warning; the outermost ring alone
+  (the rule before) said "about 217 px" for the correct 61. Given 4x too large (10017) or 4x too small
+  (10017, 10059) is warned about; 2-4x on raw apoferritin without a Diameter column may go unsaid (its
+  fringes make the upper bound loose). On the bundled EMPIAR-10017 example (labelled 27 px) the largest
+  bound is 27-34 px whatever diameter was given between 8 and 108 px.
 
 The warning fires beyond ``RATIO`` (1.5x) either way (``RATIO_FEW``, 2.5x, from fewer than 50 particles).
 The boxes reach ``BOX_RADII`` given radii from the centre (pixels outside the micrograph are left out of the average); a profile that never settles inside
@@ -72,18 +77,25 @@ def radial_profile(mics: list[TrainingMicrograph], half: int, max_particles: int
 
 
 def estimate_diameter(mics: list[TrainingMicrograph], working_diameter: float,
-                      settle: float = 0.15) -> tuple[float | None, bool]:
-    """``(diameter in working pixels, unsettled)`` of the annotated particles from their average's radial
-    profile (module docstring): twice the outermost radius whose deviation from the background is at least
-    ``settle`` of the largest. ``(None, False)`` with fewer than :data:`MIN_PARTICLES` particles or a profile
-    within noise; ``(None, True)`` when it never settles inside the box (too noisy to tell)."""
+                      settle: float = 0.15) -> tuple[tuple[float, float] | None, bool]:
+    """``((smallest, largest) plausible diameter in working pixels, unsettled)`` of the annotated particles
+    from their average's radial profile (module docstring).
+
+    *largest*: twice the outermost radius whose deviation from the background is at least ``settle`` of the
+    largest deviation (the particle with its halo; defocus fringes of raw micrographs and the shell of
+    neighbours in crowded ones reach further, so this only bounds the size from above). *smallest*: twice
+    the radius where the strongest ring of the profile (the lobe holding its largest deviation) ends, by
+    falling below ``settle`` or changing sign (the particle without its fringes bounds it from below).
+    ``(None, False)`` with fewer than :data:`MIN_PARTICLES` particles or a profile within noise;
+    ``(None, True)`` when it never settles inside the box (too noisy to tell)."""
     half = max(8, int(math.ceil(BOX_RADII * 0.5 * working_diameter)))
     profile, n = radial_profile(mics, half)
     if n < MIN_PARTICLES:
         return None, False
     outer = int(0.75 * half)
     background = float(np.median(profile[outer:]))
-    deviation = np.abs(profile[:outer] - background)
+    signed = profile[:outer] - background
+    deviation = np.abs(signed)
     amplitude = float(deviation.max())
     noise = float(np.std(profile[outer:]))
     if not amplitude > 3 * noise or amplitude == 0:
@@ -94,8 +106,14 @@ def estimate_diameter(mics: list[TrainingMicrograph], working_diameter: float,
     if last >= outer - 2:  # never settles: noise, or a particle beyond the box; nothing to say
         return None, True
     # interpolate the crossing between ``last`` and ``last + 1``
-    edge = last + (rel[last] - settle) / max(rel[last] - rel[last + 1], 1e-9)
-    return 2.0 * edge, False
+    largest = last + (rel[last] - settle) / max(rel[last] - rel[last + 1], 1e-9)
+    peak = int(np.argmax(deviation))
+    lobe = np.sign(signed[peak]) * signed / amplitude  # the strongest ring's sign is positive
+    end = peak
+    while end + 1 < outer and lobe[end + 1] >= settle:
+        end += 1
+    smallest = end + (lobe[end] - settle) / max(lobe[end] - lobe[end + 1], 1e-9) if end + 1 < outer else float(end)
+    return (2.0 * min(smallest, largest), 2.0 * largest), False
 
 
 def check_diameter(mics: list[TrainingMicrograph], working_diameter: float, factor: float,
@@ -112,12 +130,12 @@ def check_diameter(mics: list[TrainingMicrograph], working_diameter: float, fact
     estimate, _ = estimate_diameter(mics, working_diameter)
     n = sum(len(m.coords) for m in mics if not m.negative and not m.unlabelled)
     limit = RATIO if n >= FEW_PARTICLES else RATIO_FEW
-    if estimate is not None:
-        est_px = estimate * factor
-        ratio = est_px / diameter_px
-        if ratio > limit or ratio < 1 / limit:
-            likely = f"about {est_px:.0f}"
-            said.append(f"{given} ({diameter_px:.0f} px) looks too {'small' if ratio > 1 else 'large'}: the "
+    if estimate is not None:  # said only when the diameter is outside what the profile allows, either way
+        smallest, largest = estimate[0] * factor, estimate[1] * factor
+        wrong = "small" if diameter_px * limit < smallest else "large" if diameter_px > largest * limit else None
+        if wrong:
+            likely = f"about {smallest if wrong == 'small' else largest:.0f}"
+            said.append(f"{given} ({diameter_px:.0f} px) looks too {wrong}: the "
                         f"annotated particles are {likely} px across (radial profile of their average); check "
                         "the value and its unit (--diameter-unit)")
     for text in said:
