@@ -18,9 +18,14 @@ from dataclasses import replace
 import numpy as np
 
 from cryopick.picker3d.answers import AdaptedModel, _balanced, _sigmoid, adapt, fit_logistic, reference_code
+from cryopick.picker3d.calibrate import f1_noise
 from cryopick.picker3d.candidates import BASE_FEATURES, CandidateSet
 
 P_MAX = BASE_FEATURES.index("p_max")
+#: adapt only with at least this many yes answers besides the prompt (bench_answers3d.py, issue 24)
+MIN_POSITIVES = 3
+#: ... and a leave-one-out F1 above the settings' by more than this many binomial standard errors
+MARGIN_FACTOR = 1.0
 
 
 def _f1_pr(decide: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
@@ -45,21 +50,37 @@ def unadapted_decisions(am: AdaptedModel, labelled: CandidateSet, threshold: flo
     return keep
 
 
+def particle_groups(coords: np.ndarray, radius: float) -> np.ndarray:
+    """Group number of each labelled position: positions within ``radius`` of each other (linked in a
+    chain) share one, e.g. two questions about one particle from two candidates on it."""
+    coords = np.asarray(coords, float).reshape(-1, 3)
+    group = np.arange(len(coords))
+    if len(coords) > 1:
+        near = np.linalg.norm(coords[:, None] - coords[None], axis=2) <= radius
+        for i, j in zip(*np.nonzero(np.triu(near, 1))):
+            gi, gj = group[i], group[j]
+            group[group == gj] = gi
+    return np.unique(group, return_inverse=True)[1]
+
+
 def loo_probabilities(am: AdaptedModel, model, prompt, labelled: CandidateSet, y: np.ndarray,
-                      code: np.ndarray | None, l2: float = 1.0) -> np.ndarray:
-    """The adapted classifier's probability of each labelled candidate when fitted without it (a left-out
-    positive also leaves the reference code, so that its similarity to the reference is not its own)."""
+                      code: np.ndarray | None, l2: float = 1.0, groups: np.ndarray | None = None) -> np.ndarray:
+    """The adapted classifier's probability of each labelled candidate when fitted without it and without
+    every labelled candidate of its ``groups`` entry (the same particle asked twice; default: each its
+    own); a left-out positive also leaves the reference code, so that its similarity to the reference is
+    not its own."""
     y = np.asarray(y, int)
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
     pos = np.flatnonzero(y == 1)
     xs_all = (am.features(labelled) - am.mean) / am.scale
     p = np.full(len(y), 0.5)
     for i in range(len(y)):
-        rest = np.arange(len(y)) != i
+        rest = groups != groups[i]
         if not (y[rest] == 1).any() or not (y[rest] == 0).any():
             continue
         xs = xs_all
-        if y[i] == 1:
-            ref = reference_code(model, prompt, labelled.subset(pos[pos != i]), code)
+        if (y[~rest] == 1).any():
+            ref = reference_code(model, prompt, labelled.subset(pos[rest[pos]]), code)
             fold = replace(am, ref_embedding=ref[0], ref_prototypes=ref[1])
             xs = (fold.features(labelled) - am.mean) / am.scale
         w, b = fit_logistic(xs[rest], y[rest], _balanced(y[rest]), l2)
@@ -69,12 +90,20 @@ def loo_probabilities(am: AdaptedModel, model, prompt, labelled: CandidateSet, y
 
 def adapt_or_keep(model, prompt, pool: CandidateSet, labelled: CandidateSet, y: np.ndarray, *, settings,
                   candidate_threshold: float, min_distance: float | None = None, code: np.ndarray | None = None,
-                  l2: float = 1.0, guard: bool = True, n_examples: int = 0) -> AdaptedModel:
+                  l2: float = 1.0, guard: bool = True, n_examples: int = 0, min_positives: int = MIN_POSITIVES,
+                  margin_factor: float = MARGIN_FACTOR, by_particle: bool = True) -> AdaptedModel:
     """:func:`~cryopick.picker3d.answers.adapt`, kept only when it beats the un-adapted picker on the answers.
 
     ``settings``: the :class:`~cryopick.picker3d.card.PickSettings` the class is picked with un-adapted;
     ``n_examples``: how many of the labelled candidates are the prompts' examples (not answers).
-    ``guard=False``: always the adapted model (as before; for comparisons). ``info["expected"]``:
+    The adapted model replaces the settings only when the answers hold at least ``min_positives`` yes
+    (confirmed positives besides the prompts' own examples) and its leave-one-out F1 on them exceeds the
+    settings' F1 by more than ``margin_factor`` times the binomial noise of that estimate
+    (:func:`~cryopick.picker3d.calibrate.f1_noise` with the number of positives); with thinner evidence
+    the class keeps its settings. Answers within one diameter of each other count as one particle (two
+    candidates on one particle) and are left out together (``by_particle=False``: one candidate at a
+    time, the previous estimate). ``guard=False``: always the adapted model (as before; for comparisons).
+    ``info["expected"]``:
     ``picker`` (``adapted`` / ``settings``), ``precision``, ``recall``, ``f1`` of it on the ``n`` labelled
     candidates (leave-one-out for the adapted one), and the other picker's ``f1`` (``f1_adapted`` /
     ``f1_settings``); ``info["fallback"]`` says why the answers were not used."""
@@ -93,14 +122,20 @@ def adapt_or_keep(model, prompt, pool: CandidateSet, labelled: CandidateSet, y: 
     if not am.fitted:
         am.info["expected"] = expected
         return am
-    p = loo_probabilities(am, model, prompt, labelled, y, code, l2)
+    groups = particle_groups(labelled.coords, labelled.diameter if by_particle else 0.0)
+    p = loo_probabilities(am, model, prompt, labelled, y, code, l2, groups)
     f1_a, p_a, r_a = _f1_pr(p >= am.threshold, y)
-    expected["f1_adapted"] = f1_a
-    if not guard or f1_a > f1_s:
+    n_particles = len(np.unique(groups[y == 1]))  # distinct particles confirmed, the prompt's examples included
+    n_yes = n_particles - (len(prompt.positions) if n_examples else 0)
+    margin = margin_factor * f1_noise(f1_a, n_particles)
+    expected.update(f1_adapted=f1_a, n_yes=n_yes, margin=round(margin, 3))
+    if not guard or (n_yes >= min_positives and f1_a > f1_s + margin):
         expected.update(picker="adapted", precision=p_a, recall=r_a, f1=f1_a)
         am.info["expected"] = expected
         return am
-    am.info["fallback"] = f"leave-one-out F1 on the answers {f1_a:.2f} <= {f1_s:.2f} of the settings"
+    am.info["fallback"] = (f"{n_yes} yes answer(s), fewer than {min_positives}" if n_yes < min_positives else
+                           f"leave-one-out F1 on the answers {f1_a:.2f} not above {f1_s:.2f} of the settings "
+                           f"by more than the noise {margin:.2f}")
     am.weights, am.bias, am.threshold = np.zeros_like(am.weights), 0.0, float(fallback)
     am.info["expected"] = expected
     return am

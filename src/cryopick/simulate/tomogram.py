@@ -121,6 +121,7 @@ def simulate_tomogram(
     name: str = "tomogram",
     keep_clean: bool = False,
     max_attempts_per_particle: int = 200,
+    counts: Sequence[int] | None = None,
 ) -> Tomogram:
     """Simulate one tomogram; deterministic for a given ``seed`` and arguments.
 
@@ -160,6 +161,9 @@ def simulate_tomogram(
         Envelope B-factor (Å²) of the CTF.
     keep_clean
         Also return the noiseless filtered volume in :attr:`Tomogram.clean`.
+    counts
+        Exact number of particles of each class (overrides ``n_particles`` and ``class_weights``;
+        fewer where they do not fit, with the shortfall warning).
     """
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 8:
@@ -188,14 +192,26 @@ def simulate_tomogram(
     weights = np.ones(len(classes)) if class_weights is None else np.asarray(class_weights, float)
     if len(weights) != len(classes) or (weights < 0).any() or weights.sum() <= 0:
         raise CryopickError("class_weights must have one non-negative weight per class")
+    if counts is not None:
+        quota = np.asarray(counts, int)
+        if len(quota) != len(classes) or (quota < 0).any():
+            raise CryopickError("counts must have one non-negative number per class")
+        n_particles, weights = int(quota.sum()), np.maximum(quota, 1e-9).astype(float)
     weights = weights / weights.sum()
     weights = fitting_weights(radii, weights, shape, [c.name for c in classes], name, "tomogram")
+    if counts is not None:  # the classes too large for the tomogram are left out of the quota too
+        quota = np.where(weights > 0, quota, 0)
+        n_particles = int(quota.sum())
     gap = min_gap_A / voxel_size
     centres, labels = [], []
     attempts = 0
     while len(centres) < n_particles and attempts < max_attempts_per_particle * max(n_particles, 1):
         attempts += 1
-        c = int(rng_place.choice(len(classes), p=weights))
+        if counts is not None:  # draw among the classes whose quota is not reached yet
+            left = quota - np.bincount(np.asarray(labels, int), minlength=len(classes))
+            c = int(rng_place.choice(len(classes), p=left / left.sum()))
+        else:
+            c = int(rng_place.choice(len(classes), p=weights))
         r = radii[c]
         if centres and rng_place.uniform() < crowding:
             j = int(rng_place.integers(len(centres)))
