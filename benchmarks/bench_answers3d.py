@@ -58,7 +58,7 @@ SMALL_GRID = {"thresholds": (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8), "min_fact
               "max_factors": (1.2, 3.0, np.inf), "min_similarities": (None, 0.5, 0.6, 0.7, 0.8, 0.9)}
 ROUND = 5
 #: calibration: noise factors of choose_settings compared (the first is the library default)
-NOISE_FACTORS = (1.0, 1.5, 2.0, 3.0)
+NOISE_FACTORS = (2.0, 1.0, 1.5, 3.0)
 #: answer guards compared: (name, guard, adapt_or_keep options); the previous rule: min 0 yes, margin 0, leave
 #: one candidate out; the others leave one particle out
 GUARDS = (("unguarded", False, {}), ("guarded_old", True, {"min_positives": 0, "margin_factor": 0.0, "by_particle": False}),
