@@ -131,3 +131,32 @@ def test_a_gain_within_the_noise_keeps_the_settings(model, prompt):
     labelled, y = _separable(model, [1] * 6 + [0] * 8, [0.9] * 10 + [0.05] * 4)
     am = adapt_or_keep(model, prompt, pool, labelled, y, settings=SETTINGS, candidate_threshold=0.075, n_examples=1)
     assert am.fitted and am.info["expected"]["f1_settings"] == pytest.approx(12 / 16)
+
+
+def test_the_answered_tomogram_keeps_what_the_user_said():
+    """Whatever picker made the picks: a pick the user called "no" goes, a "yes" the picker missed is added,
+    other tomograms and classes are untouched; "ribo" answers about "prot" questions count for ribo too."""
+    import pandas as pd
+
+    from cryopick.picker3d.answers import Answers
+    from cryopick.picker3d.fallback import answers_as_truth, correct_with_answers
+    from cryopick.picks import Picks
+
+    picks = Picks(pd.concat([
+        Picks.from_arrays("t1", np.array([[10, 10, 10], [50, 50, 50], [90, 20, 30]]), score=0.6, label="ribo").table,
+        Picks.from_arrays("t1", np.array([[12, 10, 10]]), score=0.7, label="prot").table], ignore_index=True),
+        pixel_size=10.0, ndim=3)
+    answers = Answers(pd.DataFrame({"tomogram": ["t1", "t1", "t1", "t2"], "label": ["ribo", "ribo", "prot", "ribo"],
+                                    "x": [11.0, 70.0, 90.0, 50.0], "y": [10.0, 70.0, 21.0, 50.0],
+                                    "z": [12.0, 70.0, 30.0, 50.0], "answer": ["no", "yes", "ribo", "no"]}))
+    known = answers_as_truth(answers, ["ribo", "prot"])
+    assert known[known["label"] == "ribo"][["x", "truth"]].values.tolist() == [[11, 0], [70, 1], [90, 1], [50, 0]]
+    out = correct_with_answers(picks, known, "t1", {"ribo": 12.0, "prot": 8.0}).table
+    ribo = out[out["label"] == "ribo"].sort_values("x")
+    # (10, 10, 10) was answered no (2.2 voxels away) and goes; (70, 70, 70) was a yes nobody picked: added with
+    # score 1; (90, 20, 30) was picked and the answer on the prot question said ribo: kept as it was.
+    assert ribo[["x", "y", "z", "score"]].values.tolist() == [[50, 50, 50, 0.6], [70, 70, 70, 1.0], [90, 20, 30, 0.6]]
+    # prot: (12, 10, 10) is not about a prot answer ("no" was asked for ribo, and answers about another class's
+    # question say nothing about prot unless they name it), (90, 21, 30) was answered "ribo": it is not a prot
+    assert out[out["label"] == "prot"][["x", "y", "z"]].values.tolist() == [[12, 10, 10]]
+    assert correct_with_answers(picks, known, "t3", {"ribo": 12.0}).table.equals(picks.table)

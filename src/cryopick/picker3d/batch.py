@@ -65,7 +65,7 @@ class Pick3dJob(Job):
                  settings: Sequence[PickSettings], formats: Sequence[str], *, stride: int = 32, window: int = 64,
                  batch_size: int = 4, bf16: bool | None = None, device: str | None = None, montage: bool = True,
                  adapted: dict | None = None, save_maps: str | os.PathLike | None = None,
-                 progress: bool = False, model: ProPicker | None = None) -> None:
+                 progress: bool = False, model: ProPicker | None = None, known=None) -> None:
         self.model_path = None if model_path is None else os.path.abspath(model_path)
         self.fingerprint = fingerprint
         self.prompts, self.settings, self.formats = list(prompts), list(settings), list(formats)
@@ -73,6 +73,7 @@ class Pick3dJob(Job):
         self.device, self.montage, self.adapted = device, montage, adapted
         self.save_maps, self.progress = save_maps, progress
         self.preloaded = model
+        self.known = known  # answers as truth: picks corrected where the user said (fallback.correct_with_answers)
 
     def cache_key(self) -> str:
         return f"picker3d:{self.model_path}:{self.fingerprint}:{self.device}"
@@ -98,7 +99,13 @@ class Pick3dJob(Job):
         # A picker per task over the shared model: Dask threads of one worker never share its state.
         picker = TomogramPicker(model, progress=self.progress, **self.options)
         picker.set_working(*ready, self.prompts[0])
-        return picker.predict(self.prompts, self.settings, save_maps=self.save_maps, adapted=self.adapted)
+        picks = picker.predict(self.prompts, self.settings, save_maps=self.save_maps, adapted=self.adapted)
+        if self.known is not None and len(self.known):
+            from cryopick.picker3d.fallback import correct_with_answers
+
+            picks = correct_with_answers(picks, self.known, ready[0].name,
+                                         {p.label: p.diameter * p.binning for p in self.prompts if p.diameter})
+        return picks
 
     def finish(self, model: ProPicker, ready: tuple, picks: Picks) -> Picked3d:
         image = ready[0]
@@ -227,6 +234,7 @@ def pick_tomograms(
     progress: bool = True,
     project_dir: str | os.PathLike | None = None,
     adapted: dict | None = None,
+    known=None,
     sources: Sequence | None = None,
     on_picked: Callable[[str, Picks, Picked3d], dict] | None = None,
     source_info: dict | None = None,
@@ -240,7 +248,8 @@ def pick_tomograms(
     ``tomograms``: files, a folder or a glob; ``prompts``: :class:`Prompt` objects or prompt files;
     ``settings``: ``None`` (the model's recommended settings), one settings object/file, or one per
     prompt; ``overrides``: settings keys replaced in each (e.g. ``{"threshold": 0.6}``); ``adapted``:
-    ``{label: AdaptedModel}`` from answers (:func:`cryopick.picker3d.questions.pick_with_answers`). Layout of the
+    ``{label: AdaptedModel}`` from answers (:func:`cryopick.picker3d.questions.pick_with_answers`); ``known``:
+    the answers as truth (:func:`~cryopick.picker3d.fallback.answers_as_truth`) where they were given. Layout of the
     folder: :mod:`cryopick.picker3d.outputs`. ``sources`` (instead of ``tomograms``): objects with ``name``,
     ``path`` (a description) and ``read() -> Image``, e.g. copick runs (:mod:`cryopick.picker3d.copick_runs`);
     ``on_picked(name, picks, picked)`` (``picked``: the :class:`Picked3d`) runs in this process after a
@@ -302,6 +311,8 @@ def pick_tomograms(
         fingerprint["source"] = source_info
     if adapted:
         fingerprint["adapted"] = {label: a.fingerprint() for label, a in sorted(adapted.items())}
+    if known is not None and len(known):
+        fingerprint["known"] = known.round(2).to_csv(index=False)
     info = {"n_tomograms": len(inputs), "settings": settings_list, "diameters": diameters,
             **({"engine": f"dask {dask}" if dask else f"cluster {cluster}"} if distributed else {}),
             **({"adapted": {label: a.info for label, a in adapted.items()}} if adapted else {}),
@@ -310,7 +321,7 @@ def pick_tomograms(
     job = Pick3dJob(None if model is None else str(model), model_id, prompts, settings_list, formats, stride=stride,
                     window=window, batch_size=batch_size, bf16=bf16, device=device, montage=montage,
                     adapted=adapted, save_maps=out / "maps" if save_maps else None,
-                    progress=progress and not distributed, model=picker.model)
+                    progress=progress and not distributed, model=picker.model, known=known)
 
     def execute(tasks: list[Task], write: Callable[[Outcome], None]) -> None:
         if distributed:

@@ -2,13 +2,19 @@
 
 With a handful of answers (one yes and nine no is common when the answered tomogram holds few particles
 of a class) the classifier of :func:`~cryopick.picker3d.answers.adapt` can keep almost nothing. So
-:func:`adapt_or_keep` estimates from the answers themselves, leave one out, how the adapted picker
-would have decided each answered candidate, and compares that with the un-adapted picker (the settings:
-map probability at or above their threshold and, when they have one, prompt similarity at or above their
-minimum similarity). The adapted model is kept only when its leave-one-out F1 on the answers is higher;
-else the class falls back to the un-adapted picker (an unfitted model: ``pick3d --answers`` then picks
-it with its settings). Either way ``info["expected"]`` holds the precision and recall on the answered
+:func:`adapt_or_keep` estimates from the answers themselves, leaving one particle out at a time, how the
+adapted picker would have decided each answered candidate, and compares that with the un-adapted picker
+(the settings: map probability at or above their threshold and, when they have one, prompt similarity at
+or above their minimum similarity). The adapted model replaces the settings only with at least
+:data:`MIN_POSITIVES` confirmed particles besides the prompt and a leave-one-out F1 above the settings'
+by more than :data:`MARGIN_FACTOR` binomial standard errors; else the class falls back to the
+un-adapted picker (an unfitted model: ``pick3d --answers`` then picks it with its settings). On the
+sparse sets of ``bench_answers3d.py`` (3 particles of a class in the answered tomogram) a class then never
+adapts, by construction. Either way ``info["expected"]`` holds the precision and recall on the answered
 candidates of the picker that will be used: what the user reads to decide whether to answer more.
+
+Where the answers are direct truth, the answered tomogram, :func:`correct_with_answers` applies them to
+whatever picker made the picks (a "no" is dropped, a missed "yes" added).
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 
-from cryopick.picker3d.answers import AdaptedModel, _balanced, _sigmoid, adapt, fit_logistic, reference_code
+from cryopick.picker3d.answers import AdaptedModel, Answers, _balanced, _sigmoid, adapt, fit_logistic, reference_code
 from cryopick.picker3d.calibrate import f1_noise
 from cryopick.picker3d.candidates import BASE_FEATURES, CandidateSet
+from cryopick.picks import Picks
 
 P_MAX = BASE_FEATURES.index("p_max")
 #: adapt only with at least this many yes answers besides the prompt (bench_answers3d.py, issue 24)
@@ -157,3 +165,51 @@ def expected_line(adapted: dict[str, AdaptedModel]) -> str:
                      f"; F1 {e['f1']:.2f} vs {other:.2f} {'settings' if e['picker'] == 'adapted' else 'adapted'}")
                      + ")")
     return "expected from the answers (leave-one-out): " + "; ".join(parts)
+
+
+def answers_as_truth(answers: Answers, labels) -> pd.DataFrame:
+    """What the answers state about each of ``labels``: rows ``tomogram, label, x, y, z, truth`` (1: one of
+    the class, 0: not one; positions in voxels of the tomogram as stored)."""
+    parts = []
+    for label in labels:
+        t = answers.targets(label)
+        sub = answers.table[t >= 0]
+        parts.append(pd.DataFrame({"tomogram": sub["tomogram"].to_numpy(), "label": label,
+                                   "x": sub["x"].to_numpy(float), "y": sub["y"].to_numpy(float),
+                                   "z": sub["z"].to_numpy(float), "truth": t[t >= 0]}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["tomogram", "label", "x", "y", "z", "truth"])
+
+
+def correct_with_answers(picks: Picks, known: pd.DataFrame, tomogram: str, diameters: dict) -> Picks:
+    """The picks of ``tomogram`` with the answers about it taken as truth, whatever picker made them: a pick
+    within one radius of a position answered "not this class" (and of none answered "yes") is dropped, and
+    a position answered "yes" with no pick of its class within one radius is added (score 1.0).
+    ``known``: :func:`answers_as_truth`; ``diameters``: ``{label: diameter}`` in voxels as stored (a class
+    without one is left as it is)."""
+    table = picks.table
+    here = known[known["tomogram"] == tomogram]
+    if not len(here):
+        return picks
+    drop = np.zeros(len(table), bool)
+    added = []
+    for label, rows in here.groupby("label", sort=False):
+        if not diameters.get(label):
+            continue
+        r = diameters[label] / 2
+        pos = rows[["x", "y", "z"]].to_numpy(float)
+        yes, no = pos[rows["truth"].to_numpy() == 1], pos[rows["truth"].to_numpy() == 0]
+        mine = np.flatnonzero((table["label"] == label).to_numpy())
+        xyz = table.iloc[mine][["x", "y", "z"]].to_numpy(float).reshape(-1, 3)
+
+        def near(a, b):
+            return (np.linalg.norm(a[:, None] - b[None], axis=2) <= r).any(1) if len(a) and len(b) else \
+                np.zeros(len(a), bool)
+
+        drop[mine[near(xyz, no) & ~near(xyz, yes)]] = True
+        missing = yes[~near(yes, xyz)]
+        if len(missing):
+            added.append(Picks.from_arrays(tomogram, missing, score=1.0, diameter=diameters[label], label=label,
+                                           pixel_size=picks.pixel_size).table)
+    out = pd.concat([table[~drop]] + added, ignore_index=True) if added else table[~drop].reset_index(drop=True)
+    return Picks(out, pixel_size=picks.pixel_size, ndim=3)

@@ -31,7 +31,7 @@ from cryopick.io.atomic import make_output_dir
 from cryopick.picker3d.answers import AdaptedModel, Answers, read_answers
 from cryopick.picker3d.candidates import CandidateSet, base_features, component_table, find_candidates
 from cryopick.picker3d.card import resolve_settings
-from cryopick.picker3d.fallback import adapt_or_keep, expected_line
+from cryopick.picker3d.fallback import adapt_or_keep, answers_as_truth, expected_line
 from cryopick.picker3d.montage import write_question_png
 from cryopick.picker3d.pick import TomogramPicker, check_prompts
 from cryopick.picker3d.prompt import Prompt, load_prompt, prompt_embedding
@@ -350,6 +350,7 @@ def pick_with_answers(tomograms, prompts: Sequence[Prompt | str | os.PathLike], 
         if both:
             raise CryopickError(f"class(es) {', '.join(both)} given both --answers and --adapted; give one of them")
         learned.update(session.adapt(table))
+        options["known"] = answers_as_truth(table, labels)  # where the user answered, the answers are the truth
     expected = expected_line({label: a for label, a in learned.items() if "expected" in a.info})
     for label in [label for label, a in learned.items() if not a.fitted]:
         log.warning("%s: picked with its settings, not adapted (%s)", label, learned.pop(label).info.get(
