@@ -96,6 +96,7 @@ def test_two_yes_are_too_thin_to_replace_the_settings(model, prompt):
     e = am.info["expected"]
     assert not am.fitted and e["picker"] == "settings" and e["n_yes"] == 2
     assert am.info["fallback"] == "2 yes answer(s), fewer than 3"
+    assert expected_line({"a": am}).endswith("vs 1.00 adapted), 1 more confirmed particle(s) needed to adapt")
     assert e["f1_adapted"] > e["f1_settings"] == pytest.approx(2 * 3 / (12 + 3))
 
 

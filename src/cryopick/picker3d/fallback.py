@@ -136,7 +136,7 @@ def adapt_or_keep(model, prompt, pool: CandidateSet, labelled: CandidateSet, y: 
     n_particles = len(np.unique(groups[y == 1]))  # distinct particles confirmed, the prompt's examples included
     n_yes = n_particles - (len(prompt.positions) if n_examples else 0)
     margin = margin_factor * f1_noise(f1_a, n_particles)
-    expected.update(f1_adapted=f1_a, n_yes=n_yes, margin=round(margin, 3))
+    expected.update(f1_adapted=f1_a, n_yes=n_yes, margin=round(margin, 3), min_positives=min_positives)
     if not guard or (n_yes >= min_positives and f1_a > f1_s + margin):
         expected.update(picker="adapted", precision=p_a, recall=r_a, f1=f1_a)
         am.info["expected"] = expected
@@ -163,7 +163,8 @@ def expected_line(adapted: dict[str, AdaptedModel]) -> str:
         parts.append(f"{label}: {e['picker']}, precision {e['precision']:.2f} recall {e['recall']:.2f} "
                      f"({e['n_positive']} yes of {e['n']} labelled incl. the prompts" + ("" if other is None else
                      f"; F1 {e['f1']:.2f} vs {other:.2f} {'settings' if e['picker'] == 'adapted' else 'adapted'}")
-                     + ")")
+                     + ")" + (f", {e['min_positives'] - e['n_yes']} more confirmed particle(s) needed to adapt"
+                              if e["picker"] == "settings" and e.get("n_yes", 0) < e.get("min_positives", 0) else ""))
     return "expected from the answers (leave-one-out): " + "; ".join(parts)
 
 
