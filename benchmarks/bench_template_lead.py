@@ -11,7 +11,9 @@ A, :func:`~cryopick.picker3d.template_lead.template_scores`) is below a threshol
 threshold: at K = 0 (nothing but the prompt) ``--k0-threshold`` (and, for the settings' picks, fixed
 thresholds 0-0.3 and a two-group split of the picks' NCC); with
 answers, the NCC threshold that maximises F1 of the picker's decisions on the answered candidates of A
-(no threshold when none beats keeping all). Also the AUC of the NCC among B's candidates.
+(no threshold when none beats keeping all); "tmg": that threshold only where its gain on the answers
+exceeds the binomial noise of their F1. Also the AUC of the NCC among B's candidates (the prompt's
+template; and at each K the template of the prompt and the yes answers).
 
 Usage (after bench_answers3d.py --prepare-only with the same options)::
 
@@ -53,15 +55,16 @@ def kept_coords(pool, keep, score, min_distance) -> np.ndarray:
     return coords[nms_points(coords, score, min_distance)] if len(coords) else coords.reshape(-1, 3)
 
 
+def f1_labelled(keep: np.ndarray, y: np.ndarray) -> float:
+    tp = int((keep & (y == 1)).sum())
+    return 2 * tp / max(1, int(keep.sum()) + int((y == 1).sum()))
+
+
 def best_threshold(s: np.ndarray, decide: np.ndarray, y: np.ndarray) -> float:
     """NCC threshold maximising F1 of ``decide & (s >= t)`` on labelled candidates; -inf when none beats all."""
-    def f1(keep):
-        tp = int((keep & (y == 1)).sum())
-        return 2 * tp / max(1, int(keep.sum()) + int((y == 1).sum()))
-
-    best_t, best = -np.inf, f1(decide)
+    best_t, best = -np.inf, f1_labelled(decide, y)
     for t in np.sort(s[decide]):
-        v = f1(decide & (s >= t))
+        v = f1_labelled(decide & (s >= t), y)
         if v > best + 1e-9:
             best_t, best = float(t), v
     return best_t
@@ -102,6 +105,7 @@ def defaults_on_b(session, prompts, data, voxel_size, model) -> dict:
 def run_set(folder: Path, model, args) -> list[dict]:
     from cryopick.io.images import Image
     from cryopick.picker3d.answers import Answers, reference_code
+    from cryopick.picker3d.calibrate import f1_noise
     from cryopick.picker3d.fallback import P_MAX, particle_groups, unadapted_decisions
     from cryopick.picker3d.prompt import load_prompt
     from cryopick.picker3d.questions import AnswerSession
@@ -178,6 +182,13 @@ def run_set(folder: Path, model, args) -> list[dict]:
                     else:
                         dec_a = unadapted_decisions(am, lab, s.threshold, s.min_similarity, ref)
                     t = best_threshold(s_a, dec_a, y)
+                    # guarded: the filter only where it beats no filter on the answers by more than the noise
+                    gain = f1_labelled(dec_a & (s_a >= t), y) - f1_labelled(dec_a, y)
+                    r[f"{tag}_tmg_K{K}"] = f1_of(coords[s_b >= t] if gain > f1_noise(
+                        f1_labelled(dec_a & (s_a >= t), y), int((y == 1).sum())) else coords, truth_b[p.label], d)
+                    all_b = template_scores(data["vol_b"], pool.coords, tpl, d, rotation_step=args.rotation_step)
+                    y_b = (np.linalg.norm(pool.coords[:, None] - truth_b[p.label][None], axis=2).min(1) <= d / 2)
+                    r[f"{tag}_auc_ncc_K{K}"] = auc(all_b, y_b.astype(int))
                 r[f"{tag}_tm_K{K}"] = f1_of(coords[s_b >= t], truth_b[p.label], d)
                 r[f"{tag}_tm_threshold_K{K}"] = t
                 r[f"{tag}_tm_n_yes_K{K}"] = len(yes)
@@ -212,7 +223,8 @@ def main() -> int:
         if (folder / "done.json").is_file():
             rows += run_set(folder, model, args)
     methods = ["default", "default_tm0", "default_tm0.1", "default_tm0.2", "default_tm0.3", "default_tm_otsu"] + [
-        f"{g}{tm}_K{K}" for g in ("unguarded", "guarded") for tm in ("", "_tm") for K in KS]
+        f"{g}{tm}_K{K}" for g in ("unguarded", "guarded") for tm in ("", "_tm") for K in KS] + [
+        f"{g}_{m}_K{K}" for g in ("unguarded", "guarded") for m in ("tmg", "auc_ncc") for K in KS[1:]]
     small = [r for r in rows if 10 <= r["diameter_px"] <= 15]
     summary = {"n_classes": len(rows), "n_small": len(small), "wall_s": time.time() - t0}
     for m in methods + ["auc_ncc_prompt", "auc_p_max"]:
