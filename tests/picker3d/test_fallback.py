@@ -161,3 +161,10 @@ def test_the_answered_tomogram_keeps_what_the_user_said():
     # question say nothing about prot unless they name it), (90, 21, 30) was answered "ribo": it is not a prot
     assert out[out["label"] == "prot"][["x", "y", "z"]].values.tolist() == [[12, 10, 10]]
     assert correct_with_answers(picks, known, "t3", {"ribo": 12.0}).table.equals(picks.table)
+    # the prompt's own particle is a yes of its tomogram: missed by the picker, it is added
+    from cryopick.picker3d.prompt import Prompt
+
+    clicked = Prompt(np.zeros((1, 37, 37, 37), np.float32), np.array([[30.0, 40.0, 20.0]]), "t1", 10.0, 1.0, 12.0, "ribo")
+    known = answers_as_truth(answers, ["ribo", "prot"], [clicked])
+    out = correct_with_answers(picks, known, "t1", {"ribo": 12.0, "prot": 8.0}).table
+    assert [30, 40, 20, 1.0] in out[out["label"] == "ribo"][["x", "y", "z", "score"]].values.tolist()

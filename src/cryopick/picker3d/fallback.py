@@ -168,10 +168,12 @@ def expected_line(adapted: dict[str, AdaptedModel]) -> str:
     return "expected from the answers (leave-one-out): " + "; ".join(parts)
 
 
-def answers_as_truth(answers: Answers, labels) -> pd.DataFrame:
+def answers_as_truth(answers: Answers, labels, prompts=()) -> pd.DataFrame:
     """What the answers state about each of ``labels``: rows ``tomogram, label, x, y, z, truth`` (1: one of
-    the class, 0: not one; positions in voxels of the tomogram as stored)."""
-    parts = []
+    the class, 0: not one; positions in voxels of the tomogram as stored); the ``prompts``' own particles
+    (clicked by the user) are one of their class."""
+    parts = [pd.DataFrame({"tomogram": p.tomogram, "label": p.label, "x": p.positions[:, 0], "y": p.positions[:, 1],
+                           "z": p.positions[:, 2], "truth": 1}) for p in prompts if p.label in labels]
     for label in labels:
         t = answers.targets(label)
         sub = answers.table[t >= 0]

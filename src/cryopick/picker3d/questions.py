@@ -350,7 +350,8 @@ def pick_with_answers(tomograms, prompts: Sequence[Prompt | str | os.PathLike], 
         if both:
             raise CryopickError(f"class(es) {', '.join(both)} given both --answers and --adapted; give one of them")
         learned.update(session.adapt(table))
-        options["known"] = answers_as_truth(table, labels)  # where the user answered, the answers are the truth
+        # where the user answered (and clicked the prompts), that is the truth
+        options["known"] = answers_as_truth(table, labels, prompts)
     expected = expected_line({label: a for label, a in learned.items() if "expected" in a.info})
     for label in [label for label, a in learned.items() if not a.fitted]:
         log.warning("%s: picked with its settings, not adapted (%s)", label, learned.pop(label).info.get(
