@@ -11,7 +11,8 @@ A, :func:`~cryopick.picker3d.template_lead.template_scores`) is below a threshol
 threshold: at K = 0 (nothing but the prompt) ``--k0-threshold`` (and, for the settings' picks, fixed
 thresholds 0-0.3 and a two-group split of the picks' NCC); with
 answers, the NCC threshold that maximises F1 of the picker's decisions on the answered candidates of A
-(no threshold when none beats keeping all); "tmg": that threshold only where its gain on the answers
+(no threshold when none beats keeping all; each answered particle of A scored with the template left
+without it); "tmg": that threshold only where its gain on the answers
 exceeds the binomial noise of their F1. Also the AUC of the NCC among B's candidates (the prompt's
 template; and at each K the template of the prompt and the yes answers).
 
@@ -60,10 +61,31 @@ def f1_labelled(keep: np.ndarray, y: np.ndarray) -> float:
     return 2 * tp / max(1, int(keep.sum()) + int((y == 1).sum()))
 
 
+def loo_scores(volume, coords, prompt_xyz, yes, d, step) -> np.ndarray:
+    """NCC at each labelled position of A with the template left without the particle it sits on (the
+    prompt or a yes within one radius): a template scores its own members too well. NaN where nothing is
+    left."""
+    from cryopick.picker3d.template_lead import average_template, template_scores
+
+    members = np.concatenate([np.asarray(prompt_xyz, float).reshape(1, 3), np.asarray(yes, float).reshape(-1, 3)])
+    dist = np.linalg.norm(np.asarray(coords, float)[:, None] - members[None], axis=2)
+    which = np.where(dist.min(1) <= d / 2, dist.argmin(1), -1)
+    out = np.full(len(coords), np.nan)
+    for m in np.unique(which):
+        rest = members if m < 0 else np.delete(members, m, axis=0)
+        if not len(rest):
+            continue
+        tpl = average_template(volume, rest[0], rest[1:], d, rotation_step=step)
+        out[which == m] = template_scores(volume, np.asarray(coords)[which == m], tpl, d, rotation_step=step)
+    return out
+
+
 def best_threshold(s: np.ndarray, decide: np.ndarray, y: np.ndarray) -> float:
-    """NCC threshold maximising F1 of ``decide & (s >= t)`` on labelled candidates; -inf when none beats all."""
+    """NCC threshold maximising F1 of ``decide & (s >= t)`` on labelled candidates (NaN scores: kept);
+    -inf when none beats all."""
+    s = np.where(np.isnan(s), np.inf, s)
     best_t, best = -np.inf, f1_labelled(decide, y)
-    for t in np.sort(s[decide]):
+    for t in np.sort(s[decide & np.isfinite(s)]):
         v = f1_labelled(decide & (s >= t), y)
         if v > best + 1e-9:
             best_t, best = float(t), v
@@ -176,16 +198,17 @@ def run_set(folder: Path, model, args) -> list[dict]:
                 if K == 0:
                     t = args.k0_threshold
                 else:
-                    s_a = template_scores(data["vol_a"], lab.coords, tpl, d, rotation_step=args.rotation_step)
+                    s_a = loo_scores(data["vol_a"], lab.coords, p.positions[0], yes, d, args.rotation_step)
                     if am.fitted:
                         dec_a = am.predict(lab) >= am.threshold
                     else:
                         dec_a = unadapted_decisions(am, lab, s.threshold, s.min_similarity, ref)
                     t = best_threshold(s_a, dec_a, y)
                     # guarded: the filter only where it beats no filter on the answers by more than the noise
-                    gain = f1_labelled(dec_a & (s_a >= t), y) - f1_labelled(dec_a, y)
+                    kept_a = dec_a & (np.isnan(s_a) | (s_a >= t))
+                    gain = f1_labelled(kept_a, y) - f1_labelled(dec_a, y)
                     r[f"{tag}_tmg_K{K}"] = f1_of(coords[s_b >= t] if gain > f1_noise(
-                        f1_labelled(dec_a & (s_a >= t), y), int((y == 1).sum())) else coords, truth_b[p.label], d)
+                        f1_labelled(kept_a, y), int((y == 1).sum())) else coords, truth_b[p.label], d)
                     all_b = template_scores(data["vol_b"], pool.coords, tpl, d, rotation_step=args.rotation_step)
                     y_b = (np.linalg.norm(pool.coords[:, None] - truth_b[p.label][None], axis=2).min(1) <= d / 2)
                     r[f"{tag}_auc_ncc_K{K}"] = auc(all_b, y_b.astype(int))
