@@ -30,9 +30,13 @@ from cryopick.picker3d.candidates import BASE_FEATURES, CandidateSet
 from cryopick.picks import Picks
 
 P_MAX = BASE_FEATURES.index("p_max")
-#: adapt only with at least this many yes answers besides the prompt (bench_answers3d.py, issue 24)
+#: adapt only with at least this many confirmed particles besides the prompt, and ...
 MIN_POSITIVES = 3
-#: ... and a leave-one-out F1 above the settings' by more than this many binomial standard errors
+#: ... a leave-one-out F1 above the settings' by more than this many binomial standard errors. Chosen on
+#: bench_answers3d.py (10 sparse + 10 dense sets, benchmarks/answers3d.md): with 3 particles of a class in
+#: the answered tomogram no class adapts (N >= 3), and on the dense sets N = 3, z = 1 kept most of the gain
+#: of the answers at K = 10-20 with a third to a half of the classes below the defaults of the previous rule
+#: (N = 4 had 2-3 fewer below at K = 5-10, in-sample, but loses test_answers' two-class separation).
 MARGIN_FACTOR = 1.0
 
 
