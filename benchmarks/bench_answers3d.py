@@ -16,13 +16,13 @@ under ``benchmarks/results/answers3d/cache/`` (``--no-cache`` recomputes): rerun
 adaptation take seconds per set.
 
 ``--sparse N`` (issue 24): tomogram A, where the prompts are cut, the user answers and the calibration is
-made, holds about N particles of each class (B as in the dense set): calibration from N - 1 particles
-(the prompt's own is left out) and answers where the class is rare. Calibration is scored twice: the
-best setting on A (as before) and :func:`~cryopick.picker3d.calibrate.choose_settings` (shrunk toward
-the defaults), both looked up in B's sweep of the same grid. The answer loop runs twice: ``unguarded``
-(the adapted model always) and ``guarded`` (:func:`~cryopick.picker3d.fallback.adapt_or_keep`: kept
-only where it beats the settings on the answers, leave one out), with the share of "likely" questions
-answered yes.
+made, holds exactly N particles of each class (B as in the dense set): calibration from N - 1 particles
+(the prompt's own is left out) and answers where the class is rare. ``--small-half``: half the classes
+10-15 voxels. Calibration is scored for several rules (best on A, the previous shrink rule,
+:func:`~cryopick.picker3d.calibrate.choose_settings` with each of ``_calibration_rules.NOISE_FACTORS``), all looked up in B's
+sweep of the same grid. The answer loop runs once per arm of ``GUARDS`` (unguarded, the previous guard,
+:func:`~cryopick.picker3d.fallback.adapt_or_keep` with its defaults and other minimum-positive / margin
+choices), with the share of "likely" questions answered yes.
 
 ``--timing``: seconds per answer round on a synthetic 200×512×512 tomogram (one prompt, the real
 segmentation and candidates; the round = adapt + choose the next questions, as ``cryopick ask3d``
@@ -50,6 +50,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _bench import add_common_args, print_table, write_result  # noqa: E402
+from _calibration_rules import NOISE_FACTORS, calibration_rows  # noqa: E402
 from bench_propicker import choose_prompt, make_set  # noqa: E402
 
 KS = (0, 5, 10, 20)
@@ -57,8 +58,6 @@ KS = (0, 5, 10, 20)
 SMALL_GRID = {"thresholds": (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8), "min_factors": (0.0, 0.05, 0.2),
               "max_factors": (1.2, 3.0, np.inf), "min_similarities": (None, 0.5, 0.6, 0.7, 0.8, 0.9)}
 ROUND = 5
-#: calibration: noise factors of choose_settings compared (the first is the library default)
-NOISE_FACTORS = (2.0, 1.0, 1.5, 3.0)
 #: answer guards compared: (name, guard, adapt_or_keep options); the previous rule: min 0 yes, margin 0, leave
 #: one candidate out; the others leave one particle out
 GUARDS = (("unguarded", False, {}), ("guarded_old", True, {"min_positives": 0, "margin_factor": 0.0, "by_particle": False}),
@@ -284,65 +283,11 @@ def run_set(folder: Path, model, args) -> tuple[list[dict], list[float]]:
     return list(rows.values()), seconds
 
 
-def _grid_key(table) -> list[tuple]:
-    from cryopick.picker3d.calibrate import _knob_values
-
-    return [tuple(np.round(v, 3)) for v in _knob_values(table).to_numpy()]
-
-
-def calibration_rows(folder: Path, prompts, rows: dict, model) -> None:
-    """Settings chosen on A's sweep (the best F1; the previous shrink rule; :func:`choose_settings` with each
-    of ``NOISE_FACTORS``), scored on B by a look-up in B's sweep of the same grid (``sweep_b_*.csv``)."""
-    from cryopick.picker3d.calibrate import KNOBS, choose_settings
-    from cryopick.picker3d.card import default_settings
-
-    defaults = default_settings(model)
-    default_key = _grid_key(pd.DataFrame([{k: getattr(defaults, k) for k in KNOBS}]))[0]
-    for k, p in enumerate(prompts):
-        a_path, b_path = folder / f"sweep_a_{k:02d}.csv", folder / f"sweep_b_{k:02d}.csv"
-        if not b_path.is_file():
-            continue
-        ta, tb = pd.read_csv(a_path), pd.read_csv(b_path)
-        f1_b = dict(zip(_grid_key(tb), tb["f1"]))
-        best = ta.sort_values(["f1", "threshold"], ascending=[False, True], kind="stable").iloc[[0]]
-        r = rows[p.label]
-        old = ta.iloc[[previous_shrink_rule(ta, defaults)]]
-        r.update({"default_lookup": f1_b.get(default_key, np.nan),
-                  "calibrated_best": f1_b.get(_grid_key(best)[0], np.nan),
-                  "calibrated_shrunk_old": f1_b.get(_grid_key(old)[0], np.nan)})
-        for z in NOISE_FACTORS:
-            row, report = choose_settings(ta, defaults, noise_factor=z)
-            tag = "" if z == NOISE_FACTORS[0] else f"_z{z:g}"
-            r.update({"n_truth_A": report["n_truth"], f"calibrated_new{tag}": f1_b.get(_grid_key(pd.DataFrame([row]))[0], np.nan),
-                      f"new_kept_defaults{tag}": report["kept_defaults"], f"new_steps{tag}": report["steps_from_defaults"]})
-
-
-def previous_shrink_rule(table, defaults) -> int:
-    """The row the previous ``choose_settings`` (issue 24, first session) chose: among the rows within the
-    noise of the best F1 and not below the defaults', the fewest grid steps from the defaults."""
-    from cryopick.picker3d.calibrate import KNOBS, _knob_values, f1_noise
-
-    knobs = _knob_values(table)
-    swept = [k for k in KNOBS if k in table and table[k].notna().any()] or ["threshold"]
-    want = _knob_values(pd.DataFrame([{k: getattr(defaults, k) for k in KNOBS}])).iloc[0]
-    is_default, steps = np.ones(len(table), bool), np.zeros(len(table))
-    for k in swept:
-        grid = np.unique(knobs[k].to_numpy())
-        is_default &= np.isclose(knobs[k].to_numpy(), want[k]) | (knobs[k].to_numpy() == want[k])
-        steps += np.abs(np.searchsorted(grid, knobs[k].to_numpy()) - np.searchsorted(grid, want[k]))
-    f1 = table["f1"].to_numpy(float)
-    best, f1_default = float(f1.max()), float(f1[is_default].max()) if is_default.any() else -np.inf
-    ok = (f1 >= best - f1_noise(best, int(table["n_truth"].iloc[0])) - 1e-9) & (f1 >= f1_default - 1e-9)
-    order = np.lexsort((knobs["threshold"].to_numpy(), -f1, steps))
-    return int(next(j for j in order if ok[j]))
-
-
 # -- the recommended settings for small particles -------------------------------------------------------------------
 def defaults_check(folders, model) -> dict:
     """Mean F1 on A (sweep tables of the cached sets) of the model's recommended setting against the
     single grid point best for the 10-15-voxel classes, that point chosen on the other sets (leave one
     set out) so that the gain is not the choice's own luck."""
-    import pandas as pd
 
     from cryopick.picker3d.card import default_settings
 

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 warnings.simplefilter("ignore")
 import pandas as pd  # noqa: E402
 
-from bench_answers3d import _grid_key, previous_shrink_rule  # noqa: E402
+from _calibration_rules import _grid_key, previous_shrink_rule  # noqa: E402
 from cryopick.io.images import Image  # noqa: E402
 from cryopick.picker3d.calibrate import calibrate_tomogram, choose_settings, sweep_cluster  # noqa: E402
 from cryopick.picker3d.card import default_settings, load_model  # noqa: E402
