@@ -16,13 +16,13 @@ under ``benchmarks/results/answers3d/cache/`` (``--no-cache`` recomputes): rerun
 adaptation take seconds per set.
 
 ``--sparse N`` (issue 24): tomogram A, where the prompts are cut, the user answers and the calibration is
-made, holds about N particles of each class (B as in the dense set): calibration from N - 1 particles
-(the prompt's own is left out) and answers where the class is rare. Calibration is scored twice: the
-best setting on A (as before) and :func:`~cryopick.picker3d.sweep.choose_settings` (shrunk toward
-the defaults), both looked up in B's sweep of the same grid. The answer loop runs twice: ``unguarded``
-(the adapted model always) and ``guarded`` (:func:`~cryopick.picker3d.fallback.adapt_or_keep`: kept
-only where it beats the settings on the answers, leave one out), with the share of "likely" questions
-answered yes.
+made, holds exactly N particles of each class (B as in the dense set): calibration from N - 1 particles
+(the prompt's own is left out) and answers where the class is rare. ``--small-half``: half the classes
+10-15 voxels. Calibration is scored for several rules (best on A, the previous shrink rule,
+:func:`~cryopick.picker3d.sweep.choose_settings` with each of ``_calibration_rules.NOISE_FACTORS``), all looked up in B's
+sweep of the same grid. The answer loop runs once per arm of ``GUARDS`` (unguarded, the previous guard,
+:func:`~cryopick.picker3d.fallback.adapt_or_keep` with its defaults and other minimum-positive / margin
+choices), with the share of "likely" questions answered yes.
 
 ``--timing``: seconds per answer round on a synthetic 200×512×512 tomogram (one prompt, the real
 segmentation and candidates; the round = adapt + choose the next questions, as ``cryopick ask3d``
@@ -44,11 +44,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _bench import add_common_args, print_table, write_result  # noqa: E402
+from _calibration_rules import NOISE_FACTORS, calibration_rows  # noqa: E402
 from bench_propicker import choose_prompt, make_set  # noqa: E402
 
 KS = (0, 5, 10, 20)
@@ -56,6 +58,14 @@ KS = (0, 5, 10, 20)
 SMALL_GRID = {"thresholds": (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8), "min_factors": (0.0, 0.05, 0.2),
               "max_factors": (1.2, 3.0, np.inf), "min_similarities": (None, 0.5, 0.6, 0.7, 0.8, 0.9)}
 ROUND = 5
+#: answer guards compared: (name, guard, adapt_or_keep options); the previous rule: min 0 yes, margin 0, leave
+#: one candidate out; the others leave one particle out
+GUARDS = (("unguarded", False, {}), ("guarded_old", True, {"min_positives": 0, "margin_factor": 0.0, "by_particle": False}),
+          ("guarded", True, {}), ("guarded_n2z0", True, {"min_positives": 2, "margin_factor": 0.0}),
+          ("guarded_n3z0", True, {"min_positives": 3, "margin_factor": 0.0}),
+          ("guarded_n2z1", True, {"min_positives": 2, "margin_factor": 1.0}),
+          ("guarded_n4z1", True, {"min_positives": 4, "margin_factor": 1.0}),
+          ("guarded_n3z2", True, {"min_positives": 3, "margin_factor": 2.0}))
 
 
 def simulated_answers(questions, truth: np.ndarray, names: np.ndarray, diameters: dict) -> None:
@@ -77,8 +87,26 @@ def f1_of(coords, truth, d) -> float:
     return match_points(np.asarray(coords, float).reshape(-1, 3), truth, d / 2).f1
 
 
+def make_mixed_set(set_index: int, n_classes: int, shape, n_particles: int, voxel_size: float = 10.0):
+    """As ``bench_propicker.make_set``, but half of the classes 10-15 voxels (100-150 Å at 10 Å) and the
+    other half 15.5-33 voxels (issue 24: half of the prompted classes small)."""
+    from bench_propicker import CLASS_SEED
+    from cryopick.simulate.shapes import random_particle_classes
+    from cryopick.simulate.tomogram import simulate_tomogram
+
+    n_small = n_classes - n_classes // 2
+    classes = (random_particle_classes(n_small, seed=CLASS_SEED + set_index, voxel_size=voxel_size,
+                                       diameter_range_A=(100.0, 150.0))
+               + random_particle_classes(n_classes - n_small, seed=CLASS_SEED + 50_000 + set_index,
+                                         voxel_size=voxel_size, diameter_range_A=(155.0, 330.0)))
+    tomos = [simulate_tomogram(classes, shape=shape, voxel_size=voxel_size, seed=1000 * set_index + k,
+                               n_particles=n_particles, name=f"set{set_index}_{'AB'[k]}") for k in range(2)]
+    return classes, tomos
+
+
 def cache_folder(s: int, args) -> Path:
     tag = f"{args.classes}c_{'x'.join(map(str, args.shape))}_{args.particles}p" + ("_smallgrid" if args.small_grid else "")
+    tag += "_mixed" if args.small_half else ""
     return Path(args.cache) / (tag + (f"_sparse{args.sparse}" if args.sparse else "")) / f"set{s}"
 
 
@@ -100,12 +128,16 @@ def prepare(s: int, model, args) -> Path:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    classes, tomos = make_set(s, args.classes, args.shape, args.particles)
-    if args.sparse:  # tomogram A holds about args.sparse particles of each class (B as in the dense set)
+    classes, tomos = (make_mixed_set if args.small_half else make_set)(s, args.classes, args.shape, args.particles)
+    if args.sparse:  # tomogram A holds exactly args.sparse particles of each class (B as in the dense set)
         from cryopick.simulate.tomogram import simulate_tomogram
 
-        tomos[0] = simulate_tomogram(classes, shape=args.shape, voxel_size=tomos[0].voxel_size, seed=1000 * s,
-                                     n_particles=args.sparse * len(classes), name=f"set{s}_A")
+        for j in range(50):  # the first layout where every class has a particle away from the borders (a prompt)
+            tomos[0] = simulate_tomogram(classes, shape=args.shape, voxel_size=tomos[0].voxel_size,
+                                         seed=1000 * s + 100 * j, counts=[args.sparse] * len(classes),
+                                         name=f"set{s}_A")
+            if all(choose_prompt(tomos[0], c.name, np.random.default_rng(0)) is not None for c in classes):
+                break
     rng = np.random.default_rng(s)
     images = [Image(t.volume, t.voxel_size, Path(f"{t.name}.mrc")) for t in tomos]
     prompts = []
@@ -218,9 +250,8 @@ def run_set(folder: Path, model, args) -> tuple[list[dict], list[float]]:
         rows[p.label]["calibrated_classifier"] = pick_f1(am, pools_b[p.label], truth_b[p.label], d)
     calibration_rows(folder, prompts, rows, model)
     seconds = []
-    for guard in (False, True):
-        session.guard = guard
-        tag = "guarded" if guard else "unguarded"
+    for tag, guard, options in GUARDS:
+        session.guard, session.guard_options = guard, options
         answers, likely = Answers(), []
         for K in KS:
             while (len(answers) // max(1, len(prompts))) < K:
@@ -252,43 +283,11 @@ def run_set(folder: Path, model, args) -> tuple[list[dict], list[float]]:
     return list(rows.values()), seconds
 
 
-def _grid_key(table) -> list[tuple]:
-    from cryopick.picker3d.sweep import _knob_values
-
-    return [tuple(np.round(v, 3)) for v in _knob_values(table).to_numpy()]
-
-
-def calibration_rows(folder: Path, prompts, rows: dict, model) -> None:
-    """Settings chosen on A's sweep (the best F1, as before; :func:`choose_settings`, now), scored on B by
-    a look-up in B's sweep of the same grid (``prepare``'s ``sweep_b_*.csv``)."""
-    import pandas as pd
-
-    from cryopick.picker3d.settings import default_settings
-    from cryopick.picker3d.sweep import KNOBS, choose_settings
-
-    defaults = default_settings(model)
-    default_key = _grid_key(pd.DataFrame([{k: getattr(defaults, k) for k in KNOBS}]))[0]
-    for k, p in enumerate(prompts):
-        a_path, b_path = folder / f"sweep_a_{k:02d}.csv", folder / f"sweep_b_{k:02d}.csv"
-        if not b_path.is_file():
-            continue
-        ta, tb = pd.read_csv(a_path), pd.read_csv(b_path)
-        f1_b = dict(zip(_grid_key(tb), tb["f1"]))
-        best = ta.sort_values(["f1", "threshold"], ascending=[False, True], kind="stable").iloc[[0]]
-        row, report = choose_settings(ta, defaults)
-        r = rows[p.label]
-        r.update({"n_truth_A": report["n_truth"], "default_lookup": f1_b.get(default_key, np.nan),
-                  "calibrated_best": f1_b.get(_grid_key(best)[0], np.nan),
-                  "calibrated_shrunk": f1_b.get(_grid_key(pd.DataFrame([row]))[0], np.nan),
-                  "shrunk_kept_defaults": report["kept_defaults"], "shrunk_steps": report["steps_from_defaults"]})
-
-
 # -- the recommended settings for small particles -------------------------------------------------------------------
 def defaults_check(folders, model) -> dict:
     """Mean F1 on A (sweep tables of the cached sets) of the model's recommended setting against the
     single grid point best for the 10-15-voxel classes, that point chosen on the other sets (leave one
     set out) so that the gain is not the choice's own luck."""
-    import pandas as pd
 
     from cryopick.picker3d.settings import default_settings
 
@@ -375,6 +374,8 @@ def main() -> int:
                         help="tomogram A (prompts, answers, calibration) holds about N particles of each class")
     parser.add_argument("--first-set", type=int, default=0)
     parser.add_argument("--small-grid", action="store_true", help="a coarse calibration grid (SMALL_GRID), for speed")
+    parser.add_argument("--small-half", action="store_true",
+                        help="half of the classes 10-15 voxels, the rest 15.5-33 (make_mixed_set)")
     parser.add_argument("--prepare-only", action="store_true", help="only fill the cache of the first passes")
     args = parser.parse_args()
     args.shape = tuple(int(v) for v in args.shape.split(","))
@@ -406,15 +407,23 @@ def main() -> int:
         rows += r
         seconds += sec
     print_table(rows)
-    methods = ["default", "default_lookup", "calibrated", "calibrated_best", "calibrated_shrunk",
-               "calibrated_classifier"] + [f"{g}_K{K}" for g in ("unguarded", "guarded") for K in KS]
+    methods = (["default", "default_lookup", "calibrated", "calibrated_best", "calibrated_shrunk_old"]
+               + ["calibrated_new" + ("" if z == NOISE_FACTORS[0] else f"_z{z:g}") for z in NOISE_FACTORS]
+               + ["calibrated_classifier"] + [f"{g[0]}_K{K}" for g in GUARDS for K in KS])
     summary = {f"mean_f1_{m}": float(np.nanmean([r.get(m, np.nan) for r in rows])) for m in methods}
     small = [r for r in rows if 10 <= r["diameter_px"] <= 15]
     if small:
         summary.update({f"small_mean_f1_{m}": float(np.nanmean([r.get(m, np.nan) for r in small])) for m in methods})
         summary["small_n_classes"] = len(small)
-    for m in methods[3:]:  # classes below the defaults by more than 0.02
-        summary[f"n_below_default_{m}"] = int(sum(r.get(m, np.nan) < r["default"] - 0.02 for r in rows))
+    for m in methods[2:]:  # classes below the defaults by more than 0.02 (calibration: the same grid's defaults)
+        ref = "default_lookup" if m.startswith("calibrated") and m != "calibrated_classifier" else "default"
+        summary[f"n_below_default_{m}"] = int(sum(r.get(m, np.nan) < r[ref] - 0.02 for r in rows))
+        summary[f"n_above_default_{m}"] = int(sum(r.get(m, np.nan) > r[ref] + 0.02 for r in rows))
+    for tag, _, _ in GUARDS:
+        for K in KS[1:]:
+            per_set = {r["set"]: r.get(f"{tag}_likely_yes_K{K}", "0/0").split("/") for r in rows}  # one per set
+            summary[f"likely_yes_{tag}_K{K}"] = (f"{sum(int(a) for a, _ in per_set.values())}/"
+                                                  f"{sum(int(b) for _, b in per_set.values())}")
     summary.update({"n_classes": len(rows), "seconds_per_round_mean": float(np.mean(seconds)) if seconds else None,
                     "seconds_per_round_max": float(np.max(seconds)) if seconds else None,
                     "threads": args.threads, "wall_s": time.time() - t0})

@@ -1,6 +1,5 @@
 """The 3D answer loop: answers table, adapted classifier, question choice, ask3d -> answers -> pick3d."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -234,17 +233,21 @@ def test_cli_ask3d_answers_pick3d_loop(sim, tmp_path, capsys):
                 "--answers", str(q), "--format", "imod", "--threads", "1"]) == 0
     said = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("expected from the answers")]
     line = said[-1]  # pick3d's (the rounds of ask3d above said theirs)
-    assert line.startswith("expected from the answers (leave-one-out): target: adapted, precision") and "yes of" in line
-    adapted = AdaptedModel.load(out / "adapted" / "target.adapted.npz")
-    assert adapted.fitted and adapted.info["n_positive"] >= 2  # the prompt and the yes answers
-    picks = read_picks(out / "imod" / "target" / "ts1.coords")
-    assert len(picks) > 0
-    assert json.loads((out / "summary.json").read_text())["adapted"]["target"]["n_negative"] >= 1
-    # other tomograms later, without answers: --adapted
-    out2 = tmp_path / "picks2"
-    assert cli(["pick3d", "--prompt", str(prompt), "--tomograms", str(root / "tomos" / "ts1.mrc"), "-o", str(out2),
-                "--adapted", str(out / "adapted" / "target.adapted.npz"), "--format", "imod", "--threads", "1"]) == 0
-    np.testing.assert_allclose(read_picks(out2 / "imod" / "target" / "ts1.coords").coords, picks.coords)
+    # Two yes besides the prompt are too few to replace the settings (fallback.MIN_POSITIVES): the class is
+    # picked with its settings, and the user reads so with the numbers the answers give.
+    n_yes = int((table.table["answer"] == "yes").sum())
+    assert n_yes < 3 and line.startswith("expected from the answers (leave-one-out): target: settings, precision")
+    assert f"{n_yes + 1} yes of" in line
+    assert not (out / "adapted" / "target.adapted.npz").exists()
+    assert len(read_picks(out / "imod" / "target" / "ts1.coords")) > 0
+    # On the answered tomogram the answers are the truth: every yes is picked, no pick sits on a no.
+    picks0 = read_picks(out / "imod" / "target" / "ts0.coords").coords
+    yes = table.coords()[(table.table["answer"] == "yes").to_numpy()]
+    no = table.coords()[(table.table["answer"] == "no").to_numpy()]
+    dist = np.linalg.norm(picks0[:, None] - yes[None], axis=2)
+    assert (dist.min(0) <= radius + 0.5).all()  # each yes has a pick
+    on_no = np.linalg.norm(picks0[:, None] - no[None], axis=2).min(1) < radius - 0.5
+    assert (dist[on_no].min(1) <= radius + 0.5).all() if on_no.any() else True  # a pick on a no only where a yes is
 
 
 def test_pick3d_answers_errors(sim, tmp_path, capsys):

@@ -31,16 +31,28 @@ def test_f1_noise_shrinks_with_the_number_of_particles():
     assert f1_noise(0.8, 2) > f1_noise(0.8, 10) > f1_noise(0.8, 100)
 
 
-def test_two_particles_choose_the_nearest_setting_within_the_noise_not_the_extreme_best():
+def test_two_particles_keep_the_defaults_unless_a_setting_beats_them_beyond_the_noise():
     row, report = choose_settings(sweep(GRID, 2), DEFAULTS)
-    # Best 1.0 on 2 particles: noise 0.31, so every row from 0.69 on is as good; two are one step away, the
-    # higher F1 of them wins (the unshrunk rule returns threshold 0.6, min similarity 0.9, sizes 0.5-1.2x).
-    assert (row["threshold"], row["min_similarity"]) == (0.2, 0.8)
-    assert report["n_truth"] == 2 and report["f1_best"] == 1.0 and report["f1_chosen"] == 0.8
-    assert report["f1_noise"] == pytest.approx(0.31, abs=0.005) and report["steps_from_defaults"] == 1
-    assert not report["kept_defaults"]
+    # On 2 particles the defaults' 0.5 and the best 1.0 differ by less than twice the noise of the difference
+    # (0.47): the defaults stay. The previous rule took the nearest row within the noise of the best (threshold
+    # 0.2, F1 0.8), the rule before it the extreme best (threshold 0.6, similarity 0.9, sizes 0.5-1.2x); both
+    # scored below the defaults on other tomograms of the simulator.
+    assert report["kept_defaults"] and (row["threshold"], row["min_similarity"]) == (0.15, 0.8)
+    assert report["n_truth"] == 2 and report["f1_best"] == 1.0 and report["f1_chosen"] == 0.5
+    assert report["f1_noise"] == pytest.approx(2 * f1_noise(1.0, 2), abs=1e-3) and report["steps_from_defaults"] == 0
     line = calibration_summary(report)
-    assert "2 annotated particle(s)" in line and "± 0.31" in line and "annotate more" in line
+    assert "2 annotated particle(s)" in line and "kept the recommended settings" in line and "annotate more" in line
+
+
+def test_three_particles_move_only_when_the_defaults_miss_them_all():
+    # The defaults find none of 3, a setting one step away all 3 without a false pick: the difference (1.0)
+    # exceeds twice its noise (0.65), so it is saved; finding 2 of 3 (F1 0.67 at best) would not be enough.
+    rows = [(0.15, 0.05, 3.0, 0.8, 0.0), (0.2, 0.05, 3.0, 0.8, 1.0), (0.3, 0.05, 3.0, 0.8, 0.67)]
+    row, report = choose_settings(sweep(rows, 3), DEFAULTS)
+    assert not report["kept_defaults"] and row["threshold"] == 0.2 and report["f1_chosen"] == 1.0
+    assert report["f1_noise"] == pytest.approx(2 * np.hypot(f1_noise(0.0, 3), f1_noise(1.0, 3)), abs=1e-3)
+    row, report = choose_settings(sweep(rows[:1] + rows[2:], 3), DEFAULTS)
+    assert report["kept_defaults"] and report["f1_chosen"] == 0.0
 
 
 def test_defaults_kept_when_within_the_noise():
@@ -52,7 +64,7 @@ def test_defaults_kept_when_within_the_noise():
 
 def test_many_particles_choose_the_best_and_never_below_the_defaults():
     row, report = choose_settings(sweep(GRID, 400), DEFAULTS)
-    assert row["threshold"] == 0.6 and report["f1_noise"] < 0.05
+    assert row["threshold"] == 0.6 and report["f1_noise"] < 0.06
     # A near setting scoring below the defaults is never chosen, however large the noise.
     rows = [(0.15, 0.05, 3.0, 0.8, 0.5), (0.20, 0.05, 3.0, 0.8, 0.45), (0.9, 0.5, 1.2, 0.9, 0.7)]
     row, report = choose_settings(sweep(rows, 1), DEFAULTS, noise_factor=5)
@@ -68,7 +80,9 @@ def test_sweep_without_similarity_compares_the_swept_knobs_only():
 def test_two_or_three_particles_calibrate_no_worse_than_the_defaults_on_another_tomogram():
     """The shipped weights on the project simulator: calibrate on a tomogram holding 3 or 4 particles of a
     class (the prompt's own left out: 2 or 3 truth particles), then score the saved settings and the
-    recommended ones on another tomogram of the same classes (no similarity sweep, to stay fast)."""
+    recommended ones on another tomogram of the same classes (no similarity sweep, to stay fast). The
+    previous rule (the nearest setting within the noise of the best) fails here: for shell01_103A it saved
+    settings with F1 0.35 on the other tomogram, where the recommended ones score 0.43."""
     from pathlib import Path
 
     from cryopick.io.images import Image
@@ -81,8 +95,8 @@ def test_two_or_three_particles_calibrate_no_worse_than_the_defaults_on_another_
     from cryopick.simulate.tomogram import random_particle_classes, simulate_tomogram
 
     classes = random_particle_classes(3, seed=300_000, voxel_size=10.0, diameter_range_A=(100.0, 150.0))
-    a, b = (simulate_tomogram(classes, shape=(64, 96, 96), voxel_size=10.0, seed=seed, n_particles=n, name=name)
-            for seed, n, name in ((3, 10, "a"), (100, 30, "b")))
+    a = simulate_tomogram(classes, shape=(64, 96, 96), voxel_size=10.0, seed=3, counts=[3, 3, 4], name="a")
+    b = simulate_tomogram(classes, shape=(64, 96, 96), voxel_size=10.0, seed=100, n_particles=30, name="b")
     model = load_model(None)
     d0 = default_settings(model)
     n_truth = []

@@ -349,6 +349,26 @@ def test_tomogram_shortfall_is_a_warning(classes3d):
     assert t.params["n_placed"] == len(t.picks) < 300
 
 
+def test_tomogram_exact_counts_per_class(classes3d):
+    """``counts``: exactly that many particles of each class (the sparse tomogram of bench_answers3d.py),
+    the too-large classes left out of the quota; a wrong length is refused with its message."""
+    from cryopick import CryopickError
+    from cryopick.simulate.placement import ClassTooLargeWarning
+
+    t = simulate_tomogram(classes3d, shape=(48, 96, 96), voxel_size=10.0, seed=4, counts=[3, 0, 2, 3, 1],
+                          membranes=0, gold_beads=0)
+    got = t.picks.table["label"].value_counts().to_dict()
+    assert got == {c.name: n for c, n in zip(classes3d, [3, 0, 2, 3, 1]) if n}
+    big = max(classes3d, key=lambda c: c.diameter)  # 23 voxels: does not fit 16 voxels of depth
+    with pytest.warns(ClassTooLargeWarning):
+        t = simulate_tomogram(classes3d, shape=(16, 48, 48), voxel_size=10.0, seed=0, counts=[2] * 5, membranes=0,
+                              gold_beads=0)
+    assert big.name not in set(t.picks.table["label"]) and len(t.picks) == 2 * sum(
+        c.diameter / 10.0 <= 15 for c in classes3d)
+    with pytest.raises(CryopickError, match="counts must have one non-negative number per class"):
+        simulate_tomogram(classes3d, shape=(16, 48, 48), counts=[1, 2])
+
+
 def test_classes_larger_than_the_image_are_left_out_or_refused(classes3d):
     from cryopick import CryopickError
     from cryopick.simulate.placement import ClassTooLargeWarning

@@ -20,8 +20,12 @@ trained scale); each tomogram is Fourier-cropped to it on the fly and the picks 
 tomogram's own voxels (or Å). Distances are Å (--min-distance) or voxels of the tomogram as stored
 (--min-distance-vox); --window and --stride are the network's own windows.
 With --answers (from `cryopick ask3d`) the prompts are first adapted to the answers (a small
-classifier over the candidates, saved as picks/adapted/<label>.adapted.npz); --adapted picks with
-such a file without more answers. Scores are then the classifier's probability.
+classifier over the candidates, saved as picks/adapted/<label>.adapted.npz) where the answers support
+it: at least 3 confirmed particles besides the prompt and a leave-one-out F1 above the settings' by more
+than its noise; else the class is picked with its settings. On the answered tomograms the answers are
+the truth either way: a pick answered "no" is dropped, a "yes" (or the prompt's own particle) the picker
+missed is added (score 1).
+--adapted picks with such a file without more answers. Scores are then the classifier's probability.
 Outputs per format and class (<label> = the prompt's label, <tomogram> = the tomogram's name):
   relion5 (default)  picks/relion5/<label>/<tomogram>_autopick.star: RELION 5 tomography STAR,
                      _rlnCenteredCoordinate{X,Y,Z}Angst = Å from the tomogram centre; plus the index

@@ -72,7 +72,7 @@ class Pick3dJob(Job):
                  settings: Sequence[PickSettings], formats: Sequence[str], *,
                  segmentation: Segmentation | None = None, montage: bool = True, adapted: dict | None = None,
                  save_maps: str | os.PathLike | None = None, progress: bool = False,
-                 model: ProPicker | None = None) -> None:
+                 model: ProPicker | None = None, known=None) -> None:
         self.model_path = None if model_path is None else os.path.abspath(model_path)
         self.fingerprint = fingerprint
         self.prompts, self.settings, self.formats = list(prompts), list(settings), list(formats)
@@ -81,6 +81,7 @@ class Pick3dJob(Job):
         self.device, self.montage, self.adapted = segmentation.device, montage, adapted
         self.save_maps, self.progress = save_maps, progress
         self.preloaded = model
+        self.known = known  # answers as truth: picks corrected where the user said (fallback.correct_with_answers)
 
     def cache_key(self) -> str:
         return f"picker3d:{self.model_path}:{self.fingerprint}:{self.device}"
@@ -106,7 +107,13 @@ class Pick3dJob(Job):
         # A picker per task over the shared model: Dask threads of one worker never share its state.
         picker = TomogramPicker(model, progress=self.progress, **self.options)
         picker.set_working(*ready, self.prompts[0])
-        return picker.predict(self.prompts, self.settings, save_maps=self.save_maps, adapted=self.adapted)
+        picks = picker.predict(self.prompts, self.settings, save_maps=self.save_maps, adapted=self.adapted)
+        if self.known is not None and len(self.known):
+            from cryopick.picker3d.fallback import correct_with_answers
+
+            picks = correct_with_answers(picks, self.known, ready[0].name,
+                                         {p.label: p.diameter * p.binning for p in self.prompts if p.diameter})
+        return picks
 
     def finish(self, model: ProPicker, ready: tuple, picks: Picks) -> Picked3d:
         image = ready[0]
@@ -221,7 +228,7 @@ def pick_tomograms(tomograms: str | os.PathLike | Sequence[str | os.PathLike] | 
                    output_dir: str | os.PathLike = "picks", formats: Iterable[str] = ("relion5",), *,
                    segmentation: Segmentation | None = None, execution: Execution | None = None, redo: bool = False,
                    overrides: dict | None = None, save_maps: bool = False, montage: bool = True, progress: bool = True,
-                   project_dir: str | os.PathLike | None = None, adapted: dict | None = None,
+                   project_dir: str | os.PathLike | None = None, adapted: dict | None = None, known=None,
                    sources: Sequence | None = None, on_picked: Callable[[str, Picks, Picked3d], dict] | None = None,
                    source_info: dict | None = None, **options) -> dict:
     """Pick tomograms into ``output_dir`` (the batch behind ``cryopick pick3d``); resumable.
@@ -229,7 +236,8 @@ def pick_tomograms(tomograms: str | os.PathLike | Sequence[str | os.PathLike] | 
     ``tomograms``: files, a folder or a glob; ``prompts``: :class:`Prompt` objects or prompt files;
     ``settings``: ``None`` (the model's recommended settings), one settings object/file, or one per
     prompt; ``overrides``: settings keys replaced in each (e.g. ``{"threshold": 0.6}``); ``adapted``:
-    ``{label: AdaptedModel}`` from answers (:func:`cryopick.picker3d.questions.pick_with_answers`). Layout of the
+    ``{label: AdaptedModel}`` from answers (:func:`cryopick.picker3d.questions.pick_with_answers`); ``known``:
+    the answers as truth (:func:`~cryopick.picker3d.fallback.answers_as_truth`) where they were given. Layout of the
     folder: :mod:`cryopick.picker3d.outputs`. ``sources`` (instead of ``tomograms``): objects with ``name``,
     ``path`` (a description) and ``read() -> Image``, e.g. copick runs (:mod:`cryopick.picker3d.copick_runs`);
     ``on_picked(name, picks, picked)`` (``picked``: the :class:`Picked3d`) runs in this process after a
@@ -270,7 +278,7 @@ def pick_tomograms(tomograms: str | os.PathLike | Sequence[str | os.PathLike] | 
     created = not Path(output_dir).exists()
     out = make_output_dir(output_dir)
     model_id = model_fingerprint(picker.model)
-    fingerprint = _fingerprint(model_id, prompts, settings_list, segmentation, source_info, adapted)
+    fingerprint = _fingerprint(model_id, prompts, settings_list, segmentation, source_info, adapted, known)
     info = {"n_tomograms": len(inputs), "settings": settings_list, "diameters": diameters,
             **({"engine": f"dask {execution.dask}" if execution.dask else f"cluster {execution.cluster}"}
                if execution.distributed else {}),
@@ -281,7 +289,7 @@ def pick_tomograms(tomograms: str | os.PathLike | Sequence[str | os.PathLike] | 
     job = Pick3dJob(None if model is None else str(model), model_id, prompts, settings_list, formats,
                     segmentation=segmentation, montage=montage, adapted=adapted,
                     save_maps=out / "maps" if save_maps else None, progress=progress and not execution.distributed,
-                    model=picker.model)
+                    model=picker.model, known=known)
 
     def execute(tasks: list[Task], write: Callable[[Outcome], None]) -> None:
         if execution.distributed:
@@ -308,8 +316,9 @@ def _check_execution(execution: Execution, model, save_maps: bool) -> None:
 
 
 def _fingerprint(model_id: str, prompts: list[Prompt], settings_list: list[PickSettings], segmentation: Segmentation,
-                 source_info: dict | None, adapted: dict | None) -> dict:
-    """What a rerun into the same folder must match (model, prompts, settings, stride, window, source, answers)."""
+                 source_info: dict | None, adapted: dict | None, known=None) -> dict:
+    """What a rerun into the same folder must match (model, prompts, settings, stride, window, source, answers,
+    the answers taken as truth)."""
     fingerprint = {"model": model_id, "prompts": [prompt_fingerprint(p) for p in prompts],
                    "settings": [asdict(s) for s in settings_list], "stride": segmentation.stride,
                    "window": segmentation.window}
@@ -317,6 +326,8 @@ def _fingerprint(model_id: str, prompts: list[Prompt], settings_list: list[PickS
         fingerprint["source"] = source_info
     if adapted:
         fingerprint["adapted"] = {label: a.fingerprint() for label, a in sorted(adapted.items())}
+    if known is not None and len(known):
+        fingerprint["known"] = known.round(2).to_csv(index=False)
     return fingerprint
 
 

@@ -5,6 +5,8 @@ sections within one particle radius of its range's centre (a thin slab: particle
 noise) and a circle of the particle's diameter at every pick whose centre lies in that range — solid
 when the centre is within the shown slab, dashed when it lies above or below it. Circle colour =
 score (colour bar). Every pick appears in exactly one panel.
+
+:func:`write_question_png`: the three orthogonal slices through one question of ``cryopick ask3d``.
 """
 
 from __future__ import annotations
@@ -90,3 +92,36 @@ def montage_png(image: Image, picks: Picks, *, label: str = "", n_slices: int = 
     fig.savefig(buffer, format="png")
     plt.close(fig)
     return buffer.getvalue()
+
+
+def write_question_png(image, xyz, diameter: float, path: Path, title: str = "") -> Path:
+    """Three orthogonal slices (xy, xz, yz) through ``xyz`` (voxels of ``image`` as stored), a box of
+    three diameters (at least 32 voxels), each the mean of the slices within a quarter diameter, a
+    circle of the ``diameter`` (stored voxels) at the centre."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.patches import Circle
+
+    from cryopick.io.atomic import atomic_path
+    from cryopick.preprocess import cut_cube
+
+    half = max(16, int(math.ceil(1.5 * diameter)))
+    cube = cut_cube(image.data, xyz, 2 * half + 1).astype(np.float32)  # (z, y, x)
+    t = max(0, int(round(diameter / 4)))
+    c = slice(half - t, half + t + 1)
+    views = (("xy (z = %.0f)" % xyz[2], cube[c].mean(0)), ("xz (y = %.0f)" % xyz[1], cube[:, c].mean(1)),
+             ("yz (x = %.0f)" % xyz[0], cube[:, :, c].mean(2)))
+    fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.8), dpi=100)
+    for ax, (name, img) in zip(axes, views):
+        lo, hi = np.percentile(img, [1, 99])
+        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+        ax.add_patch(Circle((half, half), diameter / 2, fill=False, ec="#ffcc00", lw=1.2, ls="--"))
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title or f"x, y, z = {xyz[0]:.0f}, {xyz[1]:.0f}, {xyz[2]:.0f}", fontsize=9)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

@@ -30,7 +30,8 @@ from cryopick.errors import CryopickError
 from cryopick.io.atomic import make_output_dir
 from cryopick.picker3d.answers import AdaptedModel, Answers, read_answers
 from cryopick.picker3d.candidates import CandidateSet, base_features, component_table, find_candidates
-from cryopick.picker3d.fallback import adapt_or_keep, expected_line
+from cryopick.picker3d.fallback import adapt_or_keep, answers_as_truth, expected_line
+from cryopick.picker3d.montage import write_question_png
 from cryopick.picker3d.pick import TomogramPicker, check_prompts
 from cryopick.picker3d.prompt import Prompt, load_prompt, prompt_embedding
 from cryopick.picker3d.settings import resolve_settings
@@ -113,6 +114,7 @@ class AnswerSession:
         self.measured = False  # features measured at new positions since the tomogram was added
         self._codes: dict[str, np.ndarray] = {}  # label -> the prompt's code
         self.guard = True  # keep an adapted model only where it beats the settings on the answers (leave-one-out)
+        self.guard_options: dict = {}  # adapt_or_keep's min_positives / margin_factor (default: theirs)
 
     @property
     def model(self):
@@ -215,7 +217,7 @@ class AnswerSession:
                 self._codes[p.label] = prompt_embedding(self.model, p).detach().float().numpy()
             out[p.label] = adapt_or_keep(self.model, p, CandidateSet.join(pools), labelled, y, settings=s,
                                          candidate_threshold=self.candidate_threshold[k], min_distance=s.min_distance,
-                                         code=self._codes[p.label], guard=self.guard,
+                                         code=self._codes[p.label], guard=self.guard, **self.guard_options,
                                          n_examples=sum(len(q.positions) for q in self.prompts if q.tomogram in self.frames))
             out[p.label].info.update({"seconds": round(time.perf_counter() - t0, 3), "refine": s.refine})
         self.adapted = out
@@ -348,6 +350,8 @@ def pick_with_answers(tomograms, prompts: Sequence[Prompt | str | os.PathLike], 
         if both:
             raise CryopickError(f"class(es) {', '.join(both)} given both --answers and --adapted; give one of them")
         learned.update(session.adapt(table))
+        # where the user answered (and clicked the prompts), that is the truth
+        options["known"] = answers_as_truth(table, labels, prompts)
     expected = expected_line({label: a for label, a in learned.items() if "expected" in a.info})
     for label in [label for label, a in learned.items() if not a.fitted]:
         log.warning("%s: picked with its settings, not adapted (%s)", label, learned.pop(label).info.get(
@@ -411,36 +415,3 @@ def _load_pools(path: Path, fingerprint: dict) -> dict[str, CandidateSet] | None
                     ("coords", "base", "embedding", "prototypes")), m["diameter"]) for i, m in enumerate(meta)}
     except Exception:  # absent, damaged or foreign: segment again
         return None
-
-
-def write_question_png(image, xyz, diameter: float, path: Path, title: str = "") -> Path:
-    """Three orthogonal slices (xy, xz, yz) through ``xyz`` (voxels of ``image`` as stored), a box of
-    three diameters (at least 32 voxels), each the mean of the slices within a quarter diameter, a
-    circle of the ``diameter`` (stored voxels) at the centre."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-    from matplotlib.patches import Circle
-
-    from cryopick.io.atomic import atomic_path
-    from cryopick.preprocess import cut_cube
-
-    half = max(16, int(math.ceil(1.5 * diameter)))
-    cube = cut_cube(image.data, xyz, 2 * half + 1).astype(np.float32)  # (z, y, x)
-    t = max(0, int(round(diameter / 4)))
-    c = slice(half - t, half + t + 1)
-    views = (("xy (z = %.0f)" % xyz[2], cube[c].mean(0)), ("xz (y = %.0f)" % xyz[1], cube[:, c].mean(1)),
-             ("yz (x = %.0f)" % xyz[0], cube[:, :, c].mean(2)))
-    fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.8), dpi=100)
-    for ax, (name, img) in zip(axes, views):
-        lo, hi = np.percentile(img, [1, 99])
-        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
-        ax.add_patch(Circle((half, half), diameter / 2, fill=False, ec="#ffcc00", lw=1.2, ls="--"))
-        ax.set_title(name, fontsize=8)
-        ax.axis("off")
-    fig.suptitle(title or f"x, y, z = {xyz[0]:.0f}, {xyz[1]:.0f}, {xyz[2]:.0f}", fontsize=9)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path

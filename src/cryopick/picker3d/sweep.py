@@ -5,8 +5,9 @@ maximum component size (× minimum prompt similarity of a component, when a simi
 given: :class:`cryopick.pick3d.PromptSimilarity`), on the tomogram being scored. *Fair protocol*: calibrate on one annotated
 tomogram, save the settings (:func:`save_settings`, a small JSON file ``pick3d --settings``
 reads) and apply them unchanged to the others. The settings saved are not simply the best on the
-calibration tomogram: :func:`choose_settings` shrinks toward the model's recommended settings as far as
-the number of annotated particles leaves the best uncertain (two particles cannot tell settings apart).
+calibration tomogram: :func:`choose_settings` keeps the model's recommended settings unless a setting beats
+them by more than the noise that the number of annotated particles leaves (two particles cannot tell
+settings apart).
 
 A pick is correct when it lies within ``tolerance`` voxels (default: one particle radius) of a
 ground-truth centre, matched one-to-one (:func:`cryopick.evaluate.matching.match_points`).
@@ -160,6 +161,11 @@ def settings_from_best(best: dict, mode: str = "cluster") -> dict:
 KNOBS = ("threshold", "min_factor", "max_factor", "min_similarity")
 
 
+#: choose_settings: a setting replaces the defaults when it beats them by this many standard errors of the
+#: difference (bench_answers3d.py sparse / dense sets and the simulator check in test_calibrate_shrink.py)
+NOISE_FACTOR = 2.0
+
+
 def f1_noise(f1: float, n_truth: int) -> float:
     """Standard error of an F1 measured on ``n_truth`` annotated particles: binomial, with one found and one
     missed particle added (Laplace), so that finding both of two particles is not certainty (±0.31)."""
@@ -174,18 +180,21 @@ def _knob_values(frame: pd.DataFrame) -> pd.DataFrame:
     return out.fillna({"min_similarity": -1.0, "max_factor": np.inf, "min_factor": 0.0})
 
 
-def choose_settings(table: pd.DataFrame, defaults, *, noise_factor: float = 1.0) -> tuple[dict, dict]:
-    """The grid row of a cluster sweep to save, shrunk toward the ``defaults`` (:class:`PickSettings`) as
-    far as the number of annotated particles leaves it unsure which setting is best.
+def choose_settings(table: pd.DataFrame, defaults, *, noise_factor: float = NOISE_FACTOR) -> tuple[dict, dict]:
+    """The grid row of a cluster sweep to save: the ``defaults`` (:class:`PickSettings`) unless a setting
+    beats them on the annotated particles by more than the noise of that comparison.
 
-    The F1 of each setting on a few particles is noisy (:func:`f1_noise` of the best F1 with the sweep's
-    ``n_truth``, times ``noise_factor``): the rows within that noise of the best and not below the
-    defaults' F1 are all as good as far as the annotations tell, and among them the one closest to the
-    defaults wins (distance: grid steps of each knob, summed; ties: the higher F1). The defaults themselves
-    win when they are within the noise; the result never scores below them on this tomogram. With many
-    particles the noise is small and the best setting wins as before. Returns the row and a report:
-    ``n_truth``, ``f1_best``, ``f1_defaults``, ``f1_chosen``, ``f1_noise``, ``steps_from_defaults``,
-    ``kept_defaults``."""
+    The F1 of a setting on a few particles is noisy (:func:`f1_noise` with the sweep's ``n_truth``). A row
+    replaces the defaults only when its F1 exceeds the defaults' F1 by more than ``noise_factor`` times the
+    noise of the difference (``sqrt(noise(F1_row)**2 + noise(F1_defaults)**2)``); among such rows the one
+    closest to the defaults and within the noise of the best of them wins (grid steps of each knob, summed;
+    ties: the higher F1). With two or three
+    particles that almost never happens (finding both of two where the defaults find one of them is within
+    the noise), with many it does. Where the defaults are not on the grid, the rows within the noise of the
+    best are as good and the closest to the defaults of them wins. The result never scores below the
+    defaults on this tomogram. Returns the row and a report: ``n_truth``, ``f1_best``, ``f1_defaults``,
+    ``f1_chosen``, ``f1_noise`` (the margin the chosen setting had to beat, or the noise of the best when
+    the defaults were kept), ``steps_from_defaults``, ``kept_defaults``."""
     if table.empty:
         raise CryopickError("the calibration sweep is empty; nothing to choose from")
     knobs = _knob_values(table)
@@ -200,12 +209,24 @@ def choose_settings(table: pd.DataFrame, defaults, *, noise_factor: float = 1.0)
     f1 = table["f1"].to_numpy(float)
     n_truth = int(table["n_truth"].iloc[0]) if "n_truth" in table else 0
     best = float(f1.max())
-    f1_default = float(f1[is_default].max()) if is_default.any() else -np.inf
-    noise = noise_factor * f1_noise(best, n_truth)
-    ok = (f1 >= best - noise - 1e-9) & (f1 >= f1_default - 1e-9)
+    noise_row = np.array([f1_noise(v, n_truth) for v in f1])
+    if is_default.any():
+        d = int(np.flatnonzero(is_default)[np.argmax(f1[is_default])])
+        f1_default = float(f1[d])
+        margin = noise_factor * np.sqrt(noise_row**2 + noise_row[d] ** 2)
+        beats = f1 > f1_default + margin + 1e-9
+        if beats.any():  # of those, the ones within the noise of the best of them are as good
+            top = f1[beats].max()
+            ok = beats & (f1 >= top - noise_factor * f1_noise(top, n_truth) - 1e-9)
+        else:
+            ok = np.arange(len(f1)) == d
+    else:
+        f1_default, margin = -np.inf, np.full(len(f1), noise_factor * f1_noise(best, n_truth))
+        ok = f1 >= best - margin - 1e-9
     order = np.lexsort((knobs["threshold"].to_numpy(), -f1, steps))  # last key first: steps, then F1
     i = int(next(j for j in order if ok[j]))
     row = table.iloc[i].to_dict()
+    noise = float(margin[i]) if not is_default[i] else noise_factor * f1_noise(best, n_truth)
     report = {"n_truth": n_truth, "f1_best": best, "f1_defaults": None if not np.isfinite(f1_default) else f1_default,
               "f1_chosen": float(f1[i]), "f1_noise": round(noise, 3), "steps_from_defaults": int(steps[i]),
               "kept_defaults": bool(is_default[i])}

@@ -127,7 +127,8 @@ class TomogramSimulation:
     fraction of a particle's maximum density that defines its occupancy mask; ``ctf_correction``
     ``"phaseflip"`` (transfer ``-|CTF|``) or ``"none"`` (raw CTF); ``voltage_kv``, ``cs_mm``,
     ``amplitude_contrast``, ``bfactor`` (Å², CTF envelope) the optics; ``max_attempts_per_particle``
-    placement tries.
+    placement tries; ``counts`` the exact number of particles of each class (replaces ``n_particles`` and
+    ``class_weights``; fewer where they do not fit, with the shortfall warning).
     """
 
     shape: tuple[int, int, int] = (128, 256, 256)
@@ -148,9 +149,15 @@ class TomogramSimulation:
     amplitude_contrast: float = 0.07
     bfactor: float = 100.0
     max_attempts_per_particle: int = 200
+    counts: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
         _check_shape(self, 3, 8, "tomogram shape", "voxels")
+        if self.counts is not None:
+            ok = (not isinstance(self.counts, (str, bytes)) and len(self.counts) > 0
+                  and all(is_number(v) and float(v) >= 0 and float(v) == int(v) for v in self.counts))
+            check(self, "counts", ok, "None or one whole number >= 0 per class")
+            set_field(self, "counts", tuple(int(v) for v in self.counts))
         check_number(self, "voxel_size", 0, strict_lo=True)
         tilt = self.tilt_range
         ok = isinstance(tilt, (list, tuple)) and len(tilt) == 2 and all(is_number(t) and -90 <= t <= 90 for t in tilt)

@@ -154,13 +154,26 @@ def _place_particles(layout: _Layout, classes: Sequence[ParticleClass], cfg: Tom
     weights = np.ones(len(classes)) if cfg.class_weights is None else np.asarray(cfg.class_weights, float)
     if len(weights) != len(classes):
         raise CryopickError("class_weights must have one non-negative weight per class")
+    counts = cfg.counts
+    if counts is not None:
+        quota = np.asarray(counts, int)
+        if len(quota) != len(classes):
+            raise CryopickError(f"counts must have one non-negative number per class ({len(classes)}), got {len(quota)}")
+        n_particles, weights = int(quota.sum()), np.maximum(quota, 1e-9).astype(float)
     weights = fitting_weights(radii, weights / weights.sum(), shape, [c.name for c in classes], name, "tomogram")
+    if counts is not None:  # the classes too large for the tomogram are left out of the quota too
+        quota = np.where(weights > 0, quota, 0)
+        n_particles = int(quota.sum())
     gap = cfg.min_gap_A / cfg.voxel_size
     centres, labels = [], []
     attempts = 0
     while len(centres) < n_particles and attempts < cfg.max_attempts_per_particle * max(n_particles, 1):
         attempts += 1
-        c = int(rng.choice(len(classes), p=weights))
+        if counts is not None:  # draw among the classes whose quota is not reached yet
+            left = quota - np.bincount(np.asarray(labels, int), minlength=len(classes))
+            c = int(rng.choice(len(classes), p=left / left.sum()))
+        else:
+            c = int(rng.choice(len(classes), p=weights))
         r = radii[c]
         if centres and rng.uniform() < cfg.crowding:
             j = int(rng.integers(len(centres)))
