@@ -92,6 +92,14 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
+def add_tomogram_kind(parser: argparse.ArgumentParser, which: str = "tomograms") -> None:
+    """``--tomogram-kind``: which column of a RELION 5 tomograms.star (the kinds RELION writes)."""
+    from cryopick.io.formats.relion_tomo import KINDS
+
+    parser.add_argument("--tomogram-kind", choices=tuple(KINDS),
+                        help=f"which {which} of --tomograms-star (default: reconstructed)")
+
+
 def add_bf16(parser: argparse.ArgumentParser) -> None:
     """``--bf16 auto|on|off`` (default auto: bfloat16 where this CPU runs it faster)."""
     parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",

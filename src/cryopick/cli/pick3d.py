@@ -77,6 +77,7 @@ from cryopick.cli._args import (
     add_distribute,
     add_redo,
     add_threads,
+    add_tomogram_kind,
     finite_float,
     fraction,
     nonnegative_float,
@@ -107,8 +108,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         "named by _rlnTomoName")
     parser.add_argument("--tomo-name", metavar="RULE", help="name the tomogram files: relion (rec_TS_01.mrc -> "
                         "TS_01), strip:TEXT[,TEXT] or regex:PATTERN (default: the file stem)")
-    parser.add_argument("--tomogram-kind", choices=("reconstructed", "denoised", "half1", "half2"),
-                        help="which tomograms of --tomograms-star (default: reconstructed)")
+    add_tomogram_kind(parser)
     parser.add_argument("-o", "--output", help="output folder (required with --tomograms; optional with --copick)")
     copick = parser.add_argument_group("copick (with --copick)")
     copick.add_argument("--runs", type=_names, help="comma-separated run names (default: every run with the tomogram)")

@@ -30,7 +30,7 @@ import argparse
 import logging
 import math
 
-from cryopick.cli._args import add_threads, deprecated, positive_float
+from cryopick.cli._args import add_threads, add_tomogram_kind, deprecated, positive_float
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         "tomogram")
     parser.add_argument("--tomo-name", metavar="NAME", help="with --tomograms-star: which tomogram (_rlnTomoName); "
                         "with --tomogram: its name, or a rule (relion, strip:TEXT, regex:PATTERN)")
-    parser.add_argument("--tomogram-kind", choices=("reconstructed", "denoised", "half1", "half2"),
-                        help="which tomogram of --tomograms-star (default: reconstructed)")
+    add_tomogram_kind(parser, "tomogram")
     parser.add_argument("--project-dir", help="RELION project folder the tomograms.star paths are relative to "
                         "(default: the current folder, else a folder above the file)")
     copick = parser.add_argument_group("copick (with --copick)")
