@@ -70,24 +70,25 @@ class Image:
         return np.array(arr, copy=True) if arr is self.data else arr
 
 
+def _image_suffix(name: str) -> str | None:
+    """The known image suffix ``name`` ends with (longest first: ``.ome.zarr`` before ``.zarr``), or ``None``."""
+    lower = name.lower()
+    return next((s for s in sorted(IMAGE_SUFFIXES | ZARR_SUFFIXES | {".ome.zarr"}, key=len, reverse=True)
+                 if lower.endswith(s)), None)
+
+
 def image_name(path: str | os.PathLike) -> str:
     """Micrograph name used to match images with coordinate files: the file name without its suffix."""
     p = Path(path)
-    name = p.name
-    for suffix in sorted(IMAGE_SUFFIXES | ZARR_SUFFIXES | {".ome.zarr"}, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return p.stem
+    suffix = _image_suffix(p.name)
+    return p.name[: -len(suffix)] if suffix else p.stem
 
 
 def strip_image_suffix(name: str) -> str:
     """``name`` without a known image suffix (``a.mrc`` -> ``a``); any other name is kept whole, so
     micrograph names with dots (``mic_001.frames``, ``grid1.2_0003``) are not cut."""
-    lower = name.lower()
-    for suffix in sorted(IMAGE_SUFFIXES | ZARR_SUFFIXES | {".ome.zarr"}, key=len, reverse=True):
-        if lower.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return name
+    suffix = _image_suffix(name)
+    return name[: -len(suffix)] if suffix and len(name) > len(suffix) else name
 
 
 def list_images(directory_or_files: str | os.PathLike | list, suffixes: set[str] | None = None) -> list[Path]:

@@ -105,15 +105,19 @@ def estimate_diameter(mics: list[TrainingMicrograph], working_diameter: float,
     last = int(above[-1])  # the outermost ring still part of the particle
     if last >= outer - 2:  # never settles: noise, or a particle beyond the box; nothing to say
         return None, True
-    # interpolate the crossing between ``last`` and ``last + 1``
-    largest = last + (rel[last] - settle) / max(rel[last] - rel[last + 1], 1e-9)
+    largest = _crossing(rel, last, settle)
     peak = int(np.argmax(deviation))
     lobe = np.sign(signed[peak]) * signed / amplitude  # the strongest ring's sign is positive
     end = peak
     while end + 1 < outer and lobe[end + 1] >= settle:
         end += 1
-    smallest = end + (lobe[end] - settle) / max(lobe[end] - lobe[end + 1], 1e-9) if end + 1 < outer else float(end)
+    smallest = _crossing(lobe, end, settle) if end + 1 < outer else float(end)
     return (2.0 * min(smallest, largest), 2.0 * largest), False
+
+
+def _crossing(values: np.ndarray, i: int, level: float) -> float:
+    """Where ``values`` falls through ``level`` between rings ``i`` (at or above it) and ``i + 1``, interpolated."""
+    return i + (values[i] - level) / max(values[i] - values[i + 1], 1e-9)
 
 
 def check_diameter(mics: list[TrainingMicrograph], working_diameter: float, factor: float,
