@@ -65,14 +65,12 @@ def unadapted_decisions(am: AdaptedModel, labelled: CandidateSet, threshold: flo
 def particle_groups(coords: np.ndarray, radius: float) -> np.ndarray:
     """Group number of each labelled position: positions within ``radius`` of each other (linked in a
     chain) share one, e.g. two questions about one particle from two candidates on it."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
     coords = np.asarray(coords, float).reshape(-1, 3)
-    group = np.arange(len(coords))
-    if len(coords) > 1:
-        near = np.linalg.norm(coords[:, None] - coords[None], axis=2) <= radius
-        for i, j in zip(*np.nonzero(np.triu(near, 1))):
-            gi, gj = group[i], group[j]
-            group[group == gj] = gi
-    return np.unique(group, return_inverse=True)[1]
+    near = np.linalg.norm(coords[:, None] - coords[None], axis=2) <= radius
+    return connected_components(csr_matrix(near), directed=False)[1]  # numbered in order of first position
 
 
 def loo_probabilities(am: AdaptedModel, model, prompt, labelled: CandidateSet, y: np.ndarray,
