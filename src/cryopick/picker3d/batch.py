@@ -293,8 +293,7 @@ def pick_tomograms(tomograms: str | os.PathLike | Sequence[str | os.PathLike] | 
 
     def execute(tasks: list[Task], write: Callable[[Outcome], None]) -> None:
         if execution.distributed:
-            distribute.run(job, tasks, write, dask=execution.dask, cluster=execution.cluster,
-                           cluster_config=execution.cluster_config)
+            distribute.run(job, tasks, write, **execution.run_options())
         else:
             ahead = 0 if execution.engine == "sequential" else (1 if execution.prefetch is None else execution.prefetch)
             _run_local(job, picker.model, tasks, write, ahead)
