@@ -19,6 +19,7 @@ import math
 import numpy as np
 import torch
 
+from cryopick.evaluate.pixel import disk_mask
 from cryopick.postprocess.rotations import rotate_template, rotations_3d
 from cryopick.preprocess import cut_cube
 
@@ -29,10 +30,8 @@ def template_box(diameter: float) -> int:
 
 
 def sphere_mask(box: int, diameter: float) -> np.ndarray:
-    """Boolean ``(box,)*3`` ball of ``diameter`` at the box centre."""
-    r = np.arange(box) - box // 2
-    zz, yy, xx = np.meshgrid(r, r, r, indexing="ij")
-    return (xx**2 + yy**2 + zz**2) <= (diameter / 2) ** 2
+    """Boolean ``(box,)*3`` ball of ``diameter`` at the box centre (:func:`~cryopick.evaluate.pixel.disk_mask`)."""
+    return disk_mask(np.full((1, 3), box // 2), (box,) * 3, diameter / 2)
 
 
 def _normalised(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
