@@ -31,7 +31,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from cryopick.config import check, configure, split_options
+from cryopick.config import check, configure, field_names, split_options
 from cryopick.config import check_number as check_field_number
 from cryopick.distribute import Execution
 from cryopick.distribute.engine import Job, Outcome, Task
@@ -281,7 +281,7 @@ def pick_micrographs(picker: Picker, micrographs, output_dir: str | os.PathLike,
 
 
 #: keywords of :func:`pick_micrographs` that are fields of :class:`Execution` or :class:`Watch`
-RUN_KEYWORDS = ("engine", "prefetch", "dask", "cluster", "cluster_config", "watch", "watch_timeout", "settle")
+RUN_KEYWORDS = field_names(Execution) + field_names(Watch)
 
 
 def _run_settings(execution: Execution | None, watching: Watch | None, options: dict,
